@@ -1,0 +1,1 @@
+"""Governance catalog of data products, tags, lineage and budget use; built in its own issue."""

@@ -1,0 +1,1 @@
+"""FastAPI service that releases only differentially-private aggregates."""

@@ -1,0 +1,66 @@
+"""FastAPI dependencies: the release service, the ledger and the caller's role."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from dashboards_api.errors import Forbidden, Unauthorized
+from dashboards_api.ledger import Ledger
+from dashboards_api.releases import ReleaseService
+from dashboards_api.settings import Role
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a role, and the key's position (never the key itself)."""
+
+    role: Role | None
+    authenticated: bool
+
+
+def get_service(request: Request) -> ReleaseService:
+    """The app's release service (built once at start-up)."""
+    service: ReleaseService = request.app.state.service
+    return service
+
+
+def get_ledger(request: Request) -> Ledger:
+    """The app's ledger."""
+    ledger: Ledger = request.app.state.service.ledger
+    return ledger
+
+
+def get_caller(request: Request) -> Caller:
+    """Authenticate ``Authorization: Bearer <key>`` (or ``X-API-Key``) against the keys."""
+    keys: dict[str, Role] = request.app.state.api_keys
+    if not keys:
+        return Caller(role=None, authenticated=False)  # development: open access
+    header = request.headers.get("authorization", "")
+    presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    presented = presented or request.headers.get("x-api-key", "").strip()
+    if not presented:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    for key, role in keys.items():
+        if hmac.compare_digest(key.encode(), presented.encode()):
+            return Caller(role=role, authenticated=True)
+    raise Unauthorized("the API key is not recognised")
+
+
+def require(*roles: Role) -> object:
+    """Dependency that admits only callers holding one of ``roles`` (or open development)."""
+
+    def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+        if caller.authenticated and caller.role not in roles:
+            raise Forbidden(f"this endpoint needs one of the roles: {', '.join(roles)}")
+        return caller
+
+    return Depends(check)
+
+
+ServiceDep = Annotated[ReleaseService, Depends(get_service)]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+CallerDep = Annotated[Caller, Depends(get_caller)]

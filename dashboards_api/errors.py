@@ -1,0 +1,64 @@
+"""API errors: each maps to one RFC 9457 problem response with a stable ``code``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """Base class: ``status`` is the HTTP status, ``code`` the machine-readable type."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class Unauthorized(ApiError):
+    """Missing or unknown credentials."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Credentials required"
+
+
+class Forbidden(ApiError):
+    """Valid credentials without the role the endpoint needs."""
+
+    status = 403
+    code = "forbidden"
+    title = "Role not allowed"
+
+
+class UnknownQueryClass(ApiError):
+    """The query class is not registered."""
+
+    status = 404
+    code = "unknown_query_class"
+    title = "Unknown query class"
+
+
+class BudgetExhausted(ApiError):
+    """The release would exceed the class's privacy budget for the period."""
+
+    status = 429
+    code = "budget_exhausted"
+    title = "Privacy budget exhausted"
+
+
+class NoDataYet(ApiError):
+    """No closed window is available yet for the class (retry later)."""
+
+    status = 503
+    code = "no_data_yet"
+    title = "No closed window yet"
+
+
+class InvalidQueryClasses(Exception):
+    """A query-class file is invalid (raised at start-up, not per request)."""
+
+    code = "invalid_query_classes"

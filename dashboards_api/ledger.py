@@ -1,0 +1,328 @@
+"""The durable, append-only privacy ledger.
+
+A release is returned only after its ledger entry is committed. The entry and the
+budget check happen in one serialised transaction (sqlite ``BEGIN IMMEDIATE``;
+Postgres transaction-scoped advisory lock per class), so concurrent requests in
+any number of processes never overspend. The released answer is stored with the
+entry: the same class and data version return the stored answer and spend nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from dashboards_api.errors import BudgetExhausted
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS releases (
+        id {pk},
+        class_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        data_version TEXT NOT NULL,
+        cost_micro BIGINT NOT NULL CHECK (cost_micro >= 0),
+        budget_micro BIGINT NOT NULL,
+        answer TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (class_id, data_version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS releases_by_period ON releases (class_id, period)",
+]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One committed release."""
+
+    id: int
+    class_id: str
+    period: str
+    data_version: str
+    cost_micro: int
+    budget_micro: int
+    answer: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Outcome of a release request: the entry, and whether it was a reuse."""
+
+    entry: LedgerEntry
+    reused: bool
+    spent_micro: int
+
+
+class Ledger(Protocol):
+    """What the release path needs from a ledger backend."""
+
+    def commit_release(
+        self,
+        class_id: str,
+        period: str,
+        data_version: str,
+        cost_micro: int,
+        budget_micro: int,
+        answer: dict[str, Any],
+    ) -> Commit:
+        """Commit ``answer`` for (class, version) unless one exists; refuse overspend."""
+        ...
+
+    def spent(self, class_id: str, period: str) -> int:
+        """Micro-epsilon spent by ``class_id`` in ``period``."""
+        ...
+
+    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
+        """Most recent entries first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def period_of(moment: datetime) -> str:
+    """Budget period (UTC day) containing ``moment``."""
+    return moment.astimezone(UTC).date().isoformat()
+
+
+def _entry(row: tuple[Any, ...]) -> LedgerEntry:
+    return LedgerEntry(
+        id=int(row[0]),
+        class_id=row[1],
+        period=row[2],
+        data_version=row[3],
+        cost_micro=int(row[4]),
+        budget_micro=int(row[5]),
+        answer=json.loads(row[6]),
+        created_at=row[7],
+    )
+
+
+_COLUMNS = "id, class_id, period, data_version, cost_micro, budget_micro, answer, created_at"
+
+
+class SqliteLedger:
+    """Ledger in a local sqlite file (one host; any number of processes on it)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()  # one connection, used by the server's threads in turn
+        self._conn = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        for statement in _SCHEMA:
+            self._conn.execute(statement.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        # Append-only: entries can be neither changed nor removed.
+        self._conn.execute(
+            "CREATE TRIGGER IF NOT EXISTS releases_no_update BEFORE UPDATE ON releases "
+            "BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END"
+        )
+        self._conn.execute(
+            "CREATE TRIGGER IF NOT EXISTS releases_no_delete BEFORE DELETE ON releases "
+            "BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END"
+        )
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def commit_release(
+        self,
+        class_id: str,
+        period: str,
+        data_version: str,
+        cost_micro: int,
+        budget_micro: int,
+        answer: dict[str, Any],
+    ) -> Commit:
+        """See :class:`Ledger`."""
+        with self._immediate() as conn:
+            existing = conn.execute(
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?",  # noqa: S608
+                (class_id, data_version),
+            ).fetchone()
+            spent = int(
+                conn.execute(
+                    "SELECT COALESCE(SUM(cost_micro), 0) FROM releases "
+                    "WHERE class_id = ? AND period = ?",
+                    (class_id, period),
+                ).fetchone()[0]
+            )
+            if existing is not None:
+                return Commit(_entry(existing), reused=True, spent_micro=spent)
+            if spent + cost_micro > budget_micro:
+                raise BudgetExhausted(
+                    f"class {class_id!r} has spent {spent} of {budget_micro} micro-epsilon "
+                    f"in period {period}; a release costs {cost_micro}",
+                    spent_micro=spent,
+                    budget_micro=budget_micro,
+                    period=period,
+                )
+            created = datetime.now(UTC).isoformat()
+            cursor = conn.execute(
+                "INSERT INTO releases (class_id, period, data_version, cost_micro, budget_micro,"
+                " answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (class_id, period, data_version, cost_micro, budget_micro,
+                 json.dumps(answer, sort_keys=True), created),
+            )
+            entry = LedgerEntry(
+                int(cursor.lastrowid or 0), class_id, period, data_version, cost_micro,
+                budget_micro, answer, created,
+            )
+            return Commit(entry, reused=False, spent_micro=spent + cost_micro)
+
+    def spent(self, class_id: str, period: str) -> int:
+        """See :class:`Ledger`."""
+        rows = self._read(
+            "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = ? AND period = ?",
+            (class_id, period),
+        )
+        return int(rows[0][0])
+
+    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
+        """See :class:`Ledger`."""
+        if class_id is None:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT ?", (limit,)  # noqa: S608
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? ORDER BY id DESC LIMIT ?",  # noqa: S608
+                (class_id, limit),
+            )
+        return [_entry(r) for r in rows]
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """See :class:`Ledger`."""
+        self._conn.close()
+
+
+class PostgresLedger:
+    """Ledger in Postgres, shared by several API replicas."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg  # noqa: PLC0415 - only deployments with Postgres need it
+
+        self._lock = threading.Lock()
+        self._conn = psycopg.connect(url, autocommit=True)
+        with self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('privmesh.ledger.schema'))")
+            for statement in _SCHEMA:
+                self._conn.execute(statement.format(pk="BIGSERIAL PRIMARY KEY"))
+            self._conn.execute(
+                "CREATE OR REPLACE FUNCTION privmesh_ledger_append_only() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'ledger is append-only'; END $$"
+            )
+            self._conn.execute("DROP TRIGGER IF EXISTS releases_append_only ON releases")
+            self._conn.execute(
+                "CREATE TRIGGER releases_append_only BEFORE UPDATE OR DELETE ON releases "
+                "FOR EACH ROW EXECUTE FUNCTION privmesh_ledger_append_only()"
+            )
+
+    def commit_release(
+        self,
+        class_id: str,
+        period: str,
+        data_version: str,
+        cost_micro: int,
+        budget_micro: int,
+        answer: dict[str, Any],
+    ) -> Commit:
+        """See :class:`Ledger`."""
+        with self._lock, self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (class_id,))
+            existing = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s AND data_version = %s",  # noqa: S608
+                (class_id, data_version),
+            ).fetchone()
+            row = self._conn.execute(
+                "SELECT COALESCE(SUM(cost_micro), 0) FROM releases "
+                "WHERE class_id = %s AND period = %s",
+                (class_id, period),
+            ).fetchone()
+            spent = int(row[0]) if row else 0
+            if existing is not None:
+                return Commit(_entry(existing), reused=True, spent_micro=spent)
+            if spent + cost_micro > budget_micro:
+                raise BudgetExhausted(
+                    f"class {class_id!r} has spent {spent} of {budget_micro} micro-epsilon "
+                    f"in period {period}; a release costs {cost_micro}",
+                    spent_micro=spent,
+                    budget_micro=budget_micro,
+                    period=period,
+                )
+            created = datetime.now(UTC).isoformat()
+            inserted = self._conn.execute(
+                "INSERT INTO releases (class_id, period, data_version, cost_micro, budget_micro,"
+                " answer, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (class_id, period, data_version, cost_micro, budget_micro,
+                 json.dumps(answer, sort_keys=True), created),
+            ).fetchone()
+        entry = LedgerEntry(
+            int(inserted[0]) if inserted else 0, class_id, period, data_version, cost_micro,
+            budget_micro, answer, created,
+        )
+        return Commit(entry, reused=False, spent_micro=spent + cost_micro)
+
+    def spent(self, class_id: str, period: str) -> int:
+        """See :class:`Ledger`."""
+        rows = self._read(
+            "SELECT COALESCE(SUM(cost_micro), 0) FROM releases "
+            "WHERE class_id = %s AND period = %s",
+            (class_id, period),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
+        """See :class:`Ledger`."""
+        if class_id is None:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT %s", (limit,)  # noqa: S608
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s ORDER BY id DESC LIMIT %s",  # noqa: S608
+                (class_id, limit),
+            )
+        return [_entry(r) for r in rows]
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        """See :class:`Ledger`."""
+        self._conn.close()
+
+
+def open_ledger(url: str, data_dir: Path) -> Ledger:
+    """The ledger named by ``url`` (``sqlite`` or ``postgresql://...``)."""
+    if url == "sqlite":
+        return SqliteLedger(data_dir / "ledger" / "ledger.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(url)
+    raise ValueError(
+        f"PRIVMESH_API_LEDGER_URL={url!r} is not supported; use 'sqlite' or 'postgresql://...'"
+    )

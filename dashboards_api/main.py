@@ -1,0 +1,119 @@
+"""Build the FastAPI app: settings, stores, ledger, routers, problem+json errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dashboards_api.errors import ApiError
+from dashboards_api.ledger import Ledger, open_ledger
+from dashboards_api.query_classes import load_query_classes
+from dashboards_api.releases import ReleaseService, WindowSource
+from dashboards_api.routes import health, ledger, queries
+from dashboards_api.settings import ApiSettings, Role
+from domains.runtime import RuntimeSettings
+from streams.settings import StreamSettings
+
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem response."""
+    body = {"type": f"https://privmesh.dev/problems/{code}", "title": title,
+            "status": status, "detail": detail, "code": code, **extra}
+    headers = {}
+    if "retry_after_seconds" in extra:
+        headers["Retry-After"] = str(extra["retry_after_seconds"])
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def check_safe(runtime: RuntimeSettings, api: ApiSettings) -> None:
+    """Refuse open access outside development."""
+    if runtime.is_production and not api.keys:
+        raise ValueError(
+            "PRIVMESH_API_KEYS is empty while PRIVMESH_ENV=production; configure API keys "
+            'as JSON, e.g. PRIVMESH_API_KEYS=\'{"<key>": "consumer"}\''
+        )
+
+
+def create_app(
+    service: ReleaseService,
+    api_keys: Mapping[str, Role] | None = None,
+) -> FastAPI:
+    """The app around a ready ``service`` (tests pass their own)."""
+    app = FastAPI(
+        title="privmesh dashboards API",
+        version="0.1.0",
+        description="Differentially-private aggregates from pre-registered query classes.",
+    )
+    app.state.service = service
+    app.state.api_keys = dict(api_keys or {})
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        return problem(422, "invalid_parameters", "Invalid parameters",
+                       "fix the listed parameters", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, "http_error", str(exc.detail), str(exc.detail))
+
+    app.include_router(health.router)
+    app.include_router(queries.router)
+    app.include_router(ledger.router)
+    return app
+
+
+def build_service(runtime: RuntimeSettings, api: ApiSettings, streams: StreamSettings,
+                  sources: Mapping[str, WindowSource], ledger_: Ledger) -> ReleaseService:
+    """The release service from settings."""
+    return ReleaseService(
+        classes=load_query_classes(),
+        sources=dict(sources),
+        ledger=ledger_,
+        window_seconds=streams.window_seconds,
+        grace_seconds=streams.grace_seconds,
+        lookback_windows=api.release_lookback_windows,
+    )
+
+
+def app_from_settings() -> FastAPI:
+    """The production app: stores and ledger from settings (uvicorn factory)."""
+    from domains.registry import load_contracts  # noqa: PLC0415
+    from feature_repo.settings import get_feature_settings  # noqa: PLC0415
+    from feature_repo.store import DomainFeatureStore  # noqa: PLC0415
+
+    runtime, api, streams = RuntimeSettings(), ApiSettings(), StreamSettings()
+    check_safe(runtime, api)
+    classes = load_query_classes()
+    contracts = load_contracts()
+    domains = {qc.domain for qc in classes.values()}
+    sources: dict[str, WindowSource] = {
+        d: DomainFeatureStore(contracts[d], runtime.data_dir, get_feature_settings())
+        for d in domains
+    }
+    ledger_ = open_ledger(api.ledger_url, runtime.data_dir)
+    service = build_service(runtime, api, streams, sources, ledger_)
+    app = create_app(service, api.keys)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        ledger_.close()
+
+    app.router.lifespan_context = lifespan
+    return app

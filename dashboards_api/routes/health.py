@@ -1,0 +1,17 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from dashboards_api.deps import ServiceDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz(service: ServiceDep) -> dict[str, Any]:
+    """The API is up; lists the registered query classes."""
+    return {"status": "ok", "query_classes": sorted(service.classes)}

@@ -1,0 +1,35 @@
+"""Governance view of the privacy ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from dashboards_api.budget import from_micro
+from dashboards_api.deps import LedgerDep, require
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+
+
+@router.get("", dependencies=[require("governance", "domain_owner")])  # type: ignore[list-item]
+def entries(
+    ledger: LedgerDep,
+    limit: int = Query(100, ge=1, le=1000),
+    class_id: str | None = Query(None, max_length=96),
+) -> dict[str, Any]:
+    """Most recent ledger entries first: what was released, when, at what cost."""
+    return {
+        "entries": [
+            {
+                "id": e.id,
+                "class_id": e.class_id,
+                "period": e.period,
+                "data_version": e.data_version,
+                "epsilon": str(from_micro(e.cost_micro)),
+                "created_at": e.created_at,
+                "value": e.answer.get("value"),
+            }
+            for e in ledger.entries(limit=limit, class_id=class_id)
+        ]
+    }

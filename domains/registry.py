@@ -1,0 +1,57 @@
+"""Loading contracts from YAML files (the packaged demo contracts by default)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from domains.contract import DataProduct, DomainContract
+from domains.errors import ContractNotFound, InvalidContract
+
+CONTRACTS_DIR = Path(__file__).with_name("contracts")
+
+
+def load_contract(path: Path) -> DomainContract:
+    """Parse and validate one contract file; errors name the file and the problem."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidContract(f"{path}: cannot read contract: {exc}") from exc
+    try:
+        return DomainContract.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidContract(f"{path}: {problems}") from exc
+
+
+@cache
+def load_contracts(directory: Path = CONTRACTS_DIR) -> dict[str, DomainContract]:
+    """All contracts in ``directory`` keyed by domain name."""
+    contracts: dict[str, DomainContract] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        contract = load_contract(path)
+        if contract.domain in contracts:
+            raise InvalidContract(f"{path}: domain {contract.domain!r} is declared twice")
+        contracts[contract.domain] = contract
+    return contracts
+
+
+def get_product(
+    domain: str, product: str, directory: Path = CONTRACTS_DIR
+) -> tuple[DomainContract, DataProduct]:
+    """The contract and product for ``domain``/``product``, or ContractNotFound."""
+    contracts = load_contracts(directory)
+    contract = contracts.get(domain)
+    if contract is None:
+        known = ", ".join(sorted(contracts)) or "none"
+        raise ContractNotFound(f"unknown domain {domain!r} (known: {known})")
+    found = contract.product(product)
+    if found is None:
+        known = ", ".join(p.name for p in contract.products)
+        raise ContractNotFound(f"domain {domain!r} has no product {product!r} (known: {known})")
+    return contract, found

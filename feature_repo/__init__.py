@@ -1,0 +1,1 @@
+"""Feast feature stores, one per domain, with definitions derived from the contracts."""

@@ -1,0 +1,149 @@
+"""Feast objects derived from a data-product contract.
+
+Two feature views per product:
+
+* ``<product>_subject_window``: per pseudonymous subject, its bounded event count
+  and measure sums in the current window (training features for federation).
+* ``<product>_window_stats``: per closed window, the contribution-bounded
+  aggregates the DP layer adds noise to (distinct subjects, events, sums).
+
+Every field carries the privacy tag of the contract field it derives from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Float64, Int64
+
+from domains.contract import DataProduct, PrivacyTag
+
+SUBJECT_KEY = "subject"
+WINDOW_KEY = "window_start"
+
+
+@dataclass(frozen=True)
+class ProductFeatures:
+    """Names and Feast objects of one product's feature views."""
+
+    product: DataProduct
+    subject_entity: Entity
+    window_entity: Entity
+    subject_view: FeatureView
+    window_view: FeatureView
+    subject_push: PushSource
+    window_push: PushSource
+
+    def objects(self) -> list[object]:
+        """Everything ``FeatureStore.apply`` needs."""
+        return [
+            self.subject_entity,
+            self.window_entity,
+            self.subject_push,
+            self.window_push,
+            self.subject_view,
+            self.window_view,
+        ]
+
+    @property
+    def measure_features(self) -> list[str]:
+        """Feature names of the per-window measure sums."""
+        return [sum_feature(m) for m in measure_fields(self.product)]
+
+
+def measure_fields(product: DataProduct) -> list[str]:
+    """Bounded numeric fields of ``product`` (the ones aggregated)."""
+    return [f.name for f in product.fields if f.bounds is not None]
+
+
+def sum_feature(field_name: str) -> str:
+    """Feature name of a per-window bounded sum of ``field_name``."""
+    return f"{field_name}_sum"
+
+
+def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
+    """Feast definitions of ``product``; offline parquet files live in ``offline_dir``."""
+    unit_tag = {"privacy_tag": PrivacyTag.DIRECT_IDENTIFIER.value, "protection": "tokenise"}
+    subject = Entity(
+        name=SUBJECT_KEY,
+        join_keys=[SUBJECT_KEY],
+        value_type=ValueType.STRING,
+        description=f"Pseudonymous token of {product.privacy_unit} (the privacy unit)",
+        tags={**unit_tag, "source_field": product.privacy_unit},
+    )
+    window = Entity(
+        name=WINDOW_KEY,
+        join_keys=[WINDOW_KEY],
+        value_type=ValueType.INT64,
+        description="Start of a tumbling event-time window, epoch seconds",
+        tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+    )
+    ttl = timedelta(days=product.retention_days)
+    measures = [f for f in product.fields if f.bounds is not None]
+    measure_schema = [
+        Field(
+            name=sum_feature(f.name),
+            dtype=Float64,
+            description=f"Sum of {f.name} clamped to its contract bounds",
+            tags={"privacy_tag": f.tag.value, "source_field": f.name},
+        )
+        for f in measures
+    ]
+    events_field = Field(
+        name="events",
+        dtype=Int64,
+        description="Events counted, at most the per-subject contribution bound",
+        tags={"privacy_tag": PrivacyTag.SENSITIVE.value},
+    )
+
+    def push(name: str) -> PushSource:
+        batch = FileSource(
+            name=f"{name}_batch",
+            path=str(offline_dir / f"{name}.parquet"),
+            timestamp_field="event_timestamp",
+        )
+        return PushSource(name=f"{name}_push", batch_source=batch)
+
+    subject_push = push(f"{product.name}_subject_window")
+    window_push = push(f"{product.name}_window_stats")
+    subject_view = FeatureView(
+        name=f"{product.name}_subject_window",
+        entities=[subject],
+        ttl=ttl,
+        schema=[
+            Field(name=WINDOW_KEY, dtype=Int64, tags={"privacy_tag": "non_personal"}),
+            events_field,
+            *measure_schema,
+        ],
+        source=subject_push,
+        online=True,
+        description=f"Per-subject bounded aggregates of {product.name} in the current window",
+        owner=product.owner,
+        tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "purpose": product.purpose},
+    )
+    window_view = FeatureView(
+        name=f"{product.name}_window_stats",
+        entities=[window],
+        ttl=ttl,
+        schema=[
+            Field(
+                name="distinct_subjects",
+                dtype=Int64,
+                description="Distinct pseudonymous subjects in the window",
+                tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "dp_sensitivity": "1"},
+            ),
+            events_field,
+            *measure_schema,
+        ],
+        source=window_push,
+        online=True,
+        description=f"Contribution-bounded window aggregates of {product.name} for DP release",
+        owner=product.owner,
+        tags={"privacy_tag": "aggregate", "purpose": product.purpose},
+    )
+    return ProductFeatures(
+        product, subject, window, subject_view, window_view, subject_push, window_push
+    )

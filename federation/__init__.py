@@ -1,0 +1,1 @@
+"""Federated training across domains (Flower, SecAgg+); built in its own issue."""

@@ -1,0 +1,1 @@
+"""Composition root: the ``privmesh`` CLI, the local stack launcher and deployment manifests."""

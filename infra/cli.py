@@ -1,0 +1,319 @@
+"""The ``privmesh`` command line: the composition root of every component."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from domains.errors import ContractError
+from domains.runtime import RuntimeSettings
+from infra.errors import InfraError, StackNotRunning
+from infra.settings import GeneratorSettings, StackSettings
+from streams.errors import StreamError
+from streams.settings import KafkaSettings, StreamSettings
+
+app = typer.Typer(
+    name="privmesh",
+    help="Streaming data-mesh analytics whose every output is private.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+features_app = typer.Typer(help="Per-domain Feast stores.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")]
+
+
+def _runtime() -> RuntimeSettings:
+    runtime = RuntimeSettings()
+    return runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
+
+
+@app.command()
+def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] = None) -> None:
+    """Start broker, stream processor, API and generator; Ctrl-C stops everything."""
+    from dashboards_api.settings import ApiSettings  # noqa: PLC0415
+    from domains.registry import get_product, load_contracts  # noqa: PLC0415
+    from infra.stack import Stack, build_components  # noqa: PLC0415
+    from streams.topics import ProductTopics  # noqa: PLC0415
+
+    runtime, kafka, streams = _runtime(), KafkaSettings(), StreamSettings()
+    api, stack_settings = ApiSettings(), StackSettings()
+    domain = domain or stack_settings.domain
+    contract = load_contracts().get(domain)
+    if contract is None:
+        raise ContractError(f"unknown domain {domain!r}; known: {', '.join(load_contracts())}")
+    topics: list[str] = []
+    for product in contract.products:
+        get_product(domain, product.name)
+        topics.extend(ProductTopics.of(domain, product).all())
+    components = build_components(
+        domain=domain,
+        embedded_broker=kafka.embedded,
+        broker_port=kafka.embedded_port,
+        bootstrap=kafka.bootstrap,
+        topics=topics,
+        partitions=kafka.partitions,
+        replication=kafka.replication_factor,
+        worker_web_port=streams.worker_web_port,
+        api_port=api.port,
+        start_timeout=stack_settings.start_timeout_seconds,
+    )
+    env = {**os.environ, "PRIVMESH_DATA_DIR": str(runtime.data_dir), "PYTHONUNBUFFERED": "1"}
+    stack = Stack(runtime.data_dir, components, env, stack_settings.stop_timeout_seconds,
+                  stack_settings.max_restarts, console.print)
+    ports = {
+        streams.worker_web_port: ("stream worker health page", "PRIVMESH_STREAMS_WORKER_WEB_PORT"),
+        api.port: ("dashboards API", "PRIVMESH_API_PORT"),
+    }
+    if kafka.embedded:
+        ports[kafka.embedded_port] = ("embedded broker", "PRIVMESH_KAFKA_EMBEDDED_PORT")
+    stack.preflight(ports)
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    began = time.monotonic()
+    broker_where = "embedded Tansu" if kafka.embedded else "external Kafka"
+    console.print(f"[bold]privmesh up[/] domain={domain} broker={broker_where} "
+                  f"({kafka.bootstrap}) data={runtime.data_dir}")
+    try:
+        stack.start()
+        base = f"http://{api.host}:{api.port}"
+        console.print(f"\n[bold green]privmesh is running[/] (ready in "
+                      f"{time.monotonic() - began:.1f}s). Look at:")
+        classes = _query_class_ids(domain)
+        for cid in classes:
+            console.print(f"  DP answer     curl {base}/v1/queries/{cid}")
+        console.print(f"  query classes curl {base}/v1/queries")
+        console.print(f"  ledger        curl {base}/v1/ledger")
+        console.print(f"  API docs      {base}/docs")
+        console.print(f"  stream health curl http://127.0.0.1:{streams.worker_web_port}"
+                      "/privmesh/health")
+        console.print(f"  logs          {runtime.data_dir / 'logs'}")
+        console.print(f"The first DP answer appears once a {streams.window_seconds}s window "
+                      "closes. Stop with Ctrl-C or `privmesh down`.\n")
+        last_report = 0.0
+        while not stopping:
+            stack.supervise_once()
+            if time.monotonic() - last_report >= 10:
+                last_report = time.monotonic()
+                console.print(_progress_line(streams.worker_web_port))
+            time.sleep(0.25)
+    finally:
+        console.print("stopping privmesh ...")
+        stack.stop()
+        console.print("[bold]stopped[/]: all components exited, ports released")
+
+
+def _query_class_ids(domain: str) -> list[str]:
+    from dashboards_api.query_classes import load_query_classes  # noqa: PLC0415
+
+    return [qc.id for qc in load_query_classes().values() if qc.domain == domain]
+
+
+def _progress_line(worker_port: int) -> str:
+    import httpx  # noqa: PLC0415
+
+    try:
+        body = httpx.get(f"http://127.0.0.1:{worker_port}/privmesh/health", timeout=1).json()
+    except (httpx.HTTPError, ValueError):
+        return "[yellow]stream worker not answering[/]"
+    parts = []
+    for name, c in body.get("products", {}).items():
+        parts.append(f"{name}: {c.get('accepted', 0)} pseudonymised, "
+                     f"{c.get('rejected', 0)} to DLQ, {c.get('windows_closed', 0)} windows closed")
+    return time.strftime("%H:%M:%S ") + "; ".join(parts)
+
+
+@app.command()
+def down() -> None:
+    """Stop the stack started by `privmesh up` from the same data directory."""
+    from infra.stack import stop_running_stack  # noqa: PLC0415
+
+    runtime = _runtime()
+    try:
+        names = stop_running_stack(runtime.data_dir, StackSettings().stop_timeout_seconds)
+    except StackNotRunning as exc:
+        console.print(f"nothing to stop: {exc}")
+        return
+    console.print(f"stopped: {', '.join(names)}")
+
+
+@app.command()
+def status() -> None:
+    """Health of each component of the running stack (exit 1 if any is unhealthy)."""
+    from infra.stack import component_health, read_state  # noqa: PLC0415
+
+    runtime = _runtime()
+    state = read_state(runtime.data_dir)
+    if state is None:
+        raise StackNotRunning(f"no stack is running from {runtime.data_dir}; start one with "
+                              "`privmesh up`")
+    rows = component_health(state)
+    table = Table("component", "pid", "alive", "healthy", "restarts", "endpoint")
+    for r in rows:
+        table.add_row(r["name"], str(r["pid"]), _mark(r["alive"]), _mark(r["healthy"]),
+                      str(r["restarts"]), str(r["endpoint"] or ""))
+    console.print(table)
+    if not all(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _mark(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+@app.command()
+def worker(domain: DomainOpt) -> None:
+    """Run a domain's Faust stream processor (what `up` starts)."""
+    from feature_repo.settings import FeatureStoreSettings  # noqa: PLC0415
+    from streams.worker import run_worker  # noqa: PLC0415
+
+    run_worker(domain, _runtime(), KafkaSettings(), StreamSettings(), FeatureStoreSettings())
+
+
+@app.command()
+def generate(
+    domain: DomainOpt,
+    rate: Annotated[float | None, typer.Option(help="Events per second (0: as fast as possible).")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    people: Annotated[int | None, typer.Option(help="Size of the fake customer pool.")] = None,
+    bad_ratio: Annotated[float | None, typer.Option(help="Share of malformed events.")] = None,
+) -> None:
+    """Produce synthetic raw events (fake people) to the domain's ingest topic."""
+    from kafka import KafkaProducer  # noqa: PLC0415
+
+    from domains.registry import get_product  # noqa: PLC0415
+    from streams.generator import OrderGenerator, make_people, paced  # noqa: PLC0415
+    from streams.topics import ProductTopics  # noqa: PLC0415
+
+    settings = GeneratorSettings()
+    overrides: dict[str, Any] = {"rate": rate, "people": people, "bad_ratio": bad_ratio}
+    settings = GeneratorSettings.model_validate(
+        {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    if domain != "shop":
+        raise ContractError(f"the generator knows the demo domain 'shop' only, not {domain!r}")
+    _, product = get_product(domain, "orders")
+    topic = ProductTopics.of(domain, product).ingest
+    kafka = KafkaSettings()
+    gen = OrderGenerator(product, make_people(settings.people, settings.seed),
+                         settings.bad_ratio, settings.seed)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap.split(","), linger_ms=5,
+                             acks=1, client_id=f"privmesh-generator-{domain}")
+    sent = 0
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for raw in paced(settings.rate, gen.stream(count)):
+            producer.send(topic, raw)
+            sent += 1
+            if stop:
+                break
+    finally:
+        producer.flush(timeout=10)
+        producer.close(timeout=10)
+    err.print(f"generator: sent {sent} events to {topic}")
+
+
+@app.command()
+def api() -> None:
+    """Serve the DP dashboards API (what `up` starts)."""
+    import uvicorn  # noqa: PLC0415
+
+    from dashboards_api.settings import ApiSettings  # noqa: PLC0415
+
+    settings = ApiSettings()
+    uvicorn.run("dashboards_api.main:app_from_settings", factory=True, host=settings.host,
+                port=settings.port, log_level="warning", access_log=False)
+
+
+@features_app.command("apply")
+def features_apply(domain: DomainOpt) -> None:
+    """Register the domain's feature views in its Feast store (idempotent)."""
+    from domains.registry import load_contracts  # noqa: PLC0415
+    from feature_repo.settings import FeatureStoreSettings  # noqa: PLC0415
+    from feature_repo.store import DomainFeatureStore  # noqa: PLC0415
+
+    contract = load_contracts().get(domain)
+    if contract is None:
+        raise ContractError(f"unknown domain {domain!r}")
+    store = DomainFeatureStore(contract, _runtime().data_dir, FeatureStoreSettings())
+    store.apply()
+    console.print(f"applied feature views of {domain}: "
+                  + ", ".join(sorted(v for f in store.features.values()
+                                     for v in (f.subject_view.name, f.window_view.name))))
+
+
+@app.command()
+def ledger(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+) -> None:
+    """Show the most recent privacy-ledger entries."""
+    from dashboards_api.budget import from_micro  # noqa: PLC0415
+    from dashboards_api.ledger import open_ledger  # noqa: PLC0415
+    from dashboards_api.settings import ApiSettings  # noqa: PLC0415
+
+    book = open_ledger(ApiSettings().ledger_url, _runtime().data_dir)
+    try:
+        table = Table("id", "class", "period", "data version", "epsilon", "released value",
+                      "created")
+        for e in book.entries(limit=limit):
+            table.add_row(str(e.id), e.class_id, e.period, e.data_version,
+                          str(from_micro(e.cost_micro)), str(e.answer.get("value")), e.created_at)
+        console.print(table)
+    finally:
+        book.close()
+
+
+EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError, OSError)
+
+
+def main() -> None:
+    """Entry point: expected failures print one line and exit 2, without a traceback."""
+    from feature_repo.errors import FeatureStoreError  # noqa: PLC0415
+
+    try:
+        app()
+    except (*EXPECTED, FeatureStoreError) as exc:
+        err.print(f"[red]privmesh: error:[/] {_one_line(exc)}")
+        sys.exit(2)
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return f"invalid setting: {problems} (check the PRIVMESH_* environment variables)"
+    code = getattr(exc, "code", None)
+    text = " ".join(str(exc).split())
+    return f"{text} [{code}]" if code else text
+
+
+if __name__ == "__main__":
+    main()

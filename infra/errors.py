@@ -1,0 +1,37 @@
+"""Errors of the launcher and CLI; each has a stable ``code`` and a fix in its message."""
+
+
+class InfraError(Exception):
+    """Base class: expected operational failures, shown as one line without a traceback."""
+
+    code = "infra_error"
+
+
+class PortInUse(InfraError):
+    """A port the stack needs is already bound."""
+
+    code = "port_in_use"
+
+
+class BrokerBinaryMissing(InfraError):
+    """The embedded Tansu broker binary cannot be found."""
+
+    code = "broker_binary_missing"
+
+
+class ComponentFailed(InfraError):
+    """A component did not become healthy in time."""
+
+    code = "component_failed"
+
+
+class StackNotRunning(InfraError):
+    """``privmesh down``/``status`` found no running stack."""
+
+    code = "stack_not_running"
+
+
+class StackAlreadyRunning(InfraError):
+    """``privmesh up`` found a stack already running from the same data directory."""
+
+    code = "stack_already_running"

@@ -1,0 +1,43 @@
+"""Settings of the local stack launcher and the synthetic event generator."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GeneratorSettings(BaseSettings):
+    """Synthetic event generator (env prefix ``PRIVMESH_GENERATOR_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRIVMESH_GENERATOR_", extra="ignore")
+
+    rate: Annotated[float, Field(ge=0, le=1_000_000)] = 200.0
+    people: Annotated[int, Field(ge=1, le=10_000_000)] = 2_000
+    bad_ratio: Annotated[float, Field(ge=0, le=1)] = 0.02
+    seed: int = 7
+
+
+class StackSettings(BaseSettings):
+    """What ``privmesh up`` runs (env prefix ``PRIVMESH_STACK_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRIVMESH_STACK_", extra="ignore")
+
+    domain: str = "shop"
+    start_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 90.0
+    stop_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 15.0
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 5
+
+
+@cache
+def get_generator_settings() -> GeneratorSettings:
+    """Process-wide generator settings."""
+    return GeneratorSettings()
+
+
+@cache
+def get_stack_settings() -> StackSettings:
+    """Process-wide launcher settings."""
+    return StackSettings()

@@ -1,0 +1,1 @@
+"""Domain-owned stream processors: validate, pseudonymise, route, aggregate, push features."""

@@ -1,0 +1,77 @@
+"""Settings of the Kafka connection and of the stream processors."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Where the Kafka-protocol broker is (env prefix ``PRIVMESH_KAFKA_``).
+
+    Leave ``bootstrap_servers`` unset to use the embedded Tansu broker that
+    ``privmesh up`` starts on ``embedded_port``; set it (``host:port[,host:port]``)
+    to use any Apache Kafka compatible cluster instead.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PRIVMESH_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str | None = None
+    embedded_port: Annotated[int, Field(ge=1024, le=65535)] = 19092
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    replication_factor: Annotated[int, Field(ge=1, le=7)] = 1
+
+    @property
+    def embedded(self) -> bool:
+        """True when privmesh runs its own broker."""
+        return self.bootstrap_servers is None
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients connect to."""
+        return self.bootstrap_servers or f"127.0.0.1:{self.embedded_port}"
+
+
+class StreamSettings(BaseSettings):
+    """Stream processor tunables (env prefix ``PRIVMESH_STREAMS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRIVMESH_STREAMS_", extra="ignore")
+
+    master_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Master secret (>= 32 bytes, hex or text) from which per-domain pseudonymisation "
+            "keys are derived. Unset in development: a random key is generated once under "
+            "the data directory. Required in production."
+        ),
+    )
+    key_version: Annotated[int, Field(ge=1, le=999)] = 1
+    window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 10
+    grace_seconds: Annotated[int, Field(ge=0, le=3_600)] = 2
+    feature_flush_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    max_events_per_subject: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=20,
+        description=(
+            "Contribution bound: at most this many events of one subject count towards "
+            "one window's aggregates, so one person moves a released number by a bounded amount."
+        ),
+    )
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    batch_within_seconds: Annotated[float, Field(gt=0, le=10)] = 0.05
+    rebalance_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 3.0
+    worker_web_port: Annotated[int, Field(ge=1024, le=65535)] = 6066
+
+
+@cache
+def get_kafka_settings() -> KafkaSettings:
+    """Process-wide Kafka settings."""
+    return KafkaSettings()
+
+
+@cache
+def get_stream_settings() -> StreamSettings:
+    """Process-wide stream settings."""
+    return StreamSettings()

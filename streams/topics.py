@@ -1,0 +1,30 @@
+"""Topic names of a data product: ingest (raw, domain-private), product, dead-letter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domains.contract import DataProduct
+
+
+@dataclass(frozen=True)
+class ProductTopics:
+    """The three topics of one data product.
+
+    ``ingest`` and ``dlq`` are inside the domain's ingestion boundary (raw events);
+    ``product`` carries only pseudonymised events and may be shared.
+    """
+
+    ingest: str
+    product: str
+    dlq: str
+
+    @classmethod
+    def of(cls, domain: str, product: DataProduct) -> ProductTopics:
+        """Topic names for ``product`` of ``domain``."""
+        base = f"{domain}.{product.name}"
+        return cls(ingest=f"{base}.ingest", product=f"{base}.v{product.version}", dlq=f"{base}.dlq")
+
+    def all(self) -> tuple[str, str, str]:
+        """All topic names, ingest first."""
+        return (self.ingest, self.product, self.dlq)
