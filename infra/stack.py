@@ -259,14 +259,26 @@ def stop_running_stack(data_dir: Path, timeout: float) -> list[str]:
     if psutil.pid_exists(launcher):
         with contextlib.suppress(ProcessLookupError):
             os.kill(launcher, signal.SIGTERM)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            psutil.Process(launcher).wait(timeout=timeout + 10)
+        _wait_gone(launcher, timeout + 10)
     for info in state.get("components", {}).values():  # anything the launcher left
         if info.get("pid"):
             terminate_tree(int(info["pid"]), timeout)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return names
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited (a zombie counts as exited); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def component_health(state: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,19 @@
+"""Test doubles (used only in tests, never as product defaults)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FakeWindowSource:
+    """In-memory window aggregates standing in for a domain's Feast store."""
+
+    def __init__(self, windows: dict[int, int] | None = None) -> None:
+        self.windows = dict(windows or {})
+
+    def window_stats(self, product: str, window_starts: list[int]) -> list[dict[str, Any]]:
+        """Rows for ``window_starts``; unknown windows have None values."""
+        return [
+            {"window_start": w, "distinct_subjects": self.windows.get(w), "events": None}
+            for w in window_starts
+        ]
