@@ -156,7 +156,7 @@ class SqliteLedger:
         """See :class:`Ledger`."""
         with self._immediate() as conn:
             existing = conn.execute(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?",
                 (class_id, data_version),
             ).fetchone()
             spent = int(
@@ -180,12 +180,25 @@ class SqliteLedger:
             cursor = conn.execute(
                 "INSERT INTO releases (class_id, period, data_version, cost_micro, budget_micro,"
                 " answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (class_id, period, data_version, cost_micro, budget_micro,
-                 json.dumps(answer, sort_keys=True), created),
+                (
+                    class_id,
+                    period,
+                    data_version,
+                    cost_micro,
+                    budget_micro,
+                    json.dumps(answer, sort_keys=True),
+                    created,
+                ),
             )
             entry = LedgerEntry(
-                int(cursor.lastrowid or 0), class_id, period, data_version, cost_micro,
-                budget_micro, answer, created,
+                int(cursor.lastrowid or 0),
+                class_id,
+                period,
+                data_version,
+                cost_micro,
+                budget_micro,
+                answer,
+                created,
             )
             return Commit(entry, reused=False, spent_micro=spent + cost_micro)
 
@@ -201,11 +214,12 @@ class SqliteLedger:
         """See :class:`Ledger`."""
         if class_id is None:
             rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT ?", (limit,)  # noqa: S608
+                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT ?",
+                (limit,),
             )
         else:
             rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? ORDER BY id DESC LIMIT ?",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? ORDER BY id DESC LIMIT ?",
                 (class_id, limit),
             )
         return [_entry(r) for r in rows]
@@ -223,7 +237,7 @@ class PostgresLedger:
     """Ledger in Postgres, shared by several API replicas."""
 
     def __init__(self, url: str) -> None:
-        import psycopg  # noqa: PLC0415 - only deployments with Postgres need it
+        import psycopg
 
         self._lock = threading.Lock()
         self._conn = psycopg.connect(url, autocommit=True)
@@ -254,7 +268,7 @@ class PostgresLedger:
         with self._lock, self._conn.transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (class_id,))
             existing = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s AND data_version = %s",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s AND data_version = %s",
                 (class_id, data_version),
             ).fetchone()
             row = self._conn.execute(
@@ -277,20 +291,32 @@ class PostgresLedger:
             inserted = self._conn.execute(
                 "INSERT INTO releases (class_id, period, data_version, cost_micro, budget_micro,"
                 " answer, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (class_id, period, data_version, cost_micro, budget_micro,
-                 json.dumps(answer, sort_keys=True), created),
+                (
+                    class_id,
+                    period,
+                    data_version,
+                    cost_micro,
+                    budget_micro,
+                    json.dumps(answer, sort_keys=True),
+                    created,
+                ),
             ).fetchone()
         entry = LedgerEntry(
-            int(inserted[0]) if inserted else 0, class_id, period, data_version, cost_micro,
-            budget_micro, answer, created,
+            int(inserted[0]) if inserted else 0,
+            class_id,
+            period,
+            data_version,
+            cost_micro,
+            budget_micro,
+            answer,
+            created,
         )
         return Commit(entry, reused=False, spent_micro=spent + cost_micro)
 
     def spent(self, class_id: str, period: str) -> int:
         """See :class:`Ledger`."""
         rows = self._read(
-            "SELECT COALESCE(SUM(cost_micro), 0) FROM releases "
-            "WHERE class_id = %s AND period = %s",
+            "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = %s AND period = %s",
             (class_id, period),
         )
         return int(rows[0][0]) if rows else 0
@@ -299,11 +325,12 @@ class PostgresLedger:
         """See :class:`Ledger`."""
         if class_id is None:
             rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT %s", (limit,)  # noqa: S608
+                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT %s",
+                (limit,),
             )
         else:
             rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s ORDER BY id DESC LIMIT %s",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s ORDER BY id DESC LIMIT %s",
                 (class_id, limit),
             )
         return [_entry(r) for r in rows]

@@ -25,8 +25,14 @@ PROBLEM = "application/problem+json"
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
     """An RFC 9457 problem response."""
-    body = {"type": f"https://privmesh.dev/problems/{code}", "title": title,
-            "status": status, "detail": detail, "code": code, **extra}
+    body = {
+        "type": f"https://privmesh.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
     headers = {}
     if "retry_after_seconds" in extra:
         headers["Retry-After"] = str(extra["retry_after_seconds"])
@@ -65,8 +71,13 @@ def create_app(
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
-        return problem(422, "invalid_parameters", "Invalid parameters",
-                       "fix the listed parameters", errors=errors)
+        return problem(
+            422,
+            "invalid_parameters",
+            "Invalid parameters",
+            "fix the listed parameters",
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -78,8 +89,13 @@ def create_app(
     return app
 
 
-def build_service(runtime: RuntimeSettings, api: ApiSettings, streams: StreamSettings,
-                  sources: Mapping[str, WindowSource], ledger_: Ledger) -> ReleaseService:
+def build_service(
+    runtime: RuntimeSettings,
+    api: ApiSettings,
+    streams: StreamSettings,
+    sources: Mapping[str, WindowSource],
+    ledger_: Ledger,
+) -> ReleaseService:
     """The release service from settings."""
     return ReleaseService(
         classes=load_query_classes(),
@@ -93,9 +109,9 @@ def build_service(runtime: RuntimeSettings, api: ApiSettings, streams: StreamSet
 
 def app_from_settings() -> FastAPI:
     """The production app: stores and ledger from settings (uvicorn factory)."""
-    from domains.registry import load_contracts  # noqa: PLC0415
-    from feature_repo.settings import get_feature_settings  # noqa: PLC0415
-    from feature_repo.store import DomainFeatureStore  # noqa: PLC0415
+    from domains.registry import load_contracts
+    from feature_repo.settings import get_feature_settings
+    from feature_repo.store import DomainFeatureStore
 
     runtime, api, streams = RuntimeSettings(), ApiSettings(), StreamSettings()
     check_safe(runtime, api)

@@ -51,7 +51,7 @@ def development_master_key(data_dir: Path) -> bytes:
     if path.exists():
         return parse_master_key(path.read_text(encoding="ascii"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    path.parent.chmod(0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(secrets.token_hex(32))

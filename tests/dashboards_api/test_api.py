@@ -19,8 +19,11 @@ CLASS = "shop.orders.distinct_customers"
 NOW = 1_795_427_055.0  # 5 s into a 10 s window; the last closed window starts at ...040
 
 
-def make_client(tmp_path: Path, windows: dict[int, int], keys: dict[str, str] | None = None,
-                ) -> tuple[TestClient, SqliteLedger]:
+def make_client(
+    tmp_path: Path,
+    windows: dict[int, int],
+    keys: dict[str, str] | None = None,
+) -> tuple[TestClient, SqliteLedger]:
     ledger = SqliteLedger(tmp_path / "ledger.db")
     service = ReleaseService(
         classes=load_query_classes(),
@@ -77,8 +80,10 @@ def test_unknown_class_is_404(tmp_path: Path) -> None:
     assert CLASS in response.json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/v1/queries/" + "x" * 200, "/v1/queries/a%20b",
-                                  "/v1/ledger?limit=0", "/v1/ledger?limit=abc"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/queries/" + "x" * 200, "/v1/queries/a%20b", "/v1/ledger?limit=0", "/v1/ledger?limit=abc"],
+)
 def test_bad_parameters_are_422(tmp_path: Path, path: str) -> None:
     """Malformed parameters get 422 problem+json listing what to fix, never a 500."""
     client, _ = make_client(tmp_path, {})
@@ -92,8 +97,9 @@ def test_budget_exhausted_is_429(tmp_path: Path) -> None:
     client, ledger = make_client(tmp_path, {1_795_427_040: 5})
     qc = load_query_classes()[CLASS]
     for i in range(qc.budget_micro // qc.cost_micro):
-        ledger.commit_release(CLASS, "2026-11-23", f"fill:{i}", qc.cost_micro, qc.budget_micro,
-                              {"value": 0})
+        ledger.commit_release(
+            CLASS, "2026-11-23", f"fill:{i}", qc.cost_micro, qc.budget_micro, {"value": 0}
+        )
     response = client.get(f"/v1/queries/{CLASS}")
     assert response.status_code == 429
     body = response.json()
@@ -105,8 +111,10 @@ def test_roles_and_credentials(tmp_path: Path) -> None:
     keys = {"consumer-key": "consumer", "gov-key": "governance"}
     client, _ = make_client(tmp_path, {1_795_427_040: 5}, keys)
     assert client.get(f"/v1/queries/{CLASS}").status_code == 401
-    assert client.get(f"/v1/queries/{CLASS}",
-                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        client.get(f"/v1/queries/{CLASS}", headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
     consumer = {"Authorization": "Bearer consumer-key"}
     assert client.get(f"/v1/queries/{CLASS}", headers=consumer).status_code == 200
     denied = client.get("/v1/ledger", headers=consumer)
@@ -129,8 +137,12 @@ def test_released_values_are_noisy(tmp_path: Path) -> None:
     values = []
     for i in range(50):
         service = ReleaseService(
-            classes=load_query_classes(), sources={"shop": FakeWindowSource(windows)},
-            ledger=ledger, window_seconds=10, grace_seconds=2, lookback_windows=1,
+            classes=load_query_classes(),
+            sources={"shop": FakeWindowSource(windows)},
+            ledger=ledger,
+            window_seconds=10,
+            grace_seconds=2,
+            lookback_windows=1,
             clock=lambda i=i: NOW - 10 * i,
         )
         values.append(service.release(CLASS)["value"])

@@ -45,7 +45,7 @@ def exercise(ledger: Ledger) -> None:
 
 
 def test_sqlite_ledger_behaviour(tmp_path: Path) -> None:
-    """sqlite ledger: reuse costs nothing, five 0.1 releases fit 0.5 exactly, the sixth is refused."""
+    """sqlite: reuse is free, five 0.1 releases fit 0.5 exactly, the sixth is refused."""
     exercise(SqliteLedger(tmp_path / "l.db"))
 
 
