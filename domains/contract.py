@@ -114,9 +114,7 @@ class FieldSpec(BaseModel):
             )
         numeric = self.type in {FieldType.INT, FieldType.FLOAT}
         if numeric and self.tag is PrivacyTag.SENSITIVE and self.bounds is None:
-            raise ValueError(
-                f"sensitive numeric field {self.name!r} has no bounds; DP needs them"
-            )
+            raise ValueError(f"sensitive numeric field {self.name!r} has no bounds; DP needs them")
         if self.bounds is not None and not numeric:
             raise ValueError(f"field {self.name!r}: bounds apply to int/float fields only")
         return self
@@ -157,8 +155,7 @@ class DataProduct(BaseModel):
         time_field = self.field(self.event_time)
         if time_field is None or time_field.type is not FieldType.TIMESTAMP:
             raise ValueError(
-                f"product {self.name!r}: event_time {self.event_time!r} must name a "
-                "timestamp field"
+                f"product {self.name!r}: event_time {self.event_time!r} must name a timestamp field"
             )
         return self
 

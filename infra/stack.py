@@ -295,13 +295,20 @@ def component_health(state: dict[str, Any]) -> list[dict[str, Any]]:
             healthy = wait_for_port(int(info["port"]), 0.5)
         else:
             healthy = True
-        rows.append({"name": name, "pid": pid, "alive": alive, "healthy": healthy,
-                     "restarts": info.get("restarts", 0),
-                     "endpoint": info.get("health_url") or info.get("port")})
+        rows.append(
+            {
+                "name": name,
+                "pid": pid,
+                "alive": alive,
+                "healthy": healthy,
+                "restarts": info.get("restarts", 0),
+                "endpoint": info.get("health_url") or info.get("port"),
+            }
+        )
     return rows
 
 
-def build_components(  # noqa: PLR0913
+def build_components(
     *,
     domain: str,
     embedded_broker: bool,
@@ -323,8 +330,14 @@ def build_components(  # noqa: PLR0913
 
     if embedded_broker:
         components.append(
-            Component("broker", tansu_command(broker_port), port=broker_port,
-                      ready_timeout=20, after_start=create_topics, start_first=True)
+            Component(
+                "broker",
+                tansu_command(broker_port),
+                port=broker_port,
+                ready_timeout=20,
+                after_start=create_topics,
+                start_first=True,
+            )
         )
     components.append(
         Component(
@@ -336,11 +349,18 @@ def build_components(  # noqa: PLR0913
         )
     )
     components.append(
-        Component("api", [*cli, "api"], health_url=f"http://127.0.0.1:{api_port}/healthz",
-                  ready_timeout=start_timeout)
+        Component(
+            "api",
+            [*cli, "api"],
+            health_url=f"http://127.0.0.1:{api_port}/healthz",
+            ready_timeout=start_timeout,
+        )
     )
     components.append(
-        Component(f"generator-{domain}", [*cli, "generate", "--domain", domain],
-                  ready_timeout=start_timeout)
+        Component(
+            f"generator-{domain}",
+            [*cli, "generate", "--domain", domain],
+            ready_timeout=start_timeout,
+        )
     )
     return components

@@ -105,9 +105,7 @@ def build_pipelines(
     pipelines = []
     for product in contract.products:
         transform = ProductTransform(product, tokeniser)
-        bounds = {
-            f.name: f.bounds for f in product.fields if f.bounds is not None
-        }
+        bounds = {f.name: f.bounds for f in product.fields if f.bounds is not None}
         aggregator = WindowAggregator(
             settings.window_seconds,
             settings.grace_seconds,
@@ -131,7 +129,7 @@ def faust_broker_url(bootstrap: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap.split(",") if hostport.strip()]
 
 
-def build_app(  # noqa: PLR0915 - one closure per agent/timer/page keeps Faust wiring in one place
+def build_app(
     contract: DomainContract,
     tokeniser: Tokeniser,
     store: DomainFeatureStore,
@@ -174,9 +172,7 @@ def build_app(  # noqa: PLR0915 - one closure per agent/timer/page keeps Faust w
         )
         dlq = app.topic(pipeline.topics.dlq, value_serializer="raw", key_serializer="raw")
 
-        def make_agent(
-            p: ProductPipeline, out: faust.TopicT, dead: faust.TopicT
-        ) -> Any:
+        def make_agent(p: ProductPipeline, out: faust.TopicT, dead: faust.TopicT) -> Any:
             async def process(stream: faust.StreamT[bytes]) -> None:
                 async for batch in stream.take(
                     settings.batch_size, within=settings.batch_within_seconds

@@ -6,8 +6,8 @@ import logging
 
 import faust
 
-from domains.registry import load_contracts
 from domains.errors import ContractNotFound
+from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
@@ -34,7 +34,9 @@ def build_domain_app(
         runtime.data_dir,
         production=runtime.is_production,
     )
-    tokeniser = Tokeniser(derive_domain_key(master, domain, streams.key_version), streams.key_version)
+    tokeniser = Tokeniser(
+        derive_domain_key(master, domain, streams.key_version), streams.key_version
+    )
     store = DomainFeatureStore(contract, runtime.data_dir, features)
     store.apply()
     return build_app(contract, tokeniser, store, kafka, streams, runtime.data_dir)

@@ -25,7 +25,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()  # type: ignore[attr-defined]
     if REQUIRE_INTEGRATION and report.skipped and item.get_closest_marker("integration"):
         report.outcome = "failed"
-        report.longrepr = f"integration test skipped while PRIVMESH_REQUIRE_INTEGRATION=1: {report.longrepr}"
+        report.longrepr = (
+            f"integration test skipped while PRIVMESH_REQUIRE_INTEGRATION=1: {report.longrepr}"
+        )
 
 
 def free_port() -> int:

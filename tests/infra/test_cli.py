@@ -11,11 +11,17 @@ from pathlib import Path
 from tests.conftest import free_port
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "infra.cli", *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -41,17 +47,24 @@ def test_occupied_port() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        result = run_cli("up", env={"PRIVMESH_API_PORT": str(port),
-                                    "PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port())})
+        result = run_cli(
+            "up",
+            env={"PRIVMESH_API_PORT": str(port), "PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port())},
+        )
     assert_one_line_error(result, str(port), "PRIVMESH_API_PORT")
 
 
 def test_missing_broker_binary(tmp_path: Path) -> None:
     """A missing Tansu binary says how to fix it (reinstall, CALF_TANSU_BIN or external Kafka)."""
-    result = run_cli("up", env={"CALF_TANSU_BIN": str(tmp_path / "no-such-tansu"),
-                                "PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port()),
-                                "PRIVMESH_API_PORT": str(free_port()),
-                                "PRIVMESH_STREAMS_WORKER_WEB_PORT": str(free_port())})
+    result = run_cli(
+        "up",
+        env={
+            "CALF_TANSU_BIN": str(tmp_path / "no-such-tansu"),
+            "PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port()),
+            "PRIVMESH_API_PORT": str(free_port()),
+            "PRIVMESH_STREAMS_WORKER_WEB_PORT": str(free_port()),
+        },
+    )
     assert_one_line_error(result, "PRIVMESH_KAFKA_BOOTSTRAP_SERVERS")
 
 

@@ -28,8 +28,13 @@ PEOPLE, SEED = 300, 11
 async def read_topic(bootstrap: str, topic: str, limit: int) -> list[bytes]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     try:
         batches = await consumer.getmany(timeout_ms=5000, max_records=limit)
@@ -47,16 +52,30 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         tansu_binary()
     except BrokerBinaryMissing as exc:
         pytest.skip(f"embedded broker unavailable: {exc}")
-    ports = {"PRIVMESH_KAFKA_EMBEDDED_PORT": free_port(), "PRIVMESH_API_PORT": free_port(),
-             "PRIVMESH_STREAMS_WORKER_WEB_PORT": free_port()}
+    ports = {
+        "PRIVMESH_KAFKA_EMBEDDED_PORT": free_port(),
+        "PRIVMESH_API_PORT": free_port(),
+        "PRIVMESH_STREAMS_WORKER_WEB_PORT": free_port(),
+    }
     data_dir = tmp_path / "stack"
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()},
-           "PRIVMESH_DATA_DIR": str(data_dir), "PRIVMESH_GENERATOR_PEOPLE": str(PEOPLE),
-           "PRIVMESH_GENERATOR_SEED": str(SEED), "PRIVMESH_GENERATOR_RATE": "300",
-           "PRIVMESH_STREAMS_WINDOW_SECONDS": "4", "PRIVMESH_STREAMS_GRACE_SECONDS": "1"}
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in ports.items()},
+        "PRIVMESH_DATA_DIR": str(data_dir),
+        "PRIVMESH_GENERATOR_PEOPLE": str(PEOPLE),
+        "PRIVMESH_GENERATOR_SEED": str(SEED),
+        "PRIVMESH_GENERATOR_RATE": "300",
+        "PRIVMESH_STREAMS_WINDOW_SECONDS": "4",
+        "PRIVMESH_STREAMS_GRACE_SECONDS": "1",
+    }
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([sys.executable, "-m", "infra.cli", "up"], env=env, stdout=log,
-                          stderr=subprocess.STDOUT, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "up"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     api = f"http://127.0.0.1:{ports['PRIVMESH_API_PORT']}"
     bootstrap = f"127.0.0.1:{ports['PRIVMESH_KAFKA_EMBEDDED_PORT']}"
     answer = None
@@ -76,8 +95,14 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         assert answer["ledger_entry"] >= 1
         ledger = httpx.get(f"{api}/v1/ledger", timeout=5).json()["entries"]
         assert any(e["id"] == answer["ledger_entry"] and e["epsilon"] == "1" for e in ledger)
-        status = subprocess.run([sys.executable, "-m", "infra.cli", "status"], env=env,
-                                capture_output=True, text=True, timeout=30, check=False)
+        status = subprocess.run(
+            [sys.executable, "-m", "infra.cli", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert status.returncode == 0, status.stdout + status.stderr
 
         product = asyncio.run(read_topic(bootstrap, "shop.orders.v1", 5000))
@@ -91,8 +116,14 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
             assert event["customer_email_token"].startswith("k1.")
         api_text = json.dumps(answer) + json.dumps(ledger)
     finally:
-        stopped = subprocess.run([sys.executable, "-m", "infra.cli", "down"], env=env,
-                                 capture_output=True, text=True, timeout=60, check=False)
+        stopped = subprocess.run(
+            [sys.executable, "-m", "infra.cli", "down"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         try:
             up.wait(30)
         except subprocess.TimeoutExpired:
@@ -100,8 +131,11 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         log.close()
     assert stopped.returncode == 0
     assert up.returncode == 0, (tmp_path / "up.log").read_text()
-    leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if str(data_dir) in " ".join(p.info["cmdline"] or [])]
+    leftovers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(data_dir) in " ".join(p.info["cmdline"] or [])
+    ]
     assert leftovers == []
     assert all(port_is_free(p) for p in ports.values())
 
