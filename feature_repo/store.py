@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 import yaml
@@ -42,6 +42,8 @@ def online_store_config(url: str, domain_dir: Path) -> dict[str, Any]:
             "user": parts.username or "postgres",
             "password": parts.password or "",
             "db_schema": "public",
+            # Feast defaults to sslmode=require; follow the URL (libpq's default is "prefer").
+            "sslmode": parse_qs(parts.query).get("sslmode", ["prefer"])[0],
         }
     raise UnsupportedOnlineStore(
         f"PRIVMESH_FEATURES_ONLINE_STORE={url!r} is not supported; use 'sqlite', "
