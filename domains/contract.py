@@ -12,6 +12,12 @@ from enum import StrEnum
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _refuse(code: str, message: str) -> PydanticCustomError:
+    """A validation error whose ``type`` is the machine-readable ``code`` (see the linter)."""
+    return PydanticCustomError(code, message.replace("{", "{{").replace("}", "}}"))
 
 
 class PrivacyTag(StrEnum):
@@ -73,7 +79,9 @@ class Bounds(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.min > self.max:
-            raise ValueError(f"bounds min {self.min} is greater than max {self.max}")
+            raise _refuse(
+                "inverted_bounds", f"bounds min {self.min} is greater than max {self.max}"
+            )
         return self
 
 
@@ -91,6 +99,19 @@ class FieldSpec(BaseModel):
     bounds: Bounds | None = None
     max_length: Annotated[int, Field(ge=1)] = 256
     generalise: Generalisation | None = None
+    allowed_values: Annotated[list[str], Field(min_length=1, max_length=1000)] | None = Field(
+        default=None,
+        description="Public categories: the only values accepted (group-by keys for DP).",
+    )
+    examples: list[str | int | float] = Field(
+        default_factory=list,
+        description="Made-up sample values for documentation and the linter; never real data.",
+    )
+
+    @property
+    def numeric(self) -> bool:
+        """True for int and float fields."""
+        return self.type in {FieldType.INT, FieldType.FLOAT}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -98,25 +119,60 @@ class FieldSpec(BaseModel):
             Protection.KEEP,
             Protection.GENERALISE,
         }:
-            raise ValueError(
+            raise _refuse(
+                "direct_identifier_in_clear",
                 f"field {self.name!r} is a direct identifier but protection is "
-                f"{self.protection.value!r}; use 'drop' or 'tokenise'"
+                f"{self.protection.value!r}; use 'drop' or 'tokenise'",
             )
-        if self.tag is PrivacyTag.QUASI_IDENTIFIER and self.protection is Protection.KEEP:
-            raise ValueError(
-                f"field {self.name!r} is a quasi-identifier kept in clear; "
-                "use 'generalise', 'tokenise' or 'drop'"
+        if (
+            self.tag is PrivacyTag.QUASI_IDENTIFIER
+            and self.protection is Protection.KEEP
+            and self.allowed_values is None
+        ):
+            raise _refuse(
+                "quasi_identifier_in_clear",
+                f"field {self.name!r} is a quasi-identifier kept in clear; use 'generalise', "
+                "'tokenise' or 'drop', or declare its coarse public 'allowed_values'",
             )
         if (self.protection is Protection.GENERALISE) != (self.generalise is not None):
-            raise ValueError(
+            raise _refuse(
+                "generalise_mismatch",
                 f"field {self.name!r}: 'generalise' settings are required exactly when "
-                "protection is 'generalise'"
+                "protection is 'generalise'",
             )
-        numeric = self.type in {FieldType.INT, FieldType.FLOAT}
-        if numeric and self.tag is PrivacyTag.SENSITIVE and self.bounds is None:
-            raise ValueError(f"sensitive numeric field {self.name!r} has no bounds; DP needs them")
-        if self.bounds is not None and not numeric:
-            raise ValueError(f"field {self.name!r}: bounds apply to int/float fields only")
+        kept = self.protection is Protection.KEEP
+        if self.numeric and kept and self.bounds is None:
+            raise _refuse(
+                "unbounded_numeric",
+                f"numeric field {self.name!r} reaches the product without bounds; DP "
+                "aggregates need them (declare 'bounds', or drop the field)",
+            )
+        if self.bounds is not None and not self.numeric:
+            raise _refuse(
+                "bounds_on_non_numeric", f"field {self.name!r}: bounds apply to int/float only"
+            )
+        if self.allowed_values is not None:
+            if self.type is not FieldType.STRING:
+                raise _refuse(
+                    "allowed_values_on_non_string",
+                    f"field {self.name!r}: allowed_values apply to string fields only",
+                )
+            if self.tag is PrivacyTag.DIRECT_IDENTIFIER:
+                raise _refuse(
+                    "allowed_values_on_identifier",
+                    f"field {self.name!r}: a direct identifier cannot have public values",
+                )
+            if len(set(self.allowed_values)) != len(self.allowed_values):
+                raise _refuse(
+                    "duplicate_allowed_values", f"field {self.name!r} lists a value twice"
+                )
+            too_long = [v for v in self.allowed_values if len(v) > self.max_length]
+            if too_long:
+                raise _refuse(
+                    "allowed_value_too_long",
+                    f"field {self.name!r}: allowed values longer than max_length "
+                    f"{self.max_length}: {too_long[:3]}",
+                )
         return self
 
 
@@ -141,21 +197,31 @@ class DataProduct(BaseModel):
         names = [f.name for f in self.fields]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"product {self.name!r} declares fields twice: {duplicates}")
+            raise _refuse(
+                "duplicate_field", f"product {self.name!r} declares fields twice: {duplicates}"
+            )
         unit = self.field(self.privacy_unit)
         if unit is None:
-            raise ValueError(
-                f"product {self.name!r}: privacy_unit {self.privacy_unit!r} is not a field"
+            raise _refuse(
+                "privacy_unit_unknown",
+                f"product {self.name!r}: privacy_unit {self.privacy_unit!r} is not a field",
             )
         if unit.protection is not Protection.TOKENISE or not unit.required:
-            raise ValueError(
+            raise _refuse(
+                "privacy_unit_not_tokenised",
                 f"product {self.name!r}: privacy unit {unit.name!r} must be a required, "
-                "tokenised field"
+                "tokenised field",
             )
         time_field = self.field(self.event_time)
-        if time_field is None or time_field.type is not FieldType.TIMESTAMP:
-            raise ValueError(
-                f"product {self.name!r}: event_time {self.event_time!r} must name a timestamp field"
+        if (
+            time_field is None
+            or time_field.type is not FieldType.TIMESTAMP
+            or not time_field.required
+        ):
+            raise _refuse(
+                "event_time_invalid",
+                f"product {self.name!r}: event_time {self.event_time!r} must name a required "
+                "timestamp field",
             )
         return self
 
@@ -189,9 +255,25 @@ class DomainContract(BaseModel):
     def _unique_products(self) -> Self:
         names = [p.name for p in self.products]
         if len(set(names)) != len(names):
-            raise ValueError(f"domain {self.domain!r} declares a product twice: {names}")
+            raise _refuse(
+                "duplicate_product", f"domain {self.domain!r} declares a product twice: {names}"
+            )
         return self
 
     def product(self, name: str) -> DataProduct | None:
         """The product called ``name``, or None."""
         return next((p for p in self.products if p.name == name), None)
+
+
+SCHEMA_ID = "https://privmesh.dev/schemas/domain-contract.json"
+
+
+def contract_json_schema() -> dict[str, object]:
+    """JSON Schema of a contract file, for editors and other tools."""
+    schema = DomainContract.model_json_schema()
+    return {
+        **schema,
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "privmesh domain contract",
+    }

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from domains.contract import DataProduct, DomainContract
 from domains.errors import ContractNotFound, InvalidContract
+from domains.runtime import RuntimeSettings
 
 CONTRACTS_DIR = Path(__file__).with_name("contracts")
 
@@ -29,9 +30,20 @@ def load_contract(path: Path) -> DomainContract:
         raise InvalidContract(f"{path}: {problems}") from exc
 
 
+def contracts_dir() -> Path:
+    """The configured contracts folder (``PRIVMESH_CONTRACTS_DIR``), else the packaged one."""
+    return RuntimeSettings().contracts_dir or CONTRACTS_DIR
+
+
+def load_contracts(directory: Path | None = None) -> dict[str, DomainContract]:
+    """All contracts in ``directory`` (default: :func:`contracts_dir`) keyed by domain."""
+    return _load_directory((directory or contracts_dir()).resolve())
+
+
 @cache
-def load_contracts(directory: Path = CONTRACTS_DIR) -> dict[str, DomainContract]:
-    """All contracts in ``directory`` keyed by domain name."""
+def _load_directory(directory: Path) -> dict[str, DomainContract]:
+    if not directory.is_dir():
+        raise ContractNotFound(f"contracts folder {directory} does not exist")
     contracts: dict[str, DomainContract] = {}
     for path in sorted(directory.glob("*.yaml")):
         contract = load_contract(path)
@@ -41,15 +53,21 @@ def load_contracts(directory: Path = CONTRACTS_DIR) -> dict[str, DomainContract]
     return contracts
 
 
-def get_product(
-    domain: str, product: str, directory: Path = CONTRACTS_DIR
-) -> tuple[DomainContract, DataProduct]:
-    """The contract and product for ``domain``/``product``, or ContractNotFound."""
+def get_contract(domain: str, directory: Path | None = None) -> DomainContract:
+    """The contract of ``domain``, or ContractNotFound listing the known domains."""
     contracts = load_contracts(directory)
     contract = contracts.get(domain)
     if contract is None:
         known = ", ".join(sorted(contracts)) or "none"
         raise ContractNotFound(f"unknown domain {domain!r} (known: {known})")
+    return contract
+
+
+def get_product(
+    domain: str, product: str, directory: Path | None = None
+) -> tuple[DomainContract, DataProduct]:
+    """The contract and product for ``domain``/``product``, or ContractNotFound."""
+    contract = get_contract(domain, directory)
     found = contract.product(product)
     if found is None:
         known = ", ".join(p.name for p in contract.products)

@@ -31,6 +31,10 @@ class RuntimeSettings(BaseSettings):
         default=Path(".privmesh"),
         description="Where local state lives: broker-independent stores, ledger, logs, keys.",
     )
+    contracts_dir: Path | None = Field(
+        default=None,
+        description="Folder of domain contract YAML files; the packaged demo contracts if unset.",
+    )
 
     @property
     def is_production(self) -> bool:

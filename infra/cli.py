@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
+from infra.commands import domains as domains_commands
+from infra.console import console, err
 from infra.errors import InfraError, StackNotRunning
 from infra.settings import GeneratorSettings, StackSettings
 from streams.errors import StreamError
@@ -29,8 +30,7 @@ app = typer.Typer(
 )
 features_app = typer.Typer(help="Per-domain Feast stores.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+app.add_typer(domains_commands.app, name="domains")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
@@ -42,33 +42,31 @@ def _runtime() -> RuntimeSettings:
     return runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
 
 
+DomainsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--domain", "-d", help="Domain to run (repeatable; default: every contract)."),
+]
+
+
 @app.command()
-def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] = None) -> None:
-    """Start broker, stream processor, API and generator; Ctrl-C stops everything."""
+def up(domain: DomainsOpt = None) -> None:
+    """Start broker, stream processors, API and generator; Ctrl-C stops everything."""
     from dashboards_api.settings import ApiSettings
-    from domains.registry import get_product, load_contracts
     from infra.stack import Stack, build_components
-    from streams.topics import ProductTopics
 
     runtime, kafka, streams = _runtime(), KafkaSettings(), StreamSettings()
     api, stack_settings = ApiSettings(), StackSettings()
-    domain = domain or stack_settings.domain
-    contract = load_contracts().get(domain)
-    if contract is None:
-        raise ContractError(f"unknown domain {domain!r}; known: {', '.join(load_contracts())}")
-    topics: list[str] = []
-    for product in contract.products:
-        get_product(domain, product.name)
-        topics.extend(ProductTopics.of(domain, product).all())
+    domains = _chosen_domains(domain or stack_settings.domains)
+    web_ports = {d: streams.worker_web_port + i for i, d in enumerate(domains)}
     components = build_components(
-        domain=domain,
+        domains=web_ports,
+        generated=[d for d in domains if _has_demo_events(d)],
         embedded_broker=kafka.embedded,
         broker_port=kafka.embedded_port,
         bootstrap=kafka.bootstrap,
-        topics=topics,
+        topics=_topics_of(domains),
         partitions=kafka.partitions,
         replication=kafka.replication_factor,
-        worker_web_port=streams.worker_web_port,
         api_port=api.port,
         start_timeout=stack_settings.start_timeout_seconds,
     )
@@ -82,9 +80,10 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
         console.print,
     )
     ports = {
-        streams.worker_web_port: ("stream worker health page", "PRIVMESH_STREAMS_WORKER_WEB_PORT"),
-        api.port: ("dashboards API", "PRIVMESH_API_PORT"),
+        port: (f"{d} worker health page", "PRIVMESH_STREAMS_WORKER_WEB_PORT")
+        for d, port in web_ports.items()
     }
+    ports[api.port] = ("dashboards API", "PRIVMESH_API_PORT")
     if kafka.embedded:
         ports[kafka.embedded_port] = ("embedded broker", "PRIVMESH_KAFKA_EMBEDDED_PORT")
     stack.preflight(ports)
@@ -100,7 +99,7 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
     began = time.monotonic()
     broker_where = "embedded Tansu" if kafka.embedded else "external Kafka"
     console.print(
-        f"[bold]privmesh up[/] domain={domain} broker={broker_where} "
+        f"[bold]privmesh up[/] domains={','.join(domains)} broker={broker_where} "
         f"({kafka.bootstrap}) data={runtime.data_dir}"
     )
     try:
@@ -110,15 +109,14 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
             f"\n[bold green]privmesh is running[/] (ready in "
             f"{time.monotonic() - began:.1f}s). Look at:"
         )
-        classes = _query_class_ids(domain)
-        for cid in classes:
+        for cid in _query_class_ids(domains):
             console.print(f"  DP answer     curl {base}/v1/queries/{cid}")
         console.print(f"  query classes curl {base}/v1/queries")
         console.print(f"  ledger        curl {base}/v1/ledger")
         console.print(f"  API docs      {base}/docs")
-        console.print(
-            f"  stream health curl http://127.0.0.1:{streams.worker_web_port}/privmesh/health"
-        )
+        for d, port in web_ports.items():
+            label = f"{d} stream"
+            console.print(f"  {label:<13} curl http://127.0.0.1:{port}/privmesh/health")
         console.print(f"  logs          {runtime.data_dir / 'logs'}")
         console.print(
             f"The first DP answer appears once a {streams.window_seconds}s window "
@@ -129,7 +127,7 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
             stack.supervise_once()
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
-                console.print(_progress_line(streams.worker_web_port))
+                console.print(_progress_line(web_ports))
             time.sleep(0.25)
     finally:
         console.print("stopping privmesh ...")
@@ -137,25 +135,56 @@ def up(domain: Annotated[str | None, typer.Option(help="Demo domain to run.")] =
         console.print("[bold]stopped[/]: all components exited, ports released")
 
 
-def _query_class_ids(domain: str) -> list[str]:
+def _chosen_domains(requested: list[str]) -> list[str]:
+    from domains.registry import get_contract, load_contracts
+
+    if not requested:
+        return sorted(load_contracts())
+    for name in requested:
+        get_contract(name)  # unknown domain: a clear error listing the known ones
+    return list(dict.fromkeys(requested))
+
+
+def _topics_of(domains: list[str]) -> list[str]:
+    from domains.registry import get_contract
+    from streams.topics import ProductTopics
+
+    return [
+        topic
+        for d in domains
+        for product in get_contract(d).products
+        for topic in ProductTopics.of(d, product).all()
+    ]
+
+
+def _has_demo_events(domain: str) -> bool:
+    from domains.registry import get_contract
+    from streams.generator import has_generator
+
+    return any(has_generator(domain, p.name) for p in get_contract(domain).products)
+
+
+def _query_class_ids(domains: list[str]) -> list[str]:
     from dashboards_api.query_classes import load_query_classes
 
-    return [qc.id for qc in load_query_classes().values() if qc.domain == domain]
+    return [qc.id for qc in load_query_classes().values() if qc.domain in domains]
 
 
-def _progress_line(worker_port: int) -> str:
+def _progress_line(web_ports: dict[str, int]) -> str:
     import httpx
 
-    try:
-        body = httpx.get(f"http://127.0.0.1:{worker_port}/privmesh/health", timeout=1).json()
-    except (httpx.HTTPError, ValueError):
-        return "[yellow]stream worker not answering[/]"
     parts = []
-    for name, c in body.get("products", {}).items():
-        parts.append(
-            f"{name}: {c.get('accepted', 0)} pseudonymised, "
-            f"{c.get('rejected', 0)} to DLQ, {c.get('windows_closed', 0)} windows closed"
-        )
+    for domain, port in web_ports.items():
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/privmesh/health", timeout=1).json()
+        except (httpx.HTTPError, ValueError):
+            parts.append(f"[yellow]{domain} worker not answering[/]")
+            continue
+        for name, c in body.get("products", {}).items():
+            parts.append(
+                f"{domain}.{name}: {c.get('accepted', 0)} pseudonymised, "
+                f"{c.get('rejected', 0)} to DLQ, {c.get('windows_closed', 0)} windows"
+            )
     return time.strftime("%H:%M:%S ") + "; ".join(parts)
 
 
@@ -205,29 +234,38 @@ def _mark(ok: bool) -> str:
 
 
 @app.command()
-def worker(domain: DomainOpt) -> None:
-    """Run a domain's Faust stream processor (what `up` starts)."""
+def worker(
+    domain: DomainOpt,
+    web_port: Annotated[
+        int | None,
+        typer.Option(help="Health page port (default PRIVMESH_STREAMS_WORKER_WEB_PORT)."),
+    ] = None,
+) -> None:
+    """Run a domain's Faust stream processor (what `up` starts, one per domain)."""
     from feature_repo.settings import FeatureStoreSettings
     from streams.worker import run_worker
 
-    run_worker(domain, _runtime(), KafkaSettings(), StreamSettings(), FeatureStoreSettings())
+    streams = StreamSettings()
+    if web_port is not None:
+        streams = StreamSettings.model_validate(
+            {**streams.model_dump(), "worker_web_port": web_port}
+        )
+    run_worker(domain, _runtime(), KafkaSettings(), streams, FeatureStoreSettings())
 
 
 @app.command()
 def generate(
-    domain: DomainOpt,
+    domain: DomainsOpt = None,
     rate: Annotated[
-        float | None, typer.Option(help="Events per second (0: as fast as possible).")
+        float | None, typer.Option(help="Events per second, all products together (0: max).")
     ] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
-    people: Annotated[int | None, typer.Option(help="Size of the fake customer pool.")] = None,
+    people: Annotated[int | None, typer.Option(help="Size of the fake people pool.")] = None,
     bad_ratio: Annotated[float | None, typer.Option(help="Share of malformed events.")] = None,
 ) -> None:
-    """Produce synthetic raw events (fake people) to the domain's ingest topic."""
-    from kafka import KafkaProducer
-
-    from domains.registry import get_product
-    from streams.generator import OrderGenerator, make_people, paced
+    """Produce synthetic raw events (fake people) to the domains' ingest topics."""
+    from streams.generator import EventGenerator, make_people, paced
+    from streams.producing import RawProducer
     from streams.topics import ProductTopics
 
     settings = GeneratorSettings()
@@ -235,21 +273,26 @@ def generate(
     settings = GeneratorSettings.model_validate(
         {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     )
-    if domain != "shop":
-        raise ContractError(f"the generator knows the demo domain 'shop' only, not {domain!r}")
-    _, product = get_product(domain, "orders")
-    topic = ProductTopics.of(domain, product).ingest
-    kafka = KafkaSettings()
-    gen = OrderGenerator(
-        product, make_people(settings.people, settings.seed), settings.bad_ratio, settings.seed
-    )
-    producer = KafkaProducer(
-        bootstrap_servers=kafka.bootstrap.split(","),
-        linger_ms=5,
-        acks=1,
-        client_id=f"privmesh-generator-{domain}",
-    )
-    sent = 0
+    from domains.registry import get_contract
+    from streams.generator import has_generator
+
+    pool = make_people(settings.people, settings.seed)
+    generators: list[tuple[str, EventGenerator]] = []
+    for index, name in enumerate(_chosen_domains(domain or [])):
+        for product in get_contract(name).products:
+            if has_generator(name, product.name):
+                gen = EventGenerator(name, product, pool, settings.bad_ratio, settings.seed + index)
+                generators.append((ProductTopics.of(name, product).ingest, gen))
+    if not generators:
+        raise ContractError("none of the chosen domains has a synthetic event generator")
+
+    def interleaved() -> Any:
+        produced = 0
+        while count is None or produced < count:
+            topic, gen = generators[produced % len(generators)]
+            yield topic, gen.next_event()
+            produced += 1
+
     stop = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -258,16 +301,14 @@ def generate(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    try:
-        for raw in paced(settings.rate, gen.stream(count)):
-            producer.send(topic, raw)
+    sent = 0
+    with RawProducer(KafkaSettings(), client_id="privmesh-generator") as producer:
+        for topic, (key, value) in paced(settings.rate, interleaved()):
+            producer.send(topic, value, key=key)
             sent += 1
             if stop:
                 break
-    finally:
-        producer.flush(timeout=10)
-        producer.close(timeout=10)
-    err.print(f"generator: sent {sent} events to {topic}")
+    err.print(f"generator: sent {sent} events to {', '.join(t for t, _ in generators)}")
 
 
 @app.command()

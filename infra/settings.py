@@ -25,7 +25,10 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PRIVMESH_STACK_", extra="ignore")
 
-    domain: str = "shop"
+    domains: list[str] = Field(
+        default_factory=list,
+        description='Domains `up` runs, as a JSON list such as ["shop"]; empty: every contract.',
+    )
     start_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 90.0
     stop_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 15.0
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 5

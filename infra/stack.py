@@ -310,18 +310,22 @@ def component_health(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_components(
     *,
-    domain: str,
+    domains: dict[str, int],
+    generated: list[str],
     embedded_broker: bool,
     broker_port: int,
     bootstrap: str,
     topics: list[str],
     partitions: int,
     replication: int,
-    worker_web_port: int,
     api_port: int,
     start_timeout: float,
 ) -> list[Component]:
-    """The components of the demo stack, in start order."""
+    """The components of the demo stack, in start order.
+
+    ``domains`` maps each domain to its worker's health-page port; ``generated`` lists
+    the domains the synthetic generator feeds (one generator process for all).
+    """
     cli = [sys.executable, "-m", "infra.cli"]
     components: list[Component] = []
 
@@ -339,15 +343,16 @@ def build_components(
                 start_first=True,
             )
         )
-    components.append(
-        Component(
-            f"worker-{domain}",
-            [*cli, "worker", "--domain", domain],
-            health_url=f"http://127.0.0.1:{worker_web_port}/privmesh/health",
-            ready_timeout=start_timeout,
-            after_start=None if embedded_broker else create_topics,
+    for index, (domain, web_port) in enumerate(domains.items()):
+        components.append(
+            Component(
+                f"worker-{domain}",
+                [*cli, "worker", "--domain", domain, "--web-port", str(web_port)],
+                health_url=f"http://127.0.0.1:{web_port}/privmesh/health",
+                ready_timeout=start_timeout,
+                after_start=create_topics if index == 0 and not embedded_broker else None,
+            )
         )
-    )
     components.append(
         Component(
             "api",
@@ -356,11 +361,12 @@ def build_components(
             ready_timeout=start_timeout,
         )
     )
-    components.append(
-        Component(
-            f"generator-{domain}",
-            [*cli, "generate", "--domain", domain],
-            ready_timeout=start_timeout,
+    if generated:
+        components.append(
+            Component(
+                "generator",
+                [*cli, "generate", *(arg for d in generated for arg in ("--domain", d))],
+                ready_timeout=start_timeout,
+            )
         )
-    )
     return components

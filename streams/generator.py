@@ -1,8 +1,12 @@
 """Synthetic raw events with realistic fake people (Faker), for demos and benchmarks.
 
-A fixed pool of people places orders, so repeat customers exist and distinct
-counts are meaningful. A configurable share of events is deliberately malformed
-to exercise the dead-letter path. Nothing here logs an event's content.
+One pool of fake people is shared by every domain: the same person orders in the
+shop, browses the web site and writes to support, so cross-domain linkage would be
+possible in raw data, and the per-domain keys must make it impossible downstream.
+A configurable share of events is deliberately malformed (derived from the
+contract, so every domain exercises every dead-letter reason). Events are keyed by
+their raw privacy-unit value, which keeps one subject on one partition of the
+ingest topic. Nothing here logs an event's content.
 """
 
 from __future__ import annotations
@@ -10,30 +14,41 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 from faker import Faker
 
-from domains.contract import DataProduct
+from domains.contract import DataProduct, FieldType
+from streams.errors import StreamError
+from streams.pseudonymise import normalise
 
 
 @dataclass(frozen=True, slots=True)
 class Person:
-    """A fake person (all fields synthetic)."""
+    """A fake person (every field synthetic)."""
 
     name: str
     email: str
+    phone: str
     ip: str
     birth_date: date
     zip_code: str
+    cookie: str
+    user_agent: str
+    country: str
+
+
+COUNTRIES = ["DE", "FR", "NL", "ES", "IT", "GB", "US", "OTHER"]
 
 
 def make_people(count: int, seed: int) -> list[Person]:
     """``count`` distinct fake people, reproducible for ``seed``."""
     fake = Faker("en_US")
     fake.seed_instance(seed)
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
     people: list[Person] = []
     emails: set[str] = set()
     while len(people) < count:
@@ -46,83 +61,194 @@ def make_people(count: int, seed: int) -> list[Person]:
             Person(
                 name=name,
                 email=email,
+                phone=fake.phone_number(),
                 ip=fake.ipv4_public(),
                 birth_date=fake.date_of_birth(minimum_age=18, maximum_age=90),
                 zip_code=fake.zipcode(),
+                cookie=f"ck_{fake.uuid4()}",
+                user_agent=fake.user_agent(),
+                country=rng.choice(COUNTRIES),
             )
         )
     return people
 
 
-class OrderGenerator:
-    """Raw ``shop.orders`` events (the demo product's ingest schema)."""
+Builder = Callable[[Person, random.Random, int, str], dict[str, object]]
 
-    def __init__(self, product: DataProduct, people: list[Person], bad_ratio: float, seed: int):
+
+def _order(person: Person, rng: random.Random, seq: int, at: str) -> dict[str, object]:
+    return {
+        "order_id": f"o-{seq:09d}",
+        "customer_name": person.name,
+        "customer_email": person.email,
+        "ip_address": person.ip,
+        "birth_date": person.birth_date.isoformat(),
+        "zip_code": person.zip_code,
+        "payment_method": rng.choice(["card", "card", "paypal", "invoice", "gift_card"]),
+        "amount_cents": rng.randint(100, 25_000),
+        "occurred_at": at,
+    }
+
+
+def _page_view(person: Person, rng: random.Random, seq: int, at: str) -> dict[str, object]:
+    return {
+        "view_id": f"pv-{seq:010d}",
+        "visitor_id": person.cookie,
+        "ip_address": person.ip,
+        "user_agent": person.user_agent,
+        "country": person.country,
+        "page": rng.choice(["home", "home", "search", "product", "product", "cart", "checkout"]),
+        "device_type": rng.choice(["desktop", "mobile", "mobile", "tablet"]),
+        "duration_ms": int(rng.expovariate(1 / 20_000)) % 600_000,
+        "viewed_at": at,
+    }
+
+
+_TOPICS = {
+    "billing": "I was charged twice for my order",
+    "delivery": "my parcel has not arrived yet",
+    "returns": "I would like to return the shoes",
+    "account": "I cannot log in to my account",
+    "product": "the kettle stopped working",
+    "other": "I have a question",
+}
+
+
+def _ticket(person: Person, rng: random.Random, seq: int, at: str) -> dict[str, object]:
+    category = rng.choice(list(_TOPICS))
+    event: dict[str, object] = {
+        "ticket_id": f"T-{seq:09d}",
+        "customer_email": person.email,
+        "customer_name": person.name,
+        "customer_phone": person.phone,
+        # Free text names the person, as real tickets do: the contract drops it.
+        "message": f"Hello, this is {person.name} ({person.phone}); {_TOPICS[category]}.",
+        "category": category,
+        "channel": rng.choice(["email", "chat", "phone"]),
+        "handle_minutes": rng.randint(2, 180),
+        "resolved_at": at,
+    }
+    if rng.random() < 0.6:
+        event["satisfaction"] = rng.randint(1, 5)
+    return event
+
+
+BUILDERS: dict[tuple[str, str], Builder] = {
+    ("shop", "orders"): _order,
+    ("web", "page_views"): _page_view,
+    ("support", "tickets"): _ticket,
+}
+
+
+def has_generator(domain: str, product: str) -> bool:
+    """True when synthetic events exist for ``domain``/``product``."""
+    return (domain, product) in BUILDERS
+
+
+class EventGenerator:
+    """Raw events of one demo data product, keyed by their raw privacy-unit value."""
+
+    def __init__(
+        self,
+        domain: str,
+        product: DataProduct,
+        people: list[Person],
+        bad_ratio: float = 0.0,
+        seed: int = 7,
+    ) -> None:
+        builder = BUILDERS.get((domain, product.name))
+        if builder is None:
+            known = ", ".join(f"{d}.{p}" for d, p in sorted(BUILDERS))
+            raise StreamError(
+                f"no synthetic events for {domain}.{product.name} (known: {known}); "
+                "use `privmesh produce --file` with your own events"
+            )
         if not people:
             raise ValueError("at least one person is needed")
         if not 0 <= bad_ratio <= 1:
             raise ValueError(f"bad_ratio must be within [0, 1], got {bad_ratio}")
+        self.domain = domain
         self.product = product
         self.people = people
         self.bad_ratio = bad_ratio
+        self._build = builder
         self._rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
         self._seq = 0
 
     def good(self, now: float | None = None) -> dict[str, object]:
-        """One valid order event."""
+        """One valid event."""
         person = self._rng.choice(self.people)
         self._seq += 1
-        return {
-            "order_id": f"o-{self._seq:09d}",
-            "customer_name": person.name,
-            "customer_email": person.email,
-            "ip_address": person.ip,
-            "birth_date": person.birth_date.isoformat(),
-            "zip_code": person.zip_code,
-            "amount_cents": self._rng.randint(100, 25_000),
-            "occurred_at": datetime.fromtimestamp(now or time.time(), tz=UTC).isoformat(),
-        }
+        at = datetime.fromtimestamp(now or time.time(), tz=UTC).isoformat()
+        return self._build(person, self._rng, self._seq, at)
 
     def bad(self, now: float | None = None) -> bytes:
-        """One malformed event, of a randomly chosen kind."""
+        """One malformed event; its kind is drawn from the contract's rules."""
         event = self.good(now)
-        kind = self._rng.randrange(5)
-        if kind == 0:
-            return b'{"order_id": "o-broken", "amount_cents": '
-        if kind == 1:
-            del event["customer_email"]
-        elif kind == 2:
-            event["amount_cents"] = 10_000_000
-        elif kind == 3:
-            event["customer_email"] = "not-an-email"
-        else:
-            event["amount_cents"] = "twelve"
+        product = self.product
+        bounded = [f for f in product.fields if f.bounds is not None and f.name in event]
+        categorical = [f for f in product.fields if f.allowed_values and f.name in event]
+        strings = [f for f in product.fields if f.type is FieldType.STRING and f.name in event]
+        match self._rng.randrange(8):
+            case 0:  # truncated JSON
+                return json.dumps(event).encode()[: self._rng.randint(1, 40)]
+            case 1:  # the privacy unit is missing
+                del event[product.privacy_unit]
+            case 2 if bounded:  # far outside the contract bounds
+                spec = self._rng.choice(bounded)
+                assert spec.bounds is not None
+                event[spec.name] = int(spec.bounds.max) * 10 + 1
+            case 3 if strings:  # a number where a string belongs
+                event[self._rng.choice(strings).name] = 12345
+            case 4:  # a value of the right type that is not valid
+                unit = product.field(product.privacy_unit)
+                if unit is not None and unit.type is FieldType.EMAIL:
+                    event[unit.name] = "not-an-email"
+                else:
+                    event[product.event_time] = "yesterday at noon"
+            case 5:  # a field the contract does not know
+                event["debug_dump"] = "x"
+            case 6:  # larger than the contract's size limit
+                event["debug_dump"] = "x" * product.max_event_bytes
+            case 7 if categorical:  # outside the public categories
+                event[self._rng.choice(categorical).name] = "unlisted"
+            case _:  # the rule does not apply to this product: not a JSON object
+                return b"[1, 2, 3]"
         return json.dumps(event).encode()
 
-    def next_raw(self, now: float | None = None) -> bytes:
-        """The next event's bytes, malformed with probability ``bad_ratio``."""
+    def next_event(self, now: float | None = None) -> tuple[bytes | None, bytes]:
+        """The next ``(key, value)``; malformed (and unkeyed) with probability ``bad_ratio``."""
         if self.bad_ratio and self._rng.random() < self.bad_ratio:
-            return self.bad(now)
-        return json.dumps(self.good(now), separators=(",", ":")).encode()
+            return None, self.bad(now)
+        event = self.good(now)
+        return self._unit_key(event), json.dumps(event, separators=(",", ":")).encode()
 
-    def stream(self, count: int | None = None) -> Iterator[bytes]:
+    def _unit_key(self, event: dict[str, object]) -> bytes:
+        unit = self.product.field(self.product.privacy_unit)
+        assert unit is not None  # the contract guarantees it
+        return normalise(str(event[unit.name]), unit.type).encode()
+
+    def stream(self, count: int | None = None) -> Iterator[tuple[bytes | None, bytes]]:
         """``count`` events (forever when None)."""
         produced = 0
         while count is None or produced < count:
-            yield self.next_raw()
+            yield self.next_event()
             produced += 1
 
 
-def paced(rate: float, events: Iterator[bytes]) -> Iterator[bytes]:
+T = TypeVar("T")
+
+
+def paced(rate: float, events: Iterator[T]) -> Iterator[T]:
     """Yield ``events`` at about ``rate`` per second (0: as fast as possible)."""
     if rate <= 0:
         yield from events
         return
     interval = 1.0 / rate
     next_at = time.monotonic()
-    for raw in events:
+    for item in events:
         now = time.monotonic()
         if next_at > now:
             time.sleep(next_at - now)
         next_at = max(next_at + interval, time.monotonic() - 1.0)
-        yield raw
+        yield item

@@ -27,6 +27,7 @@ WRONG_TYPE = "wrong_type"
 OUT_OF_BOUNDS = "out_of_bounds"
 TOO_LONG = "too_long"
 INVALID_VALUE = "invalid_value"
+NOT_ALLOWED = "not_allowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,8 @@ def _parse(spec: FieldSpec, value: object) -> object:  # noqa: PLR0911, PLR0912
                 raise _Invalid(INVALID_VALUE, f"field {name!r} is not an ISO date") from None
     if not value.strip():
         raise _Invalid(INVALID_VALUE, f"field {name!r} is empty")
+    if spec.allowed_values is not None and value not in spec.allowed_values:
+        raise _Invalid(NOT_ALLOWED, f"field {name!r} is not one of its allowed values")
     return value
 
 

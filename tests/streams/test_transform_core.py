@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domains.registry import get_product
-from streams.generator import OrderGenerator, make_people
+from streams.generator import EventGenerator, make_people
 from streams.keys import derive_domain_key
 from streams.pseudonymise import Tokeniser
 from streams.transform import Accepted, ProductTransform, Rejected
@@ -18,7 +18,7 @@ _, PRODUCT = get_product("shop", "orders")
 KEY = derive_domain_key(b"m" * 32, "shop", 1)
 TRANSFORM = ProductTransform(PRODUCT, Tokeniser(KEY, 1))
 PEOPLE = make_people(50, 3)
-GOOD = OrderGenerator(PRODUCT, PEOPLE, 0.0, 3).good(1_795_427_000.0)
+GOOD = EventGenerator("shop", PRODUCT, PEOPLE, 0.0, 3).good(1_795_427_000.0)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
@@ -82,7 +82,7 @@ def test_arbitrary_objects_get_exactly_one_outcome(payload: dict[str, object]) -
 @given(st.integers(0, len(PEOPLE) - 1))
 def test_no_raw_identifier_in_product_event(index: int) -> None:
     """No raw name, e-mail, IP or birth date of a generated person is in its product event."""
-    gen = OrderGenerator(PRODUCT, [PEOPLE[index]], 0.0, index)
+    gen = EventGenerator("shop", PRODUCT, [PEOPLE[index]], 0.0, index)
     text = json.dumps(TRANSFORM.apply(json.dumps(gen.good()).encode()).event)  # type: ignore[union-attr]
     person = PEOPLE[index]
     for raw in (person.name, person.email, person.birth_date.isoformat(), f'"{person.ip}"'):

@@ -1,0 +1,242 @@
+"""The contract linter: errors for contradictions, warnings for likely mistakes.
+
+Errors are what the contract models refuse (a direct identifier kept in clear, a
+numeric field reaching the product without bounds, a product without a privacy
+unit, ...), reported with a stable ``code`` and the location in the file rather than
+as one exception. Warnings flag fields tagged ``non_personal`` whose names or sample
+values look personal, free text tagged sensitive but kept, and long retention: a
+human decides.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from domains.contract import DomainContract, FieldSpec, FieldType, PrivacyTag, Protection
+
+LONG_RETENTION_DAYS = 730
+
+
+class Severity(StrEnum):
+    """How a finding affects ``privmesh domains lint``'s exit status."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem: a stable ``code``, where it is, and what to do about it."""
+
+    severity: Severity
+    code: str
+    source: str
+    location: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.location}" if self.location else self.source
+        return f"{where}: {self.severity.value} [{self.code}] {self.message}"
+
+
+# Pydantic's own error types, renamed to codes a contract author understands.
+_SCHEMA_CODES = {
+    "missing": "missing_key",
+    "extra_forbidden": "unknown_key",
+    "enum": "invalid_choice",
+    "literal_error": "invalid_choice",
+    "string_pattern_mismatch": "invalid_name",
+}
+_REQUIRED_KEYS = {"privacy_unit": "no_privacy_unit", "event_time": "no_event_time"}
+
+# Words in a field name that suggest personal data (matched against its _-separated parts).
+_PERSONAL_WORDS = frozenset(
+    {
+        "email", "mail", "name", "firstname", "lastname", "surname", "fullname", "phone",
+        "mobile", "msisdn", "ip", "ipv4", "ipv6", "address", "street", "postcode", "zip",
+        "postal", "birth", "birthday", "dob", "ssn", "passport", "iban", "card", "pan",
+        "account", "user", "username", "login", "customer", "patient", "member", "employee",
+        "device", "cookie", "imei", "latitude", "longitude", "lat", "lon", "gps", "gender",
+        "salary", "income", "religion", "ethnicity", "diagnosis", "national", "tax", "license",
+        "plate", "vin", "visitor",
+    }
+)  # fmt: skip
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+_PHONE = re.compile(r"^\+?[\d\s().-]{9,20}$")
+_IBAN = re.compile(r"^[A-Z]{2}\d{2}[A-Z0-9]{11,30}$")
+_CARD = re.compile(r"^\d{13,19}$")
+_ISO_DATE = re.compile(r"^(19|20)\d\d-[01]\d-[0-3]\d$")
+
+
+def lint_contract_file(path: Path) -> list[Finding]:
+    """Lint one contract file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [Finding(Severity.ERROR, "unreadable", str(path), "", message)]
+    return lint_contract(raw, str(path))
+
+
+def lint_contract(raw: object, source: str = "<contract>") -> list[Finding]:
+    """Errors from validating ``raw``; if it is valid, the warnings of the heuristics."""
+    try:
+        contract = DomainContract.model_validate(raw)
+    except ValidationError as exc:
+        return [_finding_of(error, source) for error in exc.errors()]
+    return list(_warnings(contract, source))
+
+
+def lint_paths(paths: Iterable[Path]) -> list[Finding]:
+    """Lint contract files and directories of ``*.yaml`` files; duplicate domains are errors."""
+    findings: list[Finding] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+        for file in files:
+            file_findings = lint_contract_file(file)
+            findings.extend(file_findings)
+            if any(f.severity is Severity.ERROR for f in file_findings):
+                continue
+            domain = DomainContract.model_validate(
+                yaml.safe_load(file.read_text(encoding="utf-8"))
+            ).domain
+            if domain in seen:
+                findings.append(
+                    Finding(
+                        Severity.ERROR,
+                        "duplicate_domain",
+                        str(file),
+                        "domain",
+                        f"domain {domain!r} is already declared in {seen[domain]}",
+                    )
+                )
+            seen[domain] = str(file)
+    return findings
+
+
+def _finding_of(error: Any, source: str) -> Finding:
+    loc = tuple(error["loc"])
+    kind = str(error["type"])
+    code = _SCHEMA_CODES.get(kind, kind)
+    if kind == "missing" and loc and str(loc[-1]) in _REQUIRED_KEYS:
+        code = _REQUIRED_KEYS[str(loc[-1])]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        message = f"required key {loc[-1]!r} is missing" if loc else message
+    location = ".".join(str(part) for part in loc)
+    return Finding(Severity.ERROR, code, source, location, message)
+
+
+def _warnings(contract: DomainContract, source: str) -> Iterable[Finding]:
+    for p_index, product in enumerate(contract.products):
+        where = f"products.{p_index}"
+        if product.retention_days > LONG_RETENTION_DAYS:
+            yield Finding(
+                Severity.WARNING,
+                "long_retention",
+                source,
+                f"{where}.retention_days",
+                f"product {product.name!r} keeps data {product.retention_days} days; "
+                f"justify more than {LONG_RETENTION_DAYS} in its purpose",
+            )
+        for f_index, spec in enumerate(product.fields):
+            yield from _field_warnings(spec, source, f"{where}.fields.{f_index}")
+
+
+def _field_warnings(spec: FieldSpec, source: str, where: str) -> Iterable[Finding]:
+    if spec.tag is PrivacyTag.NON_PERSONAL:
+        words = set(spec.name.split("_"))
+        hits = sorted(words & _PERSONAL_WORDS)
+        if hits and spec.allowed_values is None:
+            yield Finding(
+                Severity.WARNING,
+                "personal_name_tagged_non_personal",
+                source,
+                f"{where}.name",
+                f"field {spec.name!r} is tagged non_personal but its name suggests personal "
+                f"data ({', '.join(hits)}); tag it, or declare its public allowed_values",
+            )
+        if spec.type in {FieldType.EMAIL, FieldType.IPV4, FieldType.DATE}:
+            yield Finding(
+                Severity.WARNING,
+                "personal_type_tagged_non_personal",
+                source,
+                f"{where}.type",
+                f"field {spec.name!r} has type {spec.type.value!r} but is tagged non_personal",
+            )
+        for index, example in enumerate(spec.examples):
+            kind = looks_personal(example)
+            if kind:
+                yield Finding(
+                    Severity.WARNING,
+                    "personal_value_tagged_non_personal",
+                    source,
+                    f"{where}.examples.{index}",
+                    f"field {spec.name!r} is tagged non_personal but a sample value looks "
+                    f"like {kind}",
+                )
+    if (
+        spec.tag is PrivacyTag.SENSITIVE
+        and spec.type is FieldType.STRING
+        and spec.protection is Protection.KEEP
+        and spec.allowed_values is None
+    ):
+        yield Finding(
+            Severity.WARNING,
+            "sensitive_free_text_kept",
+            source,
+            f"{where}.protection",
+            f"sensitive free-text field {spec.name!r} is kept in clear; free text carries "
+            "identifiers: drop it or declare its allowed_values",
+        )
+
+
+def looks_personal(value: str | int | float) -> str | None:
+    """What kind of personal value ``value`` looks like, or None."""
+    text = str(value).strip()
+    compact = re.sub(r"[\s-]", "", text)
+    checks: list[tuple[str, Callable[[], bool]]] = [
+        ("an e-mail address", lambda: bool(_EMAIL.match(text))),
+        ("an IP address", lambda: _is_ip(text)),
+        ("an IBAN", lambda: bool(_IBAN.match(compact))),
+        ("a payment card number", lambda: bool(_CARD.match(compact)) and _luhn_ok(compact)),
+        (
+            "a phone number",
+            lambda: bool(_PHONE.match(text)) and sum(c.isdigit() for c in text) >= 9,
+        ),
+        ("a date (birth date?)", lambda: bool(_ISO_DATE.match(text))),
+    ]
+    return next((kind for kind, check in checks if check()), None)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if index % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0

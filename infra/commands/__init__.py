@@ -1,0 +1,1 @@
+"""Sub-commands of the ``privmesh`` CLI, one module per concern."""

@@ -1,0 +1,6 @@
+"""The CLI's two consoles: results on stdout, progress and errors on stderr."""
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)

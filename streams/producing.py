@@ -1,0 +1,68 @@
+"""Producing raw bytes to Kafka topics (generator, ``privmesh produce``, erasure tombstones).
+
+kafka-python's producer: it works against any Kafka-protocol broker, including the
+embedded Tansu, and needs no event loop.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from streams.errors import BrokerUnavailable
+from streams.settings import KafkaSettings
+
+
+class RawProducer:
+    """A batching producer of ``bytes`` values; flushes and closes on exit."""
+
+    def __init__(self, kafka: KafkaSettings, client_id: str, *, linger_ms: int = 5) -> None:
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=kafka.bootstrap.split(","),
+                client_id=client_id,
+                linger_ms=linger_ms,
+                acks=1,
+                batch_size=256 * 1024,
+                max_request_size=4 * 1024 * 1024,
+            )
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {kafka.bootstrap}: {exc}; is `privmesh up` running, "
+                "or PRIVMESH_KAFKA_BOOTSTRAP_SERVERS set?"
+            ) from exc
+        self.sent = 0
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one record (``value=None`` is a tombstone)."""
+        self._producer.send(topic, value=value, key=key, headers=headers or [])
+        self.sent += 1
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged."""
+        self._producer.flush(timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self._producer.close(timeout=10)

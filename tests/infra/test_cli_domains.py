@@ -1,0 +1,70 @@
+"""``privmesh domains``: list, show, lint (exit status), schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from domains.registry import CONTRACTS_DIR
+from tests.infra.test_cli import run_cli
+
+
+def test_list_shows_every_product() -> None:
+    result = run_cli("domains", "list", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    for domain, product in [("shop", "orders"), ("web", "page_views"), ("support", "tickets")]:
+        assert domain in result.stdout and product in result.stdout
+
+
+def test_show_prints_tags_and_protections() -> None:
+    result = run_cli("domains", "show", "shop", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "customer_email (privacy unit)" in result.stdout
+    assert "direct_identifier" in result.stdout and "tokenise" in result.stdout
+    as_json = run_cli("domains", "show", "web", "--json")
+    assert json.loads(as_json.stdout)["products"][0]["privacy_unit"] == "visitor_id"
+
+
+def test_show_unknown_domain_is_one_line() -> None:
+    result = run_cli("domains", "show", "nope")
+    assert result.returncode == 2
+    assert "unknown domain 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lint_exit_status(tmp_path: Path) -> None:
+    assert run_cli("domains", "lint").returncode == 0
+    raw = yaml.safe_load((CONTRACTS_DIR / "shop.yaml").read_text(encoding="utf-8"))
+    raw["products"][0]["fields"][1]["protection"] = "keep"  # customer_name in clear
+    bad = tmp_path / "shop.yaml"
+    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    result = run_cli("domains", "lint", str(bad), "--json")
+    assert result.returncode == 1
+    [finding] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert finding["code"] == "direct_identifier_in_clear"
+    assert "1 error(s)" in result.stderr
+
+
+def test_lint_strict_fails_on_warnings(tmp_path: Path) -> None:
+    raw = yaml.safe_load((CONTRACTS_DIR / "web.yaml").read_text(encoding="utf-8"))
+    raw["products"][0]["retention_days"] = 5000
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert run_cli("domains", "lint", str(path)).returncode == 0
+    assert run_cli("domains", "lint", "--strict", str(path)).returncode == 1
+
+
+def test_contracts_dir_setting(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text((CONTRACTS_DIR / "web.yaml").read_text(), encoding="utf-8")
+    result = run_cli(
+        "domains", "list", env={"PRIVMESH_CONTRACTS_DIR": str(tmp_path), "COLUMNS": "200"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "page_views" in result.stdout and "orders" not in result.stdout
+
+
+def test_schema_to_file(tmp_path: Path) -> None:
+    out = tmp_path / "schema.json"
+    assert run_cli("domains", "schema", "-o", str(out)).returncode == 0
+    assert json.loads(out.read_text())["title"] == "privmesh domain contract"
