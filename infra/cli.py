@@ -14,6 +14,7 @@ from rich.table import Table
 
 from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
+from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
 from infra.console import console, err
 from infra.errors import InfraError, StackNotRunning
@@ -31,6 +32,8 @@ app = typer.Typer(
 features_app = typer.Typer(help="Per-domain Feast stores.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(domains_commands.app, name="domains")
+app.command()(data_commands.produce)
+app.command()(data_commands.tail)
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
