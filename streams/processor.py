@@ -27,14 +27,12 @@ from feature_repo.definitions import SUBJECT_KEY, WINDOW_KEY, sum_feature
 from feature_repo.store import DomainFeatureStore
 from streams.pseudonymise import Tokeniser
 from streams.settings import KafkaSettings, StreamSettings
-from streams.topics import ProductTopics
+from streams.topics import DETAIL_HEADER, REASON_HEADER, ProductTopics
 from streams.transform import Accepted, ProductTransform, Rejected
 from streams.windows import SubjectRow, WindowAggregator, WindowStats
 
 log = logging.getLogger("privmesh.streams")
 
-REASON_HEADER = "privmesh-reason"
-DETAIL_HEADER = "privmesh-detail"
 PROCESSING_ERROR = "processing_error"
 
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from domains.contract import DataProduct
 
+# Headers of every dead-letter record: a stable reason code, and a detail that names the
+# field and the problem without echoing the raw value.
+REASON_HEADER = "privmesh-reason"
+DETAIL_HEADER = "privmesh-detail"
+
 
 @dataclass(frozen=True)
 class ProductTopics:

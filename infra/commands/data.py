@@ -118,7 +118,7 @@ def tail(
     ] = False,
 ) -> None:
     """Print records of a product topic (pseudonymised) or DLQ (reasons), as JSON lines."""
-    from streams.processor import DETAIL_HEADER, REASON_HEADER
+    from streams.topics import DETAIL_HEADER, REASON_HEADER
     from streams.reading import read_records
 
     contract = get_contract(domain)

@@ -57,7 +57,7 @@ def test_produce_file_then_tail_ingest_keys(broker: str, tmp_path: Path) -> None
 
 @pytest.mark.integration
 def test_tail_shows_dlq_reasons_without_raw_values(broker: str) -> None:
-    from streams.processor import DETAIL_HEADER, REASON_HEADER
+    from streams.topics import DETAIL_HEADER, REASON_HEADER
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings
 
