@@ -102,7 +102,8 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
     def push(name: str) -> PushSource:
         batch = FileSource(
             name=f"{name}_batch",
-            path=str(offline_dir / f"{name}.parquet"),
+            # A folder of parquet part files (feature_repo.offline writes and erases them).
+            path=str(offline_dir / name),
             timestamp_field="event_timestamp",
         )
         return PushSource(name=f"{name}_push", batch_source=batch)

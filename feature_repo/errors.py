@@ -17,3 +17,9 @@ class UnsupportedOnlineStore(FeatureStoreError):
     """The configured online store URL names a backend privmesh does not support."""
 
     code = "unsupported_online_store"
+
+
+class NoOfflineHistory(FeatureStoreError):
+    """Historical features were asked for before any offline history was written."""
+
+    code = "no_offline_history"

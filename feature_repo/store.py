@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -10,10 +12,15 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 from feast.data_source import PushMode
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from domains.contract import DataProduct, DomainContract
-from feature_repo.definitions import WINDOW_KEY, ProductFeatures, build_features
-from feature_repo.errors import StoreNotApplied, UnsupportedOnlineStore
+from feature_repo.definitions import SUBJECT_KEY, WINDOW_KEY, ProductFeatures, build_features
+from feature_repo.errors import NoOfflineHistory, StoreNotApplied, UnsupportedOnlineStore
+from feature_repo.offline import append_part, erase_rows, part_files
 from feature_repo.settings import FeatureStoreSettings
 
 
@@ -51,6 +58,9 @@ def online_store_config(url: str, domain_dir: Path) -> dict[str, Any]:
     )
 
 
+ENTITY_KEY_VERSION = 3
+
+
 class DomainFeatureStore:
     """One domain's Feast store (its own project, registry and online tables)."""
 
@@ -60,6 +70,7 @@ class DomainFeatureStore:
         self.contract = contract
         self.directory = (data_dir / "features" / contract.domain).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.online_url = settings.online_store
         online = online_store_config(settings.online_store, self.directory)
         config: dict[str, Any] = {
             "project": f"privmesh_{contract.domain}",
@@ -70,7 +81,7 @@ class DomainFeatureStore:
             },
             "online_store": online,
             "offline_store": {"type": "file"},
-            "entity_key_serialization_version": 3,
+            "entity_key_serialization_version": ENTITY_KEY_VERSION,
             "repo_path": str(self.directory),
         }
         self._config_dict = config
@@ -128,3 +139,125 @@ class DomainFeatureStore:
             {WINDOW_KEY: w, **{n: response[n][i] for n in names}}
             for i, w in enumerate(window_starts)
         ]
+
+    def subject_features(self, product: str, subjects: list[str]) -> list[dict[str, Any]]:
+        """Online per-subject features (None values for unknown subjects)."""
+        features = self.product_features(product)
+        view = features.subject_view
+        refs = [f"{view.name}:{f.name}" for f in view.features]
+        response = self.store.get_online_features(
+            features=refs, entity_rows=[{SUBJECT_KEY: s} for s in subjects]
+        ).to_dict()
+        names = [f.name for f in view.features]
+        return [
+            {SUBJECT_KEY: s, **{n: response[n][i] for n in names}} for i, s in enumerate(subjects)
+        ]
+
+    # ------------------------------------------------------------------ offline history
+    def offline_folder(self, view_name: str) -> Path:
+        """Folder of the parquet part files of ``view_name``."""
+        return self.directory / "offline" / view_name
+
+    def append_offline(self, view_name: str, rows: pd.DataFrame) -> None:
+        """Append rows to the view's offline history (one part file)."""
+        append_part(self.offline_folder(view_name), rows)
+
+    def historical_features(
+        self, product: DataProduct | str, entity_rows: pd.DataFrame
+    ) -> pd.DataFrame:
+        """Point-in-time correct per-subject features for training.
+
+        ``entity_rows`` has columns ``subject`` and ``event_timestamp``; each row gets the
+        subject's latest window features as of its timestamp (Feast's offline join).
+        """
+        features = self.product_features(product)
+        view = features.subject_view
+        if not part_files(self.offline_folder(view.name)):
+            raise NoOfflineHistory(
+                f"no offline history for {view.name} in domain {self.contract.domain!r} yet"
+            )
+        refs = [f"{view.name}:{f.name}" for f in view.features]
+        job = self.store.get_historical_features(entity_df=entity_rows, features=refs)
+        return job.to_df()
+
+    # ------------------------------------------------------------------ erasure
+    def erase_subjects(self, tokens: set[str]) -> ErasedRows:
+        """Delete every online and offline row of the subjects ``tokens``."""
+        online = self._erase_online(tokens)
+        offline = sum(
+            erase_rows(self.offline_folder(f.subject_view.name), SUBJECT_KEY, tokens)
+            for f in self.features.values()
+        )
+        return ErasedRows(online=online, offline=offline)
+
+    def _erase_online(self, tokens: set[str]) -> int:
+        keys = [subject_entity_key(t) for t in sorted(tokens)]
+        online = self._config_dict["online_store"]
+        project = self._config_dict["project"]
+        tables = [f"{project}_{f.subject_view.name}" for f in self.features.values()]
+        if online["type"] == "sqlite":
+            with sqlite3.connect(online["path"]) as conn:
+                existing = {
+                    r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                return sum(
+                    conn.execute(
+                        f'DELETE FROM "{table}" WHERE entity_key = ?',  # noqa: S608 - our names
+                        (key,),
+                    ).rowcount
+                    for table in tables
+                    if table in existing
+                    for key in keys
+                )
+        if online["type"] == "postgres":
+            return _erase_postgres(self.online_url, tables, keys)
+        return _erase_redis(self.online_url, [redis_key(project, t) for t in sorted(tokens)])
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedRows:
+    """Rows removed by an erasure: online (feature rows) and offline (history rows)."""
+
+    online: int
+    offline: int
+
+
+def subject_entity_key(token: str) -> bytes:
+    """Feast's serialised entity key of a subject token."""
+    proto = EntityKeyProto(join_keys=[SUBJECT_KEY], entity_values=[ValueProto(string_val=token)])
+    return serialize_entity_key(proto, entity_key_serialization_version=ENTITY_KEY_VERSION)
+
+
+def redis_key(project: str, token: str) -> bytes:
+    """The Redis hash that holds every feature view row of a subject in ``project``."""
+    proto = EntityKeyProto(join_keys=[SUBJECT_KEY], entity_values=[ValueProto(string_val=token)])
+    return _redis_key(project, proto, entity_key_serialization_version=ENTITY_KEY_VERSION)
+
+
+def _erase_postgres(url: str, tables: list[str], keys: list[bytes]) -> int:
+    import psycopg
+
+    removed = 0
+    with psycopg.connect(url, autocommit=False) as conn:
+        for table in tables:
+            exists = conn.execute("SELECT to_regclass(%s)", (f'public."{table}"',)).fetchone()
+            if not exists or exists[0] is None:
+                continue
+            for key in keys:
+                cur = conn.execute(
+                    f'DELETE FROM public."{table}" WHERE entity_key = %s',  # noqa: S608
+                    (key,),
+                )
+                removed += cur.rowcount
+    return removed
+
+
+def _erase_redis(url: str, keys: list[bytes]) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        # One hash per subject and project holds all of its views' features.
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()

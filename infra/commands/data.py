@@ -118,8 +118,8 @@ def tail(
     ] = False,
 ) -> None:
     """Print records of a product topic (pseudonymised) or DLQ (reasons), as JSON lines."""
-    from streams.topics import DETAIL_HEADER, REASON_HEADER
     from streams.reading import read_records
+    from streams.topics import DETAIL_HEADER, REASON_HEADER
 
     contract = get_contract(domain)
     chosen = pick_product(contract, product)

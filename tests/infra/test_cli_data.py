@@ -57,9 +57,9 @@ def test_produce_file_then_tail_ingest_keys(broker: str, tmp_path: Path) -> None
 
 @pytest.mark.integration
 def test_tail_shows_dlq_reasons_without_raw_values(broker: str) -> None:
-    from streams.topics import DETAIL_HEADER, REASON_HEADER
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings
+    from streams.topics import DETAIL_HEADER, REASON_HEADER
 
     ensure_topics(broker, ["web.page_views.dlq", "web.page_views.v1"], 2, 1)
     kafka = KafkaSettings(bootstrap_servers=broker)
