@@ -205,6 +205,7 @@ class DomainFeatureStore:
                         f'DELETE FROM "{table}" WHERE entity_key = ?',  # noqa: S608 - our names
                         (key,),
                     ).rowcount
+                    > 0
                     for table in tables
                     if table in existing
                     for key in keys
@@ -216,7 +217,7 @@ class DomainFeatureStore:
 
 @dataclass(frozen=True, slots=True)
 class ErasedRows:
-    """Rows removed by an erasure: online (feature rows) and offline (history rows)."""
+    """Rows removed by an erasure: online (one per subject and view) and offline (history)."""
 
     online: int
     offline: int
@@ -248,7 +249,7 @@ def _erase_postgres(url: str, tables: list[str], keys: list[bytes]) -> int:
                     f'DELETE FROM public."{table}" WHERE entity_key = %s',  # noqa: S608
                     (key,),
                 )
-                removed += cur.rowcount
+                removed += int(cur.rowcount > 0)
     return removed
 
 
@@ -257,7 +258,13 @@ def _erase_redis(url: str, keys: list[bytes]) -> int:
 
     client = redis.Redis.from_url(url)
     try:
-        # One hash per subject and project holds all of its views' features.
-        return int(client.delete(*keys)) if keys else 0
+        # One hash per subject and project holds all of its views' features, with one
+        # "_ts:<view>" field per view: count those (view rows), then drop the hash.
+        removed = 0
+        for key in keys:
+            fields = [f.encode() if isinstance(f, str) else f for f in client.hkeys(key)]
+            removed += len([f for f in fields if f.startswith(b"_ts:")])
+            client.delete(key)
+        return removed
     finally:
         client.close()

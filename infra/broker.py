@@ -8,6 +8,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from infra.errors import BrokerBinaryMissing, ComponentFailed
+from streams.topics import topic_configs
 
 
 def tansu_binary() -> str:
@@ -67,7 +68,14 @@ def ensure_topics(
             for name in missing:
                 try:
                     admin.create_topics(
-                        [NewTopic(name, num_partitions=partitions, replication_factor=replication)]
+                        [
+                            NewTopic(
+                                name,
+                                num_partitions=partitions,
+                                replication_factor=replication,
+                                topic_configs=topic_configs(name),
+                            )
+                        ]
                     )
                     created.append(name)
                 except TopicAlreadyExistsError:

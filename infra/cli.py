@@ -16,6 +16,7 @@ from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
+from infra.commands import privacy as privacy_commands
 from infra.console import console, err
 from infra.errors import InfraError, StackNotRunning
 from infra.settings import GeneratorSettings, StackSettings
@@ -34,6 +35,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(domains_commands.app, name="domains")
 app.command()(data_commands.produce)
 app.command()(data_commands.tail)
+app.command()(privacy_commands.erase)
+app.add_typer(privacy_commands.keys_app, name="keys")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
@@ -150,13 +153,16 @@ def _chosen_domains(requested: list[str]) -> list[str]:
 
 def _topics_of(domains: list[str]) -> list[str]:
     from domains.registry import get_contract
-    from streams.topics import ProductTopics
+    from streams.topics import ProductTopics, erasures_topic
 
     return [
-        topic
-        for d in domains
-        for product in get_contract(d).products
-        for topic in ProductTopics.of(d, product).all()
+        *(
+            topic
+            for d in domains
+            for product in get_contract(d).products
+            for topic in ProductTopics.of(d, product).all()
+        ),
+        *(erasures_topic(d) for d in domains),
     ]
 
 

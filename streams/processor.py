@@ -25,7 +25,7 @@ import pandas as pd
 from domains.contract import DataProduct, DomainContract
 from feature_repo.definitions import SUBJECT_KEY, WINDOW_KEY, sum_feature
 from feature_repo.store import DomainFeatureStore
-from streams.pseudonymise import Tokeniser
+from streams.pseudonymise import TokenSource
 from streams.settings import KafkaSettings, StreamSettings
 from streams.topics import DETAIL_HEADER, REASON_HEADER, ProductTopics
 from streams.transform import Accepted, ProductTransform, Rejected
@@ -97,7 +97,7 @@ class ProductPipeline:
 
 
 def build_pipelines(
-    contract: DomainContract, tokeniser: Tokeniser, settings: StreamSettings
+    contract: DomainContract, tokeniser: TokenSource, settings: StreamSettings
 ) -> list[ProductPipeline]:
     """One pipeline per product of ``contract``."""
     pipelines = []
@@ -129,7 +129,7 @@ def faust_broker_url(bootstrap: str) -> list[str]:
 
 def build_app(
     contract: DomainContract,
-    tokeniser: Tokeniser,
+    tokeniser: TokenSource,
     store: DomainFeatureStore,
     kafka: KafkaSettings,
     settings: StreamSettings,

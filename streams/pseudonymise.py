@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 from datetime import UTC, date, datetime
+from typing import Protocol
 
 from domains.contract import FieldType, Generalisation
 
@@ -32,8 +33,20 @@ class Tokeniser:
         encoded = base64.b32encode(digest[:TOKEN_BYTES]).decode("ascii").rstrip("=").lower()
         return self._prefix + encoded
 
+    def at(self, event_time: float) -> Tokeniser:
+        """This tokeniser (a single key version applies at every event time)."""
+        return self
+
     def __repr__(self) -> str:
         return f"Tokeniser(prefix={self._prefix!r}, key=<redacted>)"
+
+
+class TokenSource(Protocol):
+    """Gives the tokeniser for an event time (one key version, or a rotating key ring)."""
+
+    def at(self, event_time: float) -> Tokeniser:
+        """The tokeniser that applies to an event at ``event_time``."""
+        ...
 
 
 def normalise(value: str, kind: FieldType) -> str:

@@ -14,22 +14,42 @@ DETAIL_HEADER = "privmesh-detail"
 
 @dataclass(frozen=True)
 class ProductTopics:
-    """The three topics of one data product.
+    """The topics of one data product.
 
     ``ingest`` and ``dlq`` are inside the domain's ingestion boundary (raw events);
-    ``product`` carries only pseudonymised events and may be shared.
+    ``product`` carries only pseudonymised events and may be shared; ``profiles`` is
+    compacted and keyed by subject token: each subject's latest window features, so an
+    erasure is a tombstone there.
     """
 
     ingest: str
     product: str
     dlq: str
+    profiles: str
 
     @classmethod
     def of(cls, domain: str, product: DataProduct) -> ProductTopics:
         """Topic names for ``product`` of ``domain``."""
         base = f"{domain}.{product.name}"
-        return cls(ingest=f"{base}.ingest", product=f"{base}.v{product.version}", dlq=f"{base}.dlq")
+        return cls(
+            ingest=f"{base}.ingest",
+            product=f"{base}.v{product.version}",
+            dlq=f"{base}.dlq",
+            profiles=f"{base}.profiles",
+        )
 
-    def all(self) -> tuple[str, str, str]:
+    def all(self) -> tuple[str, ...]:
         """All topic names, ingest first."""
-        return (self.ingest, self.product, self.dlq)
+        return (self.ingest, self.product, self.dlq, self.profiles)
+
+
+def erasures_topic(domain: str) -> str:
+    """The domain's erasure requests: processors evict the named subjects' state."""
+    return f"{domain}.erasures"
+
+
+def topic_configs(topic: str) -> dict[str, str]:
+    """Kafka topic configs: per-subject profiles are compacted (tombstones erase them)."""
+    if topic.endswith(".profiles"):
+        return {"cleanup.policy": "compact"}
+    return {}

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from domains.contract import DataProduct, FieldSpec, FieldType, Protection, token_field_name
-from streams.pseudonymise import Tokeniser, generalise
+from streams.pseudonymise import TokenSource, generalise
 
 # Reason codes carried in the dead-letter header ``privmesh-reason``.
 MALFORMED_JSON = "malformed_json"
@@ -59,9 +59,9 @@ class _Invalid(Exception):
 class ProductTransform:
     """The contract-driven transform of one data product."""
 
-    def __init__(self, product: DataProduct, tokeniser: Tokeniser) -> None:
+    def __init__(self, product: DataProduct, tokens: TokenSource) -> None:
         self.product = product
-        self._tokeniser = tokeniser
+        self._tokens = tokens
         self._fields = {f.name: f for f in product.fields}
         self._measures = [
             f.name
@@ -107,6 +107,7 @@ class ProductTransform:
         event_time: datetime = values[self.product.event_time]
         event: dict[str, Any] = {}
         subject = ""
+        tokeniser = self._tokens.at(event_time.timestamp())
         for spec in self.product.fields:
             if spec.name not in values:
                 continue
@@ -115,7 +116,7 @@ class ProductTransform:
                 case Protection.DROP:
                     continue
                 case Protection.TOKENISE:
-                    token = self._tokeniser.token(str(value), spec.type)
+                    token = tokeniser.token(str(value), spec.type)
                     event[token_field_name(spec.name)] = token
                     if spec.name == self.product.privacy_unit:
                         subject = token

@@ -11,9 +11,8 @@ from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
-from streams.keys import derive_domain_key, resolve_master_key
+from streams.keyring import load_domain_tokens
 from streams.processor import build_app
-from streams.pseudonymise import Tokeniser
 from streams.settings import KafkaSettings, StreamSettings
 
 
@@ -29,17 +28,10 @@ def build_domain_app(
     contract = contracts.get(domain)
     if contract is None:
         raise ContractNotFound(f"unknown domain {domain!r} (known: {', '.join(sorted(contracts))})")
-    master = resolve_master_key(
-        streams.master_key.get_secret_value() if streams.master_key else None,
-        runtime.data_dir,
-        production=runtime.is_production,
-    )
-    tokeniser = Tokeniser(
-        derive_domain_key(master, domain, streams.key_version), streams.key_version
-    )
+    tokens = load_domain_tokens(domain, runtime, streams)
     store = DomainFeatureStore(contract, runtime.data_dir, features)
     store.apply()
-    return build_app(contract, tokeniser, store, kafka, streams, runtime.data_dir)
+    return build_app(contract, tokens, store, kafka, streams, runtime.data_dir)
 
 
 def run_worker(

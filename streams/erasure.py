@@ -1,0 +1,117 @@
+"""Erasing one subject from a domain: tokens, stores, compacted topics, and a record.
+
+The raw identifier given by the requester is used only to derive the subject's tokens
+(under every key version the domain has used); it is never stored, logged or sent.
+Then, in this order:
+
+1. an erasure request naming the tokens goes to ``<domain>.erasures``: running
+   processors evict the subjects from their in-memory windows and delete their online
+   rows again, so a flush racing with this erasure cannot bring a row back;
+2. the subjects' online rows (sqlite, Redis or Postgres) and offline history (parquet)
+   are deleted;
+3. a tombstone per token goes to each product's compacted ``profiles`` topic;
+4. the erasure is recorded, append-only, in ``erasures/<domain>.jsonl``.
+
+Product-topic events are not rewritten (Kafka cannot delete single records from a
+non-compacted topic): they expire with the topic's retention, and consumers learn of
+the erasure from ``<domain>.erasures``. Erasure is not a block list: a later event of
+the same person is processed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from domains.contract import DomainContract
+from feature_repo.store import DomainFeatureStore
+from streams.keyring import DomainTokens
+from streams.producing import RawProducer
+from streams.topics import ProductTopics, erasures_topic
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRecord:
+    """What one erasure did; holds tokens, never the raw identifier."""
+
+    erasure_id: str
+    domain: str
+    requested_at: str
+    tokens: list[str]
+    online_rows: int
+    offline_rows: int
+    tombstones: int
+    requested_by: str
+
+
+def subject_tokens(contract: DomainContract, tokens: DomainTokens, subject: str) -> set[str]:
+    """Every token ``subject`` can have in the domain: each product's unit, each key version."""
+    found: set[str] = set()
+    for product in contract.products:
+        unit = product.field(product.privacy_unit)
+        assert unit is not None  # the contract guarantees it
+        found |= tokens.all_tokens(subject, unit.type)
+    return found
+
+
+def erase_subject(
+    contract: DomainContract,
+    tokens: DomainTokens,
+    store: DomainFeatureStore,
+    producer: RawProducer,
+    log_dir: Path,
+    subject: str,
+    requested_by: str,
+) -> ErasureRecord:
+    """Erase ``subject`` (a raw privacy-unit value) from ``contract``'s domain."""
+    domain = contract.domain
+    token_set = subject_tokens(contract, tokens, subject)
+    now = datetime.now(UTC)
+    erasure_id = f"{domain}-{now.strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}"
+    request = {"erasure_id": erasure_id, "tokens": sorted(token_set)}
+    producer.send(erasures_topic(domain), json.dumps(request).encode(), key=erasure_id.encode())
+    producer.flush()
+    erased = store.erase_subjects(token_set)
+    tombstones = 0
+    for product in contract.products:
+        topic = ProductTopics.of(domain, product).profiles
+        for token in sorted(token_set):
+            producer.send(topic, None, key=token.encode())
+            tombstones += 1
+    producer.flush()
+    record = ErasureRecord(
+        erasure_id=erasure_id,
+        domain=domain,
+        requested_at=now.isoformat(),
+        tokens=sorted(token_set),
+        online_rows=erased.online,
+        offline_rows=erased.offline,
+        tombstones=tombstones,
+        requested_by=requested_by,
+    )
+    append_record(log_dir / f"{domain}.jsonl", record)
+    return record
+
+
+def append_record(path: Path, record: ErasureRecord) -> None:
+    """Append ``record`` durably (fsync) to the domain's erasure log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(asdict(record), sort_keys=True) + "\n"
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_records(path: Path) -> list[ErasureRecord]:
+    """Every erasure recorded in ``path``, oldest first."""
+    if not path.exists():
+        return []
+    return [
+        ErasureRecord(**json.loads(line))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
