@@ -25,9 +25,10 @@ import pandas as pd
 from domains.contract import DataProduct, DomainContract
 from feature_repo.definitions import SUBJECT_KEY, WINDOW_KEY, sum_feature
 from feature_repo.store import DomainFeatureStore
+from streams.keyring import DomainTokens, KeyRing, keyring_path
 from streams.pseudonymise import TokenSource
 from streams.settings import KafkaSettings, StreamSettings
-from streams.topics import DETAIL_HEADER, REASON_HEADER, ProductTopics
+from streams.topics import DETAIL_HEADER, REASON_HEADER, ProductTopics, erasures_topic
 from streams.transform import Accepted, ProductTransform, Rejected
 from streams.windows import SubjectRow, WindowAggregator, WindowStats
 
@@ -127,7 +128,7 @@ def faust_broker_url(bootstrap: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap.split(",") if hostport.strip()]
 
 
-def build_app(
+def build_app(  # noqa: PLR0915 - split into agents/flusher with the throughput rework
     contract: DomainContract,
     tokeniser: TokenSource,
     store: DomainFeatureStore,
@@ -162,6 +163,10 @@ def build_app(
     pipelines = build_pipelines(contract, tokeniser, settings)
     push_lock = asyncio.Lock()
     started = time.time()
+    offline_buffer: dict[str, list[pd.DataFrame]] = {}
+    last_offline = time.monotonic()
+    ring_file = keyring_path(data_dir)
+    ring_mtime = ring_file.stat().st_mtime if ring_file.exists() else 0.0
 
     for pipeline in pipelines:
         ingest = app.topic(pipeline.topics.ingest, value_serializer="raw", key_serializer="raw")
@@ -197,8 +202,43 @@ def build_app(
             make_agent(pipeline, product_topic, dlq)
         )
 
-    async def flush_features() -> None:
+    profiles = {
+        p.product.name: app.topic(p.topics.profiles, value_serializer="raw", key_serializer="raw")
+        for p in pipelines
+    }
+
+    @app.agent(
+        app.topic(erasures_topic(contract.domain), value_serializer="raw", key_serializer="raw"),
+        name=f"{contract.domain}.erasures",
+    )
+    async def evict(stream: faust.StreamT[bytes]) -> None:
+        """Erasure requests: forget the subjects in memory, then delete their online rows."""
         loop = asyncio.get_running_loop()
+        async for raw in stream:
+            try:
+                tokens = {str(t) for t in json.loads(raw)["tokens"]}
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignored a malformed erasure request")
+                continue
+            async with push_lock:
+                dropped = sum(p.aggregator.forget(tokens) for p in pipelines)
+                await loop.run_in_executor(None, store.erase_subjects, tokens)
+            log.info("erasure: evicted %d window tallies", dropped)
+
+    def reload_keyring() -> None:
+        nonlocal ring_mtime
+        if not isinstance(tokeniser, DomainTokens) or not ring_file.exists():
+            return
+        mtime = ring_file.stat().st_mtime
+        if mtime != ring_mtime:
+            ring_mtime = mtime
+            tokeniser.ring = KeyRing.load(ring_file, tokeniser.ring.initial_version)
+            log.info("key ring reloaded")
+
+    async def flush_features() -> None:
+        nonlocal last_offline
+        loop = asyncio.get_running_loop()
+        reload_keyring()
         async with push_lock:
             for p in pipelines:
                 rows = p.aggregator.drain_subject_rows()
@@ -208,11 +248,24 @@ def build_app(
                     frame = p.subject_frame(rows)
                     await loop.run_in_executor(None, store.push, features.subject_push.name, frame)
                     p.counters["subject_rows_pushed"] += len(rows)
+                    offline_buffer.setdefault(features.subject_view.name, []).append(frame)
+                    topic = profiles[p.product.name]
+                    for record in frame.to_dict(orient="records"):
+                        subject = str(record.pop(SUBJECT_KEY))
+                        record["event_timestamp"] = record["event_timestamp"].isoformat()
+                        await topic.send(key=subject.encode(), value=json.dumps(record).encode())
                 if closed:
                     frame = p.window_frame(closed)
                     await loop.run_in_executor(None, store.push, features.window_push.name, frame)
                     p.counters["windows_closed"] += len(closed)
                     p.counters["last_window_start"] = closed[-1].window_start
+                    offline_buffer.setdefault(features.window_view.name, []).append(frame)
+            if time.monotonic() - last_offline >= settings.offline_flush_seconds:
+                last_offline = time.monotonic()
+                for view, frames in offline_buffer.items():
+                    batch = pd.concat(frames, ignore_index=True)
+                    await loop.run_in_executor(None, store.append_offline, view, batch)
+                offline_buffer.clear()
 
     app.timer(interval=settings.feature_flush_seconds)(flush_features)
 

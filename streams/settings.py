@@ -52,6 +52,10 @@ class StreamSettings(BaseSettings):
     window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 10
     grace_seconds: Annotated[int, Field(ge=0, le=3_600)] = 2
     feature_flush_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    offline_flush_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0,
+        description="How often buffered per-subject rows become an offline parquet part file.",
+    )
     max_events_per_subject: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=20,
         description=(

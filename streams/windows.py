@@ -90,6 +90,16 @@ class WindowAggregator:
         self._dirty.add((start, subject))
         return True
 
+    def forget(self, subjects: set[str]) -> int:
+        """Drop every open-window tally of ``subjects`` (erasure); returns how many."""
+        dropped = 0
+        for tallies in self._windows.values():
+            for subject in subjects & tallies.keys():
+                del tallies[subject]
+                dropped += 1
+        self._dirty = {(w, s) for w, s in self._dirty if s not in subjects}
+        return dropped
+
     def drain_subject_rows(self) -> list[SubjectRow]:
         """Rows of subjects whose tallies changed since the last drain."""
         rows = [
