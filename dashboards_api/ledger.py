@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,7 +110,97 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
 _COLUMNS = "id, class_id, period, data_version, cost_micro, budget_micro, answer, created_at"
 
 
-class SqliteLedger:
+class _SqlLedger(ABC):
+    """The ledger logic both backends share; they differ in how they serialise a commit.
+
+    SQL is written with ``?`` placeholders; a backend whose driver uses ``%s`` converts.
+    """
+
+    _placeholder = "?"
+    _lock: threading.Lock
+    _conn: Any  # sqlite3.Connection | psycopg.Connection: both have .execute(sql, params)
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self._placeholder)
+
+    @abstractmethod
+    def _serialised(self, class_id: str) -> AbstractContextManager[Any]:
+        """A transaction in which no other commit for ``class_id`` can interleave."""
+
+    def commit_release(
+        self,
+        class_id: str,
+        period: str,
+        data_version: str,
+        cost_micro: int,
+        budget_micro: int,
+        answer: dict[str, Any],
+    ) -> Commit:
+        """See :class:`Ledger`."""
+        with self._serialised(class_id) as conn:
+            existing = conn.execute(
+                self._sql(
+                    f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?"
+                ),
+                (class_id, data_version),
+            ).fetchone()
+            row = conn.execute(self._sql(_SPENT), (class_id, period)).fetchone()
+            spent = int(row[0]) if row else 0
+            if existing is not None:
+                return Commit(_entry(existing), reused=True, spent_micro=spent)
+            if spent + cost_micro > budget_micro:
+                raise BudgetExhausted(
+                    f"class {class_id!r} has spent {spent} of {budget_micro} micro-epsilon "
+                    f"in period {period}; a release costs {cost_micro}",
+                    spent_micro=spent,
+                    budget_micro=budget_micro,
+                    period=period,
+                )
+            created = datetime.now(UTC).isoformat()
+            values = (class_id, period, data_version, cost_micro, budget_micro)
+            inserted = conn.execute(
+                self._sql(
+                    "INSERT INTO releases (class_id, period, data_version, cost_micro, "
+                    "budget_micro, answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                ),
+                (*values, json.dumps(answer, sort_keys=True), created),
+            ).fetchone()
+        entry = LedgerEntry(int(inserted[0]) if inserted else 0, *values, answer, created)
+        return Commit(entry, reused=False, spent_micro=spent + cost_micro)
+
+    def spent(self, class_id: str, period: str) -> int:
+        """See :class:`Ledger`."""
+        rows = self._read(self._sql(_SPENT), (class_id, period))
+        return int(rows[0][0]) if rows else 0
+
+    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
+        """See :class:`Ledger`."""
+        if class_id is None:
+            rows = self._read(
+                self._sql(f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT ?"), (limit,)
+            )
+        else:
+            rows = self._read(
+                self._sql(
+                    f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? ORDER BY id DESC LIMIT ?"
+                ),
+                (class_id, limit),
+            )
+        return [_entry(r) for r in rows]
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        """See :class:`Ledger`."""
+        self._conn.close()
+
+
+_SPENT = "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = ? AND period = ?"
+
+
+class SqliteLedger(_SqlLedger):
     """Ledger in a local sqlite file (one host; any number of processes on it)."""
 
     def __init__(self, path: Path) -> None:
@@ -134,7 +225,8 @@ class SqliteLedger:
         )
 
     @contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
+    def _serialised(self, class_id: str) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the database write lock: every process on the host waits.
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -144,97 +236,11 @@ class SqliteLedger:
                 raise
             self._conn.execute("COMMIT")
 
-    def commit_release(
-        self,
-        class_id: str,
-        period: str,
-        data_version: str,
-        cost_micro: int,
-        budget_micro: int,
-        answer: dict[str, Any],
-    ) -> Commit:
-        """See :class:`Ledger`."""
-        with self._immediate() as conn:
-            existing = conn.execute(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?",
-                (class_id, data_version),
-            ).fetchone()
-            spent = int(
-                conn.execute(
-                    "SELECT COALESCE(SUM(cost_micro), 0) FROM releases "
-                    "WHERE class_id = ? AND period = ?",
-                    (class_id, period),
-                ).fetchone()[0]
-            )
-            if existing is not None:
-                return Commit(_entry(existing), reused=True, spent_micro=spent)
-            if spent + cost_micro > budget_micro:
-                raise BudgetExhausted(
-                    f"class {class_id!r} has spent {spent} of {budget_micro} micro-epsilon "
-                    f"in period {period}; a release costs {cost_micro}",
-                    spent_micro=spent,
-                    budget_micro=budget_micro,
-                    period=period,
-                )
-            created = datetime.now(UTC).isoformat()
-            cursor = conn.execute(
-                "INSERT INTO releases (class_id, period, data_version, cost_micro, budget_micro,"
-                " answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    class_id,
-                    period,
-                    data_version,
-                    cost_micro,
-                    budget_micro,
-                    json.dumps(answer, sort_keys=True),
-                    created,
-                ),
-            )
-            entry = LedgerEntry(
-                int(cursor.lastrowid or 0),
-                class_id,
-                period,
-                data_version,
-                cost_micro,
-                budget_micro,
-                answer,
-                created,
-            )
-            return Commit(entry, reused=False, spent_micro=spent + cost_micro)
 
-    def spent(self, class_id: str, period: str) -> int:
-        """See :class:`Ledger`."""
-        rows = self._read(
-            "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = ? AND period = ?",
-            (class_id, period),
-        )
-        return int(rows[0][0])
-
-    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
-        """See :class:`Ledger`."""
-        if class_id is None:
-            rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-        else:
-            rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? ORDER BY id DESC LIMIT ?",
-                (class_id, limit),
-            )
-        return [_entry(r) for r in rows]
-
-    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
-
-    def close(self) -> None:
-        """See :class:`Ledger`."""
-        self._conn.close()
-
-
-class PostgresLedger:
+class PostgresLedger(_SqlLedger):
     """Ledger in Postgres, shared by several API replicas."""
+
+    _placeholder = "%s"
 
     def __init__(self, url: str) -> None:
         import psycopg
@@ -255,93 +261,12 @@ class PostgresLedger:
                 "FOR EACH ROW EXECUTE FUNCTION privmesh_ledger_append_only()"
             )
 
-    def commit_release(
-        self,
-        class_id: str,
-        period: str,
-        data_version: str,
-        cost_micro: int,
-        budget_micro: int,
-        answer: dict[str, Any],
-    ) -> Commit:
-        """See :class:`Ledger`."""
+    @contextmanager
+    def _serialised(self, class_id: str) -> Iterator[Any]:
+        # A transaction-scoped advisory lock per class serialises every replica's commits.
         with self._lock, self._conn.transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (class_id,))
-            existing = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s AND data_version = %s",
-                (class_id, data_version),
-            ).fetchone()
-            row = self._conn.execute(
-                "SELECT COALESCE(SUM(cost_micro), 0) FROM releases "
-                "WHERE class_id = %s AND period = %s",
-                (class_id, period),
-            ).fetchone()
-            spent = int(row[0]) if row else 0
-            if existing is not None:
-                return Commit(_entry(existing), reused=True, spent_micro=spent)
-            if spent + cost_micro > budget_micro:
-                raise BudgetExhausted(
-                    f"class {class_id!r} has spent {spent} of {budget_micro} micro-epsilon "
-                    f"in period {period}; a release costs {cost_micro}",
-                    spent_micro=spent,
-                    budget_micro=budget_micro,
-                    period=period,
-                )
-            created = datetime.now(UTC).isoformat()
-            inserted = self._conn.execute(
-                "INSERT INTO releases (class_id, period, data_version, cost_micro, budget_micro,"
-                " answer, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    class_id,
-                    period,
-                    data_version,
-                    cost_micro,
-                    budget_micro,
-                    json.dumps(answer, sort_keys=True),
-                    created,
-                ),
-            ).fetchone()
-        entry = LedgerEntry(
-            int(inserted[0]) if inserted else 0,
-            class_id,
-            period,
-            data_version,
-            cost_micro,
-            budget_micro,
-            answer,
-            created,
-        )
-        return Commit(entry, reused=False, spent_micro=spent + cost_micro)
-
-    def spent(self, class_id: str, period: str) -> int:
-        """See :class:`Ledger`."""
-        rows = self._read(
-            "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = %s AND period = %s",
-            (class_id, period),
-        )
-        return int(rows[0][0]) if rows else 0
-
-    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
-        """See :class:`Ledger`."""
-        if class_id is None:
-            rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT %s",
-                (limit,),
-            )
-        else:
-            rows = self._read(
-                f"SELECT {_COLUMNS} FROM releases WHERE class_id = %s ORDER BY id DESC LIMIT %s",
-                (class_id, limit),
-            )
-        return [_entry(r) for r in rows]
-
-    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._conn.execute(sql, params).fetchall())
-
-    def close(self) -> None:
-        """See :class:`Ledger`."""
-        self._conn.close()
+            yield self._conn
 
 
 def open_ledger(url: str, data_dir: Path) -> Ledger:
