@@ -19,21 +19,30 @@ CLASS = "shop.orders.distinct_customers"
 NOW = 1_795_427_055.0  # 5 s into a 10 s window; the last closed window starts at ...040
 
 
+def make_service(
+    ledger: SqliteLedger,
+    windows: dict[int, int],
+    lookback_windows: int = 3,
+    now: float = NOW,
+) -> ReleaseService:
+    return ReleaseService(
+        classes=load_query_classes(),
+        sources={"shop": FakeWindowSource(windows)},
+        ledger=ledger,
+        window_seconds=10,
+        grace_seconds=2,
+        lookback_windows=lookback_windows,
+        clock=lambda: now,
+    )
+
+
 def make_client(
     tmp_path: Path,
     windows: dict[int, int],
     keys: dict[str, str] | None = None,
 ) -> tuple[TestClient, SqliteLedger]:
     ledger = SqliteLedger(tmp_path / "ledger.db")
-    service = ReleaseService(
-        classes=load_query_classes(),
-        sources={"shop": FakeWindowSource(windows)},
-        ledger=ledger,
-        window_seconds=10,
-        grace_seconds=2,
-        lookback_windows=3,
-        clock=lambda: NOW,
-    )
+    service = make_service(ledger, windows)
     return TestClient(create_app(service, keys)), ledger  # type: ignore[arg-type]
 
 
@@ -136,15 +145,7 @@ def test_released_values_are_noisy(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.db")
     values = []
     for i in range(50):
-        service = ReleaseService(
-            classes=load_query_classes(),
-            sources={"shop": FakeWindowSource(windows)},
-            ledger=ledger,
-            window_seconds=10,
-            grace_seconds=2,
-            lookback_windows=1,
-            clock=lambda i=i: NOW - 10 * i,
-        )
+        service = make_service(ledger, windows, lookback_windows=1, now=NOW - 10 * i)
         values.append(service.release(CLASS)["value"])
     assert any(v != exact for v in values)
     assert len(ledger.entries(limit=100)) == 50

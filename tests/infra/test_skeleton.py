@@ -19,34 +19,25 @@ from infra.broker import tansu_binary
 from infra.errors import BrokerBinaryMissing
 from infra.ports import port_is_free
 from streams.generator import make_people
+from streams.reading import read_records
 from tests.conftest import free_port
+from tests.infra.test_cli import run_cli
 
 CLASS = "shop.orders.distinct_customers"
 PEOPLE, SEED = 300, 11
 
 
 async def read_topic(bootstrap: str, topic: str, limit: int) -> list[bytes]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        batches = await consumer.getmany(timeout_ms=5000, max_records=limit)
-        return [m.value for msgs in batches.values() for m in msgs if m.value is not None]
-    finally:
-        await consumer.stop()
+    return [
+        r.value async for r in read_records(bootstrap, topic, limit=limit) if r.value is not None
+    ]
 
 
 @pytest.mark.integration
 def test_skeleton_end_to_end(tmp_path: Path) -> None:
     """A generated event reaches a DP answer with its epsilon and a ledger entry, and no raw
-    e-mail, name, IP or birth date appears in the product topic, feature store, API or logs;
+    e-mail, name, phone, cookie, IP or birth date appears in the product topics, feature
+    stores, API or logs;
     `privmesh down` leaves no process and frees every port."""
     try:
         tansu_binary()
@@ -95,18 +86,17 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         assert answer["ledger_entry"] >= 1
         ledger = httpx.get(f"{api}/v1/ledger", timeout=5).json()["entries"]
         assert any(e["id"] == answer["ledger_entry"] and e["epsilon"] == "1" for e in ledger)
-        status = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "status"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        status = run_cli("status", env=env, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
 
         product = asyncio.run(read_topic(bootstrap, "shop.orders.v1", 5000))
         dlq = asyncio.run(read_topic(bootstrap, "shop.orders.dlq", 5000))
+        other_products = [
+            raw
+            for topic in ("web.page_views.v1", "support.tickets.v1")
+            for raw in asyncio.run(read_topic(bootstrap, topic, 5000))
+        ]
+        assert other_products, "no web or support product events"
         assert product, "no product events"
         assert dlq, "no dead letters (the generator sends 2% malformed events)"
         for raw in product:
@@ -116,14 +106,7 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
             assert event["customer_email_token"].startswith("k1.")
         api_text = json.dumps(answer) + json.dumps(ledger)
     finally:
-        stopped = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "down"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        stopped = run_cli("down", env=env, timeout=60)
         try:
             up.wait(30)
         except subprocess.TimeoutExpired:
@@ -142,8 +125,12 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
     people = make_people(PEOPLE, SEED)
     secrets_ = [p.email.encode() for p in people] + [p.name.encode() for p in people]
     secrets_ += [p.birth_date.isoformat().encode() for p in people]
+    secrets_ += [p.phone.encode() for p in people] + [p.cookie.encode() for p in people]
     raw_ips = {p.ip.encode() for p in people}
-    haystacks = {"product topic": b"\n".join(product), "api": api_text.encode()}
+    haystacks = {
+        "product topics": b"\n".join(product + other_products),
+        "api": api_text.encode(),
+    }
     for path in data_dir.rglob("*"):
         if path.is_file() and "secrets" not in path.parts:
             haystacks[str(path.relative_to(data_dir))] = path.read_bytes()
