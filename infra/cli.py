@@ -273,7 +273,8 @@ def generate(
     bad_ratio: Annotated[float | None, typer.Option(help="Share of malformed events.")] = None,
 ) -> None:
     """Produce synthetic raw events (fake people) to the domains' ingest topics."""
-    from streams.generator import EventGenerator, make_people, paced
+    from domains.registry import get_contract
+    from streams.generator import EventGenerator, has_generator, make_people, paced
     from streams.producing import RawProducer
     from streams.topics import ProductTopics
 
@@ -282,9 +283,6 @@ def generate(
     settings = GeneratorSettings.model_validate(
         {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     )
-    from domains.registry import get_contract
-    from streams.generator import has_generator
-
     pool = make_people(settings.people, settings.seed)
     generators: list[tuple[str, EventGenerator]] = []
     for index, name in enumerate(_chosen_domains(domain or [])):

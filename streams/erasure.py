@@ -106,7 +106,7 @@ def append_record(path: Path, record: ErasureRecord) -> None:
         os.fsync(handle.fileno())
 
 
-def read_records(path: Path) -> list[ErasureRecord]:
+def read_erasure_log(path: Path) -> list[ErasureRecord]:
     """Every erasure recorded in ``path``, oldest first."""
     if not path.exists():
         return []

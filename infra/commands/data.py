@@ -80,6 +80,7 @@ def produce(
     bad_ratio: Annotated[float, typer.Option(help="Share of malformed synthetic events.")] = 0,
 ) -> None:
     """Send raw events to a product's ingest topic, keyed by their privacy unit."""
+    from infra.settings import GeneratorSettings
     from streams.generator import EventGenerator, make_people, paced
     from streams.producing import RawProducer
 
@@ -89,7 +90,9 @@ def produce(
     chosen = pick_product(contract, product)
     topic = ProductTopics.of(domain, chosen).ingest
     if generate is not None:
-        gen = EventGenerator(domain, chosen, make_people(1000, 7), bad_ratio, 7)
+        demo = GeneratorSettings()  # the same fake people as `privmesh generate`
+        people = make_people(demo.people, demo.seed)
+        gen = EventGenerator(domain, chosen, people, bad_ratio, demo.seed)
         events: Iterator[tuple[bytes | None, bytes]] = gen.stream(generate)
     else:
         assert file is not None

@@ -16,9 +16,9 @@ from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
 from infra.broker import ensure_topics
-from streams.erasure import read_records
+from streams.erasure import read_erasure_log
 from streams.keyring import load_domain_tokens
-from streams.reading import read_records as read_topic
+from streams.reading import read_records
 from streams.settings import StreamSettings
 from streams.topics import ProductTopics, erasures_topic
 from tests.infra.test_cli import run_cli
@@ -69,13 +69,13 @@ def test_erase_subject_end_to_end(broker: str, isolated_env: Path) -> None:
     assert "1 online row(s), 1 offline row(s), 1 tombstone(s)" in result.stdout
     rows = store.subject_features(product.name, [token, other])
     assert rows[0]["events"] is None and rows[1]["events"] == 1
-    [record] = read_records(runtime.data_dir / "erasures" / "support.jsonl")
+    [record] = read_erasure_log(runtime.data_dir / "erasures" / "support.jsonl")
     assert record.tokens == [token] and record.requested_by == "dpo@example.org"
     log_text = (runtime.data_dir / "erasures" / "support.jsonl").read_text()
     assert "grace" not in log_text.lower() and "grace" not in result.stdout.lower()
 
     async def last(topic: str) -> list[tuple[bytes | None, bytes | None]]:
-        return [(r.key, r.value) async for r in read_topic(broker, topic, idle_timeout=1.0)]
+        return [(r.key, r.value) async for r in read_records(broker, topic, idle_timeout=1.0)]
 
     assert (token.encode(), None) in asyncio.run(last(topics.profiles))
     requests = [json.loads(v or b"{}") for _, v in asyncio.run(last(erasures_topic("support")))]
