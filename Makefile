@@ -31,6 +31,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.skeleton
+	$(BIN)/python -m bench.streams
 
 down: install
 	$(BIN)/privmesh down

@@ -18,7 +18,7 @@ from dashboards_api.releases import ReleaseService, WindowSource
 from dashboards_api.routes import health, ledger, queries
 from dashboards_api.settings import ApiSettings, Role
 from domains.runtime import RuntimeSettings
-from streams.settings import StreamSettings
+from streams.settings import KafkaSettings, StreamSettings
 
 PROBLEM = "application/problem+json"
 
@@ -95,6 +95,7 @@ def build_service(
     streams: StreamSettings,
     sources: Mapping[str, WindowSource],
     ledger_: Ledger,
+    partitions: int = 1,
 ) -> ReleaseService:
     """The release service from settings."""
     return ReleaseService(
@@ -104,6 +105,7 @@ def build_service(
         window_seconds=streams.window_seconds,
         grace_seconds=streams.grace_seconds,
         lookback_windows=api.release_lookback_windows,
+        partitions=partitions,
     )
 
 
@@ -123,7 +125,8 @@ def app_from_settings() -> FastAPI:
         for d in domains
     }
     ledger_ = open_ledger(api.ledger_url, runtime.data_dir)
-    service = build_service(runtime, api, streams, sources, ledger_)
+    partitions = KafkaSettings().partitions
+    service = build_service(runtime, api, streams, sources, ledger_, partitions)
     app = create_app(service, api.keys)
 
     @asynccontextmanager

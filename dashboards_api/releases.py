@@ -18,8 +18,13 @@ from dashboards_api.query_classes import QueryClass
 class WindowSource(Protocol):
     """Where bounded window aggregates come from (a domain's Feast store)."""
 
-    def window_stats(self, product: str, window_starts: list[int]) -> list[dict[str, Any]]:
-        """Aggregates of the given windows; missing ones have None values."""
+    def window_stats(
+        self, product: str, window_starts: list[int], partitions: int = 1
+    ) -> list[dict[str, Any]]:
+        """Aggregates of the given windows summed over the ingest partitions.
+
+        Windows not yet reported by every partition have None values.
+        """
         ...
 
 
@@ -33,6 +38,7 @@ class ReleaseService:
     window_seconds: int
     grace_seconds: int
     lookback_windows: int
+    partitions: int = 1
     clock: Callable[[], float] = time.time
 
     def query_class(self, class_id: str) -> QueryClass:
@@ -58,7 +64,7 @@ class ReleaseService:
         latest = int(now) - self.grace_seconds
         latest -= latest % self.window_seconds
         candidates = [latest - self.window_seconds * (i + 1) for i in range(self.lookback_windows)]
-        rows = source.window_stats(qc.product, candidates)
+        rows = source.window_stats(qc.product, candidates, self.partitions)
         row = next((r for r in rows if r.get("distinct_subjects") is not None), None)
         if row is None:
             raise NoDataYet(

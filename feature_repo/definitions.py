@@ -4,8 +4,10 @@ Two feature views per product:
 
 * ``<product>_subject_window``: per pseudonymous subject, its bounded event count
   and measure sums in the current window (training features for federation).
-* ``<product>_window_stats``: per closed window, the contribution-bounded
-  aggregates the DP layer adds noise to (distinct subjects, events, sums).
+* ``<product>_window_stats``: per closed window and ingest partition, the
+  contribution-bounded aggregates the DP layer adds noise to (distinct subjects,
+  events, sums). Each subject lives on one partition, so the partitions' rows of a
+  window add up to the window's statistics.
 
 Every field carries the privacy tag of the contract field it derives from.
 """
@@ -23,6 +25,7 @@ from domains.contract import DataProduct, PrivacyTag
 
 SUBJECT_KEY = "subject"
 WINDOW_KEY = "window_start"
+PARTITION_KEY = "partition"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class ProductFeatures:
     product: DataProduct
     subject_entity: Entity
     window_entity: Entity
+    partition_entity: Entity
     subject_view: FeatureView
     window_view: FeatureView
     subject_push: PushSource
@@ -42,6 +46,7 @@ class ProductFeatures:
         return [
             self.subject_entity,
             self.window_entity,
+            self.partition_entity,
             self.subject_push,
             self.window_push,
             self.subject_view,
@@ -79,6 +84,13 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
         join_keys=[WINDOW_KEY],
         value_type=ValueType.INT64,
         description="Start of a tumbling event-time window, epoch seconds",
+        tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+    )
+    partition = Entity(
+        name=PARTITION_KEY,
+        join_keys=[PARTITION_KEY],
+        value_type=ValueType.INT64,
+        description="Ingest topic partition whose subjects a window row counts",
         tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
     )
     ttl = timedelta(days=product.retention_days)
@@ -127,7 +139,7 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
     )
     window_view = FeatureView(
         name=f"{product.name}_window_stats",
-        entities=[window],
+        entities=[window, partition],
         ttl=ttl,
         schema=[
             Field(
@@ -146,5 +158,5 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
         tags={"privacy_tag": "aggregate", "purpose": product.purpose},
     )
     return ProductFeatures(
-        product, subject, window, subject_view, window_view, subject_push, window_push
+        product, subject, window, partition, subject_view, window_view, subject_push, window_push
     )

@@ -153,17 +153,9 @@ def _chosen_domains(requested: list[str]) -> list[str]:
 
 def _topics_of(domains: list[str]) -> list[str]:
     from domains.registry import get_contract
-    from streams.topics import ProductTopics, erasures_topic
+    from streams.topics import domain_topics
 
-    return [
-        *(
-            topic
-            for d in domains
-            for product in get_contract(d).products
-            for topic in ProductTopics.of(d, product).all()
-        ),
-        *(erasures_topic(d) for d in domains),
-    ]
+    return [topic for d in domains for topic in domain_topics(get_contract(d))]
 
 
 def _has_demo_events(domain: str) -> bool:

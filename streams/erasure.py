@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,33 @@ from feature_repo.store import DomainFeatureStore
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
 from streams.topics import ProductTopics, erasures_topic
+
+TOKEN_PATTERN = re.compile(r"k[0-9]{1,3}\.[a-z2-7]{16,64}")
+MAX_TOKENS_PER_REQUEST = 10_000
+
+
+class MalformedErasureRequest(ValueError):
+    """An erasure request that is not ``{"tokens": [<token>, ...]}``."""
+
+
+def parse_erasure_request(raw: bytes | None) -> set[str]:
+    """The tokens an erasure request names; MalformedErasureRequest says what is wrong.
+
+    The error never echoes the payload: a request could carry a raw identifier sent by
+    mistake, and the error is logged.
+    """
+    try:
+        request = json.loads(raw or b"")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedErasureRequest("not UTF-8 JSON") from None
+    tokens = request.get("tokens") if isinstance(request, dict) else None
+    if not isinstance(tokens, list) or not tokens:
+        raise MalformedErasureRequest("needs a non-empty list 'tokens'")
+    if len(tokens) > MAX_TOKENS_PER_REQUEST:
+        raise MalformedErasureRequest(f"names more than {MAX_TOKENS_PER_REQUEST} tokens")
+    if not all(isinstance(t, str) and TOKEN_PATTERN.fullmatch(t) for t in tokens):
+        raise MalformedErasureRequest("'tokens' holds a value that is not a privmesh token")
+    return set(tokens)
 
 
 @dataclass(frozen=True, slots=True)

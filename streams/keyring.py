@@ -15,6 +15,7 @@ from the master secret (``streams.keys``). The ring lives under the data directo
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,8 +25,10 @@ from domains.contract import FieldType
 from domains.runtime import RuntimeSettings
 from streams.errors import StreamError
 from streams.keys import derive_domain_key, resolve_master_key
-from streams.pseudonymise import Tokeniser
+from streams.pseudonymise import Tokeniser, TokenSource
 from streams.settings import StreamSettings
+
+log = logging.getLogger("privmesh.streams")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,9 @@ class DomainTokens:
         self.domain = domain
         self._master = master
         self._tokenisers: dict[int, Tokeniser] = {}
+        # (ring, epoch start, next epoch start, tokeniser) of the last lookup: events
+        # arrive in time order, so nearly every lookup hits the same epoch.
+        self._last: tuple[KeyRing, float, float, Tokeniser] | None = None
         self.ring = ring
 
     def tokeniser(self, version: int) -> Tokeniser:
@@ -128,7 +134,20 @@ class DomainTokens:
 
     def at(self, event_time: float) -> Tokeniser:
         """The tokeniser for an event at ``event_time``."""
-        return self.tokeniser(self.ring.version_at(self.domain, event_time))
+        ring = self.ring
+        cached = self._last
+        if cached is not None and cached[0] is ring and cached[1] <= event_time < cached[2]:
+            return cached[3]
+        epochs = ring.epochs(self.domain)
+        version, start, end = epochs[0].version, float("-inf"), float("inf")
+        for epoch in epochs:
+            if epoch.effective_from <= event_time:
+                version, start = epoch.version, epoch.effective_from
+            else:
+                end = min(end, epoch.effective_from)
+        found = self.tokeniser(version)
+        self._last = (ring, start, end, found)
+        return found
 
     def all_tokens(self, value: str, kind: FieldType) -> set[str]:
         """The tokens ``value`` has had under every key version (for erasure)."""
@@ -146,3 +165,24 @@ def load_domain_tokens(
     )
     ring = KeyRing.load(keyring_path(runtime.data_dir), streams.key_version)
     return DomainTokens(master, domain, ring)
+
+
+class KeyRingWatcher:
+    """Reloads a running processor's key ring when its file changes (no restart needed)."""
+
+    def __init__(self, tokens: TokenSource, path: Path) -> None:
+        self.tokens = tokens
+        self.path = path
+        self._mtime = path.stat().st_mtime if path.exists() else 0.0
+
+    def poll(self) -> bool:
+        """Reload the ring if the file changed since the last poll; True when it did."""
+        if not isinstance(self.tokens, DomainTokens) or not self.path.exists():
+            return False
+        mtime = self.path.stat().st_mtime
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        self.tokens.ring = KeyRing.load(self.path, self.tokens.ring.initial_version)
+        log.info("key ring reloaded from %s", self.path)
+        return True

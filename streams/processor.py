@@ -1,126 +1,67 @@
-"""The Faust processor of one domain: one agent per data product.
+"""The Faust processor of one domain.
 
-Agents are thin: the transform (``streams.transform``) and the window aggregation
-(``streams.windows``) are pure and tested without a broker. The agent routes each
-event to exactly one of the product topic or the dead-letter topic, and a timer
-pushes per-subject features and closed-window aggregates to the domain's Feast
-store in micro-batches, off the event loop.
+Faust runs the worker: lifecycle and signals, the tuned producer, the health page, and
+three long-running tasks:
+
+* ``IngestLoop`` (``streams.ingest_loop``): the batched consumer-group loop over the
+  domain's ingest topics, routing every event to exactly one of its product topic or
+  dead-letter topic, committing offsets only after the outputs are acknowledged;
+* ``FeaturePusher`` (``streams.feature_push``): micro-batches of per-subject features and
+  closed per-partition windows to the domain's Feast store;
+* ``ErasureListener`` (``streams.erasure_listener``): evicts erased subjects.
+
+Faust's own per-event consumer is switched off: it caps throughput at a tenth of the
+client library on this path (docs/streams-throughput.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
-import pandas as pd
+from faust.app.base import BootStrategy
+from mode import BaseSignalT
 
-from domains.contract import DataProduct, DomainContract
-from feature_repo.definitions import SUBJECT_KEY, WINDOW_KEY, sum_feature
+from domains.contract import DomainContract
 from feature_repo.store import DomainFeatureStore
-from streams.keyring import DomainTokens, KeyRing, keyring_path
+from streams.batch_send import BatchSender
+from streams.erasure_listener import ErasureListener
+from streams.feature_push import FeaturePusher
+from streams.ingest_loop import IngestLoop
+from streams.keyring import KeyRingWatcher, keyring_path
+from streams.pipeline import ProductPipeline, build_pipelines
 from streams.pseudonymise import TokenSource
 from streams.settings import KafkaSettings, StreamSettings
-from streams.topics import DETAIL_HEADER, REASON_HEADER, ProductTopics, erasures_topic
-from streams.transform import Accepted, ProductTransform, Rejected
-from streams.windows import SubjectRow, WindowAggregator, WindowStats
 
 log = logging.getLogger("privmesh.streams")
 
-PROCESSING_ERROR = "processing_error"
+
+class _NoFaustConsumer(BootStrategy):
+    """Start Faust's web server and tasks; consuming and producing are batched (ours)."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
+class ProcessorApp(faust.App):
+    """A Faust app whose consuming is done by ``IngestLoop``."""
+
+    BootStrategy = _NoFaustConsumer
 
 
 @dataclass
-class ProductPipeline:
-    """Everything one product's agent needs, free of Faust."""
+class Processor:
+    """The parts of one domain's processor (exposed for the health page and tests)."""
 
-    domain: str
-    product: DataProduct
-    transform: ProductTransform
-    aggregator: WindowAggregator
-    topics: ProductTopics
-    counters: Counter[str] = field(default_factory=Counter)
-
-    def route(self, raw: bytes) -> Accepted | Rejected:
-        """Transform ``raw``; never raises (unexpected errors become a rejection)."""
-        try:
-            outcome = self.transform.apply(raw)
-        except Exception as exc:  # a bug must not stop the stream or lose the event
-            log.exception("transform failed for a %s event", self.topics.ingest)
-            outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
-        if isinstance(outcome, Accepted):
-            self.counters["accepted"] += 1
-            self.aggregator.add(outcome.subject, outcome.event_time, outcome.measures)
-        else:
-            self.counters[f"rejected.{outcome.reason}"] += 1
-            self.counters["rejected"] += 1
-        return outcome
-
-    def subject_frame(self, rows: list[SubjectRow]) -> pd.DataFrame:
-        """Per-subject feature rows as the push source expects them."""
-        now = datetime.now(UTC)
-        measures = self.transform.measure_fields
-        return pd.DataFrame(
-            [
-                {
-                    SUBJECT_KEY: r.subject,
-                    WINDOW_KEY: r.window_start,
-                    "events": r.events,
-                    **{sum_feature(m): float(r.sums.get(m, 0.0)) for m in measures},
-                    "event_timestamp": now,
-                }
-                for r in rows
-            ]
-        )
-
-    def window_frame(self, stats: list[WindowStats]) -> pd.DataFrame:
-        """Closed-window aggregates as the push source expects them."""
-        measures = self.transform.measure_fields
-        return pd.DataFrame(
-            [
-                {
-                    WINDOW_KEY: s.window_start,
-                    "distinct_subjects": s.distinct_subjects,
-                    "events": s.events,
-                    **{sum_feature(m): float(s.sums.get(m, 0.0)) for m in measures},
-                    "event_timestamp": datetime.fromtimestamp(s.window_end, tz=UTC),
-                }
-                for s in stats
-            ]
-        )
-
-
-def build_pipelines(
-    contract: DomainContract, tokeniser: TokenSource, settings: StreamSettings
-) -> list[ProductPipeline]:
-    """One pipeline per product of ``contract``."""
-    pipelines = []
-    for product in contract.products:
-        transform = ProductTransform(product, tokeniser)
-        bounds = {f.name: f.bounds for f in product.fields if f.bounds is not None}
-        aggregator = WindowAggregator(
-            settings.window_seconds,
-            settings.grace_seconds,
-            settings.max_events_per_subject,
-            bounds,
-        )
-        pipelines.append(
-            ProductPipeline(
-                contract.domain,
-                product,
-                transform,
-                aggregator,
-                ProductTopics.of(contract.domain, product),
-            )
-        )
-    return pipelines
+    app: faust.App
+    pipelines: list[ProductPipeline]
+    ingest: IngestLoop
+    pusher: FeaturePusher
+    erasures: ErasureListener
 
 
 def faust_broker_url(bootstrap: str) -> list[str]:
@@ -128,19 +69,14 @@ def faust_broker_url(bootstrap: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap.split(",") if hostport.strip()]
 
 
-def build_app(  # noqa: PLR0915 - split into agents/flusher with the throughput rework
-    contract: DomainContract,
-    tokeniser: TokenSource,
-    store: DomainFeatureStore,
-    kafka: KafkaSettings,
-    settings: StreamSettings,
-    data_dir: Path,
+def make_app(
+    domain: str, kafka: KafkaSettings, settings: StreamSettings, data_dir: Path
 ) -> faust.App:
-    """The Faust app of ``contract``'s domain."""
-    faust_dir = data_dir / "faust" / contract.domain
+    """The Faust app with the producer tuned for batches (linger, 256 KiB batches)."""
+    faust_dir = data_dir / "faust" / domain
     faust_dir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        f"privmesh-{contract.domain}",
+    return ProcessorApp(
+        f"privmesh-{domain}",
         broker=faust_broker_url(kafka.bootstrap),
         store="memory://",
         datadir=str(faust_dir),
@@ -150,139 +86,77 @@ def build_app(  # noqa: PLR0915 - split into agents/flusher with the throughput 
         web_bind="127.0.0.1",
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
-        consumer_auto_offset_reset="earliest",
-        producer_linger_ms=5,
-        broker_commit_every=10_000,
-        broker_commit_interval=1.0,
-        # Tansu holds a JoinGroup for the full rebalance timeout when a group forms;
-        # Faust's 60 s default would delay the first event by a minute.
-        broker_rebalance_timeout=settings.rebalance_timeout_seconds,
-        broker_session_timeout=max(settings.rebalance_timeout_seconds * 2, 6.0),
-        broker_heartbeat_interval=1.0,
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_acks=1,
     )
+
+
+def build_processor(
+    contract: DomainContract,
+    tokeniser: TokenSource,
+    store: DomainFeatureStore,
+    kafka: KafkaSettings,
+    settings: StreamSettings,
+    data_dir: Path,
+) -> Processor:
+    """Wire ``contract``'s domain processor: pipelines, tasks and the health page."""
+    app = make_app(contract.domain, kafka, settings, data_dir)
     pipelines = build_pipelines(contract, tokeniser, settings)
-    push_lock = asyncio.Lock()
-    started = time.time()
-    offline_buffer: dict[str, list[pd.DataFrame]] = {}
-    last_offline = time.monotonic()
-    ring_file = keyring_path(data_dir)
-    ring_mtime = ring_file.stat().st_mtime if ring_file.exists() else 0.0
 
-    for pipeline in pipelines:
-        ingest = app.topic(pipeline.topics.ingest, value_serializer="raw", key_serializer="raw")
-        product_topic = app.topic(
-            pipeline.topics.product, value_serializer="raw", key_serializer="raw"
-        )
-        dlq = app.topic(pipeline.topics.dlq, value_serializer="raw", key_serializer="raw")
-
-        def make_agent(p: ProductPipeline, out: faust.TopicT, dead: faust.TopicT) -> Any:
-            async def process(stream: faust.StreamT[bytes]) -> None:
-                async for batch in stream.take(
-                    settings.batch_size, within=settings.batch_within_seconds
-                ):
-                    for raw in batch:
-                        outcome = p.route(raw)
-                        if isinstance(outcome, Accepted):
-                            await out.send(
-                                key=outcome.key, value=json.dumps(outcome.event).encode()
-                            )
-                        else:
-                            await dead.send(
-                                value=raw,
-                                headers=[
-                                    (REASON_HEADER, outcome.reason.encode()),
-                                    (DETAIL_HEADER, outcome.detail.encode()),
-                                ],
-                            )
-
-            process.__name__ = f"process_{p.product.name}"
-            return process
-
-        app.agent(ingest, name=f"{contract.domain}.{pipeline.product.name}")(
-            make_agent(pipeline, product_topic, dlq)
-        )
-
-    profiles = {
-        p.product.name: app.topic(p.topics.profiles, value_serializer="raw", key_serializer="raw")
-        for p in pipelines
-    }
-
-    @app.agent(
-        app.topic(erasures_topic(contract.domain), value_serializer="raw", key_serializer="raw"),
-        name=f"{contract.domain}.erasures",
+    sender = BatchSender(kafka, settings, f"privmesh-{contract.domain}-processor")
+    ingest = IngestLoop(contract.domain, pipelines, kafka, settings, sender)
+    pusher = FeaturePusher(
+        pipelines,
+        store,
+        settings,
+        sender,
+        ingest.aligned,
+        KeyRingWatcher(tokeniser, keyring_path(data_dir)),
     )
-    async def evict(stream: faust.StreamT[bytes]) -> None:
-        """Erasure requests: forget the subjects in memory, then delete their online rows."""
-        loop = asyncio.get_running_loop()
-        async for raw in stream:
-            try:
-                tokens = {str(t) for t in json.loads(raw)["tokens"]}
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignored a malformed erasure request")
-                continue
-            async with push_lock:
-                dropped = sum(p.aggregator.forget(tokens) for p in pipelines)
-                await loop.run_in_executor(None, store.erase_subjects, tokens)
-            log.info("erasure: evicted %d window tallies", dropped)
+    ingest.on_revoked_rows = pusher.stash
+    erasures = ErasureListener(contract.domain, kafka, settings, pusher.evict)
+    processor = Processor(app, pipelines, ingest, pusher, erasures)
 
-    def reload_keyring() -> None:
-        nonlocal ring_mtime
-        if not isinstance(tokeniser, DomainTokens) or not ring_file.exists():
-            return
-        mtime = ring_file.stat().st_mtime
-        if mtime != ring_mtime:
-            ring_mtime = mtime
-            tokeniser.ring = KeyRing.load(ring_file, tokeniser.ring.initial_version)
-            log.info("key ring reloaded")
+    app.task(ingest.run)
+    app.task(pusher.run)
+    app.task(pusher.run_offline)
+    app.task(erasures.run)
 
-    async def flush_features() -> None:
-        nonlocal last_offline
-        loop = asyncio.get_running_loop()
-        reload_keyring()
-        async with push_lock:
-            for p in pipelines:
-                rows = p.aggregator.drain_subject_rows()
-                closed = p.aggregator.close_ready(time.time())
-                features = store.product_features(p.product)
-                if rows:
-                    frame = p.subject_frame(rows)
-                    await loop.run_in_executor(None, store.push, features.subject_push.name, frame)
-                    p.counters["subject_rows_pushed"] += len(rows)
-                    offline_buffer.setdefault(features.subject_view.name, []).append(frame)
-                    topic = profiles[p.product.name]
-                    for record in frame.to_dict(orient="records"):
-                        subject = str(record.pop(SUBJECT_KEY))
-                        record["event_timestamp"] = record["event_timestamp"].isoformat()
-                        await topic.send(key=subject.encode(), value=json.dumps(record).encode())
-                if closed:
-                    frame = p.window_frame(closed)
-                    await loop.run_in_executor(None, store.push, features.window_push.name, frame)
-                    p.counters["windows_closed"] += len(closed)
-                    p.counters["last_window_start"] = closed[-1].window_start
-                    offline_buffer.setdefault(features.window_view.name, []).append(frame)
-            if time.monotonic() - last_offline >= settings.offline_flush_seconds:
-                last_offline = time.monotonic()
-                for view, frames in offline_buffer.items():
-                    batch = pd.concat(frames, ignore_index=True)
-                    await loop.run_in_executor(None, store.append_offline, view, batch)
-                offline_buffer.clear()
+    @app.on_before_shutdown.connect
+    async def final_flush(sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
+        await pusher.flush()
+        await pusher.write_offline()
+        await sender.stop()
 
-    app.timer(interval=settings.feature_flush_seconds)(flush_features)
+    started = time.time()
 
     @app.page("/privmesh/health")
     async def health(web: Any, request: Any) -> Any:
-        body = {
-            "domain": contract.domain,
-            "uptime_seconds": round(time.time() - started, 1),
-            "products": {
-                p.product.name: {
-                    **dict(p.counters),
-                    "late_events": p.aggregator.late_events,
-                    "capped_events": p.aggregator.capped_events,
-                }
-                for p in pipelines
-            },
-        }
-        return web.json(body)
+        return web.json(health_report(processor, started))
 
-    return app
+    return processor
+
+
+def health_report(processor: Processor, started: float) -> dict[str, Any]:
+    """What the worker's health page shows: counters only, never a token or a value."""
+    ingest = processor.ingest
+    return {
+        "domain": ingest.domain,
+        "uptime_seconds": round(time.time() - started, 1),
+        "assigned_partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in ingest.assigned),
+        "ingest": dict(ingest.counters),
+        "features": dict(processor.pusher.counters),
+        "erasures": {
+            "applied": processor.erasures.applied,
+            "malformed": processor.erasures.malformed,
+        },
+        "products": {
+            p.product.name: {
+                **dict(p.counters),
+                "late_events": p.late_events,
+                "capped_events": p.capped_events,
+            }
+            for p in processor.pipelines
+        },
+    }

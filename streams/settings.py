@@ -51,7 +51,17 @@ class StreamSettings(BaseSettings):
     key_version: Annotated[int, Field(ge=1, le=999)] = 1
     window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 10
     grace_seconds: Annotated[int, Field(ge=0, le=3_600)] = 2
-    feature_flush_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    feature_flush_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.05,
+        description="How often changed per-subject rows and closed windows go to the online store.",
+    )
+    feature_flush_duty: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.25,
+        description=(
+            "Largest share of time spent flushing features: under load the flush interval "
+            "grows so the online store does not take CPU from the stream."
+        ),
+    )
     offline_flush_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=30.0,
         description="How often buffered per-subject rows become an offline parquet part file.",
@@ -63,9 +73,22 @@ class StreamSettings(BaseSettings):
             "one window's aggregates, so one person moves a released number by a bounded amount."
         ),
     )
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
-    batch_within_seconds: Annotated[float, Field(gt=0, le=10)] = 0.05
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=2000, description="Records fetched, transformed and acknowledged together."
+    )
+    batch_within_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.05, description="How long one fetch waits for records before returning."
+    )
     rebalance_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 3.0
+    session_timeout_seconds: Annotated[float, Field(ge=3, le=300)] = Field(
+        default=6.0,
+        description=(
+            "Consumer-group session timeout. Tansu holds a JoinGroup for about half of it, "
+            "so a short one makes workers start (and rebalance) quickly."
+        ),
+    )
+    producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
+    producer_batch_bytes: Annotated[int, Field(ge=16_384, le=16_777_216)] = 262_144
     worker_web_port: Annotated[int, Field(ge=1024, le=65535)] = 6066
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domains.contract import DataProduct
+from domains.contract import DataProduct, DomainContract
 
 # Headers of every dead-letter record: a stable reason code, and a detail that names the
 # field and the problem without echoing the raw value.
 REASON_HEADER = "privmesh-reason"
 DETAIL_HEADER = "privmesh-detail"
+# Where a dead-lettered record came from: ``topic/partition/offset``.
+SOURCE_HEADER = "privmesh-source"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,18 @@ class ProductTopics:
 def erasures_topic(domain: str) -> str:
     """The domain's erasure requests: processors evict the named subjects' state."""
     return f"{domain}.erasures"
+
+
+def domain_topics(contract: DomainContract) -> list[str]:
+    """Every topic of ``contract``'s domain: each product's topics, then erasure requests."""
+    return [
+        *(
+            t
+            for product in contract.products
+            for t in ProductTopics.of(contract.domain, product).all()
+        ),
+        erasures_topic(contract.domain),
+    ]
 
 
 def topic_configs(topic: str) -> dict[str, str]:

@@ -24,12 +24,16 @@ class SubjectTally:
 
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
-    """A per-subject feature row for the feature store."""
+    """A per-subject feature row for the feature store.
+
+    ``partition`` is the ingest partition the subject's events arrive on (-1: unknown).
+    """
 
     subject: str
     window_start: int
     events: int
     sums: dict[str, float]
+    partition: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,20 @@ class WindowAggregator:
         """Start (epoch seconds) of the window containing ``event_time``."""
         start = int(event_time)
         return start - start % self.window_seconds
+
+    def open_at(self, now: float) -> None:
+        """Start releasing windows from the one containing ``now``, events or not.
+
+        A worker calls this when it is assigned a partition, so an idle partition still
+        reports (empty) windows and the DP layer can tell "nothing happened" from "no data".
+        """
+        if self._next_close is None:
+            self._next_close = self.window_of(now)
+
+    @property
+    def open_windows(self) -> int:
+        """Windows holding at least one tally (lost if the partition moves mid-window)."""
+        return sum(1 for tallies in self._windows.values() if tallies)
 
     def add(self, subject: str, event_time: float, measures: dict[str, float]) -> bool:
         """Count one event; False when it is late (its window is closed) or over the cap."""

@@ -11,8 +11,10 @@ class FakeWindowSource:
     def __init__(self, windows: dict[int, int] | None = None) -> None:
         self.windows = dict(windows or {})
 
-    def window_stats(self, product: str, window_starts: list[int]) -> list[dict[str, Any]]:
-        """Rows for ``window_starts``; unknown windows have None values."""
+    def window_stats(
+        self, product: str, window_starts: list[int], partitions: int = 1
+    ) -> list[dict[str, Any]]:
+        """Rows for ``window_starts`` (already summed over partitions); unknown ones None."""
         return [
             {"window_start": w, "distinct_subjects": self.windows.get(w), "events": None}
             for w in window_starts

@@ -22,18 +22,22 @@ def roundtrip(store: DomainFeatureStore) -> None:
     frame = pd.DataFrame(
         [
             {
-                "window_start": window,
-                "distinct_subjects": 42,
-                "events": 50,
-                "amount_cents_sum": 1234.0,
+                "window_start": w,
+                "partition": partition,
+                "distinct_subjects": subjects,
+                "events": subjects + 8,
+                "amount_cents_sum": 1000.0 + partition,
                 "event_timestamp": datetime.now(UTC),
             }
+            for w, partition, subjects in [(window, 0, 40), (window, 1, 2), (window - 10, 0, 7)]
         ]
     )
     store.push(features.window_push.name, frame)
-    rows = store.window_stats("orders", [window, window - 10])
-    assert rows[0]["distinct_subjects"] == 42 and rows[0]["amount_cents_sum"] == 1234.0
-    assert rows[1]["distinct_subjects"] is None
+    rows = store.window_stats("orders", [window, window - 10, window - 20], partitions=2)
+    assert rows[0]["distinct_subjects"] == 42 and rows[0]["amount_cents_sum"] == 2001.0
+    # a window missing from one partition, or from all, is not released as a partial sum
+    assert rows[1]["distinct_subjects"] is None and rows[2]["distinct_subjects"] is None
+    assert store.window_stats("orders", [window - 10], partitions=1)[0]["events"] == 15
 
 
 def test_sqlite_store_roundtrip(tmp_path: Path) -> None:

@@ -1,0 +1,385 @@
+"""Stream processor throughput, event-to-feature freshness and online read latency.
+
+One run, on a fresh embedded Tansu broker:
+
+1. ``EVENTS`` shop orders (1% malformed) are produced once to ``shop.orders.ingest``.
+2. Baseline: a raw aiokafka consumer-group loop in this process reads them, applies the
+   same contract transform (validate, tokenise, generalise) and produces each event to an
+   output or dead-letter topic, committing after the acks.
+3. privmesh's processor (``privmesh worker --domain shop``, a separate process) reads
+   the same events in its own consumer group.
+   Both rates come from the output records' timestamps (first to last), and both outputs
+   are read back and counted: every input must come out exactly once.
+4. Freshness: with the processor caught up, orders arrive at a steady ``FRESH_RATE``/s;
+   every tenth is a probe with a new subject, and a poller reads the online store until
+   the probe's row appears (latency from just before the send).
+5. ``get_online_features`` latency for 1 and 100 subjects, through Feast's public API.
+
+Writes bench/results/streams.json; the last line printed is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from domains.contract import FieldType
+from domains.registry import get_contract
+from domains.runtime import RuntimeSettings
+from feature_repo.settings import FeatureStoreSettings
+from feature_repo.store import DomainFeatureStore
+from infra.broker import ensure_topics, tansu_command
+from infra.ports import wait_for_port
+from streams.generator import EventGenerator, make_people
+from streams.keyring import load_domain_tokens
+from streams.producing import RawProducer
+from streams.pseudonymise import normalise
+from streams.reading import read_records
+from streams.settings import KafkaSettings, StreamSettings
+from streams.topics import ProductTopics, domain_topics
+from streams.transform import Accepted, ProductTransform
+
+EVENTS = int(os.environ.get("BENCH_STREAMS_EVENTS", "200000"))
+PARTITIONS = 4
+FRESH_RATE = 2000  # events/s during the freshness phase
+FRESH_SECONDS = 20
+READS = 2000
+RESULTS = Path(__file__).with_name("results") / "streams.json"
+DOMAIN, PRODUCT = "shop", "orders"
+RAW_OUT, RAW_DLQ = "bench.raw.out", "bench.raw.dlq"
+TARGETS = {
+    "ratio_min": 0.6,
+    "processor_events_per_s_min": 25_000,
+    "freshness_p99_ms_max": 300,
+    "online_read_1_p99_ms_max": 1.0,
+    "online_read_100_p99_ms_max": 10.0,
+}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def preload(bootstrap: str, topic: str, generator: EventGenerator) -> None:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    with RawProducer(kafka, "bench-preload") as producer:
+        for key, value in generator.stream(EVENTS):
+            producer.send(topic, value, key=key)
+
+
+async def raw_loop(bootstrap: str, ingest: str, transform: ProductTransform) -> None:
+    """The baseline: consume -> contract transform -> produce -> commit, nothing else."""
+    consumer = AIOKafkaConsumer(
+        ingest,
+        bootstrap_servers=bootstrap,
+        group_id="bench-raw",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=2000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=2000,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=262_144, acks=1
+    )
+    await consumer.start()
+    await producer.start()
+    done = 0
+    try:
+        while done < EVENTS:
+            batches = await consumer.getmany(timeout_ms=50, max_records=2000)
+            acks = []
+            for records in batches.values():
+                for r in records:
+                    outcome = transform.apply(r.value or b"")
+                    if isinstance(outcome, Accepted):
+                        value = json.dumps(outcome.event, separators=(",", ":")).encode()
+                        acks.append(await producer.send(RAW_OUT, value, key=outcome.key))
+                    else:
+                        headers = [("privmesh-reason", outcome.reason.encode())]
+                        acks.append(
+                            await producer.send(RAW_DLQ, r.value, key=r.key, headers=headers)
+                        )
+            if acks:
+                await asyncio.gather(*acks)
+                await consumer.commit()
+                done += len(acks)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def drained(
+    bootstrap: str,
+    topics: list[str],
+    expected: int,
+    within: float,
+    writer: subprocess.Popen[bytes] | None = None,
+) -> list[int]:
+    """Timestamps of every record of ``topics``, once ``expected`` have been written."""
+    deadline = time.monotonic() + within
+    stamps: list[int] = []
+    while time.monotonic() < deadline:
+        if writer is not None and writer.poll() is not None:
+            raise SystemExit(f"the processor exited with code {writer.returncode}")
+        stamps = []
+        for topic in topics:
+            stamps += [
+                r.timestamp_ms async for r in read_records(bootstrap, topic, idle_timeout=1.5)
+            ]
+        if len(stamps) >= expected:
+            return stamps
+        await asyncio.sleep(1.0)
+    raise SystemExit(f"only {len(stamps)} of {expected} records reached {topics} in {within} s")
+
+
+def rate_of(stamps: list[int]) -> float:
+    span = (max(stamps) - min(stamps)) / 1000
+    return len(stamps) / span if span > 0 else float("inf")
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "worker", "--domain", DOMAIN],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def worker_health(port: int) -> dict[str, Any]:
+    try:
+        return dict(httpx.get(f"http://127.0.0.1:{port}/privmesh/health", timeout=2).json())
+    except httpx.HTTPError:
+        return {}
+
+
+def freshness(  # noqa: PLR0915 - producer and poller side by side
+    bootstrap: str, ingest: str, generator: EventGenerator, store: DomainFeatureStore, tokens: Any
+) -> tuple[list[float], list[str]]:
+    """Latencies (ms) from send to the probe subject's row being readable online."""
+    pending: dict[str, float] = {}
+    lock = threading.Lock()
+    latencies: list[float] = []
+    found: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set() or pending:
+            with lock:
+                batch = list(pending.items())[:100]
+            if not batch:
+                time.sleep(0.002)
+                continue
+            rows = store.subject_features(PRODUCT, [t for t, _ in batch])
+            seen = time.perf_counter()
+            with lock:
+                for (token, sent), row in zip(batch, rows, strict=True):
+                    if row["events"] is not None:
+                        latencies.append((seen - sent) * 1000)
+                        if os.environ.get("BENCH_DEBUG"):
+                            print(f"DBG {sent:.3f} {(seen - sent) * 1000:.0f}")
+                        found.append(token)
+                        del pending[token]
+            if stop.is_set() and time.perf_counter() - stop_at[0] > 10:
+                return  # probes not seen 10 s after the end are reported as missing
+            time.sleep(0.002)
+
+    store.subject_features(PRODUCT, ["warm-up"])  # loads Feast's registry before timing
+    stop_at = [0.0]
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    unit = "customer_email"
+    interval = 1.0 / FRESH_RATE
+    with RawProducer(kafka, "bench-fresh") as producer:
+        began = time.perf_counter()
+        for i in range(FRESH_RATE * FRESH_SECONDS):
+            due = began + i * interval
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
+            now = time.time()
+            if i % 10 == 0:
+                event = generator.good(now)
+                event[unit] = f"probe-{i}@bench.example"
+                key = normalise(str(event[unit]), FieldType.EMAIL).encode()
+                token = tokens.at(now).token(str(event[unit]), FieldType.EMAIL)
+                with lock:
+                    pending[token] = time.perf_counter()
+                producer.send(ingest, json.dumps(event).encode(), key=key)
+            else:
+                key, value = generator.next_event(now)
+                producer.send(ingest, value, key=key)
+    stop_at[0] = time.perf_counter()
+    stop.set()
+    poller.join(30)
+    return latencies, found
+
+
+def online_reads(store: DomainFeatureStore, subjects: list[str]) -> dict[str, dict[str, float]]:
+    view = store.product_features(PRODUCT).subject_view
+    refs = [f"{view.name}:{f.name}" for f in view.features]
+    out: dict[str, dict[str, float]] = {}
+    for n in (1, 100):
+        rows = [{"subject": s} for s in subjects[:n]]
+        timings = []
+        for i in range(READS + 100):
+            began = time.perf_counter()
+            store.store.get_online_features(features=refs, entity_rows=rows).to_dict()
+            if i >= 100:  # the first calls warm Feast's registry cache
+                timings.append((time.perf_counter() - began) * 1000)
+        out[str(n)] = {
+            "p50_ms": round(statistics.median(timings), 3),
+            "p99_ms": round(percentile(timings, 0.99), 3),
+        }
+    return out
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    contract = get_contract(DOMAIN)
+    product = next(p for p in contract.products if p.name == PRODUCT)
+    topics = ProductTopics.of(DOMAIN, product)
+    with tempfile.TemporaryDirectory(prefix="privmesh-bench-streams-") as tmp:
+        port = free_port()
+        broker = subprocess.Popen(
+            tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        worker: subprocess.Popen[bytes] | None = None
+        try:
+            if not wait_for_port(port, 10):
+                raise SystemExit("broker did not start")
+            bootstrap = f"127.0.0.1:{port}"
+            ensure_topics(bootstrap, [*domain_topics(contract), RAW_OUT, RAW_DLQ], PARTITIONS, 1)
+            web_port = free_port()
+            env = {
+                **os.environ,
+                "PRIVMESH_DATA_DIR": str(Path(tmp) / "data"),
+                "PRIVMESH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "PRIVMESH_KAFKA_PARTITIONS": str(PARTITIONS),
+                # Long windows: the preloaded events are aggregated, not counted late.
+                "PRIVMESH_STREAMS_WINDOW_SECONDS": "3600",
+                "PRIVMESH_STREAMS_WORKER_WEB_PORT": str(web_port),
+            }
+            os.environ.update({k: v for k, v in env.items() if k.startswith("PRIVMESH_")})
+            runtime, streams = RuntimeSettings(), StreamSettings()
+            tokens = load_domain_tokens(DOMAIN, runtime, streams)
+            people = make_people(5_000, seed=11)
+            generator = EventGenerator(DOMAIN, product, people, bad_ratio=0.01, seed=3)
+
+            began = time.monotonic()
+            preload(bootstrap, topics.ingest, generator)
+            preload_s = time.monotonic() - began
+            print(f"preloaded {EVENTS} events in {preload_s:.1f} s", flush=True)
+
+            asyncio.run(raw_loop(bootstrap, topics.ingest, ProductTransform(product, tokens)))
+            raw_stamps = asyncio.run(drained(bootstrap, [RAW_OUT, RAW_DLQ], EVENTS, 120))
+            raw_rate = rate_of(raw_stamps)
+            print(f"raw loop: {raw_rate:,.0f} events/s", flush=True)
+
+            worker = start_worker(env, Path(tmp) / "worker.log")
+            if spy := os.environ.get("BENCH_PYSPY"):  # a py-spy binary: profile the worker
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "-p",
+                        str(worker.pid),
+                        "-d",
+                        "25",
+                        "-r",
+                        "200",
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(Path(tempfile.gettempdir()) / "worker-spy.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            try:
+                out_stamps = asyncio.run(
+                    drained(bootstrap, [topics.product, topics.dlq], EVENTS, 300, worker)
+                )
+            except SystemExit:
+                print((Path(tmp) / "worker.log").read_text(errors="replace")[-3000:])
+                raise
+            processor_rate = rate_of(out_stamps)
+            print(f"processor: {processor_rate:,.0f} events/s", flush=True)
+            health = worker_health(web_port)
+
+            store = DomainFeatureStore(contract, runtime.data_dir, FeatureStoreSettings())
+            latencies, probes = freshness(bootstrap, topics.ingest, generator, store, tokens)
+            sent_probes = FRESH_RATE * FRESH_SECONDS // 10
+            print(f"freshness: {len(latencies)} of {sent_probes} probes seen", flush=True)
+            reads = online_reads(store, probes)
+            health_after = worker_health(web_port)
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(30)
+            broker.terminate()
+            broker.wait(10)
+        log_tail = (Path(tmp) / "worker.log").read_text(errors="replace")[-2000:]
+
+    if not latencies:
+        raise SystemExit(f"no probe reached the online store; worker log:\n{log_tail}")
+    ratio = processor_rate / raw_rate
+    result = {
+        "benchmark": "streams",
+        "events": EVENTS,
+        "partitions": PARTITIONS,
+        "cores": os.cpu_count(),
+        "baseline_raw_events_per_s": round(raw_rate),
+        "processor_events_per_s": round(processor_rate),
+        "ratio": round(ratio, 3),
+        "outputs_counted": {"raw": len(raw_stamps), "processor": len(out_stamps)},
+        "processor_counters": health.get("products", {}).get(PRODUCT, {}),
+        "freshness_at_events_per_s": FRESH_RATE,
+        "freshness_ms": {
+            "probes_sent": sent_probes,
+            "probes_seen": len(latencies),
+            "p50": round(statistics.median(latencies), 1),
+            "p99": round(percentile(latencies, 0.99), 1),
+            "max": round(max(latencies), 1),
+        },
+        "online_read_ms": reads,
+        "feature_pushes": health_after.get("features", {}),
+        "targets": TARGETS,
+        "met": {
+            "ratio": ratio >= TARGETS["ratio_min"],
+            "processor_rate": processor_rate >= TARGETS["processor_events_per_s_min"],
+            "freshness_p99": percentile(latencies, 0.99) <= TARGETS["freshness_p99_ms_max"],
+            "online_read_1": reads["1"]["p99_ms"] <= TARGETS["online_read_1_p99_ms_max"],
+            "online_read_100": reads["100"]["p99_ms"] <= TARGETS["online_read_100_p99_ms_max"],
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Every worker of a domain reads every erasure request and evicts the named subjects.
+
+Not a consumer group: each worker holds the windows of its own partitions, so each must
+see each request. A worker reads ``<domain>.erasures`` and applies the requests sent
+after it started (older ones were applied by the workers running then, and the stores'
+rows were deleted by ``privmesh erase`` itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.erasure import MalformedErasureRequest, parse_erasure_request
+from streams.settings import KafkaSettings, StreamSettings
+from streams.topics import erasures_topic
+
+log = logging.getLogger("privmesh.streams")
+
+START_MARGIN_MS = 5_000  # requests this much older than the worker's start are still applied
+
+
+class ErasureListener:
+    """Calls ``evict(tokens)`` for each erasure request of ``domain``."""
+
+    def __init__(
+        self,
+        domain: str,
+        kafka: KafkaSettings,
+        settings: StreamSettings,
+        evict: Callable[[set[str]], Awaitable[None]],
+    ) -> None:
+        self.domain = domain
+        self.topic = erasures_topic(domain)
+        self.kafka = kafka
+        self.settings = settings
+        self._evict = evict
+        self.started_ms = int(time.time() * 1000)
+        self.applied = 0
+        self.malformed = 0
+
+    async def run(self) -> None:
+        """Listen until cancelled."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap,
+            group_id=None,
+            client_id=f"privmesh-{self.domain}-erasures",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            retry_backoff_ms=200,
+        )
+        await consumer.start()
+        try:
+            await self._assign(consumer)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        await self._apply(record.value, record.timestamp)
+        finally:
+            await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            partitions = consumer.partitions_for_topic(self.topic)
+            if partitions:
+                break
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(1.0)
+        assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(assignment)
+        # From the beginning, filtered by time: an end offset resolved after the start
+        # could skip a request sent meanwhile (and Tansu's end offsets run short).
+        await consumer.seek_to_beginning(*assignment)
+
+    async def _apply(self, raw: bytes | None, timestamp_ms: int) -> None:
+        if timestamp_ms < self.started_ms - START_MARGIN_MS:
+            return
+        try:
+            tokens = parse_erasure_request(raw)
+        except MalformedErasureRequest as exc:
+            self.malformed += 1
+            log.warning("%s: ignored a malformed erasure request: %s", self.domain, exc)
+            return
+        await self._evict(tokens)
+        self.applied += 1

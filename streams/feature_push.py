@@ -1,0 +1,184 @@
+"""Micro-batches from the processor's windows to the domain's Feast store and topics.
+
+Every ``feature_flush_seconds``: changed per-subject rows go to the online store and to
+the compacted ``profiles`` topic, closed per-partition windows go to the online store
+(where the DP API reads them); every ``offline_flush_seconds`` the buffered rows become
+one offline parquet part file. Store writes run in a thread, off the event loop.
+
+One lock orders flushes and erasures: a flush that drained a subject's row before an
+erasure cannot write it after the erasure's delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+
+import pandas as pd
+from feast import FeatureView
+
+from feature_repo.definitions import SUBJECT_KEY
+from feature_repo.store import DomainFeatureStore
+from streams.batch_send import BatchSender, Output
+from streams.keyring import KeyRingWatcher
+from streams.pipeline import ProductPipeline
+from streams.settings import StreamSettings
+from streams.windows import SubjectRow
+
+log = logging.getLogger("privmesh.streams")
+
+Record = dict[str, object]
+MAX_PAUSE_SECONDS = 1.0
+
+
+class FeaturePusher:
+    """Pushes the pipelines' drained rows; evicts erased subjects under the same lock."""
+
+    def __init__(
+        self,
+        pipelines: list[ProductPipeline],
+        store: DomainFeatureStore,
+        settings: StreamSettings,
+        sender: BatchSender,
+        aligned: Callable[[ProductPipeline], bool],
+        keyring: KeyRingWatcher | None = None,
+    ) -> None:
+        self.pipelines = pipelines
+        self.store = store
+        self.settings = settings
+        self._sender = sender
+        self._aligned = aligned
+        self._keyring = keyring
+        self._lock = asyncio.Lock()
+        self._offline_lock = asyncio.Lock()
+        self._offline: dict[str, list[Record]] = {}
+        self._stashed: dict[str, list[SubjectRow]] = {}
+        self.counters: Counter[str] = Counter()
+
+    def stash(self, pipeline: ProductPipeline, rows: list[SubjectRow]) -> None:
+        """Rows of a revoked partition, pushed with the next flush."""
+        if rows:
+            self._stashed.setdefault(pipeline.product.name, []).extend(rows)
+
+    async def run(self) -> None:
+        """Flush every ``feature_flush_seconds`` until cancelled; errors are logged, not fatal."""
+        interval = self.settings.feature_flush_seconds
+        smoothed: float | None = None
+        await self._sender.start()
+        while True:
+            began = time.monotonic()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a store hiccup must not stop the processor
+                self.counters["flush_failures"] += 1
+                log.exception("feature flush failed; retrying at the next interval")
+            # A fixed cadence while flushes are cheap; when they grow (a backlog, many
+            # subjects) the pause grows with their smoothed duration, so flushing takes at
+            # most ``feature_flush_duty`` of the time and each flush coalesces more updates
+            # per subject; capped so features are never more than a second behind.
+            took = time.monotonic() - began
+            smoothed = took if smoothed is None else 0.8 * smoothed + 0.2 * took
+            duty = self.settings.feature_flush_duty
+            pause = max(interval - took, min(smoothed * (1 - duty) / duty, MAX_PAUSE_SECONDS))
+            await asyncio.sleep(pause)
+
+    async def run_offline(self) -> None:
+        """Write the buffered rows as offline part files every ``offline_flush_seconds``."""
+        while True:
+            await asyncio.sleep(self.settings.offline_flush_seconds)
+            try:
+                await self.write_offline()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the online store has the rows; the history has a gap
+                self.counters["offline_failures"] += 1
+                log.exception("offline part file not written")
+
+    async def flush(self) -> None:
+        """Push what changed since the last flush to the online store and profiles topic."""
+        if self._keyring is not None:
+            self._keyring.poll()
+        began = time.perf_counter()
+        async with self._lock:
+            for pipeline in self.pipelines:
+                rows, closed = pipeline.drain(time.time())
+                rows = self._stashed.pop(pipeline.product.name, []) + rows
+                features = self.store.product_features(pipeline.product)
+                if rows:
+                    records = pipeline.subject_records(rows)
+                    await self._to_store(features.subject_view, records)
+                    await self._to_profiles(pipeline, rows, records)
+                    self._offline.setdefault(features.subject_view.name, []).extend(records)
+                    pipeline.counters["subject_rows_pushed"] += len(rows)
+                if closed:
+                    records = pipeline.window_records(closed)
+                    await self._to_store(features.window_view, records)
+                    self._offline.setdefault(features.window_view.name, []).extend(records)
+                    pipeline.counters["windows_closed"] += len(closed)
+                    last = max(c.stats.window_start for c in closed)
+                    pipeline.counters["last_window_start"] = last
+        took_ms = round((time.perf_counter() - began) * 1000)
+        self.counters["flushes"] += 1
+        self.counters["flush_ms_max"] = max(self.counters["flush_ms_max"], took_ms)
+        self.counters["flush_ms_total"] += took_ms
+
+    async def evict(self, tokens: set[str]) -> None:
+        """Erasure: forget the subjects in memory, then delete their online rows."""
+        loop = asyncio.get_running_loop()
+        async with self._lock, self._offline_lock:
+            dropped = sum(p.forget(tokens) for p in self.pipelines)
+            for view, records in self._offline.items():
+                self._offline[view] = [r for r in records if r.get(SUBJECT_KEY) not in tokens]
+            for product, rows in self._stashed.items():
+                self._stashed[product] = [r for r in rows if r.subject not in tokens]
+            await loop.run_in_executor(None, self.store.erase_subjects, tokens)
+        self.counters["erasures_applied"] += 1
+        log.info("erasure: evicted %d window tallies", dropped)
+
+    async def _to_store(self, view: FeatureView, records: list[Record]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.write_online, view, records)
+
+    async def _to_profiles(
+        self, pipeline: ProductPipeline, rows: list[SubjectRow], records: list[Record]
+    ) -> None:
+        """Latest rows to the compacted profiles topic; acks are counted, not awaited.
+
+        A subject's profile goes to its ingest partition's number, like its events.
+        """
+        aligned = self._aligned(pipeline)
+        outputs = []
+        for row, record in zip(rows, records, strict=True):
+            body = {k: v for k, v in record.items() if k != SUBJECT_KEY}
+            stamp = record["event_timestamp"]
+            body["event_timestamp"] = stamp.isoformat() if isinstance(stamp, datetime) else stamp
+            value = json.dumps(body, separators=(",", ":")).encode()
+            partition = row.partition if aligned and row.partition >= 0 else None
+            outputs.append(
+                Output(pipeline.topics.profiles, row.subject.encode(), value, None, partition)
+            )
+        for _, ack in await self._sender.submit(outputs):
+            asyncio.ensure_future(ack).add_done_callback(self._count_profile_ack)
+
+    def _count_profile_ack(self, ack: asyncio.Future[object]) -> None:
+        # The online store has the row; a lost profile record is re-published with the
+        # subject's next change.
+        if ack.cancelled() or ack.exception() is not None:
+            self.counters["profile_send_failures"] += 1
+
+    async def write_offline(self) -> None:
+        """Write what is buffered as one part file per view (off the online flush's lock)."""
+        loop = asyncio.get_running_loop()
+        async with self._offline_lock:
+            pending, self._offline = self._offline, {}
+            for view, records in pending.items():
+                if records:
+                    frame = pd.DataFrame(records)
+                    await loop.run_in_executor(None, self.store.append_offline, view, frame)

@@ -1,0 +1,214 @@
+"""The domain processor's hot path: a batched consumer-group loop over the ingest topics.
+
+Faust's own consumer moves one event at a time through several asyncio tasks, which caps
+it at a tenth of what the client library does here (docs/streams-throughput.md). This loop
+keeps Faust for the worker's lifecycle, producer, timers and web page, and consumes with
+aiokafka directly:
+
+1. fetch up to ``batch_size`` records across the assigned partitions;
+2. route each record to exactly one of the product topic or the dead-letter topic;
+3. wait until every output record is acknowledged (retrying failed ones);
+4. commit the input offsets.
+
+At-least-once: a crash or a rebalance between 3 and 4 re-delivers the batch, never loses
+it. A revoked partition's batch in flight is delivered and committed before the partition
+is handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from streams.batch_send import BatchSender, Output
+from streams.pipeline import ProductPipeline
+from streams.settings import KafkaSettings, StreamSettings
+from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
+from streams.transform import Accepted
+from streams.windows import SubjectRow
+
+log = logging.getLogger("privmesh.streams")
+
+
+class IngestLoop:
+    """Consume a domain's ingest topics in batches; route, deliver, then commit."""
+
+    def __init__(
+        self,
+        domain: str,
+        pipelines: list[ProductPipeline],
+        kafka: KafkaSettings,
+        settings: StreamSettings,
+        sender: BatchSender,
+    ) -> None:
+        self.domain = domain
+        self.group_id = f"privmesh-{domain}-processor"
+        self.pipelines = {p.topics.ingest: p for p in pipelines}
+        self.kafka = kafka
+        self.settings = settings
+        self.sender = sender
+        # Gets a revoked partition's pending subject rows (the feature pusher's stash).
+        self.on_revoked_rows: Callable[[ProductPipeline, list[SubjectRow]], None] | None = None
+        self._batch_lock = asyncio.Lock()
+        self._partitions: dict[str, int] = {}
+        # ingest topic -> its product and dead-letter topics have as many partitions
+        self._aligned: dict[str, bool] = {}
+        self.counters: Counter[str] = Counter()
+        self.assigned: set[TopicPartition] = set()
+
+    def consumer(self) -> AIOKafkaConsumer:
+        """The aiokafka consumer, tuned for batches on a Tansu or Kafka broker."""
+        session_ms = int(self.settings.session_timeout_seconds * 1000)
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap,
+            group_id=self.group_id,
+            client_id=f"{self.group_id}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.batch_size,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Tansu answers a fetch with no data only when fetch_max_wait_ms runs out, not when
+            # data arrives: the default 500 ms wait became the event-to-feature latency.
+            fetch_max_wait_ms=int(self.settings.batch_within_seconds * 1000),
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(session_ms // 3, 1000),
+            rebalance_timeout_ms=int(self.settings.rebalance_timeout_seconds * 1000),
+            retry_backoff_ms=200,
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self.sender.start()
+        consumer = self.consumer()
+        consumer.subscribe(list(self.pipelines), listener=_Rebalance(self, consumer))
+        await consumer.start()
+        log.info("%s processor consuming %s", self.domain, ", ".join(sorted(self.pipelines)))
+        try:
+            while True:
+                batches = await consumer.getmany(
+                    timeout_ms=int(self.settings.batch_within_seconds * 1000),
+                    max_records=self.settings.batch_size,
+                )
+                if batches:
+                    async with self._batch_lock:
+                        await self._process(consumer, batches)
+        finally:
+            await consumer.stop()
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        began = time.perf_counter()
+        outputs: list[Output] = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, records in batches.items():
+            pipeline = self.pipelines[tp.topic]
+            partitions = self._partition_count(consumer, tp.topic)
+            for record in records:
+                outputs.append(self._route(pipeline, record, tp.partition, partitions))
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
+        await self.sender.deliver(outputs)
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The partitions moved or the broker is away: the next owner re-reads the
+            # batch (at-least-once); nothing is lost.
+            self.counters["commit_failures"] += 1
+            log.warning(
+                "%s: offset commit failed (%s); the batch may be re-delivered", self.domain, exc
+            )
+        self.counters["consumed"] += len(outputs)
+        self.counters["batches"] += 1
+        self.counters["last_batch_ms"] = round((time.perf_counter() - began) * 1000)
+
+    def _route(
+        self, pipeline: ProductPipeline, record: ConsumerRecord, partition: int, partitions: int
+    ) -> Output:
+        raw = record.value if isinstance(record.value, bytes) else b""
+        outcome = pipeline.route(raw, partition, partitions)
+        # Outputs go to the ingest record's partition number: a subject's events stay
+        # together and in order (the ingest partition is a function of the subject), and
+        # the producer skips hashing each key (murmur2 in Python, ~10 us per record).
+        same = partition if self._aligned.get(pipeline.topics.ingest) else None
+        if isinstance(outcome, Accepted):
+            value = json.dumps(outcome.event, separators=(",", ":")).encode()
+            return Output(pipeline.topics.product, outcome.key, value, None, same)
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        headers = [
+            (REASON_HEADER, outcome.reason.encode()),
+            (DETAIL_HEADER, outcome.detail.encode()),
+            (SOURCE_HEADER, source.encode()),
+        ]
+        return Output(pipeline.topics.dlq, record.key, raw, headers, same)
+
+    def _partition_count(self, consumer: AIOKafkaConsumer, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = len(consumer.partitions_for_topic(topic) or ()) or self.kafka.partitions
+            self._partitions[topic] = count
+        return count
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Finish the batch in flight, then give up the revoked partitions' state."""
+        async with self._batch_lock:
+            for tp in revoked:
+                pipeline = self.pipelines.get(tp.topic)
+                if pipeline is not None:
+                    rows = pipeline.revoke(tp.partition)
+                    if self.on_revoked_rows is not None:
+                        self.on_revoked_rows(pipeline, rows)
+            self.assigned -= revoked
+
+    def aligned(self, pipeline: ProductPipeline) -> bool:
+        """True when the product's output topics have as many partitions as its ingest topic."""
+        return self._aligned.get(pipeline.topics.ingest, False)
+
+    async def on_assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Own the assigned partitions: their windows are released from now on."""
+        self._partitions.clear()  # partition counts may have changed (topic re-created)
+        await consumer.topics()  # metadata of every topic, outputs included
+        for ingest, pipeline in self.pipelines.items():
+            counts = {
+                len(consumer.partitions_for_topic(t) or ())
+                for t in (ingest, *pipeline.topics.all())
+            }
+            self._aligned[ingest] = len(counts) == 1 and 0 not in counts
+        now = time.time()
+        for tp in assigned:
+            owner = self.pipelines.get(tp.topic)
+            if owner is not None:
+                owner.assign(tp.partition, now)
+        self.assigned = set(assigned)
+        self._check_partition_counts(consumer)
+
+    def _check_partition_counts(self, consumer: AIOKafkaConsumer) -> None:
+        for topic in self.pipelines:
+            count = len(consumer.partitions_for_topic(topic) or ())
+            if count and count != self.kafka.partitions:
+                log.warning(
+                    "%s has %d partitions but PRIVMESH_KAFKA_PARTITIONS is %d: the DP API "
+                    "sums window rows over the setting's partitions",
+                    topic,
+                    count,
+                    self.kafka.partitions,
+                )
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, loop: IngestLoop, consumer: AIOKafkaConsumer) -> None:
+        self._loop = loop
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._loop.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._loop.on_assigned(self._consumer, set(assigned))

@@ -1,0 +1,198 @@
+"""One data product's processing state, free of Kafka clients: route, aggregate, drain.
+
+Aggregation state is kept per ingest partition. Ingest records are keyed by the
+normalised privacy-unit value, so every event of one subject lands on one partition
+and one worker: per-partition window statistics add up to the product's statistics
+(distinct subjects included), however many workers share the partitions. An accepted
+event found on another partition than its key's is refused (``wrong_partition``):
+counting it would let one subject contribute through two workers, beyond the bound
+the DP layer relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from aiokafka.partitioner import murmur2
+
+from domains.contract import DataProduct, DomainContract
+from feature_repo.definitions import PARTITION_KEY, SUBJECT_KEY, WINDOW_KEY, sum_feature
+from streams.pseudonymise import TokenSource
+from streams.settings import StreamSettings
+from streams.topics import ProductTopics
+from streams.transform import WRONG_PARTITION, Accepted, ProductTransform, Rejected
+from streams.windows import SubjectRow, WindowAggregator, WindowStats
+
+log = logging.getLogger("privmesh.streams")
+
+PROCESSING_ERROR = "processing_error"
+_PARTITION_CACHE_MAX = 200_000
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, Java-compatible) picks for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStats:
+    """Closed-window statistics of one ingest partition."""
+
+    partition: int
+    stats: WindowStats
+
+
+@dataclass
+class ProductPipeline:
+    """Everything one product needs between consuming and producing."""
+
+    domain: str
+    product: DataProduct
+    transform: ProductTransform
+    topics: ProductTopics
+    settings: StreamSettings
+    aggregators: dict[int, WindowAggregator] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+    _partition_of: dict[bytes, int] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------ partition ownership
+    def assign(self, partition: int, now: float) -> None:
+        """This worker now owns ``partition``: its windows are released from ``now`` on."""
+        if partition not in self.aggregators:
+            bounds = {f.name: f.bounds for f in self.product.fields if f.bounds is not None}
+            aggregator = WindowAggregator(
+                self.settings.window_seconds,
+                self.settings.grace_seconds,
+                self.settings.max_events_per_subject,
+                bounds,
+            )
+            aggregator.open_at(now)
+            self.aggregators[partition] = aggregator
+
+    def revoke(self, partition: int) -> list[SubjectRow]:
+        """Give ``partition`` up; returns its pending subject rows (to push once more).
+
+        The open windows' tallies are lost: the next owner counts that partition's
+        window from its own start, so the window is under-counted, never over-counted.
+        """
+        aggregator = self.aggregators.pop(partition, None)
+        if aggregator is None:
+            return []
+        if aggregator.open_windows:
+            self.counters["windows_cut_by_rebalance"] += aggregator.open_windows
+        return [replace(r, partition=partition) for r in aggregator.drain_subject_rows()]
+
+    # ------------------------------------------------------------ per event
+    def route(self, raw: bytes, partition: int, partitions: int) -> Accepted | Rejected:
+        """Transform ``raw`` read from ``partition``; never raises."""
+        try:
+            outcome = self.transform.apply(raw)
+            if isinstance(outcome, Accepted):
+                outcome = self._check_partition(outcome, partition, partitions)
+        except Exception as exc:  # a bug must not stop the stream or lose the event
+            log.exception("transform failed for a %s event", self.topics.ingest)
+            outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
+        if isinstance(outcome, Accepted):
+            self.counters["accepted"] += 1
+            aggregator = self.aggregators.get(partition)
+            if aggregator is None:  # consumed before the assignment callback ran
+                self.assign(partition, outcome.event_time)
+                aggregator = self.aggregators[partition]
+            aggregator.add(outcome.subject, outcome.event_time, outcome.measures)
+        else:
+            self.counters[f"rejected.{outcome.reason}"] += 1
+            self.counters["rejected"] += 1
+        return outcome
+
+    def _check_partition(
+        self, accepted: Accepted, partition: int, partitions: int
+    ) -> Accepted | Rejected:
+        cache = self._partition_of
+        expected = cache.get(accepted.unit_key)
+        if expected is None:
+            if len(cache) >= _PARTITION_CACHE_MAX:
+                cache.clear()
+            expected = cache[accepted.unit_key] = partition_for(accepted.unit_key, partitions)
+        if expected == partition:
+            return accepted
+        unit = self.product.privacy_unit
+        return Rejected(
+            WRONG_PARTITION,
+            f"event of one {unit!r} arrived on partition {partition}, its key's partition is "
+            f"{expected}; key ingest records by the normalised {unit!r} value "
+            "(privmesh produce does) with the default partitioner",
+        )
+
+    # ------------------------------------------------------------ flushing
+    def drain(self, now: float) -> tuple[list[SubjectRow], list[PartitionStats]]:
+        """Subject rows changed since the last drain, and windows that closed by ``now``."""
+        rows: list[SubjectRow] = []
+        closed: list[PartitionStats] = []
+        for partition, aggregator in self.aggregators.items():
+            rows.extend(replace(r, partition=partition) for r in aggregator.drain_subject_rows())
+            closed.extend(PartitionStats(partition, s) for s in aggregator.close_ready(now))
+        return rows, closed
+
+    def forget(self, tokens: set[str]) -> int:
+        """Erasure: drop the subjects' open-window tallies in every partition."""
+        return sum(a.forget(tokens) for a in self.aggregators.values())
+
+    @property
+    def late_events(self) -> int:
+        """Events whose window had closed when they arrived (on partitions owned now)."""
+        return sum(a.late_events for a in self.aggregators.values())
+
+    @property
+    def capped_events(self) -> int:
+        """Events beyond the per-subject contribution bound (on partitions owned now)."""
+        return sum(a.capped_events for a in self.aggregators.values())
+
+    # ------------------------------------------------------------ rows for Feast
+    def subject_records(self, rows: list[SubjectRow]) -> list[dict[str, object]]:
+        """Per-subject feature rows, in the subject view's columns."""
+        now = datetime.now(UTC)
+        measures = self.transform.measure_fields
+        return [
+            {
+                SUBJECT_KEY: r.subject,
+                WINDOW_KEY: r.window_start,
+                "events": r.events,
+                **{sum_feature(m): float(r.sums.get(m, 0.0)) for m in measures},
+                "event_timestamp": now,
+            }
+            for r in rows
+        ]
+
+    def window_records(self, closed: list[PartitionStats]) -> list[dict[str, object]]:
+        """Closed per-partition window aggregates, in the window view's columns."""
+        measures = self.transform.measure_fields
+        return [
+            {
+                WINDOW_KEY: c.stats.window_start,
+                PARTITION_KEY: c.partition,
+                "distinct_subjects": c.stats.distinct_subjects,
+                "events": c.stats.events,
+                **{sum_feature(m): float(c.stats.sums.get(m, 0.0)) for m in measures},
+                "event_timestamp": datetime.fromtimestamp(c.stats.window_end, tz=UTC),
+            }
+            for c in closed
+        ]
+
+
+def build_pipelines(
+    contract: DomainContract, tokeniser: TokenSource, settings: StreamSettings
+) -> list[ProductPipeline]:
+    """One pipeline per product of ``contract``."""
+    return [
+        ProductPipeline(
+            contract.domain,
+            product,
+            ProductTransform(product, tokeniser),
+            ProductTopics.of(contract.domain, product),
+            settings,
+        )
+        for product in contract.products
+    ]
