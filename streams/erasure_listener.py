@@ -9,6 +9,7 @@ rows were deleted by ``privmesh erase`` itself).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from streams.topics import erasures_topic
 log = logging.getLogger("privmesh.streams")
 
 START_MARGIN_MS = 5_000  # requests this much older than the worker's start are still applied
+CHECK_SECONDS = 5.0  # how often the topic is read again from the beginning
 
 
 class ErasureListener:
@@ -42,6 +44,8 @@ class ErasureListener:
         self.started_ms = int(time.time() * 1000)
         self.applied = 0
         self.malformed = 0
+        self.rereads = 0
+        self._seen: set[bytes] = set()  # digests of requests applied (re-reads are no-ops)
 
     async def run(self) -> None:
         """Listen until cancelled."""
@@ -56,11 +60,15 @@ class ErasureListener:
         await consumer.start()
         try:
             await self._assign(consumer)
+            checked = time.monotonic()
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
                         await self._apply(record.value, record.timestamp)
+                if time.monotonic() - checked >= CHECK_SECONDS:
+                    checked = time.monotonic()
+                    await self._reread(consumer)
         finally:
             await consumer.stop()
 
@@ -77,8 +85,25 @@ class ErasureListener:
         # could skip a request sent meanwhile (and Tansu's end offsets run short).
         await consumer.seek_to_beginning(*assignment)
 
+    async def _reread(self, consumer: AIOKafkaConsumer) -> None:
+        """Read the topic again from the beginning; applied requests are skipped.
+
+        A broker that lost its log (the embedded in-memory Tansu after a restart) answers
+        fetches beyond the new end with nothing rather than an out-of-range error, and its
+        end offsets cannot tell a restart apart (they run short of the truth), so requests
+        written after a restart at offsets below our positions would never be read. The
+        topic is small (one record per erasure), so re-reading it is cheap.
+        """
+        assignment = list(consumer.assignment())
+        if assignment:
+            await consumer.seek_to_beginning(*assignment)
+            self.rereads += 1
+
     async def _apply(self, raw: bytes | None, timestamp_ms: int) -> None:
         if timestamp_ms < self.started_ms - START_MARGIN_MS:
+            return
+        digest = hashlib.sha256(raw or b"").digest()
+        if digest in self._seen:
             return
         try:
             tokens = parse_erasure_request(raw)
@@ -87,4 +112,5 @@ class ErasureListener:
             log.warning("%s: ignored a malformed erasure request: %s", self.domain, exc)
             return
         await self._evict(tokens)
+        self._seen.add(digest)
         self.applied += 1

@@ -150,6 +150,7 @@ def health_report(processor: Processor, started: float) -> dict[str, Any]:
         "erasures": {
             "applied": processor.erasures.applied,
             "malformed": processor.erasures.malformed,
+            "rereads": processor.erasures.rereads,
         },
         "products": {
             p.product.name: {

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -77,6 +79,58 @@ def broker() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class FreshBroker(NamedTuple):
+    """A broker of one test: its bootstrap address, and ``restart(down_seconds)``."""
+
+    bootstrap: str
+    restart: Callable[..., None]
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[FreshBroker]:
+    """An embedded Tansu broker of this test alone (empty, in memory, on a free port).
+
+    ``restart(down_seconds=3.0)`` kills it (SIGKILL), waits, and starts an empty one on the
+    same port, as a crashed broker that the supervisor restarts: topics and committed
+    offsets are gone. Its output goes to ``tmp_path / "broker.log"``.
+    """
+    from infra.broker import tansu_command
+    from infra.errors import BrokerBinaryMissing
+    from infra.ports import wait_for_port
+
+    try:
+        port = free_port()
+        command = tansu_command(port)
+    except BrokerBinaryMissing as exc:
+        pytest.skip(f"embedded broker unavailable: {exc}")
+    log = (tmp_path / "broker.log").open("ab")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+        if not wait_for_port(port, 10):
+            raise RuntimeError(f"embedded broker did not start on port {port} within 10 s")
+
+    def restart(down_seconds: float = 3.0) -> None:
+        procs[-1].kill()
+        procs[-1].wait(10)
+        time.sleep(down_seconds)
+        start()
+
+    try:
+        try:
+            start()
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+        yield FreshBroker(f"127.0.0.1:{port}", restart)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        log.close()
 
 
 @pytest.fixture(scope="session")

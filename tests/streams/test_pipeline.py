@@ -1,0 +1,212 @@
+"""Per-partition processing state of one data product: keying, routing, windows (no broker)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka.partitioner import DefaultPartitioner
+
+from domains.contract import FieldType
+from domains.registry import get_contract
+from streams.generator import BUILDERS, make_people
+from streams.keys import derive_domain_key
+from streams.pipeline import ProductPipeline, build_pipelines, partition_for
+from streams.pseudonymise import Tokeniser, normalise
+from streams.settings import StreamSettings
+from streams.transform import WRONG_PARTITION, Accepted, Rejected
+
+CONTRACT = get_contract("shop")
+TOKENS = Tokeniser(derive_domain_key(b"m" * 32, "shop", 1), 1)
+PEOPLE = make_people(60, 17)
+T0 = 1_795_427_000  # a window boundary for 10 s windows
+WINDOW = 10
+
+
+def pipeline() -> ProductPipeline:
+    """A fresh shop.orders pipeline with default stream settings."""
+    [orders] = build_pipelines(CONTRACT, TOKENS, StreamSettings(window_seconds=WINDOW))
+    return orders
+
+
+def order(person_index: int, at: float, seq: int = 1) -> tuple[bytes, bytes]:
+    """A valid raw order of ``PEOPLE[person_index]`` at ``at``: (partition key, value)."""
+    person = PEOPLE[person_index]
+    iso = datetime.fromtimestamp(at, tz=UTC).isoformat()
+    event = BUILDERS[("shop", "orders")](person, random.Random(seq), seq, iso)
+    key = normalise(person.email, FieldType.EMAIL).encode()
+    return key, json.dumps(event).encode()
+
+
+class OneTopic:
+    """The part of kafka-python's ClusterMetadata its partitioner reads: one topic."""
+
+    def __init__(self, partitions: int) -> None:
+        self._partitions = set(range(partitions))
+
+    def topics(self) -> set[str]:
+        return {"t"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return self._partitions
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return self._partitions
+
+
+def kafka_python_partition(key: bytes, partitions: int) -> int:
+    """The partition kafka-python's producer picks for ``key`` (its DefaultPartitioner)."""
+    return int(DefaultPartitioner().partition("t", key, key, b"", b"", OneTopic(partitions)))
+
+
+# Kafka's own murmur2 test vectors (clients/.../utils/UtilsTest.java), as signed 32-bit ints.
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+def test_partition_for_matches_kafkas_test_vectors() -> None:
+    """partition_for is Java Kafka's murmur2 with the sign bit masked off."""
+    for key, signed in JAVA_MURMUR2.items():
+        assert partition_for(key, 2**31) == signed & 0x7FFFFFFF
+        assert partition_for(key, 4) == (signed & 0x7FFFFFFF) % 4
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(key=st.binary(max_size=64), partitions=st.integers(1, 128))
+def test_partition_for_matches_kafka_python_default_partitioner(
+    key: bytes, partitions: int
+) -> None:
+    """For any key and partition count, the partition is the one kafka-python's producer picks."""
+    assert partition_for(key, partitions) == kafka_python_partition(key, partitions)
+
+
+def test_partition_for_sample_identifiers() -> None:
+    """Normalised e-mails and cookies land where kafka-python's default partitioner puts them."""
+    for person in PEOPLE:
+        for raw in (normalise(person.email, FieldType.EMAIL), person.cookie):
+            key = raw.encode()
+            for partitions in (1, 2, 3, 4, 12):
+                assert partition_for(key, partitions) == kafka_python_partition(key, partitions)
+
+
+def test_route_refuses_a_valid_event_on_the_wrong_partition() -> None:
+    """A valid event is accepted on its key's partition and dead-lettered on any other."""
+    orders = pipeline()
+    key, raw = order(0, T0 + 1)
+    right = partition_for(key, 4)
+    for partition in range(4):
+        outcome = orders.route(raw, partition, 4)
+        if partition == right:
+            assert isinstance(outcome, Accepted)
+            assert outcome.key == outcome.subject.encode() and outcome.subject.startswith("k1.")
+        else:
+            assert isinstance(outcome, Rejected) and outcome.reason == WRONG_PARTITION
+            assert PEOPLE[0].email not in outcome.detail
+            assert normalise(PEOPLE[0].email, FieldType.EMAIL) not in outcome.detail
+    assert orders.counters["accepted"] == 1
+    assert orders.counters[f"rejected.{WRONG_PARTITION}"] == 3
+    assert orders.counters["rejected"] == 3
+    # Only the accepted event was counted, on its own partition.
+    assert set(orders.aggregators) == {right}
+    rows, _ = orders.drain(T0 + 1)
+    assert [r.events for r in rows] == [1]
+
+
+def test_route_rejects_invalid_events_whatever_the_partition() -> None:
+    """An invalid event gets its transform reason, not wrong_partition, on any partition."""
+    orders = pipeline()
+    for partition in range(4):
+        outcome = orders.route(b'{"order_id": 1', partition, 4)
+        assert isinstance(outcome, Rejected) and outcome.reason == "malformed_json"
+    assert orders.counters["accepted"] == 0 and not orders.aggregators
+
+
+def window_totals(orders: ProductPipeline, now: float) -> dict[int, tuple[int, int, float]]:
+    """Closed windows by start: (distinct subjects, events, amount sum), summed over partitions."""
+    _, closed = orders.drain(now)
+    totals: dict[int, tuple[int, int, float]] = {}
+    for record in orders.window_records(closed):
+        start = int(str(record["window_start"]))
+        subjects, events, amount = totals.get(start, (0, 0, 0.0))
+        totals[start] = (
+            subjects + int(str(record["distinct_subjects"])),
+            events + int(str(record["events"])),
+            amount + float(str(record["amount_cents_sum"])),
+        )
+    return totals
+
+
+def test_per_partition_windows_add_up_to_one_aggregator() -> None:
+    """Two partitions' window records, summed, equal one aggregator's over all events
+    (distinct subjects and the per-subject cap included)."""
+    rng = random.Random(5)
+    events: list[tuple[bytes, bytes]] = []
+    for seq in range(1, 1500):
+        # A few heavy subjects exceed the per-subject cap (20 events per window).
+        person = rng.randrange(3) if rng.random() < 0.4 else rng.randrange(len(PEOPLE))
+        events.append(order(person, T0 + rng.uniform(0, 5 * WINDOW), seq))
+    split, single = pipeline(), pipeline()
+    for partition in (0, 1):
+        split.assign(partition, T0)
+    single.assign(0, T0)
+    used = Counter[int]()
+    for key, raw in events:
+        partition = partition_for(key, 2)
+        used[partition] += 1
+        assert isinstance(split.route(raw, partition, 2), Accepted)
+        assert isinstance(single.route(raw, 0, 1), Accepted)
+    assert used[0] > 100 and used[1] > 100  # both partitions really hold events
+    assert split.capped_events == single.capped_events > 0
+    rows_split = {(r.subject, r.window_start, r.events) for r in split.drain(T0)[0]}
+    rows_single = {(r.subject, r.window_start, r.events) for r in single.drain(T0)[0]}
+    assert rows_split == rows_single
+    now = T0 + 10 * WINDOW
+    per_partition, overall = window_totals(split, now), window_totals(single, now)
+    assert per_partition == overall
+    assert sum(e for _, e, _ in overall.values()) == len(events) - single.capped_events
+    assert len(overall) >= 5
+
+
+def test_revoke_returns_pending_rows_and_counts_cut_windows() -> None:
+    """Revoking a partition hands back its undrained subject rows and counts its open windows
+    as cut by the rebalance; the partition's state is gone afterwards."""
+    orders = pipeline()
+    mine = [i for i in range(len(PEOPLE)) if partition_for(order(i, T0)[0], 4) == 2][:3]
+    assert len(mine) == 3
+    orders.assign(2, T0)
+    for n, person in enumerate(mine):
+        orders.route(order(person, T0 + 1, n)[1], 2, 4)  # window T0
+    orders.route(order(mine[0], T0 + WINDOW + 1, 9)[1], 2, 4)  # window T0 + 10
+    rows = orders.revoke(2)
+    assert sorted((r.window_start, r.events) for r in rows) == [
+        (T0, 1),
+        (T0, 1),
+        (T0, 1),
+        (T0 + WINDOW, 1),
+    ]
+    assert orders.counters["windows_cut_by_rebalance"] == 2
+    assert 2 not in orders.aggregators
+    assert orders.revoke(2) == [] and orders.revoke(3) == []
+    assert orders.counters["windows_cut_by_rebalance"] == 2
+
+
+def test_revoke_after_drain_returns_no_rows_but_counts_open_windows() -> None:
+    """Rows drained before the revoke are not handed back twice; the open window still counts."""
+    orders = pipeline()
+    key, raw = order(1, T0 + 3)
+    partition = partition_for(key, 4)
+    orders.route(raw, partition, 4)
+    drained, closed = orders.drain(T0 + 4)
+    assert len(drained) == 1 and closed == []
+    assert orders.revoke(partition) == []
+    assert orders.counters["windows_cut_by_rebalance"] == 1
