@@ -68,7 +68,6 @@ class FeaturePusher:
     async def run(self) -> None:
         """Flush every ``feature_flush_seconds`` until cancelled; errors are logged, not fatal."""
         interval = self.settings.feature_flush_seconds
-        smoothed: float | None = None
         await self._sender.start()
         while True:
             began = time.monotonic()
@@ -79,14 +78,13 @@ class FeaturePusher:
             except Exception:  # a store hiccup must not stop the processor
                 self.counters["flush_failures"] += 1
                 log.exception("feature flush failed; retrying at the next interval")
-            # A fixed cadence while flushes are cheap; when they grow (a backlog, many
-            # subjects) the pause grows with their smoothed duration, so flushing takes at
-            # most ``feature_flush_duty`` of the time and each flush coalesces more updates
-            # per subject; capped so features are never more than a second behind.
+            # A fixed cadence while flushes are cheap; when one grows (a backlog, many
+            # subjects) the next pause grows with it, so flushing takes at most
+            # ``feature_flush_duty`` of the time and each flush coalesces more updates per
+            # subject; capped so features are never more than a second behind.
             took = time.monotonic() - began
-            smoothed = took if smoothed is None else 0.8 * smoothed + 0.2 * took
             duty = self.settings.feature_flush_duty
-            pause = max(interval - took, min(smoothed * (1 - duty) / duty, MAX_PAUSE_SECONDS))
+            pause = max(interval - took, min(took * (1 - duty) / duty, MAX_PAUSE_SECONDS))
             await asyncio.sleep(pause)
 
     async def run_offline(self) -> None:
