@@ -13,10 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dashboards_api.errors import ApiError
 from dashboards_api.ledger import Ledger, open_ledger
+from dashboards_api.metrics import ApiMetrics
 from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService, WindowSource
-from dashboards_api.routes import health, ledger, queries
+from dashboards_api.routes import health, ledger, metrics, queries
+from dashboards_api.sensitivity import check_against_contracts
 from dashboards_api.settings import ApiSettings, Role
+from domains.contract import DomainContract
 from domains.runtime import RuntimeSettings
 from streams.settings import KafkaSettings, StreamSettings
 
@@ -60,6 +63,8 @@ def create_app(
     )
     app.state.service = service
     app.state.api_keys = dict(api_keys or {})
+    app.state.metrics = ApiMetrics(service)
+    app.middleware("http")(app.state.metrics.middleware)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -86,6 +91,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(queries.router)
     app.include_router(ledger.router)
+    app.include_router(metrics.router)
     return app
 
 
@@ -95,11 +101,15 @@ def build_service(
     streams: StreamSettings,
     sources: Mapping[str, WindowSource],
     ledger_: Ledger,
+    contracts: dict[str, DomainContract],
     partitions: int = 1,
 ) -> ReleaseService:
-    """The release service from settings."""
+    """The release service from settings; refuses classes that do not fit their contracts."""
+    classes = load_query_classes()
+    check_against_contracts(classes, contracts)
     return ReleaseService(
-        classes=load_query_classes(),
+        classes=classes,
+        contracts=contracts,
         sources=dict(sources),
         ledger=ledger_,
         window_seconds=streams.window_seconds,
@@ -126,7 +136,7 @@ def app_from_settings() -> FastAPI:
     }
     ledger_ = open_ledger(api.ledger_url, runtime.data_dir)
     partitions = KafkaSettings().partitions
-    service = build_service(runtime, api, streams, sources, ledger_, partitions)
+    service = build_service(runtime, api, streams, sources, ledger_, contracts, partitions)
     app = create_app(service, api.keys)
 
     @asynccontextmanager

@@ -30,11 +30,23 @@ class QueryClass(BaseModel):
     title: str
     domain: str
     product: str
-    aggregate: Literal["count_distinct_subjects"]
+    aggregate: Literal["count_distinct_subjects", "count_records", "bounded_sum"]
+    measure: str | None = Field(
+        default=None,
+        description="The bounded numeric contract field a bounded_sum adds up.",
+    )
     window: Literal["last_closed"] = "last_closed"
     mechanism: Literal["discrete_laplace"] = "discrete_laplace"
     epsilon_per_release: Decimal
     budget_per_day: Decimal
+
+    @model_validator(mode="after")
+    def _measure_fits(self) -> Self:
+        if self.aggregate == "bounded_sum" and self.measure is None:
+            raise ValueError(f"class {self.id!r}: a bounded_sum needs a 'measure' field")
+        if self.aggregate != "bounded_sum" and self.measure is not None:
+            raise ValueError(f"class {self.id!r}: only a bounded_sum takes a 'measure'")
+        return self
 
     @model_validator(mode="after")
     def _budgeted(self) -> Self:

@@ -13,6 +13,9 @@ from dashboards_api.errors import NoDataYet, UnknownQueryClass
 from dashboards_api.ledger import Commit, Ledger, period_of
 from dashboards_api.mechanisms import discrete_laplace_count
 from dashboards_api.query_classes import QueryClass
+from dashboards_api.sensitivity import sensitivity
+from domains.contract import DataProduct, DomainContract
+from feature_repo.definitions import CONTRIBUTION_BOUND, sum_feature
 
 
 class WindowSource(Protocol):
@@ -38,6 +41,7 @@ class ReleaseService:
     window_seconds: int
     grace_seconds: int
     lookback_windows: int
+    contracts: dict[str, DomainContract]
     partitions: int = 1
     clock: Callable[[], float] = time.time
 
@@ -73,8 +77,10 @@ class ReleaseService:
                 retry_after_seconds=self.window_seconds,
             )
         window_start = int(row["window_start"])
-        mechanism = discrete_laplace_count(qc.epsilon_per_release)
-        noisy = mechanism.release(int(row["distinct_subjects"]))
+        bound = row.get(CONTRIBUTION_BOUND)
+        sens = sensitivity(qc, self.product_of(qc), bound)
+        mechanism = discrete_laplace_count(qc.epsilon_per_release, sens)
+        noisy = mechanism.release(exact_value(qc, row))
         answer = {
             "value": noisy.value,
             "ci95": [noisy.value - noisy.ci95_half_width, noisy.value + noisy.ci95_half_width],
@@ -83,6 +89,8 @@ class ReleaseService:
                 "end": _iso(window_start + self.window_seconds),
             },
             "mechanism": qc.mechanism,
+            "sensitivity": sens,
+            "contribution_bound": bound,
             "epsilon": from_micro(qc.cost_micro),
             "released_at": datetime.fromtimestamp(now, tz=UTC).isoformat(),
         }
@@ -91,6 +99,21 @@ class ReleaseService:
             qc.id, period, f"window:{window_start}", qc.cost_micro, qc.budget_micro, answer
         )
         return response_of(qc, commit)
+
+    def product_of(self, qc: QueryClass) -> DataProduct:
+        """The contract of ``qc``'s data product (checked when the service was built)."""
+        contract = self.contracts[qc.domain]
+        return next(p for p in contract.products if p.name == qc.product)
+
+
+def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:
+    """The bounded, exact window statistic ``qc`` releases (an integer)."""
+    if qc.aggregate == "count_distinct_subjects":
+        return int(row["distinct_subjects"])
+    if qc.aggregate == "count_records":
+        return int(row["events"])
+    assert qc.measure is not None
+    return round(float(row[sum_feature(qc.measure)] or 0.0))
 
 
 def response_of(qc: QueryClass, commit: Commit) -> dict[str, Any]:

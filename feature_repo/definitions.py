@@ -26,6 +26,7 @@ from domains.contract import DataProduct, PrivacyTag
 SUBJECT_KEY = "subject"
 WINDOW_KEY = "window_start"
 PARTITION_KEY = "partition"
+CONTRIBUTION_BOUND = "contribution_bound"
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,15 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
                 tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "dp_sensitivity": "1"},
             ),
             events_field,
+            Field(
+                name=CONTRIBUTION_BOUND,
+                dtype=Int64,
+                description=(
+                    "Most events one subject could contribute to this row: the processor's "
+                    "bound when it counted them, from which the DP layer derives sensitivity"
+                ),
+                tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+            ),
             *measure_schema,
         ],
         source=window_push,

@@ -20,6 +20,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from domains.contract import DataProduct, DomainContract
 from feature_repo.definitions import (
+    CONTRIBUTION_BOUND,
     PARTITION_KEY,
     SUBJECT_KEY,
     WINDOW_KEY,
@@ -159,7 +160,7 @@ class DomainFeatureStore:
         partition count (``PRIVMESH_KAFKA_PARTITIONS``).
         """
         features = self.product_features(product)
-        names = ["distinct_subjects", "events", *features.measure_features]
+        names = ["distinct_subjects", "events", CONTRIBUTION_BOUND, *features.measure_features]
         refs = [f"{features.window_view.name}:{n}" for n in names]
         entity_rows = [
             {WINDOW_KEY: w, PARTITION_KEY: p} for w in window_starts for p in range(partitions)
@@ -268,6 +269,23 @@ class ErasedRows:
 
     online: int
     offline: int
+
+
+def _merge(
+    response: dict[str, list[Any]], names: list[str], rows: range, complete: bool
+) -> dict[str, Any]:
+    """One window's partition rows combined: counts and sums add up; the contribution
+    bound is the largest one used, and unknown (None) if any partition lacks it."""
+    if not complete:
+        return dict.fromkeys(names)
+    merged: dict[str, Any] = {}
+    for name in names:
+        values = [response[name][j] for j in rows]
+        if name == CONTRIBUTION_BOUND:
+            merged[name] = None if None in values else max(values)
+        else:  # a feature added after a row was written reads back as None
+            merged[name] = sum(v for v in values if v is not None)
+    return merged
 
 
 def _value_proto(value: object) -> ValueProto:

@@ -19,7 +19,13 @@ from datetime import UTC, datetime
 from aiokafka.partitioner import murmur2
 
 from domains.contract import DataProduct, DomainContract
-from feature_repo.definitions import PARTITION_KEY, SUBJECT_KEY, WINDOW_KEY, sum_feature
+from feature_repo.definitions import (
+    CONTRIBUTION_BOUND,
+    PARTITION_KEY,
+    SUBJECT_KEY,
+    WINDOW_KEY,
+    sum_feature,
+)
 from streams.pseudonymise import TokenSource
 from streams.settings import StreamSettings
 from streams.topics import ProductTopics
@@ -175,6 +181,7 @@ class ProductPipeline:
                 PARTITION_KEY: c.partition,
                 "distinct_subjects": c.stats.distinct_subjects,
                 "events": c.stats.events,
+                CONTRIBUTION_BOUND: self.settings.max_events_per_subject,
                 **{sum_feature(m): float(c.stats.sums.get(m, 0.0)) for m in measures},
                 "event_timestamp": datetime.fromtimestamp(c.stats.window_end, tz=UTC),
             }

@@ -12,6 +12,7 @@ from dashboards_api.main import check_safe, create_app
 from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings
+from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
 from tests.fakes import FakeWindowSource
 
@@ -27,6 +28,7 @@ def make_service(
 ) -> ReleaseService:
     return ReleaseService(
         classes=load_query_classes(),
+        contracts=load_contracts(),
         sources={"shop": FakeWindowSource(windows)},
         ledger=ledger,
         window_seconds=10,

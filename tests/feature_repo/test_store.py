@@ -26,6 +26,7 @@ def roundtrip(store: DomainFeatureStore) -> None:
                 "partition": partition,
                 "distinct_subjects": subjects,
                 "events": subjects + 8,
+                "contribution_bound": 20,
                 "amount_cents_sum": 1000.0 + partition,
                 "event_timestamp": datetime.now(UTC),
             }
