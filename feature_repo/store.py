@@ -180,12 +180,7 @@ class DomainFeatureStore:
         for i, w in enumerate(window_starts):
             rows = range(i * partitions, (i + 1) * partitions)
             complete = all(response["distinct_subjects"][j] is not None for j in rows)
-            merged.append(
-                {
-                    WINDOW_KEY: w,
-                    **{n: sum(response[n][j] for j in rows) if complete else None for n in names},
-                }
-            )
+            merged.append({WINDOW_KEY: w, **_merge(response, names, rows, complete)})
         return merged
 
     def subject_features(self, product: str, subjects: list[str]) -> list[dict[str, Any]]:

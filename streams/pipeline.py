@@ -62,7 +62,8 @@ class ProductPipeline:
     settings: StreamSettings
     aggregators: dict[int, WindowAggregator] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
-    _partition_of: dict[bytes, int] = field(default_factory=dict, repr=False)
+    # (partition count, normalised unit) -> the unit's partition; process memory only
+    _partition_of: dict[tuple[int, bytes], int] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ partition ownership
     def assign(self, partition: int, now: float) -> None:
@@ -117,11 +118,12 @@ class ProductPipeline:
         self, accepted: Accepted, partition: int, partitions: int
     ) -> Accepted | Rejected:
         cache = self._partition_of
-        expected = cache.get(accepted.unit_key)
+        key = (partitions, accepted.unit_key)
+        expected = cache.get(key)
         if expected is None:
             if len(cache) >= _PARTITION_CACHE_MAX:
                 cache.clear()
-            expected = cache[accepted.unit_key] = partition_for(accepted.unit_key, partitions)
+            expected = cache[key] = partition_for(accepted.unit_key, partitions)
         if expected == partition:
             return accepted
         unit = self.product.privacy_unit

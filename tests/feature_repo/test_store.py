@@ -36,6 +36,8 @@ def roundtrip(store: DomainFeatureStore) -> None:
     store.push(features.window_push.name, frame)
     rows = store.window_stats("orders", [window, window - 10, window - 20], partitions=2)
     assert rows[0]["distinct_subjects"] == 42 and rows[0]["amount_cents_sum"] == 2001.0
+    # the contribution bound is the largest one used, not a sum over partitions
+    assert rows[0]["contribution_bound"] == 20
     # a window missing from one partition, or from all, is not released as a partial sum
     assert rows[1]["distinct_subjects"] is None and rows[2]["distinct_subjects"] is None
     assert store.window_stats("orders", [window - 10], partitions=1)[0]["events"] == 15
