@@ -46,7 +46,7 @@ from infra.ports import wait_for_port
 from streams.generator import EventGenerator, make_people
 from streams.keyring import load_domain_tokens
 from streams.producing import RawProducer
-from streams.pseudonymise import normalise
+from streams.pseudonymise import TokenSource, normalise
 from streams.reading import read_records
 from streams.settings import KafkaSettings, StreamSettings
 from streams.topics import ProductTopics, domain_topics
@@ -90,9 +90,9 @@ def preload(bootstrap: str, topic: str, generator: EventGenerator) -> None:
             producer.send(topic, value, key=key)
 
 
-def hmac_only(transform: ProductTransform) -> Callable[[bytes], tuple[bytes, bytes] | None]:
+def hmac_only(tokens: TokenSource) -> Callable[[bytes], tuple[bytes, bytes] | None]:
     """The issue's minimal work: parse, tokenise the privacy unit, drop the name, re-encode."""
-    tokeniser = transform._tokens.at(time.time())
+    tokeniser = tokens.at(time.time())
 
     def work(raw: bytes) -> tuple[bytes, bytes] | None:
         try:
@@ -305,7 +305,8 @@ def online_reads(store: DomainFeatureStore, subjects: list[str]) -> dict[str, di
 
 def main() -> None:  # noqa: PLR0915 - one linear script
     contract = get_contract(DOMAIN)
-    product = next(p for p in contract.products if p.name == PRODUCT)
+    product = contract.product(PRODUCT)
+    assert product is not None
     topics = ProductTopics.of(DOMAIN, product)
     with tempfile.TemporaryDirectory(prefix="privmesh-bench-streams-") as tmp:
         port = free_port()
@@ -351,7 +352,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             raw_stamps = asyncio.run(drained(bootstrap, [RAW_OUT, RAW_DLQ], EVENTS, 120))
             raw_rate = rate_of(raw_stamps)
             print(f"raw loop: {raw_rate:,.0f} events/s", flush=True)
-            hmac_work = hmac_only(transform)
+            hmac_work = hmac_only(tokens)
             asyncio.run(
                 raw_loop(bootstrap, topics.ingest, hmac_work, "bench-hmac", RAW_HMAC, RAW_HMAC_DLQ)
             )

@@ -102,8 +102,9 @@ class ReleaseService:
 
     def product_of(self, qc: QueryClass) -> DataProduct:
         """The contract of ``qc``'s data product (checked when the service was built)."""
-        contract = self.contracts[qc.domain]
-        return next(p for p in contract.products if p.name == qc.product)
+        product = self.contracts[qc.domain].product(qc.product)
+        assert product is not None  # check_against_contracts ran when the service was built
+        return product
 
 
 def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:

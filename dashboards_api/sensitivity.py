@@ -56,11 +56,7 @@ def sensitivity(qc: QueryClass, product: DataProduct, contribution_bound: int | 
 
 def _product(qc: QueryClass, contracts: dict[str, DomainContract]) -> DataProduct:
     contract = contracts.get(qc.domain)
-    product = (
-        None
-        if contract is None
-        else next((p for p in contract.products if p.name == qc.product), None)
-    )
+    product = None if contract is None else contract.product(qc.product)
     if product is None:
         raise InvalidQueryClasses(f"class {qc.id!r}: no data product {qc.domain}.{qc.product}")
     return product

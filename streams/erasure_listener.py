@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.erasure import MalformedErasureRequest, parse_erasure_request
-from streams.settings import KafkaSettings, StreamSettings
+from streams.settings import KafkaSettings
 from streams.topics import erasures_topic
 
 log = logging.getLogger("privmesh.streams")
@@ -33,13 +33,11 @@ class ErasureListener:
         self,
         domain: str,
         kafka: KafkaSettings,
-        settings: StreamSettings,
         evict: Callable[[set[str]], Awaitable[None]],
     ) -> None:
         self.domain = domain
         self.topic = erasures_topic(domain)
         self.kafka = kafka
-        self.settings = settings
         self._evict = evict
         self.started_ms = int(time.time() * 1000)
         self.applied = 0
@@ -77,7 +75,7 @@ class ErasureListener:
             partitions = consumer.partitions_for_topic(self.topic)
             if partitions:
                 break
-            await consumer._client.force_metadata_update()
+            await consumer.topics()  # refreshes the cluster metadata
             await asyncio.sleep(1.0)
         assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assignment)

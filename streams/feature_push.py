@@ -73,9 +73,7 @@ class FeaturePusher:
             began = time.monotonic()
             try:
                 await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a store hiccup must not stop the processor
+            except Exception:  # a store hiccup must not stop the processor (cancel still does)
                 self.counters["flush_failures"] += 1
                 log.exception("feature flush failed; retrying at the next interval")
             # A fixed cadence while flushes are cheap; when one grows (a backlog, many
@@ -93,8 +91,6 @@ class FeaturePusher:
             await asyncio.sleep(self.settings.offline_flush_seconds)
             try:
                 await self.write_offline()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # the online store has the rows; the history has a gap
                 self.counters["offline_failures"] += 1
                 log.exception("offline part file not written")

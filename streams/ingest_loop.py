@@ -2,8 +2,8 @@
 
 Faust's own consumer moves one event at a time through several asyncio tasks, which caps
 it at a tenth of what the client library does here (docs/streams-throughput.md). This loop
-keeps Faust for the worker's lifecycle, producer, timers and web page, and consumes with
-aiokafka directly:
+keeps Faust for the worker's lifecycle, tasks and web page, consumes with aiokafka
+directly and produces through ``BatchSender``:
 
 1. fetch up to ``batch_size`` records across the assigned partitions;
 2. route each record to exactly one of the product topic or the dead-letter topic;
@@ -58,8 +58,9 @@ class IngestLoop:
         # Gets a revoked partition's pending subject rows (the feature pusher's stash).
         self.on_revoked_rows: Callable[[ProductPipeline, list[SubjectRow]], None] | None = None
         self._batch_lock = asyncio.Lock()
+        # per ingest topic, from the metadata at the last assignment: its partition count,
+        # and whether its product, DLQ and profiles topics have as many partitions
         self._partitions: dict[str, int] = {}
-        # ingest topic -> its product and dead-letter topics have as many partitions
         self._aligned: dict[str, bool] = {}
         self.counters: Counter[str] = Counter()
         self.assigned: set[TopicPartition] = set()
@@ -111,9 +112,15 @@ class IngestLoop:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, records in batches.items():
             pipeline = self.pipelines[tp.topic]
-            partitions = self._partition_count(consumer, tp.topic)
+            partitions = self._partitions.get(tp.topic, self.kafka.partitions)
+            # Outputs go to the ingest record's partition number: a subject's events stay
+            # together and in order (the ingest partition is a function of the subject),
+            # and the producer skips hashing each key (murmur2 in Python, ~10 us a record).
+            out_partition = tp.partition if self.aligned(pipeline) else None
             for record in records:
-                outputs.append(self._route(pipeline, record, tp.partition, partitions))
+                outputs.append(
+                    self._route(pipeline, record, tp.partition, partitions, out_partition)
+                )
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
         await self.sender.deliver(outputs)
         try:
@@ -130,31 +137,25 @@ class IngestLoop:
         self.counters["last_batch_ms"] = round((time.perf_counter() - began) * 1000)
 
     def _route(
-        self, pipeline: ProductPipeline, record: ConsumerRecord, partition: int, partitions: int
+        self,
+        pipeline: ProductPipeline,
+        record: ConsumerRecord,
+        partition: int,
+        partitions: int,
+        out_partition: int | None,
     ) -> Output:
         raw = record.value if isinstance(record.value, bytes) else b""
         outcome = pipeline.route(raw, partition, partitions)
-        # Outputs go to the ingest record's partition number: a subject's events stay
-        # together and in order (the ingest partition is a function of the subject), and
-        # the producer skips hashing each key (murmur2 in Python, ~10 us per record).
-        same = partition if self._aligned.get(pipeline.topics.ingest) else None
         if isinstance(outcome, Accepted):
             value = json.dumps(outcome.event, separators=(",", ":")).encode()
-            return Output(pipeline.topics.product, outcome.key, value, None, same)
+            return Output(pipeline.topics.product, outcome.key, value, None, out_partition)
         source = f"{record.topic}/{record.partition}/{record.offset}"
         headers = [
             (REASON_HEADER, outcome.reason.encode()),
             (DETAIL_HEADER, outcome.detail.encode()),
             (SOURCE_HEADER, source.encode()),
         ]
-        return Output(pipeline.topics.dlq, record.key, raw, headers, same)
-
-    def _partition_count(self, consumer: AIOKafkaConsumer, topic: str) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            count = len(consumer.partitions_for_topic(topic) or ()) or self.kafka.partitions
-            self._partitions[topic] = count
-        return count
+        return Output(pipeline.topics.dlq, record.key, raw, headers, out_partition)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batch in flight, then give up the revoked partitions' state."""
@@ -173,33 +174,31 @@ class IngestLoop:
 
     async def on_assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Own the assigned partitions: their windows are released from now on."""
-        self._partitions.clear()  # partition counts may have changed (topic re-created)
         await consumer.topics()  # metadata of every topic, outputs included
+        self._partitions.clear()  # partition counts may have changed (topic re-created)
         for ingest, pipeline in self.pipelines.items():
             counts = {
                 len(consumer.partitions_for_topic(t) or ())
                 for t in (ingest, *pipeline.topics.all())
             }
             self._aligned[ingest] = len(counts) == 1 and 0 not in counts
+            ingest_count = len(consumer.partitions_for_topic(ingest) or ())
+            if ingest_count:
+                self._partitions[ingest] = ingest_count
+            if ingest_count and ingest_count != self.kafka.partitions:
+                log.warning(
+                    "%s has %d partitions but PRIVMESH_KAFKA_PARTITIONS is %d: the DP API "
+                    "sums window rows over the setting's partitions",
+                    ingest,
+                    ingest_count,
+                    self.kafka.partitions,
+                )
         now = time.time()
         for tp in assigned:
             owner = self.pipelines.get(tp.topic)
             if owner is not None:
                 owner.assign(tp.partition, now)
         self.assigned = set(assigned)
-        self._check_partition_counts(consumer)
-
-    def _check_partition_counts(self, consumer: AIOKafkaConsumer) -> None:
-        for topic in self.pipelines:
-            count = len(consumer.partitions_for_topic(topic) or ())
-            if count and count != self.kafka.partitions:
-                log.warning(
-                    "%s has %d partitions but PRIVMESH_KAFKA_PARTITIONS is %d: the DP API "
-                    "sums window rows over the setting's partitions",
-                    topic,
-                    count,
-                    self.kafka.partitions,
-                )
 
 
 class _Rebalance(ConsumerRebalanceListener):

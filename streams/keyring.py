@@ -85,11 +85,18 @@ class KeyRing:
 
     def version_at(self, domain: str, event_time: float) -> int:
         """The key version that applies to an event of ``domain`` at ``event_time``."""
-        current = self.epochs(domain)[0]
-        for epoch in self.epochs(domain):
+        return self.span_at(domain, event_time)[0]
+
+    def span_at(self, domain: str, event_time: float) -> tuple[int, float, float]:
+        """``(version, from, until)``: the version at ``event_time`` and the times it spans."""
+        epochs = self.epochs(domain)
+        version, start, end = epochs[0].version, float("-inf"), float("inf")
+        for epoch in epochs:
             if epoch.effective_from <= event_time:
-                current = epoch
-        return current.version
+                version, start = epoch.version, epoch.effective_from
+            else:
+                end = min(end, epoch.effective_from)
+        return version, start, end
 
     def rotate(self, domain: str, now: float, window_seconds: int) -> KeyEpoch:
         """Schedule the next version from the start of the window after the next one."""
@@ -138,13 +145,7 @@ class DomainTokens:
         cached = self._last
         if cached is not None and cached[0] is ring and cached[1] <= event_time < cached[2]:
             return cached[3]
-        epochs = ring.epochs(self.domain)
-        version, start, end = epochs[0].version, float("-inf"), float("inf")
-        for epoch in epochs:
-            if epoch.effective_from <= event_time:
-                version, start = epoch.version, epoch.effective_from
-            else:
-                end = min(end, epoch.effective_from)
+        version, start, end = ring.span_at(self.domain, event_time)
         found = self.tokeniser(version)
         self._last = (ring, start, end, found)
         return found

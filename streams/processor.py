@@ -72,7 +72,7 @@ def faust_broker_url(bootstrap: str) -> list[str]:
 def make_app(
     domain: str, kafka: KafkaSettings, settings: StreamSettings, data_dir: Path
 ) -> faust.App:
-    """The Faust app with the producer tuned for batches (linger, 256 KiB batches)."""
+    """The Faust app: worker lifecycle, tasks and the health page (``BatchSender`` produces)."""
     faust_dir = data_dir / "faust" / domain
     faust_dir.parent.mkdir(parents=True, exist_ok=True)
     return ProcessorApp(
@@ -86,9 +86,6 @@ def make_app(
         web_bind="127.0.0.1",
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
-        producer_linger=settings.producer_linger_ms / 1000,
-        producer_max_batch_size=settings.producer_batch_bytes,
-        producer_acks=1,
     )
 
 
@@ -115,7 +112,7 @@ def build_processor(
         KeyRingWatcher(tokeniser, keyring_path(data_dir)),
     )
     ingest.on_revoked_rows = pusher.stash
-    erasures = ErasureListener(contract.domain, kafka, settings, pusher.evict)
+    erasures = ErasureListener(contract.domain, kafka, pusher.evict)
     processor = Processor(app, pipelines, ingest, pusher, erasures)
 
     app.task(ingest.run)
@@ -124,7 +121,7 @@ def build_processor(
     app.task(erasures.run)
 
     @app.on_before_shutdown.connect
-    async def final_flush(sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
+    async def final_flush(_app: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
         await pusher.flush()
         await pusher.write_offline()
         await sender.stop()

@@ -35,7 +35,7 @@ from streams.pipeline import partition_for
 from streams.producing import RawProducer
 from streams.pseudonymise import Tokeniser, normalise
 from streams.reading import Record, read_records
-from streams.settings import KafkaSettings, StreamSettings
+from streams.settings import KafkaSettings
 from streams.topics import (
     DETAIL_HEADER,
     REASON_HEADER,
@@ -555,7 +555,7 @@ def test_erasure_listener_applies_requests_after_broker_restart(
 
     async def scenario() -> None:
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
-        listener = ErasureListener("shop", kafka, StreamSettings(), evict)
+        listener = ErasureListener("shop", kafka, evict)
         task = asyncio.create_task(listener.run())
         try:
             await asyncio.to_thread(send_pinned, bootstrap, topic, before)
