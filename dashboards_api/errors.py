@@ -18,6 +18,18 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def problem_body(error: ApiError) -> dict[str, Any]:
+    """The RFC 9457 problem document of ``error``."""
+    return {
+        "type": f"https://privmesh.dev/problems/{error.code}",
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        **error.extra,
+    }
+
+
 class Unauthorized(ApiError):
     """Missing or unknown credentials."""
 
@@ -40,6 +52,22 @@ class UnknownQueryClass(ApiError):
     status = 404
     code = "unknown_query_class"
     title = "Unknown query class"
+
+
+class InvalidParameters(ApiError):
+    """A parameter is well-formed but not acceptable (e.g. a window not closed yet)."""
+
+    status = 422
+    code = "invalid_parameters"
+    title = "Invalid parameters"
+
+
+class WindowNotFound(ApiError):
+    """The requested closed window has no complete aggregates (never or not yet pushed)."""
+
+    status = 404
+    code = "no_data_for_window"
+    title = "No data for this window"
 
 
 class BudgetExhausted(ApiError):

@@ -32,10 +32,14 @@ _SCHEMA = [
         budget_micro BIGINT NOT NULL,
         answer TEXT NOT NULL,
         created_at TEXT NOT NULL,
+        product TEXT NOT NULL DEFAULT '',
         UNIQUE (class_id, data_version)
     )""",
     "CREATE INDEX IF NOT EXISTS releases_by_period ON releases (class_id, period)",
 ]
+# Ledgers created before per-product totals lack the column (dev data only).
+_MIGRATIONS = [("product", "ALTER TABLE releases ADD COLUMN product TEXT NOT NULL DEFAULT ''")]
+_INDEXES = ["CREATE INDEX IF NOT EXISTS releases_by_product ON releases (product, period)"]
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,28 @@ class Ledger(Protocol):
         cost_micro: int,
         budget_micro: int,
         answer: dict[str, Any],
+        *,
+        product: str = "",
+        product_budget_micro: int | None = None,
     ) -> Commit:
-        """Commit ``answer`` for (class, version) unless one exists; refuse overspend."""
+        """Commit ``answer`` for (class, version) unless one exists; refuse overspend.
+
+        ``cost_micro`` must fit the class's ``budget_micro`` for ``period`` and, when
+        ``product_budget_micro`` is given, the total of every class of ``product``
+        (``domain.product``) in the period.
+        """
+        ...
+
+    def find(self, class_id: str, data_version: str) -> LedgerEntry | None:
+        """The committed release of (class, version), if any."""
         ...
 
     def spent(self, class_id: str, period: str) -> int:
         """Micro-epsilon spent by ``class_id`` in ``period``."""
+        ...
+
+    def product_spent(self, product: str, period: str) -> int:
+        """Micro-epsilon spent by every class of ``product`` in ``period``."""
         ...
 
     def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
@@ -124,8 +144,12 @@ class _SqlLedger(ABC):
         return statement.replace("?", self._placeholder)
 
     @abstractmethod
-    def _serialised(self, class_id: str) -> AbstractContextManager[Any]:
-        """A transaction in which no other commit for ``class_id`` can interleave."""
+    def _serialised(self, key: str) -> AbstractContextManager[Any]:
+        """A transaction in which no other commit under ``key`` can interleave.
+
+        Commits are serialised per data product (every class of a product shares its
+        total), so the class and product sums read inside are current.
+        """
 
     def commit_release(
         self,
@@ -135,9 +159,12 @@ class _SqlLedger(ABC):
         cost_micro: int,
         budget_micro: int,
         answer: dict[str, Any],
+        *,
+        product: str = "",
+        product_budget_micro: int | None = None,
     ) -> Commit:
         """See :class:`Ledger`."""
-        with self._serialised(class_id) as conn:
+        with self._serialised(product or class_id) as conn:
             existing = conn.execute(
                 self._sql(
                     f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?"
@@ -150,27 +177,55 @@ class _SqlLedger(ABC):
                 return Commit(_entry(existing), reused=True, spent_micro=spent)
             if spent + cost_micro > budget_micro:
                 raise BudgetExhausted(
-                    f"class {class_id!r} has spent {spent} of {budget_micro} micro-epsilon "
-                    f"in period {period}; a release costs {cost_micro}",
+                    f"class {class_id!r} has spent {spent} of {budget_micro} "
+                    f"micro-epsilon in period {period}; a release costs {cost_micro}",
                     spent_micro=spent,
                     budget_micro=budget_micro,
                     period=period,
                 )
+            if product_budget_micro is not None:
+                row = conn.execute(self._sql(_PRODUCT_SPENT), (product, period)).fetchone()
+                total = int(row[0]) if row else 0
+                if total + cost_micro > product_budget_micro:
+                    raise BudgetExhausted(
+                        f"data product {product!r} has spent {total} of its total "
+                        f"{product_budget_micro} micro-epsilon in period {period} over "
+                        f"all its classes; a release of {class_id!r} costs {cost_micro}",
+                        spent_micro=spent,
+                        budget_micro=budget_micro,
+                        product_spent_micro=total,
+                        product_budget_micro=product_budget_micro,
+                        period=period,
+                    )
             created = datetime.now(UTC).isoformat()
             values = (class_id, period, data_version, cost_micro, budget_micro)
             inserted = conn.execute(
                 self._sql(
                     "INSERT INTO releases (class_id, period, data_version, cost_micro, "
-                    "budget_micro, answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                    "budget_micro, answer, created_at, product) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
                 ),
-                (*values, json.dumps(answer, sort_keys=True), created),
+                (*values, json.dumps(answer, sort_keys=True), created, product),
             ).fetchone()
         entry = LedgerEntry(int(inserted[0]) if inserted else 0, *values, answer, created)
         return Commit(entry, reused=False, spent_micro=spent + cost_micro)
 
+    def find(self, class_id: str, data_version: str) -> LedgerEntry | None:
+        """See :class:`Ledger`."""
+        rows = self._read(
+            self._sql(f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? AND data_version = ?"),
+            (class_id, data_version),
+        )
+        return _entry(rows[0]) if rows else None
+
     def spent(self, class_id: str, period: str) -> int:
         """See :class:`Ledger`."""
         rows = self._read(self._sql(_SPENT), (class_id, period))
+        return int(rows[0][0]) if rows else 0
+
+    def product_spent(self, product: str, period: str) -> int:
+        """See :class:`Ledger`."""
+        rows = self._read(self._sql(_PRODUCT_SPENT), (product, period))
         return int(rows[0][0]) if rows else 0
 
     def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
@@ -198,6 +253,9 @@ class _SqlLedger(ABC):
 
 
 _SPENT = "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = ? AND period = ?"
+_PRODUCT_SPENT = (
+    "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE product = ? AND period = ?"
+)
 
 
 class SqliteLedger(_SqlLedger):
@@ -214,6 +272,12 @@ class SqliteLedger(_SqlLedger):
         self._conn.execute("PRAGMA synchronous=FULL")
         for statement in _SCHEMA:
             self._conn.execute(statement.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(releases)")}
+        for column, statement in _MIGRATIONS:
+            if column not in columns:
+                self._conn.execute(statement)
+        for statement in _INDEXES:
+            self._conn.execute(statement)
         # Append-only: entries can be neither changed nor removed.
         self._conn.execute(
             "CREATE TRIGGER IF NOT EXISTS releases_no_update BEFORE UPDATE ON releases "
@@ -225,7 +289,7 @@ class SqliteLedger(_SqlLedger):
         )
 
     @contextmanager
-    def _serialised(self, class_id: str) -> Iterator[sqlite3.Connection]:
+    def _serialised(self, key: str) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the database write lock: every process on the host waits.
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -251,6 +315,10 @@ class PostgresLedger(_SqlLedger):
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('privmesh.ledger.schema'))")
             for statement in _SCHEMA:
                 self._conn.execute(statement.format(pk="BIGSERIAL PRIMARY KEY"))
+            for _, statement in _MIGRATIONS:
+                self._conn.execute(statement.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+            for statement in _INDEXES:
+                self._conn.execute(statement)
             self._conn.execute(
                 "CREATE OR REPLACE FUNCTION privmesh_ledger_append_only() RETURNS trigger "
                 "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'ledger is append-only'; END $$"
@@ -262,10 +330,10 @@ class PostgresLedger(_SqlLedger):
             )
 
     @contextmanager
-    def _serialised(self, class_id: str) -> Iterator[Any]:
-        # A transaction-scoped advisory lock per class serialises every replica's commits.
+    def _serialised(self, key: str) -> Iterator[Any]:
+        # A transaction-scoped advisory lock per product serialises every replica's commits.
         with self._lock, self._conn.transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (class_id,))
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
             yield self._conn
 
 

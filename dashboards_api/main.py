@@ -11,12 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dashboards_api.errors import ApiError
+from dashboards_api.errors import ApiError, problem_body
 from dashboards_api.ledger import Ledger, open_ledger
 from dashboards_api.metrics import ApiMetrics
-from dashboards_api.query_classes import load_query_classes
+from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from dashboards_api.releases import ReleaseService, WindowSource
-from dashboards_api.routes import health, ledger, metrics, queries
+from dashboards_api.routes import dashboard, health, ledger, live, metrics, queries
 from dashboards_api.sensitivity import check_against_contracts
 from dashboards_api.settings import ApiSettings, Role
 from domains.contract import DomainContract
@@ -28,18 +28,19 @@ PROBLEM = "application/problem+json"
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
     """An RFC 9457 problem response."""
-    body = {
-        "type": f"https://privmesh.dev/problems/{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        **extra,
-    }
+    error = ApiError(detail, **extra)
+    error.status, error.code, error.title = status, code, title
+    return problem_response(error)
+
+
+def problem_response(error: ApiError) -> JSONResponse:
+    """The problem response of ``error`` (with Retry-After when it says when to retry)."""
     headers = {}
-    if "retry_after_seconds" in extra:
-        headers["Retry-After"] = str(extra["retry_after_seconds"])
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    if "retry_after_seconds" in error.extra:
+        headers["Retry-After"] = str(error.extra["retry_after_seconds"])
+    return JSONResponse(
+        problem_body(error), status_code=error.status, media_type=PROBLEM, headers=headers
+    )
 
 
 def check_safe(runtime: RuntimeSettings, api: ApiSettings) -> None:
@@ -54,6 +55,7 @@ def check_safe(runtime: RuntimeSettings, api: ApiSettings) -> None:
 def create_app(
     service: ReleaseService,
     api_keys: Mapping[str, Role] | None = None,
+    settings: ApiSettings | None = None,
 ) -> FastAPI:
     """The app around a ready ``service`` (tests pass their own)."""
     app = FastAPI(
@@ -62,13 +64,14 @@ def create_app(
         description="Differentially-private aggregates from pre-registered query classes.",
     )
     app.state.service = service
+    app.state.settings = settings or ApiSettings()
     app.state.api_keys = dict(api_keys or {})
     app.state.metrics = ApiMetrics(service)
     app.middleware("http")(app.state.metrics.middleware)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+        return problem_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -92,6 +95,8 @@ def create_app(
     app.include_router(queries.router)
     app.include_router(ledger.router)
     app.include_router(metrics.router)
+    app.include_router(live.router)
+    app.include_router(dashboard.router)
     return app
 
 
@@ -116,6 +121,8 @@ def build_service(
         grace_seconds=streams.grace_seconds,
         lookback_windows=api.release_lookback_windows,
         partitions=partitions,
+        product_budgets=load_product_budgets(),
+        history_windows=api.history_windows,
     )
 
 
@@ -137,7 +144,7 @@ def app_from_settings() -> FastAPI:
     ledger_ = open_ledger(api.ledger_url, runtime.data_dir)
     partitions = KafkaSettings().partitions
     service = build_service(runtime, api, streams, sources, ledger_, contracts, partitions)
-    app = create_app(service, api.keys)
+    app = create_app(service, api.keys, api)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,36 +16,138 @@ from dashboards_api.errors import InvalidQueryClasses
 CLASSES_DIR = Path(__file__).with_name("query_classes")
 
 
+Aggregate = Literal[
+    "count_distinct_subjects", "count_records", "bounded_sum", "mean", "histogram", "quantile"
+]
+# Aggregates the stream processor keeps per window (online rows); the others, and any
+# grouped or hour/day-window class, are computed from the domain's pseudonymised events.
+WINDOW_AGGREGATES = frozenset({"count_distinct_subjects", "count_records", "bounded_sum"})
+MEASURED = frozenset({"bounded_sum", "mean", "quantile"})
+EVENT_WINDOWS = {"1h": 3_600, "1d": 86_400}
+
+
 class QueryClass(BaseModel):
     """One registered query: aggregate, window, mechanism and budget.
 
     ``epsilon_per_release`` is the privacy loss of one release, protecting every
-    pseudonymous subject's presence in the window; ``budget_per_day`` caps the total
-    loss of all releases of the class in one UTC day.
+    pseudonymous subject's presence in the window (a ``continual`` class: in all
+    ``horizon_windows`` refreshes of one horizon together); ``budget_per_day`` caps
+    the total loss of all releases of the class in one UTC day.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]*$", max_length=96)]
-    title: str
-    domain: str
-    product: str
-    aggregate: Literal["count_distinct_subjects", "count_records", "bounded_sum"]
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    domain: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+    product: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+    aggregate: Aggregate
     measure: str | None = Field(
         default=None,
-        description="The bounded numeric contract field a bounded_sum adds up.",
+        description="The bounded numeric contract field a sum, mean or quantile reads.",
     )
-    window: Literal["last_closed"] = "last_closed"
-    mechanism: Literal["discrete_laplace"] = "discrete_laplace"
+    group_by: str | None = Field(
+        default=None,
+        description=(
+            "A non-personal contract field with allowed_values: its public categories are "
+            "the groups, every one released (missing ones as 0), so the key set leaks nothing."
+        ),
+    )
+    window: Literal["last_closed", "1h", "1d"] = Field(
+        default="last_closed",
+        description="last_closed: the stream processor's window; 1h/1d: closed UTC hours/days.",
+    )
+    release: Literal["per_window", "continual"] = Field(
+        default="per_window",
+        description=(
+            "continual: a running total over horizon_windows stream windows released "
+            "after every window with the binary-tree mechanism, for one epsilon per horizon."
+        ),
+    )
+    horizon_windows: Annotated[int, Field(ge=2, le=1_048_576)] | None = None
+    max_records_per_subject: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None,
+        description="Event-level classes: records one subject may contribute to a window.",
+    )
+    quantile: Annotated[float, Field(gt=0, lt=1)] | None = None
+    candidates: list[int] | None = Field(
+        default=None, description="Quantile classes: the public candidate values, ascending."
+    )
+    suppress_below: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None,
+        description="Released values (or group counts) below this noisy count are withheld.",
+    )
+    mechanism: Literal["discrete_laplace", "exponential"] | None = None
     epsilon_per_release: Decimal
     budget_per_day: Decimal
 
+    @property
+    def source(self) -> Literal["windows", "events"]:
+        """Where the exact statistic comes from: online window rows or offline events."""
+        if (
+            self.aggregate in WINDOW_AGGREGATES
+            and self.group_by is None
+            and self.window == "last_closed"
+        ):
+            return "windows"
+        return "events"
+
+    @property
+    def noise(self) -> Literal["discrete_laplace", "exponential"]:
+        """The mechanism actually used (the exponential mechanism for quantiles)."""
+        return "exponential" if self.aggregate == "quantile" else "discrete_laplace"
+
     @model_validator(mode="after")
-    def _measure_fits(self) -> Self:
-        if self.aggregate == "bounded_sum" and self.measure is None:
-            raise ValueError(f"class {self.id!r}: a bounded_sum needs a 'measure' field")
-        if self.aggregate != "bounded_sum" and self.measure is not None:
-            raise ValueError(f"class {self.id!r}: only a bounded_sum takes a 'measure'")
+    def _shape_fits(self) -> Self:
+        name = f"class {self.id!r}"
+        if self.aggregate in MEASURED and self.measure is None:
+            raise ValueError(f"{name}: a {self.aggregate} needs a 'measure' field")
+        if self.aggregate not in MEASURED and self.measure is not None:
+            raise ValueError(f"{name}: a {self.aggregate} takes no 'measure'")
+        if self.aggregate == "histogram" and self.group_by is None:
+            raise ValueError(f"{name}: a histogram needs 'group_by' (a public key)")
+        if self.aggregate == "quantile":
+            if self.quantile is None or not self.candidates or len(self.candidates) < 2:
+                raise ValueError(f"{name}: a quantile needs 'quantile' and >= 2 'candidates'")
+            if sorted(set(self.candidates)) != self.candidates:
+                raise ValueError(f"{name}: 'candidates' must be strictly ascending")
+            if self.group_by is not None:
+                raise ValueError(f"{name}: grouped quantiles are not supported")
+        elif self.quantile is not None or self.candidates is not None:
+            raise ValueError(f"{name}: only a quantile takes 'quantile' and 'candidates'")
+        if self.mechanism is not None and self.mechanism != self.noise:
+            raise ValueError(f"{name}: a {self.aggregate} uses {self.noise}, not {self.mechanism}")
+        return self
+
+    @model_validator(mode="after")
+    def _source_fits(self) -> Self:
+        name = f"class {self.id!r}"
+        ungrouped_no_count = self.aggregate in ("bounded_sum", "quantile") and not self.group_by
+        if self.suppress_below is not None and ungrouped_no_count:
+            raise ValueError(
+                f"{name}: suppression compares a noisy count with the threshold; an "
+                f"ungrouped {self.aggregate} releases no count"
+            )
+        if self.source == "events" and self.max_records_per_subject is None:
+            raise ValueError(
+                f"{name}: an event-level class (grouped, {self.aggregate}, or window "
+                f"{self.window}) needs 'max_records_per_subject', its user-level bound"
+            )
+        if self.source == "windows" and self.max_records_per_subject is not None:
+            raise ValueError(
+                f"{name}: a window class uses the stream processor's contribution bound; "
+                "drop 'max_records_per_subject'"
+            )
+        if self.release == "continual":
+            if self.source != "windows" or self.aggregate == "count_distinct_subjects":
+                raise ValueError(
+                    f"{name}: continual release is for running totals of window counts or "
+                    "sums (count_records, bounded_sum), not distinct subjects or event classes"
+                )
+            if self.horizon_windows is None:
+                raise ValueError(f"{name}: continual release needs 'horizon_windows'")
+        elif self.horizon_windows is not None:
+            raise ValueError(f"{name}: 'horizon_windows' is only for continual release")
         return self
 
     @model_validator(mode="after")
@@ -72,18 +174,59 @@ class QueryClass(BaseModel):
         return to_micro(self.budget_per_day)
 
 
+class ProductBudget(BaseModel):
+    """The total daily budget of one data product, over all its classes together."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget_per_day: Decimal
+
+    @property
+    def budget_micro(self) -> int:
+        """Daily total, micro-epsilon."""
+        return to_micro(self.budget_per_day)
+
+
 @cache
 def load_query_classes(directory: Path = CLASSES_DIR) -> dict[str, QueryClass]:
     """All query classes under ``directory`` keyed by id."""
     classes: dict[str, QueryClass] = {}
-    for path in sorted(directory.glob("*.yaml")):
+    for path, raw in _files(directory):
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             for item in raw.get("classes", []):
                 qc = QueryClass.model_validate(item)
                 if qc.id in classes:
                     raise InvalidQueryClasses(f"{path}: class {qc.id!r} declared twice")
                 classes[qc.id] = qc
-        except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError) as exc:
             raise InvalidQueryClasses(f"{path}: {exc}") from exc
     return classes
+
+
+@cache
+def load_product_budgets(directory: Path = CLASSES_DIR) -> dict[str, ProductBudget]:
+    """Per data product (``domain.product``) total budgets declared under ``directory``."""
+    budgets: dict[str, ProductBudget] = {}
+    for path, raw in _files(directory):
+        try:
+            domain = raw.get("domain")
+            for product, item in (raw.get("products") or {}).items():
+                if not domain:
+                    raise InvalidQueryClasses(f"{path}: 'products' needs a top-level 'domain'")
+                budgets[f"{domain}.{product}"] = ProductBudget.model_validate(item)
+        except (ValidationError, ValueError, AttributeError) as exc:
+            raise InvalidQueryClasses(f"{path}: {exc}") from exc
+    return budgets
+
+
+def _files(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidQueryClasses(f"{path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InvalidQueryClasses(f"{path}: expected a mapping with 'classes'")
+        out.append((path, raw))
+    return out

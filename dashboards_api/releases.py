@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from dashboards_api.budget import from_micro
-from dashboards_api.errors import NoDataYet, UnknownQueryClass
+from dashboards_api.errors import InvalidParameters, NoDataYet, UnknownQueryClass, WindowNotFound
 from dashboards_api.ledger import Commit, Ledger, period_of
 from dashboards_api.mechanisms import discrete_laplace_count
-from dashboards_api.query_classes import QueryClass
+from dashboards_api.query_classes import ProductBudget, QueryClass
 from dashboards_api.sensitivity import sensitivity
 from domains.contract import DataProduct, DomainContract
 from feature_repo.definitions import CONTRIBUTION_BOUND, sum_feature
@@ -33,7 +33,11 @@ class WindowSource(Protocol):
 
 @dataclass(frozen=True)
 class ReleaseService:
-    """Answers registered query classes through the ledger."""
+    """Answers registered query classes through the ledger.
+
+    ``classes`` may change at run time (domain owners manage their classes); the
+    dict is replaced entry by entry, never mutated while a release reads it.
+    """
 
     classes: dict[str, QueryClass]
     sources: dict[str, WindowSource]
@@ -44,6 +48,8 @@ class ReleaseService:
     contracts: dict[str, DomainContract]
     partitions: int = 1
     clock: Callable[[], float] = time.time
+    product_budgets: dict[str, ProductBudget] = field(default_factory=dict)
+    history_windows: int = 8_640
 
     def query_class(self, class_id: str) -> QueryClass:
         """The registered class, or UnknownQueryClass naming the known ones."""
@@ -53,50 +59,132 @@ class ReleaseService:
             raise UnknownQueryClass(f"no query class {class_id!r}; registered: {known}")
         return qc
 
+    def period(self) -> str:
+        """The current budget period."""
+        return period_of(datetime.fromtimestamp(self.clock(), tz=UTC))
+
     def budget(self, qc: QueryClass) -> dict[str, Any]:
         """Budget state of ``qc`` in the current period."""
-        now = datetime.fromtimestamp(self.clock(), tz=UTC)
-        period = period_of(now)
-        spent = self.ledger.spent(qc.id, period)
-        return budget_view(qc, period, spent)
+        period = self.period()
+        return budget_view(qc, period, self.ledger.spent(qc.id, period))
 
-    def release(self, class_id: str) -> dict[str, Any]:
-        """The DP answer for the last closed window of ``class_id``."""
-        qc = self.query_class(class_id)
-        source = self.sources[qc.domain]
-        now = self.clock()
-        latest = int(now) - self.grace_seconds
+    def product_budget(self, domain: str, product: str) -> dict[str, Any] | None:
+        """Total budget state of a data product in the current period (None: no total)."""
+        key = f"{domain}.{product}"
+        total = self.product_budgets.get(key)
+        if total is None:
+            return None
+        period = self.period()
+        spent = self.ledger.product_spent(key, period)
+        return {
+            "product": key,
+            "period": period,
+            "epsilon_spent": from_micro(spent),
+            "epsilon_remaining": from_micro(total.budget_micro - spent),
+            "epsilon_budget": from_micro(total.budget_micro),
+        }
+
+    def last_closed(self) -> int:
+        """Start (epoch s) of the newest stream window past its grace period."""
+        latest = int(self.clock()) - self.grace_seconds
         latest -= latest % self.window_seconds
-        candidates = [latest - self.window_seconds * (i + 1) for i in range(self.lookback_windows)]
+        return latest - self.window_seconds
+
+    def due(self, qc: QueryClass) -> int:
+        """Start of the newest closed window ``qc`` can release (what live streams push)."""
+        return self.last_closed()
+
+    def release(self, class_id: str, window_start: int | None = None) -> dict[str, Any]:
+        """The DP answer of ``class_id`` for ``window_start`` (default: the last closed)."""
+        qc = self.query_class(class_id)
+        if window_start is not None:
+            self._check_window(window_start)
+        candidates = (
+            [window_start]
+            if window_start is not None
+            else [
+                self.last_closed() - self.window_seconds * i for i in range(self.lookback_windows)
+            ]
+        )
+        # Answer reuse first: a released window is read back without touching the store.
+        hit = self.ledger.find(qc.id, f"window:{candidates[0]}")
+        if hit is not None:
+            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, self.period())))
+        source = self.sources[qc.domain]
         rows = source.window_stats(qc.product, candidates, self.partitions)
         row = next((r for r in rows if r.get("distinct_subjects") is not None), None)
         if row is None:
+            if window_start is not None:
+                raise WindowNotFound(
+                    f"window {_iso(window_start)} of {qc.domain}.{qc.product} has no complete "
+                    "aggregates (no events, or not every ingest partition reported it)"
+                )
             raise NoDataYet(
                 f"no closed window of {qc.domain}.{qc.product} in the last "
                 f"{self.lookback_windows} windows; is the stream processor running?",
                 retry_after_seconds=self.window_seconds,
             )
-        window_start = int(row["window_start"])
+        start = int(row["window_start"])
         bound = row.get(CONTRIBUTION_BOUND)
         sens = sensitivity(qc, self.product_of(qc), bound)
-        mechanism = discrete_laplace_count(qc.epsilon_per_release, sens)
-        noisy = mechanism.release(exact_value(qc, row))
+        noisy = discrete_laplace_count(qc.epsilon_per_release, sens).release(exact_value(qc, row))
+        suppressed = qc.suppress_below is not None and noisy.value < qc.suppress_below
         answer = {
-            "value": noisy.value,
-            "ci95": [noisy.value - noisy.ci95_half_width, noisy.value + noisy.ci95_half_width],
-            "window": {
-                "start": _iso(window_start),
-                "end": _iso(window_start + self.window_seconds),
-            },
-            "mechanism": qc.mechanism,
+            "value": None if suppressed else noisy.value,
+            "ci95": None
+            if suppressed
+            else [noisy.value - noisy.ci95_half_width, noisy.value + noisy.ci95_half_width],
+            "suppressed": suppressed,
+            "suppress_below": qc.suppress_below,
+            "window": {"start": _iso(start), "end": _iso(start + self.window_seconds)},
+            "mechanism": qc.noise,
             "sensitivity": sens,
             "contribution_bound": bound,
             "epsilon": from_micro(qc.cost_micro),
-            "released_at": datetime.fromtimestamp(now, tz=UTC).isoformat(),
+            "released_at": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),
         }
-        period = period_of(datetime.fromtimestamp(now, tz=UTC))
+        return self._commit(qc, f"window:{start}", answer)
+
+    def history(self, class_id: str, limit: int) -> list[dict[str, Any]]:
+        """Released answers of ``class_id``, oldest first (reading them spends nothing)."""
+        qc = self.query_class(class_id)
+        entries = self.ledger.entries(limit=limit, class_id=qc.id)
+        return [
+            {**e.answer, "data_version": e.data_version, "ledger_entry": e.id}
+            for e in reversed(entries)
+        ]
+
+    def _check_window(self, window_start: int) -> None:
+        last = self.last_closed()
+        if window_start % self.window_seconds:
+            raise InvalidParameters(
+                f"window_start {window_start} is not aligned to the {self.window_seconds} s "
+                f"windows; use a multiple of {self.window_seconds}, e.g. {last}"
+            )
+        if window_start > last:
+            raise InvalidParameters(
+                f"window_start {window_start} is not closed yet; the last closed window "
+                f"starts at {last}"
+            )
+        oldest = last - self.window_seconds * (self.history_windows - 1)
+        if window_start < oldest:
+            raise InvalidParameters(
+                f"window_start {window_start} is older than the {self.history_windows} windows "
+                f"the API releases; the oldest is {oldest}"
+            )
+
+    def _commit(self, qc: QueryClass, data_version: str, answer: dict[str, Any]) -> dict[str, Any]:
+        product = f"{qc.domain}.{qc.product}"
+        total = self.product_budgets.get(product)
         commit = self.ledger.commit_release(
-            qc.id, period, f"window:{window_start}", qc.cost_micro, qc.budget_micro, answer
+            qc.id,
+            self.period(),
+            data_version,
+            qc.cost_micro,
+            qc.budget_micro,
+            answer,
+            product=product,
+            product_budget_micro=None if total is None else total.budget_micro,
         )
         return response_of(qc, commit)
 

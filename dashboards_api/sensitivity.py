@@ -16,22 +16,42 @@ import math
 
 from dashboards_api.errors import InvalidQueryClasses, NoDataYet
 from dashboards_api.query_classes import QueryClass
-from domains.contract import DataProduct, DomainContract, FieldType
+from domains.contract import DataProduct, DomainContract, FieldType, PrivacyTag
 
 
 def check_against_contracts(
     classes: dict[str, QueryClass], contracts: dict[str, DomainContract]
 ) -> None:
-    """Refuse classes naming an unknown product or a measure without contract bounds."""
+    """Refuse classes naming an unknown product, a measure without contract bounds, or a
+    group-by key that is not a public (non-personal, enumerated) field."""
     for qc in classes.values():
-        product = _product(qc, contracts)
-        if qc.measure is not None:
-            spec = product.field(qc.measure)
-            if spec is None or spec.bounds is None:
-                raise InvalidQueryClasses(
-                    f"class {qc.id!r}: measure {qc.measure!r} is not a bounded numeric field "
-                    f"of {qc.domain}.{qc.product}"
-                )
+        check_class(qc, contracts)
+
+
+def check_class(qc: QueryClass, contracts: dict[str, DomainContract]) -> None:
+    """Refuse ``qc`` unless its fields fit its product's contract (see above)."""
+    product = _product(qc, contracts)
+    where = f"{qc.domain}.{qc.product}"
+    if qc.measure is not None:
+        spec = product.field(qc.measure)
+        if spec is None or spec.bounds is None:
+            raise InvalidQueryClasses(
+                f"class {qc.id!r}: measure {qc.measure!r} is not a bounded numeric field of {where}"
+            )
+        if qc.candidates and (
+            qc.candidates[0] < spec.bounds.min or qc.candidates[-1] > spec.bounds.max
+        ):
+            raise InvalidQueryClasses(
+                f"class {qc.id!r}: quantile candidates must lie within the bounds of "
+                f"{qc.measure!r} ({spec.bounds.min}..{spec.bounds.max})"
+            )
+    if qc.group_by is not None:
+        key = product.field(qc.group_by)
+        if key is None or key.tag is not PrivacyTag.NON_PERSONAL or not key.allowed_values:
+            raise InvalidQueryClasses(
+                f"class {qc.id!r}: group_by {qc.group_by!r} must be a non_personal field of "
+                f"{where} with allowed_values (public keys)"
+            )
 
 
 def sensitivity(qc: QueryClass, product: DataProduct, contribution_bound: int | None) -> int:

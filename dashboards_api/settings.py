@@ -27,6 +27,16 @@ class ApiSettings(BaseSettings):
     ledger_url: str = "sqlite"
     keys: dict[str, Role] = Field(default_factory=dict, repr=False)
     release_lookback_windows: Annotated[int, Field(ge=1, le=100)] = 3
+    history_windows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=8_640,
+        description="How many past stream windows a client may ask to release (window_start).",
+    )
+    live_poll_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.5, description="How often the live endpoint checks for newly closed windows."
+    )
+    live_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=15.0, description="Idle time after which the live stream sends a comment line."
+    )
 
 
 @cache

@@ -4,40 +4,65 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from dashboards_api.budget import from_micro
 from dashboards_api.deps import ServiceDep, require
+from dashboards_api.query_classes import QueryClass
+from dashboards_api.releases import ReleaseService
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 ANY_ROLE = require("consumer", "domain_owner", "governance")
+CLASS_ID = Path(max_length=96, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+def describe(service: ReleaseService, qc: QueryClass) -> dict[str, Any]:
+    """What a consumer needs to know about a class: shape, cost and budget state."""
+    return {
+        "id": qc.id,
+        "title": qc.title,
+        "domain": qc.domain,
+        "product": qc.product,
+        "aggregate": qc.aggregate,
+        "measure": qc.measure,
+        "group_by": qc.group_by,
+        "window": qc.window,
+        "release": qc.release,
+        "horizon_windows": qc.horizon_windows,
+        "mechanism": qc.noise,
+        "suppress_below": qc.suppress_below,
+        "epsilon_per_release": from_micro(qc.cost_micro),
+        "budget": service.budget(qc),
+        "product_budget": service.product_budget(qc.domain, qc.product),
+    }
 
 
 @router.get("", dependencies=[ANY_ROLE])  # type: ignore[list-item]
 def list_classes(service: ServiceDep) -> dict[str, Any]:
     """Every registered query class with its cost and budget state."""
-    return {
-        "classes": [
-            {
-                "id": qc.id,
-                "title": qc.title,
-                "domain": qc.domain,
-                "product": qc.product,
-                "aggregate": qc.aggregate,
-                "window": qc.window,
-                "mechanism": qc.mechanism,
-                "epsilon_per_release": from_micro(qc.cost_micro),
-                "budget": service.budget(qc),
-            }
-            for qc in service.classes.values()
-        ]
-    }
+    return {"classes": [describe(service, qc) for qc in list(service.classes.values())]}
 
 
 @router.get("/{class_id}", dependencies=[ANY_ROLE])  # type: ignore[list-item]
 def release(
     service: ServiceDep,
-    class_id: str = Path(max_length=96, pattern=r"^[A-Za-z0-9_.\-]+$"),
+    class_id: str = CLASS_ID,
+    window_start: int | None = Query(
+        None,
+        ge=0,
+        le=4_102_444_800,
+        description="Epoch seconds of a closed window to release (default: the last closed).",
+    ),
 ) -> dict[str, Any]:
-    """The DP answer of ``class_id`` for the last closed window (ledger entry first)."""
-    return service.release(class_id)
+    """The DP answer of ``class_id`` for one closed window (ledger entry first)."""
+    return service.release(class_id, window_start)
+
+
+@router.get("/{class_id}/history", dependencies=[ANY_ROLE])  # type: ignore[list-item]
+def history(
+    service: ServiceDep,
+    class_id: str = CLASS_ID,
+    limit: int = Query(30, ge=1, le=1000),
+) -> dict[str, Any]:
+    """Answers already released for ``class_id``, oldest first; reading them spends nothing."""
+    return {"class_id": class_id, "releases": service.history(class_id, limit)}

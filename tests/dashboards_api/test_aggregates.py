@@ -83,11 +83,11 @@ def test_release_of_each_aggregate_uses_its_value_and_scale(tmp_path: Path) -> N
     assert svc.budget(svc.classes["shop.orders.revenue_cents"])["epsilon_spent"] == "1"
 
 
-def test_sum_needs_a_measure_and_only_sums_take_one() -> None:
+def test_sum_needs_a_measure_and_counts_take_none() -> None:
     """A bounded_sum without a measure, or a count with one, is refused at load."""
     with pytest.raises(ValueError, match="needs a 'measure'"):
         make_class(measure=None)
-    with pytest.raises(ValueError, match="only a bounded_sum"):
+    with pytest.raises(ValueError, match="takes no .measure."):
         make_class(aggregate="count_records")
 
 
