@@ -11,19 +11,27 @@ from fastapi import Depends, Request
 from dashboards_api.errors import Forbidden, Unauthorized
 from dashboards_api.ledger import Ledger
 from dashboards_api.releases import ReleaseService
-from dashboards_api.settings import Role
+from dashboards_api.settings import KeyGrant, Role
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking: a role, and the key's position (never the key itself)."""
+    """Who is asking: a role and owned domains (never the key itself)."""
 
     role: Role | None
     authenticated: bool
+    domains: frozenset[str] = frozenset()
+
+    def owns(self, domain: str) -> bool:
+        """May this caller manage ``domain``'s classes? (Open development: yes.)"""
+        if not self.authenticated:
+            return True
+        return self.role == "domain_owner" and domain in self.domains
 
 
 def get_service(request: Request) -> ReleaseService:
-    """The app's release service (built once at start-up)."""
+    """The app's release service, with classes other replicas changed reloaded."""
+    request.app.state.registry.maybe_sync()
     service: ReleaseService = request.app.state.service
     return service
 
@@ -36,7 +44,7 @@ def get_ledger(request: Request) -> Ledger:
 
 def get_caller(request: Request) -> Caller:
     """Authenticate ``Authorization: Bearer <key>`` (or ``X-API-Key``) against the keys."""
-    keys: dict[str, Role] = request.app.state.api_keys
+    keys: dict[str, KeyGrant] = request.app.state.api_keys
     if not keys:
         return Caller(role=None, authenticated=False)  # development: open access
     header = request.headers.get("authorization", "")
@@ -44,9 +52,9 @@ def get_caller(request: Request) -> Caller:
     presented = presented or request.headers.get("x-api-key", "").strip()
     if not presented:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    for key, role in keys.items():
+    for key, grant in keys.items():
         if hmac.compare_digest(key.encode(), presented.encode()):
-            return Caller(role=role, authenticated=True)
+            return Caller(role=grant.role, authenticated=True, domains=grant.domains)
     raise Unauthorized("the API key is not recognised")
 
 

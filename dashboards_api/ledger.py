@@ -36,7 +36,18 @@ _SCHEMA = [
         UNIQUE (class_id, data_version)
     )""",
     "CREATE INDEX IF NOT EXISTS releases_by_period ON releases (class_id, period)",
+    # Query classes changed at run time by domain owners: every version kept, newest wins.
+    """CREATE TABLE IF NOT EXISTS class_versions (
+        seq {pk},
+        class_id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        active BOOLEAN NOT NULL,
+        changed_at TEXT NOT NULL,
+        changed_by TEXT NOT NULL
+    )""",
 ]
+_APPEND_ONLY = ("releases", "class_versions")
 # Ledgers created before per-product totals lack the column (dev data only).
 _MIGRATIONS = [("product", "ALTER TABLE releases ADD COLUMN product TEXT NOT NULL DEFAULT ''")]
 _INDEXES = ["CREATE INDEX IF NOT EXISTS releases_by_product ON releases (product, period)"]
@@ -54,6 +65,19 @@ class LedgerEntry:
     budget_micro: int
     answer: dict[str, Any]
     created_at: str
+
+
+@dataclass(frozen=True)
+class ClassVersion:
+    """One change of a run-time query class (``active`` False: withdrawn)."""
+
+    seq: int
+    class_id: str
+    domain: str
+    definition: str
+    active: bool
+    changed_at: str
+    changed_by: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,16 @@ class Ledger(Protocol):
 
     def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
         """Most recent entries first."""
+        ...
+
+    def save_class_version(
+        self, class_id: str, domain: str, definition: str, active: bool, changed_by: str
+    ) -> int:
+        """Append a version of a run-time query class; returns its sequence number."""
+        ...
+
+    def class_versions(self, after: int = 0, class_id: str | None = None) -> list[ClassVersion]:
+        """Class versions with a sequence number above ``after``, oldest first."""
         ...
 
     def close(self) -> None:
@@ -243,6 +277,33 @@ class _SqlLedger(ABC):
             )
         return [_entry(r) for r in rows]
 
+    def save_class_version(
+        self, class_id: str, domain: str, definition: str, active: bool, changed_by: str
+    ) -> int:
+        """See :class:`Ledger`."""
+        created = datetime.now(UTC).isoformat()
+        with self._serialised(f"class:{class_id}") as conn:
+            row = conn.execute(
+                self._sql(
+                    "INSERT INTO class_versions (class_id, domain, definition, active, "
+                    "changed_at, changed_by) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq"
+                ),
+                (class_id, domain, definition, active, created, changed_by),
+            ).fetchone()
+        return int(row[0])
+
+    def class_versions(self, after: int = 0, class_id: str | None = None) -> list[ClassVersion]:
+        """See :class:`Ledger`."""
+        sql = (
+            "SELECT seq, class_id, domain, definition, active, changed_at, changed_by "
+            "FROM class_versions WHERE seq > ?"
+        )
+        params: tuple[Any, ...] = (after,)
+        if class_id is not None:
+            sql, params = sql + " AND class_id = ?", (after, class_id)
+        rows = self._read(self._sql(sql + " ORDER BY seq"), params)
+        return [ClassVersion(int(r[0]), r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())
@@ -279,14 +340,12 @@ class SqliteLedger(_SqlLedger):
         for statement in _INDEXES:
             self._conn.execute(statement)
         # Append-only: entries can be neither changed nor removed.
-        self._conn.execute(
-            "CREATE TRIGGER IF NOT EXISTS releases_no_update BEFORE UPDATE ON releases "
-            "BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END"
-        )
-        self._conn.execute(
-            "CREATE TRIGGER IF NOT EXISTS releases_no_delete BEFORE DELETE ON releases "
-            "BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END"
-        )
+        for table in _APPEND_ONLY:
+            for action in ("UPDATE", "DELETE"):
+                self._conn.execute(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} "
+                    f"ON {table} BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END"
+                )
 
     @contextmanager
     def _serialised(self, key: str) -> Iterator[sqlite3.Connection]:
@@ -323,11 +382,12 @@ class PostgresLedger(_SqlLedger):
                 "CREATE OR REPLACE FUNCTION privmesh_ledger_append_only() RETURNS trigger "
                 "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'ledger is append-only'; END $$"
             )
-            self._conn.execute("DROP TRIGGER IF EXISTS releases_append_only ON releases")
-            self._conn.execute(
-                "CREATE TRIGGER releases_append_only BEFORE UPDATE OR DELETE ON releases "
-                "FOR EACH ROW EXECUTE FUNCTION privmesh_ledger_append_only()"
-            )
+            for table in _APPEND_ONLY:
+                self._conn.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
+                self._conn.execute(
+                    f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                    "FOR EACH ROW EXECUTE FUNCTION privmesh_ledger_append_only()"
+                )
 
     @contextmanager
     def _serialised(self, key: str) -> Iterator[Any]:

@@ -15,10 +15,11 @@ from dashboards_api.errors import ApiError, problem_body
 from dashboards_api.ledger import Ledger, open_ledger
 from dashboards_api.metrics import ApiMetrics
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
+from dashboards_api.registry import ClassRegistry
 from dashboards_api.releases import ReleaseService, WindowSource
-from dashboards_api.routes import dashboard, health, ledger, live, metrics, queries
+from dashboards_api.routes import classes, dashboard, health, ledger, live, metrics, queries
 from dashboards_api.sensitivity import check_against_contracts
-from dashboards_api.settings import ApiSettings, Role
+from dashboards_api.settings import ApiSettings, KeyGrant, Role, grant_of
 from domains.contract import DomainContract
 from domains.runtime import RuntimeSettings
 from streams.settings import KafkaSettings, StreamSettings
@@ -54,7 +55,7 @@ def check_safe(runtime: RuntimeSettings, api: ApiSettings) -> None:
 
 def create_app(
     service: ReleaseService,
-    api_keys: Mapping[str, Role] | None = None,
+    api_keys: Mapping[str, Role | KeyGrant] | None = None,
     settings: ApiSettings | None = None,
 ) -> FastAPI:
     """The app around a ready ``service`` (tests pass their own)."""
@@ -65,7 +66,8 @@ def create_app(
     )
     app.state.service = service
     app.state.settings = settings or ApiSettings()
-    app.state.api_keys = dict(api_keys or {})
+    app.state.registry = ClassRegistry(service, app.state.settings.registry_sync_seconds)
+    app.state.api_keys = {key: grant_of(value) for key, value in (api_keys or {}).items()}
     app.state.metrics = ApiMetrics(service)
     app.middleware("http")(app.state.metrics.middleware)
 
@@ -95,6 +97,7 @@ def create_app(
     app.include_router(queries.router)
     app.include_router(ledger.router)
     app.include_router(metrics.router)
+    app.include_router(classes.router)
     app.include_router(live.router)
     app.include_router(dashboard.router)
     return app

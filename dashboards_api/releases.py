@@ -51,6 +51,10 @@ class ReleaseService:
     product_budgets: dict[str, ProductBudget] = field(default_factory=dict)
     history_windows: int = 8_640
 
+    def __post_init__(self) -> None:
+        # Own the dict: domain owners' changes must not leak into a caller's (cached) one.
+        object.__setattr__(self, "classes", dict(self.classes))
+
     def query_class(self, class_id: str) -> QueryClass:
         """The registered class, or UnknownQueryClass naming the known ones."""
         qc = self.classes.get(class_id)

@@ -5,10 +5,27 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["consumer", "domain_owner", "governance"]
+
+
+class KeyGrant(BaseModel):
+    """What one API key may do: its role and, for a domain owner, the domains it owns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role
+    domains: frozenset[str] = Field(
+        default=frozenset(),
+        description="Domains whose query classes a domain_owner key may change.",
+    )
+
+
+def grant_of(value: Role | KeyGrant) -> KeyGrant:
+    """A bare role string is a grant with no domains."""
+    return value if isinstance(value, KeyGrant) else KeyGrant(role=value)
 
 
 class ApiSettings(BaseSettings):
@@ -16,8 +33,9 @@ class ApiSettings(BaseSettings):
 
     ``ledger_url`` is ``sqlite`` (a file under the data directory, one API process)
     or ``postgresql://user@host:port/db`` (shared by several API replicas).
-    ``keys`` maps API keys to roles, as JSON: ``{"key-1": "consumer"}``; empty
-    means open access, which is refused when ``PRIVMESH_ENV=production``.
+    ``keys`` maps API keys to roles, as JSON: ``{"key-1": "consumer", "key-2":
+    {"role": "domain_owner", "domains": ["shop"]}}``; empty means open access, which
+    is refused when ``PRIVMESH_ENV=production``.
     """
 
     model_config = SettingsConfigDict(env_prefix="PRIVMESH_API_", extra="ignore")
@@ -25,7 +43,7 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1024, le=65535)] = 8000
     ledger_url: str = "sqlite"
-    keys: dict[str, Role] = Field(default_factory=dict, repr=False)
+    keys: dict[str, Role | KeyGrant] = Field(default_factory=dict, repr=False)
     release_lookback_windows: Annotated[int, Field(ge=1, le=100)] = 3
     history_windows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=8_640,
@@ -33,6 +51,10 @@ class ApiSettings(BaseSettings):
     )
     live_poll_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=0.5, description="How often the live endpoint checks for newly closed windows."
+    )
+    registry_sync_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
+        default=2.0,
+        description="How often a replica reloads the classes domain owners changed elsewhere.",
     )
     live_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
         default=15.0, description="Idle time after which the live stream sends a comment line."
