@@ -70,6 +70,14 @@ class WindowNotFound(ApiError):
     title = "No data for this window"
 
 
+class HorizonChanged(ApiError):
+    """A continual class's noise parameters changed inside a horizon already paid for."""
+
+    status = 409
+    code = "horizon_parameters_changed"
+    title = "Continual release parameters changed"
+
+
 class BudgetExhausted(ApiError):
     """The release would exceed the class's privacy budget for the period."""
 

@@ -46,8 +46,16 @@ _SCHEMA = [
         changed_at TEXT NOT NULL,
         changed_by TEXT NOT NULL
     )""",
+    # Continual release: each tree node's noisy sum, drawn once and never changed.
+    """CREATE TABLE IF NOT EXISTS continual_nodes (
+        stream_id TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        idx BIGINT NOT NULL,
+        value BIGINT NOT NULL,
+        PRIMARY KEY (stream_id, level, idx)
+    )""",
 ]
-_APPEND_ONLY = ("releases", "class_versions")
+_APPEND_ONLY = ("releases", "class_versions", "continual_nodes")
 # Ledgers created before per-product totals lack the column (dev data only).
 _MIGRATIONS = [("product", "ALTER TABLE releases ADD COLUMN product TEXT NOT NULL DEFAULT ''")]
 _INDEXES = ["CREATE INDEX IF NOT EXISTS releases_by_product ON releases (product, period)"]
@@ -136,6 +144,14 @@ class Ledger(Protocol):
 
     def class_versions(self, after: int = 0, class_id: str | None = None) -> list[ClassVersion]:
         """Class versions with a sequence number above ``after``, oldest first."""
+        ...
+
+    def get(self, stream_id: str, level: int, index: int) -> int | None:
+        """A continual-release tree node's stored value (see ``continual.NodeStore``)."""
+        ...
+
+    def put(self, stream_id: str, level: int, index: int, value: int) -> int:
+        """Store a node's value unless one exists (write-once); the value now stored."""
         ...
 
     def close(self) -> None:
@@ -304,6 +320,25 @@ class _SqlLedger(ABC):
         rows = self._read(self._sql(sql + " ORDER BY seq"), params)
         return [ClassVersion(int(r[0]), r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
 
+    def get(self, stream_id: str, level: int, index: int) -> int | None:
+        """See :class:`Ledger`."""
+        rows = self._read(self._sql(_NODE), (stream_id, level, index))
+        return int(rows[0][0]) if rows else None
+
+    def put(self, stream_id: str, level: int, index: int, value: int) -> int:
+        """See :class:`Ledger`."""
+        key = (stream_id, level, index)
+        with self._lock:
+            self._conn.execute(
+                self._sql(
+                    "INSERT INTO continual_nodes (stream_id, level, idx, value) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                ),
+                (*key, int(value)),
+            )
+            row = self._conn.execute(self._sql(_NODE), key).fetchone()
+        return int(row[0])
+
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())
@@ -314,6 +349,7 @@ class _SqlLedger(ABC):
 
 
 _SPENT = "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = ? AND period = ?"
+_NODE = "SELECT value FROM continual_nodes WHERE stream_id = ? AND level = ? AND idx = ?"
 _PRODUCT_SPENT = (
     "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE product = ? AND period = ?"
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -22,11 +23,33 @@ class NoisyCount:
     ci95_half_width: float
 
 
+def laplace_within(
+    input_domain: Any, input_metric: Any, d_in: int, epsilon: Decimal
+) -> tuple[Any, float]:
+    """OpenDP (discrete) Laplace on ``input_domain`` whose privacy map, at ``d_in``, is not
+    above ``epsilon`` compared exactly; returns (measurement, scale).
+
+    The scale starts at ``d_in / epsilon`` and is raised by float ulps until OpenDP's map
+    agrees: ``d_in / epsilon`` in floats can map a few ulps above the declared epsilon.
+    """
+    scale = d_in / float(epsilon)
+    for _ in range(64):
+        measurement = dp.m.make_laplace(input_domain, input_metric, scale)
+        mapped = Decimal(float(measurement.map(d_in)))
+        if mapped <= epsilon:
+            return measurement, scale
+        scale = math.nextafter(scale, math.inf)
+    raise ValueError(
+        f"OpenDP maps this mechanism to epsilon {mapped} at scale {scale}, above the declared "
+        f"{epsilon}"
+    )
+
+
 class DiscreteLaplaceCount:
     """Discrete Laplace noise on an integer count of sensitivity ``sensitivity``.
 
-    The scale is ``sensitivity / epsilon``; OpenDP's own privacy map confirms that
-    one release costs at most ``epsilon`` before the mechanism is used.
+    The scale is ``sensitivity / epsilon`` (or a few ulps more); OpenDP's own privacy map
+    confirms that one release costs at most ``epsilon`` before the mechanism is used.
     """
 
     def __init__(self, epsilon: Decimal, sensitivity: int = 1) -> None:
@@ -34,15 +57,10 @@ class DiscreteLaplaceCount:
             raise ValueError("epsilon must be > 0 and sensitivity >= 1")
         self.epsilon = epsilon
         self.sensitivity = sensitivity
-        self.scale = float(sensitivity) / float(epsilon)
-        self._measurement: Any = dp.m.make_laplace(
-            dp.atom_domain(T=int), dp.absolute_distance(T=int), self.scale
+        # 64-bit integers: window sums of cents pass 2**31.
+        self._measurement, self.scale = laplace_within(
+            dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"), sensitivity, epsilon
         )
-        mapped = float(self._measurement.map(sensitivity))
-        if mapped > float(epsilon) * (1 + 1e-9):
-            raise ValueError(
-                f"OpenDP maps this mechanism to epsilon {mapped}, above the declared {epsilon}"
-            )
         self.ci95_half_width = float(
             dp.discrete_laplacian_scale_to_accuracy(self.scale, 1 - CONFIDENCE)
         )

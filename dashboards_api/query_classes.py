@@ -65,6 +65,15 @@ class QueryClass(BaseModel):
         ),
     )
     horizon_windows: Annotated[int, Field(ge=2, le=1_048_576)] | None = None
+    privacy_unit: Literal["subject", "subject_window"] = Field(
+        default="subject",
+        description=(
+            "What one release's epsilon protects: a subject's whole contribution to the "
+            "released window (subject), or a subject's contribution to any ONE stream window "
+            "(subject_window: the continual-observation model; a subject active in m windows "
+            "of a horizon is protected at m * epsilon). Continual classes must opt in to it."
+        ),
+    )
     max_records_per_subject: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None,
         description="Event-level classes: records one subject may contribute to a window.",
@@ -146,8 +155,16 @@ class QueryClass(BaseModel):
                 )
             if self.horizon_windows is None:
                 raise ValueError(f"{name}: continual release needs 'horizon_windows'")
-        elif self.horizon_windows is not None:
-            raise ValueError(f"{name}: 'horizon_windows' is only for continual release")
+            if self.privacy_unit != "subject_window":
+                raise ValueError(
+                    f"{name}: continual release protects a subject's contribution to one "
+                    "window; declare privacy_unit: subject_window to acknowledge it"
+                )
+        elif self.horizon_windows is not None or self.privacy_unit != "subject":
+            raise ValueError(
+                f"{name}: 'horizon_windows' and privacy_unit subject_window are only for "
+                "continual release"
+            )
         return self
 
     @model_validator(mode="after")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from dashboards_api.budget import from_micro
-from dashboards_api.errors import InvalidParameters, NoDataYet, UnknownQueryClass, WindowNotFound
+from dashboards_api.continual import BinaryTreeCounter
+from dashboards_api.errors import (
+    HorizonChanged,
+    InvalidParameters,
+    NoDataYet,
+    UnknownQueryClass,
+    WindowNotFound,
+)
 from dashboards_api.ledger import Commit, Ledger, period_of
 from dashboards_api.mechanisms import discrete_laplace_count
 from dashboards_api.query_classes import ProductBudget, QueryClass
@@ -103,6 +110,8 @@ class ReleaseService:
         qc = self.query_class(class_id)
         if window_start is not None:
             self._check_window(window_start)
+        if qc.release == "continual":
+            return self._release_running(qc, window_start)
         candidates = (
             [window_start]
             if window_start is not None
@@ -149,6 +158,71 @@ class ReleaseService:
         }
         return self._commit(qc, f"window:{start}", answer)
 
+    def _release_running(self, qc: QueryClass, window_start: int | None) -> dict[str, Any]:
+        """The running total of a continual class up to ``window_start`` (binary tree).
+
+        The horizon's epsilon is committed once, before its first total; every total of
+        the horizon is then committed at cost 0 before it is returned.
+        """
+        assert qc.horizon_windows is not None  # validated with the class
+        end = self.last_closed() if window_start is None else window_start
+        span = qc.horizon_windows * self.window_seconds
+        horizon = end - end % span
+        t = (end - horizon) // self.window_seconds + 1
+        version = f"running:{horizon}:{t}"
+        hit = self.ledger.find(qc.id, version)
+        if hit is not None:
+            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, self.period())))
+        source = self.sources[qc.domain]
+        row = source.window_stats(qc.product, [end], self.partitions)[0]
+        if row.get("distinct_subjects") is None:
+            if window_start is not None:
+                raise WindowNotFound(f"window {_iso(end)} of {qc.domain}.{qc.product} has no data")
+            raise NoDataYet(
+                f"the last closed window of {qc.domain}.{qc.product} has not been reported",
+                retry_after_seconds=self.window_seconds,
+            )
+        bound = row.get(CONTRIBUTION_BOUND)
+        sens = sensitivity(qc, self.product_of(qc), bound)
+        paid = {
+            "horizon_start": _iso(horizon),
+            "horizon_end": _iso(horizon + span),
+            "horizon_windows": qc.horizon_windows,
+            "epsilon": from_micro(qc.cost_micro),
+        }
+        self._commit(qc, f"horizon:{horizon}", paid)  # reused when already paid for
+        try:
+            counter = BinaryTreeCounter(
+                qc.horizon_windows, qc.epsilon_per_release, sens, self.ledger, f"{qc.id}|{horizon}"
+            )
+        except ValueError as exc:
+            raise HorizonChanged(
+                f"{exc}; the contribution bound or epsilon of {qc.id!r} changed inside the "
+                f"horizon starting {_iso(horizon)}: running totals resume with the next horizon",
+                retry_after_seconds=horizon + span - int(self.clock()),
+            ) from exc
+        values = WindowValues(source, qc, horizon, self.window_seconds, self.partitions)
+        noisy = counter.release(t, values)
+        answer = {
+            "value": noisy.value,
+            "ci95": [noisy.value - noisy.ci95_half_width, noisy.value + noisy.ci95_half_width],
+            "suppressed": False,
+            "suppress_below": None,
+            "window": {"start": _iso(horizon), "end": _iso(end + self.window_seconds)},
+            "running_total": {"t": t, **paid, "tree_nodes": noisy.nodes},
+            "mechanism": "binary_tree_discrete_laplace",
+            "privacy_unit": qc.privacy_unit,
+            "sensitivity": sens,
+            "contribution_bound": bound,
+            "epsilon": "0",
+            "released_at": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),
+        }
+        product = f"{qc.domain}.{qc.product}"
+        commit = self.ledger.commit_release(
+            qc.id, self.period(), version, 0, qc.budget_micro, answer, product=product
+        )
+        return response_of(qc, commit)
+
     def history(self, class_id: str, limit: int) -> list[dict[str, Any]]:
         """Released answers of ``class_id``, oldest first (reading them spends nothing)."""
         qc = self.query_class(class_id)
@@ -156,6 +230,7 @@ class ReleaseService:
         return [
             {**e.answer, "data_version": e.data_version, "ledger_entry": e.id}
             for e in reversed(entries)
+            if "value" in e.answer  # a continual horizon's payment is not a release
         ]
 
     def _check_window(self, window_start: int) -> None:
@@ -197,6 +272,43 @@ class ReleaseService:
         product = self.contracts[qc.domain].product(qc.product)
         assert product is not None  # check_against_contracts ran when the service was built
         return product
+
+
+class WindowValues(Sequence[int]):
+    """The exact per-window values of a continual class's horizon, read on demand.
+
+    The tree reads only the windows of nodes it has not released yet; a window with
+    no row counts 0 (no events, or not reported when its node was first released).
+    """
+
+    def __init__(
+        self, source: WindowSource, qc: QueryClass, horizon: int, window: int, partitions: int
+    ) -> None:
+        self.source, self.qc, self.horizon = source, qc, horizon
+        self.window, self.partitions = window, partitions
+        assert qc.horizon_windows is not None
+        self.length = qc.horizon_windows
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, int):
+            return self[index : index + 1][0]
+        starts = [self.horizon + i * self.window for i in range(*index.indices(self.length))]
+        out: list[int] = []
+        for i in range(0, len(starts), 2_000):
+            rows = self.source.window_stats(self.qc.product, starts[i : i + 2_000], self.partitions)
+            out += [
+                0 if r.get("distinct_subjects") is None else exact_value(self.qc, r) for r in rows
+            ]
+        return out
 
 
 def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:

@@ -1,0 +1,641 @@
+"""Event-level, user-level DP aggregates over a domain's pseudonymised product events.
+
+The stream processor writes every product event to ``<offline>/<product>_events/`` (one
+parquet part file per offline flush; see ``feature_repo.store.event_schema``). This module
+answers what the per-window online rows cannot: counts, distinct subjects, bounded sums,
+means, histograms and quantiles over any time window ``[start, end)``, grouped by a public
+key or not. Pure: no FastAPI, no ledger; the release service commits the spend first.
+
+Two steps, so the exact part is a polars plan and the private part is OpenDP alone:
+
+* ``exact_plan`` filters the window, keeps only the public categories of the group key,
+  bounds every subject's contribution (its first ``max_records_per_subject`` records by
+  event time, in the window, across all groups; measures clamped to ``bounds``) and
+  aggregates per category, every category present (missing ones as 0);
+* ``release`` adds OpenDP noise with measurements built once per query (explicit scales
+  from epsilon and the L1 sensitivity, each checked with OpenDP's own privacy map).
+
+Sensitivities (adding or removing one subject; ``k`` = ``max_records_per_subject``,
+``C`` = number of categories, ``r`` = ``max(|lo|, |hi|)``):
+
+* ``count_records`` / ``histogram``: ``k`` (the subject's k records, whatever the groups);
+* ``count_distinct_subjects``: ``min(k, C)`` grouped (its k records touch at most that many
+  groups, each count moves by 1), 1 ungrouped;
+* ``bounded_sum``: ``k * r``;
+* ``mean``: ``k * max(hi - mid, mid - lo)`` for the sum of ``x - mid`` (``mid`` the integer
+  midpoint of the bounds, which halves the noise for bounds such as ``[0, hi]``) and ``k``
+  for the count, each with half of epsilon;
+* ``quantile``: OpenDP's quantile score changes by at most ``k * max(alpha, 1 - alpha)`` per
+  candidate; grouped, the groups are disjoint and the privacy loss of each group's
+  mechanism is linear in the records changed there (checked: ``k * map(1) <= epsilon``),
+  so the k records cost epsilon in total however they are spread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import opendp.prelude as dp
+import polars as pl
+from polars.lazyframe.group_by import LazyGroupBy
+
+from dashboards_api.errors import NoDataYet
+from domains.contract import DataProduct
+from feature_repo.offline import part_files
+
+dp.enable_features("contrib")
+
+Aggregate = Literal[
+    "count_records", "count_distinct_subjects", "bounded_sum", "mean", "histogram", "quantile"
+]
+AGGREGATES: frozenset[str] = frozenset(get_args(Aggregate))
+MEASURED = frozenset({"bounded_sum", "mean", "quantile"})
+CONFIDENCE = 0.95
+# Output columns of ``exact_plan`` (the group key keeps its own name).
+VALUE, SUM, COUNT, VALUES = "value", "sum", "count", "values"
+# Public bound on the rows of one group that the naive Context path declares (OpenDP
+# needs one for integer sums and quantiles; it only rules out overflow here).
+NAIVE_MAX_LENGTH = 1_000_000_000
+
+
+class InvalidEventQuery(ValueError):
+    """An event query whose parameters contradict each other (raised when it is built)."""
+
+    code = "invalid_event_query"
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """One event-level aggregate, with its user-level contribution bound and its budget.
+
+    ``max_records_per_subject`` (k) is the privacy-relevant bound: in one window, a
+    subject's records after its first k (by event time, across all groups) are dropped,
+    so one person moves a released number by a bounded amount. ``epsilon`` is the
+    privacy loss of one release (pure DP, per subject and window). ``categories`` are the
+    group key's public values (the contract's ``allowed_values``): all of them are
+    released, nothing else. ``bounds`` are integer measure bounds; values are clamped to
+    them (and rounded, for float measures). ``alpha`` and ``candidates`` are the quantile
+    asked for and the public values it is chosen from.
+    """
+
+    aggregate: Aggregate
+    subject: str
+    time: str
+    max_records_per_subject: int
+    epsilon: Decimal
+    group_by: str | None = None
+    categories: tuple[str, ...] = ()
+    measure: str | None = None
+    bounds: tuple[int, int] | None = None
+    alpha: float | None = None
+    candidates: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise InvalidEventQuery("; ".join(problems))
+
+    @classmethod
+    def for_product(
+        cls,
+        product: DataProduct,
+        aggregate: Aggregate,
+        *,
+        max_records_per_subject: int,
+        epsilon: Decimal,
+        group_by: str | None = None,
+        measure: str | None = None,
+        alpha: float | None = None,
+        candidates: Sequence[int] = (),
+    ) -> EventQuery:
+        """The query over ``product``'s event files: subject, time, categories and bounds
+        come from its contract."""
+        categories: tuple[str, ...] = ()
+        if group_by is not None:
+            key = product.field(group_by)
+            if key is None or key.allowed_values is None:
+                raise InvalidEventQuery(
+                    f"group_by {group_by!r} is not a field of {product.name!r} with "
+                    "allowed_values; only public categories can be group keys"
+                )
+            categories = tuple(key.allowed_values)
+        bounds = None
+        if measure is not None:
+            spec = product.field(measure)
+            if spec is None or spec.bounds is None or not spec.numeric:
+                raise InvalidEventQuery(
+                    f"measure {measure!r} is not a bounded numeric field of {product.name!r}"
+                )
+            # Integer bounds enclosing the contract's (equal for integral bounds); float
+            # measures are rounded to integers after clamping.
+            bounds = (math.floor(spec.bounds.min), math.ceil(spec.bounds.max))
+        return cls(
+            aggregate=aggregate,
+            subject=product.subject_field,
+            time=product.event_time,
+            max_records_per_subject=max_records_per_subject,
+            epsilon=epsilon,
+            group_by=group_by,
+            categories=categories,
+            measure=measure,
+            bounds=bounds,
+            alpha=alpha,
+            candidates=tuple(candidates),
+        )
+
+    @property
+    def grouped(self) -> bool:
+        """True when the release has one value per category."""
+        return self.group_by is not None
+
+
+def _problems(q: EventQuery) -> list[str]:
+    """What is wrong with ``q``, each with how to fix it (empty when valid)."""
+    problems: list[str] = []
+    if q.aggregate not in AGGREGATES:
+        problems.append(f"aggregate {q.aggregate!r} is not one of {sorted(AGGREGATES)}")
+    if not isinstance(q.max_records_per_subject, int) or q.max_records_per_subject < 1:
+        problems.append("max_records_per_subject must be an integer >= 1")
+    if not isinstance(q.epsilon, Decimal) or not q.epsilon.is_finite() or q.epsilon <= 0:
+        problems.append("epsilon must be a finite Decimal > 0 (e.g. Decimal('0.5'))")
+    if (q.group_by is None) != (not q.categories):
+        problems.append("group_by and categories go together: name the key and its values")
+    if len(set(q.categories)) != len(q.categories):
+        problems.append("categories must be distinct")
+    if q.aggregate == "histogram" and q.group_by is None:
+        problems.append("a histogram needs group_by (it is count_records per category)")
+    return problems + _measure_problems(q)
+
+
+def _measure_problems(q: EventQuery) -> list[str]:
+    """What is wrong with ``q``'s measure, bounds and quantile parameters."""
+    problems: list[str] = []
+    measured = q.aggregate in MEASURED
+    if measured and (q.measure is None or q.bounds is None):
+        problems.append(f"{q.aggregate} needs a measure and its integer bounds (lo, hi)")
+    if not measured and (q.measure is not None or q.bounds is not None):
+        problems.append(f"{q.aggregate} takes no measure or bounds")
+    if q.bounds is not None and (
+        len(q.bounds) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) for b in q.bounds)
+        or q.bounds[0] > q.bounds[1]
+    ):
+        problems.append("bounds must be two integers lo <= hi")
+    if q.aggregate == "quantile":
+        if q.alpha is None or not 0 < q.alpha < 1:
+            problems.append("a quantile needs alpha in (0, 1), e.g. 0.5 for the median")
+        if not q.candidates or list(q.candidates) != sorted(set(q.candidates)):
+            problems.append("a quantile needs candidates: distinct integers, increasing")
+    elif q.alpha is not None or q.candidates:
+        problems.append("alpha and candidates are for quantiles only")
+    return problems
+
+
+# ---------------------------------------------------------------------------- reading
+def scan_events(folder: Path, schema: pl.Schema | None = None) -> pl.LazyFrame:
+    """A lazy scan of a product's event part files (``DomainFeatureStore.events_folder``).
+
+    A parquet scan, not an in-memory frame: OpenDP's polars plugin serialises in-memory
+    frames across its FFI on every call. Part files written before a contract added a
+    field lack its column: it reads as null (``schema``, when given, fixes the columns).
+    """
+    if not part_files(folder):
+        raise NoDataYet(f"no product events stored in {folder.name} yet", retry_after_seconds=60)
+    return pl.scan_parquet(
+        folder / "part-*.parquet", schema=schema, missing_columns="insert", extra_columns="ignore"
+    )
+
+
+# ---------------------------------------------------------------------------- exact part
+def exact_plan(events: pl.LazyFrame, q: EventQuery, start: datetime, end: datetime) -> pl.LazyFrame:
+    """The contribution-bounded exact aggregate of ``q`` over events in ``[start, end)``.
+
+    Steps: window filter; records outside the public categories (or without a measure)
+    dropped; each subject's first k records kept (``max_records_per_subject``, by event
+    time, ties in storage order; across all groups); measures clamped to ``bounds``; the
+    aggregate per category. Columns: the group key (grouped queries, every category in
+    ``q.categories`` order) and ``value`` (counts, sums), ``sum`` and ``count`` (mean) or
+    ``values`` (quantile: the bounded measures, a list per group). Collect it with the
+    default engine; ``release`` adds the noise.
+    """
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidEventQuery("start and end must be timezone-aware datetimes (UTC)")
+    if end <= start:
+        raise InvalidEventQuery(f"the window [{start}, {end}) is empty")
+    t, g, m = q.time, q.group_by, q.measure
+    columns = [q.subject, t, *([g] if g is not None else []), *([m] if m is not None else [])]
+    rows = events.select(columns).filter((pl.col(t) >= start) & (pl.col(t) < end))
+    if g is not None:
+        rows = rows.filter(pl.col(g).is_in(q.categories))
+    if m is not None:
+        rows = rows.filter(pl.col(m).is_not_null()).with_columns(_bounded(events, q))
+    if g is None:
+        return _overall(rows, q)
+    return _every_category(_per_category(rows, q, g), q)
+
+
+def _first_k(rows: pl.LazyFrame, q: EventQuery) -> LazyGroupBy:
+    """Rows grouped by subject, each group in event-time order (a stable sort, then
+    polars keeps the row order within a group): ``head(k)`` is the first k records."""
+    return rows.sort(q.time, maintain_order=True).group_by(q.subject)
+
+
+def _overall(rows: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """One row: the bounded aggregate over all records of the window."""
+    s, m, k = q.subject, q.measure, q.max_records_per_subject
+    if q.aggregate == "count_distinct_subjects":  # each subject once, however many records
+        return rows.select(pl.col(s).n_unique().cast(pl.Int64).alias(VALUE))
+    if q.aggregate == "count_records":  # min(n, k) per subject: which k does not matter
+        per_subject = rows.group_by(s).agg(pl.len().clip(upper_bound=k).alias(VALUE))
+        return per_subject.select(pl.col(VALUE).sum().cast(pl.Int64))
+    assert m is not None
+    firsts = _first_k(rows, q)
+    if q.aggregate == "bounded_sum":
+        per_subject = firsts.agg(pl.col(m).head(k).sum().alias(VALUE))
+        return per_subject.select(pl.col(VALUE).sum().cast(pl.Int64))
+    if q.aggregate == "mean":
+        per_subject = firsts.agg(
+            pl.col(m).head(k).sum().alias(SUM), pl.len().clip(upper_bound=k).alias(COUNT)
+        )
+        return per_subject.select(pl.col(SUM, COUNT).sum().cast(pl.Int64))
+    records = firsts.agg(pl.col(m).head(k)).explode(m)  # quantile
+    return records.select(pl.col(m).implode().alias(VALUES))
+
+
+def _per_category(rows: pl.LazyFrame, q: EventQuery, g: str) -> pl.LazyFrame:
+    """The bounded aggregate per category present in the window."""
+    m, k = q.measure, q.max_records_per_subject
+    firsts = _first_k(rows, q)
+    if q.aggregate == "count_distinct_subjects":  # the groups among the subject's first k
+        present = firsts.agg(pl.col(g).head(k).unique()).explode(g)
+        return present.group_by(g).agg(pl.len().cast(pl.Int64).alias(VALUE))
+    if q.aggregate in {"count_records", "histogram"}:
+        records = firsts.agg(pl.col(g).head(k)).explode(g)
+        return records.group_by(g).agg(pl.len().cast(pl.Int64).alias(VALUE))
+    assert m is not None
+    records = firsts.agg(pl.col(g).head(k), pl.col(m).head(k)).explode(g, m)
+    if q.aggregate == "bounded_sum":
+        return records.group_by(g).agg(pl.col(m).sum().cast(pl.Int64).alias(VALUE))
+    if q.aggregate == "mean":
+        return records.group_by(g).agg(
+            pl.col(m).sum().cast(pl.Int64).alias(SUM), pl.len().cast(pl.Int64).alias(COUNT)
+        )
+    return records.group_by(g).agg(pl.col(m).alias(VALUES))  # quantile
+
+
+def _bounded(events: pl.LazyFrame, q: EventQuery) -> pl.Expr:
+    """The measure clamped to the bounds, as Int64 (floats rounded after clamping)."""
+    assert q.measure is not None and q.bounds is not None
+    lo, hi = q.bounds
+    dtype = events.collect_schema()[q.measure]
+    clamped = pl.col(q.measure).clip(lo, hi)
+    if dtype.is_float():
+        clamped = clamped.round(0)
+    elif not dtype.is_integer():
+        raise InvalidEventQuery(f"measure {q.measure!r} is {dtype}, not a number")
+    return clamped.cast(pl.Int64)
+
+
+def _every_category(per_group: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """One row per public category, in ``q.categories`` order; absent ones as 0 (or [])."""
+    assert q.group_by is not None
+    keys = pl.LazyFrame({q.group_by: list(q.categories)}, schema={q.group_by: pl.String})
+    joined = keys.join(
+        per_group.with_columns(pl.col(q.group_by).cast(pl.String)),
+        on=q.group_by,
+        how="left",
+        maintain_order="left",
+    )
+    if q.aggregate == "quantile":
+        return joined.with_columns(pl.col(VALUES).fill_null(pl.lit([], pl.List(pl.Int64))))
+    return joined.fill_null(0)
+
+
+# ---------------------------------------------------------------------------- private part
+@dataclass(frozen=True)
+class GroupValue:
+    """One released number: ``value`` is None when suppressed.
+
+    ``ci95_half_width``: the value is within this distance of the bounded exact answer
+    with 95% probability (for a quantile, see ``EventRelease.ci95_unit``).
+    """
+
+    key: str | None
+    value: int | float | None
+    ci95_half_width: float | None
+    suppressed: bool = False
+
+
+@dataclass(frozen=True)
+class EventRelease:
+    """The noisy answer to one ``EventQuery``: one value per category (or one overall).
+
+    ``ci95_unit`` is ``"value"`` for counts, sums and means. For a quantile it is
+    ``"rank"``: the exponential mechanism's guarantee is on ranks, not values: with 95%
+    probability the chosen candidate's quantile score (about how many records it is away
+    from the alpha-quantile's rank) exceeds the best candidate's by at most the half-width.
+    A value interval would need the data distribution around the candidates, which only
+    more budget could release.
+    """
+
+    aggregate: str
+    group_by: str | None
+    groups: tuple[GroupValue, ...]
+    epsilon_spent: Decimal
+    max_records_per_subject: int
+    ci95_unit: Literal["value", "rank"] = "value"
+    suppress_below: int | None = None
+
+    @property
+    def values(self) -> dict[str | None, int | float | None]:
+        """The released values by category (key None when ungrouped)."""
+        return {g.key: g.value for g in self.groups}
+
+
+class _VectorLaplace:
+    """Discrete Laplace noise on an integer vector of L1 sensitivity ``sensitivity``.
+
+    The scale is ``sensitivity / epsilon`` (raised by ulps until OpenDP's privacy map
+    confirms at most ``epsilon``), built once; a release is one call.
+    """
+
+    def __init__(self, epsilon: Decimal, sensitivity: int) -> None:
+        self.sensitivity = sensitivity
+        self.epsilon = epsilon
+        space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
+        self.scale, self._measurement = _calibrate(
+            lambda scale: dp.m.make_laplace(*space, scale),
+            sensitivity / float(epsilon),
+            sensitivity,
+            epsilon,
+        )
+        self.mapped = Decimal(self._measurement.map(sensitivity))
+
+    def accuracy(self, confidence: float = CONFIDENCE) -> float:
+        """Half-width that the noise stays within with probability ``confidence``."""
+        return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, 1 - confidence))
+
+    def __call__(self, exact: Sequence[int]) -> list[int]:
+        return [int(v) for v in self._measurement([int(v) for v in exact])]
+
+
+class _Quantile:
+    """OpenDP's private quantile (quantile score + noisy max) over the bounded records."""
+
+    def __init__(self, q: EventQuery) -> None:
+        assert q.alpha is not None
+        k = q.max_records_per_subject
+        space = dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance()
+        candidates = [int(c) for c in q.candidates]
+
+        alpha = q.alpha
+
+        def build(scale: float) -> Any:
+            return dp.m.make_private_quantile(
+                *space, dp.max_divergence(), candidates=candidates, alpha=alpha, scale=scale
+            )
+
+        # The loss is inversely proportional to the scale: the unit-scale loss of k
+        # records, divided by epsilon, is the scale that spends epsilon.
+        start = float(build(1.0).map(k)) / float(q.epsilon)
+        self.scale, self._measurement = _calibrate(build, start, k, q.epsilon)
+        per_record = Decimal(self._measurement.map(1))
+        self.mapped = Decimal(self._measurement.map(k))
+        if per_record * k > q.epsilon:  # the grouped argument needs linearity in records
+            raise InvalidEventQuery(
+                f"OpenDP maps one record to {per_record}; k={k} of them exceed epsilon"
+            )
+        m = len(candidates)
+        self.rank_error = 0.0 if m < 2 else self.scale * math.log((m - 1) / (1 - CONFIDENCE))
+        self.candidates = candidates
+
+    def __call__(self, values: pl.Series) -> int:
+        return int(self._measurement(values.cast(pl.Int64).to_numpy()))
+
+
+def _calibrate(build: Any, scale: float, d_in: int, epsilon: Decimal) -> tuple[float, Any]:
+    """The smallest float scale from ``scale`` up whose OpenDP privacy map of ``d_in`` is at
+    most ``epsilon`` (exactly, as a Decimal), and its measurement."""
+    for _ in range(64):
+        measurement = build(scale)
+        if Decimal(measurement.map(d_in)) <= epsilon:
+            return scale, measurement
+        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
+    raise InvalidEventQuery(f"no noise scale near {scale} maps {d_in} to epsilon {epsilon}")
+
+
+@dataclass(frozen=True)
+class _Mechanisms:
+    """The measurements of one query, built once (``mechanisms_for``)."""
+
+    primary: _VectorLaplace | _Quantile
+    count: _VectorLaplace | None = None  # the mean's denominator
+    mid: int = 0  # the mean's shift
+    spent: Decimal = field(default=Decimal(0))
+
+
+def sensitivity(q: EventQuery) -> int:
+    """The integer L1 sensitivity of ``q``'s exact answer vector (module docstring)."""
+    k = q.max_records_per_subject
+    if q.aggregate in {"count_records", "histogram"}:
+        return k
+    if q.aggregate == "count_distinct_subjects":
+        return min(k, len(q.categories)) if q.grouped else 1
+    assert q.bounds is not None
+    lo, hi = q.bounds
+    if q.aggregate == "bounded_sum":
+        return k * max(abs(lo), abs(hi))
+    if q.aggregate == "mean":
+        mid = (lo + hi) // 2
+        return k * max(hi - mid, mid - lo)
+    raise InvalidEventQuery(f"{q.aggregate} has no L1 sensitivity (it is not additive noise)")
+
+
+@cache
+def mechanisms_for(q: EventQuery) -> _Mechanisms:
+    """The OpenDP measurements of ``q``, built and checked once per query."""
+    if q.aggregate == "quantile":
+        quantile = _Quantile(q)
+        return _Mechanisms(primary=quantile, spent=quantile.mapped)
+    if q.aggregate == "mean":
+        assert q.bounds is not None
+        half = q.epsilon / 2
+        sums = _VectorLaplace(half, max(sensitivity(q), 1))
+        counts = _VectorLaplace(half, q.max_records_per_subject)
+        mid = (q.bounds[0] + q.bounds[1]) // 2
+        return _Mechanisms(sums, counts, mid, sums.mapped + counts.mapped)
+    noise = _VectorLaplace(q.epsilon, max(sensitivity(q), 1))
+    return _Mechanisms(primary=noise, spent=noise.mapped)
+
+
+def release(
+    q: EventQuery, exact: pl.DataFrame | pl.LazyFrame, suppress_below: int | None = None
+) -> EventRelease:
+    """Noise on ``exact`` (``exact_plan``'s output): one release of ``q``, costing at most
+    ``q.epsilon`` (OpenDP's map). Commit the spend to the ledger before returning it.
+
+    ``suppress_below``: groups whose noisy count (the noisy value of a count, a mean's
+    noisy count) is below it are returned with value None; post-processing, no extra
+    privacy cost. Refused for sums and quantiles, which release no count.
+    """
+    frame = exact.collect() if isinstance(exact, pl.LazyFrame) else exact
+    keys = _keys(q, frame)
+    if suppress_below is not None and q.aggregate in {"bounded_sum", "quantile"}:
+        raise InvalidEventQuery(
+            f"suppress_below needs a released count; {q.aggregate} has none "
+            "(release the count as its own query and suppress on that)"
+        )
+    mechanisms = mechanisms_for(q)
+    primary = mechanisms.primary
+    unit: Literal["value", "rank"] = "value"
+    groups: list[GroupValue]
+    if isinstance(primary, _Quantile):
+        unit = "rank"
+        groups = [
+            GroupValue(key, primary(values), primary.rank_error)
+            for key, values in zip(keys, frame[VALUES], strict=True)
+        ]
+    elif q.aggregate == "mean":
+        groups = _means(q, mechanisms, keys, frame, suppress_below)
+    else:
+        noisy = primary(frame[VALUE].to_list())
+        ci = primary.accuracy()
+        groups = [
+            _suppressed(key, value, ci, value, suppress_below)
+            for key, value in zip(keys, noisy, strict=True)
+        ]
+    return EventRelease(
+        aggregate=q.aggregate,
+        group_by=q.group_by,
+        groups=tuple(groups),
+        epsilon_spent=mechanisms.spent,
+        max_records_per_subject=q.max_records_per_subject,
+        ci95_unit=unit,
+        suppress_below=suppress_below,
+    )
+
+
+def _keys(q: EventQuery, frame: pl.DataFrame) -> list[str | None]:
+    """The frame's categories, which must be exactly the query's public ones, in order."""
+    if q.group_by is None:
+        if frame.height != 1:
+            raise InvalidEventQuery(f"an ungrouped exact answer has one row, not {frame.height}")
+        return [None]
+    found = frame[q.group_by].to_list() if q.group_by in frame.columns else None
+    if found != list(q.categories):
+        raise InvalidEventQuery(
+            "the exact answer's groups are not the query's public categories in order; "
+            "build it with exact_plan (a data-dependent key set would leak)"
+        )
+    return list(found)
+
+
+def _means(
+    q: EventQuery,
+    mechanisms: _Mechanisms,
+    keys: list[str | None],
+    frame: pl.DataFrame,
+    suppress_below: int | None,
+) -> list[GroupValue]:
+    """Noisy mean = mid + noisy sum of (x - mid) / noisy count, clamped to the bounds.
+
+    With probability >= 95% both noises are within their 97.5% accuracies ``a_s`` and
+    ``a_n``; then ``|mean - true| <= (a_s + r * a_n) / noisy_count`` (``r`` bounds
+    ``|true - mid|``), an interval computed from released values only.
+    """
+    assert q.bounds is not None and mechanisms.count is not None
+    sums, counts = mechanisms.primary, mechanisms.count
+    assert isinstance(sums, _VectorLaplace)
+    lo, hi = q.bounds
+    mid = mechanisms.mid
+    exact_counts = frame[COUNT].to_list()
+    shifted = [s - mid * n for s, n in zip(frame[SUM].to_list(), exact_counts, strict=True)]
+    noisy_sums, noisy_counts = sums(shifted), counts(exact_counts)
+    a_s = sums.accuracy(1 - (1 - CONFIDENCE) / 2)
+    a_n = counts.accuracy(1 - (1 - CONFIDENCE) / 2)
+    r = max(hi - mid, mid - lo)
+    groups = []
+    for key, noisy_sum, noisy_count in zip(keys, noisy_sums, noisy_counts, strict=True):
+        if noisy_count >= 1:
+            mean = min(max(mid + noisy_sum / noisy_count, lo), hi)
+            ci = min((a_s + r * a_n) / noisy_count, float(hi - lo))
+        else:  # nothing to divide by: the bounds' midpoint, honest about knowing nothing
+            mean, ci = (lo + hi) / 2, (hi - lo) / 2
+        groups.append(_suppressed(key, mean, ci, noisy_count, suppress_below))
+    return groups
+
+
+def _suppressed(
+    key: str | None, value: float, ci: float, count: int, below: int | None
+) -> GroupValue:
+    if below is not None and count < below:
+        return GroupValue(key, None, None, suppressed=True)
+    return GroupValue(key, value, ci)
+
+
+# ---------------------------------------------------------------------------- baseline
+def naive_context_release(
+    events: pl.LazyFrame, q: EventQuery, start: datetime, end: datetime
+) -> EventRelease:
+    """The same query through OpenDP's ``Context`` (polars plugin): for benchmarks only.
+
+    Each call builds a Context and lets OpenDP search the noise scale; the window and
+    category filters run in polars before (OpenDP does not take datetime literals), the
+    truncation to k records per subject (by event time) in OpenDP. Its noise can differ
+    from ``release``'s: it bounds groups per subject for quantiles, and has no mean shift.
+    No confidence intervals (``summarize`` would search the scale again).
+    """
+    s, t, g, m, k = q.subject, q.time, q.group_by, q.measure, q.max_records_per_subject
+    rows = events.filter((pl.col(t) >= start) & (pl.col(t) < end))
+    if g is not None:
+        rows = rows.filter(pl.col(g).is_in(q.categories))
+    if m is not None:
+        rows = rows.filter(pl.col(m).is_not_null()).with_columns(_bounded(events, q))
+    rows = rows.select([c for c in (s, t, g, m) if c is not None])
+    margins = [dp.polars.Margin(by=[g] if g is not None else [], max_length=NAIVE_MAX_LENGTH)]
+    context = dp.Context.compositor(
+        data=rows,
+        privacy_unit=dp.unit_of(contributions=1, identifier=s),
+        privacy_loss=dp.loss_of(epsilon=float(q.epsilon)),
+        split_evenly_over=1,
+        margins=margins,
+    )
+    first = dp.polars.SortBy(pl.col(t), maintain_order=True)
+    query = context.query().truncate_per_group(k, keep=first)
+    if q.aggregate == "count_distinct_subjects":
+        query = query.truncate_per_group(1, by=[g] if g is not None else None, keep=first)
+    if m is None:
+        expr = dp.len(signed=True)
+    else:
+        measure: Any = pl.col(m)  # the ``dp`` namespace is registered by OpenDP at import
+        if q.aggregate == "bounded_sum":
+            expr = measure.dp.sum(q.bounds)
+        elif q.aggregate == "mean":
+            expr = measure.dp.mean(q.bounds)
+        else:
+            expr = measure.dp.quantile(q.alpha, list(q.candidates))
+    expr = expr.alias(VALUE)
+    if g is None:
+        out = query.select(expr).release().collect()
+        keys: list[str | None] = [None]
+    else:
+        keys_frame = pl.LazyFrame({g: list(q.categories)}, schema={g: pl.String})
+        out = query.group_by(g).agg(expr).with_keys(keys_frame).release().collect()
+        out = pl.DataFrame({g: list(q.categories)}).join(out, on=g, how="left")
+        keys = list(q.categories)
+    values = out[VALUE].to_list()
+    return EventRelease(
+        aggregate=q.aggregate,
+        group_by=g,
+        groups=tuple(GroupValue(key, v, None) for key, v in zip(keys, values, strict=True)),
+        epsilon_spent=q.epsilon,
+        max_records_per_subject=k,
+        ci95_unit="rank" if q.aggregate == "quantile" else "value",
+    )
