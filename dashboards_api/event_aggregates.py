@@ -34,7 +34,7 @@ Sensitivities (adding or removing one subject; ``k`` = ``max_records_per_subject
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -373,12 +373,15 @@ class _VectorLaplace:
         self.scale, self._measurement = _calibrate(
             lambda scale: dp.m.make_laplace(*space, scale),
             sensitivity / float(epsilon),
-            sensitivity,
+            lambda measurement: Decimal(measurement.map(sensitivity)),
             epsilon,
         )
         self.mapped = Decimal(self._measurement.map(sensitivity))
+        self.ci95 = self.accuracy(CONFIDENCE)
+        # the mean's two noises, each within this with 97.5%: both with >= 95%
+        self.ci975 = self.accuracy(1 - (1 - CONFIDENCE) / 2)
 
-    def accuracy(self, confidence: float = CONFIDENCE) -> float:
+    def accuracy(self, confidence: float) -> float:
         """Half-width that the noise stays within with probability ``confidence``."""
         return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, 1 - confidence))
 
@@ -391,11 +394,9 @@ class _Quantile:
 
     def __init__(self, q: EventQuery) -> None:
         assert q.alpha is not None
-        k = q.max_records_per_subject
+        alpha, k = q.alpha, q.max_records_per_subject
         space = dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance()
         candidates = [int(c) for c in q.candidates]
-
-        alpha = q.alpha
 
         def build(scale: float) -> Any:
             return dp.m.make_private_quantile(
@@ -403,32 +404,37 @@ class _Quantile:
             )
 
         # The loss is inversely proportional to the scale: the unit-scale loss of k
-        # records, divided by epsilon, is the scale that spends epsilon.
-        start = float(build(1.0).map(k)) / float(q.epsilon)
-        self.scale, self._measurement = _calibrate(build, start, k, q.epsilon)
-        per_record = Decimal(self._measurement.map(1))
-        self.mapped = Decimal(self._measurement.map(k))
-        if per_record * k > q.epsilon:  # the grouped argument needs linearity in records
-            raise InvalidEventQuery(
-                f"OpenDP maps one record to {per_record}; k={k} of them exceed epsilon"
-            )
+        # records, divided by epsilon, is the scale that spends epsilon. Grouped, the k
+        # records may be spread over groups: k times the loss of one record must fit too.
+        def cost(measurement: Any) -> Decimal:
+            return max(Decimal(measurement.map(k)), k * Decimal(measurement.map(1)))
+
+        start = float(cost(build(1.0))) / float(q.epsilon)
+        self.scale, self._measurement = _calibrate(build, start, cost, q.epsilon)
+        self.mapped = cost(self._measurement)
         m = len(candidates)
         self.rank_error = 0.0 if m < 2 else self.scale * math.log((m - 1) / (1 - CONFIDENCE))
         self.candidates = candidates
 
     def __call__(self, values: pl.Series) -> int:
-        return int(self._measurement(values.cast(pl.Int64).to_numpy()))
+        # a writable array: OpenDP passes numpy memory to its FFI without a list copy
+        return int(self._measurement(values.cast(pl.Int64).to_numpy(writable=True)))
 
 
-def _calibrate(build: Any, scale: float, d_in: int, epsilon: Decimal) -> tuple[float, Any]:
-    """The smallest float scale from ``scale`` up whose OpenDP privacy map of ``d_in`` is at
-    most ``epsilon`` (exactly, as a Decimal), and its measurement."""
+def _calibrate(
+    build: Callable[[float], Any],
+    scale: float,
+    cost: Callable[[Any], Decimal],
+    epsilon: Decimal,
+) -> tuple[float, Any]:
+    """The smallest float scale from ``scale`` up whose measurement's ``cost`` (OpenDP's
+    privacy map, as an exact Decimal) is at most ``epsilon``, and that measurement."""
     for _ in range(64):
         measurement = build(scale)
-        if Decimal(measurement.map(d_in)) <= epsilon:
+        if cost(measurement) <= epsilon:
             return scale, measurement
         scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
-    raise InvalidEventQuery(f"no noise scale near {scale} maps {d_in} to epsilon {epsilon}")
+    raise InvalidEventQuery(f"no noise scale near {scale} keeps the loss within {epsilon}")
 
 
 @dataclass(frozen=True)
@@ -506,7 +512,7 @@ def release(
         groups = _means(q, mechanisms, keys, frame, suppress_below)
     else:
         noisy = primary(frame[VALUE].to_list())
-        ci = primary.accuracy()
+        ci = primary.ci95
         groups = [
             _suppressed(key, value, ci, value, suppress_below)
             for key, value in zip(keys, noisy, strict=True)
@@ -558,8 +564,7 @@ def _means(
     exact_counts = frame[COUNT].to_list()
     shifted = [s - mid * n for s, n in zip(frame[SUM].to_list(), exact_counts, strict=True)]
     noisy_sums, noisy_counts = sums(shifted), counts(exact_counts)
-    a_s = sums.accuracy(1 - (1 - CONFIDENCE) / 2)
-    a_n = counts.accuracy(1 - (1 - CONFIDENCE) / 2)
+    a_s, a_n = sums.ci975, counts.ci975
     r = max(hi - mid, mid - lo)
     groups = []
     for key, noisy_sum, noisy_count in zip(keys, noisy_sums, noisy_counts, strict=True):
@@ -587,9 +592,10 @@ def naive_context_release(
     """The same query through OpenDP's ``Context`` (polars plugin): for benchmarks only.
 
     Each call builds a Context and lets OpenDP search the noise scale; the window and
-    category filters run in polars before (OpenDP does not take datetime literals), the
-    truncation to k records per subject (by event time) in OpenDP. Its noise can differ
-    from ``release``'s: it bounds groups per subject for quantiles, and has no mean shift.
+    category filters and the sort by event time run in polars before (OpenDP does not take
+    datetime literals), the truncation to each subject's first k records in OpenDP. Its
+    noise can differ from ``release``'s: it bounds groups per subject for quantiles, and
+    has no mean shift.
     No confidence intervals (``summarize`` would search the scale again).
     """
     s, t, g, m, k = q.subject, q.time, q.group_by, q.measure, q.max_records_per_subject
@@ -598,7 +604,10 @@ def naive_context_release(
         rows = rows.filter(pl.col(g).is_in(q.categories))
     if m is not None:
         rows = rows.filter(pl.col(m).is_not_null()).with_columns(_bounded(events, q))
-    rows = rows.select([c for c in (s, t, g, m) if c is not None])
+    # Sorted by event time here, then OpenDP keeps each subject's first rows: its
+    # ``keep=SortBy(...)`` keeps the rows at the positions of the sort permutation's first
+    # k entries (``int_range().sort_by()`` without the inverse), not the first k by time.
+    rows = rows.select([c for c in (s, t, g, m) if c is not None]).sort(t, maintain_order=True)
     margins = [dp.polars.Margin(by=[g] if g is not None else [], max_length=NAIVE_MAX_LENGTH)]
     context = dp.Context.compositor(
         data=rows,
@@ -607,10 +616,9 @@ def naive_context_release(
         split_evenly_over=1,
         margins=margins,
     )
-    first = dp.polars.SortBy(pl.col(t), maintain_order=True)
-    query = context.query().truncate_per_group(k, keep=first)
+    query = context.query().truncate_per_group(k, keep="first")
     if q.aggregate == "count_distinct_subjects":
-        query = query.truncate_per_group(1, by=[g] if g is not None else None, keep=first)
+        query = query.truncate_per_group(1, by=[g] if g is not None else None, keep="first")
     if m is None:
         expr = dp.len(signed=True)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,7 @@ from domains.runtime import RuntimeSettings
 from streams.settings import KafkaSettings, StreamSettings
 
 PROBLEM = "application/problem+json"
+log = logging.getLogger(__name__)
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -88,6 +90,12 @@ def create_app(
             "fix the listed parameters",
             errors=errors,
         )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Never a stack trace or data in the body; the log has the details.
+        log.exception("unhandled error", exc_info=exc)
+        return problem(500, "internal_error", "Internal error", "the error was logged")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

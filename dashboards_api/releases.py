@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any, Protocol, overload
 from dashboards_api.budget import from_micro
 from dashboards_api.continual import BinaryTreeCounter
 from dashboards_api.errors import (
+    BudgetExhausted,
     HorizonChanged,
     InvalidParameters,
     NoDataYet,
@@ -22,7 +24,7 @@ from dashboards_api.mechanisms import discrete_laplace_count
 from dashboards_api.query_classes import ProductBudget, QueryClass
 from dashboards_api.sensitivity import sensitivity
 from domains.contract import DataProduct, DomainContract
-from feature_repo.definitions import CONTRIBUTION_BOUND, sum_feature
+from feature_repo.names import CONTRIBUTION_BOUND, sum_feature
 
 
 class WindowSource(Protocol):
@@ -122,7 +124,8 @@ class ReleaseService:
         # Answer reuse first: a released window is read back without touching the store.
         hit = self.ledger.find(qc.id, f"window:{candidates[0]}")
         if hit is not None:
-            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, self.period())))
+            period = self.period()
+            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, period)), period)
         source = self.sources[qc.domain]
         rows = source.window_stats(qc.product, candidates, self.partitions)
         row = next((r for r in rows if r.get("distinct_subjects") is not None), None)
@@ -172,7 +175,8 @@ class ReleaseService:
         version = f"running:{horizon}:{t}"
         hit = self.ledger.find(qc.id, version)
         if hit is not None:
-            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, self.period())))
+            period = self.period()
+            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, period)), period)
         source = self.sources[qc.domain]
         row = source.window_stats(qc.product, [end], self.partitions)[0]
         if row.get("distinct_subjects") is None:
@@ -218,10 +222,11 @@ class ReleaseService:
             "released_at": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),
         }
         product = f"{qc.domain}.{qc.product}"
+        period = self.period()
         commit = self.ledger.commit_release(
-            qc.id, self.period(), version, 0, qc.budget_micro, answer, product=product
+            qc.id, period, version, 0, qc.budget_micro, answer, product=product
         )
-        return response_of(qc, commit)
+        return response_of(qc, commit, period)
 
     def history(self, class_id: str, limit: int) -> list[dict[str, Any]]:
         """Released answers of ``class_id``, oldest first (reading them spends nothing)."""
@@ -255,17 +260,29 @@ class ReleaseService:
     def _commit(self, qc: QueryClass, data_version: str, answer: dict[str, Any]) -> dict[str, Any]:
         product = f"{qc.domain}.{qc.product}"
         total = self.product_budgets.get(product)
-        commit = self.ledger.commit_release(
-            qc.id,
-            self.period(),
-            data_version,
-            qc.cost_micro,
-            qc.budget_micro,
-            answer,
-            product=product,
-            product_budget_micro=None if total is None else total.budget_micro,
-        )
-        return response_of(qc, commit)
+        period = self.period()
+        try:
+            commit = self.ledger.commit_release(
+                qc.id,
+                period,
+                data_version,
+                qc.cost_micro,
+                qc.budget_micro,
+                answer,
+                product=product,
+                product_budget_micro=None if total is None else total.budget_micro,
+            )
+        except BudgetExhausted as exc:
+            view = budget_view(qc, period, int(exc.extra.get("spent_micro", 0)))
+            resets = datetime.fromisoformat(view["resets_at"]).timestamp()
+            exc.extra.update(
+                budget=view,
+                epsilon_remaining=view["epsilon_remaining"],
+                resets_at=view["resets_at"],
+                retry_after_seconds=max(1, math.ceil(resets - self.clock())),
+            )
+            raise
+        return response_of(qc, commit, period)
 
     def product_of(self, qc: QueryClass) -> DataProduct:
         """The contract of ``qc``'s data product (checked when the service was built)."""
@@ -321,8 +338,9 @@ def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:
     return round(float(row[sum_feature(qc.measure)] or 0.0))
 
 
-def response_of(qc: QueryClass, commit: Commit) -> dict[str, Any]:
-    """The HTTP body of a committed (or reused) release."""
+def response_of(qc: QueryClass, commit: Commit, period: str | None = None) -> dict[str, Any]:
+    """The HTTP body of a committed (or reused) release; ``commit.spent_micro`` is the
+    class's spend in ``period`` (default: the entry's own period)."""
     entry = commit.entry
     return {
         "class_id": qc.id,
@@ -332,7 +350,7 @@ def response_of(qc: QueryClass, commit: Commit) -> dict[str, Any]:
         "reused": commit.reused,
         "epsilon_charged": "0" if commit.reused else str(from_micro(entry.cost_micro)),
         "ledger_entry": entry.id,
-        "budget": budget_view(qc, entry.period, commit.spent_micro),
+        "budget": budget_view(qc, period or entry.period, commit.spent_micro),
     }
 
 

@@ -22,11 +22,13 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, Int64
 
 from domains.contract import DataProduct, PrivacyTag
-
-SUBJECT_KEY = "subject"
-WINDOW_KEY = "window_start"
-PARTITION_KEY = "partition"
-CONTRIBUTION_BOUND = "contribution_bound"
+from feature_repo.names import (
+    CONTRIBUTION_BOUND,
+    PARTITION_KEY,
+    SUBJECT_KEY,
+    WINDOW_KEY,
+    sum_feature,
+)
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,6 @@ class ProductFeatures:
 def measure_fields(product: DataProduct) -> list[str]:
     """Bounded numeric fields of ``product`` (the ones aggregated)."""
     return [f.name for f in product.fields if f.bounds is not None]
-
-
-def sum_feature(field_name: str) -> str:
-    """Feature name of a per-window bounded sum of ``field_name``."""
-    return f"{field_name}_sum"
 
 
 def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:

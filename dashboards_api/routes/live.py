@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,7 @@ from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/live", tags=["live"])
+log = logging.getLogger(__name__)
 
 
 def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
@@ -62,6 +64,14 @@ class LiveStream:
                     events.append(sse("problem", {**problem_body(exc), "class_id": qc.id}))
                 if isinstance(exc, BudgetExhausted):
                     self.done[qc.id] = due
+                continue
+            except Exception:
+                # One class failing must not end the stream for the others.
+                log.exception("live release of %s failed", qc.id)
+                self.done[qc.id] = due
+                error = ApiError("the error was logged")
+                error.status, error.code, error.title = 500, "internal_error", "Internal error"
+                events.append(sse("problem", {**problem_body(error), "class_id": qc.id}))
                 continue
             self.done[qc.id] = due
             self.told.pop(qc.id, None)

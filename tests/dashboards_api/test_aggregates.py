@@ -87,7 +87,7 @@ def test_sum_needs_a_measure_and_counts_take_none() -> None:
     """A bounded_sum without a measure, or a count with one, is refused at load."""
     with pytest.raises(ValueError, match="needs a 'measure'"):
         make_class(measure=None)
-    with pytest.raises(ValueError, match="takes no .measure."):
+    with pytest.raises(ValueError, match=r"takes no .measure."):
         make_class(aggregate="count_records")
 
 
