@@ -29,20 +29,20 @@ class Caller:
         return self.role == "domain_owner" and domain in self.domains
 
 
-def get_service(request: Request) -> ReleaseService:
+async def get_service(request: Request) -> ReleaseService:
     """The app's release service, with classes other replicas changed reloaded."""
     request.app.state.registry.maybe_sync()
     service: ReleaseService = request.app.state.service
     return service
 
 
-def get_ledger(request: Request) -> Ledger:
+async def get_ledger(request: Request) -> Ledger:
     """The app's ledger."""
     ledger: Ledger = request.app.state.service.ledger
     return ledger
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     """Authenticate ``Authorization: Bearer <key>`` (or ``X-API-Key``) against the keys."""
     keys: dict[str, KeyGrant] = request.app.state.api_keys
     if not keys:
@@ -61,7 +61,7 @@ def get_caller(request: Request) -> Caller:
 def require(*roles: Role) -> object:
     """Dependency that admits only callers holding one of ``roles`` (or open development)."""
 
-    def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    async def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
         if caller.authenticated and caller.role not in roles:
             raise Forbidden(f"this endpoint needs one of the roles: {', '.join(roles)}")
         return caller

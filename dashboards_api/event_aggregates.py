@@ -26,9 +26,12 @@ Sensitivities (adding or removing one subject; ``k`` = ``max_records_per_subject
   midpoint of the bounds, which halves the noise for bounds such as ``[0, hi]``) and ``k``
   for the count, each with half of epsilon;
 * ``quantile``: OpenDP's quantile score changes by at most ``k * max(alpha, 1 - alpha)`` per
-  candidate; grouped, the groups are disjoint and the privacy loss of each group's
-  mechanism is linear in the records changed there (checked: ``k * map(1) <= epsilon``),
-  so the k records cost epsilon in total however they are spread.
+  candidate. Grouped, the groups hold disjoint records: by group privacy a group where d
+  of the subject's records change costs at most ``d * map(1)``, so all groups together
+  cost at most ``k * map(1)``, checked ``<= epsilon`` with OpenDP's map of one record.
+
+The event files' time column is the contract's ``event_time`` field, a UTC timestamp
+(``feature_repo.store.EVENT_TIME_TYPE``); windows are timezone-aware datetimes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dashboards_api.errors import ApiError, problem_body
 from dashboards_api.ledger import Ledger, open_ledger
-from dashboards_api.metrics import ApiMetrics
+from dashboards_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from dashboards_api.registry import ClassRegistry
 from dashboards_api.releases import ReleaseService, WindowSource
@@ -71,7 +71,7 @@ def create_app(
     app.state.registry = ClassRegistry(service, app.state.settings.registry_sync_seconds)
     app.state.api_keys = {key: grant_of(value) for key, value in (api_keys or {}).items()}
     app.state.metrics = ApiMetrics(service)
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -107,11 +107,34 @@ class ReleaseService:
         """Start of the newest closed window ``qc`` can release (what live streams push)."""
         return self.last_closed()
 
-    def release(self, class_id: str, window_start: int | None = None) -> dict[str, Any]:
-        """The DP answer of ``class_id`` for ``window_start`` (default: the last closed)."""
+    def data_version(self, qc: QueryClass, window_start: int | None) -> str:
+        """The version a release of ``qc`` at ``window_start`` (default: newest) is stored as."""
+        end = self.last_closed() if window_start is None else window_start
+        if qc.release == "continual":
+            assert qc.horizon_windows is not None  # validated with the class
+            horizon = end - end % (qc.horizon_windows * self.window_seconds)
+            return f"running:{horizon}:{(end - horizon) // self.window_seconds + 1}"
+        return f"window:{end}"
+
+    def cached(self, class_id: str, window_start: int | None = None) -> dict[str, Any] | None:
+        """The stored answer when this release was already made, else None (ledger reads only:
+        cheap enough for the event loop)."""
         qc = self.query_class(class_id)
         if window_start is not None:
             self._check_window(window_start)
+        hit = self.ledger.find(qc.id, self.data_version(qc, window_start))
+        if hit is None:
+            return None
+        period = self.period()
+        return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, period)), period)
+
+    def release(self, class_id: str, window_start: int | None = None) -> dict[str, Any]:
+        """The DP answer of ``class_id`` for ``window_start`` (default: the last closed)."""
+        # Answer reuse first: a released window is read back without touching the store.
+        reused = self.cached(class_id, window_start)
+        if reused is not None:
+            return reused
+        qc = self.query_class(class_id)
         if qc.release == "continual":
             return self._release_running(qc, window_start)
         candidates = (
@@ -121,11 +144,6 @@ class ReleaseService:
                 self.last_closed() - self.window_seconds * i for i in range(self.lookback_windows)
             ]
         )
-        # Answer reuse first: a released window is read back without touching the store.
-        hit = self.ledger.find(qc.id, f"window:{candidates[0]}")
-        if hit is not None:
-            period = self.period()
-            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, period)), period)
         source = self.sources[qc.domain]
         rows = source.window_stats(qc.product, candidates, self.partitions)
         row = next((r for r in rows if r.get("distinct_subjects") is not None), None)
@@ -173,10 +191,6 @@ class ReleaseService:
         horizon = end - end % span
         t = (end - horizon) // self.window_seconds + 1
         version = f"running:{horizon}:{t}"
-        hit = self.ledger.find(qc.id, version)
-        if hit is not None:
-            period = self.period()
-            return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, period)), period)
         source = self.sources[qc.domain]
         row = source.window_stats(qc.product, [end], self.partitions)[0]
         if row.get("distinct_subjects") is None:

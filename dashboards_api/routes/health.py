@@ -12,6 +12,6 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(service: ServiceDep) -> dict[str, Any]:
+async def healthz(service: ServiceDep) -> dict[str, Any]:
     """The API is up; lists the registered query classes."""
     return {"status": "ok", "query_classes": sorted(service.classes)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from dashboards_api.budget import from_micro
 from dashboards_api.deps import ServiceDep, require
@@ -44,7 +46,7 @@ def list_classes(service: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/{class_id}", dependencies=[ANY_ROLE])  # type: ignore[list-item]
-def release(
+async def release(
     service: ServiceDep,
     class_id: str = CLASS_ID,
     window_start: int | None = Query(
@@ -53,9 +55,16 @@ def release(
         le=4_102_444_800,
         description="Epoch seconds of a closed window to release (default: the last closed).",
     ),
-) -> dict[str, Any]:
-    """The DP answer of ``class_id`` for one closed window (ledger entry first)."""
-    return service.release(class_id, window_start)
+) -> JSONResponse:
+    """The DP answer of ``class_id`` for one closed window (ledger entry first).
+
+    A release already made is answered on the event loop from the ledger; a fresh one
+    (store read, noise, commit) runs in the thread pool.
+    """
+    body = service.cached(class_id, window_start)
+    if body is None:
+        body = await run_in_threadpool(service.release, class_id, window_start)
+    return JSONResponse(body)
 
 
 @router.get("/{class_id}/history", dependencies=[ANY_ROLE])  # type: ignore[list-item]
