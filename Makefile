@@ -32,6 +32,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.skeleton
 	$(BIN)/python -m bench.streams
+	$(BIN)/python -m bench.dp
 
 down: install
 	$(BIN)/privmesh down

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from dashboards_api.ledger import Ledger, open_ledger
 from dashboards_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from dashboards_api.registry import ClassRegistry
-from dashboards_api.releases import ReleaseService, WindowSource
+from dashboards_api.releases import EventSource, ReleaseService, StoreEvents, WindowSource
 from dashboards_api.routes import classes, dashboard, health, ledger, live, metrics, queries
 from dashboards_api.sensitivity import check_against_contracts
 from dashboards_api.settings import ApiSettings, KeyGrant, Role, grant_of
@@ -119,6 +120,7 @@ def build_service(
     ledger_: Ledger,
     contracts: dict[str, DomainContract],
     partitions: int = 1,
+    events: Mapping[str, EventSource] | None = None,
 ) -> ReleaseService:
     """The release service from settings; refuses classes that do not fit their contracts."""
     classes = load_query_classes()
@@ -134,6 +136,8 @@ def build_service(
         partitions=partitions,
         product_budgets=load_product_budgets(),
         history_windows=api.history_windows,
+        events=dict(events or {}),
+        events_settle_seconds=streams.grace_seconds + math.ceil(2 * streams.offline_flush_seconds),
     )
 
 
@@ -145,16 +149,16 @@ def app_from_settings() -> FastAPI:
 
     runtime, api, streams = RuntimeSettings(), ApiSettings(), StreamSettings()
     check_safe(runtime, api)
-    classes = load_query_classes()
     contracts = load_contracts()
-    domains = {qc.domain for qc in classes.values()}
-    sources: dict[str, WindowSource] = {
+    stores = {
         d: DomainFeatureStore(contracts[d], runtime.data_dir, get_feature_settings())
-        for d in domains
+        for d in contracts
     }
+    sources: dict[str, WindowSource] = dict(stores)
+    events: dict[str, EventSource] = {d: StoreEvents(s.events_folder) for d, s in stores.items()}
     ledger_ = open_ledger(api.ledger_url, runtime.data_dir)
     partitions = KafkaSettings().partitions
-    service = build_service(runtime, api, streams, sources, ledger_, contracts, partitions)
+    service = build_service(runtime, api, streams, sources, ledger_, contracts, partitions, events)
     app = create_app(service, api.keys, api)
 
     @asynccontextmanager

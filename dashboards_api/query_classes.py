@@ -23,7 +23,7 @@ Aggregate = Literal[
 # grouped or hour/day-window class, are computed from the domain's pseudonymised events.
 WINDOW_AGGREGATES = frozenset({"count_distinct_subjects", "count_records", "bounded_sum"})
 MEASURED = frozenset({"bounded_sum", "mean", "quantile"})
-EVENT_WINDOWS = {"1h": 3_600, "1d": 86_400}
+EVENT_WINDOWS = {"1m": 60, "1h": 3_600, "1d": 86_400}
 
 
 class QueryClass(BaseModel):
@@ -53,9 +53,12 @@ class QueryClass(BaseModel):
             "the groups, every one released (missing ones as 0), so the key set leaks nothing."
         ),
     )
-    window: Literal["last_closed", "1h", "1d"] = Field(
+    window: Literal["last_closed", "1m", "1h", "1d"] = Field(
         default="last_closed",
-        description="last_closed: the stream processor's window; 1h/1d: closed UTC hours/days.",
+        description=(
+            "last_closed: the stream processor's window; 1m/1h/1d: closed UTC minutes, "
+            "hours or days (event-level, released once their events are stored)."
+        ),
     )
     release: Literal["per_window", "continual"] = Field(
         default="per_window",
@@ -131,11 +134,10 @@ class QueryClass(BaseModel):
     @model_validator(mode="after")
     def _source_fits(self) -> Self:
         name = f"class {self.id!r}"
-        ungrouped_no_count = self.aggregate in ("bounded_sum", "quantile") and not self.group_by
-        if self.suppress_below is not None and ungrouped_no_count:
+        if self.suppress_below is not None and self.aggregate in ("bounded_sum", "quantile"):
             raise ValueError(
-                f"{name}: suppression compares a noisy count with the threshold; an "
-                f"ungrouped {self.aggregate} releases no count"
+                f"{name}: suppression compares a noisy count with the threshold; a "
+                f"{self.aggregate} releases no count (suppress on a count class instead)"
             )
         if self.source == "events" and self.max_records_per_subject is None:
             raise ValueError(

@@ -7,7 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, overload
+
+import polars as pl
 
 from dashboards_api.budget import from_micro
 from dashboards_api.continual import BinaryTreeCounter
@@ -19,9 +22,11 @@ from dashboards_api.errors import (
     UnknownQueryClass,
     WindowNotFound,
 )
+from dashboards_api.event_aggregates import EventQuery, exact_plan, scan_events
+from dashboards_api.event_aggregates import release as release_events
 from dashboards_api.ledger import Commit, Ledger, period_of
 from dashboards_api.mechanisms import discrete_laplace_count
-from dashboards_api.query_classes import ProductBudget, QueryClass
+from dashboards_api.query_classes import EVENT_WINDOWS, ProductBudget, QueryClass
 from dashboards_api.sensitivity import sensitivity
 from domains.contract import DataProduct, DomainContract
 from feature_repo.names import CONTRIBUTION_BOUND, sum_feature
@@ -38,6 +43,25 @@ class WindowSource(Protocol):
         Windows not yet reported by every partition have None values.
         """
         ...
+
+
+class EventSource(Protocol):
+    """Where a domain's pseudonymised product events come from (its offline store)."""
+
+    def events(self, product: str) -> pl.LazyFrame:
+        """A lazy scan of ``product``'s events (NoDataYet when none are stored)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoreEvents:
+    """The event part files of a domain's feature store, scanned with polars."""
+
+    folder_of: Callable[[str], Path]
+
+    def events(self, product: str) -> pl.LazyFrame:
+        """See :class:`EventSource`."""
+        return scan_events(self.folder_of(product))
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,10 @@ class ReleaseService:
     clock: Callable[[], float] = time.time
     product_budgets: dict[str, ProductBudget] = field(default_factory=dict)
     history_windows: int = 8_640
+    events: dict[str, EventSource] = field(default_factory=dict)
+    # Event-level windows are released once their events are surely in the offline store:
+    # grace plus two offline flushes of the processor.
+    events_settle_seconds: int = 70
 
     def __post_init__(self) -> None:
         # Own the dict: domain owners' changes must not leak into a caller's (cached) one.
@@ -103,13 +131,23 @@ class ReleaseService:
         latest -= latest % self.window_seconds
         return latest - self.window_seconds
 
+    def window_length(self, qc: QueryClass) -> int:
+        """Seconds of one window of ``qc``."""
+        return EVENT_WINDOWS.get(qc.window, self.window_seconds)
+
     def due(self, qc: QueryClass) -> int:
         """Start of the newest closed window ``qc`` can release (what live streams push)."""
-        return self.last_closed()
+        if qc.source != "events":
+            return self.last_closed()
+        length = self.window_length(qc)
+        settled = int(self.clock()) - self.events_settle_seconds
+        return settled - settled % length - length
 
     def data_version(self, qc: QueryClass, window_start: int | None) -> str:
         """The version a release of ``qc`` at ``window_start`` (default: newest) is stored as."""
-        end = self.last_closed() if window_start is None else window_start
+        end = self.due(qc) if window_start is None else window_start
+        if qc.source == "events":
+            return f"events-{qc.window}:{end}"
         if qc.release == "continual":
             assert qc.horizon_windows is not None  # validated with the class
             horizon = end - end % (qc.horizon_windows * self.window_seconds)
@@ -121,7 +159,7 @@ class ReleaseService:
         cheap enough for the event loop)."""
         qc = self.query_class(class_id)
         if window_start is not None:
-            self._check_window(window_start)
+            self._check_window(qc, window_start)
         hit = self.ledger.find(qc.id, self.data_version(qc, window_start))
         if hit is None:
             return None
@@ -135,6 +173,8 @@ class ReleaseService:
         if reused is not None:
             return reused
         qc = self.query_class(class_id)
+        if qc.source == "events":
+            return self._release_events(qc, window_start)
         if qc.release == "continual":
             return self._release_running(qc, window_start)
         candidates = (
@@ -178,6 +218,51 @@ class ReleaseService:
             "released_at": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),
         }
         return self._commit(qc, f"window:{start}", answer)
+
+    def _release_events(self, qc: QueryClass, window_start: int | None) -> dict[str, Any]:
+        """An event-level class: a user-level bounded polars plan over the domain's
+        pseudonymised events, then OpenDP noise (``event_aggregates``)."""
+        start = self.due(qc) if window_start is None else window_start
+        end = start + self.window_length(qc)
+        source = self.events.get(qc.domain)
+        if source is None:
+            raise NoDataYet(f"no event store configured for domain {qc.domain!r}")
+        query = event_query(qc, self.product_of(qc))
+        frame = exact_plan(
+            source.events(qc.product),
+            query,
+            datetime.fromtimestamp(start, tz=UTC),
+            datetime.fromtimestamp(end, tz=UTC),
+        )
+        noisy = release_events(query, frame, qc.suppress_below)
+        groups = [
+            {
+                "key": g.key,
+                "value": g.value,
+                "ci95": None
+                if g.value is None or g.ci95_half_width is None or noisy.ci95_unit != "value"
+                else [g.value - g.ci95_half_width, g.value + g.ci95_half_width],
+                "suppressed": g.suppressed,
+            }
+            for g in noisy.groups
+        ]
+        answer: dict[str, Any] = {
+            "value": None if qc.group_by else groups[0]["value"],
+            "ci95": None if qc.group_by else groups[0]["ci95"],
+            "suppressed": any(g["suppressed"] for g in groups),
+            "suppress_below": qc.suppress_below,
+            "window": {"start": _iso(start), "end": _iso(end)},
+            "mechanism": qc.noise,
+            "max_records_per_subject": qc.max_records_per_subject,
+            "epsilon": from_micro(qc.cost_micro),
+            "released_at": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),
+        }
+        if qc.group_by:
+            answer |= {"group_by": qc.group_by, "groups": groups}
+        if noisy.ci95_unit == "rank":
+            # The exponential mechanism bounds the chosen candidate's rank error, not its value.
+            answer["rank_ci95_half_width"] = noisy.groups[0].ci95_half_width
+        return self._commit(qc, self.data_version(qc, start), answer)
 
     def _release_running(self, qc: QueryClass, window_start: int | None) -> dict[str, Any]:
         """The running total of a continual class up to ``window_start`` (binary tree).
@@ -252,19 +337,19 @@ class ReleaseService:
             if "value" in e.answer  # a continual horizon's payment is not a release
         ]
 
-    def _check_window(self, window_start: int) -> None:
-        last = self.last_closed()
-        if window_start % self.window_seconds:
+    def _check_window(self, qc: QueryClass, window_start: int) -> None:
+        last, length = self.due(qc), self.window_length(qc)
+        if window_start % length:
             raise InvalidParameters(
-                f"window_start {window_start} is not aligned to the {self.window_seconds} s "
-                f"windows; use a multiple of {self.window_seconds}, e.g. {last}"
+                f"window_start {window_start} is not aligned to the {length} s windows of "
+                f"{qc.id}; use a multiple of {length}, e.g. {last}"
             )
         if window_start > last:
             raise InvalidParameters(
                 f"window_start {window_start} is not closed yet; the last closed window "
                 f"starts at {last}"
             )
-        oldest = last - self.window_seconds * (self.history_windows - 1)
+        oldest = last - length * (self.history_windows - 1)
         if window_start < oldest:
             raise InvalidParameters(
                 f"window_start {window_start} is older than the {self.history_windows} windows "
@@ -340,6 +425,21 @@ class WindowValues(Sequence[int]):
                 0 if r.get("distinct_subjects") is None else exact_value(self.qc, r) for r in rows
             ]
         return out
+
+
+def event_query(qc: QueryClass, product: DataProduct) -> EventQuery:
+    """The event-level query of ``qc`` over its product's contract."""
+    assert qc.max_records_per_subject is not None  # validated with the class
+    return EventQuery.for_product(
+        product,
+        qc.aggregate,
+        max_records_per_subject=qc.max_records_per_subject,
+        epsilon=qc.epsilon_per_release,
+        group_by=qc.group_by,
+        measure=qc.measure,
+        alpha=qc.quantile,
+        candidates=qc.candidates or (),
+    )
 
 
 def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:

@@ -27,14 +27,22 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
-def append_part(folder: Path, frame: pd.DataFrame) -> Path | None:
-    """Write ``frame`` as a new part file (atomically: temp file, then rename)."""
-    if frame.empty:
+def append_part(folder: Path, frame: pd.DataFrame | pa.Table) -> Path | None:
+    """Write ``frame`` as a new part file (atomically: temp file, then rename).
+
+    An Arrow table is written as is (its schema fixes the column types, so part files
+    written from different batches read back as one dataset); an empty frame writes nothing.
+    """
+    if isinstance(frame, pa.Table):
+        table = frame
+    else:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    if table.num_rows == 0:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     name = f"part-{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}.parquet"
     tmp = folder / f".{name}.tmp"
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    pq.write_table(table, tmp)
     final = folder / name
     tmp.replace(final)
     return final
@@ -49,17 +57,22 @@ def read_all(folder: Path) -> pd.DataFrame:
 
 
 def erase_rows(folder: Path, column: str, values: set[str]) -> int:
-    """Remove the rows whose ``column`` is in ``values``; returns how many were removed."""
+    """Remove the rows whose ``column`` is in ``values``; returns how many were removed.
+
+    Only ``column`` is read from each part file to look for the values; a file is read
+    whole and rewritten only when it holds one of them.
+    """
     removed = 0
     wanted = pa.array(sorted(values), type=pa.string())
     for path in part_files(folder):
-        table = pq.read_table(path)
-        if column not in table.column_names:
+        if column not in pq.read_schema(path).names:
             continue
-        hit = pc.is_in(table[column], value_set=wanted)
-        count = pc.sum(hit).as_py() or 0
+        found = pq.read_table(path, columns=[column])[column]
+        count = pc.sum(pc.is_in(found, value_set=wanted)).as_py() or 0
         if not count:
             continue
+        table = pq.read_table(path)
+        hit = pc.is_in(table[column], value_set=wanted)
         kept = table.filter(pc.invert(hit))
         if kept.num_rows == 0:
             path.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
@@ -18,7 +21,14 @@ from feast.infra.online_stores.helpers import _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from domains.contract import DataProduct, DomainContract
+from domains.contract import (
+    DataProduct,
+    DomainContract,
+    FieldSpec,
+    FieldType,
+    Protection,
+    token_field_name,
+)
 from feature_repo.definitions import (
     CONTRIBUTION_BOUND,
     PARTITION_KEY,
@@ -67,6 +77,78 @@ def online_store_config(url: str, domain_dir: Path) -> dict[str, Any]:
 
 
 ENTITY_KEY_VERSION = 3
+
+# ---------------------------------------------------------------------- product events
+EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
+"""Arrow type of every time column of the product-event files (the contract's
+``event_time`` field included): UTC instants with microsecond precision."""
+
+
+def events_folder_name(product: str) -> str:
+    """Name of the offline folder holding ``product``'s pseudonymised events."""
+    return f"{product}_events"
+
+
+def event_schema(product: DataProduct) -> pa.Schema:
+    """The typed columns of ``product``'s event files: the product event's fields.
+
+    Exactly the fields the stream processor publishes to ``<domain>.<product>.v1``:
+    dropped fields are absent, tokenised ones appear as ``<field>_token`` (the privacy
+    unit's token in ``product.subject_field``), generalised ones in their coarse form.
+    Timestamps (the contract's ``event_time`` included, under its own name) are
+    ``EVENT_TIME_TYPE``, a ``truncate_time`` generalisation as well; dates are ``date32``;
+    ints ``int64``; floats ``float64``; everything else ``string``. Each column carries
+    its field's privacy tag and protection as Arrow field metadata.
+    """
+    columns: list[pa.Field] = []
+    for spec in product.fields:
+        if spec.protection is Protection.DROP:
+            continue
+        name = token_field_name(spec.name) if spec.protection is Protection.TOKENISE else spec.name
+        metadata = {"privacy_tag": spec.tag.value, "protection": spec.protection.value}
+        columns.append(pa.field(name, _event_type(spec), not spec.required, metadata))
+    return pa.schema(columns)
+
+
+def _event_type(spec: FieldSpec) -> pa.DataType:
+    if spec.protection is Protection.TOKENISE:
+        return pa.string()
+    if spec.protection is Protection.GENERALISE:
+        assert spec.generalise is not None  # the contract requires it
+        return EVENT_TIME_TYPE if spec.generalise.method == "truncate_time" else pa.string()
+    return {
+        FieldType.INT: pa.int64(),
+        FieldType.FLOAT: pa.float64(),
+        FieldType.TIMESTAMP: EVENT_TIME_TYPE,
+        FieldType.DATE: pa.date32(),
+    }.get(spec.type, pa.string())
+
+
+def event_table(schema: pa.Schema, events: Sequence[dict[str, Any]]) -> pa.Table:
+    """Product events (the published dicts) as a table of ``schema`` (``event_schema``).
+
+    Absent optional fields become nulls; time fields arrive as ISO 8601 text with an
+    offset, or as epoch seconds (``truncate_time``), and are stored as UTC instants.
+    """
+    arrays: list[pa.Array] = []
+    for column in schema:
+        values = [e.get(column.name) for e in events]
+        if column.type == EVENT_TIME_TYPE:
+            arrays.append(_instants(values))
+        elif column.type == pa.date32():
+            arrays.append(pa.array(values, pa.string()).cast(pa.date32()))
+        else:
+            arrays.append(pa.array(values, column.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _instants(values: list[Any]) -> pa.Array:
+    """UTC instants from ISO 8601 texts with offsets or epoch seconds (one kind per column)."""
+    if any(isinstance(v, int | float) for v in values):
+        seconds = pa.array(values, pa.float64())
+        micros = pc.round(pc.multiply(seconds, 1_000_000)).cast(pa.int64())
+        return micros.cast(EVENT_TIME_TYPE)
+    return pa.array(values, pa.string()).cast(EVENT_TIME_TYPE)
 
 
 class DomainFeatureStore:
@@ -205,6 +287,24 @@ class DomainFeatureStore:
         """Append rows to the view's offline history (one part file)."""
         append_part(self.offline_folder(view_name), rows)
 
+    def events_folder(self, product: DataProduct | str) -> Path:
+        """Folder of ``product``'s pseudonymised event part files (``event_schema`` columns).
+
+        Read it with ``pl.scan_parquet(folder / "*.parquet")``: every part file has the
+        same schema, whatever events its flush held.
+        """
+        name = product if isinstance(product, str) else product.name
+        return self.directory / "offline" / events_folder_name(name)
+
+    def append_events(
+        self, product: DataProduct | str, events: pa.Table | Sequence[dict[str, Any]]
+    ) -> Path | None:
+        """Append product events (a table of ``event_schema``, or the published dicts)."""
+        spec = self.product_features(product).product
+        if not isinstance(events, pa.Table):
+            events = event_table(event_schema(spec), events)
+        return append_part(self.events_folder(spec), events)
+
     def historical_features(
         self, product: DataProduct | str, entity_rows: pd.DataFrame
     ) -> pd.DataFrame:
@@ -225,10 +325,15 @@ class DomainFeatureStore:
 
     # ------------------------------------------------------------------ erasure
     def erase_subjects(self, tokens: set[str]) -> ErasedRows:
-        """Delete every online and offline row of the subjects ``tokens``."""
+        """Delete every online and offline row of the subjects ``tokens``.
+
+        Offline: the per-subject feature history and the product-event files (rows whose
+        privacy-unit token is one of ``tokens``).
+        """
         online = self._erase_online(tokens)
         offline = sum(
             erase_rows(self.offline_folder(f.subject_view.name), SUBJECT_KEY, tokens)
+            + erase_rows(self.events_folder(f.product), f.product.subject_field, tokens)
             for f in self.features.values()
         )
         return ErasedRows(online=online, offline=offline)
@@ -260,7 +365,8 @@ class DomainFeatureStore:
 
 @dataclass(frozen=True, slots=True)
 class ErasedRows:
-    """Rows removed by an erasure: online (one per subject and view) and offline (history)."""
+    """Rows removed by an erasure: online (one per subject and view) and offline (feature
+    history and product events)."""
 
     online: int
     offline: int

@@ -3,7 +3,15 @@
 Every ``feature_flush_seconds``: changed per-subject rows go to the online store and to
 the compacted ``profiles`` topic, closed per-partition windows go to the online store
 (where the DP API reads them); every ``offline_flush_seconds`` the buffered rows become
-one offline parquet part file. Store writes run in a thread, off the event loop.
+one offline parquet part file per view, and the product events the pipelines accepted
+since the last one (the dicts published to the product topics) one part file per product
+in ``<offline>/<product>_events/`` (the DP API's event-level aggregates read them). Store
+writes run in a thread, off the event loop.
+
+The pipelines buffer the event dicts (one list append per event on the hot path); once a
+product has ``EVENT_CHUNK`` of them, the offline task turns them into an Arrow table in a
+thread (about a tenth of the dicts' memory), so a long ``offline_flush_seconds`` at full
+rate does not hold millions of dicts.
 
 One lock orders flushes and erasures: a flush that drained a subject's row before an
 erasure cannot write it after the erasure's delete.
@@ -20,10 +28,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from feast import FeatureView
 
 from feature_repo.definitions import SUBJECT_KEY
-from feature_repo.store import DomainFeatureStore
+from feature_repo.store import DomainFeatureStore, event_schema, event_table
 from streams.batch_send import BatchSender, Output
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline
@@ -34,6 +44,8 @@ log = logging.getLogger("privmesh.streams")
 
 Record = dict[str, object]
 MAX_PAUSE_SECONDS = 1.0
+EVENT_CHUNK = 10_000  # buffered event dicts of one product turned into an Arrow table
+COMPACT_SECONDS = 1.0  # how often the offline task checks the event buffers
 
 
 class FeaturePusher:
@@ -57,6 +69,9 @@ class FeaturePusher:
         self._lock = asyncio.Lock()
         self._offline_lock = asyncio.Lock()
         self._offline: dict[str, list[Record]] = {}
+        # per product: its accepted events already converted (EVENT_CHUNK at a time)
+        self._events: dict[str, list[pa.Table]] = {}
+        self._event_schemas = {p.product.name: event_schema(p.product) for p in pipelines}
         self._stashed: dict[str, list[SubjectRow]] = {}
         self.counters: Counter[str] = Counter()
 
@@ -86,11 +101,18 @@ class FeaturePusher:
             await asyncio.sleep(pause)
 
     async def run_offline(self) -> None:
-        """Write the buffered rows as offline part files every ``offline_flush_seconds``."""
+        """Write the buffered rows and events as offline part files every
+        ``offline_flush_seconds``; convert full event buffers in between."""
+        period = self.settings.offline_flush_seconds
+        due = time.monotonic() + period
         while True:
-            await asyncio.sleep(self.settings.offline_flush_seconds)
+            await asyncio.sleep(max(min(COMPACT_SECONDS, due - time.monotonic()), 0))
             try:
-                await self.write_offline()
+                if time.monotonic() >= due:
+                    due = time.monotonic() + period
+                    await self.write_offline()
+                else:
+                    await self.compact_events()
             except Exception:  # the online store has the rows; the history has a gap
                 self.counters["offline_failures"] += 1
                 log.exception("offline part file not written")
@@ -127,9 +149,16 @@ class FeaturePusher:
         """Erasure: forget the subjects in memory, then delete their online rows."""
         loop = asyncio.get_running_loop()
         async with self._lock, self._offline_lock:
-            dropped = sum(p.forget(tokens) for p in self.pipelines)
+            dropped = sum(p.forget(tokens) for p in self.pipelines)  # their event dicts too
             for view, records in self._offline.items():
                 self._offline[view] = [r for r in records if r.get(SUBJECT_KEY) not in tokens]
+            erased = pa.array(sorted(tokens), pa.string())
+            for pipeline in self.pipelines:
+                unit = pipeline.product.subject_field
+                tables = self._events.get(pipeline.product.name, [])
+                self._events[pipeline.product.name] = [
+                    t.filter(pc.invert(pc.is_in(t[unit], value_set=erased))) for t in tables
+                ]
             for product, rows in self._stashed.items():
                 self._stashed[product] = [r for r in rows if r.subject not in tokens]
             await loop.run_in_executor(None, self.store.erase_subjects, tokens)
@@ -167,8 +196,23 @@ class FeaturePusher:
         if ack.cancelled() or ack.exception() is not None:
             self.counters["profile_send_failures"] += 1
 
+    async def compact_events(self, minimum: int = EVENT_CHUNK) -> None:
+        """Convert each product's buffered event dicts to an Arrow table once it has
+        ``minimum`` of them (in a thread)."""
+        loop = asyncio.get_running_loop()
+        async with self._offline_lock:
+            for pipeline in self.pipelines:
+                if pipeline.buffered_events >= max(minimum, 1):
+                    name = pipeline.product.name
+                    events = pipeline.take_events()
+                    table = await loop.run_in_executor(
+                        None, event_table, self._event_schemas[name], events
+                    )
+                    self._events.setdefault(name, []).append(table)
+
     async def write_offline(self) -> None:
-        """Write what is buffered as one part file per view (off the online flush's lock)."""
+        """Write what is buffered as one part file per view and one per product's events
+        (off the online flush's lock)."""
         loop = asyncio.get_running_loop()
         async with self._offline_lock:
             pending, self._offline = self._offline, {}
@@ -176,3 +220,20 @@ class FeaturePusher:
                 if records:
                     frame = pd.DataFrame(records)
                     await loop.run_in_executor(None, self.store.append_offline, view, frame)
+            for pipeline in self.pipelines:
+                name = pipeline.product.name
+                tables = self._events.pop(name, [])
+                events = pipeline.take_events()
+                written = await loop.run_in_executor(None, self._write_events, name, tables, events)
+                self.counters["offline_events"] += written
+
+    def _write_events(self, product: str, tables: list[pa.Table], events: list[Record]) -> int:
+        """One part file of ``product``'s events (converted tables, then recent dicts)."""
+        schema = self._event_schemas[product]
+        if events:
+            tables = [*tables, event_table(schema, events)]
+        if not tables:
+            return 0
+        table = pa.concat_tables(tables)
+        self.store.append_events(product, table)
+        return table.num_rows

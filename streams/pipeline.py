@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 
@@ -64,6 +65,8 @@ class ProductPipeline:
     counters: Counter[str] = field(default_factory=Counter)
     # (partition count, normalised unit) -> the unit's partition; process memory only
     _partition_of: dict[tuple[int, bytes], int] = field(default_factory=dict, repr=False)
+    # accepted product events (the published dicts) not yet taken for the offline store
+    _events: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     # ------------------------------------------------------------ partition ownership
     def assign(self, partition: int, now: float) -> None:
@@ -104,6 +107,7 @@ class ProductPipeline:
             outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
         if isinstance(outcome, Accepted):
             self.counters["accepted"] += 1
+            self._events.append(outcome.event)
             aggregator = self.aggregators.get(partition)
             if aggregator is None:  # consumed before the assignment callback ran
                 self.assign(partition, outcome.event_time)
@@ -145,8 +149,23 @@ class ProductPipeline:
         return rows, closed
 
     def forget(self, tokens: set[str]) -> int:
-        """Erasure: drop the subjects' open-window tallies in every partition."""
+        """Erasure: drop the subjects' open-window tallies in every partition, and their
+        buffered product events; returns the number of tallies dropped."""
+        unit = self.product.subject_field
+        self._events = [e for e in self._events if e.get(unit) not in tokens]
         return sum(a.forget(tokens) for a in self.aggregators.values())
+
+    # ------------------------------------------------------------ product events
+    @property
+    def buffered_events(self) -> int:
+        """Accepted product events waiting for ``take_events``."""
+        return len(self._events)
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The accepted product events since the last call (for the offline store), oldest
+        first: each exactly the dict published to the product topic."""
+        events, self._events = self._events, []
+        return events
 
     @property
     def late_events(self) -> int:

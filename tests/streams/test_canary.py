@@ -214,10 +214,15 @@ def test_no_raw_identifier_leaves_ingestion(
         if domain == "shop":
             assert all(re.fullmatch(r"\d+-\d+", e["birth_date"]) for e in product_events)
             assert all(len(e["zip_code"]) == 3 for e in product_events)
-        offline = sorted((isolated_env / "features" / domain / "offline").rglob("*.parquet"))
-        assert offline, f"{domain}: no offline part file written at shutdown"
-        subjects = set(pd.concat([pd.read_parquet(p) for p in offline])["subject"].dropna())
+        offline = isolated_env / "features" / domain / "offline"
+        history = sorted(offline.glob("*_subject_window/*.parquet"))
+        assert history, f"{domain}: no offline part file written at shutdown"
+        subjects = set(pd.concat([pd.read_parquet(p) for p in history])["subject"].dropna())
         assert tokens <= subjects, f"{domain}: offline history misses subjects"
+        # Every product event is in the offline event files too (scanned below as well).
+        events_dir = offline / f"{product_of(get_contract(domain)).name}_events"
+        stored = pd.concat([pd.read_parquet(p) for p in sorted(events_dir.glob("*.parquet"))])
+        assert sorted(stored[token_field]) == sorted(e[token_field] for e in product_events)
 
     # The scan.
     phase("checked outputs")
@@ -250,6 +255,7 @@ def test_no_raw_identifier_leaves_ingestion(
     for where in haystacks:
         print(f"  {where}")
     assert not leaks, f"raw identifiers found: {leaks}"
-    for domain in DOMAINS:
-        for part in ("online", "offline", "registry"):
+    for contract in contracts:
+        domain, events = contract.domain, f"offline/{product_of(contract).name}_events/"
+        for part in ("online", "offline", "registry", events):
             assert any(f"data/features/{domain}/{part}" in w for w in haystacks), (domain, part)

@@ -210,3 +210,38 @@ def test_revoke_after_drain_returns_no_rows_but_counts_open_windows() -> None:
     assert len(drained) == 1 and closed == []
     assert orders.revoke(partition) == []
     assert orders.counters["windows_cut_by_rebalance"] == 1
+
+
+def test_accepted_events_are_buffered_exactly_as_published() -> None:
+    """Each accepted event's published dict is buffered once for the offline store, rejected
+    ones never; taking the buffer empties it, oldest first."""
+    orders = pipeline()
+    published = []
+    for person in range(4):
+        key, raw = order(person, T0 + person, person)
+        outcome = orders.route(raw, partition_for(key, 4), 4)
+        assert isinstance(outcome, Accepted)
+        published.append(outcome.event)
+        orders.route(raw, (partition_for(key, 4) + 1) % 4, 4)  # wrong partition: rejected
+    orders.route(b"not json", 0, 4)
+    assert orders.buffered_events == 4
+    taken = orders.take_events()
+    assert taken == published and all(a is b for a, b in zip(taken, published, strict=True))
+    assert orders.take_events() == [] and orders.buffered_events == 0
+    assert all(CONTRACT.products[0].subject_field in e for e in taken)
+    assert not any("customer_email" in e or "customer_name" in e for e in taken)
+
+
+def test_forget_drops_the_subjects_buffered_events() -> None:
+    """Erasure removes the erased subjects' buffered events and keeps everyone else's."""
+    orders = pipeline()
+    outcomes = []
+    for person in (0, 1, 0, 2):
+        key, raw = order(person, T0 + 1, person)
+        outcomes.append(orders.route(raw, partition_for(key, 4), 4))
+    assert all(isinstance(o, Accepted) for o in outcomes)
+    gone = outcomes[0].subject  # type: ignore[union-attr]
+    orders.forget({gone})
+    kept = orders.take_events()
+    unit = CONTRACT.products[0].subject_field
+    assert len(kept) == 2 and gone not in {e[unit] for e in kept}
