@@ -73,6 +73,7 @@ class LedgerEntry:
     budget_micro: int
     answer: dict[str, Any]
     created_at: str
+    product: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,14 @@ class Ledger(Protocol):
         """Micro-epsilon spent by every class of ``product`` in ``period``."""
         ...
 
-    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
-        """Most recent entries first."""
+    def entries(
+        self,
+        limit: int = 100,
+        class_id: str | None = None,
+        product: str | None = None,
+        period: str | None = None,
+    ) -> list[LedgerEntry]:
+        """Most recent entries first, optionally of one class, data product or period."""
         ...
 
     def save_class_version(
@@ -174,10 +181,13 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
         budget_micro=int(row[5]),
         answer=json.loads(row[6]),
         created_at=row[7],
+        product=row[8],
     )
 
 
-_COLUMNS = "id, class_id, period, data_version, cost_micro, budget_micro, answer, created_at"
+_COLUMNS = (
+    "id, class_id, period, data_version, cost_micro, budget_micro, answer, created_at, product"
+)
 
 
 class _SqlLedger(ABC):
@@ -257,7 +267,7 @@ class _SqlLedger(ABC):
                 ),
                 (*values, json.dumps(answer, sort_keys=True), created, product),
             ).fetchone()
-        entry = LedgerEntry(int(inserted[0]) if inserted else 0, *values, answer, created)
+        entry = LedgerEntry(int(inserted[0]) if inserted else 0, *values, answer, created, product)
         return Commit(entry, reused=False, spent_micro=spent + cost_micro)
 
     def find(self, class_id: str, data_version: str) -> LedgerEntry | None:
@@ -278,19 +288,22 @@ class _SqlLedger(ABC):
         rows = self._read(self._sql(_PRODUCT_SPENT), (product, period))
         return int(rows[0][0]) if rows else 0
 
-    def entries(self, limit: int = 100, class_id: str | None = None) -> list[LedgerEntry]:
+    def entries(
+        self,
+        limit: int = 100,
+        class_id: str | None = None,
+        product: str | None = None,
+        period: str | None = None,
+    ) -> list[LedgerEntry]:
         """See :class:`Ledger`."""
-        if class_id is None:
-            rows = self._read(
-                self._sql(f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT ?"), (limit,)
-            )
-        else:
-            rows = self._read(
-                self._sql(
-                    f"SELECT {_COLUMNS} FROM releases WHERE class_id = ? ORDER BY id DESC LIMIT ?"
-                ),
-                (class_id, limit),
-            )
+        filters = {"class_id": class_id, "product": product, "period": period}
+        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
+        params = tuple(value for value in filters.values() if value is not None)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            self._sql(f"SELECT {_COLUMNS} FROM releases{clause} ORDER BY id DESC LIMIT ?"),
+            (*params, limit),
+        )
         return [_entry(r) for r in rows]
 
     def save_class_version(

@@ -127,3 +127,17 @@ def test_product_total_caps_all_classes(tmp_path: Path) -> None:
     assert refused.status_code == 429
     body = refused.json()
     assert body["code"] == "budget_exhausted" and body["product_budget_micro"] == 1_500_000
+
+
+def test_governance_filters_the_ledger(tmp_path: Path) -> None:
+    """Governance reads the ledger by class, data product and period."""
+    client = make(tmp_path)
+    reader, gov = auth("reader"), auth("gov")
+    client.get("/v1/queries/shop.orders.distinct_customers", headers=reader)
+    client.get("/v1/queries/shop.orders.order_count", headers=reader)
+    by_product = client.get("/v1/ledger?product=shop.orders&period=2026-11-23", headers=gov)
+    entries = by_product.json()["entries"]
+    assert len(entries) == 2 and {e["product"] for e in entries} == {"shop.orders"}
+    assert client.get("/v1/ledger?product=web.page_views", headers=gov).json()["entries"] == []
+    assert client.get("/v1/ledger?period=2026-11-24", headers=gov).json()["entries"] == []
+    assert client.get("/v1/ledger?period=yesterday", headers=gov).status_code == 422
