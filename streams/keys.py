@@ -52,9 +52,18 @@ def development_master_key(data_dir: Path) -> bytes:
         return parse_master_key(path.read_text(encoding="ascii"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Several workers start at once on a fresh data directory: each writes a complete
+    # candidate, and an atomic link names the first one the key; the others read it.
+    candidate = path.with_name(f".master.key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(secrets.token_hex(32))
+    try:
+        os.link(candidate, path)
+    except FileExistsError:
+        pass
+    finally:
+        candidate.unlink()
     return parse_master_key(path.read_text(encoding="ascii"))
 
 
