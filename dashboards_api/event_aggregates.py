@@ -37,7 +37,7 @@ The event files' time column is the contract's ``event_time`` field, a UTC times
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -50,6 +50,7 @@ import polars as pl
 from polars.lazyframe.group_by import LazyGroupBy
 
 from dashboards_api.errors import NoDataYet
+from dashboards_api.mechanisms import calibrate, laplace_within
 from domains.contract import DataProduct
 from feature_repo.offline import part_files
 
@@ -372,12 +373,8 @@ class _VectorLaplace:
     def __init__(self, epsilon: Decimal, sensitivity: int) -> None:
         self.sensitivity = sensitivity
         self.epsilon = epsilon
-        space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
-        self.scale, self._measurement = _calibrate(
-            lambda scale: dp.m.make_laplace(*space, scale),
-            sensitivity / float(epsilon),
-            lambda measurement: Decimal(measurement.map(sensitivity)),
-            epsilon,
+        self._measurement, self.scale = laplace_within(
+            dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), sensitivity, epsilon
         )
         self.mapped = Decimal(self._measurement.map(sensitivity))
         self.ci95 = self.accuracy(CONFIDENCE)
@@ -413,7 +410,7 @@ class _Quantile:
             return max(Decimal(measurement.map(k)), k * Decimal(measurement.map(1)))
 
         start = float(cost(build(1.0))) / float(q.epsilon)
-        self.scale, self._measurement = _calibrate(build, start, cost, q.epsilon)
+        self._measurement, self.scale = calibrate(build, start, cost, q.epsilon)
         self.mapped = cost(self._measurement)
         m = len(candidates)
         self.rank_error = 0.0 if m < 2 else self.scale * math.log((m - 1) / (1 - CONFIDENCE))
@@ -422,22 +419,6 @@ class _Quantile:
     def __call__(self, values: pl.Series) -> int:
         # a writable array: OpenDP passes numpy memory to its FFI without a list copy
         return int(self._measurement(values.cast(pl.Int64).to_numpy(writable=True)))
-
-
-def _calibrate(
-    build: Callable[[float], Any],
-    scale: float,
-    cost: Callable[[Any], Decimal],
-    epsilon: Decimal,
-) -> tuple[float, Any]:
-    """The smallest float scale from ``scale`` up whose measurement's ``cost`` (OpenDP's
-    privacy map, as an exact Decimal) is at most ``epsilon``, and that measurement."""
-    for _ in range(64):
-        measurement = build(scale)
-        if cost(measurement) <= epsilon:
-            return scale, measurement
-        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
-    raise InvalidEventQuery(f"no noise scale near {scale} keeps the loss within {epsilon}")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -23,25 +24,39 @@ class NoisyCount:
     ci95_half_width: float
 
 
-def laplace_within(
-    input_domain: Any, input_metric: Any, d_in: int, epsilon: Decimal
+def calibrate(
+    build: Callable[[float], Any],
+    scale: float,
+    cost: Callable[[Any], Decimal],
+    epsilon: Decimal,
 ) -> tuple[Any, float]:
-    """OpenDP (discrete) Laplace on ``input_domain`` whose privacy map, at ``d_in``, is not
-    above ``epsilon`` compared exactly; returns (measurement, scale).
-
-    The scale starts at ``d_in / epsilon`` and is raised by float ulps until OpenDP's map
-    agrees: ``d_in / epsilon`` in floats can map a few ulps above the declared epsilon.
+    """The measurement ``build(scale)`` at the smallest float scale from ``scale`` up whose
+    ``cost`` (OpenDP's privacy map, as an exact Decimal) is not above ``epsilon``; returns
+    (measurement, scale). A scale computed in floats can map a few ulps above the declared
+    epsilon, so it is raised ulp by ulp until OpenDP's map agrees.
     """
-    scale = d_in / float(epsilon)
     for _ in range(64):
-        measurement = dp.m.make_laplace(input_domain, input_metric, scale)
-        mapped = Decimal(float(measurement.map(d_in)))
-        if mapped <= epsilon:
+        measurement = build(scale)
+        spent = cost(measurement)
+        if spent <= epsilon:
             return measurement, scale
         scale = math.nextafter(scale, math.inf)
     raise ValueError(
-        f"OpenDP maps this mechanism to epsilon {mapped} at scale {scale}, above the declared "
+        f"OpenDP maps this mechanism to epsilon {spent} at scale {scale}, above the declared "
         f"{epsilon}"
+    )
+
+
+def laplace_within(
+    input_domain: Any, input_metric: Any, d_in: int, epsilon: Decimal
+) -> tuple[Any, float]:
+    """OpenDP (discrete) Laplace on ``input_domain`` whose privacy map at ``d_in`` is not
+    above ``epsilon``, from the scale ``d_in / epsilon`` up; returns (measurement, scale)."""
+    return calibrate(
+        lambda scale: dp.m.make_laplace(input_domain, input_metric, scale),
+        d_in / float(epsilon),
+        lambda measurement: Decimal(float(measurement.map(d_in))),
+        epsilon,
     )
 
 
