@@ -94,6 +94,28 @@ class NoDataYet(ApiError):
     title = "No closed window yet"
 
 
+class InternalError(ApiError):
+    """An unexpected failure: the details go to the log, never into the response."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self) -> None:
+        super().__init__("the error was logged")
+
+
+class HttpError(ApiError):
+    """A protocol-level error the router raised (unknown path, method not allowed)."""
+
+    code = "http_error"
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = detail
+
+
 class InvalidQueryClasses(Exception):
     """A query-class file is invalid (raised at start-up, not per request)."""
 

@@ -6,14 +6,19 @@ import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dashboards_api.errors import ApiError, problem_body
+from dashboards_api.errors import (
+    ApiError,
+    HttpError,
+    InternalError,
+    InvalidParameters,
+    problem_body,
+)
 from dashboards_api.ledger import Ledger, open_ledger
 from dashboards_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
@@ -28,13 +33,6 @@ from streams.settings import KafkaSettings, StreamSettings
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
-
-
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    error = ApiError(detail, **extra)
-    error.status, error.code, error.title = status, code, title
-    return problem_response(error)
 
 
 def problem_response(error: ApiError) -> JSONResponse:
@@ -84,23 +82,17 @@ def create_app(
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
-        return problem(
-            422,
-            "invalid_parameters",
-            "Invalid parameters",
-            "fix the listed parameters",
-            errors=errors,
-        )
+        return problem_response(InvalidParameters("fix the listed parameters", errors=errors))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Never a stack trace or data in the body; the log has the details.
         log.exception("unhandled error", exc_info=exc)
-        return problem(500, "internal_error", "Internal error", "the error was logged")
+        return problem_response(InternalError())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "http_error", str(exc.detail), str(exc.detail))
+        return problem_response(HttpError(exc.status_code, str(exc.detail)))
 
     app.include_router(health.router)
     app.include_router(queries.router)

@@ -32,7 +32,6 @@ class ClassRegistry:
         self.service = service
         self.ledger: Ledger = service.ledger
         self.sync_seconds = sync_seconds
-        self.base = dict(service.classes)
         self._seq = 0
         self._synced = 0.0
         self._lock = threading.Lock()

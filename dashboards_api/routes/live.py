@@ -20,7 +20,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from dashboards_api.deps import ServiceDep, require
-from dashboards_api.errors import ApiError, BudgetExhausted, WindowNotFound, problem_body
+from dashboards_api.errors import (
+    ApiError,
+    BudgetExhausted,
+    InternalError,
+    WindowNotFound,
+    problem_body,
+)
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings
@@ -69,9 +75,7 @@ class LiveStream:
                 # One class failing must not end the stream for the others.
                 log.exception("live release of %s failed", qc.id)
                 self.done[qc.id] = due
-                error = ApiError("the error was logged")
-                error.status, error.code, error.title = 500, "internal_error", "Internal error"
-                events.append(sse("problem", {**problem_body(error), "class_id": qc.id}))
+                events.append(sse("problem", {**problem_body(InternalError()), "class_id": qc.id}))
                 continue
             self.done[qc.id] = due
             self.told.pop(qc.id, None)
