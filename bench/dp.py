@@ -21,7 +21,6 @@ import asyncio
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.common import free_port, percentile
 
 RESULTS = Path(__file__).with_name("results") / "dp.json"
 WINDOW = 10
@@ -47,17 +48,6 @@ TARGETS = {
     "cached_rps": 1000.0,
     "continual_error_ratio": 50.0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def fill_store(data_dir: Path, windows: list[int]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,14 +17,10 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import free_port
+
 CLASS = "shop.orders.distinct_customers"
 RESULTS = Path(__file__).with_name("results") / "skeleton.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def import_floor() -> float:

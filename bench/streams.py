@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.common import free_port, percentile
 from domains.contract import FieldType
 from domains.registry import get_contract
 from domains.runtime import RuntimeSettings
@@ -68,19 +69,6 @@ TARGETS = {
     "online_read_1_p99_ms_max": 1.0,
     "online_read_100_p99_ms_max": 10.0,
 }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def preload(bootstrap: str, topic: str, generator: EventGenerator) -> None:
