@@ -170,9 +170,14 @@ class ReleaseService:
         """The DP answer of ``class_id`` for ``window_start`` (default: the last closed)."""
         # Answer reuse first: a released window is read back without touching the store.
         reused = self.cached(class_id, window_start)
-        if reused is not None:
-            return reused
+        return reused if reused is not None else self.release_new(class_id, window_start)
+
+    def release_new(self, class_id: str, window_start: int | None = None) -> dict[str, Any]:
+        """The release after :meth:`cached` found none: store read, noise, commit (which
+        still returns the stored answer if another request committed it meanwhile)."""
         qc = self.query_class(class_id)
+        if window_start is not None:
+            self._check_window(qc, window_start)
         if qc.source == "events":
             return self._release_events(qc, window_start)
         if qc.release == "continual":

@@ -63,7 +63,7 @@ async def release(
     """
     body = service.cached(class_id, window_start)
     if body is None:
-        body = await run_in_threadpool(service.release, class_id, window_start)
+        body = await run_in_threadpool(service.release_new, class_id, window_start)
     return JSONResponse(body)
 
 
