@@ -240,8 +240,8 @@ def write_events(folder: Path, rows: int = 1_000_000, subjects: int = 100_000) -
     import pyarrow as pa
 
     from domains.registry import load_contracts
+    from feature_repo.events import event_schema
     from feature_repo.offline import append_part
-    from feature_repo.store import event_schema
 
     product = load_contracts()["shop"].product("orders")
     assert product is not None

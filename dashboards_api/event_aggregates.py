@@ -31,7 +31,7 @@ Sensitivities (adding or removing one subject; ``k`` = ``max_records_per_subject
   cost at most ``k * map(1)``, checked ``<= epsilon`` with OpenDP's map of one record.
 
 The event files' time column is the contract's ``event_time`` field, a UTC timestamp
-(``feature_repo.store.EVENT_TIME_TYPE``); windows are timezone-aware datetimes.
+(``feature_repo.events.EVENT_TIME_TYPE``); windows are timezone-aware datetimes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Feast objects derived from a data-product contract.
 
-Two feature views per product:
+Three feature views per product:
 
 * ``<product>_subject_window``: per pseudonymous subject, its bounded event count
   and measure sums in the current window (training features for federation).
@@ -8,6 +8,9 @@ Two feature views per product:
   contribution-bounded aggregates the DP layer adds noise to (distinct subjects,
   events, sums). Each subject lives on one partition, so the partitions' rows of a
   window add up to the window's statistics.
+* ``<product>_events``: the pseudonymised product events themselves (offline only),
+  keyed by the privacy unit's token at the event time: training rows for federated
+  learning, read with point-in-time historical retrieval.
 
 Every field carries the privacy tag of the contract field it derives from.
 """
@@ -18,10 +21,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Float64, Int64
+from feast.data_format import ParquetFormat
+from feast.types import Float64, Int64, PrimitiveFeastType, String, UnixTimestamp
 
 from domains.contract import DataProduct, PrivacyTag
+from feature_repo.events import EVENT_TIME_TYPE, event_schema, events_folder_name
 from feature_repo.names import (
     CONTRIBUTION_BOUND,
     PARTITION_KEY,
@@ -43,6 +49,7 @@ class ProductFeatures:
     window_view: FeatureView
     subject_push: PushSource
     window_push: PushSource
+    events_view: FeatureView
 
     def objects(self) -> list[object]:
         """Everything ``FeatureStore.apply`` needs."""
@@ -54,6 +61,7 @@ class ProductFeatures:
             self.window_push,
             self.subject_view,
             self.window_view,
+            self.events_view,
         ]
 
     @property
@@ -112,8 +120,10 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
     def push(name: str) -> PushSource:
         batch = FileSource(
             name=f"{name}_batch",
-            # A folder of parquet part files (feature_repo.offline writes and erases them).
-            path=str(offline_dir / name),
+            # The parquet part files of a folder (feature_repo.offline writes and erases
+            # them), scanned as one table by the DuckDB offline store.
+            path=str(offline_dir / name / "part-*.parquet"),
+            file_format=ParquetFormat(),
             timestamp_field="event_timestamp",
         )
         return PushSource(name=f"{name}_push", batch_source=batch)
@@ -164,6 +174,63 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
         owner=product.owner,
         tags={"privacy_tag": "aggregate", "purpose": product.purpose},
     )
+    events_view = build_events_view(product, subject, offline_dir)
     return ProductFeatures(
-        product, subject, window, partition, subject_view, window_view, subject_push, window_push
+        product,
+        subject,
+        window,
+        partition,
+        subject_view,
+        window_view,
+        subject_push,
+        window_push,
+        events_view,
+    )
+
+
+_FEAST_TYPES: dict[pa.DataType, PrimitiveFeastType] = {
+    pa.int64(): Int64,
+    pa.float64(): Float64,
+    pa.string(): String,
+    EVENT_TIME_TYPE: UnixTimestamp,
+}
+
+
+def events_view_fields(product: DataProduct) -> dict[str, pa.Field]:
+    """The event columns the events view serves: every published field but the privacy
+    unit's token (the entity key) and the event time (the view's timestamp). Date columns
+    are left out: Feast has no calendar-date type."""
+    schema = event_schema(product)
+    skip = {product.subject_field, product.event_time}
+    return {f.name: f for f in schema if f.name not in skip and f.type in _FEAST_TYPES}
+
+
+def build_events_view(product: DataProduct, subject: Entity, offline_dir: Path) -> FeatureView:
+    """The offline-only view over ``product``'s pseudonymised event files."""
+    source = FileSource(
+        name=f"{product.name}_events_source",
+        path=str(offline_dir / events_folder_name(product.name) / "part-*.parquet"),
+        file_format=ParquetFormat(),
+        timestamp_field=product.event_time,
+        field_mapping={product.subject_field: SUBJECT_KEY},
+    )
+    schema = [
+        Field(
+            name=name,
+            dtype=_FEAST_TYPES[column.type],
+            description=f"Product-event field {name} as published",
+            tags={k.decode(): v.decode() for k, v in (column.metadata or {}).items()},
+        )
+        for name, column in events_view_fields(product).items()
+    ]
+    return FeatureView(
+        name=f"{product.name}_events",
+        entities=[subject],
+        ttl=timedelta(days=product.retention_days),
+        schema=schema,
+        source=source,
+        online=False,
+        description=f"Pseudonymised {product.name} events, one row per event, for training",
+        owner=product.owner,
+        tags={"privacy_tag": "pseudonymised", "purpose": product.purpose},
     )

@@ -15,7 +15,79 @@ class InvalidTrainingData(FederationError):
     code = "invalid_training_data"
 
 
+class NoTrainingData(InvalidTrainingData):
+    """A domain has no rows for the task (no offline history, or none in its time range)."""
+
+    code = "no_training_data"
+
+
+class SchemaMismatch(InvalidTrainingData):
+    """A domain's data product lacks a field the task needs, or has it with another type."""
+
+    code = "schema_mismatch"
+
+
 class InvalidModelConfig(FederationError):
     """A model or training parameter is out of range (said which, and the range)."""
 
     code = "invalid_model_config"
+
+
+class InvalidTask(FederationError):
+    """A task declaration is inconsistent with itself or with the domains' contracts."""
+
+    code = "invalid_task"
+
+
+class UnknownTask(FederationError):
+    """No task of that name is declared."""
+
+    code = "unknown_task"
+
+
+class InvalidSecAggConfig(FederationError):
+    """Secure-aggregation parameters that cannot work (thresholds, ranges, sizes)."""
+
+    code = "invalid_secagg_config"
+
+
+class IncompatibleWithSecAgg(FederationError):
+    """A combination that needs to see individual updates, refused under SecAgg+."""
+
+    code = "incompatible_with_secagg"
+
+
+class QuantisationRangeExceeded(FederationError):
+    """An update element is beyond the bound secure aggregation can carry unclipped."""
+
+    code = "quantisation_range_exceeded"
+
+
+class SecAggProtocolError(FederationError):
+    """A SecAgg+ message out of order, for another node, or failing a check."""
+
+    code = "secagg_protocol_error"
+
+
+class NotEnoughParticipants(FederationError):
+    """Fewer live domains than the run's minimum (or the SecAgg+ threshold) needs."""
+
+    code = "not_enough_participants"
+
+
+class InvalidDPConfig(FederationError):
+    """Differential-privacy parameters out of range or in an unusable combination."""
+
+    code = "invalid_dp_config"
+
+
+class UnknownModelVersion(FederationError):
+    """The model registry holds no version of that name."""
+
+    code = "unknown_model_version"
+
+
+class EngineError(FederationError):
+    """The Flower deployment engine (SuperLink, SuperNodes, ``flwr run``) failed."""
+
+    code = "engine_error"

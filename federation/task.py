@@ -8,6 +8,7 @@ the secure aggregation carry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,8 @@ class TrainConfig:
     learning_rate: float = 0.05
     batch_size: int = 256
     seed: int = 0
+    max_steps: int = 0
+    """Stop after this many minibatch steps in all (0: run every epoch to its end)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.epochs <= 1_000:
@@ -37,19 +40,36 @@ class TrainConfig:
             raise InvalidModelConfig(f"learning_rate must be in (0, 10], got {self.learning_rate}")
         if not 1 <= self.batch_size <= 1_000_000:
             raise InvalidModelConfig(f"batch_size must be 1..1e6, got {self.batch_size}")
+        if self.max_steps < 0:
+            raise InvalidModelConfig(f"max_steps must be >= 0, got {self.max_steps}")
 
 
-def build_model(kind: ModelKind, features: int, hidden: int = 32) -> nn.Module:
-    """A fresh classifier over ``features`` inputs producing one logit."""
+def build_model(kind: ModelKind, features: int, hidden: int | Sequence[int] = 32) -> nn.Module:
+    """A fresh classifier over ``features`` inputs producing one logit.
+
+    ``hidden`` gives the MLP's hidden layer widths (one int: one layer), each followed by
+    a ReLU; logistic regression ignores it.
+    """
     if features < 1:
         raise InvalidModelConfig(f"a model needs at least one feature, got {features}")
     if kind == "logistic_regression":
         return nn.Linear(features, 1)
     if kind == "mlp":
-        if hidden < 1:
-            raise InvalidModelConfig(f"hidden must be >= 1, got {hidden}")
-        return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        widths = [hidden] if isinstance(hidden, int) else list(hidden)
+        if not widths or min(widths) < 1:
+            raise InvalidModelConfig(f"hidden layer widths must be >= 1, got {hidden}")
+        layers: list[nn.Module] = []
+        inputs = features
+        for width in widths:
+            layers += [nn.Linear(inputs, width), nn.ReLU()]
+            inputs = width
+        return nn.Sequential(*layers, nn.Linear(inputs, 1))
     raise InvalidModelConfig(f"unknown model kind {kind!r}; use logistic_regression or mlp")
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def get_weights(model: nn.Module) -> list[NDArray[np.float32]]:
@@ -104,9 +124,10 @@ def train(
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     last = 0.0
+    steps = 0
     for _ in range(config.epochs):
         order = torch.randperm(len(inputs), generator=generator)
-        total = 0.0
+        total, seen = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             optimiser.zero_grad()
@@ -114,7 +135,11 @@ def train(
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
-        last = total / len(inputs)
+            seen += len(batch)
+            steps += 1
+            if config.max_steps and steps >= config.max_steps:
+                return total / seen
+        last = total / seen
     return last
 
 

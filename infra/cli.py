@@ -16,6 +16,7 @@ from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
+from infra.commands import federation as federation_commands
 from infra.commands import privacy as privacy_commands
 from infra.console import console, err
 from infra.errors import InfraError, StackNotRunning
@@ -37,6 +38,10 @@ app.command()(data_commands.produce)
 app.command()(data_commands.tail)
 app.command()(privacy_commands.erase)
 app.add_typer(privacy_commands.keys_app, name="keys")
+app.command()(federation_commands.train)
+app.command()(federation_commands.superlink)
+app.command()(federation_commands.supernode)
+app.add_typer(federation_commands.models_app, name="models")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
@@ -387,10 +392,11 @@ EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError,
 def main() -> None:
     """Entry point: expected failures print one line and exit 2, without a traceback."""
     from feature_repo.errors import FeatureStoreError
+    from federation.errors import FederationError
 
     try:
         app()
-    except (*EXPECTED, FeatureStoreError) as exc:
+    except (*EXPECTED, FeatureStoreError, FederationError) as exc:
         err.print(f"[red]privmesh: error:[/] {_one_line(exc)}")
         sys.exit(2)
 

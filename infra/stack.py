@@ -31,7 +31,7 @@ from infra.ports import require_free, wait_for_port
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -130,7 +130,7 @@ class Stack:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe
         )
 
     def _wait_ready(self, comp: Component) -> None:

@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 from feast import FeatureView
 
 from feature_repo.definitions import SUBJECT_KEY
-from feature_repo.store import DomainFeatureStore, event_schema, event_table
+from feature_repo.events import event_schema, event_table
+from feature_repo.store import DomainFeatureStore
 from streams.batch_send import BatchSender, Output
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline

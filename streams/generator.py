@@ -12,8 +12,10 @@ ingest topic. Nothing here logs an event's content.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -133,10 +135,129 @@ def _ticket(person: Person, rng: random.Random, seq: int, at: str) -> dict[str, 
     return event
 
 
+# Synthetic departures of the three New York airports. The chance of arriving over
+# 15 minutes late follows a made-up logistic model of carrier, destination, distance and
+# arrival hour (with an airport-specific base rate), so the federated demo task has a
+# signal to learn; the people pool only seeds a fleet of aircraft (the privacy unit).
+_CARRIERS = {
+    "ewr": ["UA", "UA", "UA", "EV", "EV", "B6", "DL", "AA", "WN", "US"],
+    "jfk": ["B6", "B6", "B6", "DL", "DL", "9E", "AA", "AA", "MQ", "UA", "VX", "HA"],
+    "lga": ["DL", "DL", "AA", "AA", "MQ", "US", "EV", "UA", "WN", "B6", "FL", "F9", "YV"],
+}
+_CARRIER_EFFECT = {
+    "9E": 0.3,
+    "EV": 0.5,
+    "FL": 0.6,
+    "F9": 0.6,
+    "MQ": 0.3,
+    "YV": 0.4,
+    "HA": -0.8,
+    "AS": -0.5,
+    "US": -0.3,
+    "DL": -0.4,
+    "AA": -0.2,
+}
+_DESTINATIONS = [
+    "ATL",
+    "ORD",
+    "LAX",
+    "BOS",
+    "MCO",
+    "CLT",
+    "SFO",
+    "FLL",
+    "MIA",
+    "DCA",
+    "DTW",
+    "DFW",
+    "RDU",
+    "TPA",
+    "DEN",
+    "IAH",
+    "MSP",
+    "PBI",
+    "BNA",
+    "LAS",
+]
+_DESTINATION_EFFECT = {
+    "ORD": 0.4,
+    "ATL": 0.2,
+    "SFO": 0.3,
+    "DEN": 0.3,
+    "BOS": -0.2,
+    "LAX": -0.1,
+    "MIA": 0.2,
+    "DCA": 0.1,
+    "LAS": -0.3,
+}
+_DISTANCE = {
+    "ATL": 760,
+    "ORD": 733,
+    "LAX": 2475,
+    "BOS": 187,
+    "MCO": 944,
+    "CLT": 541,
+    "SFO": 2586,
+    "FLL": 1069,
+    "MIA": 1089,
+    "DCA": 214,
+    "DTW": 488,
+    "DFW": 1372,
+    "RDU": 427,
+    "TPA": 1005,
+    "DEN": 1626,
+    "IAH": 1416,
+    "MSP": 1028,
+    "PBI": 1035,
+    "BNA": 764,
+    "LAS": 2248,
+}
+_AIRPORT_BASE = {"ewr": -1.0, "jfk": -1.3, "lga": -1.2}
+
+
+def _tailnum(person: Person) -> str:
+    digest = zlib.crc32(person.cookie.encode())
+    return f"N{100 + digest % 900}{chr(65 + digest // 900 % 26)}{chr(65 + digest // 23400 % 26)}"
+
+
+def _departures(airport: str) -> Builder:
+    def build(person: Person, rng: random.Random, seq: int, at: str) -> dict[str, object]:
+        carrier = rng.choice(_CARRIERS[airport])
+        dest = rng.choice(_DESTINATIONS)
+        distance = _DISTANCE[dest]
+        arrival_hour = rng.randint(6, 23)
+        logit = (
+            _AIRPORT_BASE[airport]
+            + _CARRIER_EFFECT.get(carrier, 0.0)
+            + _DESTINATION_EFFECT.get(dest, 0.0)
+            + 0.09 * (arrival_hour - 14)
+            + 0.0002 * distance
+        )
+        late = rng.random() < 1 / (1 + math.exp(-logit))
+        event: dict[str, object] = {
+            "flight": f"{carrier}{rng.randint(1, 4999)}",
+            "tailnum": _tailnum(person),
+            "carrier": carrier,
+            "dest": dest,
+            "scheduled_departure": at,
+            "scheduled_arrival_hour": arrival_hour,
+            "distance": distance,
+        }
+        if rng.random() < 0.02:  # cancelled: no delays known
+            return event
+        arrival = int(15 + rng.expovariate(1 / 45)) if late else int(rng.gauss(-6, 9))
+        event["arr_delay"] = max(-120, min(1500, arrival))
+        event["dep_delay"] = max(-120, min(1500, arrival + rng.randint(-10, 5)))
+        return event
+
+    return build
+
+
 BUILDERS: dict[tuple[str, str], Builder] = {
     ("shop", "orders"): _order,
     ("web", "page_views"): _page_view,
     ("support", "tickets"): _ticket,
+    **{(airport, "departures"): _departures(airport) for airport in _CARRIERS},
 }
 
 

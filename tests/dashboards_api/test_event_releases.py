@@ -13,8 +13,8 @@ from dashboards_api.ledger import SqliteLedger
 from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService, StoreEvents
 from domains.registry import load_contracts
+from feature_repo.events import event_schema, event_table
 from feature_repo.offline import append_part
-from feature_repo.store import event_schema, event_table
 
 MINUTE = 1_795_427_040 - 1_795_427_040 % 60  # a closed UTC minute
 METHODS = ["card", "paypal", "invoice", "gift_card"]

@@ -30,8 +30,8 @@ from dashboards_api.query_classes import QueryClass, load_query_classes
 from dashboards_api.releases import ReleaseService, StoreEvents
 from dashboards_api.settings import ApiSettings, KeyGrant
 from domains.registry import load_contracts
+from feature_repo.events import event_schema, event_table
 from feature_repo.offline import append_part
-from feature_repo.store import event_schema, event_table
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0  # 5 s into a 10 s window; the last closed one starts at ...040

@@ -13,9 +13,10 @@ import pytest
 
 from domains.contract import DomainContract
 from domains.registry import load_contracts
+from feature_repo.events import EVENT_TIME_TYPE, event_schema
 from feature_repo.offline import part_files
 from feature_repo.settings import FeatureStoreSettings
-from feature_repo.store import EVENT_TIME_TYPE, DomainFeatureStore, event_schema
+from feature_repo.store import DomainFeatureStore
 from streams.keys import derive_domain_key
 from streams.pseudonymise import Tokeniser
 from streams.transform import Accepted, ProductTransform

@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 
 from domains.contract import FieldType
 from domains.registry import get_contract
+from feature_repo.events import event_schema
 from feature_repo.offline import part_files
 from feature_repo.settings import FeatureStoreSettings
-from feature_repo.store import DomainFeatureStore, event_schema
+from feature_repo.store import DomainFeatureStore
 from streams.batch_send import BatchSender
 from streams.feature_push import FeaturePusher
 from streams.generator import BUILDERS, make_people

@@ -1,0 +1,78 @@
+"""Combining the domains' updates into the next global model, and pooled metrics.
+
+Under SecAgg+ the coordinator only ever holds the (weighted) mean update, so the server
+step is FedAvg or FedAvg with server momentum (FedAvgM), applied to that mean. Robust
+aggregators (coordinate-wise median, trimmed mean) need each update in clear and are
+only offered without secure aggregation (``federation.run_config`` refuses the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.errors import NotEnoughParticipants
+
+
+class ServerOptimizer:
+    """``w += lr * v`` with ``v = momentum * v + mean_update`` (plain FedAvg: lr 1, no
+    momentum)."""
+
+    def __init__(self, learning_rate: float, momentum: float) -> None:
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self._velocity: NDArray[np.float64] | None = None
+
+    def step(
+        self, weights: NDArray[np.float64], mean_update: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """The next global weights (flat)."""
+        if self.momentum > 0:
+            previous = self._velocity if self._velocity is not None else np.zeros_like(mean_update)
+            self._velocity = self.momentum * previous + mean_update
+            mean_update = self._velocity
+        return weights + self.learning_rate * mean_update
+
+
+def weighted_mean(
+    updates: Sequence[NDArray[np.float64]], weights: Sequence[int]
+) -> NDArray[np.float64]:
+    """FedAvg's mean of plaintext updates."""
+    if not updates:
+        raise NotEnoughParticipants("no update to aggregate")
+    total = float(sum(weights))
+    return np.sum([u * (w / total) for u, w in zip(updates, weights, strict=True)], axis=0)
+
+
+def coordinate_median(updates: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
+    """Coordinate-wise median of plaintext updates."""
+    if not updates:
+        raise NotEnoughParticipants("no update to aggregate")
+    return np.median(np.stack(updates), axis=0)
+
+
+def trimmed_mean(updates: Sequence[NDArray[np.float64]], fraction: float) -> NDArray[np.float64]:
+    """Coordinate-wise mean after dropping the ``fraction`` largest and smallest values."""
+    if not updates:
+        raise NotEnoughParticipants("no update to aggregate")
+    stacked = np.sort(np.stack(updates), axis=0)
+    cut = math.floor(fraction * len(updates))
+    kept = stacked[cut : len(updates) - cut]
+    return kept.mean(axis=0)
+
+
+def pooled_auc(positives: NDArray[np.int64], negatives: NDArray[np.int64]) -> float:
+    """ROC AUC from per-bin class counts summed over domains (ties within a bin count
+    one half); NaN with one class. Its error against the exact pooled AUC is at most the
+    share of positive-negative pairs that fall into the same bin."""
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = np.asarray(negatives, dtype=np.float64)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg  # negatives in lower bins
+    wins = float((pos * below).sum() + 0.5 * (pos * neg).sum())
+    return wins / float(total_pos * total_neg)

@@ -1,0 +1,752 @@
+"""The ServerApp's run: census, rounds (SecAgg+ or plain), evaluation, registry.
+
+Secure rounds are pipelined over two exchanges each::
+
+    exchange A(r): unmask(r-1) + share_keys(r)      -> model r-1 known
+    exchange B(r): collect(r) with model r-1 + keygen(r+1)
+
+so a SecAgg+ round costs two message exchanges instead of Flower's four, and a domain
+that dies at any point costs the round nothing while the survivors meet the threshold:
+dying before or while sharing keys leaves it out of the round; dying after sharing keys
+(no vector) or while unmasking is repaired from the other domains' shares. A round
+needs ``min-domains`` vectors; with DP, its noise is sized for exactly that many.
+Every exchange ends on a straggler deadline (``federation.messenger``), and each round
+takes whoever holds keys for it: nothing waits for a fixed number of domains.
+
+Progress is logged as ``privmesh-event {json}`` lines, which ``flwr run --stream``
+shows and ``privmesh train`` turns into a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from logging import INFO, WARNING
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Context, MessageType
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from numpy.typing import NDArray
+
+from federation import wire
+from federation.aggregation import (
+    ServerOptimizer,
+    coordinate_median,
+    pooled_auc,
+    trimmed_mean,
+    weighted_mean,
+)
+from federation.dp import Accountant, clip, gaussian_noise
+from federation.errors import FederationError, NotEnoughParticipants, SecAggProtocolError
+from federation.features import Encoding, task_encoding
+from federation.messenger import Messenger, Request
+from federation.run_config import RunConfig
+from federation.secagg.protocol import choose_scale, decode_sum, flatten, unflatten
+from federation.secagg.server import SecAggRound, public_keys_from
+from federation.task import build_model, get_weights, parameter_count
+from federation.tasks import TaskSpec, get_task
+
+EVENT_PREFIX = "privmesh-event "
+NOISE_BOUND_SIGMAS = 12.0
+"""With client-side noise, SecAgg+ carries values up to C + 12 sigma (a larger one is
+refused, never clipped: odds about 1e-32 per element)."""
+
+
+def emit(kind: str, **fields: Any) -> None:
+    """Log one progress event as a JSON line."""
+    log(INFO, "%s%s", EVENT_PREFIX, json.dumps({"event": kind, **fields}, default=str))
+
+
+@dataclass
+class Member:
+    """A domain that passed the census."""
+
+    node: int
+    domain: str
+    train_examples: int
+    test_examples: int
+    without_label: int
+
+
+@dataclass
+class RoundLog:
+    """What happened in one round."""
+
+    round: int
+    participants: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    released: bool = False
+    lost_reason: str = ""
+    train_loss: float | None = None
+    clipped: int = 0
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    pooled_auc: float | None = None
+    seconds: float = 0.0
+    privacy: dict[str, float] = field(default_factory=dict)
+    positives: NDArray[np.int64] | None = None
+    negatives: NDArray[np.int64] | None = None
+
+    def add_histograms(self, answer: Any) -> None:
+        """Add one domain's evaluation class counts; refresh the pooled AUC."""
+        pos = np.asarray(answer["eval_positives"], dtype=np.int64)
+        neg = np.asarray(answer["eval_negatives"], dtype=np.int64)
+        self.positives = pos if self.positives is None else self.positives + pos
+        self.negatives = neg if self.negatives is None else self.negatives + neg
+        self.pooled_auc = pooled_auc(self.positives, self.negatives)
+
+
+class Coordinator:
+    """Runs one federated training job on a Flower Grid."""
+
+    def __init__(self, grid: Grid, context: Context, poll_seconds: float) -> None:
+        from domains.registry import load_contracts
+
+        self.grid = grid
+        self.context = context
+        self.config = RunConfig.from_flower(context.run_config)
+        self.task: TaskSpec = get_task(self.config.task)
+        self.encoding: Encoding = task_encoding(self.task, load_contracts())
+        self.messenger = Messenger(
+            grid, poll_seconds, self.config.straggler_grace, self.config.straggler_factor
+        )
+        import torch
+
+        torch.manual_seed(self.config.train.seed)
+        model = build_model(self.task.model.kind, self.encoding.width, self.task.model.hidden)
+        initial = get_weights(model)
+        self.shapes = [tuple(w.shape) for w in initial]
+        self.parameters = parameter_count(model)
+        self.weights: NDArray[np.float64] = flatten(initial)
+        self.optimizer = ServerOptimizer(
+            self.config.server_learning_rate, self.config.server_momentum
+        )
+        self.accountant = Accountant(self.config.dp) if self.config.dp.enabled else None
+        self.members: dict[int, Member] = {}
+        self._asked: set[int] = set()
+        self.refused: dict[str, str] = {}
+        self.rounds: list[RoundLog] = []
+        self.released = 0
+        self.final: dict[str, dict[str, float]] = {}
+        self.final_auc: float | None = None
+        self.started = datetime.now(UTC)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """Train; the lineage document of the result (weights in ``self.weights``)."""
+        emit(
+            "run_started",
+            task=self.task.name,
+            domains=self.task.domains,
+            rounds=self.config.rounds,
+            secure_aggregation=self.config.secure_aggregation,
+            dp=self.config.dp.enabled,
+            parameters=self.parameters,
+            features=self.encoding.width,
+        )
+        keys = self._census()
+        if self.config.secure_aggregation:
+            self._secure_rounds(keys)
+        else:
+            self._plain_rounds()
+        self._final_evaluation()
+        return self.lineage()
+
+    def _weight(self, node: int) -> int:
+        return 1 if self.config.dp.enabled else self.members[node].train_examples
+
+    def _domain(self, node: int) -> str:
+        found = self.members.get(node)
+        return found.domain if found else f"node-{node}"
+
+    # ------------------------------------------------------------------ census
+    def _census(self) -> dict[int, tuple[bytes, bytes]]:
+        nodes = self._wait_for_nodes()
+        self._asked.update(nodes)
+        steps = self._census_step()
+        if self.config.secure_aggregation:
+            steps[wire.KEYGEN] = {"round": 1}
+        requests = {n: Request(MessageType.QUERY, wire.request(steps)) for n in nodes}
+        outcome, _ = self.messenger.exchange(
+            requests,
+            quorum=len(nodes),
+            timeout=self.config.census_timeout,
+            group="census",
+        )
+        keys: dict[int, tuple[bytes, bytes]] = {}
+        for node, content in sorted(outcome.replies.items()):
+            answer = wire.params(content, wire.CENSUS)
+            domain = str(answer["domain"])
+            if any(p.domain == domain for p in self.members.values()):
+                self.refused[f"{domain} (node {node})"] = (
+                    "the domain is served by another SuperNode"
+                )
+                continue
+            self.members[node] = Member(
+                node,
+                domain,
+                int(cast(int, answer["train_examples"])),
+                int(cast(int, answer["test_examples"])),
+                int(cast(int, answer["without_label"])),
+            )
+            if wire.record_name(wire.KEYGEN) in content.config_records:
+                pair = wire.params(content, wire.KEYGEN)
+                keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
+        for node, reason in outcome.failures.items():
+            self.refused[outcome.domains.get(node, f"node-{node}")] = reason
+        served = {p.domain for p in self.members.values()}
+        for domain in self.task.domains:
+            if domain not in served and not any(k.startswith(domain) for k in self.refused):
+                self.refused[domain] = "no SuperNode of this domain answered"
+        emit(
+            "census",
+            ready={
+                p.domain: {"train_examples": p.train_examples, "test_examples": p.test_examples}
+                for p in self.members.values()
+            },
+            refused=self.refused,
+        )
+        if len(self.members) < self.config.min_domains:
+            raise NotEnoughParticipants(
+                f"{len(self.members)} of the task's domains can train, min-domains is "
+                f"{self.config.min_domains}: "
+                + "; ".join(f"{d}: {r}" for d, r in sorted(self.refused.items()))
+            )
+        return public_keys_from(keys)
+
+    def _wait_for_nodes(self) -> list[int]:
+        deadline = time.monotonic() + self.config.node_wait_timeout
+        wanted = len(self.task.domains)
+        nodes = self.messenger.online()
+        while len(nodes) < wanted and time.monotonic() < deadline:
+            time.sleep(0.2)
+            nodes = self.messenger.online()
+        if len(nodes) < self.config.min_domains:
+            raise NotEnoughParticipants(
+                f"{len(nodes)} SuperNodes connected within {self.config.node_wait_timeout:.0f}s; "
+                f"the task needs at least min-domains={self.config.min_domains}"
+            )
+        return sorted(nodes)
+
+    # ------------------------------------------------------------------ secure rounds
+    def _secure_rounds(self, keys: dict[int, tuple[bytes, bytes]]) -> None:
+        pending: tuple[SecAggRound, RoundLog, float, float] | None = None
+        for r in range(1, self.config.rounds + 1):
+            began = time.monotonic()
+            record = RoundLog(r)
+            current = self._open_round(r, keys, record)
+            keys = {}
+            self._exchange_a(r, current, pending, record)
+            pending = None
+            self._admit_newcomers()
+            if current is None:
+                self._lose(record, began)
+                keys = self._keygen_only(r + 1)
+                continue
+            try:
+                shared = current.close_sharing()
+            except NotEnoughParticipants as exc:
+                record.lost_reason = str(exc)
+                self._lose(record, began)
+                keys = self._keygen_only(r + 1)
+                continue
+            keys, scale, bound = self._exchange_b(r, current, shared, record)
+            try:
+                current.close_collect(self.config.min_domains)
+            except NotEnoughParticipants as exc:
+                record.lost_reason = str(exc)
+                self._lose(record, began)
+                continue
+            record.seconds = time.monotonic() - began
+            pending = (current, record, scale, bound)
+        if pending is not None:
+            self._exchange_a(self.config.rounds + 1, None, pending, None)
+
+    def _open_round(
+        self, r: int, keys: dict[int, tuple[bytes, bytes]], record: RoundLog
+    ) -> SecAggRound | None:
+        live = {n: k for n, k in keys.items() if n in self.members}
+        if len(live) < max(self.config.min_domains, 2):
+            record.lost_reason = (
+                f"{len(live)} domains hold keys for round {r}; min-domains is "
+                f"{self.config.min_domains}"
+            )
+            return None
+        size = min(self.config.num_shares, len(live))
+        size -= 1 - size % 2  # odd neighbourhoods
+        threshold = self.config.threshold_for(size)
+        try:
+            return SecAggRound(r, live, max(size, 3), threshold, seed=secrets.randbits(64))
+        except FederationError as exc:
+            record.lost_reason = str(exc)
+            return None
+
+    def _exchange_a(
+        self,
+        r: int,
+        current: SecAggRound | None,
+        pending: tuple[SecAggRound, RoundLog, float, float] | None,
+        record: RoundLog | None,
+    ) -> None:
+        """unmask(r-1) for the previous round's senders + share_keys(r) for this round's."""
+        steps: dict[int, dict[str, dict[str, Any]]] = {}
+        if pending is not None:
+            previous = pending[0]
+            for node in sorted(previous.masked):
+                active, dead = previous.unmask_lists(node)
+                steps.setdefault(node, {})[wire.UNMASK] = {
+                    "round": previous.round,
+                    "active": active,
+                    "dead": dead,
+                }
+        if current is not None:
+            for node in current.participants():
+                neighbours = current.keys_for(node)
+                ids = sorted(neighbours)
+                steps.setdefault(node, {})[wire.SHARE_KEYS] = {
+                    "round": r,
+                    "threshold": current.threshold,
+                    "nodes": ids,
+                    "pk1": [neighbours[n][0] for n in ids],
+                    "pk2": [neighbours[n][1] for n in ids],
+                }
+        requests = {n: Request(MessageType.TRAIN, wire.request(s)) for n, s in steps.items()}
+        outcome, _ = self.messenger.exchange(
+            requests,
+            quorum=_majority(len(requests)),
+            timeout=self.config.stage_timeout,
+            group=str(r),
+        )
+        for node, content in outcome.replies.items():
+            try:
+                if pending is not None and wire.UNMASK in steps[node]:
+                    answer = wire.params(content, wire.UNMASK)
+                    pending[0].record_reveal(
+                        node, cast(list[int], answer["owners"]), cast(list[bytes], answer["shares"])
+                    )
+                if current is not None and wire.SHARE_KEYS in steps[node]:
+                    answer = wire.params(content, wire.SHARE_KEYS)
+                    current.record_shares(
+                        node,
+                        cast(list[int], answer["destinations"]),
+                        cast(list[bytes], answer["ciphertexts"]),
+                    )
+            except (SecAggProtocolError, KeyError) as exc:
+                outcome.failures[node] = f"malformed answer: {exc}"
+        for node, reason in outcome.failures.items():
+            if record is not None:
+                record.dropped[self._domain(node)] = reason
+            if pending is not None:
+                pending[1].dropped.setdefault(self._domain(node), f"while unmasking: {reason}")
+        if pending is not None:
+            self._finish_secure(*pending)
+
+    def _exchange_b(
+        self, r: int, current: SecAggRound, shared: list[int], record: RoundLog
+    ) -> tuple[dict[int, tuple[bytes, bytes]], float, float]:
+        """collect(r) from the nodes that shared keys, with keygen(r+1)."""
+        dp = self.config.dp
+        bound = dp.clipping_norm
+        if dp.enabled:
+            bound += NOISE_BOUND_SIGMAS * dp.domain_noise_scale
+        scale = choose_scale(bound, sum(self._weight(n) for n in shared))
+        model = unflatten(self.weights, self.shapes)
+        requests: dict[int, Request] = {}
+        for node in shared:
+            sources, ciphertexts = current.shares_for(node)
+            steps: dict[str, dict[str, Any]] = {
+                wire.COLLECT: {
+                    "round": r,
+                    "secure": True,
+                    "sources": sources,
+                    "ciphertexts": ciphertexts,
+                    "scale": scale,
+                    "bound": bound,
+                    "evaluate": self.config.evaluates_before(r),
+                },
+                wire.KEYGEN: {"round": r + 1},
+            }
+            requests[node] = Request(
+                MessageType.TRAIN, wire.request(steps, {wire.MODEL_RECORD: model})
+            )
+        others = self._idle_online(set(shared))
+        optional = {
+            n: Request(MessageType.TRAIN, wire.request({wire.KEYGEN: {"round": r + 1}}))
+            for n in others
+        }
+        outcome, extra = self.messenger.exchange(
+            requests,
+            quorum=_majority(len(requests)),
+            timeout=self.config.stage_timeout,
+            group=str(r),
+            optional=optional,
+        )
+        record.participants = sorted(self._domain(n) for n in shared)
+        keys: dict[int, tuple[bytes, bytes]] = {}
+        losses: list[tuple[float, int]] = []
+        for node, content in outcome.replies.items():
+            try:
+                answer = wire.params(content, wire.COLLECT)
+                weight = int(cast(int, answer["weight"]))
+                if weight != self._weight(node):
+                    raise SecAggProtocolError(
+                        f"weight {weight}, the census said {self._weight(node)}"
+                    )
+                (vector,) = wire.arrays_of(content, wire.UPDATE_RECORD)
+                current.record_masked(node, np.asarray(vector), weight)
+            except (SecAggProtocolError, KeyError, ValueError) as exc:
+                outcome.failures[node] = f"malformed update: {exc}"
+                continue
+            self._note_collect(node, answer, record, losses)
+            pair = wire.params(content, wire.KEYGEN)
+            keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
+        for node, content in extra.replies.items():
+            pair = wire.params(content, wire.KEYGEN)
+            keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
+        for node, reason in outcome.failures.items():
+            record.dropped[self._domain(node)] = reason
+        record.train_loss = _weighted_loss(losses)
+        return public_keys_from(keys), scale, bound
+
+    def _finish_secure(
+        self, current: SecAggRound, record: RoundLog, scale: float, bound: float
+    ) -> None:
+        try:
+            total, weight = current.aggregate()
+        except NotEnoughParticipants as exc:
+            record.lost_reason = f"unmasking failed: {exc}"
+            self._report(record)
+            return
+        mean = decode_sum(total, scale, weight)
+        self._apply(mean, record)
+
+    def _keygen_only(self, r: int) -> dict[int, tuple[bytes, bytes]]:
+        requests = {
+            n: Request(MessageType.TRAIN, wire.request({wire.KEYGEN: {"round": r}}))
+            for n in self._idle_online(set())
+        }
+        outcome, _ = self.messenger.exchange(
+            requests,
+            quorum=_majority(len(requests)),
+            timeout=self.config.stage_timeout,
+            group=str(r),
+        )
+        keys = {
+            n: (
+                bytes(cast(bytes, wire.params(c, wire.KEYGEN)["pk1"])),
+                bytes(cast(bytes, wire.params(c, wire.KEYGEN)["pk2"])),
+            )
+            for n, c in outcome.replies.items()
+        }
+        return public_keys_from(keys)
+
+    def _admit_newcomers(self) -> None:
+        """Census for SuperNodes that connected after the run began (answers are picked up
+        by later exchanges; admitted domains join once they hold keys for a round)."""
+        for node, reply in list(self.messenger.background_replies.items()):
+            del self.messenger.background_replies[node]
+            if reply.has_error() or wire.error_of(reply.content) is not None:
+                continue
+            answer = wire.params(reply.content, wire.CENSUS)
+            domain = str(answer["domain"])
+            if any(m.domain == domain for m in self.members.values()):
+                continue
+            self.members[node] = Member(
+                node,
+                domain,
+                int(cast(int, answer["train_examples"])),
+                int(cast(int, answer["test_examples"])),
+                int(cast(int, answer["without_label"])),
+            )
+            emit("joined", domain=domain, train_examples=self.members[node].train_examples)
+        fresh = sorted(self.messenger.online() - set(self.members) - self._asked)
+        if fresh:
+            self._asked.update(fresh)
+            self.messenger.push_background(
+                {n: Request(MessageType.QUERY, wire.request(self._census_step())) for n in fresh},
+                group="census",
+            )
+
+    def _census_step(self) -> dict[str, dict[str, Any]]:
+        return {
+            wire.CENSUS: {
+                "task": self.task.model_dump_json(),
+                "encoding": self.encoding.to_json(),
+            }
+        }
+
+    def _idle_online(self, busy: set[int]) -> list[int]:
+        online = self.messenger.online()
+        return sorted(n for n in self.members if n in online and n not in busy)
+
+    # ------------------------------------------------------------------ plain rounds
+    def _plain_rounds(self) -> None:
+        for r in range(1, self.config.rounds + 1):
+            began = time.monotonic()
+            record = RoundLog(r)
+            self._admit_newcomers()
+            nodes = self._idle_online(set())
+            model = unflatten(self.weights, self.shapes)
+            content: dict[str, dict[str, Any]] = {
+                wire.COLLECT: {
+                    "round": r,
+                    "secure": False,
+                    "evaluate": self.config.evaluates_before(r),
+                },
+            }
+            requests = {
+                n: Request(MessageType.TRAIN, wire.request(content, {wire.MODEL_RECORD: model}))
+                for n in nodes
+            }
+            outcome, _ = self.messenger.exchange(
+                requests,
+                quorum=_majority(len(requests)),
+                timeout=self.config.stage_timeout,
+                group=str(r),
+            )
+            record.participants = sorted(self._domain(n) for n in nodes)
+            updates: list[NDArray[np.float64]] = []
+            weights: list[int] = []
+            losses: list[tuple[float, int]] = []
+            for node, reply in outcome.replies.items():
+                answer = wire.params(reply, wire.COLLECT)
+                (vector,) = wire.arrays_of(reply, wire.UPDATE_RECORD)
+                if len(vector) != len(self.weights) or not np.isfinite(vector).all():
+                    outcome.failures[node] = "malformed update"
+                    continue
+                updates.append(np.asarray(vector, dtype=np.float64))
+                weights.append(self._weight(node))
+                self._note_collect(node, answer, record, losses)
+            for node, reason in outcome.failures.items():
+                record.dropped[self._domain(node)] = reason
+            record.train_loss = _weighted_loss(losses)
+            record.seconds = time.monotonic() - began
+            if len(updates) < self.config.min_domains:
+                record.lost_reason = (
+                    f"{len(updates)} updates arrived, min-domains is {self.config.min_domains}"
+                )
+                self._report(record)
+                continue
+            self._apply(self._combine(updates, weights), record)
+
+    def _combine(
+        self, updates: list[NDArray[np.float64]], weights: list[int]
+    ) -> NDArray[np.float64]:
+        dp = self.config.dp
+        if dp.enabled and dp.clipping == "server":
+            clipped = [clip(u, dp.clipping_norm)[0] for u in updates]
+            noisy = gaussian_noise(np.sum(clipped, axis=0), dp.sum_noise_scale)
+            return noisy / len(updates)
+        if self.config.aggregator == "median":
+            return coordinate_median(updates)
+        if self.config.aggregator == "trimmed_mean":
+            return trimmed_mean(updates, self.config.trimmed_fraction)
+        return weighted_mean(updates, weights)
+
+    # ------------------------------------------------------------------ shared
+    def _note_collect(
+        self, node: int, answer: Any, record: RoundLog, losses: list[tuple[float, int]]
+    ) -> None:
+        losses.append((float(answer["train_loss"]), self.members[node].train_examples))
+        record.clipped += int(bool(answer["clipped"]))
+        if int(answer.get("eval_examples", 0)):
+            record.evaluation[self._domain(node)] = _metrics(answer)
+            record.add_histograms(answer)
+
+    def _apply(self, mean: NDArray[np.float64], record: RoundLog) -> None:
+        self.weights = self.optimizer.step(self.weights, mean)
+        record.released = True
+        self.released += 1
+        if self.accountant is not None:
+            one = self.accountant.spent(1)
+            total = self.accountant.spent(self.released)
+            record.privacy = {
+                "rho_round": one.rho,
+                "epsilon_round": one.epsilon,
+                "rho_total": total.rho,
+                "epsilon_total": total.epsilon,
+                "delta": total.delta,
+            }
+        self._report(record)
+
+    def _lose(self, record: RoundLog, began: float) -> None:
+        record.seconds = time.monotonic() - began
+        log(WARNING, "round %s lost: %s", record.round, record.lost_reason)
+        self._report(record)
+
+    def _report(self, record: RoundLog) -> None:
+        self.rounds.append(record)
+        emit(
+            "round",
+            round=record.round,
+            of=self.config.rounds,
+            released=record.released,
+            lost_reason=record.lost_reason,
+            participants=record.participants,
+            dropped=record.dropped,
+            train_loss=record.train_loss,
+            clipped=record.clipped,
+            auc_before=record.pooled_auc,
+            seconds=round(record.seconds, 3),
+            privacy=record.privacy,
+        )
+
+    def _final_evaluation(self) -> None:
+        model = unflatten(self.weights, self.shapes)
+        requests = {
+            n: Request(
+                MessageType.EVALUATE,
+                wire.request({wire.EVALUATE: {}}, {wire.MODEL_RECORD: model}),
+            )
+            for n in self._idle_online(set())
+        }
+        outcome, _ = self.messenger.exchange(
+            requests,
+            quorum=_majority(len(requests)),
+            timeout=self.config.stage_timeout,
+            group="final",
+        )
+        totals = RoundLog(0)
+        for node, content in outcome.replies.items():
+            answer = wire.params(content, wire.EVALUATE)
+            if not int(cast(int, answer.get("eval_examples", 0))):
+                continue
+            self.final[self._domain(node)] = _metrics(answer)
+            totals.add_histograms(answer)
+        self.final_auc = totals.pooled_auc
+        emit("evaluated", pooled_auc=self.final_auc, domains=self.final)
+
+    def lineage(self) -> dict[str, Any]:
+        """Everything the registry keeps about this model version."""
+        import flwr
+
+        from federation.registry import privmesh_version
+
+        dp = self.config.dp
+        spent = self.accountant.spent(self.released) if self.accountant else None
+        examples = {p.domain: p.train_examples for p in self.members.values()}
+        run = self.grid.run
+        return {
+            "task": self.task.name,
+            "task_spec": json.loads(self.task.model_dump_json()),
+            "encoding": json.loads(self.encoding.to_json()),
+            "model": {
+                "kind": self.task.model.kind,
+                "hidden": self.task.model.hidden,
+                "features": self.encoding.width,
+                "parameters": self.parameters,
+                "shapes": [list(s) for s in self.shapes],
+            },
+            "domains": {
+                p.domain: {
+                    "train_examples": p.train_examples,
+                    "test_examples": p.test_examples,
+                    "rows_without_label": p.without_label,
+                    "rounds_participated": sum(p.domain in r.participants for r in self.rounds),
+                    "metrics": self.final.get(p.domain, {}),
+                }
+                for p in self.members.values()
+            },
+            "refused_domains": self.refused,
+            "example_counts": examples,
+            "rounds": {
+                "planned": self.config.rounds,
+                "completed": self.released,
+                "lost": [r.round for r in self.rounds if not r.released],
+                "history": [
+                    {
+                        "round": r.round,
+                        "released": r.released,
+                        "lost_reason": r.lost_reason,
+                        "participants": r.participants,
+                        "dropped": r.dropped,
+                        "train_loss": r.train_loss,
+                        "auc_before": r.pooled_auc,
+                        "clipped": r.clipped,
+                        "seconds": r.seconds,
+                        "privacy": r.privacy,
+                    }
+                    for r in self.rounds
+                ],
+            },
+            "secure_aggregation": {
+                "enabled": self.config.secure_aggregation,
+                "protocol": "SecAgg+ (privmesh: AES-CTR masks, 64-bit modulus, exact integer "
+                "weights, no clipping at quantisation)",
+                "num_shares": self.config.num_shares,
+                "reconstruction_threshold": self.config.reconstruction_threshold,
+                "min_domains": self.config.min_domains,
+                "clipping_norm": dp.clipping_norm,
+            },
+            "dp": {
+                "enabled": dp.enabled,
+                "unit": "one domain's update per round (add/remove a domain)",
+                "clipping": dp.clipping,
+                "noise_multiplier": dp.noise_multiplier,
+                "clipping_norm": dp.clipping_norm,
+                "delta": dp.delta,
+                "min_domains": dp.min_domains,
+                "rounds_released": self.released,
+                "rho_per_round": self.accountant.spent(1).rho if self.accountant else None,
+                "epsilon_per_round": self.accountant.spent(1).epsilon if self.accountant else None,
+                "rho_total": spent.rho if spent else None,
+                "epsilon_total": spent.epsilon if spent else None,
+            },
+            "training": {
+                "aggregator": self.config.aggregator,
+                "server_learning_rate": self.config.server_learning_rate,
+                "server_momentum": self.config.server_momentum,
+                "local_epochs": self.config.train.epochs,
+                "learning_rate": self.config.train.learning_rate,
+                "batch_size": self.config.train.batch_size,
+                "max_local_steps": self.config.train.max_steps,
+                "seed": self.config.train.seed,
+            },
+            "metrics": {
+                "global": {
+                    "pooled_auc": self.final_auc,
+                    "weighted_auc": _weighted_metric(self.final, "auc"),
+                    "weighted_loss": _weighted_metric(self.final, "loss"),
+                },
+                "per_domain": self.final,
+            },
+            "code": {
+                "privmesh": privmesh_version(),
+                "source": self.config.code_version or None,
+                "flwr": flwr.__version__,
+                "fab_id": run.fab_id,
+                "fab_version": run.fab_version,
+                "fab_hash": run.fab_hash,
+                "run_id": run.run_id,
+            },
+            "started_at": self.started.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
+def _majority(count: int) -> int:
+    return max(1, math.ceil(count / 2))
+
+
+def _metrics(answer: Any) -> dict[str, float]:
+    return {
+        "auc": float(answer["eval_auc"]),
+        "loss": float(answer["eval_loss"]),
+        "examples": float(answer["eval_examples"]),
+    }
+
+
+def _weighted_loss(losses: list[tuple[float, int]]) -> float | None:
+    total = sum(n for _, n in losses)
+    return sum(v * n for v, n in losses) / total if total else None
+
+
+def _weighted_metric(metrics: dict[str, dict[str, float]], name: str) -> float | None:
+    rows = [(m[name], m["examples"]) for m in metrics.values() if not math.isnan(m[name])]
+    total = sum(n for _, n in rows)
+    return sum(v * n for v, n in rows) / total if total else None

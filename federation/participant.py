@@ -1,0 +1,272 @@
+"""A domain's side of a federated run: its data, local training and SecAgg+ steps.
+
+The ClientApp (``federation.client_app``) hands every message here. Data is read once
+per run from the domain's own Feast store (``census``) and kept in process memory for
+the run's later messages; the SecAgg+ secrets live in the run's ``context.state``, which
+Flower keeps between messages. Nothing here sends a row, a token or a per-record value
+off the domain: only model updates (clipped, and masked under SecAgg+), example counts
+and evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from federation import wire
+from federation.dp import clip, gaussian_noise
+from federation.errors import FederationError
+from federation.features import Dataset, Encoding, load_dataset
+from federation.run_config import RunConfig
+from federation.secagg.client import RoundSecrets, SecAggClient
+from federation.secagg.protocol import flatten, quantise, weighted
+from federation.task import (
+    TrainConfig,
+    build_model,
+    check_data,
+    evaluate,
+    get_weights,
+    set_weights,
+    train,
+)
+from federation.tasks import TaskSpec
+
+log = logging.getLogger("privmesh.federation")
+
+SECRETS_PREFIX = "privmesh.secagg."
+SCORE_BINS = 1000
+"""Evaluation returns class counts over this many score bins, for a pooled AUC."""
+
+
+@dataclass
+class RunData:
+    """What a domain loaded for one run."""
+
+    task: TaskSpec
+    encoding: Encoding
+    dataset: Dataset
+
+
+_RUNS: dict[int, RunData] = {}
+_KEEP_RUNS = 2
+
+
+class _Secrets(MutableMapping[int, RoundSecrets]):
+    """SecAgg+ round secrets stored in the run context's config records."""
+
+    def __init__(self, context: Context) -> None:
+        self.records = context.state.config_records
+
+    def __getitem__(self, round_: int) -> RoundSecrets:
+        record = self.records.get(f"{SECRETS_PREFIX}{round_}")
+        if record is None:
+            raise KeyError(round_)
+        return RoundSecrets.from_record(record)
+
+    def __setitem__(self, round_: int, value: RoundSecrets) -> None:
+        self.records[f"{SECRETS_PREFIX}{round_}"] = ConfigRecord(value.to_record())  # type: ignore[arg-type]
+
+    def __delitem__(self, round_: int) -> None:
+        del self.records[f"{SECRETS_PREFIX}{round_}"]
+
+    def __iter__(self) -> Iterator[int]:
+        return (
+            int(k[len(SECRETS_PREFIX) :])
+            for k in list(self.records)
+            if k.startswith(SECRETS_PREFIX)
+        )
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def domain_of(context: Context) -> str:
+    """The domain this SuperNode serves (its ``--node-config domain=...``)."""
+    domain = context.node_config.get("domain")
+    if not isinstance(domain, str) or not domain:
+        raise FederationError(
+            "this SuperNode has no domain: start it with --node-config 'domain=\"<name>\"'"
+        )
+    return domain
+
+
+def handle(message: Message, context: Context) -> Message:
+    """Run the steps ``message`` asks for; a domain-side failure becomes an error reply."""
+    domain = "?"
+    try:
+        domain = domain_of(context)
+        config = RunConfig.from_flower(context.run_config)
+        reply = RecordDict()
+        for step in wire.steps_of(message.content):
+            answer, arrays = _STEPS[step](message, context, domain, config)
+            reply.config_records[wire.record_name(step)] = ConfigRecord(answer)
+            for name, values in arrays.items():
+                reply.array_records[name] = wire.arrays_record(values)
+        return Message(reply, reply_to=message)
+    except FederationError as exc:
+        log.warning("domain %s refused a request: %s [%s]", domain, exc, exc.code)
+        return Message(wire.error_reply(exc.code, str(exc), domain), reply_to=message)
+    except Exception as exc:  # a bug or a broken store: still name the domain and the cause
+        log.exception("domain %s failed a request", domain)
+        reason = f"{type(exc).__name__}: {exc}"
+        return Message(wire.error_reply("internal_error", reason, domain), reply_to=message)
+
+
+Answer = tuple[dict[str, Any], dict[str, list[Any]]]
+
+
+def _census(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
+    from domains.registry import get_contract
+    from domains.runtime import RuntimeSettings
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
+
+    request = wire.params(message.content, wire.CENSUS)
+    task = TaskSpec.model_validate_json(str(request["task"]))
+    encoding = Encoding.from_json(str(request["encoding"]))
+    if domain not in task.domains:
+        raise FederationError(f"domain {domain!r} does not take part in task {task.name!r}")
+    runtime = RuntimeSettings()
+    data_dir = context.node_config.get("data-dir") or runtime.data_dir
+    store = DomainFeatureStore(
+        get_contract(domain), Path(str(data_dir)).resolve(), FeatureStoreSettings()
+    )
+    store.apply()  # idempotent: the definitions this privmesh version reads with
+    dataset = load_dataset(store, task, encoding)
+    check_data(dataset.x_train, dataset.y_train, encoding.width)
+    if len(dataset.y_test):
+        check_data(dataset.x_test, dataset.y_test, encoding.width)
+    _RUNS[context.run_id] = RunData(task, encoding, dataset)
+    for old in sorted(_RUNS)[:-_KEEP_RUNS]:
+        del _RUNS[old]
+    answer = {
+        "domain": domain,
+        "train_examples": dataset.train_examples,
+        "test_examples": len(dataset.y_test),
+        "without_label": dataset.without_label,
+        "features": encoding.width,
+    }
+    return answer, {}
+
+
+def _run_data(context: Context) -> RunData:
+    data = _RUNS.get(context.run_id)
+    if data is None:
+        raise FederationError(
+            "this domain has not loaded the run's data (its process restarted after the "
+            "census); it sits out until the coordinator re-admits it"
+        )
+    return data
+
+
+def _keygen(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
+    round_ = int(wire.params(message.content, wire.KEYGEN)["round"])  # type: ignore[arg-type]
+    client = SecAggClient(context.node_id, _Secrets(context))
+    pk1, pk2 = client.keygen(round_)
+    return {"round": round_, "pk1": pk1, "pk2": pk2}, {}
+
+
+def _share_keys(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
+    request = wire.params(message.content, wire.SHARE_KEYS)
+    round_ = int(request["round"])  # type: ignore[arg-type]
+    keys = wire.pairs(
+        cast(list[int], request["nodes"]),
+        cast(list[bytes], request["pk1"]),
+        cast(list[bytes], request["pk2"]),
+    )
+    client = SecAggClient(context.node_id, _Secrets(context))
+    destinations, ciphertexts = client.share_keys(round_, int(request["threshold"]), keys)  # type: ignore[arg-type]
+    return {"round": round_, "destinations": destinations, "ciphertexts": ciphertexts}, {}
+
+
+def _collect(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
+    request = wire.params(message.content, wire.COLLECT)
+    round_ = int(request["round"])  # type: ignore[arg-type]
+    data = _run_data(context)
+    secure = bool(request["secure"])
+    client = SecAggClient(context.node_id, _Secrets(context))
+    if secure:  # check the shares before spending time on training
+        client.receive_shares(
+            round_, cast(list[int], request["sources"]), cast(list[bytes], request["ciphertexts"])
+        )
+    model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
+    global_weights = wire.arrays_of(message.content, wire.MODEL_RECORD)
+    set_weights(model, global_weights)
+    answer: dict[str, Any] = {"round": round_}
+    if bool(request["evaluate"]):
+        answer.update(_evaluation(model, data.dataset))
+    local = TrainConfig(
+        epochs=config.train.epochs,
+        learning_rate=config.train.learning_rate,
+        batch_size=config.train.batch_size,
+        seed=config.train.seed + 7_919 * round_ + zlib.crc32(domain.encode()) % 7_919,
+        max_steps=config.train.max_steps,
+    )
+    answer["train_loss"] = train(model, data.dataset.x_train, data.dataset.y_train, local)
+    delta = flatten(get_weights(model)) - flatten(global_weights)
+    delta, clipped = clip(delta, config.dp.clipping_norm)
+    answer["clipped"] = clipped
+    if config.dp.enabled and config.dp.clipping == "client":
+        delta = gaussian_noise(delta, config.dp.domain_noise_scale)
+    weight = 1 if config.dp.enabled else data.dataset.train_examples
+    answer["weight"] = weight
+    if not secure:
+        return answer, {wire.UPDATE_RECORD: [delta.astype(np.float32)]}
+    quantised = quantise(delta, float(request["scale"]), float(request["bound"]))  # type: ignore[arg-type]
+    masked = client.mask(round_, weighted(quantised, weight))
+    return answer, {wire.UPDATE_RECORD: [masked]}
+
+
+def _unmask(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
+    request = wire.params(message.content, wire.UNMASK)
+    round_ = int(request["round"])  # type: ignore[arg-type]
+    client = SecAggClient(context.node_id, _Secrets(context))
+    owners, shares = client.reveal(
+        round_, cast(list[int], request["active"]), cast(list[int], request["dead"])
+    )
+    return {"round": round_, "owners": owners, "shares": shares}, {}
+
+
+def _evaluate(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
+    data = _run_data(context)
+    model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
+    set_weights(model, wire.arrays_of(message.content, wire.MODEL_RECORD))
+    return _evaluation(model, data.dataset), {}
+
+
+def _evaluation(model: Any, dataset: Dataset) -> dict[str, Any]:
+    """Loss, AUC and score histograms per class on the held-out rows (nothing per row)."""
+    import torch
+
+    if not len(dataset.y_test):
+        return {"eval_examples": 0}
+    result = evaluate(model, dataset.x_test, dataset.y_test)
+    with torch.no_grad():
+        scores = torch.sigmoid(model(torch.as_tensor(dataset.x_test)).reshape(-1)).numpy()
+    bins = np.minimum((scores * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+    positives = np.bincount(bins[dataset.y_test == 1], minlength=SCORE_BINS)
+    negatives = np.bincount(bins[dataset.y_test == 0], minlength=SCORE_BINS)
+    return {
+        "eval_loss": result.loss,
+        "eval_auc": result.auc,
+        "eval_examples": result.examples,
+        "eval_positives": [int(v) for v in positives],
+        "eval_negatives": [int(v) for v in negatives],
+    }
+
+
+_STEPS = {
+    wire.CENSUS: _census,
+    wire.KEYGEN: _keygen,
+    wire.SHARE_KEYS: _share_keys,
+    wire.COLLECT: _collect,
+    wire.UNMASK: _unmask,
+    wire.EVALUATE: _evaluate,
+}

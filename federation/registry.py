@@ -1,0 +1,193 @@
+"""The model registry: every trained version with its weights and its lineage.
+
+A version is named ``<task>-v<n>`` (n counts per task) and holds the final global
+weights (``.npz`` bytes) and a lineage document: task and encoding, participating
+domains with their example counts and metrics, rounds completed and lost, SecAgg+ and
+DP parameters with the privacy spent, global metrics, code version (privmesh, Flower,
+the FAB's hash, git commit) and timestamps. Versions are append-only. The registry is a
+SQLite file under the data directory, or a Postgres database several hosts share
+(``PRIVMESH_FEDERATION_REGISTRY_URL``); the catalog reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.errors import UnknownModelVersion
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS model_versions (
+    version TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    weights {blob} NOT NULL,
+    UNIQUE (task, seq)
+)"""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model: its name, lineage and (loaded on demand) weights."""
+
+    version: str
+    task: str
+    status: str
+    created_at: str
+    lineage: dict[str, Any]
+
+
+def weights_to_bytes(weights: list[NDArray[np.float32]]) -> bytes:
+    """Arrays as ``.npz`` bytes (``arr_0``, ``arr_1``, ... in ``state_dict`` order)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *weights)
+    return buffer.getvalue()
+
+
+def weights_from_bytes(blob: bytes) -> list[NDArray[np.float32]]:
+    """The inverse of :func:`weights_to_bytes`."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+
+class ModelRegistry:
+    """Append-only model versions in SQLite or Postgres."""
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.url = url
+        if url == "sqlite":
+            path = data_dir / "federation" / "registry.db"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._path: Path | None = path
+            self._mark = "?"
+            schema = _SCHEMA.format(blob="BLOB")
+        elif url.startswith(("postgresql://", "postgres://")):
+            self._path = None
+            self._mark = "%s"
+            schema = _SCHEMA.format(blob="BYTEA")
+        else:
+            raise ValueError(
+                f"PRIVMESH_FEDERATION_REGISTRY_URL={url!r} is not supported; use 'sqlite' or "
+                "'postgresql://...'"
+            )
+        with self._connect() as conn:
+            conn.execute(schema)
+
+    @contextmanager
+    def _connect(self) -> Iterator[Any]:
+        if self._path is not None:
+            conn: Any = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                conn.close()
+            return
+        import psycopg
+
+        with psycopg.connect(self.url) as pg:
+            pg.execute("SELECT pg_advisory_xact_lock(hashtext('privmesh.model_versions'))")
+            yield pg
+
+    def register(
+        self, task: str, weights: list[NDArray[np.float32]], lineage: dict[str, Any], status: str
+    ) -> str:
+        """Store a new version of ``task``; returns its name."""
+        m = self._mark
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT COALESCE(MAX(seq), 0) FROM model_versions WHERE task = {m}",
+                (task,),
+            ).fetchone()
+            seq = int(row[0]) + 1
+            version = f"{task}-v{seq}"
+            created = datetime.now(UTC).isoformat(timespec="seconds")
+            document = {**lineage, "version": version, "registered_at": created}
+            conn.execute(
+                "INSERT INTO model_versions (version, task, seq, status, created_at, lineage, "
+                f"weights) VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m})",
+                (
+                    version,
+                    task,
+                    seq,
+                    status,
+                    created,
+                    json.dumps(document),
+                    weights_to_bytes(weights),
+                ),
+            )
+        return version
+
+    def versions(self, task: str | None = None) -> list[ModelVersion]:
+        """Every version (of ``task``), newest first."""
+        m = self._mark
+        where, args = (f"WHERE task = {m}", (task,)) if task else ("", ())
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT version, task, status, created_at, lineage FROM model_versions "
+                f"{where} ORDER BY created_at DESC, seq DESC",
+                args,
+            ).fetchall()
+        return [ModelVersion(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def get(self, version: str) -> ModelVersion:
+        """One version, or UnknownModelVersion listing what exists."""
+        m = self._mark
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT version, task, status, created_at, lineage FROM model_versions "
+                f"WHERE version = {m}",
+                (version,),
+            ).fetchone()
+        if row is None:
+            known = ", ".join(v.version for v in self.versions()[:10]) or "none yet"
+            raise UnknownModelVersion(f"no model version {version!r} (recent: {known})")
+        return ModelVersion(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def weights(self, version: str) -> list[NDArray[np.float32]]:
+        """The weights of ``version``."""
+        self.get(version)
+        m = self._mark
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT weights FROM model_versions WHERE version = {m}",
+                (version,),
+            ).fetchone()
+        return weights_from_bytes(bytes(row[0]))
+
+
+def privmesh_version() -> str:
+    """The installed privmesh package version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("privmesh")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def open_registry(url: str | None = None, data_dir: Path | None = None) -> ModelRegistry:
+    """The registry of the configured URL and data directory."""
+    from domains.runtime import RuntimeSettings
+    from federation.settings import get_federation_settings
+
+    return ModelRegistry(
+        url or get_federation_settings().registry_url,
+        (data_dir or RuntimeSettings().data_dir).resolve(),
+    )

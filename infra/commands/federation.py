@@ -1,0 +1,318 @@
+"""``privmesh train`` and ``privmesh models``: federated training and the model registry."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from domains.runtime import RuntimeSettings
+from federation.errors import EngineError
+from infra.console import console, err
+
+models_app = typer.Typer(help="Trained model versions and their lineage.", no_args_is_help=True)
+
+
+def _data_dir() -> Path:
+    return RuntimeSettings().data_dir.resolve()
+
+
+def _overrides(
+    task: str, rounds: int | None, secagg: bool | None, dp_noise: float | None, sets: list[str]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"task": task}
+    if rounds is not None:
+        values["num-server-rounds"] = rounds
+    if secagg is not None:
+        values["secure-aggregation"] = secagg
+    if dp_noise is not None:
+        values["dp-noise-multiplier"] = dp_noise
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set takes key=value, got {item!r}")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw  # a bare word is a string
+    from federation.run_config import RunConfig
+
+    RunConfig.from_flower(values)  # refuse bad keys and combinations before starting anything
+    return values
+
+
+def train(
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name (federation/tasks).")],
+    rounds: Annotated[int | None, typer.Option(help="Training rounds (num-server-rounds).")] = None,
+    secagg: Annotated[
+        bool | None, typer.Option("--secagg/--no-secagg", help="SecAgg+ (default on).")
+    ] = None,
+    dp_noise: Annotated[
+        float | None, typer.Option(help="DP noise multiplier (0: no DP).", min=0)
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any run-config key, e.g. --set local-epochs=2 (repeatable)."),
+    ] = None,
+    connect: Annotated[
+        bool,
+        typer.Option(
+            "--connect",
+            help="Submit to the SuperLink in PRIVMESH_FEDERATION_* settings instead of "
+            "starting one (its SuperNodes run on the domains' hosts).",
+        ),
+    ] = False,
+    chaos: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="DOMAIN=STEP:ROUND: kill that domain there (development only).", hidden=True
+        ),
+    ] = None,
+) -> None:
+    """Train one model across the task's domains (SecAgg+ on), then register it."""
+    from federation.settings import get_federation_settings
+    from federation.tasks import get_task
+    from infra.federation import LocalFederation, app_dir, code_version, run_job
+
+    spec = get_task(task)
+    values = _overrides(task, rounds, secagg, dp_noise, set_ or [])
+    values["code-version"] = code_version(app_dir())
+    settings = get_federation_settings()
+    data_dir = _data_dir()
+    kills = dict(item.split("=", 1) for item in chaos or [])
+    federation = LocalFederation(spec.domains, data_dir, settings, err.print, kills)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    result: dict[str, Any] = {}
+    try:
+        if not connect:
+            domains = ",".join(spec.domains)
+            err.print(f"[bold]privmesh train[/] task={task} domains={domains} data={data_dir}")
+            federation.start()
+        with _RoundProgress(int(values.get("num-server-rounds", 10))) as (progress, show):
+            if connect:
+                result = run_job(app_dir(), federation.env(), federation.log_dir, values, show)
+            else:
+                result = federation.submit(values, show)
+            progress.stop()
+    except KeyboardInterrupt:
+        err.print("interrupted: stopping the federation")
+        raise typer.Exit(130) from None
+    finally:
+        federation.stop()
+    if result.get("event") == "failed":
+        raise EngineError(f"training failed: {result.get('reason')} [{result.get('code')}]")
+    metrics = json.dumps(result["metrics"])
+    console.print(f"registered [bold]{result['version']}[/] ({result['status']}): {metrics}")
+
+
+class _RoundProgress:
+    """A round progress bar fed by the job's events, with one line per notable event."""
+
+    def __init__(self, rounds: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=err,
+            transient=False,
+        )
+        self.bar = self.progress.add_task("rounds", total=rounds, status="waiting for domains")
+
+    def __enter__(self) -> tuple[Progress, Any]:
+        self.progress.start()
+        return self.progress, self.show
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def show(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        say = self.progress.console.print
+        if kind == "census":
+            ready = ", ".join(
+                f"{d} ({v['train_examples']:,} rows)" for d, v in event["ready"].items()
+            )
+            say(f"census: ready {ready}")
+            for domain, reason in event.get("refused", {}).items():
+                say(f"[yellow]census: {domain} left out: {reason}[/]")
+            self.progress.update(self.bar, status="training")
+        elif kind == "round":
+            status = f"round {event['round']}: {len(event['participants'])} domains"
+            if event.get("train_loss") is not None:
+                status += f", loss {event['train_loss']:.4f}"
+            if event.get("auc_before") is not None:
+                status += f", AUC {event['auc_before']:.4f}"
+            privacy = event.get("privacy") or {}
+            if privacy:
+                status += f", eps {privacy['epsilon_total']:.2f}"
+            status += f", {event['seconds']:.1f}s"
+            self.progress.update(self.bar, completed=event["round"], status=status)
+            for domain, reason in event.get("dropped", {}).items():
+                say(f"[yellow]round {event['round']}: {domain} dropped: {reason}[/]")
+            if not event.get("released"):
+                say(f"[red]round {event['round']} lost: {event.get('lost_reason')}[/]")
+        elif kind == "joined":
+            say(f"{event['domain']} joined the run")
+        elif kind == "evaluated":
+            auc = event.get("pooled_auc")
+            say(
+                f"final model: pooled AUC {auc:.4f}" if auc is not None else "final model evaluated"
+            )
+        elif kind == "failed":
+            say(f"[red]failed: {event.get('reason')}[/]")
+
+
+def superlink(
+    insecure: Annotated[
+        bool, typer.Option(help="No TLS (development only; refused in production).")
+    ] = False,
+) -> None:
+    """Run this host's SuperLink, the federation's coordinator, until stopped.
+
+    TLS material comes from PRIVMESH_FEDERATION_CA_CERTIFICATE, _SUPERLINK_CERTIFICATE and
+    _SUPERLINK_KEY; with SuperNode authentication on, register each domain's public key
+    with `flwr supernode register KEY.pub privmesh` before its SuperNode connects.
+    """
+    from federation.engine.pki import ServerPki
+    from federation.settings import get_federation_settings
+    from infra.federation import (
+        Processes,
+        flower_env,
+        serve,
+        superlink_command,
+        write_flower_config,
+    )
+
+    settings = get_federation_settings()
+    data_dir = _data_dir()
+    pki = (
+        None
+        if _insecure(insecure, settings.tls)
+        else ServerPki(
+            _required(settings.ca_certificate, "CA_CERTIFICATE"),
+            _required(settings.superlink_certificate, "SUPERLINK_CERTIFICATE"),
+            _required(settings.superlink_key, "SUPERLINK_KEY"),
+        )
+    )
+    home = data_dir / "federation" / "flwr-home"
+    write_flower_config(home, settings, pki.ca_certificate if pki else None)
+    processes = Processes(None, flower_env(data_dir, home))
+    processes.spawn("superlink", superlink_command(settings, pki, host="0.0.0.0"))  # noqa: S104
+    raise typer.Exit(serve(processes, ["superlink"], err.print))
+
+
+def supernode(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="The domain this host serves.")],
+    insecure: Annotated[
+        bool, typer.Option(help="No TLS (development only; refused in production).")
+    ] = False,
+) -> None:
+    """Run this domain's SuperNode and its warm ClientApp runner until stopped.
+
+    It dials PRIVMESH_FEDERATION_SUPERLINK_ADDRESS, verifies the SuperLink with
+    PRIVMESH_FEDERATION_CA_CERTIFICATE and authenticates with
+    PRIVMESH_FEDERATION_SUPERNODE_KEY; training reads the domain's own Feast store.
+    """
+    from domains.registry import get_contract
+    from federation.settings import get_federation_settings
+    from infra.federation import Processes, flower_env, serve, start_domain
+
+    get_contract(domain)  # an unknown domain fails here, listing the known ones
+    settings = get_federation_settings()
+    data_dir = _data_dir()
+    secure = not _insecure(insecure, settings.tls)
+    ca = _required(settings.ca_certificate, "CA_CERTIFICATE") if secure else None
+    key = None
+    if secure and settings.supernode_auth:
+        key = _required(settings.supernode_key, "SUPERNODE_KEY")
+    processes = Processes(None, flower_env(data_dir, data_dir / "federation" / "flwr-home"))
+    start_domain(processes, settings, domain, settings.clientappio_base_port, ca, key)
+    raise typer.Exit(serve(processes, [f"supernode-{domain}", f"runner-{domain}"], err.print))
+
+
+def _insecure(requested: bool, tls_setting: bool) -> bool:
+    if (requested or not tls_setting) and RuntimeSettings().is_production:
+        raise EngineError("TLS is required when PRIVMESH_ENV=production")
+    return requested or not tls_setting
+
+
+def _required(path: Path | None, name: str) -> Path:
+    if path is None:
+        raise EngineError(f"set PRIVMESH_FEDERATION_{name} (or run with --insecure in development)")
+    if not path.is_file():
+        raise EngineError(f"PRIVMESH_FEDERATION_{name}={path} is not a readable file")
+    return path
+
+
+@models_app.command("list")
+def models_list(
+    task: Annotated[str | None, typer.Option(help="Only this task's versions.")] = None,
+) -> None:
+    """Registered model versions, newest first."""
+    from federation.registry import open_registry
+
+    table = Table("version", "status", "created", "domains", "rounds", "pooled AUC", "DP epsilon")
+    for v in open_registry().versions(task):
+        lineage = v.lineage
+        auc = lineage["metrics"]["global"].get("pooled_auc")
+        eps = lineage["dp"].get("epsilon_total")
+        table.add_row(
+            v.version,
+            v.status,
+            v.created_at,
+            ", ".join(sorted(lineage["domains"])),
+            f"{lineage['rounds']['completed']}/{lineage['rounds']['planned']}",
+            f"{auc:.4f}" if auc is not None else "-",
+            f"{eps:.3f}" if eps is not None else "-",
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(version: Annotated[str, typer.Argument(help="e.g. flight_delay-v1")]) -> None:
+    """The full lineage of one version, as JSON."""
+    from federation.registry import open_registry
+
+    console.print_json(json.dumps(open_registry().get(version).lineage))
+
+
+@models_app.command("export")
+def models_export(
+    version: Annotated[str, typer.Argument(help="e.g. flight_delay-v1")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write to.")],
+) -> None:
+    """Write weights (.npz and a torch state_dict) and lineage.json to a folder."""
+    import numpy as np
+    import torch
+
+    from federation.registry import open_registry
+    from federation.task import build_model, set_weights
+
+    registry = open_registry()
+    model_version = registry.get(version)
+    weights = registry.weights(version)
+    lineage = model_version.lineage
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "weights.npz", *weights)
+    model = build_model(
+        lineage["model"]["kind"], lineage["model"]["features"], lineage["model"]["hidden"]
+    )
+    set_weights(model, weights)
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "lineage.json").write_text(json.dumps(lineage, indent=2), encoding="utf-8")
+    console.print(f"exported {version} to {out}: weights.npz, model.pt, lineage.json")

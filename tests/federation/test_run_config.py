@@ -1,0 +1,70 @@
+"""Run configuration: defaults match pyproject, bad values and impossible combinations refused."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from federation.errors import IncompatibleWithSecAgg, InvalidModelConfig, InvalidSecAggConfig
+from federation.run_config import DEFAULTS, RunConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pyproject_declares_every_key_with_the_same_default() -> None:
+    """[tool.flwr.app.config] and RunConfig agree, so `flwr run .` and the code match."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config == DEFAULTS
+    parsed = RunConfig.from_flower(config)
+    assert parsed.secure_aggregation and not parsed.dp.enabled and parsed.rounds == 10
+
+
+@pytest.mark.parametrize(
+    "changes,error,message",
+    [
+        ({"aggregator": "median"}, IncompatibleWithSecAgg, "only learns their sum"),
+        ({"aggregator": "trimmed_mean"}, IncompatibleWithSecAgg, "only learns their sum"),
+        (
+            {"dp-noise-multiplier": 1.0, "dp-clipping": "server"},
+            IncompatibleWithSecAgg,
+            "never sees one",
+        ),
+        ({"num-shares": 4}, InvalidSecAggConfig, "odd"),
+        ({"reconstruction-threshold": 1.5}, InvalidSecAggConfig, "fraction"),
+        ({"num-server-rounds": 0}, InvalidModelConfig, "num-server-rounds"),
+        ({"batch-size": "big"}, InvalidModelConfig, "batch-size"),
+        ({"secure-aggregation": "yes"}, InvalidModelConfig, "true or false"),
+        ({"server-momentum": 0.9}, InvalidModelConfig, "fedavgm"),
+        ({"stage-timeout": 0.0}, InvalidModelConfig, "stage-timeout"),
+        ({"rounds": 3}, InvalidModelConfig, "unknown run-config keys"),
+    ],
+)
+def test_impossible_runs_are_refused_before_they_start(
+    changes: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """Each refusal names the key or the combination, and how to fix it."""
+    with pytest.raises(error, match=message):
+        RunConfig.from_flower(changes)
+
+
+def test_robust_aggregation_and_server_dp_need_plain_aggregation() -> None:
+    """Without SecAgg+, median and server-side DP clipping are allowed."""
+    RunConfig.from_flower({"secure-aggregation": False, "aggregator": "median"})
+    RunConfig.from_flower(
+        {"secure-aggregation": False, "dp-noise-multiplier": 1.0, "dp-clipping": "server"}
+    )
+    with pytest.raises(InvalidModelConfig, match="no DP analysis"):
+        RunConfig.from_flower(
+            {"secure-aggregation": False, "aggregator": "median", "dp-noise-multiplier": 1.0}
+        )
+
+
+@pytest.mark.parametrize(
+    "size,fraction,expected", [(3, 0.6, 2), (5, 0.6, 3), (7, 0.6, 5), (5, 0.1, 3), (5, 4.0, 4)]
+)
+def test_thresholds_keep_a_majority(size: int, fraction: float, expected: int) -> None:
+    """A fraction or a count, never at or below half of the neighbourhood."""
+    config = RunConfig.from_flower({"reconstruction-threshold": fraction})
+    assert config.threshold_for(size) == expected
