@@ -47,12 +47,21 @@ from federation.errors import FederationError, NotEnoughParticipants, SecAggProt
 from federation.features import Encoding, task_encoding
 from federation.messenger import Messenger, Request
 from federation.run_config import RunConfig
-from federation.secagg.protocol import choose_scale, decode_sum, flatten, unflatten
+from federation.secagg.protocol import (
+    choose_scale,
+    decode_sum,
+    flatten,
+    neighbourhood_size,
+    unflatten,
+)
 from federation.secagg.server import SecAggRound, public_keys_from
 from federation.task import build_model, get_weights, parameter_count
 from federation.tasks import TaskSpec, get_task
 
 EVENT_PREFIX = "privmesh-event "
+CENSUS_GRACE_FACTOR = 3.0
+"""Loading takes as long as a domain's data is large: the census waits for stragglers
+three times as long as the majority took (the rounds' straggler factor if larger)."""
 NOISE_BOUND_SIGMAS = 12.0
 """With client-side noise, SecAgg+ carries values up to C + 12 sigma (a larger one is
 refused, never clipped: odds about 1e-32 per element)."""
@@ -88,6 +97,7 @@ class RoundLog:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     pooled_auc: float | None = None
     seconds: float = 0.0
+    exchanges: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)
     positives: NDArray[np.int64] | None = None
     negatives: NDArray[np.int64] | None = None
@@ -174,9 +184,10 @@ class Coordinator:
         requests = {n: Request(MessageType.QUERY, wire.request(steps)) for n in nodes}
         outcome, _ = self.messenger.exchange(
             requests,
-            quorum=len(nodes),
+            quorum=_majority(len(requests)),
             timeout=self.config.census_timeout,
             group="census",
+            grace_factor=max(CENSUS_GRACE_FACTOR, self.config.straggler_factor),
         )
         keys: dict[int, tuple[bytes, bytes]] = {}
         for node, content in sorted(outcome.replies.items()):
@@ -277,11 +288,15 @@ class Coordinator:
                 f"{self.config.min_domains}"
             )
             return None
-        size = min(self.config.num_shares, len(live))
-        size -= 1 - size % 2  # odd neighbourhoods
-        threshold = self.config.threshold_for(size)
+        size = neighbourhood_size(self.config.num_shares, len(live))
         try:
-            return SecAggRound(r, live, max(size, 3), threshold, seed=secrets.randbits(64))
+            return SecAggRound(
+                r,
+                live,
+                self.config.num_shares,
+                self.config.threshold_for(size),
+                seed=secrets.randbits(64),
+            )
         except FederationError as exc:
             record.lost_reason = str(exc)
             return None
@@ -294,27 +309,8 @@ class Coordinator:
         record: RoundLog | None,
     ) -> None:
         """unmask(r-1) for the previous round's senders + share_keys(r) for this round's."""
-        steps: dict[int, dict[str, dict[str, Any]]] = {}
-        if pending is not None:
-            previous = pending[0]
-            for node in sorted(previous.masked):
-                active, dead = previous.unmask_lists(node)
-                steps.setdefault(node, {})[wire.UNMASK] = {
-                    "round": previous.round,
-                    "active": active,
-                    "dead": dead,
-                }
-        if current is not None:
-            for node in current.participants():
-                neighbours = current.keys_for(node)
-                ids = sorted(neighbours)
-                steps.setdefault(node, {})[wire.SHARE_KEYS] = {
-                    "round": r,
-                    "threshold": current.threshold,
-                    "nodes": ids,
-                    "pk1": [neighbours[n][0] for n in ids],
-                    "pk2": [neighbours[n][1] for n in ids],
-                }
+        previous = pending[0] if pending is not None else None
+        steps = _unmask_and_share_steps(r, previous, current)
         requests = {n: Request(MessageType.TRAIN, wire.request(s)) for n, s in steps.items()}
         outcome, _ = self.messenger.exchange(
             requests,
@@ -324,9 +320,9 @@ class Coordinator:
         )
         for node, content in outcome.replies.items():
             try:
-                if pending is not None and wire.UNMASK in steps[node]:
+                if previous is not None and wire.UNMASK in steps[node]:
                     answer = wire.params(content, wire.UNMASK)
-                    pending[0].record_reveal(
+                    previous.record_reveal(
                         node, cast(list[int], answer["owners"]), cast(list[bytes], answer["shares"])
                     )
                 if current is not None and wire.SHARE_KEYS in steps[node]:
@@ -338,12 +334,16 @@ class Coordinator:
                     )
             except (SecAggProtocolError, KeyError) as exc:
                 outcome.failures[node] = f"malformed answer: {exc}"
-        for node, reason in outcome.failures.items():
-            if record is not None:
-                record.dropped[self._domain(node)] = reason
-            if pending is not None:
-                pending[1].dropped.setdefault(self._domain(node), f"while unmasking: {reason}")
+        if record is not None:
+            record.exchanges["share_keys"] = round(outcome.seconds, 3)
+            for node in set(outcome.failures) & {n for n in steps if wire.SHARE_KEYS in steps[n]}:
+                record.dropped[self._domain(node)] = outcome.failures[node]
         if pending is not None:
+            pending[1].exchanges["unmask"] = round(outcome.seconds, 3)
+            for node in set(outcome.failures) & {n for n in steps if wire.UNMASK in steps[n]}:
+                pending[1].dropped[self._domain(node)] = (
+                    f"while unmasking: {outcome.failures[node]}"
+                )
             self._finish_secure(*pending)
 
     def _exchange_b(
@@ -387,6 +387,7 @@ class Coordinator:
             optional=optional,
         )
         record.participants = sorted(self._domain(n) for n in shared)
+        record.exchanges["collect"] = round(outcome.seconds, 3)
         keys: dict[int, tuple[bytes, bytes]] = {}
         losses: list[tuple[float, int]] = []
         for node, content in outcome.replies.items():
@@ -510,6 +511,7 @@ class Coordinator:
                 group=str(r),
             )
             record.participants = sorted(self._domain(n) for n in nodes)
+            record.exchanges["collect"] = round(outcome.seconds, 3)
             updates: list[NDArray[np.float64]] = []
             weights: list[int] = []
             losses: list[tuple[float, int]] = []
@@ -559,6 +561,15 @@ class Coordinator:
             record.add_histograms(answer)
 
     def _apply(self, mean: NDArray[np.float64], record: RoundLog) -> None:
+        limit = self._update_limit()
+        length = float(np.linalg.norm(mean))
+        if not np.isfinite(length) or length > limit:
+            record.lost_reason = (
+                f"the aggregate update has norm {length:.4g}, beyond what clipped updates can "
+                f"sum to ({limit:.4g}): a domain sent an unclipped update; round discarded"
+            )
+            self._report(record)
+            return
         self.weights = self.optimizer.step(self.weights, mean)
         record.released = True
         self.released += 1
@@ -573,6 +584,22 @@ class Coordinator:
                 "delta": total.delta,
             }
         self._report(record)
+
+    def _update_limit(self) -> float:
+        """The largest norm a mean of clipped updates can have: the clipping norm (a mean
+        of vectors no longer than C is no longer than C), plus, with DP, a norm the noise
+        in the mean exceeds with probability below 1e-21 (Gaussian norm tail, t = 10; the
+        noise of a mean is largest with the fewest contributors, min-domains)."""
+        dp = self.config.dp
+        limit = dp.clipping_norm * (1 + 1e-9) + 1e-9
+        if dp.enabled:
+            fewest = max(1, dp.min_domains)
+            if dp.clipping == "client":
+                sigma = dp.domain_noise_scale / math.sqrt(fewest)
+            else:
+                sigma = dp.sum_noise_scale / fewest
+            limit += sigma * (math.sqrt(len(self.weights)) + 10.0)
+        return limit
 
     def _lose(self, record: RoundLog, began: float) -> None:
         record.seconds = time.monotonic() - began
@@ -593,6 +620,7 @@ class Coordinator:
             clipped=record.clipped,
             auc_before=record.pooled_auc,
             seconds=round(record.seconds, 3),
+            exchanges=record.exchanges,
             privacy=record.privacy,
         )
 
@@ -727,6 +755,34 @@ class Coordinator:
             "started_at": self.started.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+
+def _unmask_and_share_steps(
+    r: int, previous: SecAggRound | None, current: SecAggRound | None
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per node: unmask(r-1) if it sent a vector in the previous round, share_keys(r) if
+    it takes part in this one."""
+    steps: dict[int, dict[str, dict[str, Any]]] = {}
+    if previous is not None:
+        for node in sorted(previous.masked):
+            active, dead = previous.unmask_lists(node)
+            steps.setdefault(node, {})[wire.UNMASK] = {
+                "round": previous.round,
+                "active": active,
+                "dead": dead,
+            }
+    if current is not None:
+        for node in current.participants():
+            neighbours = current.keys_for(node)
+            ids = sorted(neighbours)
+            steps.setdefault(node, {})[wire.SHARE_KEYS] = {
+                "round": r,
+                "threshold": current.threshold,
+                "nodes": ids,
+                "pk1": [neighbours[n][0] for n in ids],
+                "pk2": [neighbours[n][1] for n in ids],
+            }
+    return steps
 
 
 def _majority(count: int) -> int:

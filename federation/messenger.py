@@ -2,9 +2,11 @@
 
 Flower's ``Grid.send_and_receive`` polls every 3 s and waits for every reply (or a
 fixed timeout). An exchange here polls every ``poll_seconds`` and ends as soon as every
-required domain has answered, or, once ``quorum`` have, after a straggler grace of
-``max(grace_seconds, grace_factor * elapsed)``: a domain that died is noticed within
-seconds of the others' answers instead of Flower's ~50 s heartbeat timeout. Optional
+required domain has answered, or on a straggler deadline: once ``quorum`` have answered,
+``max(grace_seconds, grace_factor * elapsed)`` later; and once any has answered,
+``max(grace_seconds, FIRST_REPLY_FACTOR * elapsed)`` later (so when too many died for a
+quorum, the exchange still ends within seconds of the survivors' answers). A dead
+domain is noticed within seconds instead of Flower's ~50 s heartbeat timeout. Optional
 requests (a rejoining domain's key generation) are answered if they arrive in time
 and never extend an exchange. Background requests (a late domain's census) are pushed
 once and picked up by whichever later exchange sees their answers.
@@ -20,6 +22,10 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation import wire
+
+FIRST_REPLY_FACTOR = 5.0
+"""Wait at most this multiple of the first answer's time for the others (and at least
+the grace): a slow domain five times slower than the fastest is given up on."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,14 @@ class Messenger:
         timeout: float,
         group: str,
         optional: Mapping[int, Request] | None = None,
+        grace_factor: float | None = None,
     ) -> tuple[Outcome, Outcome]:
-        """Ask ``required`` (and ``optional``) nodes; the outcomes of both groups."""
+        """Ask ``required`` (and ``optional``) nodes; the outcomes of both groups.
+
+        ``grace_factor`` overrides the straggler factor for this exchange (the census,
+        whose answers vary with each domain's data size, waits longer).
+        """
+        factor = self.grace_factor if grace_factor is None else grace_factor
         start = self.clock()
         must = self._push(required, group)
         may = self._push(optional or {}, group)
@@ -103,7 +115,7 @@ class Messenger:
         )
         extra = Outcome()
         deadline = start + timeout
-        quorum_seen = False
+        quorum_seen = first_seen = False
         first = True
         while must or first:
             first = False
@@ -119,9 +131,14 @@ class Messenger:
             if not must:
                 break
             now = self.clock()
+            answered = len(main.replies) + len(main.failures)
+            if not first_seen and answered:
+                first_seen = True
+                patience = max(self.grace_seconds, max(factor, FIRST_REPLY_FACTOR) * (now - start))
+                deadline = min(deadline, now + patience)
             if not quorum_seen and len(main.replies) >= quorum:
                 quorum_seen = True
-                grace = max(self.grace_seconds, self.grace_factor * (now - start))
+                grace = max(self.grace_seconds, factor * (now - start))
                 deadline = min(deadline, now + grace)
             if now >= deadline:
                 break

@@ -54,7 +54,8 @@ class RunData:
     dataset: Dataset
 
 
-_RUNS: dict[int, RunData] = {}
+_RUNS: dict[tuple[int, int], RunData] = {}
+"""Loaded data by (run, node): one runner serves one node, tests serve several."""
 _KEEP_RUNS = 2
 
 
@@ -143,8 +144,9 @@ def _census(message: Message, context: Context, domain: str, config: RunConfig) 
     check_data(dataset.x_train, dataset.y_train, encoding.width)
     if len(dataset.y_test):
         check_data(dataset.x_test, dataset.y_test, encoding.width)
-    _RUNS[context.run_id] = RunData(task, encoding, dataset)
-    for old in sorted(_RUNS)[:-_KEEP_RUNS]:
+    _RUNS[(context.run_id, context.node_id)] = RunData(task, encoding, dataset)
+    runs = sorted({run for run, _ in _RUNS})
+    for old in [key for key in _RUNS if key[0] in runs[:-_KEEP_RUNS]]:
         del _RUNS[old]
     answer = {
         "domain": domain,
@@ -157,7 +159,7 @@ def _census(message: Message, context: Context, domain: str, config: RunConfig) 
 
 
 def _run_data(context: Context) -> RunData:
-    data = _RUNS.get(context.run_id)
+    data = _RUNS.get((context.run_id, context.node_id))
     if data is None:
         raise FederationError(
             "this domain has not loaded the run's data (its process restarted after the "

@@ -171,7 +171,9 @@ class RunConfig:
                 "SecAgg+ never sees one; use dp-clipping = 'client'"
             )
         if self.num_shares % 2 == 0:
-            raise InvalidSecAggConfig(f"num-shares must be odd, got {self.num_shares}")
+            raise InvalidSecAggConfig(
+                f"num-shares must be odd (SecAgg+'s ring neighbourhoods), got {self.num_shares}"
+            )
         t = self.reconstruction_threshold
         if not (0 < t <= 1 or (t >= 2 and t.is_integer())):
             raise InvalidSecAggConfig(

@@ -145,17 +145,17 @@ _CARRIERS = {
     "lga": ["DL", "DL", "AA", "AA", "MQ", "US", "EV", "UA", "WN", "B6", "FL", "F9", "YV"],
 }
 _CARRIER_EFFECT = {
-    "9E": 0.3,
-    "EV": 0.5,
-    "FL": 0.6,
-    "F9": 0.6,
-    "MQ": 0.3,
-    "YV": 0.4,
-    "HA": -0.8,
-    "AS": -0.5,
-    "US": -0.3,
-    "DL": -0.4,
-    "AA": -0.2,
+    "9E": 0.5,
+    "EV": 0.8,
+    "FL": 0.9,
+    "F9": 0.9,
+    "MQ": 0.5,
+    "YV": 0.6,
+    "HA": -1.2,
+    "AS": -0.8,
+    "US": -0.5,
+    "DL": -0.7,
+    "AA": -0.3,
 }
 _DESTINATIONS = [
     "ATL",
@@ -180,15 +180,15 @@ _DESTINATIONS = [
     "LAS",
 ]
 _DESTINATION_EFFECT = {
-    "ORD": 0.4,
-    "ATL": 0.2,
-    "SFO": 0.3,
-    "DEN": 0.3,
-    "BOS": -0.2,
-    "LAX": -0.1,
-    "MIA": 0.2,
-    "DCA": 0.1,
-    "LAS": -0.3,
+    "ORD": 0.7,
+    "ATL": 0.4,
+    "SFO": 0.5,
+    "DEN": 0.5,
+    "BOS": -0.4,
+    "LAX": -0.2,
+    "MIA": 0.3,
+    "DCA": 0.2,
+    "LAS": -0.5,
 }
 _DISTANCE = {
     "ATL": 760,
@@ -230,7 +230,7 @@ def _departures(airport: str) -> Builder:
             _AIRPORT_BASE[airport]
             + _CARRIER_EFFECT.get(carrier, 0.0)
             + _DESTINATION_EFFECT.get(dest, 0.0)
-            + 0.09 * (arrival_hour - 14)
+            + 0.15 * (arrival_hour - 14)
             + 0.0002 * distance
         )
         late = rng.random() < 1 / (1 + math.exp(-logit))

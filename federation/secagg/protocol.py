@@ -160,18 +160,28 @@ def neighbourhoods(
     }
 
 
-def check_threshold(num_shares: int, threshold: int) -> None:
-    """Refuse thresholds that cannot protect a node's secrets or cannot be met."""
-    if num_shares < 3:
-        raise InvalidSecAggConfig(f"num-shares must be >= 3, got {num_shares}")
-    if num_shares % 2 == 0:
+def neighbourhood_size(num_shares: int, nodes: int) -> int:
+    """Members of each neighbourhood (the node included) when ``nodes`` take part."""
+    return min(num_shares, nodes)
+
+
+def check_threshold(num_shares: int, threshold: int, nodes: int | None = None) -> None:
+    """Refuse thresholds that cannot protect a node's secrets or cannot be met.
+
+    With ``num_shares >= nodes`` the graph is complete (any size); a sparse ring needs
+    an odd ``num_shares`` (a node and as many neighbours on each side).
+    """
+    size = neighbourhood_size(num_shares, nodes if nodes is not None else num_shares)
+    if size < 2:
+        raise InvalidSecAggConfig(f"secure aggregation needs at least 2 nodes, got {size}")
+    if size < (nodes or 0) and num_shares % 2 == 0:
         raise InvalidSecAggConfig(
             f"num-shares must be odd (a node and the same number of ring neighbours on each "
             f"side), got {num_shares}"
         )
-    if not num_shares // 2 < threshold <= num_shares:
+    if not size // 2 < threshold <= size:
         raise InvalidSecAggConfig(
-            f"reconstruction-threshold must be more than half of num-shares and at most "
-            f"num-shares ({num_shares // 2 + 1}..{num_shares}), got {threshold}: a lower one "
+            f"the reconstruction threshold must be more than half of the {size} shares and "
+            f"at most all of them ({size // 2 + 1}..{size}), got {threshold}: a lower one "
             "would let two disjoint groups reveal both secrets of a node"
         )

@@ -62,7 +62,7 @@ class SecAggRound:
     revealers: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        check_threshold(self.num_shares, self.threshold)
+        check_threshold(self.num_shares, self.threshold, len(self.public_keys))
         if len(self.public_keys) < self.threshold:
             raise NotEnoughParticipants(
                 f"round {self.round}: {len(self.public_keys)} nodes hold keys, the "

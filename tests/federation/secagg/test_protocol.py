@@ -109,8 +109,11 @@ def test_neighbourhoods_are_symmetric_and_sized(count: int, shares: int) -> None
 
 
 def test_thresholds_must_keep_an_honest_majority() -> None:
-    """A threshold at or below half the shares (or above them) is refused."""
+    """A threshold at or below half the shares (or above them) is refused; a complete
+    graph may have any size, a ring needs an odd number of shares."""
     check_threshold(5, 3)
-    for shares, threshold in [(5, 2), (5, 6), (4, 3), (2, 2)]:
+    check_threshold(5, 2, nodes=2)  # two domains: both are needed
+    check_threshold(4, 3, nodes=4)  # complete graph of four
+    for shares, threshold, nodes in [(5, 2, 5), (5, 6, 9), (4, 3, 9), (5, 1, 2), (3, 2, 1)]:
         with pytest.raises(InvalidSecAggConfig):
-            check_threshold(shares, threshold)
+            check_threshold(shares, threshold, nodes)

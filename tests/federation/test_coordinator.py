@@ -1,0 +1,200 @@
+"""The ServerApp's run over an in-process grid: rounds, dropouts, refusals, bounds.
+
+The ClientApp handlers are the real ones reading real Feast stores; only the transport
+(SuperLink, SuperNodes) is replaced (tests/fakes.py). tests/federation/test_engine.py
+runs the same jobs on the real deployment engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from federation import wire
+from federation.coordinator import Coordinator
+from federation.errors import NotEnoughParticipants
+from tests.fakes import InProcessGrid
+from tests.federation.conftest import AIRPORTS, fill_store
+
+NODES = {11: "ewr", 22: "jfk", 33: "lga"}
+FAST = {
+    "num-server-rounds": 3,
+    "local-epochs": 2,
+    "batch-size": 32,
+    "straggler-grace": 0.05,
+    "node-wait-timeout": 0.5,
+}
+
+
+def job(
+    data_dir: Path, grid_config: dict[str, Any] | None = None, **config: Any
+) -> tuple[Coordinator, InProcessGrid]:
+    run_config = {**FAST, **config}
+    grid = InProcessGrid(grid_config or NODES, run_config, str(data_dir))
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    return Coordinator(grid, context, poll_seconds=0.001), grid  # type: ignore[arg-type]
+
+
+def released(coordinator: Coordinator) -> list[int]:
+    return [r.round for r in coordinator.rounds if r.released]
+
+
+def test_a_secure_job_trains_every_round_and_records_its_lineage(airport_data: Path) -> None:
+    """Three SecAgg+ rounds over three domains: all released, the model improves, the
+    lineage names each domain's example count, the protocol and the privacy settings."""
+    coordinator, _ = job(airport_data)
+    lineage = coordinator.run()
+    assert released(coordinator) == [1, 2, 3]
+    assert lineage["rounds"]["lost"] == []
+    assert set(lineage["domains"]) == set(AIRPORTS)
+    assert all(d["train_examples"] > 900 for d in lineage["domains"].values())
+    assert lineage["secure_aggregation"]["enabled"] and not lineage["dp"]["enabled"]
+    assert lineage["metrics"]["global"]["pooled_auc"] > 0.6
+    assert lineage["model"]["parameters"] == 220 * 64 + 64 + 64 + 1
+
+
+def test_secure_and_plain_aggregation_give_the_same_model(airport_data: Path) -> None:
+    """Same seeds, same data: SecAgg+'s result equals plain FedAvg's to ~1e-9 relative."""
+    secure, _ = job(airport_data, **{"num-server-rounds": 2})
+    secure.run()
+    plain, _ = job(airport_data, **{"num-server-rounds": 2, "secure-aggregation": False})
+    plain.run()
+    error = np.linalg.norm(secure.weights - plain.weights) / np.linalg.norm(plain.weights)
+    assert error < 1e-5
+
+
+@pytest.mark.parametrize(
+    "step,round_",
+    [("share_keys", 2), ("collect", 2), ("unmask", 2), ("unmask", 3), ("keygen", 1)],
+    ids=["before-key-sharing", "after-key-sharing", "while-unmasking", "final-unmask", "census"],
+)
+def test_a_domain_dying_at_any_step_loses_no_round(
+    airport_data: Path, step: str, round_: int
+) -> None:
+    """jfk dies at one step of the protocol; with threshold 2 of 3, every round is
+    released and the next rounds go on with the two survivors."""
+    coordinator, grid = job(airport_data)
+    grid.kill(22, step, round_)
+    coordinator.run()
+    assert released(coordinator) == [1, 2, 3]
+    later = [r for r in coordinator.rounds if r.round > round_]
+    assert all(r.participants == ["ewr", "lga"] for r in later)
+
+
+def test_two_dead_domains_of_three_stop_the_run_with_a_reason(airport_data: Path) -> None:
+    """Below min-domains rounds are lost, each saying why; nothing blocks."""
+    coordinator, grid = job(airport_data)
+    grid.kill(22, "collect", 2)
+    grid.kill(33, "collect", 2)
+    coordinator.run()
+    assert released(coordinator) == [1]
+    lost = [r for r in coordinator.rounds if not r.released]
+    assert lost and all(r.lost_reason for r in lost)
+
+
+def test_a_domain_without_data_is_left_out_and_named(airport_data: Path, tmp_path: Path) -> None:
+    """A domain with an empty store is refused at the census (no_training_data); the run
+    continues with the other two."""
+    import shutil
+
+    shutil.rmtree(airport_data / "features" / "lga" / "offline" / "departures_events")
+    coordinator, _ = job(airport_data)
+    lineage = coordinator.run()
+    assert set(lineage["domains"]) == {"ewr", "jfk"}
+    assert "no_training_data" in lineage["refused_domains"]["lga"]
+    assert released(coordinator) == [1, 2, 3]
+
+
+def test_a_domain_with_nan_features_is_refused_with_a_count(tmp_path: Path) -> None:
+    """A NaN in a feature column is that domain's invalid_training_data, with the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data_dir = tmp_path / "data"
+    for seed, domain in enumerate(AIRPORTS, start=1):
+        fill_store(data_dir, domain, 600, seed)
+    folder = data_dir / "features" / "jfk" / "offline" / "departures_events"
+    (path,) = sorted(folder.glob("part-*.parquet"))
+    table = pq.read_table(path)
+    distance = table.column("distance").to_pylist()
+    distance[:7] = [None] * 7
+    table = table.set_column(
+        table.schema.get_field_index("distance"), "distance", pa.array(distance, pa.int64())
+    )
+    pq.write_table(table, path)
+    coordinator, _ = job(data_dir, **{"num-server-rounds": 1})
+    lineage = coordinator.run()
+    assert (
+        "NaN" in lineage["refused_domains"]["jfk"]
+        and "[invalid_training_data]" in lineage["refused_domains"]["jfk"]
+    )
+
+
+def test_too_few_domains_stop_before_training_with_every_reason(tmp_path: Path) -> None:
+    """With two of three domains empty, the census stops the job and names both."""
+    data_dir = tmp_path / "data"
+    fill_store(data_dir, "ewr", 300, 1)
+    for domain in ("jfk", "lga"):
+        fill_store(data_dir, domain, 0, 2)
+    coordinator, _ = job(data_dir)
+    with pytest.raises(NotEnoughParticipants, match=r"jfk.*no_training_data.*lga"):
+        coordinator.run()
+
+
+def test_a_huge_update_is_clipped_and_the_model_moves_at_most_the_norm(airport_data: Path) -> None:
+    """A domain that trains with a learning rate of 10 sends a huge update; clipping
+    bounds it, so the global model moves at most clipping-norm per round."""
+    coordinator, grid = job(airport_data, **{"num-server-rounds": 1, "clipping-norm": 0.5})
+    grid.contexts[22].run_config["learning-rate"] = 10.0
+    before = coordinator.weights.copy()
+    coordinator.run()
+    assert coordinator.rounds[0].clipped >= 1
+    assert np.linalg.norm(coordinator.weights - before) <= 0.5 + 1e-9
+
+
+def test_an_unclipped_update_is_caught_in_the_aggregate(airport_data: Path) -> None:
+    """A domain that skips clipping (plain aggregation: its update is replaced by a huge
+    one) is caught by the aggregate-norm check: the round is discarded, not applied."""
+
+    def inflate(reply: Any) -> Any:
+        content: RecordDict = reply.content
+        if wire.UPDATE_RECORD in content.array_records:
+            (delta,) = wire.arrays_of(content, wire.UPDATE_RECORD)
+            content.array_records[wire.UPDATE_RECORD] = wire.arrays_record([delta * 1e6 + 1.0])
+        return reply
+
+    coordinator, grid = job(airport_data, **{"num-server-rounds": 1, "secure-aggregation": False})
+    grid.tamper[33] = inflate
+    before = coordinator.weights.copy()
+    coordinator.run()
+    assert not coordinator.rounds[0].released and "unclipped" in coordinator.rounds[0].lost_reason
+    assert np.array_equal(coordinator.weights, before)
+
+
+def test_dp_rounds_report_their_privacy_loss(airport_data: Path) -> None:
+    """With DP on, every released round carries its epsilon and the running total."""
+    coordinator, _ = job(
+        airport_data, **{"num-server-rounds": 2, "dp-noise-multiplier": 1.0, "clipping-norm": 1.0}
+    )
+    lineage = coordinator.run()
+    first, second = (r.privacy for r in coordinator.rounds)
+    assert second["epsilon_total"] > first["epsilon_total"] == pytest.approx(first["epsilon_round"])
+    assert second["rho_total"] == pytest.approx(2 * first["rho_round"])
+    assert lineage["dp"]["epsilon_total"] == pytest.approx(second["epsilon_total"])
+    assert lineage["dp"]["rho_per_round"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_robust_aggregation_runs_without_secure_aggregation(airport_data: Path) -> None:
+    """The coordinate-wise median is available when updates are in clear."""
+    coordinator, _ = job(
+        airport_data,
+        **{"num-server-rounds": 2, "secure-aggregation": False, "aggregator": "median"},
+    )
+    coordinator.run()
+    assert released(coordinator) == [1, 2]
