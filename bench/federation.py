@@ -24,6 +24,7 @@ Writes bench/results/federation.json; the last line printed is ``RESULT {json}``
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -119,7 +120,7 @@ def write_contracts(folder: Path) -> None:
     template = yaml.safe_load((CONTRACTS_DIR / "ewr.yaml").read_text())
     for carrier in CARRIERS:
         domain = f"carrier_{carrier.lower()}"
-        raw = json.loads(json.dumps(template))
+        raw = copy.deepcopy(template)
         raw["domain"] = domain
         raw["description"] = f"Airline {carrier}; publishes its New York departures."
         raw["owner"] = raw["products"][0]["owner"] = f"{carrier.lower()}-ops@example.com"

@@ -52,7 +52,6 @@ from federation.secagg.protocol import (
     decode_sum,
     flatten,
     neighbourhood_size,
-    unflatten,
 )
 from federation.secagg.server import SecAggRound, public_keys_from
 from federation.task import build_model, get_weights, parameter_count
@@ -98,6 +97,8 @@ class RoundLog:
     pooled_auc: float | None = None
     seconds: float = 0.0
     exchanges: dict[str, float] = field(default_factory=dict)
+    compute: dict[str, float] = field(default_factory=dict)
+    """The slowest domain's own compute per step (the rest of an exchange is transport)."""
     privacy: dict[str, float] = field(default_factory=dict)
     positives: NDArray[np.int64] | None = None
     negatives: NDArray[np.int64] | None = None
@@ -205,7 +206,7 @@ class Coordinator:
                 int(cast(int, answer["test_examples"])),
                 int(cast(int, answer["without_label"])),
             )
-            if wire.record_name(wire.KEYGEN) in content.config_records:
+            if wire.has_step(content, wire.KEYGEN):
                 pair = wire.params(content, wire.KEYGEN)
                 keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
         for node, reason in outcome.failures.items():
@@ -322,11 +323,15 @@ class Coordinator:
             try:
                 if previous is not None and wire.UNMASK in steps[node]:
                     answer = wire.params(content, wire.UNMASK)
+                    if pending is not None:
+                        _note_compute(pending[1], wire.UNMASK, answer)
                     previous.record_reveal(
                         node, cast(list[int], answer["owners"]), cast(list[bytes], answer["shares"])
                     )
                 if current is not None and wire.SHARE_KEYS in steps[node]:
                     answer = wire.params(content, wire.SHARE_KEYS)
+                    if record is not None:
+                        _note_compute(record, wire.SHARE_KEYS, answer)
                     current.record_shares(
                         node,
                         cast(list[int], answer["destinations"]),
@@ -355,7 +360,7 @@ class Coordinator:
         if dp.enabled:
             bound += NOISE_BOUND_SIGMAS * dp.domain_noise_scale
         scale = choose_scale(bound, sum(self._weight(n) for n in shared))
-        model = unflatten(self.weights, self.shapes)
+        model = [self.weights.astype(np.float32)]
         requests: dict[int, Request] = {}
         for node in shared:
             sources, ciphertexts = current.shares_for(node)
@@ -417,6 +422,7 @@ class Coordinator:
     def _finish_secure(
         self, current: SecAggRound, record: RoundLog, scale: float, bound: float
     ) -> None:
+        began = time.perf_counter()
         try:
             total, weight = current.aggregate()
         except NotEnoughParticipants as exc:
@@ -424,6 +430,7 @@ class Coordinator:
             self._report(record)
             return
         mean = decode_sum(total, scale, weight)
+        record.compute["server_unmask"] = time.perf_counter() - began
         self._apply(mean, record)
 
     def _keygen_only(self, r: int) -> dict[int, tuple[bytes, bytes]]:
@@ -492,7 +499,7 @@ class Coordinator:
             record = RoundLog(r)
             self._admit_newcomers()
             nodes = self._idle_online(set())
-            model = unflatten(self.weights, self.shapes)
+            model = [self.weights.astype(np.float32)]
             content: dict[str, dict[str, Any]] = {
                 wire.COLLECT: {
                     "round": r,
@@ -554,6 +561,7 @@ class Coordinator:
     def _note_collect(
         self, node: int, answer: Any, record: RoundLog, losses: list[tuple[float, int]]
     ) -> None:
+        _note_compute(record, wire.COLLECT, answer)
         losses.append((float(answer["train_loss"]), self.members[node].train_examples))
         record.clipped += int(bool(answer["clipped"]))
         if int(answer.get("eval_examples", 0)):
@@ -621,11 +629,12 @@ class Coordinator:
             auc_before=record.pooled_auc,
             seconds=round(record.seconds, 3),
             exchanges=record.exchanges,
+            compute={k: round(v, 3) for k, v in record.compute.items()},
             privacy=record.privacy,
         )
 
     def _final_evaluation(self) -> None:
-        model = unflatten(self.weights, self.shapes)
+        model = [self.weights.astype(np.float32)]
         requests = {
             n: Request(
                 MessageType.EVALUATE,
@@ -783,6 +792,11 @@ def _unmask_and_share_steps(
                 "pk2": [neighbours[n][1] for n in ids],
             }
     return steps
+
+
+def _note_compute(record: RoundLog, step: str, answer: Any) -> None:
+    seconds = float(answer.get("seconds", 0.0))
+    record.compute[step] = max(record.compute.get(step, 0.0), seconds)
 
 
 def _majority(count: int) -> int:

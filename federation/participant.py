@@ -11,6 +11,7 @@ and evaluation metrics.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 
 from federation import wire
 from federation.dp import clip, gaussian_noise
@@ -26,7 +27,7 @@ from federation.errors import FederationError
 from federation.features import Dataset, Encoding, load_dataset
 from federation.run_config import RunConfig
 from federation.secagg.client import RoundSecrets, SecAggClient
-from federation.secagg.protocol import flatten, quantise, weighted
+from federation.secagg.protocol import flatten, quantise, unflatten, weighted
 from federation.task import (
     TrainConfig,
     build_model,
@@ -104,13 +105,15 @@ def handle(message: Message, context: Context) -> Message:
     try:
         domain = domain_of(context)
         config = RunConfig.from_flower(context.run_config)
-        reply = RecordDict()
+        answers: dict[str, dict[str, Any]] = {}
+        arrays: dict[str, list[Any]] = {}
         for step in wire.steps_of(message.content):
-            answer, arrays = _STEPS[step](message, context, domain, config)
-            reply.config_records[wire.record_name(step)] = ConfigRecord(answer)
-            for name, values in arrays.items():
-                reply.array_records[name] = wire.arrays_record(values)
-        return Message(reply, reply_to=message)
+            began = time.perf_counter()
+            answer, produced = _STEPS[step](message, context, domain, config)
+            answer["seconds"] = time.perf_counter() - began  # the domain's compute, no data
+            answers[step] = answer
+            arrays.update(produced)
+        return Message(wire.reply(answers, arrays), reply_to=message)
     except FederationError as exc:
         log.warning("domain %s refused a request: %s [%s]", domain, exc, exc.code)
         return Message(wire.error_reply(exc.code, str(exc), domain), reply_to=message)
@@ -169,7 +172,7 @@ def _run_data(context: Context) -> RunData:
 
 
 def _keygen(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
-    round_ = int(wire.params(message.content, wire.KEYGEN)["round"])  # type: ignore[arg-type]
+    round_ = int(wire.params(message.content, wire.KEYGEN)["round"])
     client = SecAggClient(context.node_id, _Secrets(context))
     pk1, pk2 = client.keygen(round_)
     return {"round": round_, "pk1": pk1, "pk2": pk2}, {}
@@ -177,20 +180,20 @@ def _keygen(message: Message, context: Context, domain: str, config: RunConfig) 
 
 def _share_keys(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
     request = wire.params(message.content, wire.SHARE_KEYS)
-    round_ = int(request["round"])  # type: ignore[arg-type]
+    round_ = int(request["round"])
     keys = wire.pairs(
         cast(list[int], request["nodes"]),
         cast(list[bytes], request["pk1"]),
         cast(list[bytes], request["pk2"]),
     )
     client = SecAggClient(context.node_id, _Secrets(context))
-    destinations, ciphertexts = client.share_keys(round_, int(request["threshold"]), keys)  # type: ignore[arg-type]
+    destinations, ciphertexts = client.share_keys(round_, int(request["threshold"]), keys)
     return {"round": round_, "destinations": destinations, "ciphertexts": ciphertexts}, {}
 
 
 def _collect(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
     request = wire.params(message.content, wire.COLLECT)
-    round_ = int(request["round"])  # type: ignore[arg-type]
+    round_ = int(request["round"])
     data = _run_data(context)
     secure = bool(request["secure"])
     client = SecAggClient(context.node_id, _Secrets(context))
@@ -199,7 +202,7 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
             round_, cast(list[int], request["sources"]), cast(list[bytes], request["ciphertexts"])
         )
     model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
-    global_weights = wire.arrays_of(message.content, wire.MODEL_RECORD)
+    global_weights = _model_weights(message, model)
     set_weights(model, global_weights)
     answer: dict[str, Any] = {"round": round_}
     if bool(request["evaluate"]):
@@ -221,14 +224,14 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     answer["weight"] = weight
     if not secure:
         return answer, {wire.UPDATE_RECORD: [delta.astype(np.float32)]}
-    quantised = quantise(delta, float(request["scale"]), float(request["bound"]))  # type: ignore[arg-type]
+    quantised = quantise(delta, float(request["scale"]), float(request["bound"]))
     masked = client.mask(round_, weighted(quantised, weight))
     return answer, {wire.UPDATE_RECORD: [masked]}
 
 
 def _unmask(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
     request = wire.params(message.content, wire.UNMASK)
-    round_ = int(request["round"])  # type: ignore[arg-type]
+    round_ = int(request["round"])
     client = SecAggClient(context.node_id, _Secrets(context))
     owners, shares = client.reveal(
         round_, cast(list[int], request["active"]), cast(list[int], request["dead"])
@@ -239,8 +242,14 @@ def _unmask(message: Message, context: Context, domain: str, config: RunConfig) 
 def _evaluate(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
     data = _run_data(context)
     model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
-    set_weights(model, wire.arrays_of(message.content, wire.MODEL_RECORD))
+    set_weights(model, _model_weights(message, model))
     return _evaluation(model, data.dataset), {}
+
+
+def _model_weights(message: Message, model: Any) -> list[Any]:
+    """The global model the message carries (one flat vector) in the model's shapes."""
+    (flat,) = wire.arrays_of(message.content, wire.MODEL_RECORD)
+    return unflatten(np.asarray(flat), [tuple(w.shape) for w in get_weights(model)])
 
 
 def _evaluation(model: Any, dataset: Dataset) -> dict[str, Any]:

@@ -12,8 +12,8 @@ of round r+1, and the key generation of round r+1 with the training of round r):
 ``unmask``      reveal shares so the server can remove the masks of a round
 ``evaluate``    evaluate a model on the domain's held-out rows
 
-Every step's parameters sit in a ``ConfigRecord`` named ``privmesh.<step>`` and its
-answer in one of the same name; arrays travel in ``ArrayRecord`` s. A domain that cannot
+Every step's parameters sit in one ``ConfigRecord`` named ``privmesh`` (keys
+``<step>.<name>``), answers likewise; arrays travel in ``ArrayRecord`` s. A domain that cannot
 do a step answers ``privmesh.error`` (code, message, domain) instead of failing silently.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from numpy.typing import NDArray
 
-STEPS_RECORD = "privmesh.steps"
+RECORD = "privmesh"
 ERROR_RECORD = "privmesh.error"
 MODEL_RECORD = "privmesh.model"
 UPDATE_RECORD = "privmesh.update"
@@ -39,10 +39,16 @@ UNMASK = "unmask"
 EVALUATE = "evaluate"
 STEP_NAMES = (CENSUS, KEYGEN, SHARE_KEYS, COLLECT, UNMASK, EVALUATE)
 
+ConfigValue = Any
 
-def record_name(step: str) -> str:
-    """The ConfigRecord holding ``step``'s parameters (requests) or answers (replies)."""
-    return f"privmesh.{step}"
+
+def _record(steps: Mapping[str, Mapping[str, Any]]) -> ConfigRecord:
+    """Every step's values in one record (``<step>.<key>``): Flower moves each record as
+    an object of its own, so one record per message saves round trips."""
+    values: dict[str, ConfigValue] = {"steps": list(steps)}
+    for step, entries in steps.items():
+        values.update({f"{step}.{key}": value for key, value in entries.items()})
+    return ConfigRecord(values)
 
 
 def request(
@@ -50,17 +56,22 @@ def request(
 ) -> RecordDict:
     """Content of a message asking for ``steps`` (in order) with their parameters."""
     content = RecordDict()
-    content.config_records[STEPS_RECORD] = ConfigRecord({"steps": list(steps)})
-    for step, params in steps.items():
-        content.config_records[record_name(step)] = ConfigRecord(dict(params))
+    content.config_records[RECORD] = _record(steps)
     for name, values in (arrays or {}).items():
         content.array_records[name] = arrays_record(values)
     return content
 
 
+def reply(
+    answers: Mapping[str, Mapping[str, Any]], arrays: Mapping[str, list[NDArray[Any]]]
+) -> RecordDict:
+    """Content of the answer to ``answers``' steps."""
+    return request(answers, arrays)
+
+
 def steps_of(content: RecordDict) -> list[str]:
-    """The steps a request asks for, in order."""
-    record = content.config_records.get(STEPS_RECORD)
+    """The steps a request asks for (or a reply answers), in order."""
+    record = content.config_records.get(RECORD)
     if record is None:
         return []
     steps = [str(s) for s in cast(list[str], record["steps"])]
@@ -70,16 +81,23 @@ def steps_of(content: RecordDict) -> list[str]:
     return steps
 
 
-def params(content: RecordDict, step: str) -> ConfigRecord:
+def has_step(content: RecordDict, step: str) -> bool:
+    """Whether ``content`` carries ``step``."""
+    return step in steps_of(content)
+
+
+def params(content: RecordDict, step: str) -> dict[str, Any]:
     """The parameters (or answers) of ``step``."""
-    record = content.config_records.get(record_name(step))
-    if record is None:
-        raise KeyError(f"the message carries no {record_name(step)} record")
-    return record
+    if not has_step(content, step):
+        raise KeyError(f"the message carries no {step} step")
+    record = content.config_records[RECORD]
+    prefix = f"{step}."
+    return {key[len(prefix) :]: value for key, value in record.items() if key.startswith(prefix)}
 
 
 def arrays_record(values: list[NDArray[Any]]) -> ArrayRecord:
-    """Numpy arrays, in order, as an ArrayRecord."""
+    """Numpy arrays, in order, as an ArrayRecord (models travel as one flat array: one
+    object to move instead of one per layer)."""
     return ArrayRecord({str(i): Array(np.ascontiguousarray(v)) for i, v in enumerate(values)})
 
 

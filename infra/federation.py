@@ -37,7 +37,13 @@ from infra.ports import require_free, wait_for_port
 from infra.stack import die_with_parent, terminate_tree
 
 CONNECTION = "privmesh"
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    # Flower splits arrays into 5 MiB objects, each its own round trip: a 1M-parameter
+    # update travels as one object instead of two.
+    "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE": str(64 * 2**20),
+}
 
 
 def app_dir() -> Path:
