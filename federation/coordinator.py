@@ -812,6 +812,7 @@ def _metrics(answer: Any) -> dict[str, float]:
 
 
 def _weighted_loss(losses: list[tuple[float, int]]) -> float | None:
+    losses = [(v, n) for v, n in losses if not math.isnan(v)]  # DP domains withhold theirs
     total = sum(n for _, n in losses)
     return sum(v * n for v, n in losses) / total if total else None
 

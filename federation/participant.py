@@ -214,10 +214,13 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
         seed=config.train.seed + 7_919 * round_ + zlib.crc32(domain.encode()) % 7_919,
         max_steps=config.train.max_steps,
     )
-    answer["train_loss"] = train(model, data.dataset.x_train, data.dataset.y_train, local)
+    loss = train(model, data.dataset.x_train, data.dataset.y_train, local)
+    # With DP, nothing computed from the domain's rows leaves but the noised update: its
+    # training loss and whether clipping bound are withheld (NaN / False).
+    answer["train_loss"] = float("nan") if config.dp.enabled else loss
     delta = flatten(get_weights(model)) - flatten(global_weights)
     delta, clipped = clip(delta, config.dp.clipping_norm)
-    answer["clipped"] = clipped
+    answer["clipped"] = clipped and not config.dp.enabled
     if config.dp.enabled and config.dp.clipping == "client":
         delta = gaussian_noise(delta, config.dp.domain_noise_scale)
     weight = 1 if config.dp.enabled else data.dataset.train_examples

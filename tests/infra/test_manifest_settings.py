@@ -10,6 +10,7 @@ import yaml
 from dashboards_api.settings import ApiSettings
 from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
+from federation.settings import FederationSettings
 from infra.settings import GeneratorSettings, StackSettings
 from streams.settings import KafkaSettings, StreamSettings
 
@@ -22,6 +23,7 @@ CLASSES = [
     ApiSettings,
     GeneratorSettings,
     StackSettings,
+    FederationSettings,
 ]
 
 
