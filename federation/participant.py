@@ -209,7 +209,7 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
         answer.update(_evaluation(model, data.dataset))
     local = TrainConfig(
         epochs=config.train.epochs,
-        learning_rate=config.train.learning_rate,
+        learning_rate=config.learning_rate_for(round_),
         batch_size=config.train.batch_size,
         seed=config.train.seed + 7_919 * round_ + zlib.crc32(domain.encode()) % 7_919,
         max_steps=config.train.max_steps,

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, bool | int | float | str] = {
     "num-server-rounds": 10,
     "local-epochs": 1,
     "learning-rate": 0.05,
+    "learning-rate-final": 0.0,
     "batch-size": 256,
     "max-local-steps": 0,
     "seed": 0,
@@ -56,6 +57,7 @@ class RunConfig:
     task: str
     rounds: int
     train: TrainConfig
+    learning_rate_final: float
     secure_aggregation: bool
     num_shares: int
     reconstruction_threshold: float
@@ -128,6 +130,7 @@ class RunConfig:
                 seed=integer("seed", 0, 2**31 - 1),
                 max_steps=integer("max-local-steps", 0, 10_000_000),
             ),
+            learning_rate_final=number("learning-rate-final"),
             secure_aggregation=secure,
             num_shares=integer("num-shares", 3, 10_001),
             reconstruction_threshold=number("reconstruction-threshold"),
@@ -202,10 +205,25 @@ class RunConfig:
                 raise InvalidModelConfig(
                     f"{name.replace('_', '-')} must be in (0, 86400] s, got {value}"
                 )
+        if not 0 <= self.learning_rate_final <= self.train.learning_rate:
+            raise InvalidModelConfig(
+                "learning-rate-final must be 0 (no decay) or in (0, learning-rate], got "
+                f"{self.learning_rate_final}"
+            )
         if not 0 <= self.straggler_factor <= 100:
             raise InvalidModelConfig(
                 f"straggler-factor must be in [0, 100], got {self.straggler_factor}"
             )
+
+    def learning_rate_for(self, round_: int) -> float:
+        """The local learning rate of round ``round_``: constant, or with
+        ``learning-rate-final > 0`` a cosine decay from ``learning-rate`` (round 1) to it
+        (the last round)."""
+        start, final = self.train.learning_rate, self.learning_rate_final
+        if final <= 0 or self.rounds == 1:
+            return start
+        progress = min(1.0, (round_ - 1) / (self.rounds - 1))
+        return final + (start - final) * (1 + math.cos(math.pi * progress)) / 2
 
     def evaluates_before(self, round_: int) -> bool:
         """Whether round ``round_``'s training request also evaluates the model it carries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from pathlib import Path
 
@@ -68,3 +69,17 @@ def test_thresholds_keep_a_majority(size: int, fraction: float, expected: int) -
     """A fraction or a count, never at or below half of the neighbourhood."""
     config = RunConfig.from_flower({"reconstruction-threshold": fraction})
     assert config.threshold_for(size) == expected
+
+
+def test_the_learning_rate_decays_along_a_cosine() -> None:
+    """From learning-rate in round 1 to learning-rate-final in the last; constant if 0."""
+    config = RunConfig.from_flower(
+        {"num-server-rounds": 10, "learning-rate": 0.1, "learning-rate-final": 0.01}
+    )
+    rates = [config.learning_rate_for(r) for r in range(1, 11)]
+    assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.01)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert rates[4] == pytest.approx(0.0628, abs=1e-4)
+    assert RunConfig.from_flower({}).learning_rate_for(7) == 0.05
+    with pytest.raises(InvalidModelConfig, match="learning-rate-final"):
+        RunConfig.from_flower({"learning-rate-final": 0.5})
