@@ -199,16 +199,9 @@ class Coordinator:
                     "the domain is served by another SuperNode"
                 )
                 continue
-            self.members[node] = Member(
-                node,
-                domain,
-                int(cast(int, answer["train_examples"])),
-                int(cast(int, answer["test_examples"])),
-                int(cast(int, answer["without_label"])),
-            )
+            self.members[node] = _member(node, answer)
             if wire.has_step(content, wire.KEYGEN):
-                pair = wire.params(content, wire.KEYGEN)
-                keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
+                keys[node] = _public_keys(content)
         for node, reason in outcome.failures.items():
             self.refused[outcome.domains.get(node, f"node-{node}")] = reason
         served = {p.domain for p in self.members.values()}
@@ -409,11 +402,9 @@ class Coordinator:
                 outcome.failures[node] = f"malformed update: {exc}"
                 continue
             self._note_collect(node, answer, record, losses)
-            pair = wire.params(content, wire.KEYGEN)
-            keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
+            keys[node] = _public_keys(content)
         for node, content in extra.replies.items():
-            pair = wire.params(content, wire.KEYGEN)
-            keys[node] = (bytes(cast(bytes, pair["pk1"])), bytes(cast(bytes, pair["pk2"])))
+            keys[node] = _public_keys(content)
         for node, reason in outcome.failures.items():
             record.dropped[self._domain(node)] = reason
         record.train_loss = _weighted_loss(losses)
@@ -444,14 +435,7 @@ class Coordinator:
             timeout=self.config.stage_timeout,
             group=str(r),
         )
-        keys = {
-            n: (
-                bytes(cast(bytes, wire.params(c, wire.KEYGEN)["pk1"])),
-                bytes(cast(bytes, wire.params(c, wire.KEYGEN)["pk2"])),
-            )
-            for n, c in outcome.replies.items()
-        }
-        return public_keys_from(keys)
+        return public_keys_from({n: _public_keys(c) for n, c in outcome.replies.items()})
 
     def _admit_newcomers(self) -> None:
         """Census for SuperNodes that connected after the run began (answers are picked up
@@ -464,13 +448,7 @@ class Coordinator:
             domain = str(answer["domain"])
             if any(m.domain == domain for m in self.members.values()):
                 continue
-            self.members[node] = Member(
-                node,
-                domain,
-                int(cast(int, answer["train_examples"])),
-                int(cast(int, answer["test_examples"])),
-                int(cast(int, answer["without_label"])),
-            )
+            self.members[node] = _member(node, answer)
             emit("joined", domain=domain, train_examples=self.members[node].train_examples)
         fresh = sorted(self.messenger.online() - set(self.members) - self._asked)
         if fresh:
@@ -792,6 +770,23 @@ def _unmask_and_share_steps(
                 "pk2": [neighbours[n][1] for n in ids],
             }
     return steps
+
+
+def _member(node: int, census: dict[str, Any]) -> Member:
+    """A domain admitted from its census answer."""
+    return Member(
+        node,
+        str(census["domain"]),
+        int(census["train_examples"]),
+        int(census["test_examples"]),
+        int(census["without_label"]),
+    )
+
+
+def _public_keys(content: Any) -> tuple[bytes, bytes]:
+    """The two public keys of a keygen answer."""
+    pair = wire.params(content, wire.KEYGEN)
+    return bytes(pair["pk1"]), bytes(pair["pk2"])
 
 
 def _note_compute(record: RoundLog, step: str, answer: Any) -> None:
