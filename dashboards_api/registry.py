@@ -21,6 +21,7 @@ from dashboards_api.ledger import ClassVersion, Ledger
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
 from dashboards_api.sensitivity import check_class
+from domains.contract import DomainContract
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,37 @@ class ClassRegistry:
         return self.ledger.class_versions(class_id=class_id)
 
     def _apply(self, version: ClassVersion) -> None:
-        classes = self.service.classes
-        if not version.active:
-            classes.pop(version.class_id, None)
-            return
-        try:
-            qc = QueryClass.model_validate_json(version.definition)
-            check_class(qc, self.service.contracts)
-        except (ValidationError, InvalidQueryClasses) as exc:
-            # A stored class no longer fits (e.g. its contract changed): keep serving the
-            # previous definition and say why, rather than failing every request.
-            log.error("class version %s of %s not applied: %s", version.seq, version.class_id, exc)
-            return
-        classes[qc.id] = qc
+        apply_version(self.service.classes, version, self.service.contracts)
 
     @staticmethod
     def _check_owner(domain: str, domains: frozenset[str] | None) -> None:
         if domains is not None and domain not in domains:
             raise Forbidden(f"this key does not own domain {domain!r}")
+
+
+def apply_version(
+    classes: dict[str, QueryClass], version: ClassVersion, contracts: dict[str, DomainContract]
+) -> None:
+    """Apply one run-time class version to ``classes`` (a withdrawal removes the class)."""
+    if not version.active:
+        classes.pop(version.class_id, None)
+        return
+    try:
+        qc = QueryClass.model_validate_json(version.definition)
+        check_class(qc, contracts)
+    except (ValidationError, InvalidQueryClasses) as exc:
+        # A stored class no longer fits (e.g. its contract changed): keep serving the
+        # previous definition and say why, rather than failing every request.
+        log.error("class version %s of %s not applied: %s", version.seq, version.class_id, exc)
+        return
+    classes[qc.id] = qc
+
+
+def current_classes(
+    ledger: Ledger, base: dict[str, QueryClass], contracts: dict[str, DomainContract]
+) -> dict[str, QueryClass]:
+    """The classes an API replica serves now: ``base`` with every run-time change applied."""
+    classes = dict(base)
+    for version in ledger.class_versions():
+        apply_version(classes, version, contracts)
+    return classes
