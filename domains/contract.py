@@ -191,6 +191,10 @@ class DataProduct(BaseModel):
     event_time: str
     max_event_bytes: Annotated[int, Field(ge=64, le=1_000_000)] = 8192
     fields: Annotated[list[FieldSpec], Field(min_length=1)]
+    upstream: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")]] = Field(
+        default_factory=list,
+        description="Data products (domain.product) this one is derived from, for lineage.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
