@@ -1,6 +1,6 @@
 """The DP dashboards API's speed and the continual release's error, in one run.
 
-Measured against the real app (``uvicorn dashboards_api.main:app_from_settings``) over a
+Measured against the real app (``uvicorn infra.api_app:app_from_settings``) over a
 real Feast store holding window aggregates and a sqlite ledger, with API keys on:
 
 * cached release p50/p99: the same closed window asked again (ledger read, no noise);
@@ -77,7 +77,7 @@ def fill_store(data_dir: Path, windows: list[int]) -> None:
 
 def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "uvicorn", "dashboards_api.main:app_from_settings", "--factory",
+        sys.executable, "-m", "uvicorn", "infra.api_app:app_from_settings", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip

@@ -10,10 +10,12 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
+from infra.commands import catalog as catalog_commands
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
 from infra.commands import federation as federation_commands
@@ -42,6 +44,7 @@ app.command()(federation_commands.train)
 app.command()(federation_commands.superlink)
 app.command()(federation_commands.supernode)
 app.add_typer(federation_commands.models_app, name="models")
+app.add_typer(catalog_commands.app, name="catalog")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
@@ -124,6 +127,8 @@ def up(domain: DomainsOpt = None) -> None:
             console.print(f"  DP answer     curl {base}/v1/queries/{cid}")
         console.print(f"  query classes curl {base}/v1/queries")
         console.print(f"  ledger        curl {base}/v1/ledger")
+        console.print(f"  dashboard     {base}/dashboard")
+        console.print(f"  catalog       {base}/catalog   (governance: products, tags, lineage)")
         console.print(f"  API docs      {base}/docs")
         for d, port in web_ports.items():
             label = f"{d} stream"
@@ -324,7 +329,7 @@ def api() -> None:
 
     settings = ApiSettings()
     uvicorn.run(
-        "dashboards_api.main:app_from_settings",
+        "infra.api_app:app_from_settings",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -391,13 +396,15 @@ EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError,
 
 def main() -> None:
     """Entry point: expected failures print one line and exit 2, without a traceback."""
+    from catalog.errors import CatalogError
     from feature_repo.errors import FeatureStoreError
     from federation.errors import FederationError
 
     try:
         app()
-    except (*EXPECTED, FeatureStoreError, FederationError) as exc:
-        err.print(f"[red]privmesh: error:[/] {_one_line(exc)}")
+    except (*EXPECTED, FeatureStoreError, FederationError, CatalogError) as exc:
+        # escaped: the message's "[code]" and any [..] in it are text, not rich markup
+        err.print(f"[red]privmesh: error:[/] {escape(_one_line(exc))}")
         sys.exit(2)
 
 

@@ -1,0 +1,556 @@
+"""Assemble the catalog from the contracts and the running system's artefacts.
+
+Inputs (:class:`CatalogInputs`): the domain contracts and owners directory, the Feast
+definitions derived from each contract, the query classes the dashboards API serves with
+the ledger's spend, and the model registry's versions with their training tasks. Every
+reference between them is checked: an owner missing from the directory, a class or task
+naming a field its product lacks, an upstream product that does not exist or that makes
+the lineage a cycle: each is a :class:`~catalog.errors.CatalogError` naming the entity
+and what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from catalog.errors import UnknownOwner, UnknownReference
+from catalog.graph import Catalog
+from catalog.model import (
+    Budget,
+    Column,
+    DomainEntity,
+    FeatureViewEntity,
+    FieldEntity,
+    LineageEdge,
+    ModelEntity,
+    OwnerEntity,
+    ProcessorEntity,
+    ProductEntity,
+    QueryClassEntity,
+    TopicEntity,
+    column_id,
+    entity_id,
+)
+from catalog.protection import describe_protection, published_name
+from dashboards_api.budget import from_micro
+from dashboards_api.ledger import Ledger, period_of
+from dashboards_api.query_classes import ProductBudget, QueryClass
+from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
+from domains.owners import OwnersDirectory
+from feature_repo.definitions import ProductFeatures, build_features
+from feature_repo.names import SUBJECT_KEY, sum_feature
+from federation.registry import ModelVersion
+from federation.tasks import TaskSpec
+from streams.topics import ProductTopics, erasures_topic, topic_configs
+
+
+@dataclass
+class CatalogInputs:
+    """Everything the catalog is assembled from (the system's own artefacts)."""
+
+    contracts: Mapping[str, DomainContract]
+    owners: OwnersDirectory
+    classes: Mapping[str, QueryClass] = field(default_factory=dict)
+    product_budgets: Mapping[str, ProductBudget] = field(default_factory=dict)
+    ledger: Ledger | None = None
+    models: list[ModelVersion] = field(default_factory=list)
+    tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
+    now: datetime | None = None
+    owners_source: str = "domains/owners.yaml"
+    """Where the owners directory was read from (named in errors)."""
+
+
+def assemble(inputs: CatalogInputs) -> Catalog:
+    """The catalog of ``inputs``; refuses dangling references and lineage cycles."""
+    return _Builder(inputs).build()
+
+
+class _Builder:
+    def __init__(self, inputs: CatalogInputs) -> None:
+        self.inputs = inputs
+        self.period = period_of(inputs.now or datetime.now(UTC))
+        self.entities: dict[str, Any] = {}
+        self.edges: list[LineageEdge] = []
+        self.owned: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ driver
+    def build(self) -> Catalog:
+        contracts = self.inputs.contracts
+        for contract in contracts.values():
+            self._check_owner(contract.owner, entity_id("domain", contract.domain))
+            for product in contract.products:
+                self._check_owner(product.owner, entity_id("product", _fqn(contract, product)))
+        classes = self._classes()
+        models = self._models()
+        for contract in contracts.values():
+            self._domain(contract)
+            for product in contract.products:
+                self._product(contract, product, classes, models)
+        for qc in classes.values():
+            self.entities[qc.id] = qc
+        for model in models.values():
+            self.entities[model.id] = model
+        for owner in self.inputs.owners.owners:
+            oid = entity_id("owner", owner.email)
+            self.entities[oid] = OwnerEntity(
+                id=oid,
+                name=owner.name,
+                description=owner.description,
+                email=owner.email,
+                display_name=owner.display_name,
+                owns=sorted(self.owned.get(owner.email, [])),
+            )
+        catalog = Catalog(list(self.entities.values()), self.edges)
+        catalog.check_acyclic()
+        for entity in list(catalog.entities.values()):
+            if isinstance(entity, FieldEntity):
+                reached = catalog.downstream_entities(entity.id)
+                catalog.entities[entity.id] = entity.model_copy(update={"downstream": reached})
+        return catalog
+
+    def _check_owner(self, email: str, entity: str) -> None:
+        if self.inputs.owners.get(email) is None:
+            known = ", ".join(o.email for o in self.inputs.owners.owners) or "none"
+            raise UnknownOwner(
+                f"{entity}: owner {email!r} is not in the owners directory "
+                f"({self.inputs.owners_source}; known: {known}); add the team there or fix "
+                "the contract",
+                entity,
+            )
+        self.owned.setdefault(email, []).append(entity)
+
+    # ------------------------------------------------------------------ domains, products
+    def _domain(self, contract: DomainContract) -> None:
+        did = entity_id("domain", contract.domain)
+        self.entities[did] = DomainEntity(
+            id=did,
+            name=contract.domain,
+            description=contract.description,
+            owner=entity_id("owner", contract.owner),
+            reviewed=contract.reviewed.isoformat() if contract.reviewed else None,
+            products=[entity_id("product", _fqn(contract, p)) for p in contract.products],
+        )
+
+    def _product(
+        self,
+        contract: DomainContract,
+        product: DataProduct,
+        classes: Mapping[str, QueryClassEntity],
+        models: Mapping[str, ModelEntity],
+    ) -> None:
+        fqn = _fqn(contract, product)
+        pid = entity_id("product", fqn)
+        topics = ProductTopics.of(contract.domain, product)
+        features = build_features(product, Path("offline"))
+        field_ids = {f.name: entity_id("field", f"{fqn}.{f.name}") for f in product.fields}
+        topic_ids = self._topics(contract, product, topics, field_ids)
+        view_ids = self._feature_views(contract, product, features, field_ids)
+        self._processor(contract, product, topics, topic_ids, view_ids)
+        own_classes = sorted(c.id for c in classes.values() if c.product == pid)
+        own_models = sorted(m.id for m in models.values() if pid in m.products)
+        for upstream in product.upstream:
+            self._upstream_edge(upstream, contract, product, topics)
+        for spec in product.fields:
+            fid = field_ids[spec.name]
+            self.entities[fid] = FieldEntity(
+                id=fid,
+                name=spec.name,
+                description=spec.description,
+                domain=entity_id("domain", contract.domain),
+                product=pid,
+                type=spec.type.value,
+                tag=spec.tag,
+                protection=spec.protection,
+                protection_detail=describe_protection(spec),
+                published_as=published_name(spec),
+                required=spec.required,
+                bounds=(spec.bounds.min, spec.bounds.max) if spec.bounds else None,
+                allowed_values=len(spec.allowed_values) if spec.allowed_values else None,
+            )
+        counts = {t.value: 0 for t in PrivacyTag}
+        for spec in product.fields:
+            counts[spec.tag.value] += 1
+        budget = self.inputs.product_budgets.get(fqn)
+        self.entities[pid] = ProductEntity(
+            id=pid,
+            name=fqn,
+            description=product.description,
+            domain=entity_id("domain", contract.domain),
+            version=product.version,
+            owner=entity_id("owner", product.owner),
+            purpose=product.purpose,
+            retention_days=product.retention_days,
+            privacy_unit=field_ids[product.privacy_unit],
+            tag_counts=counts,
+            fields=list(field_ids.values()),
+            topics=topic_ids,
+            feature_views=view_ids,
+            query_classes=own_classes,
+            models=own_models,
+            upstream=[entity_id("product", u) for u in product.upstream],
+            budget=(
+                self._budget(budget.budget_micro, self._product_spent(fqn))
+                if budget is not None
+                else None
+            ),
+        )
+
+    # ------------------------------------------------------------------ topics, processor
+    def _topics(
+        self,
+        contract: DomainContract,
+        product: DataProduct,
+        topics: ProductTopics,
+        field_ids: Mapping[str, str],
+    ) -> list[str]:
+        pid = entity_id("product", _fqn(contract, product))
+        raw = [
+            Column(
+                name=f.name,
+                type=f.type.value,
+                description=f.description,
+                tag=f.tag,
+                protection=Protection.KEEP,
+                source_fields=[field_ids[f.name]],
+            )
+            for f in product.fields
+        ]
+        published = [
+            Column(
+                name=name,
+                type="string" if f.protection is not Protection.KEEP else f.type.value,
+                description=f.description,
+                tag=f.tag,
+                protection=f.protection,
+                source_fields=[field_ids[f.name]],
+            )
+            for f in product.fields
+            if (name := published_name(f)) is not None
+        ]
+        window = [
+            Column(
+                name=SUBJECT_KEY,
+                type="string",
+                description=f"Token of the privacy unit {product.privacy_unit}",
+                tag=PrivacyTag.DIRECT_IDENTIFIER,
+                protection=Protection.TOKENISE,
+                source_fields=[field_ids[product.privacy_unit]],
+            )
+        ]
+        layout = [
+            (
+                topics.ingest,
+                "ingest",
+                "domain",
+                raw,
+                "raw events as the domain's systems send them",
+            ),
+            (topics.product, "product", "shared", published, "pseudonymised product events"),
+            (topics.dlq, "dlq", "domain", raw, "invalid events with the reason header"),
+            (topics.profiles, "profiles", "domain", window, "latest window per subject token"),
+        ]
+        ids = []
+        for name, role, boundary, columns, what in layout:
+            tid = entity_id("topic", name)
+            policy = topic_configs(name).get("cleanup.policy", "delete")
+            self.entities[tid] = TopicEntity(
+                id=tid,
+                name=name,
+                description=f"{_fqn(contract, product)}: {what}",
+                domain=entity_id("domain", contract.domain),
+                product=pid,
+                role=role,
+                boundary=boundary,
+                cleanup_policy=policy,
+                retention_days=product.retention_days if policy == "delete" else None,
+                columns=columns,
+            )
+            ids.append(tid)
+            for column in columns:
+                if role == "ingest":
+                    self._edge(column.source_fields[0], column_id(tid, column.name), "column")
+        erasures = entity_id("topic", erasures_topic(contract.domain))
+        if erasures not in self.entities:
+            self.entities[erasures] = TopicEntity(
+                id=erasures,
+                name=erasures_topic(contract.domain),
+                description=f"{contract.domain}: erasure requests (subject tokens to evict)",
+                domain=entity_id("domain", contract.domain),
+                product=None,
+                role="erasures",
+                boundary="domain",
+                cleanup_policy="delete",
+                retention_days=None,
+                columns=[],
+            )
+        return ids
+
+    def _processor(
+        self,
+        contract: DomainContract,
+        product: DataProduct,
+        topics: ProductTopics,
+        topic_ids: list[str],
+        view_ids: list[str],
+    ) -> None:
+        fqn = _fqn(contract, product)
+        proc = entity_id("processor", fqn)
+        ingest, product_topic = (
+            entity_id("topic", topics.ingest),
+            entity_id("topic", topics.product),
+        )
+        self.entities[proc] = ProcessorEntity(
+            id=proc,
+            name=fqn,
+            description=(
+                f"Faust processor of {fqn}: validates against the contract, pseudonymises, "
+                "dead-letters invalid events, aggregates windows into the domain's store"
+            ),
+            domain=entity_id("domain", contract.domain),
+            product=entity_id("product", fqn),
+            consumes=[ingest, entity_id("topic", erasures_topic(contract.domain))],
+            produces=[t for t in topic_ids if t != ingest] + view_ids,
+        )
+        self._edge(ingest, proc, "entity")
+        self._edge(entity_id("topic", erasures_topic(contract.domain)), proc, "entity", "erase")
+        for target in topic_ids[1:] + view_ids:
+            self._edge(proc, target, "entity")
+        for spec in product.fields:
+            name = published_name(spec)
+            source = column_id(ingest, spec.name)
+            if name is None:
+                continue
+            self._edge(source, column_id(product_topic, name), "column", spec.protection.value)
+
+    def _upstream_edge(
+        self, upstream: str, contract: DomainContract, product: DataProduct, topics: ProductTopics
+    ) -> None:
+        domain, _, name = upstream.partition(".")
+        source = self.inputs.contracts.get(domain)
+        source_product = source.product(name) if source else None
+        if source is None or source_product is None:
+            raise UnknownReference(
+                f"product {_fqn(contract, product)}: upstream {upstream!r} is not a data "
+                "product of any contract; name it as domain.product",
+                entity_id("product", _fqn(contract, product)),
+            )
+        source_topic = ProductTopics.of(domain, source_product).product
+        self._edge(
+            entity_id("topic", source_topic), entity_id("topic", topics.ingest), "entity", "derive"
+        )
+
+    # ------------------------------------------------------------------ feature views
+    def _feature_views(
+        self,
+        contract: DomainContract,
+        product: DataProduct,
+        features: ProductFeatures,
+        field_ids: Mapping[str, str],
+    ) -> list[str]:
+        product_topic = entity_id("topic", ProductTopics.of(contract.domain, product).product)
+        by_published = {published_name(f): f for f in product.fields if published_name(f)}
+        ids = []
+        for view in (features.subject_view, features.window_view, features.events_view):
+            vid = entity_id("feature_view", f"{contract.domain}.{view.name}")
+            columns = []
+            for feature in view.schema:
+                tags = dict(feature.tags or {})
+                source = tags.get("source_field")
+                spec = by_published.get(feature.name) if source is None else product.field(source)
+                sources = [field_ids[spec.name]] if spec is not None else []
+                if feature.name == "distinct_subjects":
+                    sources = [field_ids[product.privacy_unit]]
+                if view is features.events_view:
+                    protection: Any = spec.protection if spec else Protection.KEEP
+                elif feature.name in {"events", "distinct_subjects"}:
+                    protection = "counted"
+                else:
+                    protection = "aggregated" if sources else Protection.KEEP
+                tag = tags.get("privacy_tag", PrivacyTag.NON_PERSONAL.value)
+                columns.append(
+                    Column(
+                        name=feature.name,
+                        type=str(feature.dtype),
+                        description=feature.description,
+                        tag=tag if tag in {*PrivacyTag, "aggregate"} else PrivacyTag.SENSITIVE,
+                        protection=protection,
+                        source_fields=sources,
+                    )
+                )
+                for source_id in sources:
+                    origin = _published_column(product_topic, product, source_id, field_ids)
+                    transform = "copy" if view is features.events_view else "aggregate"
+                    self._edge(origin, column_id(vid, feature.name), "column", transform)
+            self.entities[vid] = FeatureViewEntity(
+                id=vid,
+                name=f"{contract.domain}.{view.name}",
+                description=view.description,
+                domain=entity_id("domain", contract.domain),
+                product=entity_id("product", _fqn(contract, product)),
+                store=f"privmesh_{contract.domain}",
+                entities=list(view.entities),
+                online=view.online,
+                ttl_days=view.ttl.days if view.ttl else 0,
+                owner=entity_id("owner", product.owner),
+                columns=columns,
+            )
+            ids.append(vid)
+        return ids
+
+    # ------------------------------------------------------------------ classes, models
+    def _classes(self) -> dict[str, QueryClassEntity]:
+        out: dict[str, QueryClassEntity] = {}
+        for qc in self.inputs.classes.values():
+            cid = entity_id("query_class", qc.id)
+            contract, product = self._product_of(qc.domain, qc.product, cid)
+            fqn = _fqn(contract, product)
+            inputs = [product.privacy_unit]
+            for name, role in ((qc.measure, "measure"), (qc.group_by, "group_by")):
+                if name is None:
+                    continue
+                if product.field(name) is None:
+                    raise UnknownReference(
+                        f"{cid}: {role} {name!r} is not a field of {fqn} "
+                        f"(fields: {', '.join(f.name for f in product.fields)})",
+                        cid,
+                    )
+                inputs.append(name)
+            source = qc.source
+            spent = self._class_spent(qc.id)
+            out[qc.id] = QueryClassEntity(
+                id=cid,
+                name=qc.id,
+                description=qc.title,
+                domain=entity_id("domain", qc.domain),
+                product=entity_id("product", fqn),
+                aggregate=qc.aggregate,
+                release=qc.release,
+                mechanism=qc.noise,
+                source=source,
+                inputs=[entity_id("field", f"{fqn}.{n}") for n in inputs],
+                epsilon_per_release=str(qc.epsilon_per_release),
+                budget=self._budget(qc.budget_micro, spent),
+            )
+            view = f"{product.name}_{'window_stats' if source == 'windows' else 'events'}"
+            vid = entity_id("feature_view", f"{qc.domain}.{view}")
+            self._edge(vid, cid, "entity", f"dp_{qc.noise}")
+            for name in inputs:
+                column = self._class_input_column(product, name, source)
+                self._edge(column_id(vid, column), cid, "column", "dp_release")
+        return {c.id: c for c in out.values()}
+
+    @staticmethod
+    def _class_input_column(product: DataProduct, name: str, source: str) -> str:
+        spec = product.field(name)
+        assert spec is not None
+        if source == "windows":
+            if name == product.privacy_unit:
+                return "distinct_subjects"
+            return sum_feature(name) if spec.bounds is not None else "events"
+        return SUBJECT_KEY if name == product.privacy_unit else published_name(spec) or name
+
+    def _models(self) -> dict[str, ModelEntity]:
+        out: dict[str, ModelEntity] = {}
+        for version in self.inputs.models:
+            mid = entity_id("model", version.version)
+            lineage = version.lineage
+            task = self.inputs.tasks.get(version.task)
+            domains = sorted(lineage.get("domains", {}))
+            spec = lineage.get("task_spec", {})
+            product_name = task.product if task else str(spec.get("product", ""))
+            products, inputs = [], []
+            for domain in domains:
+                contract, product = self._product_of(domain, product_name, mid)
+                fqn = _fqn(contract, product)
+                products.append(entity_id("product", fqn))
+                fields = [f.field for f in task.features] + [task.label.field] if task else []
+                for name in fields:
+                    if product.field(name) is None:
+                        raise UnknownReference(
+                            f"{mid}: task {version.task!r} uses field {name!r}, which {fqn} "
+                            "does not have",
+                            mid,
+                        )
+                    inputs.append(entity_id("field", f"{fqn}.{name}"))
+                    view = entity_id("feature_view", f"{domain}.{product.name}_events")
+                    self._edge(column_id(view, name), mid, "column", "train")
+                self._edge(
+                    entity_id("feature_view", f"{domain}.{product.name}_events"),
+                    mid,
+                    "entity",
+                    "federated_training",
+                )
+            out[version.version] = ModelEntity(
+                id=mid,
+                name=version.version,
+                description=task.description if task else "",
+                task=version.task,
+                status=version.status,
+                created_at=version.created_at,
+                domains=[entity_id("domain", d) for d in domains],
+                products=products,
+                examples={str(k): int(v) for k, v in lineage.get("example_counts", {}).items()},
+                rounds={k: v for k, v in lineage.get("rounds", {}).items() if k != "history"},
+                secure_aggregation=dict(lineage.get("secure_aggregation", {})),
+                dp=dict(lineage.get("dp", {})),
+                metrics=dict(lineage.get("metrics", {}).get("global", {})),
+                code_version=str(
+                    (lineage.get("code") or {}).get("source")
+                    or (lineage.get("code") or {}).get("privmesh")
+                    or ""
+                ),
+                inputs=inputs,
+            )
+        return out
+
+    def _product_of(
+        self, domain: str, product: str, entity: str
+    ) -> tuple[DomainContract, DataProduct]:
+        contract = self.inputs.contracts.get(domain)
+        found = contract.product(product) if contract else None
+        if contract is None or found is None:
+            raise UnknownReference(
+                f"{entity}: data product {domain}.{product} is not declared by any contract",
+                entity,
+            )
+        return contract, found
+
+    # ------------------------------------------------------------------ budget
+    def _class_spent(self, class_id: str) -> int:
+        ledger = self.inputs.ledger
+        return ledger.spent(class_id, self.period) if ledger else 0
+
+    def _product_spent(self, fqn: str) -> int:
+        ledger = self.inputs.ledger
+        return ledger.product_spent(fqn, self.period) if ledger else 0
+
+    def _budget(self, per_day_micro: int, spent_micro: int) -> Budget:
+        return Budget(
+            period=self.period,
+            per_day=from_micro(per_day_micro),
+            spent=from_micro(spent_micro),
+            remaining=from_micro(max(per_day_micro - spent_micro, 0)),
+            fraction_spent=spent_micro / per_day_micro if per_day_micro else 1.0,
+        )
+
+    def _edge(self, source: str, target: str, level: str, transform: str | None = None) -> None:
+        self.edges.append(
+            LineageEdge(source=source, target=target, level=level, transform=transform)
+        )
+
+
+def _fqn(contract: DomainContract, product: DataProduct) -> str:
+    return f"{contract.domain}.{product.name}"
+
+
+def _published_column(
+    product_topic: str, product: DataProduct, field_id: str, field_ids: Mapping[str, str]
+) -> str:
+    name = next(n for n, fid in field_ids.items() if fid == field_id)
+    spec = product.field(name)
+    assert spec is not None
+    return column_id(product_topic, published_name(spec) or name)

@@ -1,0 +1,48 @@
+"""Gather the catalog's inputs from the configured system (contracts, ledger, registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from catalog.assemble import CatalogInputs, assemble
+from catalog.graph import Catalog
+from dashboards_api.ledger import Ledger, open_ledger
+from dashboards_api.query_classes import QueryClass, load_product_budgets, load_query_classes
+from dashboards_api.registry import current_classes
+from dashboards_api.settings import ApiSettings
+from domains.owners import load_owners, owners_file
+from domains.registry import contracts_dir, load_contracts
+from domains.runtime import RuntimeSettings
+from federation.registry import open_registry
+from federation.tasks import load_tasks
+
+
+def system_inputs(
+    ledger: Ledger | None = None, classes: Mapping[str, QueryClass] | None = None
+) -> CatalogInputs:
+    """Inputs from the configured deployment: ``ledger`` and ``classes`` are those of a
+    running API (its replica's view); otherwise the configured ledger is opened and the
+    run-time class changes stored there are applied to the declared classes."""
+    runtime = RuntimeSettings()
+    contracts = load_contracts()
+    if ledger is None:
+        ledger = open_ledger(ApiSettings().ledger_url, runtime.data_dir)
+    if classes is None:
+        classes = current_classes(ledger, load_query_classes(), contracts)
+    registry = open_registry()
+    owners = owners_file(runtime.contracts_dir or contracts_dir())
+    return CatalogInputs(
+        contracts=contracts,
+        owners=load_owners(owners),
+        owners_source=str(owners),
+        classes=classes,
+        product_budgets=load_product_budgets(),
+        ledger=ledger,
+        models=registry.versions(),
+        tasks=load_tasks(),
+    )
+
+
+def system_catalog() -> Catalog:
+    """The catalog of the configured deployment."""
+    return assemble(system_inputs())
