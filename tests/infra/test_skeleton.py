@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -88,6 +89,18 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         assert any(e["id"] == answer["ledger_entry"] and e["epsilon"] == "1" for e in ledger)
         status = run_cli("status", env=env, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
+        # The governance catalog of the running stack: every demo field, spend = ledger.
+        catalog = httpx.get(f"{api}/v1/catalog", timeout=10).json()
+        assert catalog["entities"]["field"] == 55
+        spend = httpx.get(f"{api}/v1/catalog/entities/query_class:{CLASS}", timeout=10).json()[
+            "budget"
+        ]["spent"]
+        entries = httpx.get(f"{api}/v1/ledger", params={"class_id": CLASS}, timeout=5).json()
+        assert Decimal(spend) == sum(Decimal(e["epsilon"]) for e in entries["entries"])
+        lint = run_cli("catalog", "lint", "--json", env=env, timeout=120)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+        assert not [f for f in json.loads(lint.stdout) if f["severity"] == "error"]
+        catalog_text = json.dumps(catalog) + lint.stdout
 
         product = asyncio.run(read_topic(bootstrap, "shop.orders.v1", 5000))
         dlq = asyncio.run(read_topic(bootstrap, "shop.orders.dlq", 5000))
@@ -104,7 +117,7 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
             assert "customer_name" not in event and "customer_email" not in event
             assert event["ip_address"].endswith(".0/24")
             assert event["customer_email_token"].startswith("k1.")
-        api_text = json.dumps(answer) + json.dumps(ledger)
+        api_text = json.dumps(answer) + json.dumps(ledger) + catalog_text
     finally:
         stopped = run_cli("down", env=env, timeout=60)
         try:
