@@ -6,10 +6,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from domains.errors import InvalidContract
+from domains.yaml_files import load_yaml_model
 
 OWNERS_FILE = Path(__file__).with_name("owners.yaml")
 
@@ -60,13 +60,4 @@ def load_owners(path: Path | None = None) -> OwnersDirectory:
 
 @cache
 def _load(path: Path) -> OwnersDirectory:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return OwnersDirectory.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidContract(f"{path}: cannot read the owners directory: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidContract(f"{path}: {problems}") from exc
+    return load_yaml_model(path, OwnersDirectory, "the owners directory", InvalidContract)

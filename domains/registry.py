@@ -5,29 +5,17 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from domains.contract import DataProduct, DomainContract
 from domains.errors import ContractNotFound, InvalidContract
 from domains.runtime import RuntimeSettings
+from domains.yaml_files import load_yaml_model
 
 CONTRACTS_DIR = Path(__file__).with_name("contracts")
 
 
 def load_contract(path: Path) -> DomainContract:
     """Parse and validate one contract file; errors name the file and the problem."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidContract(f"{path}: cannot read contract: {exc}") from exc
-    try:
-        return DomainContract.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidContract(f"{path}: {problems}") from exc
+    return load_yaml_model(path, DomainContract, "contract", InvalidContract)
 
 
 def contracts_dir() -> Path:

@@ -15,9 +15,9 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from domains.yaml_files import load_yaml_model
 from federation.errors import InvalidTask, UnknownTask
 from federation.task import ModelKind
 
@@ -111,16 +111,7 @@ def tasks_dir() -> Path:
 
 def load_task_file(path: Path) -> TaskSpec:
     """Parse and validate one task file; errors name the file and the problem."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return TaskSpec.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidTask(f"{path}: cannot read task: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidTask(f"{path}: {problems}") from exc
+    return load_yaml_model(path, TaskSpec, "task", InvalidTask)
 
 
 def load_tasks(directory: Path | None = None) -> dict[str, TaskSpec]:

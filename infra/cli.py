@@ -15,6 +15,7 @@ from rich.table import Table
 
 from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
+from domains.yaml_files import validation_problems
 from infra.commands import catalog as catalog_commands
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
@@ -410,9 +411,7 @@ def main() -> None:
 
 def _one_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = validation_problems(exc)
         return f"invalid setting: {problems} (check the PRIVMESH_* environment variables)"
     code = getattr(exc, "code", None)
     text = " ".join(str(exc).split())
