@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.dp
 	$(BIN)/python -m bench.federation
+	$(BIN)/python -m bench.catalog
 
 down: install
 	$(BIN)/privmesh down

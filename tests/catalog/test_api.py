@@ -115,3 +115,25 @@ def test_the_governance_page_is_served_without_data(client: TestClient) -> None:
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert client.get("/catalog/catalog.js").status_code == 200
     assert client.get("/catalog/catalog.css").status_code == 200
+
+
+def test_the_api_and_stream_workers_never_import_the_openmetadata_sdk() -> None:
+    """Serving the catalog (app factory, a catalog request) and loading a stream worker
+    leave the ~20 s, ~450 MB SDK unimported."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "import infra.api_app, streams.worker\n"
+        "client = TestClient(infra.api_app.app_from_settings())\n"
+        "assert client.get('/v1/catalog').status_code == 200\n"
+        "assert client.get('/v1/catalog/lineage').status_code == 200\n"
+        "loaded = [m for m in sys.modules if m == 'metadata' or m.startswith('metadata.')]\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
