@@ -36,6 +36,12 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS model_versions (
     weights {blob} NOT NULL,
     UNIQUE (task, seq)
 )"""
+_AUDITS = """CREATE TABLE IF NOT EXISTS model_audits (
+    version TEXT NOT NULL REFERENCES model_versions (version),
+    kind TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    result TEXT NOT NULL
+)"""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class ModelRegistry:
             )
         with self._connect() as conn:
             conn.execute(schema)
+            conn.execute(_AUDITS)
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
@@ -170,6 +177,31 @@ class ModelRegistry:
                 (version,),
             ).fetchone()
         return weights_from_bytes(bytes(row[0]))
+
+    def record_audit(self, version: str, kind: str, result: dict[str, Any]) -> str:
+        """Keep an audit of ``version`` (e.g. a membership-inference attack); returns its
+        timestamp. Audits are appended: re-auditing keeps the history."""
+        self.get(version)
+        m = self._mark
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._connect() as conn:
+            conn.execute(
+                f"INSERT INTO model_audits (version, kind, created_at, result) VALUES "
+                f"({m}, {m}, {m}, {m})",
+                (version, kind, created, json.dumps(result)),
+            )
+        return created
+
+    def audits(self, version: str) -> list[dict[str, Any]]:
+        """Every audit of ``version``, oldest first."""
+        m = self._mark
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT kind, created_at, result FROM model_audits WHERE version = {m} "
+                "ORDER BY created_at",
+                (version,),
+            ).fetchall()
+        return [{"kind": r[0], "created_at": r[1], **json.loads(r[2])} for r in rows]
 
 
 def privmesh_version() -> str:

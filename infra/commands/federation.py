@@ -291,6 +291,52 @@ def models_show(version: Annotated[str, typer.Argument(help="e.g. flight_delay-v
     console.print_json(json.dumps(open_registry().get(version).lineage))
 
 
+@models_app.command("audit")
+def models_audit(
+    version: Annotated[str, typer.Argument(help="e.g. flight_delay-v1")],
+    max_rows: Annotated[
+        int, typer.Option(min=10, max=1_000_000, help="Members (and non-members) per domain.")
+    ] = 5_000,
+) -> None:
+    """Membership-inference audit (loss-threshold attack) with the participating domains'
+    training and held-out rows; the result is kept in the registry."""
+    from domains.registry import load_contracts
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
+    from federation.audit import audit_version
+    from federation.registry import open_registry
+
+    registry = open_registry()
+    lineage = registry.get(version).lineage
+    contracts = load_contracts()
+    unknown = [d for d in lineage.get("domains", {}) if d not in contracts]
+    if unknown:
+        raise typer.BadParameter(
+            f"{version} was trained on domains without a contract here: {unknown}"
+        )
+    stores = {
+        d: DomainFeatureStore(contracts[d], _data_dir(), FeatureStoreSettings())
+        for d in lineage.get("domains", {})
+    }
+    err.print(f"auditing {version}: loss-threshold attack, up to {max_rows} rows per domain")
+    result = audit_version(registry, version, stores, max_rows)
+    pooled: Any = result["pooled"]
+    table = Table(title=f"membership inference against {version}")
+    for column in ("domain", "attack AUC", "advantage", "members", "non-members"):
+        table.add_column(column)
+    rows: Any = result["per_domain"]
+    for domain, r in [*rows.items(), ("pooled", pooled)]:
+        table.add_row(
+            domain, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}", str(r["members"]),
+            str(r["non_members"]),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        "attack AUC 0.5 / advantage 0: the loss says nothing about who trained the model "
+        "(docs/federation.md#membership-inference-audit)"
+    )
+
+
 @models_app.command("export")
 def models_export(
     version: Annotated[str, typer.Argument(help="e.g. flight_delay-v1")],
