@@ -91,3 +91,15 @@ class EngineError(FederationError):
     """The Flower deployment engine (SuperLink, SuperNodes, ``flwr run``) failed."""
 
     code = "engine_error"
+
+
+class ModelRegression(FederationError):
+    """A version would serve a domain worse than the one it serves now."""
+
+    code = "model_regression"
+
+
+class InvalidServingChange(FederationError):
+    """A promotion or rollback that cannot apply (no domain data, nothing to roll back to)."""
+
+    code = "invalid_serving_change"

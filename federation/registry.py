@@ -36,6 +36,15 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS model_versions (
     weights {blob} NOT NULL,
     UNIQUE (task, seq)
 )"""
+_SERVING = """CREATE TABLE IF NOT EXISTS model_serving (
+    task TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    at TEXT NOT NULL,
+    version TEXT NOT NULL REFERENCES model_versions (version),
+    action TEXT NOT NULL,
+    changed_by TEXT NOT NULL,
+    metrics TEXT NOT NULL
+)"""
 _AUDITS = """CREATE TABLE IF NOT EXISTS model_audits (
     version TEXT NOT NULL REFERENCES model_versions (version),
     kind TEXT NOT NULL,
@@ -91,6 +100,7 @@ class ModelRegistry:
         with self._connect() as conn:
             conn.execute(schema)
             conn.execute(_AUDITS)
+            conn.execute(_SERVING)
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
@@ -202,6 +212,50 @@ class ModelRegistry:
                 (version,),
             ).fetchall()
         return [{"kind": r[0], "created_at": r[1], **json.loads(r[2])} for r in rows]
+
+
+    def record_serving(
+        self,
+        task: str,
+        domain: str,
+        version: str,
+        action: str,
+        changed_by: str,
+        metrics: dict[str, Any],
+    ) -> str:
+        """Append a serving change: from now on ``domain`` is served ``version`` of
+        ``task``; returns its timestamp."""
+        self.get(version)
+        m = self._mark
+        at = datetime.now(UTC).isoformat(timespec="microseconds")
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO model_serving (task, domain, at, version, action, changed_by, "
+                f"metrics) VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m})",
+                (task, domain, at, version, action, changed_by, json.dumps(metrics)),
+            )
+        return at
+
+    def serving_history(self, task: str, domain: str | None = None) -> list[dict[str, Any]]:
+        """Every serving change of ``task`` (for ``domain``), oldest first."""
+        m = self._mark
+        where, args = (f" AND domain = {m}", (task, domain)) if domain else ("", (task,))
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT domain, at, version, action, changed_by, metrics FROM model_serving "
+                f"WHERE task = {m}{where} ORDER BY at",
+                args,
+            ).fetchall()
+        return [
+            {"domain": r[0], "at": r[1], "version": r[2], "action": r[3], "changed_by": r[4],
+             "metrics": json.loads(r[5])}
+            for r in rows
+        ]  # fmt: skip
+
+    def served(self, task: str, domain: str) -> str | None:
+        """The version of ``task`` that ``domain`` is served now (None: none promoted)."""
+        history = self.serving_history(task, domain)
+        return history[-1]["version"] if history else None
 
 
 def privmesh_version() -> str:

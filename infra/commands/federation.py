@@ -337,6 +337,92 @@ def models_audit(
     )
 
 
+def _domain_store(domain: str) -> Any:
+    from domains.registry import get_contract
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
+
+    return DomainFeatureStore(get_contract(domain), _data_dir(), FeatureStoreSettings())
+
+
+def _operator() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _print_change(change: Any) -> None:
+    if change.action == "unchanged":
+        console.print(f"{change.domain} is already served {change.version}: nothing changed")
+        return
+    was = f" (was {change.previous})" if change.previous else ""
+    console.print(
+        f"{change.domain} is now served {change.version}{was}; validation AUC "
+        f"{change.metrics['auc']:.4f} on {change.metrics['examples']} held-out rows"
+    )
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="e.g. flight_delay-v3")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="The domain (cohort) to serve.")],
+    max_regression: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="AUC the domain may lose at most.")
+    ] = 0.005,
+    force: Annotated[bool, typer.Option(help="Promote even if the domain does worse.")] = False,
+) -> None:
+    """Serve VERSION to one domain after validating it on that domain's held-out rows."""
+    from federation.registry import open_registry
+    from federation.serving import promote
+
+    change = promote(
+        open_registry(), version, domain, _domain_store(domain), _operator(), max_regression, force
+    )
+    _print_change(change)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="The domain (cohort).")],
+    version: Annotated[
+        str | None, typer.Argument(help="Version to return to (default: the previous one).")
+    ] = None,
+    task: Annotated[str, typer.Option(help="Task, when no VERSION is named.")] = "flight_delay",
+) -> None:
+    """Serve one domain its previous (or the named) version again; others keep theirs."""
+    from federation.registry import open_registry
+    from federation.serving import rollback
+
+    registry = open_registry()
+    task_name = registry.get(version).task if version else task
+    change = rollback(registry, task_name, domain, _domain_store(domain), _operator(), version)
+    _print_change(change)
+
+
+@models_app.command("serving")
+def models_serving(
+    task: Annotated[str, typer.Option(help="Task.")] = "flight_delay",
+) -> None:
+    """Which version each domain is served, and every change with its validation AUC."""
+    from federation.registry import open_registry
+
+    history = open_registry().serving_history(task)
+    table = Table(title=f"{task}: serving changes, oldest first")
+    for column in ("domain", "at", "action", "version", "validation AUC", "by"):
+        table.add_column(column)
+    for h in history:
+        auc = h["metrics"].get("validation", {}).get("auc")
+        table.add_row(
+            h["domain"], h["at"], h["action"], h["version"],
+            f"{auc:.4f}" if auc is not None else "-", h["changed_by"],
+        )  # fmt: skip
+    console.print(table)
+    current = {h["domain"]: h["version"] for h in history}
+    console.print(
+        "served now: " + (", ".join(f"{d} {v}" for d, v in sorted(current.items())) or "none")
+    )
+
+
 @models_app.command("export")
 def models_export(
     version: Annotated[str, typer.Argument(help="e.g. flight_delay-v1")],
