@@ -213,7 +213,6 @@ class ModelRegistry:
             ).fetchall()
         return [{"kind": r[0], "created_at": r[1], **json.loads(r[2])} for r in rows]
 
-
     def record_serving(
         self,
         task: str,
