@@ -19,6 +19,7 @@ from domains.yaml_files import validation_problems
 from infra.commands import catalog as catalog_commands
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
+from infra.commands import dsr as dsr_commands
 from infra.commands import federation as federation_commands
 from infra.commands import privacy as privacy_commands
 from infra.console import console, err
@@ -46,6 +47,7 @@ app.command()(federation_commands.superlink)
 app.command()(federation_commands.supernode)
 app.add_typer(federation_commands.models_app, name="models")
 app.add_typer(catalog_commands.app, name="catalog")
+app.add_typer(dsr_commands.app, name="dsr")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
