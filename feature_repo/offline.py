@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +83,48 @@ def erase_rows(folder: Path, column: str, values: set[str]) -> int:
             tmp.replace(path)
         removed += count
     return removed
+
+
+def purge_before(folder: Path, column: str, cutoff: datetime) -> int:
+    """Remove the rows whose time ``column`` is before ``cutoff``; returns how many.
+
+    Only ``column`` is read from each part file; a file is rewritten only when it holds
+    an expired row, and deleted when every row expired.
+    """
+    removed = 0
+    for path in part_files(folder):
+        if column not in pq.read_schema(path).names:
+            continue
+        times = pq.read_table(path, columns=[column])[column]
+        limit = pa.scalar(cutoff, type=times.type)
+        expired = pc.fill_null(pc.less(times, limit), False)
+        count = pc.sum(expired).as_py() or 0
+        if not count:
+            continue
+        table = pq.read_table(path)
+        kept = table.filter(pc.invert(pc.fill_null(pc.less(table[column], limit), False)))
+        if kept.num_rows == 0:
+            path.unlink()
+        else:
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(kept, tmp)
+            tmp.replace(path)
+        removed += count
+    return removed
+
+
+def latest_per_key(folder: Path, key: str, column: str) -> dict[str, datetime]:
+    """The latest ``column`` time of each ``key`` value over the folder's part files."""
+    latest: dict[str, datetime] = {}
+    for path in part_files(folder):
+        names = pq.read_schema(path).names
+        if key not in names or column not in names:
+            continue
+        table = pq.read_table(path, columns=[key, column])
+        grouped = table.group_by(key).aggregate([(column, "max")])
+        for k, t in zip(
+            grouped[key].to_pylist(), grouped[f"{column}_max"].to_pylist(), strict=True
+        ):
+            if t is not None and (k not in latest or t > latest[k]):
+                latest[k] = t
+    return latest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,7 +38,13 @@ from feature_repo.events import (
     event_table,
     events_folder_name,
 )
-from feature_repo.offline import append_part, erase_rows, part_files
+from feature_repo.offline import (
+    append_part,
+    erase_rows,
+    latest_per_key,
+    part_files,
+    purge_before,
+)
 from feature_repo.settings import FeatureStoreSettings
 
 
@@ -268,6 +274,36 @@ class DomainFeatureStore:
         )
         return ErasedRows(online=online, offline=offline)
 
+    def purge_expired(self, now: datetime) -> list[PurgedRows]:
+        """Delete what each product keeps past its contract's ``retention_days``.
+
+        Offline: product events with an event time before the cutoff, per-subject window
+        history and window statistics written before it. Online: the rows of subjects
+        whose latest window is older than the cutoff (their tokens are returned, so the
+        caller can tombstone them in the compacted profiles topic).
+        """
+        out = []
+        for features in self.features.values():
+            product = features.product
+            cutoff = now - timedelta(days=product.retention_days)
+            history = self.offline_folder(features.subject_view.name)
+            latest = latest_per_key(history, SUBJECT_KEY, "event_timestamp")
+            expired = {token for token, at in latest.items() if _aware(at) < cutoff}
+            out.append(
+                PurgedRows(
+                    product=product.name,
+                    cutoff=cutoff.isoformat(),
+                    events=purge_before(self.events_folder(product), product.event_time, cutoff),
+                    subject_history=purge_before(history, "event_timestamp", cutoff),
+                    window_stats=purge_before(
+                        self.offline_folder(features.window_view.name), "event_timestamp", cutoff
+                    ),
+                    online=self._erase_online(expired) if expired else 0,
+                    expired_tokens=sorted(expired),
+                )
+            )
+        return out
+
     def _erase_online(self, tokens: set[str]) -> int:
         keys = [subject_entity_key(t) for t in sorted(tokens)]
         online = self._config_dict["online_store"]
@@ -291,6 +327,23 @@ class DomainFeatureStore:
         if online["type"] == "postgres":
             return _erase_postgres(self.online_url, tables, keys)
         return _erase_redis(self.online_url, [redis_key(project, t) for t in sorted(tokens)])
+
+
+@dataclass(frozen=True, slots=True)
+class PurgedRows:
+    """What one retention pass removed for one product."""
+
+    product: str
+    cutoff: str
+    events: int
+    subject_history: int
+    window_stats: int
+    online: int
+    expired_tokens: list[str]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from infra.commands import domains as domains_commands
 from infra.commands import dsr as dsr_commands
 from infra.commands import federation as federation_commands
 from infra.commands import privacy as privacy_commands
+from infra.commands import retention as retention_commands
 from infra.console import console, err
 from infra.errors import InfraError, StackNotRunning
 from infra.settings import GeneratorSettings, StackSettings
@@ -48,6 +49,7 @@ app.command()(federation_commands.supernode)
 app.add_typer(federation_commands.models_app, name="models")
 app.add_typer(catalog_commands.app, name="catalog")
 app.add_typer(dsr_commands.app, name="dsr")
+app.add_typer(retention_commands.app, name="retention")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
@@ -86,6 +88,7 @@ def up(domain: DomainsOpt = None) -> None:
         replication=kafka.replication_factor,
         api_port=api.port,
         start_timeout=stack_settings.start_timeout_seconds,
+        retention_every=stack_settings.retention_every_seconds,
     )
     env = {**os.environ, "PRIVMESH_DATA_DIR": str(runtime.data_dir), "PYTHONUNBUFFERED": "1"}
     stack = Stack(

@@ -32,6 +32,10 @@ class StackSettings(BaseSettings):
     start_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 90.0
     stop_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 15.0
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 5
+    retention_every_seconds: Annotated[float, Field(ge=0, le=604_800)] = Field(
+        default=3600.0,
+        description="How often `up` runs the retention pass (0: never; `privmesh retention run`).",
+    )
 
 
 @cache

@@ -320,6 +320,7 @@ def build_components(
     replication: int,
     api_port: int,
     start_timeout: float,
+    retention_every: float = 0.0,
 ) -> list[Component]:
     """The components of the demo stack, in start order.
 
@@ -361,6 +362,15 @@ def build_components(
             ready_timeout=start_timeout,
         )
     )
+    if retention_every > 0:
+        components.append(
+            Component(
+                "retention",
+                [*cli, "retention", "run", *(a for d in domains for a in ("--domain", d)),
+                 "--every", str(retention_every)],
+                ready_timeout=start_timeout,
+            )
+        )  # fmt: skip
     if generated:
         components.append(
             Component(
