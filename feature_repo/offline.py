@@ -73,16 +73,19 @@ def erase_rows(folder: Path, column: str, values: set[str]) -> int:
         if not count:
             continue
         table = pq.read_table(path)
-        hit = pc.is_in(table[column], value_set=wanted)
-        kept = table.filter(pc.invert(hit))
-        if kept.num_rows == 0:
-            path.unlink()
-        else:
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(kept, tmp)
-            tmp.replace(path)
+        _keep_only(path, table.filter(pc.invert(pc.is_in(table[column], value_set=wanted))))
         removed += count
     return removed
+
+
+def _keep_only(path: Path, kept: pa.Table) -> None:
+    """Replace part file ``path`` by ``kept`` (atomically), or delete it when empty."""
+    if kept.num_rows == 0:
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(kept, tmp)
+    tmp.replace(path)
 
 
 def purge_before(folder: Path, column: str, cutoff: datetime) -> int:
@@ -102,13 +105,9 @@ def purge_before(folder: Path, column: str, cutoff: datetime) -> int:
         if not count:
             continue
         table = pq.read_table(path)
-        kept = table.filter(pc.invert(pc.fill_null(pc.less(table[column], limit), False)))
-        if kept.num_rows == 0:
-            path.unlink()
-        else:
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(kept, tmp)
-            tmp.replace(path)
+        _keep_only(
+            path, table.filter(pc.invert(pc.fill_null(pc.less(table[column], limit), False)))
+        )
         removed += count
     return removed
 

@@ -13,7 +13,6 @@ counts (tokens, not the identifier).
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from domains.contract import DomainContract
 from feature_repo.offline import part_files
 from feature_repo.store import DomainFeatureStore
 from federation.registry import ModelRegistry
+from infra.records import append_record, read_records
 from streams.erasure import erase_subject, subject_tokens
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
@@ -130,10 +130,7 @@ def subject_erase(
 
 def read_requests(log_dir: Path) -> list[dict[str, Any]]:
     """Every logged request, oldest first."""
-    path = log_dir / "requests.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return read_records(log_dir / "requests.jsonl")
 
 
 def _online(store: DomainFeatureStore, product: str, token_set: set[str]) -> list[dict[str, Any]]:
@@ -169,11 +166,7 @@ def _start(kind: Literal["access", "erase"], requested_by: str) -> DsrRecord:
 def _finish(record: DsrRecord, began: float, log_dir: Path) -> None:
     record.completed_at = datetime.now(UTC).isoformat()
     record.seconds = round(time.monotonic() - began, 3)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "requests.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(asdict(record), sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_record(log_dir / "requests.jsonl", asdict(record))
 
 
 def _jsonable(value: object) -> str:

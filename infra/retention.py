@@ -12,8 +12,6 @@ no per-subject data. Product and dead-letter topics expire by their own retentio
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
 from dataclasses import asdict
@@ -23,6 +21,7 @@ from typing import Any
 
 from domains.contract import DomainContract
 from feature_repo.store import DomainFeatureStore
+from infra.records import append_record, read_records
 from streams.producing import RawProducer
 from streams.topics import ProductTopics
 
@@ -64,17 +63,10 @@ def run_retention(
             "tombstones": tombstones,
         }
     record["seconds"] = round(time.monotonic() - began, 3)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "runs.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_record(log_dir / "runs.jsonl", record)
     return record
 
 
 def read_runs(log_dir: Path) -> list[dict[str, Any]]:
     """Every recorded retention pass, oldest first."""
-    path = log_dir / "runs.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return read_records(log_dir / "runs.jsonl")
