@@ -21,18 +21,16 @@ better.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from torch import nn
 
 from federation.features import Dataset
-from federation.task import check_data, roc_auc
+from federation.task import roc_auc, row_losses
 
 if TYPE_CHECKING:
     from feature_repo.store import DomainFeatureStore
@@ -52,20 +50,6 @@ class AttackResult:
     def as_dict(self) -> dict[str, float | int]:
         """JSON-ready form."""
         return asdict(self)
-
-
-def row_losses(
-    model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]
-) -> NDArray[np.float64]:
-    """Binary cross-entropy of ``model`` on each row."""
-    features = next(iter(model.parameters())).shape[1]
-    check_data(x, y, features)
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.as_tensor(x, dtype=torch.float32)).reshape(-1)
-        labels = torch.as_tensor(y, dtype=torch.float32)
-        losses = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return losses.numpy().astype(np.float64)
 
 
 def loss_threshold_attack(
@@ -127,24 +111,19 @@ def audit_version(
 ) -> dict[str, object]:
     """Attack registered ``version`` with its participating domains' rows (read from
     ``stores``), keep the result in the registry and return it."""
-    from federation.features import Encoding, load_dataset
-    from federation.task import build_model, set_weights
-    from federation.tasks import TaskSpec
+    from federation.features import load_dataset
+    from federation.versions import load_version
 
-    found = registry.get(version)
-    lineage = found.lineage
-    task = TaskSpec.model_validate(lineage["task_spec"])
-    encoding = Encoding.from_json(json.dumps(lineage["encoding"]))
+    loaded = load_version(registry, version)
+    lineage, task, encoding = loaded.lineage, loaded.task, loaded.encoding
     domains = sorted(lineage.get("domains", {}))
     missing = [d for d in domains if d not in stores]
     if missing:
         raise ValueError(f"no feature store for participating domains {missing} of {version}")
-    model = build_model(lineage["model"]["kind"], encoding.width, lineage["model"]["hidden"])
-    set_weights(model, registry.weights(version))
     datasets = {d: load_dataset(stores[d], task, encoding) for d in domains}
     dp = lineage.get("dp", {})
     result = {
-        **audit_model(model, datasets, max_rows, seed),
+        **audit_model(loaded.model, datasets, max_rows, seed),
         "max_rows_per_domain": max_rows,
         "dp": {"enabled": dp.get("enabled"), "epsilon_total": dp.get("epsilon_total")},
     }

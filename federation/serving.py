@@ -12,7 +12,6 @@ leaves every other domain as it is. Every change is appended to the registry's
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,21 +46,17 @@ def domain_metrics(
     registry: ModelRegistry, version: str, domain: str, store: DomainFeatureStore
 ) -> dict[str, Any]:
     """AUC and loss of ``version`` on ``domain``'s held-out rows."""
-    from federation.features import Encoding, load_dataset
-    from federation.task import build_model, evaluate, set_weights
-    from federation.tasks import TaskSpec
+    from federation.features import load_dataset
+    from federation.task import evaluate
+    from federation.versions import load_version
 
-    lineage = registry.get(version).lineage
-    task = TaskSpec.model_validate(lineage["task_spec"])
-    encoding = Encoding.from_json(json.dumps(lineage["encoding"]))
-    data = load_dataset(store, task, encoding)
+    loaded = load_version(registry, version)
+    data = load_dataset(store, loaded.task, loaded.encoding)
     if len(data.y_test) == 0 or len(set(data.y_test.tolist())) < 2:
         raise InvalidServingChange(
             f"{domain} has no held-out rows with both labels to validate {version} on"
         )
-    model = build_model(lineage["model"]["kind"], encoding.width, lineage["model"]["hidden"])
-    set_weights(model, registry.weights(version))
-    result = evaluate(model, data.x_test, data.y_test)
+    result = evaluate(loaded.model, data.x_test, data.y_test)
     return {"auc": result.auc, "loss": result.loss, "examples": result.examples}
 
 

@@ -152,16 +152,32 @@ class Evaluation:
     examples: int
 
 
-def evaluate(model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]) -> Evaluation:
-    """Binary cross-entropy and ROC AUC of ``model`` on (x, y)."""
+def _scored(
+    model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits on ``x`` and ``y`` as float labels (inputs checked first)."""
     features = next(iter(model.parameters())).shape[1]
     check_data(x, y, features)
     model.eval()
     with torch.no_grad():
         logits = model(torch.as_tensor(x, dtype=torch.float32)).reshape(-1)
-        labels = torch.as_tensor(y, dtype=torch.float32)
-        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    return logits, torch.as_tensor(y, dtype=torch.float32)
+
+
+def evaluate(model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]) -> Evaluation:
+    """Binary cross-entropy and ROC AUC of ``model`` on (x, y)."""
+    logits, labels = _scored(model, x, y)
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
     return Evaluation(loss, roc_auc(np.asarray(y), logits.numpy()), len(y))
+
+
+def row_losses(
+    model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]
+) -> NDArray[np.float64]:
+    """Binary cross-entropy of ``model`` on each row of (x, y)."""
+    logits, labels = _scored(model, x, y)
+    losses = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return losses.numpy().astype(np.float64)
 
 
 def roc_auc(y: NDArray[np.integer], scores: NDArray[np.floating]) -> float:
