@@ -50,6 +50,19 @@ class Protection(StrEnum):
     GENERALISE = "generalise"  # coarsened as declared by ``generalise``
 
 
+class ConsentMode(StrEnum):
+    """How a product's purpose relates to the subjects' consent records.
+
+    ``opt_in``: consent is the lawful basis; an event is processed only while its subject's
+    latest record for the purpose is a grant. ``opt_out``: another basis (contract,
+    legitimate interest) applies and the subject may object; an event is processed unless
+    its subject's latest record for the purpose is a withdrawal.
+    """
+
+    OPT_IN = "opt_in"
+    OPT_OUT = "opt_out"
+
+
 class Generalisation(BaseModel):
     """How a quasi-identifier is coarsened.
 
@@ -187,6 +200,13 @@ class DataProduct(BaseModel):
     owner: Annotated[str, Field(min_length=3)]
     purpose: Annotated[str, Field(min_length=1)]
     retention_days: Annotated[int, Field(ge=1)]
+    consent: ConsentMode = Field(
+        default=ConsentMode.OPT_OUT,
+        description=(
+            "opt_in: only subjects whose latest consent record for the purpose is a grant are "
+            "processed; opt_out: every subject except those who withdrew (objected)."
+        ),
+    )
     privacy_unit: str
     event_time: str
     max_event_bytes: Annotated[int, Field(ge=64, le=1_000_000)] = 8192

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -260,17 +260,25 @@ class DomainFeatureStore:
         return job.to_df()
 
     # ------------------------------------------------------------------ erasure
-    def erase_subjects(self, tokens: set[str]) -> ErasedRows:
+    def erase_subjects(
+        self, tokens: set[str], products: Collection[str] | None = None
+    ) -> ErasedRows:
         """Delete every online and offline row of the subjects ``tokens``.
 
         Offline: the per-subject feature history and the product-event files (rows whose
-        privacy-unit token is one of ``tokens``).
+        privacy-unit token is one of ``tokens``). ``products`` limits the erasure to those
+        products (a consent withdrawal for one purpose); a Redis online store keeps one
+        hash per subject for all of a domain's views, so there the subject's whole online
+        entry goes (over-erasure: its other products' rows come back with its next event).
         """
-        online = self._erase_online(tokens)
+        chosen = [
+            f for f in self.features.values() if products is None or f.product.name in products
+        ]
+        online = self._erase_online(tokens, chosen)
         offline = sum(
             erase_rows(self.offline_folder(f.subject_view.name), SUBJECT_KEY, tokens)
             + erase_rows(self.events_folder(f.product), f.product.subject_field, tokens)
-            for f in self.features.values()
+            for f in chosen
         )
         return ErasedRows(online=online, offline=offline)
 
@@ -298,17 +306,17 @@ class DomainFeatureStore:
                     window_stats=purge_before(
                         self.offline_folder(features.window_view.name), "event_timestamp", cutoff
                     ),
-                    online=self._erase_online(expired) if expired else 0,
+                    online=self._erase_online(expired, [features]) if expired else 0,
                     expired_tokens=sorted(expired),
                 )
             )
         return out
 
-    def _erase_online(self, tokens: set[str]) -> int:
+    def _erase_online(self, tokens: set[str], chosen: list[ProductFeatures]) -> int:
         keys = [subject_entity_key(t) for t in sorted(tokens)]
         online = self._config_dict["online_store"]
         project = self._config_dict["project"]
-        tables = [f"{project}_{f.subject_view.name}" for f in self.features.values()]
+        tables = [f"{project}_{f.subject_view.name}" for f in chosen]
         if online["type"] == "sqlite":
             with sqlite3.connect(online["path"]) as conn:
                 existing = {

@@ -34,6 +34,30 @@ def with_catalog(app: FastAPI, ttl_seconds: float | None = None) -> FastAPI:
     return app
 
 
+def with_posture(app: FastAPI) -> FastAPI:
+    """``app`` with the privacy-posture API, page and operations metrics."""
+    from domains.registry import load_contracts
+    from domains.runtime import RuntimeSettings
+    from federation.registry import open_registry
+    from infra.posture import PostureSources
+    from infra.posture_api import mount as mount_posture
+    from infra.settings import PostureSettings
+    from streams.settings import get_stream_settings
+
+    runtime = RuntimeSettings()
+    data_dir = runtime.data_dir.resolve()
+    sources = PostureSources(
+        data_dir=data_dir,
+        contracts=load_contracts(),
+        service=app.state.service,
+        registry=open_registry(data_dir=data_dir),
+        settings=PostureSettings(),
+        initial_key_version=get_stream_settings().key_version,
+    )
+    mount_posture(app, sources)
+    return app
+
+
 def app_from_settings() -> FastAPI:
     """The production app (uvicorn factory)."""
-    return with_catalog(dashboards_app())
+    return with_posture(with_catalog(dashboards_app()))

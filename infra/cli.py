@@ -17,6 +17,7 @@ from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
 from domains.yaml_files import validation_problems
 from infra.commands import catalog as catalog_commands
+from infra.commands import consent as consent_commands
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
 from infra.commands import dsr as dsr_commands
@@ -50,6 +51,7 @@ app.add_typer(federation_commands.models_app, name="models")
 app.add_typer(catalog_commands.app, name="catalog")
 app.add_typer(dsr_commands.app, name="dsr")
 app.add_typer(retention_commands.app, name="retention")
+app.add_typer(consent_commands.app, name="consent")
 
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
@@ -267,7 +269,16 @@ def worker(
         streams = StreamSettings.model_validate(
             {**streams.model_dump(), "worker_web_port": web_port}
         )
-    run_worker(domain, _runtime(), KafkaSettings(), streams, FeatureStoreSettings())
+    from infra.logs import logging_config
+
+    run_worker(
+        domain,
+        _runtime(),
+        KafkaSettings(),
+        streams,
+        FeatureStoreSettings(),
+        logging_config(f"worker-{domain}"),
+    )
 
 
 @app.command()
@@ -282,6 +293,7 @@ def generate(
 ) -> None:
     """Produce synthetic raw events (fake people) to the domains' ingest topics."""
     from domains.registry import get_contract
+    from infra.commands.data import send_demo_consent
     from streams.generator import EventGenerator, has_generator, make_people, paced
     from streams.producing import RawProducer
     from streams.topics import ProductTopics
@@ -318,6 +330,10 @@ def generate(
     signal.signal(signal.SIGINT, on_signal)
     sent = 0
     with RawProducer(KafkaSettings(), client_id="privmesh-generator") as producer:
+        domains = sorted({gen.domain for _, gen in generators})
+        decisions = send_demo_consent(producer, domains, pool, settings)
+        if decisions:
+            err.print(f"generator: sent {decisions} consent records")
         for topic, (key, value) in paced(settings.rate, interleaved()):
             producer.send(topic, value, key=key)
             sent += 1
@@ -332,6 +348,7 @@ def api() -> None:
     import uvicorn
 
     from dashboards_api.settings import ApiSettings
+    from infra.logs import logging_config
 
     settings = ApiSettings()
     uvicorn.run(
@@ -339,6 +356,7 @@ def api() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
+        log_config=logging_config("api", "WARNING"),
         log_level="warning",
         access_log=False,
     )

@@ -26,10 +26,10 @@ from domains.contract import DomainContract
 from feature_repo.offline import part_files
 from feature_repo.store import DomainFeatureStore
 from federation.registry import ModelRegistry
-from infra.records import append_record, read_records
 from streams.erasure import erase_subject, subject_tokens
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
+from streams.records import append_record, read_records
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Any
 
 from domains.contract import DomainContract
 from feature_repo.store import DomainFeatureStore
-from infra.records import append_record, read_records
 from streams.producing import RawProducer
+from streams.records import append_record, read_records
 from streams.topics import ProductTopics
 
 

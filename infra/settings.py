@@ -18,6 +18,12 @@ class GeneratorSettings(BaseSettings):
     people: Annotated[int, Field(ge=1, le=10_000_000)] = 2_000
     bad_ratio: Annotated[float, Field(ge=0, le=1)] = 0.02
     seed: int = 7
+    consent_grant_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.9, description="Share of the people who grant consent to opt-in purposes."
+    )
+    consent_withdraw_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02, description="Share of the people who withdraw (or object) per purpose."
+    )
 
 
 class StackSettings(BaseSettings):
@@ -35,6 +41,24 @@ class StackSettings(BaseSettings):
     retention_every_seconds: Annotated[float, Field(ge=0, le=604_800)] = Field(
         default=3600.0,
         description="How often `up` runs the retention pass (0: never; `privmesh retention run`).",
+    )
+
+
+class PostureSettings(BaseSettings):
+    """The privacy-posture view and its alerts (env prefix ``PRIVMESH_POSTURE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRIVMESH_POSTURE_", extra="ignore")
+
+    worker_health_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description='Health URL per domain, e.g. {"shop": "http://shop-1:6066/privmesh/health"}; '
+        "empty: the workers `privmesh up` recorded.",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 1.0
+    budget_alert_share: Annotated[float, Field(gt=0, le=1)] = 0.9
+    mia_advantage_alert: Annotated[float, Field(ge=0, le=1)] = 0.1
+    dsr_deadline_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=2.0, description="A data-subject request slower than this is a finding."
     )
 
 

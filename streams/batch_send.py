@@ -31,7 +31,7 @@ class Output:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (compacted topics)
     headers: Headers | None = None
     partition: int | None = None
 

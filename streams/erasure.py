@@ -31,6 +31,7 @@ from domains.contract import DomainContract
 from feature_repo.store import DomainFeatureStore
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
+from streams.records import append_record as append_jsonl
 from streams.topics import ProductTopics, erasures_topic
 
 TOKEN_PATTERN = re.compile(r"k[0-9]{1,3}\.[a-z2-7]{16,64}")
@@ -126,12 +127,7 @@ def erase_subject(
 
 def append_record(path: Path, record: ErasureRecord) -> None:
     """Append ``record`` durably (fsync) to the domain's erasure log."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(asdict(record), sort_keys=True) + "\n"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl(path, asdict(record))
 
 
 def read_erasure_log(path: Path) -> list[ErasureRecord]:

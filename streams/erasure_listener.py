@@ -33,7 +33,7 @@ class ErasureListener:
         self,
         domain: str,
         kafka: KafkaSettings,
-        evict: Callable[[set[str]], Awaitable[None]],
+        evict: Callable[[set[str]], Awaitable[object]],
     ) -> None:
         self.domain = domain
         self.topic = erasures_topic(domain)

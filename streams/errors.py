@@ -17,3 +17,9 @@ class BrokerUnavailable(StreamError):
     """The Kafka bootstrap servers cannot be reached."""
 
     code = "broker_unavailable"
+
+
+class ConsentRefused(StreamError):
+    """A consent record offered to ``privmesh consent`` is malformed; nothing was sent."""
+
+    code = "consent_refused"

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import pandas as pd
@@ -34,7 +34,7 @@ from feast import FeatureView
 
 from feature_repo.definitions import SUBJECT_KEY
 from feature_repo.events import event_schema, event_table
-from feature_repo.store import DomainFeatureStore
+from feature_repo.store import DomainFeatureStore, ErasedRows
 from streams.batch_send import BatchSender, Output
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline
@@ -146,25 +146,36 @@ class FeaturePusher:
         self.counters["flush_ms_max"] = max(self.counters["flush_ms_max"], took_ms)
         self.counters["flush_ms_total"] += took_ms
 
-    async def evict(self, tokens: set[str]) -> None:
-        """Erasure: forget the subjects in memory, then delete their online rows."""
+    async def evict(self, tokens: set[str], products: Collection[str] | None = None) -> ErasedRows:
+        """Erasure: forget the subjects in memory, then delete their stored rows.
+
+        ``products`` limits it to those products (a consent withdrawal for one purpose).
+        """
         loop = asyncio.get_running_loop()
+        chosen = [p for p in self.pipelines if products is None or p.product.name in products]
+        views = {self.store.product_features(p.product).subject_view.name for p in chosen}
         async with self._lock, self._offline_lock:
-            dropped = sum(p.forget(tokens) for p in self.pipelines)  # their event dicts too
+            dropped = sum(p.forget(tokens) for p in chosen)  # their event dicts too
             for view, records in self._offline.items():
-                self._offline[view] = [r for r in records if r.get(SUBJECT_KEY) not in tokens]
+                if view in views:
+                    self._offline[view] = [r for r in records if r.get(SUBJECT_KEY) not in tokens]
             erased = pa.array(sorted(tokens), pa.string())
-            for pipeline in self.pipelines:
+            for pipeline in chosen:
                 unit = pipeline.product.subject_field
                 tables = self._events.get(pipeline.product.name, [])
                 self._events[pipeline.product.name] = [
                     t.filter(pc.invert(pc.is_in(t[unit], value_set=erased))) for t in tables
                 ]
-            for product, rows in self._stashed.items():
-                self._stashed[product] = [r for r in rows if r.subject not in tokens]
-            await loop.run_in_executor(None, self.store.erase_subjects, tokens)
+                stashed = self._stashed.get(pipeline.product.name)
+                if stashed:
+                    self._stashed[pipeline.product.name] = [
+                        r for r in stashed if r.subject not in tokens
+                    ]
+            names = None if products is None else {p.product.name for p in chosen}
+            rows = await loop.run_in_executor(None, self.store.erase_subjects, tokens, names)
         self.counters["erasures_applied"] += 1
         log.info("erasure: evicted %d window tallies", dropped)
+        return rows
 
     async def _to_store(self, view: FeatureView, records: list[Record]) -> None:
         loop = asyncio.get_running_loop()

@@ -23,7 +23,8 @@ from typing import TypeVar
 
 from faker import Faker
 
-from domains.contract import DataProduct, FieldType
+from domains.contract import ConsentMode, DataProduct, DomainContract, FieldType
+from streams.consent import ConsentStatus, consent_key, consent_value
 from streams.errors import StreamError
 from streams.pseudonymise import normalise
 
@@ -259,6 +260,45 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("support", "tickets"): _ticket,
     **{(airport, "departures"): _departures(airport) for airport in _CARRIERS},
 }
+
+
+def consent_records(
+    contract: DomainContract,
+    people: list[Person],
+    seed: int,
+    grant_share: float = 0.9,
+    withdraw_share: float = 0.02,
+    now: float | None = None,
+) -> list[tuple[bytes, bytes]]:
+    """Synthetic consent records ``(key, value)`` for ``people`` in ``contract``'s domain.
+
+    For each purpose of a product with synthetic events: a grant from ``grant_share`` of
+    the people where the product is ``opt_in``, then a withdrawal (an objection, for
+    ``opt_out``) from ``withdraw_share`` of them, a second later. Reproducible for ``seed``.
+    """
+    if not 0 <= grant_share <= 1 or not 0 <= withdraw_share <= 1:
+        raise ValueError("grant_share and withdraw_share must be within [0, 1]")
+    at = now if now is not None else time.time()
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
+    records: list[tuple[bytes, bytes]] = []
+    stamp = datetime.fromtimestamp(at, tz=UTC).isoformat()
+    for product in contract.products:
+        build = BUILDERS.get((contract.domain, product.name))
+        if build is None:
+            continue
+        for seq, person in enumerate(people):
+            subject = str(build(person, rng, seq, stamp)[product.privacy_unit])
+            if product.consent is ConsentMode.OPT_IN and rng.random() < grant_share:
+                records.append(_consent(subject, product.purpose, ConsentStatus.GRANTED, at))
+            if rng.random() < withdraw_share:
+                records.append(
+                    _consent(subject, product.purpose, ConsentStatus.WITHDRAWN, at + 1.0)
+                )
+    return records
+
+
+def _consent(subject: str, purpose: str, status: ConsentStatus, at: float) -> tuple[bytes, bytes]:
+    return consent_key(purpose, subject), consent_value(subject, purpose, status, at)
 
 
 def has_generator(domain: str, product: str) -> bool:

@@ -57,6 +57,9 @@ class IngestLoop:
         self.sender = sender
         # Gets a revoked partition's pending subject rows (the feature pusher's stash).
         self.on_revoked_rows: Callable[[ProductPipeline, list[SubjectRow]], None] | None = None
+        # Set by the consent listener once it has read every consent record written
+        # before the worker started: until then an event could pass a withdrawn subject.
+        self.consent_ready: asyncio.Event | None = None
         self._batch_lock = asyncio.Lock()
         # per ingest topic, from the metadata at the last assignment: its partition count,
         # and whether its product, DLQ and profiles topics have as many partitions
@@ -86,7 +89,9 @@ class IngestLoop:
         )
 
     async def run(self) -> None:
-        """Consume until cancelled."""
+        """Consume until cancelled (once the consent index has caught up, when one is set)."""
+        if self.consent_ready is not None:
+            await self.consent_ready.wait()
         await self.sender.start()
         consumer = self.consumer()
         consumer.subscribe(list(self.pipelines), listener=_Rebalance(self, consumer))
@@ -110,6 +115,7 @@ class IngestLoop:
         began = time.perf_counter()
         outputs: list[Output] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        consumed = 0
         for tp, records in batches.items():
             pipeline = self.pipelines[tp.topic]
             partitions = self._partitions.get(tp.topic, self.kafka.partitions)
@@ -118,9 +124,10 @@ class IngestLoop:
             # and the producer skips hashing each key (murmur2 in Python, ~10 us a record).
             out_partition = tp.partition if self.aligned(pipeline) else None
             for record in records:
-                outputs.append(
-                    self._route(pipeline, record, tp.partition, partitions, out_partition)
-                )
+                output = self._route(pipeline, record, tp.partition, partitions, out_partition)
+                if output is not None:
+                    outputs.append(output)
+            consumed += len(records)
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
         await self.sender.deliver(outputs)
         try:
@@ -132,7 +139,7 @@ class IngestLoop:
             log.warning(
                 "%s: offset commit failed (%s); the batch may be re-delivered", self.domain, exc
             )
-        self.counters["consumed"] += len(outputs)
+        self.counters["consumed"] += consumed
         self.counters["batches"] += 1
         self.counters["last_batch_ms"] = round((time.perf_counter() - began) * 1000)
 
@@ -143,9 +150,11 @@ class IngestLoop:
         partition: int,
         partitions: int,
         out_partition: int | None,
-    ) -> Output:
+    ) -> Output | None:
         raw = record.value if isinstance(record.value, bytes) else b""
         outcome = pipeline.route(raw, partition, partitions)
+        if outcome is None:  # no consent for the product's purpose: counted, not kept
+            return None
         if isinstance(outcome, Accepted):
             value = json.dumps(outcome.event, separators=(",", ":")).encode()
             return Output(pipeline.topics.product, outcome.key, value, None, out_partition)

@@ -24,7 +24,7 @@ from pathlib import Path
 from domains.contract import FieldType
 from domains.runtime import RuntimeSettings
 from streams.errors import StreamError
-from streams.keys import derive_domain_key, resolve_master_key
+from streams.keys import derive_consent_key, derive_domain_key, resolve_master_key
 from streams.pseudonymise import Tokeniser, TokenSource
 from streams.settings import StreamSettings
 
@@ -149,6 +149,10 @@ class DomainTokens:
         found = self.tokeniser(version)
         self._last = (ring, start, end, found)
         return found
+
+    def consent_key(self) -> bytes:
+        """The key of the domain's in-memory consent index (not rotated)."""
+        return derive_consent_key(self._master, self.domain)
 
     def all_tokens(self, value: str, kind: FieldType) -> set[str]:
         """The tokens ``value`` has had under every key version (for erasure)."""

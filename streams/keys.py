@@ -30,6 +30,20 @@ def derive_domain_key(master: bytes, domain: str, version: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(master)
 
 
+def derive_consent_key(master: bytes, domain: str) -> bytes:
+    """The 256-bit key indexing ``domain``'s consent records in memory.
+
+    Independent of the pseudonymisation key versions: a key rotation changes the tokens
+    but must not forget who consented.
+    """
+    if len(master) < MIN_MASTER_BYTES:
+        raise KeyUnavailable(
+            f"master key is {len(master)} bytes; at least {MIN_MASTER_BYTES} are required"
+        )
+    info = f"domain={domain};consent-index".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(master)
+
+
 def parse_master_key(text: str) -> bytes:
     """Bytes of a configured master key: hex if it parses as hex, else UTF-8 text."""
     stripped = text.strip()

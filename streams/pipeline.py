@@ -7,6 +7,10 @@ and one worker: per-partition window statistics add up to the product's statisti
 event found on another partition than its key's is refused (``wrong_partition``):
 counting it would let one subject contribute through two workers, beyond the bound
 the DP layer relies on.
+
+A valid event whose subject has not consented to the product's purpose (``opt_in``) or
+has withdrawn is dropped: counted (``consent_dropped.<reason>``), never published, never
+dead-lettered, never aggregated.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from feature_repo.definitions import (
     WINDOW_KEY,
     sum_feature,
 )
+from streams.consent import ConsentIndex
 from streams.pseudonymise import TokenSource
 from streams.settings import StreamSettings
 from streams.topics import ProductTopics
@@ -61,6 +66,7 @@ class ProductPipeline:
     transform: ProductTransform
     topics: ProductTopics
     settings: StreamSettings
+    consent: ConsentIndex
     aggregators: dict[int, WindowAggregator] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     # (partition count, normalised unit) -> the unit's partition; process memory only
@@ -96,12 +102,18 @@ class ProductPipeline:
         return [replace(r, partition=partition) for r in aggregator.drain_subject_rows()]
 
     # ------------------------------------------------------------ per event
-    def route(self, raw: bytes, partition: int, partitions: int) -> Accepted | Rejected:
-        """Transform ``raw`` read from ``partition``; never raises."""
+    def route(self, raw: bytes, partition: int, partitions: int) -> Accepted | Rejected | None:
+        """Transform ``raw`` read from ``partition``; None when consent drops it; never raises."""
         try:
             outcome = self.transform.apply(raw)
             if isinstance(outcome, Accepted):
                 outcome = self._check_partition(outcome, partition, partitions)
+            if isinstance(outcome, Accepted):
+                refused = self.consent.allows(self.product, outcome.unit_key)
+                if refused is not None:
+                    self.counters["consent_dropped"] += 1
+                    self.counters[f"consent_dropped.{refused}"] += 1
+                    return None
         except Exception as exc:  # a bug must not stop the stream or lose the event
             log.exception("transform failed for a %s event", self.topics.ingest)
             outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
@@ -211,9 +223,14 @@ class ProductPipeline:
 
 
 def build_pipelines(
-    contract: DomainContract, tokeniser: TokenSource, settings: StreamSettings
+    contract: DomainContract,
+    tokeniser: TokenSource,
+    settings: StreamSettings,
+    consent: ConsentIndex | None = None,
 ) -> list[ProductPipeline]:
-    """One pipeline per product of ``contract``."""
+    """One pipeline per product of ``contract``, checking ``consent`` (an empty index with
+    a random key when None: opt-in products then process nothing until grants arrive)."""
+    index = consent if consent is not None else ConsentIndex(contract)
     return [
         ProductPipeline(
             contract.domain,
@@ -221,6 +238,7 @@ def build_pipelines(
             ProductTransform(product, tokeniser),
             ProductTopics.of(contract.domain, product),
             settings,
+            index,
         )
         for product in contract.products
     ]

@@ -8,7 +8,10 @@ three long-running tasks:
   dead-letter topic, committing offsets only after the outputs are acknowledged;
 * ``FeaturePusher`` (``streams.feature_push``): micro-batches of per-subject features and
   closed per-partition windows to the domain's Feast store;
-* ``ErasureListener`` (``streams.erasure_listener``): evicts erased subjects.
+* ``ErasureListener`` (``streams.erasure_listener``): evicts erased subjects;
+* ``ConsentListener`` (``streams.consent_listener``): keeps the consent index every
+  event is checked against, and erases a subject's features for a purpose on its
+  withdrawal. The ingest loop starts once the index has caught up.
 
 Faust's own per-event consumer is switched off: it caps throughput at a tenth of the
 client library on this path (docs/streams-throughput.md).
@@ -25,14 +28,18 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 from mode import BaseSignalT
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from domains.contract import DomainContract
 from feature_repo.store import DomainFeatureStore
 from streams.batch_send import BatchSender
+from streams.consent import ConsentIndex
+from streams.consent_listener import ConsentListener
 from streams.erasure_listener import ErasureListener
 from streams.feature_push import FeaturePusher
 from streams.ingest_loop import IngestLoop
-from streams.keyring import KeyRingWatcher, keyring_path
+from streams.keyring import DomainTokens, KeyRingWatcher, keyring_path
+from streams.metrics import metrics_registry, render
 from streams.pipeline import ProductPipeline, build_pipelines
 from streams.pseudonymise import TokenSource
 from streams.settings import KafkaSettings, StreamSettings
@@ -62,6 +69,8 @@ class Processor:
     ingest: IngestLoop
     pusher: FeaturePusher
     erasures: ErasureListener
+    consent: ConsentListener
+    tokens: TokenSource
 
 
 def faust_broker_url(bootstrap: str) -> list[str]:
@@ -99,7 +108,9 @@ def build_processor(
 ) -> Processor:
     """Wire ``contract``'s domain processor: pipelines, tasks and the health page."""
     app = make_app(contract.domain, kafka, settings, data_dir)
-    pipelines = build_pipelines(contract, tokeniser, settings)
+    domain_tokens = tokeniser if isinstance(tokeniser, DomainTokens) else None
+    index = ConsentIndex(contract, domain_tokens.consent_key() if domain_tokens else None)
+    pipelines = build_pipelines(contract, tokeniser, settings, index)
 
     sender = BatchSender(kafka, settings, f"privmesh-{contract.domain}-processor")
     ingest = IngestLoop(contract.domain, pipelines, kafka, settings, sender)
@@ -113,12 +124,15 @@ def build_processor(
     )
     ingest.on_revoked_rows = pusher.stash
     erasures = ErasureListener(contract.domain, kafka, pusher.evict)
-    processor = Processor(app, pipelines, ingest, pusher, erasures)
+    consent = ConsentListener(contract, kafka, index, domain_tokens, sender, pusher.evict, data_dir)
+    ingest.consent_ready = consent.ready
+    processor = Processor(app, pipelines, ingest, pusher, erasures, consent, tokeniser)
 
     app.task(ingest.run)
     app.task(pusher.run)
     app.task(pusher.run_offline)
     app.task(erasures.run)
+    app.task(consent.run)
 
     @app.on_before_shutdown.connect
     async def final_flush(_app: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
@@ -128,9 +142,16 @@ def build_processor(
 
     started = time.time()
 
+    registry = metrics_registry(processor, started)
+
     @app.page("/privmesh/health")
     async def health(web: Any, request: Any) -> Any:
         return web.json(health_report(processor, started))
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # aiohttp refuses parameters in ``content_type``: the full header goes as a header
+        return web.bytes(render(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return processor
 
@@ -149,6 +170,7 @@ def health_report(processor: Processor, started: float) -> dict[str, Any]:
             "malformed": processor.erasures.malformed,
             "rereads": processor.erasures.rereads,
         },
+        "consent": processor.consent.report(),
         "products": {
             p.product.name: {
                 **dict(p.counters),

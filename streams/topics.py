@@ -50,8 +50,24 @@ def erasures_topic(domain: str) -> str:
     return f"{domain}.erasures"
 
 
+def consent_topic(domain: str) -> str:
+    """The domain's consent records (raw subject, purpose, granted/withdrawn, time).
+
+    Inside the ingestion boundary, like the ingest topics: the records name subjects by
+    their raw privacy-unit value. Compacted, keyed by subject and purpose, so the topic
+    holds each subject's latest decision per purpose.
+    """
+    return f"{domain}.consent"
+
+
+def consent_dlq_topic(domain: str) -> str:
+    """Malformed consent records, with the same reason headers as the products' DLQs."""
+    return f"{domain}.consent.dlq"
+
+
 def domain_topics(contract: DomainContract) -> list[str]:
-    """Every topic of ``contract``'s domain: each product's topics, then erasure requests."""
+    """Every topic of ``contract``'s domain: each product's topics, then erasure requests
+    and consent records."""
     return [
         *(
             t
@@ -59,11 +75,14 @@ def domain_topics(contract: DomainContract) -> list[str]:
             for t in ProductTopics.of(contract.domain, product).all()
         ),
         erasures_topic(contract.domain),
+        consent_topic(contract.domain),
+        consent_dlq_topic(contract.domain),
     ]
 
 
 def topic_configs(topic: str) -> dict[str, str]:
-    """Kafka topic configs: per-subject profiles are compacted (tombstones erase them)."""
-    if topic.endswith(".profiles"):
+    """Kafka topic configs: per-subject profiles and consent records are compacted
+    (tombstones erase a profile; the latest record per subject and purpose is kept)."""
+    if topic.endswith((".profiles", ".consent")):
         return {"cleanup.policy": "compact"}
     return {}

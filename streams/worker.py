@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
@@ -40,12 +41,14 @@ def run_worker(
     kafka: KafkaSettings,
     streams: StreamSettings,
     features: FeatureStoreSettings,
+    logging_config: dict[str, Any] | None = None,
 ) -> None:
-    """Run the domain's processor until SIGINT/SIGTERM."""
+    """Run the domain's processor until SIGINT/SIGTERM (``logging_config``: a dictConfig
+    for every logger of the worker, such as the composition root's JSON lines)."""
     processor = build_domain_processor(domain, runtime, kafka, streams, features)
     # INFO, not WARNING: at WARNING and above Faust's spinner turns on DEBUG logging
     # everywhere, which costs about a tenth of the processor's CPU.
-    worker = faust.Worker(processor.app, loglevel="INFO", quiet=True)
+    worker = faust.Worker(processor.app, loglevel="INFO", quiet=True, logging_config=logging_config)
     worker.spinner = None
     for noisy in ("faust", "mode", "aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -17,6 +18,11 @@ from infra.console import console, err
 from streams.pseudonymise import normalise
 from streams.settings import KafkaSettings
 from streams.topics import ProductTopics
+
+if TYPE_CHECKING:
+    from infra.settings import GeneratorSettings
+    from streams.generator import Person
+    from streams.producing import RawProducer
 
 DomainArg = Annotated[str, typer.Option("--domain", "-d", help="Domain name.")]
 ProductArg = Annotated[
@@ -101,9 +107,43 @@ def produce(
         stream = sys.stdin if str(file) == "-" else None
         events = ((unit_key(chosen, line), line) for line in _lines(stream, file))
     with RawProducer(KafkaSettings(), client_id=f"privmesh-produce-{domain}") as producer:
+        if generate is not None:
+            send_demo_consent(producer, [domain], people, demo)
         for key, value in paced(rate, events):
             producer.send(topic, value, key=key)
     err.print(f"sent {producer.sent} event(s) to {topic}")
+
+
+# How long the generator waits after sending consent records before events: running
+# processors apply them within a fraction of a second (a grant read after its subject's
+# event drops the event).
+CONSENT_SETTLE_SECONDS = 1.0
+
+
+def send_demo_consent(
+    producer: RawProducer, domains: list[str], people: list[Person], demo: GeneratorSettings
+) -> int:
+    """Synthetic consent decisions of ``people`` in ``domains`` (grants for opt-in purposes,
+    a few withdrawals everywhere), sent and flushed; returns how many."""
+    from streams.generator import consent_records
+    from streams.topics import consent_topic
+
+    sent = 0
+    for index, domain in enumerate(domains):
+        records = consent_records(
+            get_contract(domain),
+            people,
+            demo.seed + 1000 + index,
+            demo.consent_grant_share,
+            demo.consent_withdraw_share,
+        )
+        for key, value in records:
+            producer.send(consent_topic(domain), value, key=key)
+        sent += len(records)
+    if sent:
+        producer.flush()
+        time.sleep(CONSENT_SETTLE_SECONDS)
+    return sent
 
 
 def tail(

@@ -16,18 +16,19 @@ import pytest
 
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
 from domains.registry import get_contract
-from streams.generator import BUILDERS, Person, make_people
+from streams.generator import BUILDERS, Person, consent_records, make_people
 from streams.producing import RawProducer
 from streams.pseudonymise import normalise
 from streams.reading import Record
 from streams.settings import KafkaSettings
-from streams.topics import ProductTopics
+from streams.topics import ProductTopics, consent_topic
 from tests.conftest import FreshBroker
 from tests.streams.test_processor_live import (
     create_topics,
     read_topics,
     running_workers,
     stop_all,
+    wait_for_consent,
     wait_for_records,
 )
 
@@ -179,6 +180,13 @@ def test_no_raw_identifier_leaves_ingestion(
             worker.wait_ready(timeout=90)
         phase("workers ready")
         with RawProducer(KafkaSettings(bootstrap_servers=bootstrap), "test-canary") as producer:
+            # Web page views are opt-in: every visitor grants consent first.
+            web = get_contract("web")
+            for key, value in consent_records(web, people, SEED, 1.0, 0.0):
+                producer.send(consent_topic("web"), value, key=key)
+            producer.flush()
+            wait_for_consent(workers["web"], "product_analytics", granted=PEOPLE)
+            phase("consent applied")
             for contract in contracts:
                 product = product_of(contract)
                 unit = product.field(product.privacy_unit)

@@ -242,6 +242,24 @@ def wait_for_records(
         time.sleep(0.5)
 
 
+def wait_for_consent(
+    worker: Worker, purpose: str, granted: int = 0, withdrawn: int = 0, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Wait until ``worker``'s consent index holds at least these decisions for ``purpose``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.assert_alive()
+        report = worker.health()
+        held = (report or {}).get("consent", {}).get("subjects", {}).get(purpose, {})
+        if held.get("granted", 0) >= granted and held.get("withdrawn", 0) >= withdrawn:
+            return dict(report or {})
+        time.sleep(0.3)
+    raise AssertionError(
+        f"{worker.domain}: consent for {purpose} not applied in {timeout} s: "
+        f"{worker.health()}\n{worker.log_tail()}"
+    )
+
+
 def order_event(person: Person, seq: int, at: float | None = None) -> dict[str, object]:
     """A valid raw shop order of ``person``."""
     iso = datetime.fromtimestamp(time.time() if at is None else at, tz=UTC).isoformat()

@@ -1,0 +1,422 @@
+"""Privacy posture: one governance view of what the running system does with personal data.
+
+Assembled on request from the sources of record, never from a copy:
+
+* stream workers' health pages (events in/out, dead letters, consent drops, consent
+  index) at the URLs ``privmesh up`` records in ``run/stack.json`` or the configured ones;
+* the key ring (pseudonymisation key versions in use per domain);
+* the API's ledger (budget spent and left per query class and per data product);
+* the erasure, data-subject-request and retention logs under the data directory;
+* the model registry (federation rounds, participation, dropouts, lost rounds, DP and
+  secure aggregation, the latest membership-inference audit of each version).
+
+``findings`` lists what needs a governance look (an unreachable worker, a budget nearly
+spent, a model without an audit or with a high attack advantage, a DSR over its
+deadline). Counts and codes only: no identifier, token or data value.
+
+``OperationsCollector`` exposes the file- and registry-backed parts as Prometheus
+metrics on the API's ``/metrics`` (a training job or a retention pass is not a server
+Prometheus could scrape; their records are).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dashboards_api.releases import ReleaseService
+from domains.contract import DomainContract
+from federation.registry import ModelRegistry
+from infra.settings import PostureSettings
+from streams.erasure import read_erasure_log
+from streams.keyring import KeyRing, keyring_path
+from streams.records import read_records
+
+WITHDRAWAL = "consent-withdrawal"
+
+
+@dataclass
+class PostureSources:
+    """Where the posture is read from."""
+
+    data_dir: Path
+    contracts: dict[str, DomainContract]
+    service: ReleaseService
+    registry: ModelRegistry | None
+    settings: PostureSettings
+    initial_key_version: int = 1
+
+    def worker_urls(self) -> dict[str, str]:
+        """Health URL per domain: the configured ones, else those `privmesh up` recorded."""
+        if self.settings.worker_health_urls:
+            return dict(self.settings.worker_health_urls)
+        from infra.stack import read_state
+
+        state = read_state(self.data_dir) or {}
+        return {
+            name.removeprefix("worker-"): str(c["health_url"])
+            for name, c in state.get("components", {}).items()
+            if name.startswith("worker-") and c.get("health_url")
+        }
+
+
+# ---------------------------------------------------------------------- the parts
+async def stream_health(urls: dict[str, str], wait: float) -> dict[str, dict[str, Any]]:
+    """Each worker's counters (``reachable: false`` when its page does not answer)."""
+
+    async def one(client: httpx.AsyncClient, domain: str, url: str) -> tuple[str, dict[str, Any]]:
+        try:
+            response = await client.get(url, timeout=wait)
+            report = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            report = None
+        if not isinstance(report, dict):
+            return domain, {"reachable": False}
+        products = report.get("products", {})
+        total = Counter[str]()
+        for counts in products.values():
+            total.update({k: int(v) for k, v in counts.items() if isinstance(v, int | float)})
+        consent = report.get("consent", {})
+        return domain, {
+            "reachable": True,
+            "consumed": int(report.get("ingest", {}).get("consumed", 0)),
+            "published": total["accepted"],
+            "dead_lettered": total["rejected"],
+            "consent_dropped": total["consent_dropped"],
+            "consent_ready": bool(consent.get("ready", False)),
+            "consent_subjects": consent.get("subjects", {}),
+            "consent_malformed": int(consent.get("malformed", 0)),
+        }
+
+    async with httpx.AsyncClient() as client:
+        answers = await asyncio.gather(*(one(client, d, u) for d, u in sorted(urls.items())))
+    return dict(answers)
+
+
+def key_versions(data_dir: Path, domains: list[str], initial: int) -> dict[str, dict[str, Any]]:
+    """Active and known key versions per domain, from the key ring file."""
+    ring = KeyRing.load(keyring_path(data_dir), initial)
+    now = time.time()
+    return {
+        d: {
+            "active": ring.version_at(d, now),
+            "versions": [
+                {
+                    "version": e.version,
+                    "effective_from": datetime.fromtimestamp(e.effective_from, tz=UTC).isoformat(),
+                }
+                for e in ring.epochs(d)
+            ],
+        }
+        for d in domains
+    }
+
+
+def erasures(data_dir: Path, domains: list[str]) -> dict[str, dict[str, Any]]:
+    """Erasures per domain: requests (erase, dsr) and consent withdrawals."""
+    out: dict[str, dict[str, Any]] = {}
+    for domain in domains:
+        records = read_erasure_log(data_dir / "erasures" / f"{domain}.jsonl")
+        withdrawals = [r for r in records if r.requested_by.startswith(WITHDRAWAL)]
+        out[domain] = {
+            "requests": len(records) - len(withdrawals),
+            "withdrawals": len(withdrawals),
+            "online_rows": sum(r.online_rows for r in records),
+            "offline_rows": sum(r.offline_rows for r in records),
+            "last_at": max((r.requested_at for r in records), default=None),
+        }
+    return out
+
+
+def subject_requests(data_dir: Path, deadline_seconds: float) -> dict[str, Any]:
+    """Data-subject requests by kind, their durations and any over the deadline."""
+    records = read_records(data_dir / "dsr" / "requests.jsonl")
+    durations = [float(r.get("seconds", 0.0)) for r in records]
+    return {
+        "access": sum(1 for r in records if r.get("kind") == "access"),
+        "erase": sum(1 for r in records if r.get("kind") == "erase"),
+        "max_seconds": max(durations, default=0.0),
+        "over_deadline": sum(1 for s in durations if s > deadline_seconds),
+        "last_completed_at": max((str(r.get("completed_at")) for r in records), default=None),
+    }
+
+
+def retention(data_dir: Path) -> dict[str, Any]:
+    """Retention passes, the last one's time, and rows purged per product and kind."""
+    runs = read_records(data_dir / "retention" / "runs.jsonl")
+    purged: dict[str, Counter[str]] = {}
+    for run in runs:
+        for domain, result in run.get("domains", {}).items():
+            for rows in result.get("products", []):
+                counts = purged.setdefault(f"{domain}.{rows['product']}", Counter())
+                for kind in ("events", "subject_history", "window_stats", "online"):
+                    counts[kind] += int(rows.get(kind, 0))
+    return {
+        "runs": len(runs),
+        "last_at": runs[-1]["at"] if runs else None,
+        "purged": {product: dict(counts) for product, counts in sorted(purged.items())},
+    }
+
+
+def budgets(service: ReleaseService) -> dict[str, Any]:
+    """Spent and left per query class and per data product, this period (from the ledger)."""
+    classes = []
+    products: set[tuple[str, str]] = set()
+    for qc in service.classes.values():
+        state = service.budget(qc)
+        classes.append(
+            {
+                "class_id": qc.id,
+                "product": f"{qc.domain}.{qc.product}",
+                "spent": float(state["epsilon_spent"]),
+                "remaining": float(state["epsilon_remaining"]),
+                "budget": float(state["epsilon_spent"]) + float(state["epsilon_remaining"]),
+            }
+        )
+        products.add((qc.domain, qc.product))
+    totals = []
+    for domain, product in sorted(products):
+        total = service.product_budget(domain, product)
+        if total is not None:
+            totals.append(
+                {
+                    "product": total["product"],
+                    "spent": float(total["epsilon_spent"]),
+                    "remaining": float(total["epsilon_remaining"]),
+                    "budget": float(total["epsilon_budget"]),
+                }
+            )
+    return {"period": service.period(), "classes": classes, "products": totals}
+
+
+def models(registry: ModelRegistry | None) -> list[dict[str, Any]]:
+    """Each registered version: rounds, participation, dropouts, protections, last audit."""
+    if registry is None:
+        return []
+    out = []
+    for version in registry.versions():
+        lineage = version.lineage
+        rounds = lineage.get("rounds", {})
+        history = rounds.get("history", [])
+        audits = [
+            a for a in registry.audits(version.version) if a["kind"] == "membership_inference"
+        ]
+        pooled = audits[-1].get("pooled", {}) if audits else {}
+        out.append(
+            {
+                "version": version.version,
+                "task": version.task,
+                "created_at": version.created_at,
+                "rounds_completed": int(rounds.get("completed", 0)),
+                "rounds_lost": len(rounds.get("lost", [])),
+                "participants": [len(r.get("participants", [])) for r in history],
+                "dropouts": sum(len(r.get("dropped", [])) for r in history),
+                "secure_aggregation": bool(lineage.get("secure_aggregation", {}).get("enabled")),
+                "dp": bool(lineage.get("dp", {}).get("enabled")),
+                "epsilon_total": lineage.get("dp", {}).get("epsilon_total"),
+                "mia_advantage": pooled.get("advantage"),
+                "mia_attack_auc": pooled.get("attack_auc"),
+            }
+        )
+    return out
+
+
+def consent_modes(contracts: dict[str, DomainContract]) -> dict[str, dict[str, str]]:
+    """Each product's purpose and consent mode."""
+    return {
+        f"{c.domain}.{p.name}": {"purpose": p.purpose, "consent": p.consent.value}
+        for c in contracts.values()
+        for p in c.products
+    }
+
+
+# ---------------------------------------------------------------------- the view
+async def assemble_posture(sources: PostureSources) -> dict[str, Any]:
+    """The whole posture, with its findings."""
+    settings = sources.settings
+    domains = sorted(sources.contracts)
+    streams = await stream_health(sources.worker_urls(), settings.timeout_seconds)
+    view: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "streams": streams,
+        "consent": consent_modes(sources.contracts),
+        "keys": key_versions(sources.data_dir, domains, sources.initial_key_version),
+        "budgets": budgets(sources.service),
+        "erasures": erasures(sources.data_dir, domains),
+        "subject_requests": subject_requests(sources.data_dir, settings.dsr_deadline_seconds),
+        "retention": retention(sources.data_dir),
+        "models": models(sources.registry),
+    }
+    view["findings"] = findings(view, settings)
+    return view
+
+
+def findings(view: dict[str, Any], settings: PostureSettings) -> list[dict[str, str]]:
+    """What needs a look, most severe first: ``severity``, ``code``, ``subject``, ``message``."""
+    found: list[dict[str, str]] = []
+
+    def add(severity: str, code: str, subject: str, message: str) -> None:
+        found.append({"severity": severity, "code": code, "subject": subject, "message": message})
+
+    for domain, health in view["streams"].items():
+        if not health["reachable"]:
+            add(
+                "error",
+                "worker_unreachable",
+                domain,
+                "the stream worker's health page does not answer",
+            )
+        elif not health["consent_ready"]:
+            add("warning", "consent_not_ready", domain, "the consent index has not caught up yet")
+    for item in view["budgets"]["classes"] + view["budgets"]["products"]:
+        if item["budget"] > 0 and item["spent"] >= settings.budget_alert_share * item["budget"]:
+            name = item.get("class_id", item["product"])
+            share = item["spent"] / item["budget"]
+            add(
+                "warning",
+                "budget_nearly_spent",
+                name,
+                f"{share:.0%} of this period's epsilon spent",
+            )
+    for model in view["models"]:
+        advantage = model["mia_advantage"]
+        if advantage is None:
+            add("warning", "model_not_audited", model["version"], "no membership-inference audit")
+        elif advantage > settings.mia_advantage_alert:
+            add(
+                "error",
+                "membership_leak",
+                model["version"],
+                f"membership advantage {advantage:.3f} > {settings.mia_advantage_alert}",
+            )
+        if model["rounds_lost"]:
+            add("info", "rounds_lost", model["version"], f"{model['rounds_lost']} round(s) lost")
+    requests = view["subject_requests"]
+    if requests["over_deadline"]:
+        add(
+            "error",
+            "dsr_over_deadline",
+            "dsr",
+            f"{requests['over_deadline']} request(s) took over {settings.dsr_deadline_seconds:g} s",
+        )
+    if view["retention"]["runs"] == 0:
+        add("warning", "retention_never_ran", "retention", "no retention pass recorded")
+    order = {"error": 0, "warning": 1, "info": 2}
+    return sorted(found, key=lambda f: (order[f["severity"]], f["code"], f["subject"]))
+
+
+# ---------------------------------------------------------------------- metrics
+class OperationsCollector(Collector):
+    """Erasures, DSRs, retention purges, federation rounds and audits, product budgets."""
+
+    def __init__(self, sources: PostureSources) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        """Samples read from the logs and the registry now."""
+        s = self._sources
+        domains = sorted(s.contracts)
+        erased = CounterMetricFamily(
+            "privmesh_erasures",
+            "Erasures recorded per domain: requests (erase, dsr) and consent withdrawals",
+            labels=["domain", "source"],
+        )
+        for domain, counts in erasures(s.data_dir, domains).items():
+            erased.add_metric([domain, "request"], counts["requests"])
+            erased.add_metric([domain, "consent_withdrawal"], counts["withdrawals"])
+        yield erased
+        requests = subject_requests(s.data_dir, s.settings.dsr_deadline_seconds)
+        dsr = CounterMetricFamily(
+            "privmesh_dsr_requests", "Data-subject requests completed", labels=["kind"]
+        )
+        for kind in ("access", "erase"):
+            dsr.add_metric([kind], requests[kind])
+        yield dsr
+        slowest = GaugeMetricFamily(
+            "privmesh_dsr_max_seconds", "Longest data-subject request so far (seconds)"
+        )
+        slowest.add_metric([], requests["max_seconds"])
+        yield slowest
+        kept = retention(s.data_dir)
+        purged = CounterMetricFamily(
+            "privmesh_retention_purged_rows",
+            "Rows purged past retention per product and kind",
+            labels=["product", "kind"],
+        )
+        for product, counts in kept["purged"].items():
+            for kind, count in sorted(counts.items()):
+                purged.add_metric([product, kind], count)
+        yield purged
+        runs = CounterMetricFamily("privmesh_retention_runs", "Retention passes recorded")
+        runs.add_metric([], kept["runs"])
+        yield runs
+        yield from self._federation()
+        yield from self._products()
+
+    def _federation(self) -> Iterator[Metric]:
+        rounds = CounterMetricFamily(
+            "privmesh_federation_rounds",
+            "Federated rounds by result: released or lost (SecAgg+ failure, too few domains)",
+            labels=["task", "result"],
+        )
+        dropouts = CounterMetricFamily(
+            "privmesh_federation_dropouts", "Domains dropped from a round", labels=["task"]
+        )
+        participants = GaugeMetricFamily(
+            "privmesh_federation_last_round_participants",
+            "Domains in the last round of the newest version of each task",
+            labels=["task"],
+        )
+        advantage = GaugeMetricFamily(
+            "privmesh_model_mia_advantage",
+            "Membership-inference advantage of the newest audited version of each task",
+            labels=["task", "dp"],
+        )
+        released: Counter[str] = Counter()
+        lost: Counter[str] = Counter()
+        dropped: Counter[str] = Counter()
+        newest: dict[str, dict[str, Any]] = {}
+        audited: dict[str, dict[str, Any]] = {}
+        for model in models(self._sources.registry):  # newest first
+            task = model["task"]
+            released[task] += model["rounds_completed"]
+            lost[task] += model["rounds_lost"]
+            dropped[task] += model["dropouts"]
+            newest.setdefault(task, model)
+            if model["mia_advantage"] is not None:
+                audited.setdefault(task, model)
+        for task in sorted(newest):
+            rounds.add_metric([task, "released"], released[task])
+            rounds.add_metric([task, "lost"], lost[task])
+            dropouts.add_metric([task], dropped[task])
+            last = newest[task]["participants"]
+            participants.add_metric([task], last[-1] if last else 0)
+        for task, model in sorted(audited.items()):
+            advantage.add_metric([task, str(model["dp"]).lower()], model["mia_advantage"])
+        yield from (rounds, dropouts, participants, advantage)
+
+    def _products(self) -> Iterator[Metric]:
+        spent = GaugeMetricFamily(
+            "privmesh_budget_product_spent_epsilon",
+            "Epsilon spent this period over all classes of a data product",
+            labels=["product"],
+        )
+        remaining = GaugeMetricFamily(
+            "privmesh_budget_product_remaining_epsilon",
+            "Epsilon left this period of a data product's total budget",
+            labels=["product"],
+        )
+        for item in budgets(self._sources.service)["products"]:
+            spent.add_metric([item["product"]], item["spent"])
+            remaining.add_metric([item["product"]], item["remaining"])
+        yield from (spent, remaining)

@@ -1,0 +1,161 @@
+"""Prometheus metrics of one domain's processor (``/metrics`` on its web port).
+
+Read from the processor's counters at scrape time; labels are domain, product,
+purpose, reason codes and key versions, never a value, token or digest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.keyring import DomainTokens
+
+if TYPE_CHECKING:
+    from streams.processor import Processor
+
+REJECTED = "rejected."
+CONSENT_DROPPED = "consent_dropped."
+
+
+class ProcessorCollector(Collector):
+    """Events in and out, dead letters, consent drops, erasures and key versions."""
+
+    def __init__(self, processor: Processor, started: float) -> None:
+        self._processor = processor
+        self._started = started
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per series, from the processor's counters now."""
+        p = self._processor
+        domain = p.ingest.domain
+        consumed = CounterMetricFamily(
+            "privmesh_stream_consumed_events",
+            "Raw events read from the domain's ingest topics",
+            labels=["domain"],
+        )
+        consumed.add_metric([domain], p.ingest.counters["consumed"])
+        events = CounterMetricFamily(
+            "privmesh_stream_events",
+            "Ingested events by outcome: published, dead_lettered or consent_dropped",
+            labels=["domain", "product", "outcome"],
+        )
+        dead = CounterMetricFamily(
+            "privmesh_stream_dead_letters",
+            "Events sent to the product's dead-letter topic, by reason code",
+            labels=["domain", "product", "reason"],
+        )
+        dropped = CounterMetricFamily(
+            "privmesh_stream_consent_dropped_events",
+            "Valid events dropped because their subject had not consented or withdrew",
+            labels=["domain", "product", "reason"],
+        )
+        pushed = CounterMetricFamily(
+            "privmesh_stream_subject_rows_pushed",
+            "Per-subject feature rows written to the domain's online store",
+            labels=["domain", "product"],
+        )
+        late = GaugeMetricFamily(
+            "privmesh_stream_late_events",
+            "Events whose window had closed (partitions owned now)",
+            labels=["domain", "product"],
+        )
+        capped = GaugeMetricFamily(
+            "privmesh_stream_capped_events",
+            "Events beyond the per-subject contribution bound (partitions owned now)",
+            labels=["domain", "product"],
+        )
+        for pipeline in p.pipelines:
+            product, counts = pipeline.product.name, pipeline.counters
+            events.add_metric([domain, product, "published"], counts["accepted"])
+            events.add_metric([domain, product, "dead_lettered"], counts["rejected"])
+            events.add_metric([domain, product, "consent_dropped"], counts["consent_dropped"])
+            for name, value in sorted(counts.items()):
+                if name.startswith(REJECTED):
+                    dead.add_metric([domain, product, name.removeprefix(REJECTED)], value)
+                elif name.startswith(CONSENT_DROPPED):
+                    dropped.add_metric([domain, product, name.removeprefix(CONSENT_DROPPED)], value)
+            pushed.add_metric([domain, product], counts["subject_rows_pushed"])
+            late.add_metric([domain, product], pipeline.late_events)
+            capped.add_metric([domain, product], pipeline.capped_events)
+        yield from (consumed, events, dead, dropped, pushed, late, capped)
+        yield from self._consent(domain)
+        erasures = CounterMetricFamily(
+            "privmesh_stream_erasures_applied",
+            "Erasures applied by this worker: requests (privmesh erase, dsr) and withdrawals",
+            labels=["domain", "source"],
+        )
+        erasures.add_metric([domain, "request"], p.erasures.applied)
+        erasures.add_metric(
+            [domain, "consent_withdrawal"], p.consent.counters["withdrawal_erasures"]
+        )
+        yield erasures
+        yield self._key_versions(domain)
+        uptime = GaugeMetricFamily(
+            "privmesh_stream_uptime_seconds", "Seconds since the worker started", labels=["domain"]
+        )
+        uptime.add_metric([domain], time.time() - self._started)
+        yield uptime
+
+    def _consent(self, domain: str) -> Iterator[Metric]:
+        listener = self._processor.consent
+        subjects = GaugeMetricFamily(
+            "privmesh_consent_subjects",
+            "Subjects whose latest decision for the purpose is a grant or a withdrawal",
+            labels=["domain", "purpose", "decision"],
+        )
+        for purpose, counts in listener.index.counts().items():
+            for decision, count in counts.items():
+                subjects.add_metric([domain, purpose, decision], count)
+        records = CounterMetricFamily(
+            "privmesh_consent_records",
+            "Consent records read, by result (applied or malformed)",
+            labels=["domain", "result"],
+        )
+        malformed = listener.counters["malformed"]
+        records.add_metric([domain, "applied"], listener.counters["records"] - malformed)
+        records.add_metric([domain, "malformed"], malformed)
+        ready = GaugeMetricFamily(
+            "privmesh_consent_index_ready",
+            "1 once the consent index has caught up and events are processed",
+            labels=["domain"],
+        )
+        ready.add_metric([domain], 1.0 if listener.ready.is_set() else 0.0)
+        yield from (subjects, records, ready)
+
+    def _key_versions(self, domain: str) -> Metric:
+        family = GaugeMetricFamily(
+            "privmesh_pseudonymisation_key_version",
+            "Key versions of the domain: 1 for the version applying to events now (active), "
+            "0 for retired ones and those scheduled for the future",
+            labels=["domain", "version", "state"],
+        )
+        tokens = self._processor.tokens
+        if not isinstance(tokens, DomainTokens):
+            return family
+        now = time.time()
+        active = tokens.ring.version_at(domain, now)
+        for epoch in tokens.ring.epochs(domain):
+            if epoch.version == active:
+                family.add_metric([domain, str(epoch.version), "active"], 1.0)
+            else:
+                state = "scheduled" if epoch.effective_from > now else "retired"
+                family.add_metric([domain, str(epoch.version), state], 0.0)
+        return family
+
+
+def metrics_registry(processor: Processor, started: float) -> CollectorRegistry:
+    """A registry of this processor alone (tests run several in one process)."""
+    registry = CollectorRegistry()
+    registry.register(ProcessorCollector(processor, started))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition of ``registry``."""
+    return generate_latest(registry)

@@ -1,0 +1,266 @@
+"""Privacy posture: the governance view, its findings, the operations metrics, the Grafana
+dashboard's series and the structured, masked logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from dashboards_api.ledger import SqliteLedger
+from dashboards_api.main import create_app
+from dashboards_api.query_classes import load_product_budgets, load_query_classes
+from dashboards_api.releases import ReleaseService
+from dashboards_api.settings import ApiSettings, KeyGrant
+from domains.registry import load_contracts
+from domains.runtime import RuntimeSettings
+from feature_repo.settings import FeatureStoreSettings
+from federation.registry import ModelRegistry
+from infra.api_app import with_catalog
+from infra.logs import JsonFormatter, mask_identifiers
+from infra.posture import PostureSources, assemble_posture
+from infra.posture_api import mount
+from infra.settings import PostureSettings
+from streams.erasure import ErasureRecord, append_record
+from streams.metrics import metrics_registry, render
+from streams.records import append_record as append_jsonl
+from streams.settings import KafkaSettings, StreamSettings
+from streams.worker import build_domain_processor
+from tests.catalog.conftest import model_lineage
+from tests.fakes import FakeWindowSource
+
+NOW = 1_795_427_055.0
+WINDOW = 1_795_427_040
+KEYS = {"gov": KeyGrant(role="governance"), "reader": KeyGrant(role="consumer")}
+GOV = {"Authorization": "Bearer gov"}
+DASHBOARD = Path(__file__).resolve().parents[2] / "infra/manifests/observability"
+
+
+def write_logs(data_dir: Path) -> None:
+    """One erasure request and one withdrawal, a slow DSR, one retention pass."""
+    log = data_dir / "erasures" / "shop.jsonl"
+    for erasure_id, by in (("shop-1", "alice"), ("shop-consent-ab", "consent-withdrawal:sales")):
+        append_record(
+            log,
+            ErasureRecord(
+                erasure_id,
+                "shop",
+                "2026-12-01T10:00:00+00:00",
+                ["k1.aaaaaaaaaaaaaaaa"],
+                2,
+                5,
+                1,
+                by,
+            ),
+        )
+    append_jsonl(
+        data_dir / "dsr" / "requests.jsonl",
+        {
+            "request_id": "dsr-erase-1",
+            "kind": "erase",
+            "seconds": 3.5,
+            "completed_at": "2026-12-01T10:00:04+00:00",
+            "domains": {},
+        },
+    )
+    append_jsonl(
+        data_dir / "retention" / "runs.jsonl",
+        {
+            "run_id": "r1",
+            "at": "2026-12-01T11:00:00+00:00",
+            "seconds": 0.1,
+            "domains": {
+                "shop": {
+                    "tombstones": 0,
+                    "products": [
+                        {
+                            "product": "orders",
+                            "events": 7,
+                            "subject_history": 3,
+                            "window_stats": 2,
+                            "online": 1,
+                            "expired_subjects": 1,
+                        }
+                    ],
+                }
+            },
+        },
+    )
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> PostureSources:
+    data_dir = tmp_path / "data"
+    write_logs(data_dir)
+    registry = ModelRegistry("sqlite", data_dir)
+    audited = registry.register("flight_delay", [np.zeros(3, np.float32)], model_lineage(), "done")
+    registry.record_audit(
+        audited, "membership_inference", {"pooled": {"advantage": 0.31, "attack_auc": 0.7}}
+    )
+    registry.register("flight_delay", [np.zeros(3, np.float32)], model_lineage(), "done")
+    row = {"distinct_subjects": 40, "events": 60, "contribution_bound": 20}
+    service = ReleaseService(
+        classes=load_query_classes(),
+        contracts=load_contracts(),
+        sources={"shop": FakeWindowSource(rows={WINDOW: row})},
+        ledger=SqliteLedger(tmp_path / "ledger.db"),
+        window_seconds=10,
+        grace_seconds=2,
+        lookback_windows=3,
+        clock=lambda: NOW,
+        product_budgets=load_product_budgets(),
+    )
+    settings = PostureSettings(worker_health_urls={"shop": "http://127.0.0.1:9/privmesh/health"})
+    return PostureSources(data_dir, load_contracts(), service, registry, settings)
+
+
+@pytest.fixture
+def client(sources: PostureSources) -> TestClient:
+    app = create_app(sources.service, KEYS, ApiSettings(registry_sync_seconds=0))
+    app = with_catalog(app, ttl_seconds=0)
+    mount(app, sources)
+    return TestClient(app)
+
+
+def test_posture_reads_every_source_and_lists_findings(sources: PostureSources) -> None:
+    import asyncio
+
+    view = asyncio.run(assemble_posture(sources))
+    assert view["streams"] == {"shop": {"reachable": False}}
+    assert view["consent"]["web.page_views"] == {
+        "purpose": "product_analytics",
+        "consent": "opt_in",
+    }
+    assert view["keys"]["shop"]["active"] == 1
+    assert view["erasures"]["shop"] == {
+        "requests": 1,
+        "withdrawals": 1,
+        "online_rows": 4,
+        "offline_rows": 10,
+        "last_at": "2026-12-01T10:00:00+00:00",
+    }
+    assert view["subject_requests"]["erase"] == 1 and view["subject_requests"]["over_deadline"] == 1
+    assert view["retention"]["purged"]["shop.orders"]["events"] == 7
+    classes = {c["class_id"] for c in view["budgets"]["classes"]}
+    assert classes == set(sources.service.classes)
+    newest, older = view["models"]
+    assert newest["mia_advantage"] is None and older["mia_advantage"] == 0.31
+    codes = [(f["severity"], f["code"]) for f in view["findings"]]
+    assert codes[:3] == [
+        ("error", "dsr_over_deadline"),
+        ("error", "membership_leak"),
+        ("error", "worker_unreachable"),
+    ]
+    assert ("warning", "model_not_audited") in codes
+    assert ("warning", "retention_never_ran") not in codes
+
+
+def test_posture_api_is_governance_only_and_the_page_is_served(client: TestClient) -> None:
+    assert client.get("/v1/posture").status_code == 401
+    assert client.get("/v1/posture", headers={"Authorization": "Bearer reader"}).status_code == 403
+    body = client.get("/v1/posture", headers=GOV).json()
+    assert {"streams", "keys", "budgets", "erasures", "models", "findings"} <= set(body)
+    page = client.get("/posture")
+    assert page.status_code == 200 and "privacy posture" in page.text
+    assert client.get("/posture/posture.js").status_code == 200
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_operations_metrics_on_the_api(client: TestClient) -> None:
+    found = samples(client.get("/metrics", headers=GOV).text)
+    assert (
+        found[("privmesh_erasures_total", (("domain", "shop"), ("source", "consent_withdrawal")))]
+        == 1
+    )
+    assert found[("privmesh_dsr_requests_total", (("kind", "erase"),))] == 1
+    assert (
+        found[
+            (
+                "privmesh_retention_purged_rows_total",
+                (("kind", "events"), ("product", "shop.orders")),
+            )
+        ]
+        == 7
+    )
+    assert (
+        found[("privmesh_model_mia_advantage", (("dp", "false"), ("task", "flight_delay")))] == 0.31
+    )
+    assert (
+        "privmesh_federation_rounds_total",
+        (("result", "released"), ("task", "flight_delay")),
+    ) in found
+
+
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def metric_names(text: str) -> set[str]:
+    """Series names exposed in ``text``, for families without samples yet too."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names |= {s.name for s in family.samples}
+        names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+def test_every_dashboard_series_is_exported(client: TestClient, isolated_env: Path) -> None:
+    """Each metric the Grafana dashboard queries exists on the API's or a worker's /metrics."""
+    processor = build_domain_processor(
+        "shop", RuntimeSettings(), KafkaSettings(), StreamSettings(), FeatureStoreSettings()
+    )
+    exported = metric_names(render(metrics_registry(processor, time.time())).decode())
+    exported |= metric_names(client.get("/metrics", headers=GOV).text)
+    dashboard = json.loads((DASHBOARD / "grafana-privacy-dashboard.json").read_text())
+    queried: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b(privmesh_[a-z_]+)", target["expr"]))
+    missing = sorted(queried - exported)
+    assert not missing, f"the dashboard queries series nobody exports: {missing}"
+    assert len(queried) >= 20
+    scrape = (DASHBOARD / "prometheus.yml").read_text()
+    assert "privmesh-workers" in scrape and "127.0.0.1:8000" in scrape
+
+
+def test_logs_are_json_lines_with_identifiers_masked() -> None:
+    formatter = JsonFormatter("worker-shop")
+    try:
+        raise ValueError("could not parse ada@example.org from 81.2.69.160")
+    except ValueError:
+        record = logging.LogRecord(
+            "privmesh.streams",
+            logging.WARNING,
+            __file__,
+            1,
+            "lookup for %s at %s failed",
+            ("ada@example.org", "81.2.69.160"),
+            None,
+        )
+        import sys
+
+        record.exc_info = sys.exc_info()
+    line = json.loads(formatter.format(record))
+    assert line["component"] == "worker-shop" and line["level"] == "warning"
+    text = json.dumps(line)
+    assert "ada@example.org" not in text and "81.2.69.160" not in text
+    assert "<email>" in line["msg"] and "<ipv4>" in line["exc"]
+    # this host's own endpoints and generalised prefixes stay readable
+    assert mask_identifiers("broker 127.0.0.1:19092, prefix 81.2.69.0/24") == (
+        "broker 127.0.0.1:19092, prefix 81.2.69.0/24"
+    )
+    assert mask_identifiers("token k1.abcdefghijklmnop") == "token k1.abcdefghijklmnop"
