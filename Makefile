@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python -m bench.dp
 	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.catalog
+	$(BIN)/python -m bench.ops
 
 down: install
 	$(BIN)/privmesh down

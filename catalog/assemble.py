@@ -45,7 +45,13 @@ from feature_repo.definitions import ProductFeatures, build_features
 from feature_repo.names import SUBJECT_KEY, sum_feature
 from federation.registry import ModelVersion
 from federation.tasks import TaskSpec
-from streams.topics import ProductTopics, erasures_topic, topic_configs
+from streams.topics import (
+    ProductTopics,
+    consent_dlq_topic,
+    consent_topic,
+    erasures_topic,
+    topic_configs,
+)
 
 
 @dataclass
@@ -273,20 +279,29 @@ class _Builder:
             for column in columns:
                 if role == "ingest":
                     self._edge(column.source_fields[0], column_id(tid, column.name), "column")
-        erasures = entity_id("topic", erasures_topic(contract.domain))
-        if erasures not in self.entities:
-            self.entities[erasures] = TopicEntity(
-                id=erasures,
-                name=erasures_topic(contract.domain),
-                description=f"{contract.domain}: erasure requests (subject tokens to evict)",
-                domain=entity_id("domain", contract.domain),
-                product=None,
-                role="erasures",
-                boundary="domain",
-                cleanup_policy="delete",
-                retention_days=None,
-                columns=[],
-            )
+        domain_topics = [
+            (erasures_topic(contract.domain), "erasures",
+             "erasure requests (subject tokens to evict)", "delete"),
+            (consent_topic(contract.domain), "consent",
+             "consent decisions per raw subject and purpose (granted/withdrawn)", "compact"),
+            (consent_dlq_topic(contract.domain), "consent_dlq",
+             "malformed consent records with a reason header", "delete"),
+        ]  # fmt: skip
+        for name, role, what, policy in domain_topics:
+            tid = entity_id("topic", name)
+            if tid not in self.entities:
+                self.entities[tid] = TopicEntity(
+                    id=tid,
+                    name=name,
+                    description=f"{contract.domain}: {what}",
+                    domain=entity_id("domain", contract.domain),
+                    product=None,
+                    role=role,
+                    boundary="domain",
+                    cleanup_policy=policy,
+                    retention_days=None,
+                    columns=[],
+                )
         return ids
 
     def _processor(
@@ -312,11 +327,16 @@ class _Builder:
             ),
             domain=entity_id("domain", contract.domain),
             product=entity_id("product", fqn),
-            consumes=[ingest, entity_id("topic", erasures_topic(contract.domain))],
+            consumes=[
+                ingest,
+                entity_id("topic", erasures_topic(contract.domain)),
+                entity_id("topic", consent_topic(contract.domain)),
+            ],
             produces=[t for t in topic_ids if t != ingest] + view_ids,
         )
         self._edge(ingest, proc, "entity")
         self._edge(entity_id("topic", erasures_topic(contract.domain)), proc, "entity", "erase")
+        self._edge(entity_id("topic", consent_topic(contract.domain)), proc, "entity", "consent")
         for target in topic_ids[1:] + view_ids:
             self._edge(proc, target, "entity")
         for spec in product.fields:

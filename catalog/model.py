@@ -23,7 +23,7 @@ KINDS: tuple[EntityKind, ...] = (
     "owner", "domain", "product", "field", "topic", "processor", "feature_view", "query_class",
     "model",
 )  # fmt: skip
-TopicRole = Literal["ingest", "product", "dlq", "profiles", "erasures"]
+TopicRole = Literal["ingest", "product", "dlq", "profiles", "erasures", "consent", "consent_dlq"]
 
 
 def entity_id(kind: EntityKind, name: str) -> str:

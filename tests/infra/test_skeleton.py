@@ -101,6 +101,21 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         assert lint.returncode == 0, lint.stdout + lint.stderr
         assert not [f for f in json.loads(lint.stdout) if f["severity"] == "error"]
         catalog_text = json.dumps(catalog) + lint.stdout
+        # The privacy posture of the running stack: every worker reachable, web opt-in with
+        # the generator's grants applied; a worker's Prometheus series.
+        posture = httpx.get(f"{api}/v1/posture", timeout=10).json()
+        assert sorted(posture["streams"]) == ["ewr", "jfk", "lga", "shop", "support", "web"]
+        assert all(s["reachable"] and s["consent_ready"] for s in posture["streams"].values())
+        web = posture["streams"]["web"]
+        assert web["consent_subjects"]["product_analytics"]["granted"] > 0
+        assert web["published"] > 0
+        worker_port = ports["PRIVMESH_STREAMS_WORKER_WEB_PORT"] + 3  # shop: 4th in sorted order
+        metrics = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).text
+        assert (
+            'privmesh_stream_events_total{domain="shop",product="orders",outcome="published"}'
+            in (metrics)
+        )
+        catalog_text += json.dumps(posture) + metrics
 
         product = asyncio.run(read_topic(bootstrap, "shop.orders.v1", 5000))
         dlq = asyncio.run(read_topic(bootstrap, "shop.orders.dlq", 5000))
