@@ -45,6 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from bench.common import free_port, percentile
+
 QUICK = os.environ.get("BENCH_OPS_QUICK") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "ops.json"
@@ -71,11 +73,6 @@ DP_CONFIG = {"dp-noise-multiplier": 0.5}
 
 def say(text: str) -> None:
     print(f"[bench.ops] {text}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 # ---------------------------------------------------------------------- 1. DSR erasure
@@ -162,7 +159,6 @@ def naive_request(
 
 
 def dsr_latency(work: Path) -> dict[str, Any]:
-    from bench.federation import consecutive_free_ports
     from domains.registry import get_contract
     from domains.runtime import RuntimeSettings
     from feature_repo.settings import FeatureStoreSettings
@@ -190,7 +186,7 @@ def dsr_latency(work: Path) -> dict[str, Any]:
         d: DomainFeatureStore(c, data_dir, FeatureStoreSettings()) for d, c in contracts.items()
     }
     part_files = sum(len(list((data_dir / "features" / d).rglob("*.parquet"))) for d in DSR_DOMAINS)
-    port = consecutive_free_ports(1)
+    port = free_port()
     broker = subprocess.Popen(
         tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -7,7 +7,8 @@ One run, on a fresh embedded Tansu broker:
    same contract transform (validate, tokenise, generalise) and produces each event to an
    output or dead-letter topic, committing after the acks.
 3. privmesh's processor (``privmesh worker --domain shop``, a separate process) reads
-   the same events in its own consumer group.
+   the same events in its own consumer group, with a consent index holding a decision
+   (a grant) for each of the 5,000 people, so every event's subject is looked up.
    Both rates come from the output records' timestamps (first to last), and both outputs
    are read back and counted: every input must come out exactly once.
 4. Freshness: with the processor caught up, orders arrive at a steady ``FRESH_RATE``/s;
@@ -44,13 +45,14 @@ from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
 from infra.broker import ensure_topics, tansu_command
 from infra.ports import wait_for_port
+from streams.consent import ConsentStatus, consent_key, consent_value
 from streams.generator import EventGenerator, make_people
 from streams.keyring import load_domain_tokens
 from streams.producing import RawProducer
 from streams.pseudonymise import TokenSource, normalise
 from streams.reading import read_records
 from streams.settings import KafkaSettings, StreamSettings
-from streams.topics import ProductTopics, domain_topics
+from streams.topics import ProductTopics, consent_topic, domain_topics
 from streams.transform import Accepted, ProductTransform
 
 EVENTS = int(os.environ.get("BENCH_STREAMS_EVENTS", "200000"))
@@ -191,6 +193,17 @@ async def drained(
 def rate_of(stamps: list[int]) -> float:
     span = (max(stamps) - min(stamps)) / 1000
     return len(stamps) / span if span > 0 else float("inf")
+
+
+def send_grants(bootstrap: str, purpose: str, people: list[Any], generator: EventGenerator) -> int:
+    """A grant of ``purpose`` from each person (the index then holds every subject)."""
+    at = time.time()
+    with RawProducer(KafkaSettings(bootstrap_servers=bootstrap), "bench-consent") as producer:
+        for person in people:
+            email = person.email
+            value = consent_value(email, purpose, ConsentStatus.GRANTED, at)
+            producer.send(consent_topic(DOMAIN), value, key=consent_key(purpose, email))
+    return len(people)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -348,6 +361,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             hmac_rate = rate_of(hmac_stamps)
             print(f"raw HMAC-only loop: {hmac_rate:,.0f} events/s", flush=True)
 
+            consents = send_grants(bootstrap, product.purpose, people)
             worker = start_worker(env, Path(tmp) / "worker.log")
             if spy := os.environ.get("BENCH_PYSPY"):  # a py-spy binary: profile the worker
                 subprocess.Popen(
@@ -412,6 +426,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         "ratio": round(ratio, 3),
         "outputs_counted": {"raw": len(raw_stamps), "processor": len(out_stamps)},
         "processor_counters": health.get("products", {}).get(PRODUCT, {}),
+        "consent_index_subjects": consents,
         "freshness_at_events_per_s": FRESH_RATE,
         "freshness_ms": {
             "probes_sent": sent_probes,

@@ -261,6 +261,11 @@ def worker(
     ] = None,
 ) -> None:
     """Run a domain's Faust stream processor (what `up` starts, one per domain)."""
+    from infra.logs import configure_logging
+
+    # First: feast's import turns every DeprecationWarning back on ("once"), and kafka's
+    # import then warns; with the JSON handler in place those are log lines too.
+    logs = configure_logging(f"worker-{domain}")
     from feature_repo.settings import FeatureStoreSettings
     from streams.worker import run_worker
 
@@ -269,16 +274,7 @@ def worker(
         streams = StreamSettings.model_validate(
             {**streams.model_dump(), "worker_web_port": web_port}
         )
-    from infra.logs import logging_config
-
-    run_worker(
-        domain,
-        _runtime(),
-        KafkaSettings(),
-        streams,
-        FeatureStoreSettings(),
-        logging_config(f"worker-{domain}"),
-    )
+    run_worker(domain, _runtime(), KafkaSettings(), streams, FeatureStoreSettings(), logs)
 
 
 @app.command()
@@ -345,10 +341,12 @@ def generate(
 @app.command()
 def api() -> None:
     """Serve the DP dashboards API (what `up` starts)."""
+    from infra.logs import configure_logging
+
+    logs = configure_logging("api", "WARNING")  # before the imports, as for the workers
     import uvicorn
 
     from dashboards_api.settings import ApiSettings
-    from infra.logs import logging_config
 
     settings = ApiSettings()
     uvicorn.run(
@@ -356,7 +354,7 @@ def api() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        log_config=logging_config("api", "WARNING"),
+        log_config=logs,
         log_level="warning",
         access_log=False,
     )

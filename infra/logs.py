@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import logging.config
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -81,3 +82,11 @@ def logging_config(component: str, level: str = "INFO") -> dict[str, Any]:
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
         },
     }
+
+
+def configure_logging(component: str, level: str = "INFO") -> dict[str, Any]:
+    """Apply ``logging_config`` to this process now (before heavy imports, so their
+    import-time warnings become JSON lines too); returns the config for Faust or uvicorn."""
+    config = logging_config(component, level)
+    logging.config.dictConfig(config)
+    return config

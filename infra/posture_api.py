@@ -41,6 +41,12 @@ def posture_script() -> FileResponse:
     return static_file(STATIC / "posture.js", "text/javascript; charset=utf-8")
 
 
+@page.get("/posture/posture.css", include_in_schema=False)
+def posture_style() -> FileResponse:
+    """The page's own style sheet (beside the catalog's)."""
+    return static_file(STATIC / "posture.css", "text/css; charset=utf-8")
+
+
 def mount(app: FastAPI, sources: PostureSources) -> None:
     """Add the posture API, page and operations metrics to ``app``."""
     app.state.posture = sources

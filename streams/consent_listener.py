@@ -40,6 +40,7 @@ from streams.batch_send import BatchSender, Output
 from streams.consent import Change, ConsentIndex, ConsentRecord, MalformedConsent, parse_consent
 from streams.erasure import ErasureRecord, append_record, read_erasure_log
 from streams.keyring import DomainTokens
+from streams.reading import assign_from_beginning
 from streams.records import append_record as append_jsonl
 from streams.records import read_records as read_jsonl
 from streams.settings import KafkaSettings
@@ -104,7 +105,7 @@ class ConsentListener:
         await consumer.start()
         await self._sender.start()
         try:
-            assignment = await self._assign(consumer)
+            assignment = await assign_from_beginning(consumer, self.topic)
             await self._catch_up(consumer, assignment)
             checked = time.monotonic()
             while True:
@@ -116,18 +117,6 @@ class ConsentListener:
                     self.counters["rereads"] += 1
         finally:
             await consumer.stop()
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                break
-            await consumer.topics()  # refreshes the cluster metadata
-            await asyncio.sleep(1.0)
-        assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(assignment)
-        await consumer.seek_to_beginning(*assignment)
-        return assignment
 
     async def _catch_up(self, consumer: AIOKafkaConsumer, assignment: list[TopicPartition]) -> None:
         began = time.monotonic()

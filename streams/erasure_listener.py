@@ -8,15 +8,15 @@ rows were deleted by ``privmesh erase`` itself).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from streams.erasure import MalformedErasureRequest, parse_erasure_request
+from streams.reading import assign_from_beginning
 from streams.settings import KafkaSettings
 from streams.topics import erasures_topic
 
@@ -57,7 +57,9 @@ class ErasureListener:
         )
         await consumer.start()
         try:
-            await self._assign(consumer)
+            # From the beginning, filtered by time: an end offset resolved after the start
+            # could skip a request sent meanwhile (and Tansu's end offsets run short).
+            await assign_from_beginning(consumer, self.topic)
             checked = time.monotonic()
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
@@ -69,19 +71,6 @@ class ErasureListener:
                     await self._reread(consumer)
         finally:
             await consumer.stop()
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                break
-            await consumer.topics()  # refreshes the cluster metadata
-            await asyncio.sleep(1.0)
-        assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(assignment)
-        # From the beginning, filtered by time: an end offset resolved after the start
-        # could skip a request sent meanwhile (and Tansu's end offsets run short).
-        await consumer.seek_to_beginning(*assignment)
 
     async def _reread(self, consumer: AIOKafkaConsumer) -> None:
         """Read the topic again from the beginning; applied requests are skipped.

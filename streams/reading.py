@@ -98,3 +98,21 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
                 raise BrokerUnavailable(f"topic {topic!r} does not exist on this broker")
             raise BrokerUnavailable(f"no partition metadata for topic {topic!r}")
         await asyncio.sleep(0.2)
+
+
+async def assign_from_beginning(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` (waiting until it exists) from its first record.
+
+    For the workers' listeners (erasure requests, consent), which read a whole topic
+    outside any consumer group.
+    """
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            break
+        await consumer.topics()  # refreshes the cluster metadata
+        await asyncio.sleep(1.0)
+    assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assignment)
+    await consumer.seek_to_beginning(*assignment)
+    return assignment

@@ -18,7 +18,9 @@
     const t = el("table");
     const head = el("tr");
     headers.forEach((h, i) => head.append(el("th", numeric.includes(i) ? "num" : "", h)));
-    t.append(el("thead")).firstChild.append(head);
+    const thead = el("thead");
+    thead.append(head);
+    t.append(thead);
     const body = el("tbody");
     for (const row of rows) {
       const tr = el("tr");
@@ -60,7 +62,12 @@
     const response = await fetch("/v1/posture", { headers, cache: "no-store" });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      showProblem(`${body.code || response.status}: ${body.detail || response.statusText}`);
+      const detail = body.detail || response.statusText;
+      if (response.status === 401 || response.status === 403) {
+        showProblem(`${response.status === 403 ? "Forbidden" : "API key needed"}: ${detail}`);
+      } else {
+        showProblem(`${body.code || response.status}: ${detail}`);
+      }
       return;
     }
     showProblem("");

@@ -51,7 +51,9 @@ def test_every_entity_validates_against_the_sdk_models(
     manifest = json.loads((tmp_path / "om" / "manifest.json").read_text())
     assert manifest["counts"] == counts
     topics = json.loads((tmp_path / "om" / "topic.json").read_text())
-    assert len(topics) == counts["topic"] == 6 * 4 + 6 * 3  # per product; erasures, consent, consent DLQ
+    assert (
+        len(topics) == counts["topic"] == 6 * 4 + 6 * 3
+    )  # per product; erasures, consent, consent DLQ
 
 
 def test_fields_carry_privmesh_and_pii_tags(requests_: list[Request]) -> None:

@@ -68,7 +68,8 @@ def test_lint_without_a_broker_warns_and_exports(tmp_path: Path) -> None:
     out = tmp_path / "om"
     export = run_cli("catalog", "export", str(out), timeout=180)
     assert export.returncode == 0, export.stderr
-    assert json.loads((out / "manifest.json").read_text())["counts"]["topic"] == 30
+    # four topics per product; erasures, consent and consent DLQ per domain
+    assert json.loads((out / "manifest.json").read_text())["counts"]["topic"] == 6 * 4 + 6 * 3
 
 
 def test_push_reports_and_refuses_clearly() -> None:

@@ -3,7 +3,9 @@ server: findings, streams, consent modes, keys, budgets, operations and models."
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -18,6 +20,7 @@ from tests.dashboards_api.test_dashboard_browser import browser, require_browser
 from tests.infra.test_posture import KEYS, sources  # noqa: F401 - the fixture
 
 WAIT = 15.0
+SAVE_SCREENSHOT = os.environ.get("PRIVMESH_SAVE_SCREENSHOT") == "1"  # read before fixtures
 
 
 @pytest.fixture
@@ -68,3 +71,6 @@ def test_posture_page_shows_findings_and_every_section(driver: tuple[WebDriver, 
     models = cells(chrome, "models")
     assert models[1][0] == "flight_delay-v1" and models[1][-1] == "0.310"
     assert "1 erase" in chrome.find_element(By.ID, "ops").text
+    if SAVE_SCREENSHOT:
+        chrome.set_window_size(1400, 1500)
+        chrome.save_screenshot(str(Path(__file__).resolve().parents[2] / "docs/img/posture.png"))
