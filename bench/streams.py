@@ -195,7 +195,7 @@ def rate_of(stamps: list[int]) -> float:
     return len(stamps) / span if span > 0 else float("inf")
 
 
-def send_grants(bootstrap: str, purpose: str, people: list[Any], generator: EventGenerator) -> int:
+def send_grants(bootstrap: str, purpose: str, people: list[Any]) -> int:
     """A grant of ``purpose`` from each person (the index then holds every subject)."""
     at = time.time()
     with RawProducer(KafkaSettings(bootstrap_servers=bootstrap), "bench-consent") as producer:
@@ -361,7 +361,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             hmac_rate = rate_of(hmac_stamps)
             print(f"raw HMAC-only loop: {hmac_rate:,.0f} events/s", flush=True)
 
-            consents = send_grants(bootstrap, product.purpose, people)
+            # BENCH_STREAMS_CONSENT=0: an empty consent index (the A/B of its lookup cost)
+            with_consent = os.environ.get("BENCH_STREAMS_CONSENT", "1") != "0"
+            consents = send_grants(bootstrap, product.purpose, people) if with_consent else 0
             worker = start_worker(env, Path(tmp) / "worker.log")
             if spy := os.environ.get("BENCH_PYSPY"):  # a py-spy binary: profile the worker
                 subprocess.Popen(

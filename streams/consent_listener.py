@@ -90,6 +90,7 @@ class ConsentListener:
         self._erased = {r.erasure_id for r in read_erasure_log(self._erasure_log)}
         self._dead_lettered = {str(r["digest"]) for r in read_jsonl(self._dlq_log)}
         self._marker = MARKER_PREFIX + uuid.uuid4().hex.encode()
+        self._seen: set[int] = set()  # (partition, offset, timestamp) of records applied
 
     async def run(self) -> None:
         """Catch up, then listen until cancelled."""
@@ -140,11 +141,20 @@ class ConsentListener:
 
     async def _apply_batches(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         withdrawals: list[ConsentRecord] = []
+        seen = self._seen
         for records in batches.values():
-            for record in records:
+            for n, record in enumerate(records, start=1):
+                # A re-read of records already applied costs a set lookup, not a parse; a
+                # log rewritten after a broker restart has new timestamps, so it is applied.
+                position = hash((record.partition, record.offset, record.timestamp))
+                if position in seen:
+                    continue
+                seen.add(position)
                 withdrawn = await self._apply(record)
                 if withdrawn is not None:
                     withdrawals.append(withdrawn)
+                if n % 1000 == 0:
+                    await asyncio.sleep(0)  # let the ingest loop run between chunks
         if withdrawals:
             await self._erase(withdrawals)
 
