@@ -119,7 +119,7 @@ def fill_domain(domain: str, people: list[Any], data_dir: Path) -> list[str]:
         if (seq + 1) % (PART_EVENTS // EVENTS_PER_SUBJECT) == 0 or seq == len(people) - 1:
             events = pipeline.take_events()
             store.append_events(product, events)
-            rows, _ = pipeline.drain(now + 7200)
+            rows, _ = pipeline.drain(now)  # subject rows only: no window closes mid-fill
             frame = pd.DataFrame(pipeline.subject_records(rows))
             store.append_offline(features.subject_view.name, frame)
             store.push(features.subject_push.name, frame)
