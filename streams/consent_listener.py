@@ -38,7 +38,7 @@ from domains.contract import DataProduct, DomainContract
 from feature_repo.store import ErasedRows
 from streams.batch_send import BatchSender, Output
 from streams.consent import Change, ConsentIndex, ConsentRecord, MalformedConsent, parse_consent
-from streams.erasure import ErasureRecord, append_record, read_erasure_log
+from streams.erasure import ErasureRecord, append_record, read_erasure_log, subject_tokens
 from streams.keyring import DomainTokens
 from streams.reading import assign_from_beginning
 from streams.records import append_record as append_jsonl
@@ -218,7 +218,7 @@ class ConsentListener:
             ]
             await self._sender.deliver(tombstones)
             now = datetime.now(UTC).isoformat()
-            for index, (erasure_id, subject_tokens) in enumerate(per_record):
+            for index, (erasure_id, erased_tokens) in enumerate(per_record):
                 # The rows were erased together; the batch's counts go on its first record.
                 append_record(
                     self._erasure_log,
@@ -226,10 +226,10 @@ class ConsentListener:
                         erasure_id=erasure_id,
                         domain=self.domain,
                         requested_at=now,
-                        tokens=sorted(subject_tokens),
+                        tokens=sorted(erased_tokens),
                         online_rows=erased.online if index == 0 else 0,
                         offline_rows=erased.offline if index == 0 else 0,
-                        tombstones=len(subject_tokens) * len(products),
+                        tombstones=len(erased_tokens) * len(products),
                         requested_by=f"{WITHDRAWAL_BY}:{purpose}",
                     ),
                 )
@@ -247,12 +247,7 @@ class ConsentListener:
     def _tokens_of(self, subject: str, products: list[DataProduct]) -> set[str]:
         if self._tokens is None:
             return set()
-        found: set[str] = set()
-        for product in products:
-            unit = product.field(product.privacy_unit)
-            assert unit is not None  # the contract guarantees it
-            found |= self._tokens.all_tokens(subject, unit.type)
-        return found
+        return subject_tokens(self.contract, self._tokens, subject, products)
 
     def report(self) -> dict[str, object]:
         """Counters and subjects per purpose and decision (no identifier, no digest)."""

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from domains.contract import DomainContract
+from domains.contract import DataProduct, DomainContract
 from feature_repo.store import DomainFeatureStore
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
@@ -76,10 +77,16 @@ class ErasureRecord:
     requested_by: str
 
 
-def subject_tokens(contract: DomainContract, tokens: DomainTokens, subject: str) -> set[str]:
-    """Every token ``subject`` can have in the domain: each product's unit, each key version."""
+def subject_tokens(
+    contract: DomainContract,
+    tokens: DomainTokens,
+    subject: str,
+    products: Collection[DataProduct] | None = None,
+) -> set[str]:
+    """Every token ``subject`` can have in the domain: each product's unit (of ``products``
+    only, when given), each key version."""
     found: set[str] = set()
-    for product in contract.products:
+    for product in contract.products if products is None else products:
         unit = product.field(product.privacy_unit)
         assert unit is not None  # the contract guarantees it
         found |= tokens.all_tokens(subject, unit.type)
