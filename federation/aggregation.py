@@ -9,12 +9,20 @@ only offered without secure aggregation (``federation.run_config`` refuses the r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
+from federation.dp import clip, gaussian_noise
 from federation.errors import NotEnoughParticipants
+
+if TYPE_CHECKING:
+    from federation.run_config import RunConfig
+
+Noise = Callable[[NDArray[np.float64], float], NDArray[np.float64]]
+"""Adds Gaussian noise of a standard deviation to a vector (OpenDP's, for a release)."""
 
 
 class ServerOptimizer:
@@ -62,6 +70,25 @@ def trimmed_mean(updates: Sequence[NDArray[np.float64]], fraction: float) -> NDA
     cut = math.floor(fraction * len(updates))
     kept = stacked[cut : len(updates) - cut]
     return kept.mean(axis=0)
+
+
+def combine(
+    config: RunConfig,
+    updates: Sequence[NDArray[np.float64]],
+    weights: Sequence[int],
+    noise: Noise = gaussian_noise,
+) -> NDArray[np.float64]:
+    """The round's mean update under ``config``: server-side DP (clip, sum, ``noise``),
+    a robust aggregator, or FedAvg's weighted mean."""
+    dp = config.dp
+    if dp.enabled and dp.clipping == "server":
+        clipped = [clip(u, dp.clipping_norm)[0] for u in updates]
+        return noise(np.sum(clipped, axis=0), dp.sum_noise_scale) / len(updates)
+    if config.aggregator == "median":
+        return coordinate_median(updates)
+    if config.aggregator == "trimmed_mean":
+        return trimmed_mean(updates, config.trimmed_fraction)
+    return weighted_mean(updates, weights)
 
 
 def pooled_auc(positives: NDArray[np.int64], negatives: NDArray[np.int64]) -> float:

@@ -35,18 +35,12 @@ from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
 from federation import wire
-from federation.aggregation import (
-    ServerOptimizer,
-    coordinate_median,
-    pooled_auc,
-    trimmed_mean,
-    weighted_mean,
-)
-from federation.dp import Accountant, clip, gaussian_noise
+from federation.aggregation import ServerOptimizer, combine, pooled_auc
+from federation.dp import Accountant
 from federation.errors import FederationError, NotEnoughParticipants, SecAggProtocolError
 from federation.features import Encoding, task_encoding
 from federation.messenger import Messenger, Request
-from federation.run_config import RunConfig
+from federation.run_config import DEFAULTS, RunConfig
 from federation.secagg.protocol import (
     choose_scale,
     decode_sum,
@@ -519,21 +513,7 @@ class Coordinator:
                 )
                 self._report(record)
                 continue
-            self._apply(self._combine(updates, weights), record)
-
-    def _combine(
-        self, updates: list[NDArray[np.float64]], weights: list[int]
-    ) -> NDArray[np.float64]:
-        dp = self.config.dp
-        if dp.enabled and dp.clipping == "server":
-            clipped = [clip(u, dp.clipping_norm)[0] for u in updates]
-            noisy = gaussian_noise(np.sum(clipped, axis=0), dp.sum_noise_scale)
-            return noisy / len(updates)
-        if self.config.aggregator == "median":
-            return coordinate_median(updates)
-        if self.config.aggregator == "trimmed_mean":
-            return trimmed_mean(updates, self.config.trimmed_fraction)
-        return weighted_mean(updates, weights)
+            self._apply(combine(self.config, updates, weights), record)
 
     # ------------------------------------------------------------------ shared
     def _note_collect(
@@ -712,6 +692,7 @@ class Coordinator:
                 "rho_total": spent.rho if spent else None,
                 "epsilon_total": spent.epsilon if spent else None,
             },
+            "run_config": {**DEFAULTS, **dict(self.context.run_config)},
             "training": {
                 "aggregator": self.config.aggregator,
                 "server_learning_rate": self.config.server_learning_rate,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +21,18 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
 from federation import wire
-from federation.dp import clip, gaussian_noise
 from federation.errors import FederationError
 from federation.features import Dataset, Encoding, load_dataset
+from federation.rounds import local_update
 from federation.run_config import RunConfig
 from federation.secagg.client import RoundSecrets, SecAggClient
-from federation.secagg.protocol import flatten, quantise, unflatten, weighted
+from federation.secagg.protocol import quantise, unflatten, weighted
 from federation.task import (
-    TrainConfig,
     build_model,
     check_data,
     evaluate,
     get_weights,
     set_weights,
-    train,
 )
 from federation.tasks import TaskSpec
 
@@ -207,22 +204,12 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     answer: dict[str, Any] = {"round": round_}
     if bool(request["evaluate"]):
         answer.update(_evaluation(model, data.dataset))
-    local = TrainConfig(
-        epochs=config.train.epochs,
-        learning_rate=config.learning_rate_for(round_),
-        batch_size=config.train.batch_size,
-        seed=config.train.seed + 7_919 * round_ + zlib.crc32(domain.encode()) % 7_919,
-        max_steps=config.train.max_steps,
-    )
-    loss = train(model, data.dataset.x_train, data.dataset.y_train, local)
+    update = local_update(model, data.dataset.x_train, data.dataset.y_train, config, round_, domain)
     # With DP, nothing computed from the domain's rows leaves but the noised update: its
     # training loss and whether clipping bound are withheld (NaN / False).
-    answer["train_loss"] = float("nan") if config.dp.enabled else loss
-    delta = flatten(get_weights(model)) - flatten(global_weights)
-    delta, clipped = clip(delta, config.dp.clipping_norm)
-    answer["clipped"] = clipped and not config.dp.enabled
-    if config.dp.enabled and config.dp.clipping == "client":
-        delta = gaussian_noise(delta, config.dp.domain_noise_scale)
+    answer["train_loss"] = float("nan") if config.dp.enabled else update.loss
+    answer["clipped"] = update.clipped and not config.dp.enabled
+    delta = update.delta
     weight = 1 if config.dp.enabled else data.dataset.train_examples
     answer["weight"] = weight
     if not secure:
