@@ -19,7 +19,9 @@ One run (``python -m bench.ops``), each part with its baseline measured in the s
    the real deployment engine, once without DP and with DP-FedAvg (client clipping at
    norm 1, noise multipliers 0.1 and 0.5); each model audited by ``federation.audit`` (the
    ``privmesh models audit`` code) on the participating domains' training vs held-out
-   rows. Target: the DP model's attack advantage is lower.
+   rows, with the loss-threshold attack and the two shadow-model attacks (4 shadows per
+   half of the rows, each replaying the run). Target: the DP model's advantage under the
+   strongest attack is lower. Baseline in the same run: the loss-threshold attack alone.
 
 Writes bench/results/ops.json; the last line printed is ``RESULT {json}``.
 ``BENCH_OPS_QUICK=1`` shrinks every part (a smoke run, not for results).
@@ -68,6 +70,8 @@ MIA_CONFIG: dict[str, Any] = {
     "batch-size": 32,
     "clipping-norm": 1.0,
 }
+MIA_SHADOWS = 2 if QUICK else 4  # shadow models per half of the rows (8 replays in all)
+ATTACK_FIELDS = ("attack_auc", "advantage", "tpr_at_1pct_fpr", "members")
 DP_RUNS = {"dp_z0.1": {"dp-noise-multiplier": 0.1}, "dp_z0.5": {"dp-noise-multiplier": 0.5}}
 
 
@@ -343,17 +347,23 @@ def mia(work: Path) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for name, extra in [("no_dp", {}), *DP_RUNS.items()]:
         job = run_job(airports, {**MIA_CONFIG, **extra})
-        audit = audit_version(open_registry(), job["version"], stores)
+        began = time.perf_counter()
+        audit: Any = audit_version(open_registry(), job["version"], stores, shadows=MIA_SHADOWS)
+        audit_seconds = time.perf_counter() - began
         dp = job["lineage"]["dp"]
         runs[name] = {
             "version": job["version"],
             "pooled_auc": job["lineage"]["metrics"]["global"].get("pooled_auc"),
-            "attack_auc": audit["pooled"]["attack_auc"],  # type: ignore[index]
-            "advantage": audit["pooled"]["advantage"],  # type: ignore[index]
-            "per_domain_advantage": {
-                d: r["advantage"]
-                for d, r in audit["per_domain"].items()  # type: ignore[union-attr]
+            "strongest_attack": audit["attack"],
+            "attack_auc": audit["pooled"]["attack_auc"],
+            "advantage": audit["pooled"]["advantage"],
+            "tpr_at_1pct_fpr": audit["pooled"]["tpr_at_1pct_fpr"],
+            "per_domain_advantage": {d: r["advantage"] for d, r in audit["per_domain"].items()},
+            "attacks": {
+                attack: {k: result["pooled"][k] for k in ATTACK_FIELDS}
+                for attack, result in audit["attacks"].items()
             },
+            "audit_seconds": round(audit_seconds, 1),
             "dp_epsilon_total": dp.get("epsilon_total"),
             "wall_seconds": job["wall_seconds"],
         }
@@ -361,6 +371,7 @@ def mia(work: Path) -> dict[str, Any]:
     return {
         "rows_per_airport": MIA_PER_AIRPORT,
         "config": MIA_CONFIG,
+        "shadows_per_half": MIA_SHADOWS,
         "dp_runs": DP_RUNS,
         **runs,
         "dp_lowers_advantage": all(
@@ -392,6 +403,13 @@ def main() -> None:
             "baseline_rows_purged_per_second"
         ],
         **{f"mia_advantage_{n}": round(m[n]["advantage"], 4) for n in ["no_dp", *DP_RUNS]},
+        **{f"mia_strongest_attack_{n}": m[n]["strongest_attack"] for n in ["no_dp", *DP_RUNS]},
+        **{
+            f"mia_loss_threshold_advantage_{n}": round(
+                m[n]["attacks"]["loss_threshold"]["advantage"], 4
+            )
+            for n in ["no_dp", *DP_RUNS]
+        },
         **{f"auc_{n}": round(m[n]["pooled_auc"], 4) for n in ["no_dp", *DP_RUNS]},
         **{f"epsilon_{n}": round(m[n]["dp_epsilon_total"], 1) for n in DP_RUNS},
     }

@@ -103,3 +103,9 @@ class InvalidServingChange(FederationError):
     """A promotion or rollback that cannot apply (no domain data, nothing to roll back to)."""
 
     code = "invalid_serving_change"
+
+
+class InvalidAuditConfig(FederationError):
+    """A membership-inference audit cannot run as asked (e.g. one shadow model)."""
+
+    code = "invalid_audit_config"

@@ -180,6 +180,16 @@ def row_losses(
     return losses.numpy().astype(np.float64)
 
 
+def true_class_logits(
+    model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]
+) -> NDArray[np.float64]:
+    """The log-odds ``model`` gives each row's own label (the logit for label 1, its
+    negation for 0); a row's loss is ``softplus(-value)``."""
+    logits, labels = _scored(model, x, y)
+    signed = torch.where(labels > 0.5, logits, -logits)
+    return signed.numpy().astype(np.float64)
+
+
 def roc_auc(y: NDArray[np.integer], scores: NDArray[np.floating]) -> float:
     """ROC AUC by the Mann-Whitney rank statistic (ties count one half); NaN with one class."""
     y = np.asarray(y)

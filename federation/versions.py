@@ -10,6 +10,7 @@ from torch import nn
 
 from federation.features import Encoding
 from federation.registry import ModelRegistry
+from federation.run_config import RunConfig
 from federation.task import build_model, set_weights
 from federation.tasks import TaskSpec
 
@@ -23,6 +24,11 @@ class LoadedVersion:
     encoding: Encoding
     lineage: dict[str, Any]
 
+    @property
+    def run_config(self) -> RunConfig:
+        """The run configuration the version was trained with."""
+        return run_config_of(self.lineage)
+
 
 def load_version(registry: ModelRegistry, version: str) -> LoadedVersion:
     """``version``'s model, rebuilt from its lineage and weights (UnknownModelVersion when
@@ -32,3 +38,31 @@ def load_version(registry: ModelRegistry, version: str) -> LoadedVersion:
     model = build_model(lineage["model"]["kind"], encoding.width, lineage["model"]["hidden"])
     set_weights(model, registry.weights(version))
     return LoadedVersion(model, TaskSpec.model_validate(lineage["task_spec"]), encoding, lineage)
+
+
+def run_config_of(lineage: dict[str, Any]) -> RunConfig:
+    """The run configuration of a version's lineage. Versions registered before the whole
+    configuration was kept give it back from their ``training`` and ``dp`` facts (the
+    learning-rate schedule and trimmed fraction then take their defaults)."""
+    raw = lineage.get("run_config")
+    if raw is None:
+        training, dp = lineage["training"], lineage["dp"]
+        raw = {
+            "task": lineage["task"],
+            "num-server-rounds": int(lineage["rounds"]["planned"]),
+            "local-epochs": training["local_epochs"],
+            "learning-rate": training["learning_rate"],
+            "batch-size": training["batch_size"],
+            "max-local-steps": training["max_local_steps"],
+            "seed": training["seed"],
+            "aggregator": training["aggregator"],
+            "server-learning-rate": training["server_learning_rate"],
+            "server-momentum": training["server_momentum"],
+            "min-domains": dp["min_domains"],
+            "clipping-norm": dp["clipping_norm"],
+            "dp-noise-multiplier": dp["noise_multiplier"],
+            "dp-delta": dp["delta"],
+            "dp-clipping": dp["clipping"],
+            "secure-aggregation": bool(lineage["secure_aggregation"]["enabled"]),
+        }
+    return RunConfig.from_flower(raw)

@@ -211,7 +211,8 @@ def models(registry: ModelRegistry | None) -> list[dict[str, Any]]:
         audits = [
             a for a in registry.audits(version.version) if a["kind"] == "membership_inference"
         ]
-        pooled = audits[-1].get("pooled", {}) if audits else {}
+        latest = audits[-1] if audits else {}
+        pooled = latest.get("pooled", {})
         out.append(
             {
                 "version": version.version,
@@ -226,6 +227,8 @@ def models(registry: ModelRegistry | None) -> list[dict[str, Any]]:
                 "epsilon_total": lineage.get("dp", {}).get("epsilon_total"),
                 "mia_advantage": pooled.get("advantage"),
                 "mia_attack_auc": pooled.get("attack_auc"),
+                # the strongest attack of the audit (audits before shadow models: the loss's)
+                "mia_attack": latest.get("attack", "loss_threshold") if audits else None,
             }
         )
     return out

@@ -297,15 +297,24 @@ def models_audit(
     max_rows: Annotated[
         int, typer.Option(min=10, max=1_000_000, help="Members (and non-members) per domain.")
     ] = 5_000,
+    shadows: Annotated[
+        int,
+        typer.Option(
+            min=0, max=64, help="Shadow models per half of the rows (0: loss threshold only)."
+        ),
+    ] = 4,
 ) -> None:
-    """Membership-inference audit (loss-threshold attack) with the participating domains'
-    training and held-out rows; the result is kept in the registry."""
+    """Membership-inference audit with the participating domains' training and held-out
+    rows: the loss-threshold attack and, with shadow models replaying the version's
+    training, the shadow-model and shadow-calibrated attacks. Kept in the registry."""
     from domains.registry import load_contracts
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from federation.audit import audit_version
     from federation.registry import open_registry
+    from federation.shadow import check_shadow_count
 
+    check_shadow_count(shadows)
     registry = open_registry()
     lineage = registry.get(version).lineage
     contracts = load_contracts()
@@ -318,21 +327,30 @@ def models_audit(
         d: DomainFeatureStore(contracts[d], _data_dir(), FeatureStoreSettings())
         for d in lineage.get("domains", {})
     }
-    err.print(f"auditing {version}: loss-threshold attack, up to {max_rows} rows per domain")
-    result = audit_version(registry, version, stores, max_rows)
-    pooled: Any = result["pooled"]
-    table = Table(title=f"membership inference against {version}")
-    for column in ("domain", "attack AUC", "advantage", "members", "non-members"):
+    attacks = "loss threshold" + (f" and {2 * shadows} shadow models" if shadows else "")
+    err.print(f"auditing {version}: {attacks}, up to {max_rows} rows per domain")
+    result: Any = audit_version(registry, version, stores, max_rows, shadows=shadows)
+    table = Table(title=f"membership inference against {version} (pooled over domains)")
+    for column in ("attack", "attack AUC", "advantage", "TPR at 1% FPR", "members"):
         table.add_column(column)
-    rows: Any = result["per_domain"]
-    for domain, r in [*rows.items(), ("pooled", pooled)]:
+    for name, attack in result["attacks"].items():
+        r = attack["pooled"]
         table.add_row(
-            domain, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}", str(r["members"]),
-            str(r["non_members"]),
+            name, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}",
+            f"{r['tpr_at_1pct_fpr']:.4f}", str(r["members"]),
         )  # fmt: skip
     console.print(table)
+    per_domain = Table(title=f"strongest attack ({result['attack']}) per domain")
+    for column in ("domain", "attack AUC", "advantage", "TPR at 1% FPR"):
+        per_domain.add_column(column)
+    for domain, r in result["per_domain"].items():
+        per_domain.add_row(
+            domain, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}",
+            f"{r['tpr_at_1pct_fpr']:.4f}",
+        )  # fmt: skip
+    console.print(per_domain)
     console.print(
-        "attack AUC 0.5 / advantage 0: the loss says nothing about who trained the model "
+        "attack AUC 0.5 / advantage 0: the model's outputs say nothing about who trained it "
         "(docs/federation.md#membership-inference-audit)"
     )
 

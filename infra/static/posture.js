@@ -122,7 +122,8 @@
     fill("ops", ops);
     fill("models", table(["version", "rounds", "lost", "dropouts", "SecAgg+", "DP ε", "MIA advantage"],
       p.models.map((m) => [m.version, m.rounds_completed, m.rounds_lost, m.dropouts,
-        m.secure_aggregation ? "yes" : "no", m.dp ? num(m.epsilon_total, 2) : "off", num(m.mia_advantage)]), [1, 2, 3, 5, 6]));
+        m.secure_aggregation ? "yes" : "no", m.dp ? num(m.epsilon_total, 2) : "off",
+        m.mia_attack ? `${num(m.mia_advantage)} (${m.mia_attack})` : num(m.mia_advantage)]), [1, 2, 3, 5, 6]));
   }
 
   $("key-form").addEventListener("submit", (event) => {

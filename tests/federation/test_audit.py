@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from federation.audit import audit_model, audit_version, loss_threshold_attack
+from federation.audit import audit_model, audit_version, loss_threshold_attack, score_attack
 from federation.features import Dataset
 from federation.task import TrainConfig, build_model, train
 
@@ -18,6 +18,7 @@ def test_separated_losses_are_a_perfect_attack() -> None:
     """Members all at loss 0.1, non-members at 0.9: AUC 1, advantage 1, threshold 0.1."""
     result = loss_threshold_attack(np.full(50, 0.1), np.full(70, 0.9))
     assert (result.attack_auc, result.advantage, result.threshold) == (1.0, 1.0, 0.1)
+    assert result.tpr_at_1pct_fpr == 1.0
     assert (result.members, result.non_members) == (50, 70)
 
 
@@ -28,6 +29,15 @@ def test_identical_distributions_give_chance() -> None:
     result = loss_threshold_attack(rng.exponential(size=4_000), rng.exponential(size=4_000))
     assert abs(result.attack_auc - 0.5) < 0.03
     assert result.advantage < 1.63 * np.sqrt(2 / 4_000)
+
+
+def test_tpr_at_low_fpr_counts_members_above_the_top_non_members() -> None:
+    """Scores 0..99 for non-members: at most one of them (1%) may be accused, which
+    allows the threshold 99; members 99..198 are then all caught, members 90..189 not."""
+    result = score_attack(np.arange(99, 199, dtype=float), np.arange(100, dtype=float))
+    assert result.tpr_at_1pct_fpr == 1.0
+    result = score_attack(np.arange(90, 190, dtype=float), np.arange(100, dtype=float))
+    assert result.tpr_at_1pct_fpr == 0.91  # threshold 99: members 99..189
 
 
 def test_empty_sides_are_refused() -> None:
@@ -62,32 +72,65 @@ def test_a_memorising_model_is_caught_and_an_untrained_one_is_not() -> None:
     assert set(after["per_domain"]) == {"a", "b"}  # type: ignore[arg-type]
 
 
-def test_an_audited_version_keeps_its_result(airport_data: Path) -> None:
-    """A federated model of the three airports, audited with their stores: the result
-    (per domain and pooled) is kept in the registry beside the version."""
-    from domains.registry import load_contracts
-    from feature_repo.settings import FeatureStoreSettings
-    from feature_repo.store import DomainFeatureStore
+def _registered_version(data_dir: Path) -> str:
+    """A federated model of the three airports (3 SecAgg+ rounds), registered."""
     from federation.registry import ModelRegistry
     from federation.secagg.protocol import unflatten
     from tests.federation.test_coordinator import job
 
-    coordinator, _ = job(airport_data)
+    coordinator, _ = job(data_dir)
     lineage = coordinator.run()
-    registry = ModelRegistry("sqlite", airport_data)
     weights = unflatten(coordinator.weights, coordinator.shapes)
-    version = registry.register("flight_delay", weights, lineage, "completed")
+    return ModelRegistry("sqlite", data_dir).register("flight_delay", weights, lineage, "completed")
+
+
+def test_an_audited_version_keeps_its_result(airport_data: Path) -> None:
+    """A federated model of the three airports, audited with their stores: the result
+    (per domain and pooled, for every attack) is kept in the registry beside the version."""
+    from domains.registry import load_contracts
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
+    from federation.registry import ModelRegistry
+
+    version = _registered_version(airport_data)
+    registry = ModelRegistry("sqlite", airport_data)
     contracts = load_contracts()
     stores = {
         d: DomainFeatureStore(contracts[d], airport_data, FeatureStoreSettings())
-        for d in lineage["domains"]
+        for d in ("ewr", "jfk", "lga")
     }
-    result = audit_version(registry, version, stores, max_rows=200)
+    result = audit_version(registry, version, stores, max_rows=200, shadows=2)
     assert set(result["per_domain"]) == {"ewr", "jfk", "lga"}  # type: ignore[arg-type]
+    assert set(result["attacks"]) == {  # type: ignore[arg-type]
+        "loss_threshold", "shadow_model", "shadow_calibrated",
+    }  # fmt: skip
     kept = registry.audits(version)
     assert len(kept) == 1 and kept[0]["kind"] == "membership_inference"
-    assert kept[0]["pooled"] == result["pooled"]
-    assert 0.0 <= kept[0]["pooled"]["advantage"] < 0.3  # 3 rounds of a small MLP
+    assert kept[0]["pooled"] == result["pooled"] and kept[0]["shadows"] == 2
+    for attack in kept[0]["attacks"].values():  # 3 rounds of a small MLP
+        assert 0.0 <= attack["pooled"]["advantage"] < 0.3
+        assert attack["pooled"]["members"] == attack["pooled"]["non_members"] == 600
+
+
+def test_the_audit_command_prints_every_attack_and_keeps_the_result(airport_data: Path) -> None:
+    """`privmesh models audit VERSION --shadows 2`: a table row per attack, the strongest
+    attack per domain, and the audit in the registry; `--shadows 1` is one line."""
+    from federation.registry import ModelRegistry
+    from tests.infra.test_cli import assert_one_line_error, run_cli
+
+    version = _registered_version(airport_data)
+    env = {"PRIVMESH_DATA_DIR": str(airport_data), "COLUMNS": "200"}
+    result = run_cli(
+        "models", "audit", version, "--max-rows", "100", "--shadows", "2", env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for needle in ("loss_threshold", "shadow_model", "shadow_calibrated", "ewr", "TPR at 1% FPR"):
+        assert needle in result.stdout, result.stdout
+    (kept,) = ModelRegistry("sqlite", airport_data).audits(version)
+    assert kept["shadows"] == 2 and f"strongest attack ({kept['attack']})" in result.stdout
+    refused = run_cli("models", "audit", version, "--shadows", "1", env=env)
+    assert_one_line_error(refused, "at least 2 shadow models", "[invalid_audit_config]")
+    assert len(ModelRegistry("sqlite", airport_data).audits(version)) == 1
 
 
 def test_auditing_an_unknown_version_is_one_line() -> None:

@@ -152,6 +152,7 @@ def test_posture_reads_every_source_and_lists_findings(sources: PostureSources) 
     assert classes == set(sources.service.classes)
     newest, older = view["models"]
     assert newest["mia_advantage"] is None and older["mia_advantage"] == 0.31
+    assert newest["mia_attack"] is None and older["mia_attack"] == "loss_threshold"
     codes = [(f["severity"], f["code"]) for f in view["findings"]]
     assert codes[:3] == [
         ("error", "dsr_over_deadline"),

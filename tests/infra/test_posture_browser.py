@@ -69,7 +69,7 @@ def test_posture_page_shows_findings_and_every_section(driver: tuple[WebDriver, 
     bars = chrome.find_elements(By.CSS_SELECTOR, "#budgets .bar")
     assert len(bars) >= len(cells(chrome, "budgets")) > 0
     models = cells(chrome, "models")
-    assert models[1][0] == "flight_delay-v1" and models[1][-1] == "0.310"
+    assert models[1][0] == "flight_delay-v1" and models[1][-1] == "0.310 (loss_threshold)"
     assert "1 erase" in chrome.find_element(By.ID, "ops").text
     if SAVE_SCREENSHOT:
         chrome.set_window_size(1400, 1500)
