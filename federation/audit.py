@@ -112,7 +112,8 @@ def audit_model(
     (``federation.shadow``). ``attack``, ``pooled`` and ``per_domain`` are those of the
     strongest attack (the largest pooled advantage); ``attacks`` holds each."""
     rng = np.random.default_rng(seed)
-    # attack -> domain -> (member scores, non-member scores); higher: more likely a member
+    # attack -> domain -> (member scores, non-member scores): higher is more likely a
+    # member, except for loss_threshold, which keeps the losses (lower: a member)
     scored: dict[str, dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]] = {
         "loss_threshold": {}
     }
@@ -125,7 +126,7 @@ def audit_model(
         outside = rng.choice(len(data.y_test), count, replace=False)
         member = row_losses(model, data.x_train[inside], data.y_train[inside])
         other = row_losses(model, data.x_test[outside], data.y_test[outside])
-        scored["loss_threshold"][domain] = (-member, -other)
+        scored["loss_threshold"][domain] = (member, other)
         total = len(data.y_train) + len(data.y_test)
         rows[domain] = DomainRows(
             x=np.vstack([data.x_train, data.x_test]),
@@ -142,7 +143,7 @@ def audit_model(
             scored[attack] = {d: (s[: len(s) // 2], s[len(s) // 2 :]) for d, s in by_domain.items()}
     results: dict[str, tuple[AttackResult, dict[str, AttackResult]]] = {}
     for attack, sides in scored.items():
-        judge = _loss_judge if attack == "loss_threshold" else score_attack
+        judge = loss_threshold_attack if attack == "loss_threshold" else score_attack
         members, others = (np.concatenate(side) for side in zip(*sides.values(), strict=True))
         results[attack] = (judge(members, others), {d: judge(*s) for d, s in sides.items()})
     attacks = {
@@ -154,11 +155,6 @@ def audit_model(
     }
     strongest = max(results, key=lambda a: results[a][0].advantage)
     return {"attack": strongest, **attacks[strongest], "attacks": attacks}
-
-
-def _loss_judge(member: NDArray[np.float64], other: NDArray[np.float64]) -> AttackResult:
-    """The loss-threshold attack of negated losses (its threshold back in loss units)."""
-    return loss_threshold_attack(-member, -other)
 
 
 def audit_version(
@@ -173,7 +169,6 @@ def audit_version(
     ``stores``), with ``shadows`` shadow models per half of the rows (0: the loss
     threshold only); keep the result in the registry and return it."""
     from federation.features import load_dataset
-    from federation.task import build_model
     from federation.versions import load_version
 
     loaded = load_version(registry, version)
@@ -184,9 +179,8 @@ def audit_version(
         raise ValueError(f"no feature store for participating domains {missing} of {version}")
     plan = None
     if shadows:
-        shape = lineage["model"]
         plan = ShadowPlan(
-            make_model=lambda: build_model(shape["kind"], encoding.width, shape["hidden"]),
+            make_model=loaded.fresh_model,
             config=loaded.run_config,
             shadows=shadows,
             lost_rounds=frozenset(lineage.get("rounds", {}).get("lost", [])),

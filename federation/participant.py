@@ -209,13 +209,11 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     # training loss and whether clipping bound are withheld (NaN / False).
     answer["train_loss"] = float("nan") if config.dp.enabled else update.loss
     answer["clipped"] = update.clipped and not config.dp.enabled
-    delta = update.delta
-    weight = 1 if config.dp.enabled else data.dataset.train_examples
-    answer["weight"] = weight
+    answer["weight"] = update.weight
     if not secure:
-        return answer, {wire.UPDATE_RECORD: [delta.astype(np.float32)]}
-    quantised = quantise(delta, float(request["scale"]), float(request["bound"]))
-    masked = client.mask(round_, weighted(quantised, weight))
+        return answer, {wire.UPDATE_RECORD: [update.delta.astype(np.float32)]}
+    quantised = quantise(update.delta, float(request["scale"]), float(request["bound"]))
+    masked = client.mask(round_, weighted(quantised, update.weight))
     return answer, {wire.UPDATE_RECORD: [masked]}
 
 

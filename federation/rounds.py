@@ -31,6 +31,9 @@ class LocalUpdate:
     """Mean training loss of the last local epoch."""
     clipped: bool
     """Whether clipping shortened the update."""
+    weight: int
+    """The update's FedAvg weight: the domain's example count, or 1 with DP (uniform
+    averaging: a weight would multiply the domain's sensitivity)."""
 
 
 def local_update(
@@ -56,4 +59,4 @@ def local_update(
     delta, clipped = clip(flatten(get_weights(model)) - start, config.dp.clipping_norm)
     if config.dp.enabled and config.dp.clipping == "client":
         delta = noise(delta, config.dp.domain_noise_scale)
-    return LocalUpdate(delta, loss, clipped)
+    return LocalUpdate(delta, loss, clipped, 1 if config.dp.enabled else len(y))

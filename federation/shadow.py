@@ -122,7 +122,7 @@ def replay(
             set_weights(model, unflatten(weights, shapes))
             update = local_update(model, x, y, shadow_config, round_, domain, noise)
             updates.append(update.delta)
-            counts.append(1 if config.dp.enabled else len(y))
+            counts.append(update.weight)
         weights = optimizer.step(weights, combine(config, updates, counts, noise))
     set_weights(model, unflatten(weights, shapes))
     return model

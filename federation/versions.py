@@ -24,6 +24,10 @@ class LoadedVersion:
     encoding: Encoding
     lineage: dict[str, Any]
 
+    def fresh_model(self) -> nn.Module:
+        """An untrained model of the version's architecture."""
+        return _build(self.lineage, self.encoding)
+
     @property
     def run_config(self) -> RunConfig:
         """The run configuration the version was trained with."""
@@ -35,7 +39,7 @@ def load_version(registry: ModelRegistry, version: str) -> LoadedVersion:
     the registry does not hold it)."""
     lineage = registry.get(version).lineage
     encoding = Encoding.from_json(json.dumps(lineage["encoding"]))
-    model = build_model(lineage["model"]["kind"], encoding.width, lineage["model"]["hidden"])
+    model = _build(lineage, encoding)
     set_weights(model, registry.weights(version))
     return LoadedVersion(model, TaskSpec.model_validate(lineage["task_spec"]), encoding, lineage)
 
@@ -66,3 +70,7 @@ def run_config_of(lineage: dict[str, Any]) -> RunConfig:
             "secure-aggregation": bool(lineage["secure_aggregation"]["enabled"]),
         }
     return RunConfig.from_flower(raw)
+
+
+def _build(lineage: dict[str, Any], encoding: Encoding) -> nn.Module:
+    return build_model(lineage["model"]["kind"], encoding.width, lineage["model"]["hidden"])

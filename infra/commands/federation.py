@@ -330,29 +330,28 @@ def models_audit(
     attacks = "loss threshold" + (f" and {2 * shadows} shadow models" if shadows else "")
     err.print(f"auditing {version}: {attacks}, up to {max_rows} rows per domain")
     result: Any = audit_version(registry, version, stores, max_rows, shadows=shadows)
-    table = Table(title=f"membership inference against {version} (pooled over domains)")
-    for column in ("attack", "attack AUC", "advantage", "TPR at 1% FPR", "members"):
-        table.add_column(column)
-    for name, attack in result["attacks"].items():
-        r = attack["pooled"]
-        table.add_row(
-            name, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}",
-            f"{r['tpr_at_1pct_fpr']:.4f}", str(r["members"]),
-        )  # fmt: skip
-    console.print(table)
-    per_domain = Table(title=f"strongest attack ({result['attack']}) per domain")
-    for column in ("domain", "attack AUC", "advantage", "TPR at 1% FPR"):
-        per_domain.add_column(column)
-    for domain, r in result["per_domain"].items():
-        per_domain.add_row(
-            domain, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}",
-            f"{r['tpr_at_1pct_fpr']:.4f}",
-        )  # fmt: skip
-    console.print(per_domain)
+    pooled = {name: attack["pooled"] for name, attack in result["attacks"].items()}
+    title = f"membership inference against {version} (pooled over domains)"
+    console.print(_attack_table(title, "attack", pooled))
+    strongest = f"strongest attack ({result['attack']}) per domain"
+    console.print(_attack_table(strongest, "domain", result["per_domain"]))
     console.print(
         "attack AUC 0.5 / advantage 0: the model's outputs say nothing about who trained it "
         "(docs/federation.md#membership-inference-audit)"
     )
+
+
+def _attack_table(title: str, first: str, results: dict[str, Any]) -> Table:
+    """One row per attack (or domain): attack AUC, advantage, TPR at 1% FPR, members."""
+    table = Table(title=title)
+    for column in (first, "attack AUC", "advantage", "TPR at 1% FPR", "members"):
+        table.add_column(column)
+    for name, r in results.items():
+        table.add_row(
+            name, f"{r['attack_auc']:.4f}", f"{r['advantage']:.4f}",
+            f"{r['tpr_at_1pct_fpr']:.4f}", str(r["members"]),
+        )  # fmt: skip
+    return table
 
 
 def _domain_store(domain: str) -> Any:
