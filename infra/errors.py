@@ -35,3 +35,9 @@ class StackAlreadyRunning(InfraError):
     """``privmesh up`` found a stack already running from the same data directory."""
 
     code = "stack_already_running"
+
+
+class JournalError(InfraError):
+    """The embedded broker's journal could not be replayed or written."""
+
+    code = "journal_error"
