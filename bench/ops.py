@@ -119,7 +119,7 @@ def fill_domain(domain: str, people: list[Any], data_dir: Path) -> list[str]:
             event = build(
                 person, rng, seq * 10 + n, datetime.fromtimestamp(now + n, tz=UTC).isoformat()
             )
-            pipeline.route(json.dumps(event).encode(), partition_for(key, 4), 4)
+            pipeline.route(json.dumps(event).encode(), partition_for(key, 4), 4, key)
         if (seq + 1) % (PART_EVENTS // EVENTS_PER_SUBJECT) == 0 or seq == len(people) - 1:
             events = pipeline.take_events()
             store.append_events(product, events)

@@ -7,6 +7,7 @@ sensitive field without bounds, a product without a privacy unit) at load time.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal, Self
@@ -98,6 +99,58 @@ class Bounds(BaseModel):
         return self
 
 
+class FieldFormat(BaseModel):
+    """The shape an identifier-like string field must have; the processor enforces it.
+
+    ``regex``: the whole value matches ``pattern`` (Python syntax); ``uuid``: a UUID in its
+    canonical 8-4-4-4-12 hex form; ``enum``: one of ``values``. An event whose value does
+    not fit is dead-lettered (``invalid_format``), so an e-mail typed into an order id
+    never reaches a product topic.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["regex", "uuid", "enum"]
+    pattern: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    values: Annotated[list[str], Field(min_length=1, max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.kind == "regex") != (self.pattern is not None):
+            raise _refuse(
+                "format_mismatch", "format 'pattern' is required exactly when kind is 'regex'"
+            )
+        if (self.kind == "enum") != (self.values is not None):
+            raise _refuse(
+                "format_mismatch", "format 'values' are required exactly when kind is 'enum'"
+            )
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise _refuse(
+                    "invalid_format_regex",
+                    f"format pattern does not compile ({exc.msg} at position {exc.pos}); "
+                    "write a Python regular expression",
+                ) from None
+        return self
+
+
+class EventTimeWindow(BaseModel):
+    """How far an event's time may lie from its arrival at the processor.
+
+    Events older than ``max_age_seconds`` (default: the product's retention) or more than
+    ``max_future_seconds`` ahead of arrival are dead-lettered (``event_time_out_of_window``):
+    a time in the year 1 or 9999 is a bug or an attack, and would land in a window no one
+    reads or one that has not opened.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_age_seconds: Annotated[int, Field(ge=60)] | None = None
+    max_future_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+
+
 class FieldSpec(BaseModel):
     """One event field: type, meaning, privacy tag, bounds and protection."""
 
@@ -119,6 +172,10 @@ class FieldSpec(BaseModel):
     examples: list[str | int | float] = Field(
         default_factory=list,
         description="Made-up sample values for documentation and the linter; never real data.",
+    )
+    format: FieldFormat | None = Field(
+        default=None,
+        description="Shape of an identifier-like string field (regex, uuid, enum), enforced.",
     )
 
     @property
@@ -163,6 +220,10 @@ class FieldSpec(BaseModel):
         if self.bounds is not None and not self.numeric:
             raise _refuse(
                 "bounds_on_non_numeric", f"field {self.name!r}: bounds apply to int/float only"
+            )
+        if self.format is not None and self.type is not FieldType.STRING:
+            raise _refuse(
+                "format_on_non_string", f"field {self.name!r}: a format applies to strings only"
             )
         if self.allowed_values is not None:
             if self.type is not FieldType.STRING:
@@ -209,6 +270,10 @@ class DataProduct(BaseModel):
     )
     privacy_unit: str
     event_time: str
+    event_time_window: EventTimeWindow = Field(
+        default_factory=EventTimeWindow,
+        description="How far event time may lie before (default: retention) or after arrival.",
+    )
     max_event_bytes: Annotated[int, Field(ge=64, le=1_000_000)] = 8192
     fields: Annotated[list[FieldSpec], Field(min_length=1)]
     upstream: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")]] = Field(
@@ -252,6 +317,12 @@ class DataProduct(BaseModel):
     def field(self, name: str) -> FieldSpec | None:
         """The field called ``name``, or None."""
         return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def max_event_age_seconds(self) -> int:
+        """Oldest event time accepted, in seconds before arrival."""
+        declared = self.event_time_window.max_age_seconds
+        return declared if declared is not None else self.retention_days * 86_400
 
     @property
     def subject_field(self) -> str:

@@ -29,10 +29,10 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.batch_send import BatchSender, Output
-from streams.pipeline import ProductPipeline
+from streams.pipeline import PROCESSING_ERROR, ProductPipeline
 from streams.settings import KafkaSettings, StreamSettings
 from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
-from streams.transform import Accepted
+from streams.transform import Accepted, Rejected
 from streams.windows import SubjectRow
 
 log = logging.getLogger("privmesh.streams")
@@ -123,8 +123,9 @@ class IngestLoop:
             # together and in order (the ingest partition is a function of the subject),
             # and the producer skips hashing each key (murmur2 in Python, ~10 us a record).
             out_partition = tp.partition if self.aligned(pipeline) else None
+            now = time.time()
             for record in records:
-                output = self._route(pipeline, record, tp.partition, partitions, out_partition)
+                output = self._route(pipeline, record, tp.partition, partitions, out_partition, now)
                 if output is not None:
                     outputs.append(output)
             consumed += len(records)
@@ -150,21 +151,28 @@ class IngestLoop:
         partition: int,
         partitions: int,
         out_partition: int | None,
+        now: float,
     ) -> Output | None:
+        """Exactly one output for ``record`` (None: dropped for consent); never raises."""
         raw = record.value if isinstance(record.value, bytes) else b""
-        outcome = pipeline.route(raw, partition, partitions)
+        key = record.key if isinstance(record.key, bytes) else None
+        outcome = pipeline.route(raw, partition, partitions, key, now)
         if outcome is None:  # no consent for the product's purpose: counted, not kept
             return None
         if isinstance(outcome, Accepted):
-            value = json.dumps(outcome.event, separators=(",", ":")).encode()
-            return Output(pipeline.topics.product, outcome.key, value, None, out_partition)
+            try:
+                value = json.dumps(outcome.event, separators=(",", ":")).encode()
+                return Output(pipeline.topics.product, outcome.key, value, None, out_partition)
+            except Exception as exc:  # the record is dead-lettered, not lost
+                self.counters["route_failures"] += 1
+                outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
         source = f"{record.topic}/{record.partition}/{record.offset}"
         headers = [
             (REASON_HEADER, outcome.reason.encode()),
             (DETAIL_HEADER, outcome.detail.encode()),
             (SOURCE_HEADER, source.encode()),
         ]
-        return Output(pipeline.topics.dlq, record.key, raw, headers, out_partition)
+        return Output(pipeline.topics.dlq, key, raw, headers, out_partition)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batch in flight, then give up the revoked partitions' state."""

@@ -1,7 +1,8 @@
 """One data product's processing state, free of Kafka clients: route, aggregate, drain.
 
 Aggregation state is kept per ingest partition. Ingest records are keyed by the
-normalised privacy-unit value, so every event of one subject lands on one partition
+normalised privacy-unit value (a record keyed otherwise is refused, ``wrong_key``), so
+every event of one subject lands on one partition
 and one worker: per-partition window statistics add up to the product's statistics
 (distinct subjects included), however many workers share the partitions. An accepted
 event found on another partition than its key's is refused (``wrong_partition``):
@@ -35,7 +36,13 @@ from streams.consent import ConsentIndex
 from streams.pseudonymise import TokenSource
 from streams.settings import StreamSettings
 from streams.topics import ProductTopics
-from streams.transform import WRONG_PARTITION, Accepted, ProductTransform, Rejected
+from streams.transform import (
+    WRONG_KEY,
+    WRONG_PARTITION,
+    Accepted,
+    ProductTransform,
+    Rejected,
+)
 from streams.windows import SubjectRow, WindowAggregator, WindowStats
 
 log = logging.getLogger("privmesh.streams")
@@ -102,10 +109,20 @@ class ProductPipeline:
         return [replace(r, partition=partition) for r in aggregator.drain_subject_rows()]
 
     # ------------------------------------------------------------ per event
-    def route(self, raw: bytes, partition: int, partitions: int) -> Accepted | Rejected | None:
-        """Transform ``raw`` read from ``partition``; None when consent drops it; never raises."""
+    def route(
+        self,
+        raw: bytes,
+        partition: int,
+        partitions: int,
+        key: bytes | None,
+        now: float | None = None,
+    ) -> Accepted | Rejected | None:
+        """Transform ``raw`` (keyed ``key``) read from ``partition`` at ``now``; None when
+        consent drops it. Never raises: whatever fails becomes a ``Rejected``."""
         try:
-            outcome = self.transform.apply(raw)
+            outcome = self.transform.apply(raw, now)
+            if isinstance(outcome, Accepted):
+                outcome = self._check_key(outcome, key)
             if isinstance(outcome, Accepted):
                 outcome = self._check_partition(outcome, partition, partitions)
             if isinstance(outcome, Accepted):
@@ -114,21 +131,32 @@ class ProductPipeline:
                     self.counters["consent_dropped"] += 1
                     self.counters[f"consent_dropped.{refused}"] += 1
                     return None
+                aggregator = self.aggregators.get(partition)
+                if aggregator is None:  # consumed before the assignment callback ran
+                    self.assign(partition, outcome.event_time)
+                    aggregator = self.aggregators[partition]
+                aggregator.add(outcome.subject, outcome.event_time, outcome.measures)
         except Exception as exc:  # a bug must not stop the stream or lose the event
-            log.exception("transform failed for a %s event", self.topics.ingest)
+            # The type only: an exception message can quote the value that caused it.
+            log.error("transform failed for a %s event: %s", self.topics.ingest, type(exc).__name__)
             outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
         if isinstance(outcome, Accepted):
             self.counters["accepted"] += 1
             self._events.append(outcome.event)
-            aggregator = self.aggregators.get(partition)
-            if aggregator is None:  # consumed before the assignment callback ran
-                self.assign(partition, outcome.event_time)
-                aggregator = self.aggregators[partition]
-            aggregator.add(outcome.subject, outcome.event_time, outcome.measures)
         else:
             self.counters[f"rejected.{outcome.reason}"] += 1
             self.counters["rejected"] += 1
         return outcome
+
+    def _check_key(self, accepted: Accepted, key: bytes | None) -> Accepted | Rejected:
+        if key == accepted.unit_key:
+            return accepted
+        unit = self.product.privacy_unit
+        return Rejected(
+            WRONG_KEY,
+            f"the record key is not the event's normalised {unit!r} value; key ingest records "
+            f"by it (privmesh produce does)",
+        )
 
     def _check_partition(
         self, accepted: Accepted, partition: int, partitions: int

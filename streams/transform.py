@@ -2,19 +2,37 @@
 
 Pure: no broker, no I/O. ``ProductTransform.apply`` returns either ``Accepted``
 (the pseudonymised product event) or ``Rejected`` (a reason code and a detail
-that names the field and the problem but never echoes the raw value).
+that names the field and the problem but never echoes the raw value, nor the name of a
+field the contract does not know: a name can itself be an identifier).
+
+Every value is treated as hostile: text that cannot be encoded as UTF-8 (a lone
+surrogate from a ``\\ud800`` escape) or holds NUL is refused here, so nothing downstream
+(tokens, JSON, Parquet) can fail on it; event times must lie within the contract's
+window around arrival and carry a whole-minute UTC offset; free-text ``non_personal``
+fields are scanned for personal-looking values (``domains.pii_patterns``) and
+identifier-like fields must match their declared ``format``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from domains.contract import DataProduct, FieldSpec, FieldType, Protection, token_field_name
+from domains.contract import (
+    DataProduct,
+    FieldSpec,
+    FieldType,
+    PrivacyTag,
+    Protection,
+    token_field_name,
+)
+from domains.pii_patterns import embedded_kind
 from streams.pseudonymise import TokenSource, generalise, is_ipv4, normalise
 
 # Reason codes carried in the dead-letter header ``privmesh-reason``.
@@ -29,6 +47,12 @@ TOO_LONG = "too_long"
 INVALID_VALUE = "invalid_value"
 NOT_ALLOWED = "not_allowed"
 WRONG_PARTITION = "wrong_partition"
+WRONG_KEY = "wrong_key"
+PERSONAL_VALUE = "personal_value"
+INVALID_FORMAT = "invalid_format"
+OUT_OF_WINDOW = "out_of_window"
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,33 +108,53 @@ class ProductTransform:
             if f.type in {FieldType.INT, FieldType.FLOAT} and f.bounds is not None
         ]
 
+    def _check_window(self, at: float, now: float) -> None:
+        product = self.product
+        if at < now - product.max_event_age_seconds:
+            raise _Invalid(
+                OUT_OF_WINDOW,
+                f"field {product.event_time!r} is more than {product.max_event_age_seconds} s "
+                "before arrival (the contract's event_time_window)",
+            )
+        if at > now + product.event_time_window.max_future_seconds:
+            raise _Invalid(
+                OUT_OF_WINDOW,
+                f"field {product.event_time!r} is more than "
+                f"{product.event_time_window.max_future_seconds} s after arrival "
+                "(the contract's event_time_window)",
+            )
+
     @property
     def measure_fields(self) -> list[str]:
         """Bounded numeric fields aggregated per subject and window."""
         return list(self._measures)
 
-    def apply(self, raw: bytes) -> Accepted | Rejected:
-        """Validate and pseudonymise one raw event."""
+    def apply(self, raw: bytes, now: float | None = None) -> Accepted | Rejected:
+        """Validate and pseudonymise one raw event arriving at ``now`` (epoch seconds;
+        the current time when None)."""
         if len(raw) > self.product.max_event_bytes:
             return Rejected(
                 TOO_LARGE, f"event is {len(raw)} bytes; limit is {self.product.max_event_bytes}"
             )
         try:
             payload = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge ints, nesting
             return Rejected(MALFORMED_JSON, f"not valid UTF-8 JSON: {type(exc).__name__}")
         if not isinstance(payload, dict):
             return Rejected(NOT_AN_OBJECT, f"event must be a JSON object, got {_kind(payload)}")
         try:
-            return self._accept(payload)
+            return self._accept(payload, time.time() if now is None else now)
         except _Invalid as exc:
             return Rejected(exc.reason, exc.detail)
 
-    def _accept(self, payload: dict[str, Any]) -> Accepted:
+    def _accept(self, payload: dict[str, Any], now: float) -> Accepted:
         if not self._names.issuperset(payload):
-            unknown = sorted(k for k in payload if k not in self._names)
-            shown = ", ".join(repr(k[:40]) for k in unknown[:5])
-            raise _Invalid(UNKNOWN_FIELD, f"fields not in the contract: {shown}")
+            unknown = sum(1 for k in payload if k not in self._names)
+            raise _Invalid(
+                UNKNOWN_FIELD,
+                f"{unknown} field(s) not in the contract (names withheld: a name can be an "
+                "identifier); send only the contract's fields",
+            )
         values: dict[str, Any] = {}
         for name, required, parse in self._parsers:
             raw_value = payload.get(name)
@@ -120,6 +164,7 @@ class ProductTransform:
                 continue
             values[name] = parse(raw_value)
         event_time: datetime = values[self.product.event_time]
+        self._check_window(event_time.timestamp(), now)
         event: dict[str, Any] = {}
         subject = ""
         unit_key = b""
@@ -196,6 +241,7 @@ def _parser_for(spec: FieldSpec) -> Parser:
             raise _Invalid(WRONG_TYPE, f"field {name!r} must be a string, got {_kind(value)}")
         if len(value) > spec.max_length:
             raise _Invalid(TOO_LONG, f"field {name!r} is longer than {spec.max_length} characters")
+        _check_encodable(name, value)
         return check_text(value)
 
     return parse_text
@@ -230,15 +276,59 @@ def _text_parser(spec: FieldSpec) -> Callable[[str], object]:
 
         return iso_date
     allowed = frozenset(spec.allowed_values) if spec.allowed_values is not None else None
+    fits = _format_check(spec)
+    # Free text declared non-personal and published as is: its values are checked too.
+    scan = (
+        spec.tag is PrivacyTag.NON_PERSONAL
+        and spec.protection is Protection.KEEP
+        and allowed is None
+        and (spec.format is None or spec.format.kind == "regex")
+    )
 
     def text(value: str) -> object:
         if not value.strip():
             raise _Invalid(INVALID_VALUE, f"field {name!r} is empty")
         if allowed is not None and value not in allowed:
             raise _Invalid(NOT_ALLOWED, f"field {name!r} is not one of its allowed values")
+        if fits is not None and not fits(value):
+            raise _Invalid(INVALID_FORMAT, f"field {name!r} does not match its declared format")
+        if scan:
+            kind = embedded_kind(value)
+            if kind is not None:
+                raise _Invalid(
+                    PERSONAL_VALUE,
+                    f"field {name!r} is tagged non_personal but holds what looks like {kind}",
+                )
         return value
 
     return text
+
+
+def _format_check(spec: FieldSpec) -> Callable[[str], bool] | None:
+    """The test of ``spec``'s declared format, compiled once (None: no format)."""
+    declared = spec.format
+    if declared is None:
+        return None
+    if declared.kind == "uuid":
+        return lambda value: _UUID.fullmatch(value) is not None
+    if declared.kind == "enum":
+        values = frozenset(declared.values or ())
+        return lambda value: value in values
+    pattern = re.compile(declared.pattern or "")
+    return lambda value: pattern.fullmatch(value) is not None
+
+
+def _check_encodable(name: str, value: str) -> None:
+    """Refuse text that UTF-8 cannot encode (lone surrogates) or that holds NUL."""
+    if "\x00" in value:
+        raise _Invalid(INVALID_VALUE, f"field {name!r} holds a NUL character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Invalid(
+                INVALID_VALUE, f"field {name!r} holds text UTF-8 cannot encode (a lone surrogate)"
+            ) from None
 
 
 def _kind(value: object) -> str:
@@ -262,8 +352,16 @@ def _parse_timestamp(name: str, value: object) -> datetime:
         raise _Invalid(WRONG_TYPE, f"field {name!r} must be an ISO 8601 time or epoch seconds")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except ValueError:  # lone surrogates and NUL end here too
         raise _Invalid(INVALID_VALUE, f"field {name!r} is not an ISO 8601 time") from None
-    if parsed.tzinfo is None:
+    offset = parsed.utcoffset()
+    if offset is None:
         raise _Invalid(INVALID_VALUE, f"field {name!r} has no UTC offset")
+    if offset.microseconds or offset.seconds % 60:
+        # Valid ISO 8601 for Python, but not for Arrow, Kafka tools or most readers.
+        raise _Invalid(INVALID_VALUE, f"field {name!r} has a UTC offset of seconds")
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 lies before year 1 in UTC
+        raise _Invalid(INVALID_VALUE, f"field {name!r} is outside the years 1-9999") from None
     return parsed

@@ -166,7 +166,8 @@ def test_pipeline_drops_events_without_consent_and_counts_them() -> None:
     outcomes = []
     for event in events:
         key = str(event["visitor_id"]).encode()
-        outcomes.append(views.route(json.dumps(event).encode(), partition_for(key, 4), 4))
+        raw = json.dumps(event).encode()
+        outcomes.append(views.route(raw, partition_for(key, 4), 4, key))
     assert isinstance(outcomes[0], Accepted) and outcomes[1] is None and outcomes[2] is None
     assert views.counters["accepted"] == 1 and views.counters["consent_dropped"] == 2
     assert views.counters[f"consent_dropped.{codes.CONSENT_MISSING}"] == 1

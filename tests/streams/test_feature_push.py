@@ -51,7 +51,7 @@ def route(orders: ProductPipeline, person: int, at: float, seq: int) -> Accepted
         PEOPLE[person], random.Random(seq), seq, datetime.fromtimestamp(at, tz=UTC).isoformat()
     )
     key = normalise(PEOPLE[person].email, FieldType.EMAIL).encode()
-    outcome = orders.route(json.dumps(event).encode(), partition_for(key, 4), 4)
+    outcome = orders.route(json.dumps(event).encode(), partition_for(key, 4), 4, key, at)
     assert isinstance(outcome, Accepted)
     return outcome
 
@@ -67,7 +67,7 @@ def test_offline_write_stores_every_published_event_typed(tmp_path: Path) -> Non
     typed by the contract (UTC event time to the microsecond), and no raw identifier."""
     orders, pusher = setup(tmp_path)
     accepted = [route(orders, i % 5, T0 + i * 0.123457, i) for i in range(40)]
-    orders.route(b"{}", 0, 4)  # dead-lettered: not an event of the product
+    orders.route(b"{}", 0, 4, None, T0)  # dead-lettered: not an event of the product
 
     asyncio.run(pusher.write_offline())
 

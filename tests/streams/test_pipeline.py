@@ -42,6 +42,12 @@ def order(person_index: int, at: float, seq: int = 1) -> tuple[bytes, bytes]:
     return key, json.dumps(event).encode()
 
 
+def route_args(keyed: tuple[bytes, bytes], partition: int) -> tuple[bytes, int, int, bytes, float]:
+    """``route``'s arguments for a keyed order read from ``partition`` of 4 at ``T0``."""
+    key, raw = keyed
+    return raw, partition, 4, key, T0
+
+
 class OneTopic:
     """The part of kafka-python's ClusterMetadata its partitioner reads: one topic."""
 
@@ -105,7 +111,7 @@ def test_route_refuses_a_valid_event_on_the_wrong_partition() -> None:
     key, raw = order(0, T0 + 1)
     right = partition_for(key, 4)
     for partition in range(4):
-        outcome = orders.route(raw, partition, 4)
+        outcome = orders.route(raw, partition, 4, key, T0)
         if partition == right:
             assert isinstance(outcome, Accepted)
             assert outcome.key == outcome.subject.encode() and outcome.subject.startswith("k1.")
@@ -126,7 +132,7 @@ def test_route_rejects_invalid_events_whatever_the_partition() -> None:
     """An invalid event gets its transform reason, not wrong_partition, on any partition."""
     orders = pipeline()
     for partition in range(4):
-        outcome = orders.route(b'{"order_id": 1', partition, 4)
+        outcome = orders.route(b'{"order_id": 1', partition, 4, b"k", T0)
         assert isinstance(outcome, Rejected) and outcome.reason == "malformed_json"
     assert orders.counters["accepted"] == 0 and not orders.aggregators
 
@@ -163,8 +169,8 @@ def test_per_partition_windows_add_up_to_one_aggregator() -> None:
     for key, raw in events:
         partition = partition_for(key, 2)
         used[partition] += 1
-        assert isinstance(split.route(raw, partition, 2), Accepted)
-        assert isinstance(single.route(raw, 0, 1), Accepted)
+        assert isinstance(split.route(raw, partition, 2, key, T0), Accepted)
+        assert isinstance(single.route(raw, 0, 1, key, T0), Accepted)
     assert used[0] > 100 and used[1] > 100  # both partitions really hold events
     assert split.capped_events == single.capped_events > 0
     rows_split = {(r.subject, r.window_start, r.events) for r in split.drain(T0)[0]}
@@ -185,8 +191,8 @@ def test_revoke_returns_pending_rows_and_counts_cut_windows() -> None:
     assert len(mine) == 3
     orders.assign(2, T0)
     for n, person in enumerate(mine):
-        orders.route(order(person, T0 + 1, n)[1], 2, 4)  # window T0
-    orders.route(order(mine[0], T0 + WINDOW + 1, 9)[1], 2, 4)  # window T0 + 10
+        orders.route(*route_args(order(person, T0 + 1, n), 2))  # window T0
+    orders.route(*route_args(order(mine[0], T0 + WINDOW + 1, 9), 2))  # window T0 + 10
     rows = orders.revoke(2)
     assert sorted((r.window_start, r.events) for r in rows) == [
         (T0, 1),
@@ -205,7 +211,7 @@ def test_revoke_after_drain_returns_no_rows_but_counts_open_windows() -> None:
     orders = pipeline()
     key, raw = order(1, T0 + 3)
     partition = partition_for(key, 4)
-    orders.route(raw, partition, 4)
+    orders.route(raw, partition, 4, key, T0)
     drained, closed = orders.drain(T0 + 4)
     assert len(drained) == 1 and closed == []
     assert orders.revoke(partition) == []
@@ -219,11 +225,11 @@ def test_accepted_events_are_buffered_exactly_as_published() -> None:
     published = []
     for person in range(4):
         key, raw = order(person, T0 + person, person)
-        outcome = orders.route(raw, partition_for(key, 4), 4)
+        outcome = orders.route(raw, partition_for(key, 4), 4, key, T0)
         assert isinstance(outcome, Accepted)
         published.append(outcome.event)
-        orders.route(raw, (partition_for(key, 4) + 1) % 4, 4)  # wrong partition: rejected
-    orders.route(b"not json", 0, 4)
+        orders.route(raw, (partition_for(key, 4) + 1) % 4, 4, key, T0)  # wrong partition
+    orders.route(b"not json", 0, 4, None, T0)
     assert orders.buffered_events == 4
     taken = orders.take_events()
     assert taken == published and all(a is b for a, b in zip(taken, published, strict=True))
@@ -238,7 +244,7 @@ def test_forget_drops_the_subjects_buffered_events() -> None:
     outcomes = []
     for person in (0, 1, 0, 2):
         key, raw = order(person, T0 + 1, person)
-        outcomes.append(orders.route(raw, partition_for(key, 4), 4))
+        outcomes.append(orders.route(raw, partition_for(key, 4), 4, key, T0))
     assert all(isinstance(o, Accepted) for o in outcomes)
     gone = outcomes[0].subject  # type: ignore[union-attr]
     orders.forget({gone})
