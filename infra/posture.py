@@ -8,9 +8,11 @@ Assembled on request from the sources of record, never from a copy:
 * the API's ledger (budget spent and left per query class and per data product);
 * the erasure, data-subject-request and retention logs under the data directory;
 * the model registry (federation rounds, participation, dropouts, lost rounds, DP and
-  secure aggregation, the latest membership-inference audit of each version).
+  secure aggregation, the latest membership-inference audit of each version);
+* the launcher's supervision state in ``run/stack.json`` (running, backoff, failed).
 
-``findings`` lists what needs a governance look (an unreachable worker, a budget nearly
+``findings`` lists what needs a governance look (a component the launcher gave up on or
+is restarting, an unreachable worker, a budget nearly
 spent, a model without an audit or with a high attack advantage, a DSR over its
 deadline). Counts and codes only: no identifier, token or data value.
 
@@ -243,6 +245,21 @@ def consent_modes(contracts: dict[str, DomainContract]) -> dict[str, dict[str, s
     }
 
 
+def components(data_dir: Path) -> list[dict[str, Any]]:
+    """Each component of the stack ``privmesh up`` runs from ``data_dir``: its supervision
+    state (running, starting, backoff, failed), restarts and last exit code; empty when no
+    launcher is running there (a cluster's orchestrator supervises its own processes)."""
+    from infra.stack import component_health, read_state
+
+    state = read_state(data_dir)
+    if state is None:
+        return []
+    return [
+        {k: row[k] for k in ("name", "state", "restarts", "last_exit_code")}
+        for row in component_health(state, probe=False)
+    ]
+
+
 # ---------------------------------------------------------------------- the view
 async def assemble_posture(sources: PostureSources) -> dict[str, Any]:
     """The whole posture, with its findings."""
@@ -252,6 +269,7 @@ async def assemble_posture(sources: PostureSources) -> dict[str, Any]:
     view: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "streams": streams,
+        "components": components(sources.data_dir),
         "consent": consent_modes(sources.contracts),
         "keys": key_versions(sources.data_dir, domains, sources.initial_key_version),
         "budgets": budgets(sources.service),
@@ -264,6 +282,32 @@ async def assemble_posture(sources: PostureSources) -> dict[str, Any]:
     return view
 
 
+def component_findings(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """A component the launcher gave up on (error), or one it is restarting (warning)."""
+    found = []
+    for comp in rows:
+        if comp["state"] == "failed":
+            found.append(
+                {
+                    "severity": "error",
+                    "code": "component_failed",
+                    "subject": comp["name"],
+                    "message": f"kept failing (exit code {comp['last_exit_code']}) and was "
+                    f"left down after {comp['restarts']} restart(s); the rest keeps running",
+                }
+            )
+        elif comp["state"] in ("backoff", "starting") and comp["restarts"]:
+            found.append(
+                {
+                    "severity": "warning",
+                    "code": "component_restarting",
+                    "subject": comp["name"],
+                    "message": f"exited and is being restarted (restart {comp['restarts']})",
+                }
+            )
+    return found
+
+
 def findings(view: dict[str, Any], settings: PostureSettings) -> list[dict[str, str]]:
     """What needs a look, most severe first: ``severity``, ``code``, ``subject``, ``message``."""
     found: list[dict[str, str]] = []
@@ -271,6 +315,7 @@ def findings(view: dict[str, Any], settings: PostureSettings) -> list[dict[str, 
     def add(severity: str, code: str, subject: str, message: str) -> None:
         found.append({"severity": severity, "code": code, "subject": subject, "message": message})
 
+    found.extend(component_findings(view.get("components", [])))
     for domain, health in view["streams"].items():
         if not health["reachable"]:
             add(
@@ -365,6 +410,26 @@ class OperationsCollector(Collector):
         yield runs
         yield from self._federation()
         yield from self._products()
+        yield from self._components()
+
+    def _components(self) -> Iterator[Metric]:
+        from infra.stack import STATES
+
+        state = GaugeMetricFamily(
+            "privmesh_component_state",
+            "Supervision state of each component `privmesh up` runs (1 for its current state)",
+            labels=["component", "state"],
+        )
+        restarts = CounterMetricFamily(
+            "privmesh_component_restarts",
+            "Restarts of each component by the launcher since `privmesh up`",
+            labels=["component"],
+        )
+        for comp in components(self._sources.data_dir):
+            for name in STATES:
+                state.add_metric([comp["name"], name], 1.0 if comp["state"] == name else 0.0)
+            restarts.add_metric([comp["name"]], comp["restarts"])
+        yield from (state, restarts)
 
     def _federation(self) -> Iterator[Metric]:
         rounds = CounterMetricFamily(

@@ -37,7 +37,22 @@ class StackSettings(BaseSettings):
     )
     start_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 90.0
     stop_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 15.0
-    max_restarts: Annotated[int, Field(ge=0, le=100)] = 5
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=5,
+        description="Restarts of one component within the window before it is marked failed.",
+    )
+    restart_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    backoff_initial_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=1.0, description="Backoff before a component's first restart; doubles after."
+    )
+    backoff_max_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0, description="Cap of the restart backoff (half of each wait is jitter)."
+    )
+    component_env: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='Extra environment per component, as JSON such as {"worker-shop": '
+        '{"PRIVMESH_STREAMS_BATCH_SIZE": "500"}}: one component\'s settings differ.',
+    )
     retention_every_seconds: Annotated[float, Field(ge=0, le=604_800)] = Field(
         default=3600.0,
         description="How often `up` runs the retention pass (0: never; `privmesh retention run`).",

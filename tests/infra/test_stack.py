@@ -1,0 +1,217 @@
+"""The launcher's per-component supervision, on real child processes (no broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infra.posture import component_findings, components
+from infra.stack import (
+    BACKOFF,
+    FAILED,
+    RUNNING,
+    Component,
+    RestartPolicy,
+    Stack,
+    component_health,
+    reap_stale,
+    state_path,
+)
+
+FAST = RestartPolicy(max_restarts=3, window=60.0, initial=0.05, cap=0.2)
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+CRASHER = [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+
+def supervise_until(stack: Stack, done: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.supervise_once()
+        if callable(done) and done():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"supervision did not get there: {stack.states()}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    said: list[str] = []
+    built = Stack(
+        tmp_path / "data",
+        [Component("steady", SLEEPER), Component("crasher", CRASHER)],
+        dict(os.environ),
+        stop_timeout=5,
+        max_restarts=FAST,
+        say=said.append,
+        seed=1,
+    )
+    built.said = said  # type: ignore[attr-defined]
+    yield built
+    built.stop()
+
+
+@given(
+    st.integers(min_value=1, max_value=200),
+    st.floats(min_value=0.01, max_value=10),
+    st.floats(min_value=0.01, max_value=100),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_backoff_doubles_with_jitter_and_is_capped(
+    attempt: int, initial: float, cap: float, seed: int
+) -> None:
+    """The n-th restart waits between half and all of min(cap, initial * 2**(n-1))."""
+    policy = RestartPolicy(max_restarts=5, window=60, initial=initial, cap=cap)
+    ceiling = min(cap, initial * 2 ** min(attempt - 1, 30))
+    delay = policy.delay(attempt, random.Random(seed))
+    assert ceiling / 2 <= delay <= ceiling + 1e-9
+    assert delay <= cap + 1e-9
+
+
+def test_policy_refuses_nonsense() -> None:
+    """A non-positive window or backoff is refused, naming the settings to fix."""
+    with pytest.raises(ValueError, match="PRIVMESH_STACK_MAX_RESTARTS"):
+        RestartPolicy(max_restarts=-1)
+    with pytest.raises(ValueError, match="_BACKOFF_"):
+        RestartPolicy(initial=0)
+
+
+def test_crash_loop_is_failed_and_the_rest_keeps_running(stack: Stack) -> None:
+    """A component that keeps exiting is restarted max_restarts times with backoff, then
+    marked failed (state file, status rows, posture finding, metric source), while the
+    other component runs on untouched and supervision never raises."""
+    stack.start()
+    steady, crasher = stack.components
+    steady_pid = steady.process.pid if steady.process else None
+    supervise_until(stack, lambda: crasher.state == FAILED)
+    assert crasher.restarts == FAST.max_restarts
+    assert crasher.last_exit_code == 3
+    assert steady.state == RUNNING and steady.process is not None
+    assert steady.process.pid == steady_pid and steady.process.poll() is None
+    for _ in range(20):  # a failed component stays down
+        stack.supervise_once()
+    assert crasher.state == FAILED and crasher.restarts == FAST.max_restarts
+
+    state = json.loads(state_path(stack.data_dir).read_text())
+    assert state["components"]["crasher"]["state"] == "failed"
+    assert state["components"]["crasher"]["pid"] is None
+    rows = {r["name"]: r for r in component_health(state)}
+    assert rows["crasher"]["healthy"] is False and rows["crasher"]["state"] == "failed"
+    assert rows["steady"]["healthy"] is True and rows["steady"]["state"] == "running"
+    found = component_findings(components(stack.data_dir))
+    assert [(f["code"], f["subject"]) for f in found] == [("component_failed", "crasher")]
+    assert any("failed" in line for line in stack.said)  # type: ignore[attr-defined]
+
+
+def test_restarts_outside_the_window_do_not_count(tmp_path: Path) -> None:
+    """Exits further apart than the window never add up to the limit."""
+    stack = Stack(
+        tmp_path,
+        [Component("crasher", CRASHER)],
+        dict(os.environ),
+        stop_timeout=5,
+        max_restarts=RestartPolicy(max_restarts=1, window=0.3, initial=0.4, cap=0.4),
+        say=lambda _: None,
+    )
+    try:
+        stack.start()
+        crasher = stack.components[0]
+        supervise_until(stack, lambda: crasher.restarts >= 4, timeout=30)
+        assert crasher.state != FAILED
+    finally:
+        stack.stop()
+
+
+def test_a_critical_component_is_never_given_up(tmp_path: Path) -> None:
+    """The broker (critical) keeps being restarted past the limit, never marked failed."""
+    stack = Stack(
+        tmp_path,
+        [Component("broker", CRASHER, critical=True)],
+        dict(os.environ),
+        stop_timeout=5,
+        max_restarts=FAST,
+        say=lambda _: None,
+    )
+    try:
+        stack.start()
+        broker = stack.components[0]
+        supervise_until(stack, lambda: broker.restarts > FAST.max_restarts + 2)
+        assert broker.state != FAILED
+    finally:
+        stack.stop()
+
+
+def test_a_killed_component_comes_back_with_a_new_pid(stack: Stack) -> None:
+    """kill -9 of a running component: it is restarted after the backoff and runs again."""
+    stack.start()
+    steady = stack.components[0]
+    assert steady.process is not None
+    first = steady.process.pid
+    steady.process.kill()
+    supervise_until(stack, lambda: steady.state == BACKOFF)
+    supervise_until(stack, lambda: steady.state == RUNNING)
+    assert steady.process.pid != first and steady.restarts == 1
+
+
+def test_per_component_environment(tmp_path: Path) -> None:
+    """A component's own environment entries reach it on top of the stack's."""
+    out = tmp_path / "seen"
+    probe = [sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['X'])"]
+    stack = Stack(
+        tmp_path,
+        [Component("probe", probe, env={"X": "mine"})],
+        {**os.environ, "X": "stack"},
+        stop_timeout=5,
+        max_restarts=FAST,
+        say=lambda _: None,
+    )
+    try:
+        stack.start()
+        supervise_until(stack, out.exists)
+    finally:
+        stack.stop()
+    assert out.read_text() == "mine"
+
+
+def test_reap_stale_stops_what_a_killed_launcher_left(tmp_path: Path) -> None:
+    """A state file whose launcher is dead: its still-running children are stopped and the
+    file removed; a pid that started after the file was written is left alone."""
+    orphan = subprocess.Popen(SLEEPER)
+    later = None
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        path = state_path(tmp_path)
+        path.parent.mkdir(parents=True)
+        later = subprocess.Popen(SLEEPER)  # pid recorded, but started after the record
+        recorded_before = psutil.Process(later.pid).create_time() - 5
+        state = {
+            "launcher_pid": dead.pid,
+            "components": {
+                "worker-x": {
+                    "pid": orphan.pid,
+                    "spawned_at": psutil.Process(orphan.pid).create_time(),
+                },
+                "reused": {"pid": later.pid, "spawned_at": recorded_before},
+            },
+        }
+        path.write_text(json.dumps(state))
+        assert reap_stale(tmp_path, 5) == ["worker-x"]
+        assert orphan.wait(5) is not None
+        assert later.poll() is None
+        assert not path.exists()
+    finally:
+        for proc in (orphan, later):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
