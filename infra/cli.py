@@ -73,7 +73,7 @@ DomainsOpt = Annotated[
 def up(domain: DomainsOpt = None) -> None:
     """Start broker, stream processors, API and generator; Ctrl-C stops everything."""
     from dashboards_api.settings import ApiSettings
-    from infra.stack import Stack, build_components
+    from infra.stack import RestartPolicy, Stack, build_components
 
     runtime, kafka, streams = _runtime(), KafkaSettings(), StreamSettings()
     api, stack_settings = ApiSettings(), StackSettings()
@@ -92,13 +92,28 @@ def up(domain: DomainsOpt = None) -> None:
         start_timeout=stack_settings.start_timeout_seconds,
         retention_every=stack_settings.retention_every_seconds,
     )
+    names = [c.name for c in components]
+    for comp in components:
+        comp.env = dict(stack_settings.component_env.get(comp.name, {}))
+    unknown = sorted(set(stack_settings.component_env) - set(names))
+    if unknown:
+        raise InfraError(
+            f"PRIVMESH_STACK_COMPONENT_ENV names no component of this stack: {unknown}; "
+            f"the components are {names}"
+        )
     env = {**os.environ, "PRIVMESH_DATA_DIR": str(runtime.data_dir), "PYTHONUNBUFFERED": "1"}
+    policy = RestartPolicy(
+        max_restarts=stack_settings.max_restarts,
+        window=stack_settings.restart_window_seconds,
+        initial=stack_settings.backoff_initial_seconds,
+        cap=stack_settings.backoff_max_seconds,
+    )
     stack = Stack(
         runtime.data_dir,
         components,
         env,
         stack_settings.stop_timeout_seconds,
-        stack_settings.max_restarts,
+        policy,
         console.print,
     )
     ports = {
@@ -110,11 +125,8 @@ def up(domain: DomainsOpt = None) -> None:
         ports[kafka.embedded_port] = ("embedded broker", "PRIVMESH_KAFKA_EMBEDDED_PORT")
     stack.preflight(ports)
 
-    stopping = False
-
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        stack.stop_requested = True
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -131,6 +143,9 @@ def up(domain: DomainsOpt = None) -> None:
             f"\n[bold green]privmesh is running[/] (ready in "
             f"{time.monotonic() - began:.1f}s). Look at:"
         )
+        down = [n for n, s in stack.states().items() if s != "running"]
+        if down:
+            console.print(f"  [yellow]not running yet[/] {', '.join(down)} (`privmesh status`)")
         for cid in _query_class_ids(domains):
             console.print(f"  DP answer     curl {base}/v1/queries/{cid}")
         console.print(f"  query classes curl {base}/v1/queries")
@@ -147,7 +162,7 @@ def up(domain: DomainsOpt = None) -> None:
             "closes. Stop with Ctrl-C or `privmesh down`.\n"
         )
         last_report = 0.0
-        while not stopping:
+        while not stack.stop_requested:
             stack.supervise_once()
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
@@ -233,10 +248,12 @@ def status() -> None:
             f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
         )
     rows = component_health(state)
-    table = Table("component", "pid", "alive", "healthy", "restarts", "endpoint")
+    table = Table("component", "state", "pid", "alive", "healthy", "restarts", "endpoint")
     for r in rows:
+        exit_code = "" if r["last_exit_code"] is None else f" (last exit {r['last_exit_code']})"
         table.add_row(
             r["name"],
+            _state_mark(r["state"]) + exit_code,
             str(r["pid"]),
             _mark(r["alive"]),
             _mark(r["healthy"]),
@@ -244,8 +261,19 @@ def status() -> None:
             str(r["endpoint"] or ""),
         )
     console.print(table)
+    failed = [r["name"] for r in rows if r["state"] == "failed"]
+    if failed:
+        console.print(
+            f"[red]failed[/] (past the restart limit, left down): {', '.join(failed)}; "
+            "see their logs, fix, then restart the stack"
+        )
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
+
+
+def _state_mark(state: str) -> str:
+    colour = {"running": "green", "failed": "red"}.get(state, "yellow")
+    return f"[{colour}]{state}[/]"
 
 
 def _mark(ok: bool) -> str:
