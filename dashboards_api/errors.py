@@ -30,6 +30,14 @@ def problem_body(error: ApiError) -> dict[str, Any]:
     }
 
 
+class InvalidPath(ApiError):
+    """A request path that could alias another route ('.' or '..' segments)."""
+
+    status = 400
+    code = "invalid_path"
+    title = "Invalid path"
+
+
 class Unauthorized(ApiError):
     """Missing or unknown credentials."""
 
@@ -120,3 +128,19 @@ class InvalidQueryClasses(Exception):
     """A query-class file is invalid (raised at start-up, not per request)."""
 
     code = "invalid_query_classes"
+
+
+class PolicyLimitExceeded(ApiError):
+    """A class (or product total) is above a cap of the governance policy."""
+
+    status = 422
+    code = "policy_limit_exceeded"
+    title = "Above the governance policy's limit"
+
+
+class MechanismRefused(ApiError):
+    """The class's mechanism would release with a scale whose accuracy is not finite."""
+
+    status = 422
+    code = "mechanism_not_finite"
+    title = "Mechanism without a finite accuracy"

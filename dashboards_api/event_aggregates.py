@@ -50,7 +50,12 @@ import polars as pl
 from polars.lazyframe.group_by import LazyGroupBy
 
 from dashboards_api.errors import NoDataYet
-from dashboards_api.mechanisms import calibrate, laplace_within
+from dashboards_api.mechanisms import (
+    NonFiniteAccuracy,
+    calibrate,
+    finite_accuracy,
+    laplace_within,
+)
 from domains.contract import DataProduct
 from feature_repo.offline import part_files
 
@@ -377,9 +382,10 @@ class _VectorLaplace:
             dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), sensitivity, epsilon
         )
         self.mapped = Decimal(self._measurement.map(sensitivity))
-        self.ci95 = self.accuracy(CONFIDENCE)
+        what = f"discrete Laplace at epsilon {epsilon}, sensitivity {sensitivity}"
+        self.ci95 = finite_accuracy(self.accuracy(CONFIDENCE), what)
         # the mean's two noises, each within this with 97.5%: both with >= 95%
-        self.ci975 = self.accuracy(1 - (1 - CONFIDENCE) / 2)
+        self.ci975 = finite_accuracy(self.accuracy(1 - (1 - CONFIDENCE) / 2), what)
 
     def accuracy(self, confidence: float) -> float:
         """Half-width that the noise stays within with probability ``confidence``."""
@@ -414,6 +420,9 @@ class _Quantile:
         self.mapped = cost(self._measurement)
         m = len(candidates)
         self.rank_error = 0.0 if m < 2 else self.scale * math.log((m - 1) / (1 - CONFIDENCE))
+        if not self.scale > 0:
+            raise NonFiniteAccuracy(f"quantile at epsilon {q.epsilon}: scale {self.scale}")
+        finite_accuracy(self.rank_error, f"quantile at epsilon {q.epsilon}")
         self.candidates = candidates
 
     def __call__(self, values: pl.Series) -> int:

@@ -46,6 +46,13 @@ _SCHEMA = [
         changed_at TEXT NOT NULL,
         changed_by TEXT NOT NULL
     )""",
+    # The governance policy: every version kept, newest applies.
+    """CREATE TABLE IF NOT EXISTS policy_versions (
+        seq {pk},
+        definition TEXT NOT NULL,
+        changed_at TEXT NOT NULL,
+        changed_by TEXT NOT NULL
+    )""",
     # Continual release: each tree node's noisy sum, drawn once and never changed.
     """CREATE TABLE IF NOT EXISTS continual_nodes (
         stream_id TEXT NOT NULL,
@@ -55,7 +62,7 @@ _SCHEMA = [
         PRIMARY KEY (stream_id, level, idx)
     )""",
 ]
-_APPEND_ONLY = ("releases", "class_versions", "continual_nodes")
+_APPEND_ONLY = ("releases", "class_versions", "policy_versions", "continual_nodes")
 # Ledgers created before per-product totals lack the column (dev data only).
 _MIGRATIONS = [("product", "ALTER TABLE releases ADD COLUMN product TEXT NOT NULL DEFAULT ''")]
 _INDEXES = ["CREATE INDEX IF NOT EXISTS releases_by_product ON releases (product, period)"]
@@ -85,6 +92,16 @@ class ClassVersion:
     domain: str
     definition: str
     active: bool
+    changed_at: str
+    changed_by: str
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """One version of the governance policy (``definition``: its JSON)."""
+
+    seq: int
+    definition: str
     changed_at: str
     changed_by: str
 
@@ -151,6 +168,14 @@ class Ledger(Protocol):
 
     def class_versions(self, after: int = 0, class_id: str | None = None) -> list[ClassVersion]:
         """Class versions with a sequence number above ``after``, oldest first."""
+        ...
+
+    def save_policy(self, definition: str, changed_by: str) -> int:
+        """Append a version of the governance policy; returns its sequence number."""
+        ...
+
+    def policy_versions(self, after: int = 0) -> list[PolicyVersion]:
+        """Governance policy versions with a sequence number above ``after``, oldest first."""
         ...
 
     def get(self, stream_id: str, level: int, index: int) -> int | None:
@@ -332,6 +357,30 @@ class _SqlLedger(ABC):
             sql, params = sql + " AND class_id = ?", (after, class_id)
         rows = self._read(self._sql(sql + " ORDER BY seq"), params)
         return [ClassVersion(int(r[0]), r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+
+    def save_policy(self, definition: str, changed_by: str) -> int:
+        """See :class:`Ledger`."""
+        created = datetime.now(UTC).isoformat()
+        with self._serialised("policy") as conn:
+            row = conn.execute(
+                self._sql(
+                    "INSERT INTO policy_versions (definition, changed_at, changed_by) "
+                    "VALUES (?, ?, ?) RETURNING seq"
+                ),
+                (definition, created, changed_by),
+            ).fetchone()
+        return int(row[0])
+
+    def policy_versions(self, after: int = 0) -> list[PolicyVersion]:
+        """See :class:`Ledger`."""
+        rows = self._read(
+            self._sql(
+                "SELECT seq, definition, changed_at, changed_by FROM policy_versions "
+                "WHERE seq > ? ORDER BY seq"
+            ),
+            (after,),
+        )
+        return [PolicyVersion(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def get(self, stream_id: str, level: int, index: int) -> int | None:
         """See :class:`Ledger`."""

@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,14 +18,25 @@ from dashboards_api.errors import (
     HttpError,
     InternalError,
     InvalidParameters,
+    InvalidPath,
     problem_body,
 )
 from dashboards_api.ledger import Ledger, open_ledger
 from dashboards_api.metrics import ApiMetrics, MetricsMiddleware
+from dashboards_api.policy import PolicyCell, check_at_start
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from dashboards_api.registry import ClassRegistry
 from dashboards_api.releases import EventSource, ReleaseService, StoreEvents, WindowSource
-from dashboards_api.routes import classes, dashboard, health, ledger, live, metrics, queries
+from dashboards_api.routes import (
+    classes,
+    dashboard,
+    health,
+    ledger,
+    live,
+    metrics,
+    policy,
+    queries,
+)
 from dashboards_api.sensitivity import check_against_contracts
 from dashboards_api.settings import ApiSettings, KeyGrant, Role, grant_of
 from domains.contract import DomainContract
@@ -35,9 +47,9 @@ PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
 
 
-def problem_response(error: ApiError) -> JSONResponse:
+def problem_response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The problem response of ``error`` (with Retry-After when it says when to retry)."""
-    headers = {}
+    headers = dict(headers or {})
     if "retry_after_seconds" in error.extra:
         headers["Retry-After"] = str(error.extra["retry_after_seconds"])
     return JSONResponse(
@@ -92,13 +104,23 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(HttpError(exc.status_code, str(exc.detail)))
+        # The router's headers travel on: a 405 says which methods are allowed (Allow).
+        return problem_response(HttpError(exc.status_code, str(exc.detail)), exc.headers)
+
+    @app.middleware("http")
+    async def no_dot_segments(request: Request, call_next: Any) -> Any:
+        # "." and ".." path segments (also percent-encoded: the path is decoded here) would
+        # let one URL stand for another route's; no route has them, none is resolved.
+        if any(part in {".", ".."} for part in request.url.path.split("/")):
+            return problem_response(InvalidPath("the path has '.' or '..' segments"))
+        return await call_next(request)
 
     app.include_router(health.router)
     app.include_router(queries.router)
     app.include_router(ledger.router)
     app.include_router(metrics.router)
     app.include_router(classes.router)
+    app.include_router(policy.router)
     app.include_router(live.router)
     app.include_router(dashboard.router)
     return app
@@ -114,9 +136,13 @@ def build_service(
     partitions: int = 1,
     events: Mapping[str, EventSource] | None = None,
 ) -> ReleaseService:
-    """The release service from settings; refuses classes that do not fit their contracts."""
+    """The release service from settings; refuses classes that do not fit their contracts,
+    products without a daily total, and anything above the governance policy's caps."""
     classes = load_query_classes()
     check_against_contracts(classes, contracts)
+    budgets = load_product_budgets()
+    products = [f"{d}.{p.name}" for d, c in contracts.items() for p in c.products]
+    check_at_start(api.policy, classes, {k: b.budget_micro for k, b in budgets.items()}, products)
     return ReleaseService(
         classes=classes,
         contracts=contracts,
@@ -126,7 +152,8 @@ def build_service(
         grace_seconds=streams.grace_seconds,
         lookback_windows=api.release_lookback_windows,
         partitions=partitions,
-        product_budgets=load_product_budgets(),
+        product_budgets=budgets,
+        policy=PolicyCell(api.policy),
         history_windows=api.history_windows,
         events=dict(events or {}),
         events_settle_seconds=streams.grace_seconds + math.ceil(2 * streams.offline_flush_seconds),

@@ -16,6 +16,21 @@ dp.enable_features("contrib")
 CONFIDENCE = 0.95
 
 
+class NonFiniteAccuracy(ValueError):
+    """A mechanism whose scale gives no finite, non-negative accuracy (a scale so small or
+    so large that OpenDP's accuracy is -inf, inf or NaN): it must never release."""
+
+
+def finite_accuracy(half_width: float, what: str) -> float:
+    """``half_width`` when it is a finite non-negative accuracy, else NonFiniteAccuracy."""
+    if not math.isfinite(half_width) or half_width < 0:
+        raise NonFiniteAccuracy(
+            f"{what}: OpenDP gives the noise scale no finite accuracy ({half_width}); "
+            "lower epsilon_per_release"
+        )
+    return half_width
+
+
 @dataclass(frozen=True)
 class NoisyCount:
     """A released count and its two-sided 95% confidence half-width."""
@@ -76,8 +91,9 @@ class DiscreteLaplaceCount:
         self._measurement, self.scale = laplace_within(
             dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"), sensitivity, epsilon
         )
-        self.ci95_half_width = float(
-            dp.discrete_laplacian_scale_to_accuracy(self.scale, 1 - CONFIDENCE)
+        self.ci95_half_width = finite_accuracy(
+            float(dp.discrete_laplacian_scale_to_accuracy(self.scale, 1 - CONFIDENCE)),
+            f"discrete Laplace at epsilon {epsilon}, sensitivity {sensitivity}",
         )
 
     def release(self, exact: int) -> NoisyCount:

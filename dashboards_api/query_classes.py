@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -12,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dashboards_api.budget import to_micro
 from dashboards_api.errors import InvalidQueryClasses
+from domains.contract import DataProduct
 
 CLASSES_DIR = Path(__file__).with_name("query_classes")
 
@@ -24,6 +27,22 @@ Aggregate = Literal[
 WINDOW_AGGREGATES = frozenset({"count_distinct_subjects", "count_records", "bounded_sum"})
 MEASURED = frozenset({"bounded_sum", "mean", "quantile"})
 EVENT_WINDOWS = {"1m": 60, "1h": 3_600, "1d": 86_400}
+
+# Hard limits checked at the edge, whatever the governance policy says (the policy may only
+# be tighter): every epsilon is a decimal with at most 6 places (integer micro-epsilon in the
+# ledger), one release at most MAX_EPSILON_PER_RELEASE (above it OpenDP's discrete Laplace
+# has no finite accuracy at sensitivity 1), a daily budget at most MAX_BUDGET_PER_DAY (its
+# micro-epsilon fits the ledger's 64-bit columns with room for a day's sums).
+MAX_EPSILON_PER_RELEASE = Decimal(100)
+MAX_BUDGET_PER_DAY = Decimal(1_000_000)
+EpsilonPerRelease = Annotated[
+    Decimal, Field(gt=0, le=MAX_EPSILON_PER_RELEASE, decimal_places=6, allow_inf_nan=False)
+]
+BudgetPerDay = Annotated[
+    Decimal, Field(gt=0, le=MAX_BUDGET_PER_DAY, decimal_places=6, allow_inf_nan=False)
+]
+# Fields that do not shape a released answer (left out of a class's definition hash).
+_NOT_SHAPING = frozenset({"title", "budget_per_day"})
 
 
 class QueryClass(BaseModel):
@@ -90,8 +109,33 @@ class QueryClass(BaseModel):
         description="Released values (or group counts) below this noisy count are withheld.",
     )
     mechanism: Literal["discrete_laplace", "exponential"] | None = None
-    epsilon_per_release: Decimal
-    budget_per_day: Decimal
+    epsilon_per_release: EpsilonPerRelease = Field(
+        description="Privacy loss of one release (a continual class: of its whole horizon)."
+    )
+    budget_per_day: BudgetPerDay = Field(
+        description="The most the class may spend in one UTC day (micro-epsilon exact)."
+    )
+
+    def definition_hash(self, product: DataProduct | None = None) -> str:
+        """A short hash of everything that shapes this class's answer: aggregate, measure
+        (and the contract bounds and type it is clamped to), group-by, window, release,
+        horizon, bounds, suppression, mechanism, epsilon and privacy unit. Answers are
+        reused only under the same hash, so a redefinition never serves an older value."""
+        shape = self.model_dump(mode="json", exclude=set(_NOT_SHAPING))
+        shape["mechanism"] = self.noise
+        shape["epsilon_per_release"] = to_micro(self.epsilon_per_release)
+        if product is not None:
+            for role in ("measure", "group_by"):
+                name = shape.get(role)
+                spec = product.field(name) if name else None
+                if spec is not None:
+                    shape[f"{role}_contract"] = {
+                        "type": spec.type.value,
+                        "bounds": None if spec.bounds is None else spec.bounds.model_dump(),
+                        "allowed_values": spec.allowed_values,
+                    }
+        text = json.dumps(shape, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def source(self) -> Literal["windows", "events"]:
@@ -112,6 +156,11 @@ class QueryClass(BaseModel):
     @model_validator(mode="after")
     def _shape_fits(self) -> Self:
         name = f"class {self.id!r}"
+        if not self.id.startswith(f"{self.domain}."):
+            raise ValueError(
+                f"{name}: a class id starts with its domain's name and a dot "
+                f"({self.domain}.<product>.<name>)"
+            )
         if self.aggregate in MEASURED and self.measure is None:
             raise ValueError(f"{name}: a {self.aggregate} needs a 'measure' field")
         if self.aggregate not in MEASURED and self.measure is not None:
@@ -198,7 +247,7 @@ class ProductBudget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    budget_per_day: Decimal
+    budget_per_day: BudgetPerDay
 
     @property
     def budget_micro(self) -> int:

@@ -4,8 +4,11 @@ Classes declared in ``query_classes/*.yaml`` are the base. A domain owner may ad
 replace or withdraw classes of its own domains; each change is appended to the
 ledger database's ``class_versions`` table (who, when, the full definition), so the
 history is auditable and every replica converges on the newest version within
-``registry_sync_seconds``. A change is checked against the contracts and the data
-product's total budget before it is stored.
+``registry_sync_seconds``. A change is checked against the contracts, the governance
+policy (``policy.py``: caps on epsilon and budgets, also reloaded here), the data
+product's total budget and the mechanism's accuracy before it is stored. A class id
+starts with its domain's name and stays with that domain for good: its ledger history
+is never attached to another owner, even after a withdrawal.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import time
 
 from pydantic import ValidationError
 
+from dashboards_api.budget import from_micro
 from dashboards_api.errors import Forbidden, InvalidParameters, InvalidQueryClasses
-from dashboards_api.ledger import ClassVersion, Ledger
+from dashboards_api.ledger import ClassVersion, Ledger, PolicyVersion
+from dashboards_api.policy import GovernancePolicy
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
 from dashboards_api.sensitivity import check_class
@@ -34,6 +39,7 @@ class ClassRegistry:
         self.ledger: Ledger = service.ledger
         self.sync_seconds = sync_seconds
         self._seq = 0
+        self._policy_seq = 0
         self._synced = 0.0
         self._lock = threading.Lock()
         self.sync()
@@ -49,24 +55,29 @@ class ClassRegistry:
             for version in self.ledger.class_versions(after=self._seq):
                 self._apply(version)
                 self._seq = version.seq
+            for policy in self.ledger.policy_versions(after=self._policy_seq):
+                self._apply_policy(policy)
+                self._policy_seq = policy.seq
             self._synced = time.monotonic()
 
     def put(self, qc: QueryClass, domains: frozenset[str] | None, changed_by: str) -> None:
         """Add or replace ``qc`` (``domains``: those the caller owns; None: any)."""
         self._check_owner(qc.domain, domains)
-        current = self.service.classes.get(qc.id)
-        if current is not None and current.domain != qc.domain:
-            raise Forbidden(f"class {qc.id!r} belongs to domain {current.domain!r}")
+        self._check_id_owner(qc.id, qc.domain)
         try:
             check_class(qc, self.service.contracts)
         except InvalidQueryClasses as exc:
             raise InvalidParameters(str(exc)) from exc
-        total = self.service.product_budgets.get(f"{qc.domain}.{qc.product}")
-        if total is not None and qc.budget_micro > total.budget_micro:
+        self.service.check_policy(qc)
+        total = self.service.product_total(qc.domain, qc.product)
+        if total is not None and qc.budget_micro > total:
             raise InvalidParameters(
                 f"budget_per_day {qc.budget_per_day} exceeds the total of "
-                f"{qc.domain}.{qc.product} ({total.budget_per_day} a day)"
+                f"{qc.domain}.{qc.product} ({from_micro(total)})",
+                limit="product_budget_per_day",
+                limit_value=from_micro(total),
             )
+        self.service.check_mechanism(qc)
         self.ledger.save_class_version(
             qc.id, qc.domain, qc.model_dump_json(exclude_none=True), True, changed_by
         )
@@ -79,12 +90,46 @@ class ClassRegistry:
         self.ledger.save_class_version(class_id, qc.domain, "", False, changed_by)
         self.sync()
 
+    def put_policy(self, policy: GovernancePolicy, changed_by: str) -> int:
+        """Store a new governance policy version (governance role); applies everywhere
+        within ``registry_sync_seconds``. Product totals declared in the class files must
+        fit it: a policy below one is refused."""
+        for key, total in self.service.product_budgets.items():
+            policy.check_product_total(key, total.budget_micro)
+        seq = self.ledger.save_policy(policy.model_dump_json(), changed_by)
+        self.sync()
+        return seq
+
     def versions(self, class_id: str) -> list[ClassVersion]:
         """Every run-time change of ``class_id``, oldest first."""
         return self.ledger.class_versions(class_id=class_id)
 
     def _apply(self, version: ClassVersion) -> None:
         apply_version(self.service.classes, version, self.service.contracts)
+
+    def _apply_policy(self, version: PolicyVersion) -> None:
+        try:
+            policy = GovernancePolicy.model_validate_json(version.definition)
+        except ValidationError as exc:
+            log.error("policy version %s not applied: %s", version.seq, exc)
+            return
+        self.service.policy.replace(policy, version.seq)
+
+    def _check_id_owner(self, class_id: str, domain: str) -> None:
+        """A class id belongs to the domain that first used it, withdrawn or not."""
+        current = self.service.classes.get(class_id)
+        owners = {v.domain for v in self.ledger.class_versions(class_id=class_id)}
+        owners |= {
+            e.product.partition(".")[0] for e in self.ledger.entries(limit=1, class_id=class_id)
+        }
+        if current is not None:
+            owners.add(current.domain)
+        owners.discard("")
+        if owners - {domain}:
+            raise Forbidden(
+                f"class id {class_id!r} belongs to domain {sorted(owners)[0]!r} (its ledger "
+                "history stays with it); choose another id"
+            )
 
     @staticmethod
     def _check_owner(domain: str, domains: frozenset[str] | None) -> None:

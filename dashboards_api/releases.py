@@ -12,20 +12,23 @@ from typing import Any, Protocol, overload
 
 import polars as pl
 
-from dashboards_api.budget import from_micro
+from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.continual import BinaryTreeCounter
 from dashboards_api.errors import (
     BudgetExhausted,
     HorizonChanged,
     InvalidParameters,
+    MechanismRefused,
     NoDataYet,
+    PolicyLimitExceeded,
     UnknownQueryClass,
     WindowNotFound,
 )
-from dashboards_api.event_aggregates import EventQuery, exact_plan, scan_events
+from dashboards_api.event_aggregates import EventQuery, exact_plan, mechanisms_for, scan_events
 from dashboards_api.event_aggregates import release as release_events
 from dashboards_api.ledger import Commit, Ledger, period_of
-from dashboards_api.mechanisms import discrete_laplace_count
+from dashboards_api.mechanisms import NonFiniteAccuracy, discrete_laplace_count
+from dashboards_api.policy import PolicyCell
 from dashboards_api.query_classes import EVENT_WINDOWS, ProductBudget, QueryClass
 from dashboards_api.sensitivity import sensitivity
 from domains.contract import DataProduct, DomainContract
@@ -87,6 +90,8 @@ class ReleaseService:
     # Event-level windows are released once their events are surely in the offline store:
     # grace plus two offline flushes of the processor.
     events_settle_seconds: int = 70
+    # The governance policy in force (the class registry reloads it from the ledger).
+    policy: PolicyCell = field(default_factory=PolicyCell)
 
     def __post_init__(self) -> None:
         # Own the dict: domain owners' changes must not leak into a caller's (cached) one.
@@ -107,12 +112,29 @@ class ReleaseService:
     def budget(self, qc: QueryClass) -> dict[str, Any]:
         """Budget state of ``qc`` in the current period."""
         period = self.period()
-        return budget_view(qc, period, self.ledger.spent(qc.id, period))
+        return budget_view(qc, period, self.ledger.spent(qc.id, period), self.class_budget(qc))
+
+    def class_budget(self, qc: QueryClass) -> int:
+        """``qc``'s daily budget in micro-epsilon, capped by the governance policy."""
+        return min(qc.budget_micro, self.policy.current.max_class_micro)
+
+    def product_total(self, domain: str, product: str) -> int | None:
+        """A data product's daily total in micro-epsilon: the declared one, else the
+        policy's default, capped by the policy (None: neither declares one)."""
+        policy = self.policy.current
+        declared = self.product_budgets.get(f"{domain}.{product}")
+        if declared is not None:
+            total = declared.budget_micro
+        elif policy.default_product_budget_per_day is not None:
+            total = to_micro(policy.default_product_budget_per_day)
+        else:
+            return None
+        return min(total, policy.max_product_micro)
 
     def product_budget(self, domain: str, product: str) -> dict[str, Any] | None:
         """Total budget state of a data product in the current period (None: no total)."""
         key = f"{domain}.{product}"
-        total = self.product_budgets.get(key)
+        total = self.product_total(domain, product)
         if total is None:
             return None
         period = self.period()
@@ -121,9 +143,42 @@ class ReleaseService:
             "product": key,
             "period": period,
             "epsilon_spent": from_micro(spent),
-            "epsilon_remaining": from_micro(total.budget_micro - spent),
-            "epsilon_budget": from_micro(total.budget_micro),
+            "epsilon_remaining": from_micro(max(total - spent, 0)),
+            "epsilon_budget": from_micro(total),
         }
+
+    def definition(self, qc: QueryClass) -> str:
+        """The hash of everything that shapes ``qc``'s answers (its contract included)."""
+        contract = self.contracts.get(qc.domain)
+        return qc.definition_hash(None if contract is None else contract.product(qc.product))
+
+    def ledger_key(self, qc: QueryClass, data_version: str) -> str:
+        """The ledger's key of a release: the data version and the class definition, so an
+        answer is reused only for the very definition that produced it."""
+        return f"{data_version}{DEFINITION_SEPARATOR}{self.definition(qc)}"
+
+    def check_policy(self, qc: QueryClass) -> None:
+        """Refuse ``qc`` when the governance policy in force caps it below its cost, or its
+        product has no daily total (nothing is drawn or committed)."""
+        self.policy.current.check_class(qc)
+        if self.product_total(qc.domain, qc.product) is None:
+            raise PolicyLimitExceeded(
+                f"data product {qc.domain}.{qc.product} has no daily total; declare one under "
+                "'products:' or set the policy's default_product_budget_per_day",
+                limit="default_product_budget_per_day",
+                limit_value=None,
+            )
+
+    def check_mechanism(self, qc: QueryClass) -> None:
+        """Refuse ``qc`` when its mechanism has no finite accuracy at its epsilon (built as a
+        release would build it; a window class at the smallest sensitivity, 1)."""
+        try:
+            if qc.source == "events":
+                mechanisms_for(event_query(qc, self.product_of(qc)))
+            else:
+                discrete_laplace_count(qc.epsilon_per_release, 1)
+        except NonFiniteAccuracy as exc:
+            raise MechanismRefused(f"class {qc.id!r}: {exc}") from exc
 
     def last_closed(self) -> int:
         """Start (epoch s) of the newest stream window past its grace period."""
@@ -160,11 +215,12 @@ class ReleaseService:
         qc = self.query_class(class_id)
         if window_start is not None:
             self._check_window(qc, window_start)
-        hit = self.ledger.find(qc.id, self.data_version(qc, window_start))
+        hit = self.ledger.find(qc.id, self.ledger_key(qc, self.data_version(qc, window_start)))
         if hit is None:
             return None
         period = self.period()
-        return response_of(qc, Commit(hit, True, self.ledger.spent(qc.id, period)), period)
+        spent = self.ledger.spent(qc.id, period)
+        return response_of(qc, Commit(hit, True, spent), period, self.class_budget(qc))
 
     def release(self, class_id: str, window_start: int | None = None) -> dict[str, Any]:
         """The DP answer of ``class_id`` for ``window_start`` (default: the last closed)."""
@@ -178,6 +234,13 @@ class ReleaseService:
         qc = self.query_class(class_id)
         if window_start is not None:
             self._check_window(qc, window_start)
+        self.check_policy(qc)
+        try:
+            return self._release_fresh(qc, window_start)
+        except NonFiniteAccuracy as exc:  # raised before anything is committed
+            raise MechanismRefused(f"class {qc.id!r}: {exc}") from exc
+
+    def _release_fresh(self, qc: QueryClass, window_start: int | None) -> dict[str, Any]:
         if qc.source == "events":
             return self._release_events(qc, window_start)
         if qc.release == "continual":
@@ -298,10 +361,14 @@ class ReleaseService:
             "horizon_windows": qc.horizon_windows,
             "epsilon": from_micro(qc.cost_micro),
         }
-        self._commit(qc, f"horizon:{horizon}", paid)  # reused when already paid for
+        payment = self._commit(qc, f"horizon:{horizon}", paid)  # reused when already paid for
         try:
             counter = BinaryTreeCounter(
-                qc.horizon_windows, qc.epsilon_per_release, sens, self.ledger, f"{qc.id}|{horizon}"
+                qc.horizon_windows,
+                qc.epsilon_per_release,
+                sens,
+                self.ledger,
+                f"{qc.id}|{horizon}|{self.definition(qc)}",
             )
         except ValueError as exc:
             raise HorizonChanged(
@@ -318,6 +385,15 @@ class ReleaseService:
             "suppress_below": None,
             "window": {"start": _iso(horizon), "end": _iso(end + self.window_seconds)},
             "running_total": {"t": t, **paid, "tree_nodes": noisy.nodes},
+            # This total is post-processing of the horizon's tree, paid for once at the
+            # horizon's first total: it draws on the horizon's epsilon, t of its
+            # horizon_windows totals released so far.
+            "horizon_epsilon": {
+                "epsilon": from_micro(qc.cost_micro),
+                "paid_by_ledger_entry": payment["ledger_entry"],
+                "totals_released": t,
+                "share_drawn": t / qc.horizon_windows,
+            },
             "mechanism": "binary_tree_discrete_laplace",
             "privacy_unit": qc.privacy_unit,
             "sensitivity": sens,
@@ -327,17 +403,19 @@ class ReleaseService:
         }
         product = f"{qc.domain}.{qc.product}"
         period = self.period()
+        check_finite(qc, answer)
+        budget = self.class_budget(qc)
         commit = self.ledger.commit_release(
-            qc.id, period, version, 0, qc.budget_micro, answer, product=product
+            qc.id, period, self.ledger_key(qc, version), 0, budget, answer, product=product
         )
-        return response_of(qc, commit, period)
+        return response_of(qc, commit, period, budget)
 
     def history(self, class_id: str, limit: int) -> list[dict[str, Any]]:
         """Released answers of ``class_id``, oldest first (reading them spends nothing)."""
         qc = self.query_class(class_id)
         entries = self.ledger.entries(limit=limit, class_id=qc.id)
         return [
-            {**e.answer, "data_version": e.data_version, "ledger_entry": e.id}
+            {**e.answer, **split_version(e.data_version), "ledger_entry": e.id}
             for e in reversed(entries)
             if "value" in e.answer  # a continual horizon's payment is not a release
         ]
@@ -363,21 +441,23 @@ class ReleaseService:
 
     def _commit(self, qc: QueryClass, data_version: str, answer: dict[str, Any]) -> dict[str, Any]:
         product = f"{qc.domain}.{qc.product}"
-        total = self.product_budgets.get(product)
+        total = self.product_total(qc.domain, qc.product)
+        budget = self.class_budget(qc)
         period = self.period()
+        check_finite(qc, answer)
         try:
             commit = self.ledger.commit_release(
                 qc.id,
                 period,
-                data_version,
+                self.ledger_key(qc, data_version),
                 qc.cost_micro,
-                qc.budget_micro,
+                budget,
                 answer,
                 product=product,
-                product_budget_micro=None if total is None else total.budget_micro,
+                product_budget_micro=total,
             )
         except BudgetExhausted as exc:
-            view = budget_view(qc, period, int(exc.extra.get("spent_micro", 0)))
+            view = budget_view(qc, period, int(exc.extra.get("spent_micro", 0)), budget)
             resets = datetime.fromisoformat(view["resets_at"]).timestamp()
             exc.extra.update(
                 budget=view,
@@ -386,7 +466,7 @@ class ReleaseService:
                 retry_after_seconds=max(1, math.ceil(resets - self.clock())),
             )
             raise
-        return response_of(qc, commit, period)
+        return response_of(qc, commit, period, budget)
 
     def product_of(self, qc: QueryClass) -> DataProduct:
         """The contract of ``qc``'s data product (checked when the service was built)."""
@@ -457,30 +537,59 @@ def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:
     return round(float(row[sum_feature(qc.measure)] or 0.0))
 
 
-def response_of(qc: QueryClass, commit: Commit, period: str | None = None) -> dict[str, Any]:
+DEFINITION_SEPARATOR = "|def="
+
+
+def split_version(key: str) -> dict[str, str | None]:
+    """A ledger key as ``data_version`` and ``definition`` (None: an entry made before
+    answers were keyed on their class definition)."""
+    version, _, definition = key.partition(DEFINITION_SEPARATOR)
+    return {"data_version": version, "definition": definition or None}
+
+
+def check_finite(qc: QueryClass, answer: dict[str, Any]) -> None:
+    """Refuse (before the commit) an answer whose interval is not finite."""
+    intervals = [answer.get("ci95")] + [g.get("ci95") for g in answer.get("groups") or []]
+    widths = [w for ci in intervals if ci is not None for w in ci]
+    if answer.get("rank_ci95_half_width") is not None:
+        widths.append(answer["rank_ci95_half_width"])
+    if not all(isinstance(w, int | float) and math.isfinite(w) for w in widths):
+        raise MechanismRefused(
+            f"class {qc.id!r}: the release has no finite 95% interval; lower epsilon_per_release"
+        )
+
+
+def response_of(
+    qc: QueryClass, commit: Commit, period: str | None = None, budget_micro: int | None = None
+) -> dict[str, Any]:
     """The HTTP body of a committed (or reused) release; ``commit.spent_micro`` is the
-    class's spend in ``period`` (default: the entry's own period)."""
+    class's spend in ``period`` (default: the entry's own period) of ``budget_micro``
+    (default: the class's declared budget)."""
     entry = commit.entry
     return {
         "class_id": qc.id,
         "aggregate": qc.aggregate,
         **entry.answer,
-        "data_version": entry.data_version,
+        **split_version(entry.data_version),
         "reused": commit.reused,
         "epsilon_charged": "0" if commit.reused else str(from_micro(entry.cost_micro)),
         "ledger_entry": entry.id,
-        "budget": budget_view(qc, period or entry.period, commit.spent_micro),
+        "budget": budget_view(qc, period or entry.period, commit.spent_micro, budget_micro),
     }
 
 
-def budget_view(qc: QueryClass, period: str, spent_micro: int) -> dict[str, Any]:
-    """Spent, remaining and reset time of ``qc``'s budget in ``period``."""
+def budget_view(
+    qc: QueryClass, period: str, spent_micro: int, budget_micro: int | None = None
+) -> dict[str, Any]:
+    """Spent, remaining and reset time of ``qc``'s budget (``budget_micro``, default its
+    declared one) in ``period``."""
+    budget = qc.budget_micro if budget_micro is None else budget_micro
     resets = datetime.fromisoformat(period).replace(tzinfo=UTC) + timedelta(days=1)
     return {
         "period": period,
         "epsilon_spent": str(from_micro(spent_micro)),
-        "epsilon_remaining": str(from_micro(qc.budget_micro - spent_micro)),
-        "epsilon_budget": str(from_micro(qc.budget_micro)),
+        "epsilon_remaining": str(from_micro(max(budget - spent_micro, 0))),
+        "epsilon_budget": str(from_micro(budget)),
         "resets_at": resets.isoformat(),
     }
 

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dashboards_api.policy import GovernancePolicy
+
 Role = Literal["consumer", "domain_owner", "governance"]
 
 
@@ -58,6 +60,13 @@ class ApiSettings(BaseSettings):
     )
     live_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
         default=15.0, description="Idle time after which the live stream sends a comment line."
+    )
+    policy: GovernancePolicy = Field(
+        default_factory=GovernancePolicy,
+        description=(
+            "The governance policy until the governance role stores one (JSON: caps on "
+            "epsilon per release, per class and per product per day, default product total)."
+        ),
     )
 
 

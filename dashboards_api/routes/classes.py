@@ -10,6 +10,7 @@ from dashboards_api.deps import Caller, CallerDep, ServiceDep, require
 from dashboards_api.errors import InvalidParameters
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.registry import ClassRegistry
+from dashboards_api.routes.problems import problems
 from dashboards_api.routes.queries import CLASS_ID, describe
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
@@ -31,7 +32,11 @@ def _owned(caller: Caller) -> frozenset[str] | None:
     return caller.domains if caller.authenticated else None
 
 
-@router.put("/{class_id}", dependencies=[OWNER])  # type: ignore[list-item]
+@router.put(
+    "/{class_id}",
+    dependencies=[OWNER],  # type: ignore[list-item]
+    responses=problems(400, 401, 403, 422),
+)
 def put_class(
     request: Request,
     service: ServiceDep,
@@ -46,7 +51,11 @@ def put_class(
     return describe(service, service.query_class(class_id))
 
 
-@router.delete("/{class_id}", dependencies=[OWNER])  # type: ignore[list-item]
+@router.delete(
+    "/{class_id}",
+    dependencies=[OWNER],  # type: ignore[list-item]
+    responses=problems(400, 401, 403, 404, 422),
+)
 def withdraw_class(request: Request, caller: CallerDep, class_id: str = CLASS_ID) -> dict[str, Any]:
     """Stop serving a class of a domain the caller owns; its ledger entries remain."""
     _registry(request).withdraw(class_id, _owned(caller), _who(caller))
@@ -56,6 +65,7 @@ def withdraw_class(request: Request, caller: CallerDep, class_id: str = CLASS_ID
 @router.get(
     "/{class_id}/versions",
     dependencies=[require("domain_owner", "governance")],  # type: ignore[list-item]
+    responses=problems(400, 401, 403, 422),
 )
 def class_versions(request: Request, class_id: str = CLASS_ID) -> dict[str, Any]:
     """Every run-time change of a class: who, when, and the definition."""

@@ -8,11 +8,16 @@ from fastapi import APIRouter, Query
 
 from dashboards_api.budget import from_micro
 from dashboards_api.deps import LedgerDep, require
+from dashboards_api.routes.problems import problems
 
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
 
 
-@router.get("", dependencies=[require("governance", "domain_owner")])  # type: ignore[list-item]
+@router.get(
+    "",
+    dependencies=[require("governance", "domain_owner")],  # type: ignore[list-item]
+    responses=problems(401, 403, 422),
+)
 def entries(
     ledger: LedgerDep,
     limit: int = Query(100, ge=1, le=1000),

@@ -29,6 +29,7 @@ from dashboards_api.errors import (
 )
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
+from dashboards_api.routes.problems import problems
 from dashboards_api.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/live", tags=["live"])
@@ -87,7 +88,7 @@ class LiveStream:
     "",
     dependencies=[require("consumer", "domain_owner", "governance")],  # type: ignore[list-item]
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 403, 404, 422)},
 )
 async def live(
     request: Request,
@@ -95,7 +96,7 @@ async def live(
     classes: str | None = Query(
         None,
         max_length=4000,
-        pattern=r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(,[A-Za-z0-9][A-Za-z0-9_.\-]*)*$",
         description="Comma-separated class ids (default: every class).",
     ),
 ) -> StreamingResponse:

@@ -7,11 +7,16 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dashboards_api.deps import require
+from dashboards_api.routes.problems import problems
 
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", dependencies=[require("governance")])  # type: ignore[list-item]
+@router.get(
+    "/metrics",
+    dependencies=[require("governance")],  # type: ignore[list-item]
+    responses=problems(401, 403),
+)
 def metrics(request: Request) -> Response:
     """Request counters, latency histograms and budget gauges; no data values."""
     return Response(

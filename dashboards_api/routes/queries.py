@@ -12,10 +12,12 @@ from dashboards_api.budget import from_micro
 from dashboards_api.deps import ServiceDep, require
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
+from dashboards_api.routes.problems import problems
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 ANY_ROLE = require("consumer", "domain_owner", "governance")
-CLASS_ID = Path(max_length=96, pattern=r"^[A-Za-z0-9_.\-]+$")
+# A class id never starts with a dot, so "." and ".." cannot stand for one.
+CLASS_ID = Path(max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def describe(service: ReleaseService, qc: QueryClass) -> dict[str, Any]:
@@ -39,13 +41,17 @@ def describe(service: ReleaseService, qc: QueryClass) -> dict[str, Any]:
     }
 
 
-@router.get("", dependencies=[ANY_ROLE])  # type: ignore[list-item]
+@router.get("", dependencies=[ANY_ROLE], responses=problems(401, 403))  # type: ignore[list-item]
 def list_classes(service: ServiceDep) -> dict[str, Any]:
     """Every registered query class with its cost and budget state."""
     return {"classes": [describe(service, qc) for qc in list(service.classes.values())]}
 
 
-@router.get("/{class_id}", dependencies=[ANY_ROLE])  # type: ignore[list-item]
+@router.get(
+    "/{class_id}",
+    dependencies=[ANY_ROLE],  # type: ignore[list-item]
+    responses=problems(400, 401, 403, 404, 409, 422, 429, 503),
+)
 async def release(
     service: ServiceDep,
     class_id: str = CLASS_ID,
@@ -67,7 +73,11 @@ async def release(
     return JSONResponse(body)
 
 
-@router.get("/{class_id}/history", dependencies=[ANY_ROLE])  # type: ignore[list-item]
+@router.get(
+    "/{class_id}/history",
+    dependencies=[ANY_ROLE],  # type: ignore[list-item]
+    responses=problems(400, 401, 403, 404, 422),
+)
 def history(
     service: ServiceDep,
     class_id: str = CLASS_ID,
