@@ -44,6 +44,7 @@ WRONG_TYPE = "wrong_type"
 UNKNOWN_PURPOSE = "unknown_purpose"
 INVALID_STATUS = "invalid_status"
 INVALID_TIMESTAMP = "invalid_timestamp"
+INVALID_VALUE = "invalid_value"
 FUTURE_TIMESTAMP = "future_timestamp"
 # Why an accepted event was not processed (counted, never sent anywhere).
 CONSENT_MISSING = "consent_missing"
@@ -115,14 +116,18 @@ def parse_consent(
         raise MalformedConsent(TOO_LARGE, f"record is {len(raw)} bytes; limit {MAX_RECORD_BYTES}")
     try:
         payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge ints, nesting
         raise MalformedConsent(MALFORMED_JSON, f"not UTF-8 JSON: {type(exc).__name__}") from None
     if not isinstance(payload, dict):
         raise MalformedConsent(NOT_AN_OBJECT, "a consent record is a JSON object")
-    unknown = sorted(k for k in payload if k not in _FIELDS)
+    unknown = sum(1 for k in payload if k not in _FIELDS)
     if unknown:
-        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
-        raise MalformedConsent(UNKNOWN_FIELD, f"fields not in a consent record: {shown}")
+        # Counted, never named: a field's name can be a person's name or number.
+        raise MalformedConsent(
+            UNKNOWN_FIELD,
+            f"{unknown} field(s) not in a consent record (names withheld); "
+            f"allowed: {', '.join(sorted(_FIELDS))}",
+        )
     missing = sorted(_FIELDS - set(payload))
     if missing:
         raise MalformedConsent(MISSING_FIELD, f"missing field(s): {', '.join(missing)}")
@@ -131,6 +136,11 @@ def parse_consent(
         raise MalformedConsent(WRONG_TYPE, "field 'subject' must be a non-empty string")
     if len(subject) > MAX_SUBJECT_CHARS:
         raise MalformedConsent(WRONG_TYPE, f"field 'subject' is over {MAX_SUBJECT_CHARS} chars")
+    if not _encodable(subject):
+        raise MalformedConsent(
+            INVALID_VALUE,
+            "field 'subject' holds NUL or text UTF-8 cannot encode (a lone surrogate)",
+        )
     if not isinstance(purpose, str) or purpose not in purposes:
         known = ", ".join(sorted(purposes))
         raise MalformedConsent(
@@ -162,7 +172,21 @@ def _timestamp(value: object) -> float:
         raise MalformedConsent(INVALID_TIMESTAMP, "field 'timestamp' is not ISO 8601") from None
     if parsed.tzinfo is None:
         raise MalformedConsent(INVALID_TIMESTAMP, "field 'timestamp' has no UTC offset")
-    return parsed.timestamp()
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError):  # the year 1 with a positive offset
+        raise MalformedConsent(INVALID_TIMESTAMP, "field 'timestamp' is out of range") from None
+
+
+def _encodable(text: str) -> bool:
+    """True when ``text`` has no NUL and UTF-8 can encode it (no lone surrogate)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Change(StrEnum):

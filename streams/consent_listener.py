@@ -18,6 +18,10 @@ Side effects are done once per decision, remembered across restarts:
   ``erasures/<domain>.jsonl``; a restarted worker skips the ids recorded there;
 * a malformed record goes to ``<domain>.consent.dlq`` with a reason header; the records
   dead-lettered are listed (by digest) in ``consent/<domain>-dead-lettered.jsonl``.
+
+Each record is untrusted: whatever fails while one is applied (a bug included) dead-letters
+that record (``processing_error``) and the loop goes on; an erasure whose store write
+fails is retried with the next batch. Nothing a record holds is logged.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from streams.topics import (
 log = logging.getLogger("privmesh.streams")
 
 MARKER_PREFIX = b"privmesh-sync/"
+PROCESSING_ERROR = "processing_error"
 REREAD_SECONDS = 30.0
 WITHDRAWAL_BY = "consent-withdrawal"
 
@@ -91,6 +96,7 @@ class ConsentListener:
         self._dead_lettered = {str(r["digest"]) for r in read_jsonl(self._dlq_log)}
         self._marker = MARKER_PREFIX + uuid.uuid4().hex.encode()
         self._seen: set[int] = set()  # (partition, offset, timestamp) of records applied
+        self._retry: list[ConsentRecord] = []  # withdrawals whose erasure failed
 
     async def run(self) -> None:
         """Catch up, then listen until cancelled."""
@@ -150,13 +156,39 @@ class ConsentListener:
                 if position in seen:
                     continue
                 seen.add(position)
-                withdrawn = await self._apply(record)
+                withdrawn = await self._apply_guarded(record)
                 if withdrawn is not None:
                     withdrawals.append(withdrawn)
                 if n % 1000 == 0:
                     await asyncio.sleep(0)  # let the ingest loop run between chunks
+        withdrawals, self._retry = self._retry + withdrawals, []
         if withdrawals:
-            await self._erase(withdrawals)
+            try:
+                await self._erase(withdrawals)
+            except Exception as exc:  # a store hiccup: retried with the next batch
+                self._retry = withdrawals
+                self.counters["erasure_failures"] += 1
+                log.error(
+                    "%s: withdrawal erasure failed (%s); retrying with the next batch",
+                    self.domain,
+                    type(exc).__name__,
+                )
+
+    async def _apply_guarded(self, record: ConsumerRecord) -> ConsentRecord | None:
+        """``_apply``; a record that fails in any way is dead-lettered, never raised."""
+        try:
+            return await self._apply(record)
+        except Exception as exc:
+            self.counters["processing_errors"] += 1
+            # The exception's type only: its message could quote the record.
+            log.error(
+                "%s: a consent record could not be applied (%s)", self.domain, type(exc).__name__
+            )
+            key = record.key if isinstance(record.key, bytes) else None
+            value = record.value if isinstance(record.value, bytes) else None
+            failure = MalformedConsent(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
+            await self._dead_letter(record, key, value, failure)
+            return None
 
     async def _apply(self, record: ConsumerRecord) -> ConsentRecord | None:
         key: bytes | None = record.key
@@ -206,7 +238,17 @@ class ConsentListener:
                 by_purpose.setdefault(record.purpose, []).append((erasure_id, record))
         for purpose, pending in by_purpose.items():
             products = [p for p in self.contract.products if p.purpose == purpose]
-            per_record = [(eid, self._tokens_of(r.subject, products)) for eid, r in pending]
+            per_record = []
+            for eid, r in pending:
+                try:
+                    per_record.append((eid, self._tokens_of(r.subject, products)))
+                except Exception as exc:  # this record only; the others are erased
+                    self.counters["processing_errors"] += 1
+                    log.error(
+                        "%s: tokens of a withdrawn subject not derived (%s)",
+                        self.domain,
+                        type(exc).__name__,
+                    )
             tokens = set().union(*(t for _, t in per_record))
             if not tokens:
                 continue

@@ -39,8 +39,22 @@ TOKEN_PATTERN = re.compile(r"k[0-9]{1,3}\.[a-z2-7]{16,64}")
 MAX_TOKENS_PER_REQUEST = 10_000
 
 
+MAX_REQUEST_BYTES = 1_000_000
+
+# Reason codes of malformed erasure requests (``privmesh-reason`` on the erasures DLQ).
+MALFORMED_JSON = "malformed_json"
+TOO_LARGE = "too_large"
+MISSING_FIELD = "missing_field"
+INVALID_VALUE = "invalid_value"
+
+
 class MalformedErasureRequest(ValueError):
-    """An erasure request that is not ``{"tokens": [<token>, ...]}``."""
+    """An erasure request that is not ``{"tokens": [<token>, ...]}``; ``reason`` is a code."""
+
+    def __init__(self, detail: str, reason: str = INVALID_VALUE) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 def parse_erasure_request(raw: bytes | None) -> set[str]:
@@ -49,15 +63,17 @@ def parse_erasure_request(raw: bytes | None) -> set[str]:
     The error never echoes the payload: a request could carry a raw identifier sent by
     mistake, and the error is logged.
     """
+    if raw is not None and len(raw) > MAX_REQUEST_BYTES:
+        raise MalformedErasureRequest(f"request is over {MAX_REQUEST_BYTES} bytes", TOO_LARGE)
     try:
         request = json.loads(raw or b"")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise MalformedErasureRequest("not UTF-8 JSON") from None
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, huge ints, deep nesting
+        raise MalformedErasureRequest("not UTF-8 JSON", MALFORMED_JSON) from None
     tokens = request.get("tokens") if isinstance(request, dict) else None
     if not isinstance(tokens, list) or not tokens:
-        raise MalformedErasureRequest("needs a non-empty list 'tokens'")
+        raise MalformedErasureRequest("needs a non-empty list 'tokens'", MISSING_FIELD)
     if len(tokens) > MAX_TOKENS_PER_REQUEST:
-        raise MalformedErasureRequest(f"names more than {MAX_TOKENS_PER_REQUEST} tokens")
+        raise MalformedErasureRequest(f"names more than {MAX_TOKENS_PER_REQUEST} tokens", TOO_LARGE)
     if not all(isinstance(t, str) and TOKEN_PATTERN.fullmatch(t) for t in tokens):
         raise MalformedErasureRequest("'tokens' holds a value that is not a privmesh token")
     return set(tokens)

@@ -4,6 +4,10 @@ Not a consumer group: each worker holds the windows of its own partitions, so ea
 see each request. A worker reads ``<domain>.erasures`` and applies the requests sent
 after it started (older ones were applied by the workers running then, and the stores'
 rows were deleted by ``privmesh erase`` itself).
+
+Each request is untrusted: a malformed one, or one whose eviction fails, goes to
+``<domain>.erasures.dlq`` with a reason header (``processing_error`` for a failure) and
+the loop goes on; nothing a request holds is logged.
 """
 
 from __future__ import annotations
@@ -15,15 +19,23 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 
+from streams.batch_send import BatchSender, Output
 from streams.erasure import MalformedErasureRequest, parse_erasure_request
 from streams.reading import assign_from_beginning
 from streams.settings import KafkaSettings
-from streams.topics import erasures_topic
+from streams.topics import (
+    DETAIL_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    erasures_dlq_topic,
+    erasures_topic,
+)
 
 log = logging.getLogger("privmesh.streams")
 
 START_MARGIN_MS = 5_000  # requests this much older than the worker's start are still applied
 CHECK_SECONDS = 5.0  # how often the topic is read again from the beginning
+PROCESSING_ERROR = "processing_error"
 
 
 class ErasureListener:
@@ -34,14 +46,18 @@ class ErasureListener:
         domain: str,
         kafka: KafkaSettings,
         evict: Callable[[set[str]], Awaitable[object]],
+        sender: BatchSender | None = None,
     ) -> None:
         self.domain = domain
+        self._sender = sender
         self.topic = erasures_topic(domain)
         self.kafka = kafka
         self._evict = evict
         self.started_ms = int(time.time() * 1000)
         self.applied = 0
         self.malformed = 0
+        self.failed = 0
+        self.dead_lettered = 0
         self.rereads = 0
         self._seen: set[bytes] = set()  # digests of requests applied (re-reads are no-ops)
 
@@ -56,6 +72,8 @@ class ErasureListener:
             retry_backoff_ms=200,
         )
         await consumer.start()
+        if self._sender is not None:
+            await self._sender.start()
         try:
             # From the beginning, filtered by time: an end offset resolved after the start
             # could skip a request sent meanwhile (and Tansu's end offsets run short).
@@ -65,7 +83,8 @@ class ErasureListener:
                 batches = await consumer.getmany(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
-                        await self._apply(record.value, record.timestamp)
+                        source = f"{record.topic}/{record.partition}/{record.offset}"
+                        await self._apply(record.value, record.timestamp, record.key, source)
                 if time.monotonic() - checked >= CHECK_SECONDS:
                     checked = time.monotonic()
                     await self._reread(consumer)
@@ -86,7 +105,14 @@ class ErasureListener:
             await consumer.seek_to_beginning(*assignment)
             self.rereads += 1
 
-    async def _apply(self, raw: bytes | None, timestamp_ms: int) -> None:
+    async def _apply(
+        self,
+        raw: bytes | None,
+        timestamp_ms: int,
+        key: bytes | None = None,
+        source: str = "",
+    ) -> None:
+        """Apply one request; a malformed or failing one is dead-lettered, never raised."""
         if timestamp_ms < self.started_ms - START_MARGIN_MS:
             return
         digest = hashlib.sha256(raw or b"").digest()
@@ -95,9 +121,34 @@ class ErasureListener:
         try:
             tokens = parse_erasure_request(raw)
         except MalformedErasureRequest as exc:
+            self._seen.add(digest)
             self.malformed += 1
-            log.warning("%s: ignored a malformed erasure request: %s", self.domain, exc)
+            log.warning("%s: malformed erasure request (%s): %s", self.domain, exc.reason, exc)
+            await self._dead_letter(raw, key, exc.reason, exc.detail, source)
             return
-        await self._evict(tokens)
+        try:
+            await self._evict(tokens)
+        except Exception as exc:
+            self._seen.add(digest)
+            self.failed += 1
+            log.error("%s: erasure request not applied (%s)", self.domain, type(exc).__name__)
+            detail = f"internal error {type(exc).__name__}"
+            await self._dead_letter(raw, key, PROCESSING_ERROR, detail, source)
+            return
         self._seen.add(digest)
         self.applied += 1
+
+    async def _dead_letter(
+        self, raw: bytes | None, key: bytes | None, reason: str, detail: str, source: str
+    ) -> None:
+        if self._sender is None:
+            return
+        headers = [
+            (REASON_HEADER, reason.encode()),
+            (DETAIL_HEADER, detail.encode()),
+            (SOURCE_HEADER, source.encode()),
+        ]
+        await self._sender.deliver(
+            [Output(erasures_dlq_topic(self.domain), key, raw or b"", headers)]
+        )
+        self.dead_lettered += 1

@@ -123,7 +123,7 @@ def build_processor(
         KeyRingWatcher(tokeniser, keyring_path(data_dir)),
     )
     ingest.on_revoked_rows = pusher.stash
-    erasures = ErasureListener(contract.domain, kafka, pusher.evict)
+    erasures = ErasureListener(contract.domain, kafka, pusher.evict, sender)
     consent = ConsentListener(contract, kafka, index, domain_tokens, sender, pusher.evict, data_dir)
     ingest.consent_ready = consent.ready
     processor = Processor(app, pipelines, ingest, pusher, erasures, consent, tokeniser)

@@ -50,6 +50,11 @@ def erasures_topic(domain: str) -> str:
     return f"{domain}.erasures"
 
 
+def erasures_dlq_topic(domain: str) -> str:
+    """Malformed erasure requests, with the same reason headers as the products' DLQs."""
+    return f"{domain}.erasures.dlq"
+
+
 def consent_topic(domain: str) -> str:
     """The domain's consent records (raw subject, purpose, granted/withdrawn, time).
 
@@ -75,6 +80,7 @@ def domain_topics(contract: DomainContract) -> list[str]:
             for t in ProductTopics.of(contract.domain, product).all()
         ),
         erasures_topic(contract.domain),
+        erasures_dlq_topic(contract.domain),
         consent_topic(contract.domain),
         consent_dlq_topic(contract.domain),
     ]
