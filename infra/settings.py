@@ -53,6 +53,10 @@ class StackSettings(BaseSettings):
         description='Extra environment per component, as JSON such as {"worker-shop": '
         '{"PRIVMESH_STREAMS_BATCH_SIZE": "500"}}: one component\'s settings differ.',
     )
+    generator: bool = Field(
+        default=True,
+        description="Run the demo generator (false: the events come from elsewhere).",
+    )
     retention_every_seconds: Annotated[float, Field(ge=0, le=604_800)] = Field(
         default=3600.0,
         description="How often `up` runs the retention pass (0: never; `privmesh retention run`).",

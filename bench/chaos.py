@@ -1,0 +1,474 @@
+"""Faults and hostile input against a real local stack: what survives, what is lost.
+
+One ``privmesh up`` on free ports (domains ``shop`` and ``support``, no demo generator:
+the load comes from here so every accepted record is known). Under that load the run
+``kill -9``s in turn a worker, the API, the embedded broker and the launcher (then starts
+``privmesh up`` again, as an operator would), and measures for each fault the time until
+the mesh is whole again: every component running, the API answering DP queries, and each
+worker publishing events it had not published at the kill.
+
+Afterwards every record the broker acknowledged on an ingest topic is looked for: in the
+product topic (by its id field) or the dead-letter topic (by its source offset header);
+records neither there nor consent-dropped are lost. The products run are opt-out and no
+consent record is sent, so the consent-dropped share is zero by construction. The ledger
+must hold at most one entry per query class and data version (no answer paid twice).
+
+``python -m bench.chaos`` adds, measured in the same run: the same stack without faults
+(the baseline: records lost and time to the first answer), a corpus of hostile records
+(``bench.hostile``) sent to every topic a worker reads and how each ended, and the
+broker's resident memory under a compressed hour of demo-rate traffic. Writes
+``bench/results/chaos.json``; the last line printed is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from bench.common import free_port, percentile
+
+RESULTS = Path(__file__).with_name("results") / "chaos.json"
+DOMAINS = ("shop", "support")
+CLASSES = ("shop.orders.distinct_customers", "support.tickets.distinct_customers")
+ID_FIELDS = {"shop.orders": "order_id", "support.tickets": "ticket_id"}
+RECOVERY_LIMIT_S = 30.0
+FAULTS = ("worker-shop", "api", "broker", "launcher")
+
+
+def stack_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a stack of its own under ``root``: free ports, short windows."""
+    base = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PRIVMESH_") or k == "PRIVMESH_REQUIRE_INTEGRATION"
+    }
+    env.update(
+        {
+            "PRIVMESH_DATA_DIR": str(root / "data"),
+            "PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port()),
+            "PRIVMESH_API_PORT": str(free_port()),
+            "PRIVMESH_STREAMS_WORKER_WEB_PORT": str(base),
+            "PRIVMESH_STREAMS_WINDOW_SECONDS": "4",
+            "PRIVMESH_STREAMS_GRACE_SECONDS": "1",
+            "PRIVMESH_STACK_DOMAINS": json.dumps(list(DOMAINS)),
+            "PRIVMESH_STACK_GENERATOR": "false",
+            "PRIVMESH_STACK_RETENTION_EVERY_SECONDS": "0",
+            "PRIVMESH_STACK_BACKOFF_INITIAL_SECONDS": "0.5",
+            "PRIVMESH_STACK_STOP_TIMEOUT_SECONDS": "10",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+class LocalStack:
+    """``privmesh up`` as a child process, with what a test or benchmark needs of it."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+        self.data_dir = Path(env["PRIVMESH_DATA_DIR"])
+        self.api = f"http://127.0.0.1:{env['PRIVMESH_API_PORT']}"
+        self.bootstrap = f"127.0.0.1:{env['PRIVMESH_KAFKA_EMBEDDED_PORT']}"
+        self.log_path = root / "up.log"
+        self.up: subprocess.Popen[bytes] | None = None
+        domains = json.loads(env.get("PRIVMESH_STACK_DOMAINS", "[]")) or list(DOMAINS)
+        base = int(env["PRIVMESH_STREAMS_WORKER_WEB_PORT"])
+        self.worker_urls = {
+            d: f"http://127.0.0.1:{base + i}/privmesh/health" for i, d in enumerate(domains)
+        }
+
+    def start(self) -> None:
+        """Start ``privmesh up`` (output appended to ``up.log``)."""
+        with self.log_path.open("ab") as log:
+            self.up = subprocess.Popen(
+                [sys.executable, "-m", "infra.cli", "up"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        """What ``privmesh up`` printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def state(self) -> dict[str, Any]:
+        """The launcher's ``run/stack.json`` (empty while there is none)."""
+        try:
+            data: dict[str, Any] = json.loads(
+                (self.data_dir / "run" / "stack.json").read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def pid_of(self, component: str) -> int:
+        """The recorded pid of ``component`` (``launcher``: the launcher's)."""
+        state = self.state()
+        if component == "launcher":
+            return int(state["launcher_pid"])
+        return int(state["components"][component]["pid"])
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run one ``privmesh`` command against this stack."""
+        return subprocess.run(
+            [sys.executable, "-m", "infra.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def answer(self, class_id: str) -> dict[str, Any] | None:
+        """The DP answer of ``class_id`` now, or None."""
+        try:
+            response = httpx.get(f"{self.api}/v1/queries/{class_id}", timeout=5)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        body: dict[str, Any] = response.json()
+        return body
+
+    def published(self, domain: str) -> int | None:
+        """Events the domain's worker has published since it started (None: no answer)."""
+        try:
+            body = httpx.get(self.worker_urls[domain], timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return sum(int(p.get("accepted", 0)) for p in body.get("products", {}).values())
+
+    def wait_answers(self, classes: Iterable[str], timeout: float) -> float | None:
+        """Seconds until every class answers, or None."""
+        began = time.monotonic()
+        pending = set(classes)
+        while time.monotonic() - began < timeout:
+            pending = {c for c in pending if self.answer(c) is None}
+            if not pending:
+                return time.monotonic() - began
+            if self.up is not None and self.up.poll() is not None:
+                return None
+            time.sleep(0.5)
+        return None
+
+    def whole(self, since: dict[str, int | None], classes: Iterable[str]) -> bool:
+        """Every component running, the API answering each class, and each worker
+        publishing past what it had published at ``since`` (a restarted worker: any)."""
+        components = self.state().get("components", {})
+        if not components or any(c.get("state") != "running" for c in components.values()):
+            return False
+        if any(self.answer(c) is None for c in classes):
+            return False
+        for domain, before in since.items():
+            now = self.published(domain)
+            if now is None or now == 0 or (before is not None and now == before):
+                return False
+        return True
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every ledger entry the API lists."""
+        response = httpx.get(f"{self.api}/v1/ledger", params={"limit": 1000}, timeout=10)
+        response.raise_for_status()
+        entries: list[dict[str, Any]] = response.json()["entries"]
+        return entries
+
+    def stop(self) -> None:
+        """``privmesh down``, then make sure nothing of this stack is left."""
+        self.cli("down", timeout=90)
+        if self.up is not None:
+            try:
+                self.up.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.up.pid, signal.SIGKILL)
+                self.up.wait(10)
+        for proc in psutil.process_iter(["cmdline"]):
+            if str(self.data_dir) in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+
+
+@dataclass
+class Load:
+    """Generated events to the ingest topics at ``rate``/s from a thread; keeps what the
+    broker acknowledged (topic, partition, offset, id) and counts what it refused."""
+
+    bootstrap: str
+    rate: float
+    bad_ratio: float = 0.02
+    acked: list[tuple[str, int, int, str | None]] = field(default_factory=list)
+    refused: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        """Start producing."""
+        self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop producing and wait for the outstanding acknowledgements."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+
+    def _run(self) -> None:
+        from domains.registry import get_contract
+        from streams.generator import EventGenerator, make_people
+        from streams.topics import ProductTopics
+
+        people = make_people(500, 5)
+        gens = []
+        for index, domain in enumerate(DOMAINS):
+            product = get_contract(domain).products[0]
+            topic = ProductTopics.of(domain, product).ingest
+            gens.append((topic, f"{domain}.{product.name}", EventGenerator(
+                domain, product, people, self.bad_ratio, 100 + index)))  # fmt: skip
+        producer = KafkaProducer(
+            bootstrap_servers=[self.bootstrap],
+            client_id="chaos-load",
+            acks=1,
+            linger_ms=5,
+            retries=3,
+            request_timeout_ms=5000,
+            delivery_timeout_ms=15000,
+            max_block_ms=5000,
+        )
+        sent = 0
+        next_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                topic, name, gen = gens[sent % len(gens)]
+                key, value = gen.next_event()
+                ident = _id_of(value, ID_FIELDS[name])
+                try:
+                    future = producer.send(topic, value=value, key=key)
+                except KafkaError:  # broker away: refused, not accepted
+                    self._refuse()
+                    time.sleep(0.2)
+                    continue
+                future.add_callback(self._ack, topic, ident)
+                future.add_errback(lambda _exc: self._refuse())
+                sent += 1
+                next_at += 1.0 / self.rate
+                pause = next_at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                else:
+                    next_at = time.monotonic()
+        finally:
+            producer.flush(60)
+            producer.close(10)
+
+    def _ack(self, topic: str, ident: str | None, meta: Any) -> None:
+        with self._lock:
+            self.acked.append((topic, int(meta.partition), int(meta.offset), ident))
+
+    def _refuse(self) -> None:
+        with self._lock:
+            self.refused += 1
+
+
+def _id_of(value: bytes, name: str) -> str | None:
+    try:
+        event = json.loads(value)
+    except ValueError:
+        return None
+    ident = event.get(name) if isinstance(event, dict) else None
+    return ident if isinstance(ident, str) else None
+
+
+async def _read(bootstrap: str, topic: str) -> list[Any]:
+    from streams.reading import read_records
+
+    return [r async for r in read_records(bootstrap, topic, idle_timeout=3.0)]
+
+
+def account(bootstrap: str, acked: list[tuple[str, int, int, str | None]]) -> dict[str, Any]:
+    """Each acknowledged ingest record's end: published, dead-lettered or lost."""
+    from domains.registry import get_contract
+    from streams.topics import REASON_HEADER, SOURCE_HEADER, ProductTopics
+
+    published: set[str] = set()
+    dead: set[str] = set()
+    ingest_held: set[str] = set()
+    reasons: Counter[str] = Counter()
+    for domain in DOMAINS:
+        product = get_contract(domain).products[0]
+        topics = ProductTopics.of(domain, product)
+        id_field = ID_FIELDS[f"{domain}.{product.name}"]
+        for rec in asyncio.run(_read(bootstrap, topics.product)):
+            ident = _id_of(rec.value or b"", id_field)
+            if ident is not None:
+                published.add(ident)
+        for rec in asyncio.run(_read(bootstrap, topics.dlq)):
+            source = rec.header(SOURCE_HEADER)
+            if source:
+                dead.add(source)
+            reasons[rec.header(REASON_HEADER) or "none"] += 1
+        for rec in asyncio.run(_read(bootstrap, topics.ingest)):
+            ingest_held.add(f"{rec.topic}/{rec.partition}/{rec.offset}")
+    lost = []
+    ends: Counter[str] = Counter()
+    for topic, partition, offset, ident in acked:
+        source = f"{topic}/{partition}/{offset}"
+        if ident is not None and ident in published:
+            ends["published"] += 1
+        elif source in dead:
+            ends["dead_lettered"] += 1
+        else:
+            lost.append(source)
+    return {
+        "accepted": len(acked),
+        "published": ends["published"],
+        "dead_lettered": ends["dead_lettered"],
+        "consent_dropped": 0,  # opt-out products, no consent record sent
+        "lost": len(lost),
+        "lost_examples": lost[:5],
+        "ingest_records_missing": sum(
+            1 for t, p, o, _ in acked if f"{t}/{p}/{o}" not in ingest_held
+        ),
+        "dead_letter_reasons": dict(reasons),
+    }
+
+
+def ledger_spent_twice(entries: list[dict[str, Any]]) -> list[str]:
+    """Query class + data version pairs with more than one ledger entry."""
+    seen = Counter(
+        f"{e.get('class_id')}@{e.get('period')}@{e.get('data_version')}" for e in entries
+    )
+    return sorted(k for k, n in seen.items() if n > 1)
+
+
+def inject(stack: LocalStack, fault: str, classes: Iterable[str]) -> float | None:
+    """``kill -9`` the fault's process; seconds until the mesh is whole again (None: not
+    within twice the recovery limit). The launcher is started again by hand."""
+    classes = list(classes)
+    since = {d: stack.published(d) for d in stack.worker_urls}
+    pid = stack.pid_of(fault)
+    began = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    if fault == "launcher":
+        assert stack.up is not None
+        stack.up.wait(30)
+        stack.start()
+    else:
+        # wait until the launcher has seen the death (a new pid or a restart pending)
+        while time.monotonic() - began < 10 and _recorded_pid(stack, fault) == pid:
+            time.sleep(0.1)
+    if fault.startswith("worker-"):
+        since[fault.removeprefix("worker-")] = None
+    while time.monotonic() - began < 2 * RECOVERY_LIMIT_S:
+        if stack.whole(since, classes):
+            return time.monotonic() - began
+        time.sleep(0.5)
+    return None
+
+
+def _recorded_pid(stack: LocalStack, component: str) -> int | None:
+    try:
+        return stack.pid_of(component)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def chaos_run(
+    root: Path,
+    *,
+    rate: float = 150.0,
+    faults: Iterable[str] = FAULTS,
+    settle: float = 6.0,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """One stack under load; each fault in turn; then the accounting. A dict of results."""
+    stack = LocalStack(root, stack_env(root))
+    stack.start()
+    out: dict[str, Any] = {"faults": {}, "rate_events_per_s": rate}
+    load = Load(stack.bootstrap, rate)
+    try:
+        first = stack.wait_answers(CLASSES, 180)
+        if first is None:
+            raise RuntimeError("the stack gave no DP answer within 180 s:\n" + stack.log()[-3000:])
+        load.start()
+        out["first_answers_s"] = round(first, 2)
+        time.sleep(settle)
+        for fault in faults:
+            recovery = inject(stack, fault, CLASSES)
+            say(f"chaos: kill -9 {fault}: whole again after {recovery} s")
+            out["faults"][fault] = {"recovery_s": None if recovery is None else round(recovery, 2)}
+            if recovery is None:
+                out["faults"][fault]["log_tail"] = stack.log()[-2000:]
+                break
+            time.sleep(settle)
+        load.stop()
+        out["accounting"] = _settled_account(stack, load)
+        out["ledger_entries"] = len(entries := stack.ledger())
+        out["ledger_spent_twice"] = ledger_spent_twice(entries)
+        out["producer_refused"] = load.refused
+    finally:
+        load.stop()
+        stack.stop()
+    return out
+
+
+def _settled_account(stack: LocalStack, load: Load, timeout: float = 60) -> dict[str, Any]:
+    """The accounting once the workers have caught up (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    result = account(stack.bootstrap, load.acked)
+    while result["lost"] and time.monotonic() < deadline:
+        time.sleep(3)
+        result = account(stack.bootstrap, load.acked)
+    return result
+
+
+def main() -> None:
+    """Run the faults, the baseline, the hostile corpus and the memory run; write results."""
+    import tempfile
+
+    result: dict[str, Any] = {"benchmark": "chaos", "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="privmesh-chaos-") as tmp:
+        result["baseline_no_faults"] = chaos_run(Path(tmp) / "baseline", faults=())
+        runs = [chaos_run(Path(tmp) / f"run{i}") for i in range(2)]
+    per: dict[str, list[float]] = {}
+    for run in runs:
+        for fault, info in run["faults"].items():
+            if info["recovery_s"] is not None:
+                per.setdefault(fault, []).append(info["recovery_s"])
+    result["runs"] = runs
+    result["faults_injected"] = sum(len(r["faults"]) for r in runs)
+    result["faults_survived"] = sum(
+        1 for r in runs for i in r["faults"].values() if i["recovery_s"] is not None
+    )
+    result["records_lost"] = sum(r["accounting"]["lost"] for r in runs)
+    result["recovery_s"] = {
+        f: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "n": len(v)}
+        for f, v in per.items()
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    summary = {
+        k: result[k] for k in ("faults_injected", "faults_survived", "records_lost", "recovery_s")
+    }
+    print("RESULT " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
