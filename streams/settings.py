@@ -23,6 +23,39 @@ class KafkaSettings(BaseSettings):
     embedded_port: Annotated[int, Field(ge=1024, le=65535)] = 19092
     partitions: Annotated[int, Field(ge=1, le=1024)] = 4
     replication_factor: Annotated[int, Field(ge=1, le=7)] = 1
+    retention_ms: Annotated[int, Field(ge=60_000, le=31_536_000_000)] = Field(
+        default=600_000,
+        description=(
+            "retention.ms of the ingest and product topics: records older than this may be "
+            "dropped (the stream processors read them within seconds)."
+        ),
+    )
+    dlq_retention_ms: Annotated[int, Field(ge=60_000, le=31_536_000_000)] = Field(
+        default=604_800_000,
+        description="retention.ms of the dead-letter topics (7 days: time to inspect them).",
+    )
+    retention_bytes: Annotated[int, Field(ge=65_536, le=1 << 40)] = Field(
+        default=4 * 1024 * 1024,
+        description=(
+            "retention.bytes of every delete-policy topic, per partition: with retention_ms "
+            "it bounds what a broker (the embedded one in memory) keeps."
+        ),
+    )
+    embedded_journal: bool = Field(
+        default=True,
+        description=(
+            "Journal the embedded broker's topics and consumer-group offsets on disk "
+            "(<data_dir>/broker/journal.sqlite3) and replay them when it starts: its "
+            "storage is memory only."
+        ),
+    )
+    embedded_memory_limit_mb: Annotated[int, Field(ge=64, le=1 << 20)] = Field(
+        default=512,
+        description=(
+            "Resident size past which the embedded broker is rotated: drained into the "
+            "journal, restarted, and given back only what retention keeps (same offsets)."
+        ),
+    )
 
     @property
     def embedded(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from domains.contract import DataProduct, DomainContract
+from streams.settings import KafkaSettings, get_kafka_settings
 
 # Headers of every dead-letter record: a stable reason code, and a detail that names the
 # field and the problem without echoing the raw value.
@@ -86,9 +87,19 @@ def domain_topics(contract: DomainContract) -> list[str]:
     ]
 
 
-def topic_configs(topic: str) -> dict[str, str]:
+def topic_configs(topic: str, kafka: KafkaSettings | None = None) -> dict[str, str]:
     """Kafka topic configs: per-subject profiles and consent records are compacted
-    (tombstones erase a profile; the latest record per subject and purpose is kept)."""
+    (tombstones erase a profile; the latest record per subject and purpose is kept);
+    erasure requests are kept for ever; every other topic is bounded by retention
+    (``PRIVMESH_KAFKA_RETENTION_MS``, ``_DLQ_RETENTION_MS``, ``_RETENTION_BYTES``)."""
     if topic.endswith((".profiles", ".consent")):
         return {"cleanup.policy": "compact"}
-    return {}
+    if topic.endswith(".erasures"):
+        return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    kafka = kafka or get_kafka_settings()
+    keep_ms = kafka.dlq_retention_ms if topic.endswith(".dlq") else kafka.retention_ms
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(keep_ms),
+        "retention.bytes": str(kafka.retention_bytes),
+    }

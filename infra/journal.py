@@ -1,0 +1,619 @@
+"""A durable journal of the embedded broker: every record and committed group offset on disk.
+
+Tansu in this build keeps topics in memory only, so privmesh keeps its own copy:
+
+* the **mirror** reads every partition of every topic as the broker appends to it and
+  writes the records (offset, timestamp, key, value, headers) to a SQLite journal
+  (WAL, ``synchronous=FULL``); it snapshots the consumer groups' committed offsets too,
+  but saves a snapshot only once the journal holds every record that was in the broker
+  when the snapshot was taken, so a restored offset never points past a record that the
+  journal lacks (a processor delivers its outputs before it commits its inputs);
+* the **replay** gives a fresh broker its topics back before any client can reach it:
+  each partition's records in order, as record batches whose offset deltas keep the
+  original offsets (gaps left by retention included), then the groups' offsets;
+* **retention** trims the journal as Kafka would trim a log (``retention.ms`` and
+  ``retention.bytes`` per partition, compaction for compacted topics), always keeping a
+  partition's last record so its next offset survives a restart.
+
+The journal lives inside the ingestion boundary (raw events, consent records): the file
+is created readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from infra.errors import JournalError
+
+log = logging.getLogger("privmesh.journal")
+
+TP = tuple[str, int]
+# Largest record batch the replay sends (bytes); a bigger record goes alone.
+REPLAY_BATCH_BYTES = 1024 * 1024
+
+
+def journal_path(data_dir: Path) -> Path:
+    """Where the embedded broker's journal lives under the data directory."""
+    return data_dir / "broker" / "journal.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """One record of one partition, as the broker held it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What a topic keeps: Kafka's ``cleanup.policy``, ``retention.ms``, ``retention.bytes``."""
+
+    compact: bool
+    ms: int  # -1: for ever
+    bytes: int  # -1: unbounded, per partition
+
+    @classmethod
+    def of(cls, configs: dict[str, str]) -> Retention:
+        """The retention of a topic with Kafka ``configs``."""
+        return cls(
+            compact="compact" in configs.get("cleanup.policy", "delete"),
+            ms=int(configs.get("retention.ms", "-1")),
+            bytes=int(configs.get("retention.bytes", "-1")),
+        )
+
+
+def _encode_headers(headers: Iterable[tuple[str, bytes]]) -> str:
+    return json.dumps([[k, v.hex()] for k, v in headers])
+
+
+def _decode_headers(text: str) -> tuple[tuple[str, bytes], ...]:
+    return tuple((k, bytes.fromhex(v)) for k, v in json.loads(text))
+
+
+class Journal:
+    """The SQLite file that holds the broker's records, topics and group offsets."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.touch(mode=0o600)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS topics (
+                topic TEXT PRIMARY KEY, partitions INTEGER NOT NULL, configs TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS records (
+                topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+                ts INTEGER NOT NULL, key BLOB, value BLOB, headers TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS records_by_key ON records (topic, partition, key);
+            CREATE TABLE IF NOT EXISTS positions (
+                topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+                PRIMARY KEY (topic, partition));
+            CREATE TABLE IF NOT EXISTS group_offsets (
+                group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+                offset INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition));
+            """
+        )
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+    # -- topics -------------------------------------------------------------------------
+
+    def record_topic(self, topic: str, partitions: int, configs: dict[str, str]) -> None:
+        """Remember ``topic``'s partition count and configs (replay creates it alike)."""
+        self._db.execute(
+            "INSERT INTO topics VALUES (?, ?, ?) ON CONFLICT(topic) DO UPDATE SET "
+            "partitions = excluded.partitions, configs = excluded.configs",
+            (topic, partitions, json.dumps(configs, sort_keys=True)),
+        )
+
+    def topics(self) -> dict[str, tuple[int, dict[str, str]]]:
+        """Every journaled topic: its partition count and configs."""
+        rows = self._db.execute("SELECT topic, partitions, configs FROM topics").fetchall()
+        return {t: (int(n), json.loads(c)) for t, n, c in rows}
+
+    # -- records ------------------------------------------------------------------------
+
+    def positions(self) -> dict[TP, int]:
+        """The next offset the journal expects of each partition."""
+        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
+        return {(t, int(p)): int(n) for t, p, n in rows}
+
+    def append(self, records: list[JournalRecord]) -> None:
+        """Write ``records`` and advance their partitions' positions, in one transaction."""
+        if not records:
+            return
+        nexts: dict[TP, int] = {}
+        for r in records:
+            tp = (r.topic, r.partition)
+            nexts[tp] = max(nexts.get(tp, 0), r.offset + 1)
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.topic,
+                        r.partition,
+                        r.offset,
+                        r.timestamp_ms,
+                        r.key,
+                        r.value,
+                        _encode_headers(r.headers),
+                        len(r.key or b"") + len(r.value or b""),
+                    )
+                    for r in records
+                ],
+            )
+            self._db.executemany(
+                "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE "
+                "SET next_offset = max(next_offset, excluded.next_offset)",
+                [(t, p, n) for (t, p), n in nexts.items()],
+            )
+
+    def records(self, topic: str, partition: int) -> Iterator[JournalRecord]:
+        """The journaled records of one partition, in offset order."""
+        cursor = self._db.execute(
+            "SELECT offset, ts, key, value, headers FROM records "
+            "WHERE topic = ? AND partition = ? ORDER BY offset",
+            (topic, partition),
+        )
+        for offset, ts, key, value, headers in cursor:
+            yield JournalRecord(
+                topic, partition, int(offset), int(ts), key, value, _decode_headers(headers)
+            )
+
+    def count(self) -> int:
+        """How many records the journal holds."""
+        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    def retained_bytes(self) -> int:
+        """Keys and values held, in bytes (what a replay puts back into the broker)."""
+        return int(self._db.execute("SELECT coalesce(sum(size), 0) FROM records").fetchone()[0])
+
+    # -- consumer groups ----------------------------------------------------------------
+
+    def save_group_offsets(self, groups: dict[str, dict[TP, int]]) -> None:
+        """Remember the groups' committed offsets (a consistent snapshot, see the mirror)."""
+        with self._transaction():
+            for group, offsets in groups.items():
+                self._db.executemany(
+                    "INSERT INTO group_offsets VALUES (?, ?, ?, ?) ON CONFLICT "
+                    "(group_id, topic, partition) DO UPDATE SET offset = excluded.offset",
+                    [(group, t, p, o) for (t, p), o in offsets.items()],
+                )
+
+    def group_offsets(self) -> dict[str, dict[TP, int]]:
+        """The last saved committed offsets of every group."""
+        groups: dict[str, dict[TP, int]] = {}
+        for g, t, p, o in self._db.execute("SELECT group_id, topic, partition, offset FROM "
+                                           "group_offsets"):  # fmt: skip
+            groups.setdefault(g, {})[(t, int(p))] = int(o)
+        return groups
+
+    # -- retention ----------------------------------------------------------------------
+
+    def trim(self, now_ms: int | None = None) -> int:
+        """Apply each topic's retention to the journal; returns the records dropped.
+
+        A partition's last record is always kept: after a replay the broker then gives
+        out the same next offset as before.
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        dropped = 0
+        with self._transaction():
+            for topic, (partitions, configs) in self.topics().items():
+                keep = Retention.of(configs)
+                for partition in range(partitions):
+                    dropped += self._trim_partition(topic, partition, keep, now_ms)
+        return dropped
+
+    def _trim_partition(self, topic: str, partition: int, keep: Retention, now_ms: int) -> int:
+        last = self._db.execute(
+            "SELECT max(offset) FROM records WHERE topic = ? AND partition = ?",
+            (topic, partition),
+        ).fetchone()[0]
+        if last is None:
+            return 0
+        before = self._db.total_changes
+        if keep.compact:  # latest record per key (tombstones included) and keyless ones stay
+            self._db.execute(
+                "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ? "
+                "AND key IS NOT NULL AND offset < "
+                "(SELECT max(r.offset) FROM records r WHERE r.topic = records.topic "
+                "AND r.partition = records.partition AND r.key = records.key)",
+                (topic, partition, last),
+            )
+            return self._db.total_changes - before
+        if keep.ms >= 0:
+            self._db.execute(
+                "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ? AND ts < ?",
+                (topic, partition, last, now_ms - keep.ms),
+            )
+        if keep.bytes >= 0:
+            # the oldest records go until the partition fits (the newest are kept)
+            cut = self._db.execute(
+                "SELECT offset FROM (SELECT offset, sum(size) OVER (ORDER BY offset DESC) "
+                "AS kept FROM records WHERE topic = ? AND partition = ?) WHERE kept > ? "
+                "ORDER BY offset DESC LIMIT 1",
+                (topic, partition, keep.bytes),
+            ).fetchone()
+            if cut is not None:
+                self._db.execute(
+                    "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ? "
+                    "AND offset <= ?",
+                    (topic, partition, last, int(cut[0])),
+                )
+        return self._db.total_changes - before
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+def create_journaled_topics(journal: Journal, bootstrap: str, timeout: float = 20.0) -> None:
+    """Create every journaled topic on a fresh broker, with its partitions and configs."""
+    topics = journal.topics()
+    if not topics:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap.split(","),
+                client_id="privmesh-journal",
+                request_timeout_ms=5000,
+            )
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise JournalError(
+                    f"broker {bootstrap} not reachable for the replay: {exc}"
+                ) from exc
+            time.sleep(0.2)
+    try:
+        existing = set(admin.list_topics())
+        for name, (partitions, configs) in topics.items():
+            if name in existing:
+                continue
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(configs))])
+    finally:
+        admin.close()
+
+
+async def replay(journal: Journal, bootstrap: str) -> dict[str, int]:
+    """Give a fresh broker the journal's records (same partitions, same offsets) and the
+    groups' committed offsets; returns counts (``records``, ``batches``, ``groups``).
+
+    Each partition's records go as record batches whose offset deltas are the offsets'
+    distances from the partition's next offset, so a record lands on the very offset it
+    had; JournalError if the broker's partition was not where the journal expects it.
+    """
+    await asyncio.to_thread(create_journaled_topics, journal, bootstrap)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="privmesh-journal-replay",
+        max_batch_size=REPLAY_BATCH_BYTES,
+        max_request_size=64 * 1024 * 1024,
+        acks=1,
+    )
+    await producer.start()
+    counts = {"records": 0, "batches": 0, "groups": 0}
+    try:
+        for topic, (partitions, _configs) in journal.topics().items():
+            for partition in range(partitions):
+                await _replay_partition(journal, producer, topic, partition, counts)
+    finally:
+        await producer.stop()
+    groups = journal.group_offsets()
+    for group, offsets in groups.items():
+        await commit_group_offsets(bootstrap, group, offsets)
+    counts["groups"] = len(groups)
+    return counts
+
+
+async def _replay_partition(
+    journal: Journal,
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    counts: dict[str, int],
+) -> None:
+    next_offset = 0  # a fresh partition's first batch starts at offset 0
+    batch = producer.create_batch()
+    base = next_offset
+    pending = 0
+
+    async def send() -> None:
+        nonlocal next_offset, batch, base, pending
+        batch.close()
+        meta = await (await producer.send_batch(batch, topic, partition=partition))
+        if meta.offset != base:
+            raise JournalError(
+                f"replay of {topic}/{partition}: the broker put a batch at offset "
+                f"{meta.offset}, the journal expected {base} (the partition was not fresh)"
+            )
+        counts["batches"] += 1
+        counts["records"] += pending
+        batch, base, pending = producer.create_batch(), next_offset, 0
+
+    for record in journal.records(topic, partition):
+        for _attempt in range(2):
+            batch._relative_offset = record.offset - base  # keeps the offset
+            added = batch.append(
+                timestamp=record.timestamp_ms / 1000,
+                key=record.key,
+                value=record.value,
+                headers=list(record.headers),
+            )
+            if added is not None:
+                pending += 1
+                next_offset = record.offset + 1
+                break
+            if pending == 0:
+                raise JournalError(f"replay of {topic}/{partition}: a record does not fit")
+            await send()
+    if pending:
+        await send()
+
+
+async def commit_group_offsets(bootstrap: str, group: str, offsets: dict[TP, int]) -> None:
+    """Commit ``offsets`` for consumer group ``group`` (no member: a restore)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = {TopicPartition(t, p): OffsetAndMetadata(o, "") for (t, p), o in offsets.items()}
+        consumer.assign(list(tps))
+        await consumer.commit(tps)
+    finally:
+        await consumer.stop()
+
+
+# -- mirror -------------------------------------------------------------------------------
+
+
+def list_group_offsets(bootstrap: str) -> dict[str, dict[TP, int]]:
+    """Every consumer group's committed offsets on the broker."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="privmesh-journal",
+        request_timeout_ms=5000,
+    )
+    try:
+        groups: dict[str, dict[TP, int]] = {}
+        for info in admin.list_groups():
+            group = str(info["group_id"])
+            offsets = admin.list_group_offsets(group).get(group, {})
+            committed = {(tp.topic, tp.partition): int(om.offset) for tp, om in offsets.items()}
+            committed = {tp: o for tp, o in committed.items() if o >= 0}
+            if committed:
+                groups[group] = committed
+        return groups
+    finally:
+        admin.close()
+
+
+class Mirror:
+    """Copies every record the broker appends into the journal, and consistent snapshots
+    of the consumer groups' offsets.
+
+    A snapshot taken at time t is saved once, for every partition, the journal reaches
+    the high watermark that a fetch answered after t reported: every record appended
+    before t (the outputs a processor delivered before committing) is then journaled.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        bootstrap: str,
+        topic_configs: Callable[[str], dict[str, str]],
+        snapshot_every: float = 0.5,
+    ) -> None:
+        self.journal = journal
+        self.bootstrap = bootstrap
+        self.topic_configs = topic_configs
+        self.snapshot_every = snapshot_every
+        self.consumer: AIOKafkaConsumer | None = None
+        self.client: AIOKafkaClient | None = None
+        self._assigned: set[TopicPartition] = set()
+        self._pending: tuple[int, dict[str, dict[TP, int]]] | None = None
+        self._last_snapshot = 0.0
+        self._snapshot_task: asyncio.Task[dict[str, dict[TP, int]]] | None = None
+        self.journaled = 0
+        self.snapshots = 0
+
+    async def start(self) -> None:
+        """Connect and read from the journal's positions."""
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            client_id="privmesh-journal-mirror",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            retry_backoff_ms=100,
+        )
+        await self.consumer.start()
+        self.client = AIOKafkaClient(
+            bootstrap_servers=self.bootstrap, client_id="privmesh-journal-metadata"
+        )
+        await self.client.bootstrap()
+        await self.refresh()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._snapshot_task
+        # a fetch in flight to a dead broker ends in CancelledError inside aiokafka's close
+        if self.consumer is not None:
+            with contextlib.suppress(asyncio.CancelledError, KafkaError, OSError):
+                await self.consumer.stop()
+        if self.client is not None:
+            with contextlib.suppress(asyncio.CancelledError, KafkaError, OSError):
+                await self.client.close()
+
+    async def refresh(self) -> None:
+        """Follow topics created since the last call (from the journal's positions)."""
+        assert self.consumer is not None and self.client is not None
+        # fresh metadata (the consumer's own is only of the topics it already knew)
+        cluster = await self.client.fetch_all_metadata()
+        names = {t for t in cluster.topics() if not t.startswith("__")}
+        known = self.journal.topics()
+        wanted: set[TopicPartition] = set()
+        for name in sorted(names):
+            parts = cluster.partitions_for_topic(name) or set()
+            if not parts:
+                continue
+            if known.get(name, (0, {}))[0] != len(parts):
+                self.journal.record_topic(name, len(parts), self.topic_configs(name))
+            wanted |= {TopicPartition(name, p) for p in parts}
+        if wanted == self._assigned:
+            return
+        self.consumer.assign(sorted(wanted))
+        positions = self.journal.positions()
+        for tp in wanted - self._assigned:
+            start = positions.get((tp.topic, tp.partition))
+            if start is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, start)
+        for tp in wanted & self._assigned:  # assign() forgets positions: keep ours
+            self.consumer.seek(tp, positions.get((tp.topic, tp.partition), 0))
+        self._assigned = wanted
+
+    async def step(self, timeout_ms: int = 100) -> int:
+        """Journal what the broker has appended since the last step; returns how many."""
+        assert self.consumer is not None
+        if not self._assigned:  # getmany would wait for an assignment
+            await asyncio.sleep(timeout_ms / 1000)
+            await self._snapshot_step()
+            return 0
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=20_000)
+        rows = [
+            JournalRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                int(r.timestamp),
+                r.key,
+                r.value,
+                tuple((k, bytes(v)) for k, v in r.headers),
+            )
+            for records in batches.values()
+            for r in records
+        ]
+        if rows:
+            await asyncio.to_thread(self.journal.append, rows)
+            self.journaled += len(rows)
+        await self._snapshot_step()
+        return len(rows)
+
+    def caught_up(self, since_ms: int) -> bool:
+        """True when, for every partition, a fetch answered at or after ``since_ms`` (epoch
+        ms) and the journal holds every record below the high watermark it reported."""
+        assert self.consumer is not None
+        positions = self.journal.positions()
+        for tp in self._assigned:
+            polled = self.consumer.last_poll_timestamp(tp)
+            hw = self.consumer.highwater(tp)
+            if polled is None or hw is None or polled < since_ms:
+                return False
+            if positions.get((tp.topic, tp.partition), 0) < hw:
+                return False
+        return True
+
+    async def _snapshot_step(self) -> None:
+        if self._pending is None:
+            if self._snapshot_task is None:
+                if time.monotonic() - self._last_snapshot >= self.snapshot_every:
+                    self._snapshot_task = asyncio.create_task(
+                        asyncio.to_thread(list_group_offsets, self.bootstrap)
+                    )
+            elif self._snapshot_task.done():
+                task, self._snapshot_task = self._snapshot_task, None
+                try:
+                    # read by now: every output of a commit it holds is in the broker
+                    self._pending = (int(time.time() * 1000), task.result())
+                except (KafkaError, OSError) as exc:
+                    log.debug("group offsets not read: %s", type(exc).__name__)
+                    self._last_snapshot = time.monotonic()
+            return
+        read_ms, groups = self._pending
+        if self.caught_up(read_ms):
+            if groups:
+                await asyncio.to_thread(self.journal.save_group_offsets, groups)
+                self.snapshots += 1
+            self._pending = None
+            self._last_snapshot = time.monotonic()
+
+    async def drain(self, within: float = 10.0) -> bool:
+        """Journal everything the broker holds and a final snapshot of the groups' offsets
+        (call it once no client can write); False if it did not finish in time."""
+        deadline = time.monotonic() + within
+        try:
+            await self.refresh()
+            groups = await asyncio.to_thread(list_group_offsets, self.bootstrap)
+        except (KafkaError, OSError):
+            return False
+        since = int(time.time() * 1000)
+        while time.monotonic() < deadline:
+            await self.step(timeout_ms=100)
+            if self.caught_up(since):
+                if groups:
+                    await asyncio.to_thread(self.journal.save_group_offsets, groups)
+                return True
+        return False
+
+
+def journal_records(journal: Journal) -> dict[TP, list[JournalRecord]]:
+    """Every journaled record by partition (for tests and inspection)."""
+    out: dict[TP, list[JournalRecord]] = {}
+    for topic, (partitions, _configs) in journal.topics().items():
+        for partition in range(partitions):
+            out[(topic, partition)] = list(journal.records(topic, partition))
+    return out
+
+
+def journal_size(path: Path) -> int:
+    """Bytes the journal takes on disk (its WAL included)."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())

@@ -1,0 +1,306 @@
+"""The journaled embedded broker: nothing accepted is lost across stops, kills and rotations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from infra.broker import ensure_topics, status_path
+from infra.journal import Journal, journal_path
+from infra.ports import wait_for_port
+from streams.keyring import KeyRing, keyring_path
+from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+INGEST = "shop.orders.ingest"
+PRODUCT = "shop.orders.v1"
+DLQ = "shop.orders.dlq"
+CONSENT = "shop.consent"
+ERASURES = "shop.erasures"
+TOPICS = [INGEST, PRODUCT, DLQ, CONSENT, ERASURES]
+GROUP = "privmesh-shop-processor"
+PARTITIONS = 2
+
+Snapshot = dict[tuple[str, int], list[tuple[int, bytes | None, bytes | None, tuple]]]
+
+
+class Broker:
+    """A journaled broker process (``python -m infra.broker``) of one test."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = {**os.environ, "PRIVMESH_DATA_DIR": str(data_dir), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / "broker.log"
+
+    @property
+    def bootstrap(self) -> str:
+        """Its public address."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it and wait for the public port (open once the replay is done)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "infra.broker", "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        if not wait_for_port(self.port, 30):
+            raise RuntimeError(f"journaled broker not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """Stop it as ``privmesh down`` does (SIGTERM to the broker component)."""
+        assert self.proc is not None
+        self.proc.terminate()
+        assert self.proc.wait(20) == 0
+
+    def kill(self) -> None:
+        """``kill -9`` of the broker component (Tansu dies with it)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while not _port_free(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def tansu(self) -> psutil.Process:
+        """The Tansu broker process under it."""
+        assert self.proc is not None
+        for child in psutil.Process(self.proc.pid).children():
+            if child.cmdline()[1:2] == ["broker"]:
+                return child
+        raise AssertionError("no Tansu broker child")
+
+    def status(self) -> dict[str, float]:
+        """Its counters."""
+        return json.loads(status_path(self.data_dir).read_text(encoding="utf-8"))
+
+    def close(self) -> None:
+        """Leave nothing running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _port_free(port: int) -> bool:
+    return not wait_for_port(port, 0.05)
+
+
+@pytest.fixture
+def journaled(tmp_path: Path) -> Iterator[Broker]:
+    """A journaled broker on free ports with its own data directory."""
+    broker = Broker(tmp_path / "data")
+    try:
+        broker.start()
+    except Exception as exc:  # the binary missing, or no port
+        pytest.skip(f"journaled broker unavailable: {exc}")
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+async def _produce(bootstrap: str, count: int, tag: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for i in range(count):
+            p = i % PARTITIONS
+            key = f"k{tag}{i % 7}".encode()
+            futures.append(await producer.send(INGEST, f"e{tag}{i}".encode(), key, partition=p))
+            futures.append(await producer.send(PRODUCT, f"p{tag}{i}".encode(), key, partition=p))
+            if i % 10 == 0:
+                headers = [
+                    (REASON_HEADER, b"schema"),
+                    (DETAIL_HEADER, b"field order_id"),
+                    (SOURCE_HEADER, f"{INGEST}/{p}/{i}".encode()),
+                ]
+                futures.append(
+                    await producer.send(DLQ, b"\x00bad", key, partition=p, headers=headers)
+                )
+            if i % 5 == 0:
+                decision = json.dumps({"purpose": "analytics", "granted": i % 2 == 0})
+                futures.append(
+                    await producer.send(
+                        CONSENT, decision.encode(), f"s{i % 13}|analytics".encode(), partition=p
+                    )
+                )
+            if i % 25 == 0:
+                futures.append(await producer.send(ERASURES, f"x{tag}{i}".encode(), partition=p))
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def _commit(bootstrap: str, offsets: dict[int, int]) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
+    await consumer.start()
+    try:
+        tps = {TopicPartition(INGEST, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+        consumer.assign(list(tps))
+        await consumer.commit(tps)
+    finally:
+        await consumer.stop()
+
+
+async def _committed(bootstrap: str) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(INGEST, p)) for p in range(PARTITIONS)}
+    finally:
+        await consumer.stop()
+
+
+async def _read_all(bootstrap: str) -> Snapshot:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    await consumer.start()
+    out: Snapshot = {}
+    try:
+        tps = [TopicPartition(t, p) for t in TOPICS for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = {tp: consumer.highwater(tp) for tp in tps}
+        idle = 0
+        while idle < 4:
+            batches = await consumer.getmany(timeout_ms=200)
+            idle = 0 if batches else idle + 1
+            for tp, records in batches.items():
+                out.setdefault((tp.topic, tp.partition), []).extend(
+                    (r.offset, r.key, r.value, tuple(r.headers)) for r in records
+                )
+        del ends
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _wait_journaled(broker: Broker, expected: int, snapshots: bool = True) -> None:
+    """Wait until the journal holds ``expected`` records (and a group snapshot)."""
+    journal = Journal(journal_path(broker.data_dir))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            groups = journal.group_offsets()
+            if journal.count() >= expected and (not snapshots or groups.get(GROUP)):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"journal has {journal.count()} of {expected} records")
+    finally:
+        journal.close()
+
+
+def _compacted(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` as compaction leaves it: the consent topic keeps each key's latest."""
+    out: Snapshot = {}
+    for (topic, partition), records in snapshot.items():
+        latest = {r[1]: r[0] for r in records}
+        keep = [r for r in records if topic != CONSENT or latest[r[1]] == r[0]]
+        out[(topic, partition)] = keep
+    return out
+
+
+def _seed(broker: Broker, count: int = 400) -> tuple[Snapshot, dict[int, int]]:
+    ensure_topics(broker.bootstrap, TOPICS, PARTITIONS, 1)
+    asyncio.run(_produce(broker.bootstrap, count, "a"))
+    committed = {0: 57, 1: 91}
+    asyncio.run(_commit(broker.bootstrap, committed))
+    before = asyncio.run(_read_all(broker.bootstrap))
+    total = sum(len(v) for v in before.values())
+    assert total > 2 * count
+    return before, committed
+
+
+def _total(snapshot: Snapshot) -> int:
+    return sum(len(v) for v in snapshot.values())
+
+
+def test_down_then_up_keeps_every_record_offset_and_group_offset(journaled: Broker) -> None:
+    """After a graceful stop and a start, every partition holds the same records at the
+    same offsets (headers included) and the group's committed offsets are back."""
+    before, committed = _seed(journaled)
+    journaled.stop()
+    journaled.start()
+    assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
+    assert asyncio.run(_committed(journaled.bootstrap)) == committed
+    # the next record goes after the old ones, not over them
+    asyncio.run(_produce(journaled.bootstrap, 4, "b"))
+    after = asyncio.run(_read_all(journaled.bootstrap))
+    for tp, records in _compacted(before).items():
+        assert after[tp][: len(records)] == records
+        assert all(r[0] > records[-1][0] for r in after[tp][len(records) :])
+
+
+def test_kill_9_of_tansu_is_repaired_from_the_journal(journaled: Broker) -> None:
+    """A ``kill -9`` of Tansu itself: the broker component starts a new one and replays
+    the journal; accepted records, dead letters, consent, erasures and offsets are back."""
+    before, committed = _seed(journaled)
+    _wait_journaled(journaled, _total(before))
+    old = journaled.tansu()
+    old.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if journaled.tansu().pid != old.pid and wait_for_port(journaled.port, 0.2):
+                break
+        except (AssertionError, psutil.Error):
+            pass
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
+    assert asyncio.run(_committed(journaled.bootstrap)) == committed
+    assert journaled.status()["broker_restarts"] >= 1
+
+
+def test_kill_9_of_the_broker_component_then_up(journaled: Broker) -> None:
+    """A ``kill -9`` of the broker component (Tansu dies with it), then a new start: what
+    the journal had acknowledged is all there."""
+    before, committed = _seed(journaled)
+    _wait_journaled(journaled, _total(before))
+    journaled.kill()
+    journaled.start()
+    assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
+    assert asyncio.run(_committed(journaled.bootstrap)) == committed
+
+
+def test_key_versions_survive_a_restart(journaled: Broker) -> None:
+    """Key versions live in the key ring file under the data directory, not in the
+    broker: a rotation written before a kill -9 and a restart is read back unchanged."""
+    path = keyring_path(journaled.data_dir)
+    ring = KeyRing.load(path, 1)
+    epoch = ring.rotate("shop", now=1_000_000.0, window_seconds=10)
+    ring.save(path)
+    journaled.kill()
+    journaled.start()
+    again = KeyRing.load(path, 1)
+    assert again.epochs("shop") == ring.epochs("shop")
+    assert epoch in again.epochs("shop")
+
+
+def test_a_stop_does_not_hang_on_signals(journaled: Broker) -> None:
+    """SIGINT stops the broker component as cleanly as SIGTERM."""
+    assert journaled.proc is not None
+    journaled.proc.send_signal(signal.SIGINT)
+    assert journaled.proc.wait(20) == 0
