@@ -32,7 +32,12 @@ from dashboards_api.policy import PolicyCell
 from dashboards_api.query_classes import EVENT_WINDOWS, ProductBudget, QueryClass
 from dashboards_api.sensitivity import sensitivity
 from domains.contract import DataProduct, DomainContract
-from feature_repo.names import CONTRIBUTION_BOUND, sum_feature
+from feature_repo.names import (
+    CONTRIBUTION_BOUND,
+    WINDOW_COMPLETE,
+    WINDOW_LATE_EVENTS,
+    sum_feature,
+)
 
 
 class WindowSource(Protocol):
@@ -279,6 +284,7 @@ class ReleaseService:
             "suppressed": suppressed,
             "suppress_below": qc.suppress_below,
             "window": {"start": _iso(start), "end": _iso(start + self.window_seconds)},
+            **completeness(row, self.partitions),
             "mechanism": qc.noise,
             "sensitivity": sens,
             "contribution_bound": bound,
@@ -384,6 +390,7 @@ class ReleaseService:
             "suppressed": False,
             "suppress_below": None,
             "window": {"start": _iso(horizon), "end": _iso(end + self.window_seconds)},
+            **completeness(row, self.partitions),  # of the newest window of the total
             "running_total": {"t": t, **paid, "tree_nodes": noisy.nodes},
             # This total is post-processing of the horizon's tree, paid for once at the
             # horizon's first total: it draws on the horizon's epsilon, t of its
@@ -525,6 +532,21 @@ def event_query(qc: QueryClass, product: DataProduct) -> EventQuery:
         alpha=qc.quantile,
         candidates=qc.candidates or (),
     )
+
+
+def completeness(row: dict[str, Any], partitions: int) -> dict[str, Any]:
+    """Whether a window row is complete: every partition's event-time watermark had passed
+    the window's end plus grace when it closed, and no late event arrived since. Otherwise
+    the answer is ``partial``, with the share of partitions that were complete (rows of a
+    processor that did not report it count as incomplete) and the late events counted."""
+    total = int(row.get("partitions") or partitions)
+    complete = min(int(row.get(WINDOW_COMPLETE) or 0), total)
+    late = int(row.get(WINDOW_LATE_EVENTS) or 0)
+    return {
+        "partial": complete < total or late > 0,
+        "partitions_complete_share": complete / total,
+        "late_events": late,
+    }
 
 
 def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:

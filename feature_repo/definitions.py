@@ -32,9 +32,28 @@ from feature_repo.names import (
     CONTRIBUTION_BOUND,
     PARTITION_KEY,
     SUBJECT_KEY,
+    WINDOW_COMPLETE,
     WINDOW_KEY,
+    WINDOW_LATE_EVENTS,
+    WINDOW_WATERMARK,
     sum_feature,
 )
+
+__all__ = [
+    "CONTRIBUTION_BOUND",
+    "PARTITION_KEY",
+    "SUBJECT_KEY",
+    "WINDOW_COMPLETE",
+    "WINDOW_KEY",
+    "WINDOW_LATE_EVENTS",
+    "WINDOW_WATERMARK",
+    "ProductFeatures",
+    "build_events_view",
+    "build_features",
+    "events_view_fields",
+    "measure_fields",
+    "sum_feature",
+]
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,28 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
                     "Most events one subject could contribute to this row: the processor's "
                     "bound when it counted them, from which the DP layer derives sensitivity"
                 ),
+                tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+            ),
+            Field(
+                name=WINDOW_COMPLETE,
+                dtype=Int64,
+                description=(
+                    "1 when the partition's event-time watermark had passed the window's end "
+                    "plus the grace period when it closed; 0 when it closed by the wall clock "
+                    "(idle partition) or received late events: the DP layer marks it partial"
+                ),
+                tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+            ),
+            Field(
+                name=WINDOW_WATERMARK,
+                dtype=Int64,
+                description="The partition's event-time watermark when the window closed",
+                tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+            ),
+            Field(
+                name=WINDOW_LATE_EVENTS,
+                dtype=Int64,
+                description="Events of the window that arrived after it closed (not counted)",
                 tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
             ),
             *measure_schema,

@@ -28,7 +28,10 @@ from feature_repo.definitions import (
     CONTRIBUTION_BOUND,
     PARTITION_KEY,
     SUBJECT_KEY,
+    WINDOW_COMPLETE,
     WINDOW_KEY,
+    WINDOW_LATE_EVENTS,
+    WINDOW_WATERMARK,
     ProductFeatures,
     build_features,
 )
@@ -175,10 +178,21 @@ class DomainFeatureStore:
 
         A window whose rows have not arrived from every partition yet has None values
         (a partial sum would undercount); ``partitions`` must be the ingest topics'
-        partition count (``PRIVMESH_KAFKA_PARTITIONS``).
+        partition count (``PRIVMESH_KAFKA_PARTITIONS``). ``complete`` is the number of
+        partitions whose event-time watermark had passed the window when it closed (rows
+        of an older processor count as incomplete), ``late_events`` the late events of all
+        partitions, ``watermark`` the oldest partition watermark.
         """
         features = self.product_features(product)
-        names = ["distinct_subjects", "events", CONTRIBUTION_BOUND, *features.measure_features]
+        names = [
+            "distinct_subjects",
+            "events",
+            CONTRIBUTION_BOUND,
+            WINDOW_COMPLETE,
+            WINDOW_WATERMARK,
+            WINDOW_LATE_EVENTS,
+            *features.measure_features,
+        ]
         refs = [f"{features.window_view.name}:{n}" for n in names]
         entity_rows = [
             {WINDOW_KEY: w, PARTITION_KEY: p} for w in window_starts for p in range(partitions)
@@ -198,7 +212,9 @@ class DomainFeatureStore:
         for i, w in enumerate(window_starts):
             rows = range(i * partitions, (i + 1) * partitions)
             complete = all(response["distinct_subjects"][j] is not None for j in rows)
-            merged.append({WINDOW_KEY: w, **_merge(response, names, rows, complete)})
+            merged.append(
+                {WINDOW_KEY: w, "partitions": partitions, **_merge(response, names, rows, complete)}
+            )
         return merged
 
     def subject_features(self, product: str, subjects: list[str]) -> list[dict[str, Any]]:
@@ -375,6 +391,8 @@ def _merge(
         values = [response[name][j] for j in rows]
         if name == CONTRIBUTION_BOUND:
             merged[name] = None if None in values else max(values)
+        elif name == WINDOW_WATERMARK:
+            merged[name] = None if None in values else min(values)
         else:  # a feature added after a row was written reads back as None
             merged[name] = sum(v for v in values if v is not None)
     return merged

@@ -29,7 +29,10 @@ from feature_repo.definitions import (
     CONTRIBUTION_BOUND,
     PARTITION_KEY,
     SUBJECT_KEY,
+    WINDOW_COMPLETE,
     WINDOW_KEY,
+    WINDOW_LATE_EVENTS,
+    WINDOW_WATERMARK,
     sum_feature,
 )
 from streams.consent import ConsentIndex
@@ -234,7 +237,13 @@ class ProductPipeline:
         ]
 
     def window_records(self, closed: list[PartitionStats]) -> list[dict[str, object]]:
-        """Closed per-partition window aggregates, in the window view's columns."""
+        """Closed per-partition window aggregates, in the window view's columns.
+
+        Each row says whether the partition's event-time watermark had passed the window's
+        end plus grace when it closed (``complete``), the watermark, and the late events
+        counted for it so far; an amendment (late events) is written at its own time, so
+        it replaces the first report in every online store.
+        """
         measures = self.transform.measure_fields
         return [
             {
@@ -244,7 +253,13 @@ class ProductPipeline:
                 "events": c.stats.events,
                 CONTRIBUTION_BOUND: self.settings.max_events_per_subject,
                 **{sum_feature(m): float(c.stats.sums.get(m, 0.0)) for m in measures},
-                "event_timestamp": datetime.fromtimestamp(c.stats.window_end, tz=UTC),
+                WINDOW_COMPLETE: int(c.stats.complete),
+                WINDOW_WATERMARK: int(c.stats.watermark or 0),
+                WINDOW_LATE_EVENTS: c.stats.late_events,
+                "event_timestamp": datetime.fromtimestamp(
+                    c.stats.window_end if c.stats.amended_at is None else c.stats.amended_at,
+                    tz=UTC,
+                ),
             }
             for c in closed
         ]

@@ -3,15 +3,26 @@
 Each subject contributes at most ``max_events_per_subject`` events to a window, each
 measure clamped to the contract bounds, so a released window statistic moves by a
 bounded amount when one subject is added or removed: the DP layer only adds noise.
+
+Windows close on **event time**: a partition's watermark is the newest event time it has
+seen, and a window closes once the watermark has passed its end plus the grace period
+(and the wall clock has too). A processor that falls behind (a loaded machine, a backlog)
+therefore closes windows late, never early: its windows are complete when they close.
+A partition that receives nothing for ``idle_seconds`` of wall-clock time (no events, or a
+stalled consumer: the aggregator cannot tell) closes its windows by the wall clock, marked
+``complete=False``. An event that arrives after its window closed is late: counted per
+window, and the window is re-reported (an amendment) with its late count and
+``complete=False``, so the DP layer marks it partial.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from domains.contract import Bounds
 
 MAX_EMPTY_WINDOWS = 1_000  # empty windows released after a gap in the stream, at most
+MAX_KEPT_CLOSED = 1_000  # closed windows remembered for late-event amendments
 
 
 @dataclass(slots=True)
@@ -45,6 +56,14 @@ class WindowStats:
     distinct_subjects: int
     events: int
     sums: dict[str, float]
+    # True: closed because the partition's event-time watermark passed end + grace.
+    complete: bool = True
+    # The partition's event-time watermark when the window closed (None: no event yet).
+    watermark: float | None = None
+    # Events of this window that arrived after it closed (not in the counts above).
+    late_events: int = 0
+    # Wall-clock time of an amendment (late events after the close); None: first report.
+    amended_at: float | None = None
 
 
 class WindowAggregator:
@@ -56,9 +75,24 @@ class WindowAggregator:
         grace_seconds: int,
         max_events_per_subject: int,
         bounds: dict[str, Bounds],
+        idle_seconds: float | None = None,
     ) -> None:
         if window_seconds < 1 or grace_seconds < 0 or max_events_per_subject < 1:
             raise ValueError("window >= 1 s, grace >= 0 s and max events >= 1 are required")
+        if idle_seconds is not None and idle_seconds <= 0:
+            raise ValueError("idle_seconds must be > 0 (or None: one window plus the grace)")
+        # Wall-clock seconds without any event after which windows close by the wall clock
+        # (marked incomplete): an idle partition still reports its windows.
+        self.idle_seconds = (
+            float(window_seconds + grace_seconds) if idle_seconds is None else idle_seconds
+        )
+        self.watermark: float | None = None  # newest event time seen on this partition
+        self._arrived = False  # an event arrived since the last close_ready
+        self._last_arrival: float | None = None  # wall clock of the close_ready that saw it
+        self._closed: dict[int, WindowStats] = {}  # recent closed windows, for amendments
+        self._late_by_window: dict[int, int] = {}
+        self._amend: set[int] = set()
+        self.incomplete_windows = 0
         self.window_seconds = window_seconds
         self.grace_seconds = grace_seconds
         self.max_events = max_events_per_subject
@@ -91,8 +125,14 @@ class WindowAggregator:
     def add(self, subject: str, event_time: float, measures: dict[str, float]) -> bool:
         """Count one event; False when it is late (its window is closed) or over the cap."""
         start = self.window_of(event_time)
+        self._arrived = True
+        if self.watermark is None or event_time > self.watermark:
+            self.watermark = event_time
         if self._next_close is not None and start < self._next_close:
             self.late_events += 1
+            if start in self._closed:
+                self._late_by_window[start] = self._late_by_window.get(start, 0) + 1
+                self._amend.add(start)
             return False
         if self._next_close is None:
             self._next_close = start
@@ -129,14 +169,26 @@ class WindowAggregator:
         return rows
 
     def close_ready(self, now: float) -> list[WindowStats]:
-        """Close every window that ended at least ``grace_seconds`` before ``now``.
+        """Close every window whose end plus ``grace_seconds`` the partition's event-time
+        watermark has passed (and the wall clock ``now`` too); after ``idle_seconds`` without
+        events, close by the wall clock, marked incomplete. Also returns amendments of
+        closed windows that received late events since the last call.
 
         Windows are closed in order and without gaps from the first event on, so a
         window in which nothing happened is released as zero rather than skipped.
         """
-        horizon = self.window_of(now - self.grace_seconds)
+        if self._arrived or self._last_arrival is None:
+            self._last_arrival, self._arrived = now, False
+        amended = self._amendments(now)
+        by_wall = self.window_of(now - self.grace_seconds)
+        by_events = (
+            None if self.watermark is None else self.window_of(self.watermark - self.grace_seconds)
+        )
+        horizon = by_wall if by_events is None else min(by_events, by_wall)
+        if now - self._last_arrival >= self.idle_seconds:
+            horizon = by_wall
         if self._next_close is None or self._next_close >= horizon:
-            return []
+            return amended
         closed: list[WindowStats] = []
         recent = max(self._next_close, horizon - MAX_EMPTY_WINDOWS * self.window_seconds)
         starts = {s for s in self._windows if s < horizon}
@@ -147,14 +199,37 @@ class WindowAggregator:
             for tally in tallies.values():
                 for name, value in tally.sums.items():
                     sums[name] = sums.get(name, 0.0) + value
-            closed.append(
-                WindowStats(
-                    window_start=start,
-                    window_end=start + self.window_seconds,
-                    distinct_subjects=len(tallies),
-                    events=sum(t.events for t in tallies.values()),
-                    sums=sums,
-                )
+            complete = by_events is not None and start < by_events
+            self.incomplete_windows += not complete
+            stats = WindowStats(
+                window_start=start,
+                window_end=start + self.window_seconds,
+                distinct_subjects=len(tallies),
+                events=sum(t.events for t in tallies.values()),
+                sums=sums,
+                complete=complete,
+                watermark=self.watermark,
             )
+            closed.append(stats)
+            self._closed[start] = stats
         self._next_close = horizon
-        return closed
+        for start in sorted(self._closed)[:-MAX_KEPT_CLOSED]:
+            del self._closed[start]
+            self._late_by_window.pop(start, None)
+        return closed + amended
+
+    def _amendments(self, now: float) -> list[WindowStats]:
+        """Closed windows with new late events: re-reported incomplete with their count."""
+        out = []
+        for start in sorted(self._amend):
+            if start in self._closed:
+                stats = replace(
+                    self._closed[start],
+                    complete=False,
+                    late_events=self._late_by_window.get(start, 0),
+                    amended_at=now,
+                )
+                self._closed[start] = stats
+                out.append(stats)
+        self._amend.clear()
+        return out

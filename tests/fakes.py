@@ -17,14 +17,16 @@ class FakeWindowSource:
     def window_stats(
         self, product: str, window_starts: list[int], partitions: int = 1
     ) -> list[dict[str, Any]]:
-        """Rows for ``window_starts`` (already summed over partitions); unknown ones None."""
+        """Rows for ``window_starts`` (already summed over partitions; complete in every
+        partition unless a row says otherwise); unknown ones None."""
         return [
-            {"window_start": w, **self.rows[w]}
+            {"window_start": w, "complete": partitions, **self.rows[w]}
             if w in self.rows
             else {
                 "window_start": w,
                 "distinct_subjects": self.windows.get(w),
                 "events": None,
+                "complete": partitions,
                 "contribution_bound": None,
             }
             for w in window_starts
@@ -331,3 +333,31 @@ class OpenMetadataTestServer:
                 self._send(201 if created else 200, entity)
 
         return Handler
+
+
+class RecordingSender:
+    """Stands in for ``streams.batch_send.BatchSender``: keeps every output it is given
+    (delivered at once), so the records a loop dead-letters can be counted without a broker."""
+
+    def __init__(self) -> None:
+        self.outputs: list[Any] = []
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def deliver(self, outputs: list[Any]) -> None:
+        """Keep ``outputs`` as delivered."""
+        self.outputs.extend(outputs)
+
+    async def submit(self, outputs: list[Any]) -> list[tuple[list[Any], Any]]:
+        """Keep ``outputs``; each group's acknowledgement is already done."""
+        import asyncio
+
+        self.outputs.extend(outputs)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return [(list(outputs), done)]
+
+    def to(self, topic: str) -> list[Any]:
+        """The outputs sent to ``topic``."""
+        return [o for o in self.outputs if o.topic == topic]

@@ -28,6 +28,9 @@ def roundtrip(store: DomainFeatureStore) -> None:
                 "events": subjects + 8,
                 "contribution_bound": 20,
                 "amount_cents_sum": 1000.0 + partition,
+                "complete": partition,  # partition 1's watermark passed, partition 0's not
+                "watermark": w + 12 + partition,
+                "late_events": 3,
                 "event_timestamp": datetime.now(UTC),
             }
             for w, partition, subjects in [(window, 0, 40), (window, 1, 2), (window - 10, 0, 7)]
@@ -38,6 +41,9 @@ def roundtrip(store: DomainFeatureStore) -> None:
     assert rows[0]["distinct_subjects"] == 42 and rows[0]["amount_cents_sum"] == 2001.0
     # the contribution bound is the largest one used, not a sum over partitions
     assert rows[0]["contribution_bound"] == 20
+    # completeness: partitions whose watermark passed; late events add up; oldest watermark
+    assert (rows[0]["complete"], rows[0]["late_events"], rows[0]["partitions"]) == (1, 6, 2)
+    assert rows[0]["watermark"] == window + 12
     # a window missing from one partition, or from all, is not released as a partial sum
     assert rows[1]["distinct_subjects"] is None and rows[2]["distinct_subjects"] is None
     assert store.window_stats("orders", [window - 10], partitions=1)[0]["events"] == 15
