@@ -15,6 +15,16 @@ rate does not hold millions of dicts.
 
 One lock orders flushes and erasures: a flush that drained a subject's row before an
 erasure cannot write it after the erasure's delete.
+
+A bad record never costs the others: rows and events are converted to Arrow before a part
+file is written, and when a batch does not convert, each record is tried alone; the ones
+that fail go to the product's dead-letter topic (``offline_write_failed``, the
+pseudonymised record and the error's type, never a value) and the rest are written. An
+online write that fails for a batch is retried record by record the same way
+(``online_write_failed``); when every record fails the store itself is away, and the
+flush fails as a whole (counted, retried next interval). A part file whose write fails
+(disk full, permissions) is kept in memory and written with the next one. Each product
+is flushed under its own guard: one product's failure does not stop the others'.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from streams.batch_send import BatchSender, Output
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline
 from streams.settings import StreamSettings
+from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from streams.windows import SubjectRow
 
 log = logging.getLogger("privmesh.streams")
@@ -47,6 +58,9 @@ Record = dict[str, object]
 MAX_PAUSE_SECONDS = 1.0
 EVENT_CHUNK = 10_000  # buffered event dicts of one product turned into an Arrow table
 COMPACT_SECONDS = 1.0  # how often the offline task checks the event buffers
+OFFLINE_WRITE_FAILED = "offline_write_failed"
+ONLINE_WRITE_FAILED = "online_write_failed"
+Failed = list[tuple[Record, str]]  # (record, the error's type name)
 
 
 class FeaturePusher:
@@ -124,27 +138,40 @@ class FeaturePusher:
             self._keyring.poll()
         began = time.perf_counter()
         async with self._lock:
+            failures = 0
             for pipeline in self.pipelines:
-                rows, closed = pipeline.drain(time.time())
-                rows = self._stashed.pop(pipeline.product.name, []) + rows
-                features = self.store.product_features(pipeline.product)
-                if rows:
-                    records = pipeline.subject_records(rows)
-                    await self._to_store(features.subject_view, records)
-                    await self._to_profiles(pipeline, rows, records)
-                    self._offline.setdefault(features.subject_view.name, []).extend(records)
-                    pipeline.counters["subject_rows_pushed"] += len(rows)
-                if closed:
-                    records = pipeline.window_records(closed)
-                    await self._to_store(features.window_view, records)
-                    self._offline.setdefault(features.window_view.name, []).extend(records)
-                    pipeline.counters["windows_closed"] += len(closed)
-                    last = max(c.stats.window_start for c in closed)
-                    pipeline.counters["last_window_start"] = last
+                try:
+                    await self._flush_product(pipeline)
+                except Exception as exc:  # this product's rows wait; the others go on
+                    failures += 1
+                    pipeline.counters["flush_failures"] += 1
+                    log.error(
+                        "feature flush of %s failed (%s)", pipeline.product.name, type(exc).__name__
+                    )
+            if failures:
+                self.counters["flush_failures"] += failures
         took_ms = round((time.perf_counter() - began) * 1000)
         self.counters["flushes"] += 1
         self.counters["flush_ms_max"] = max(self.counters["flush_ms_max"], took_ms)
         self.counters["flush_ms_total"] += took_ms
+
+    async def _flush_product(self, pipeline: ProductPipeline) -> None:
+        rows, closed = pipeline.drain(time.time())
+        rows = self._stashed.pop(pipeline.product.name, []) + rows
+        features = self.store.product_features(pipeline.product)
+        if rows:
+            records = pipeline.subject_records(rows)
+            self._offline.setdefault(features.subject_view.name, []).extend(records)
+            await self._to_store(pipeline, features.subject_view, records)
+            await self._to_profiles(pipeline, rows, records)
+            pipeline.counters["subject_rows_pushed"] += len(rows)
+        if closed:
+            records = pipeline.window_records(closed)
+            self._offline.setdefault(features.window_view.name, []).extend(records)
+            await self._to_store(pipeline, features.window_view, records)
+            pipeline.counters["windows_closed"] += len(closed)
+            last = max(c.stats.window_start for c in closed)
+            pipeline.counters["last_window_start"] = last
 
     async def evict(self, tokens: set[str], products: Collection[str] | None = None) -> ErasedRows:
         """Erasure: forget the subjects in memory, then delete their stored rows.
@@ -177,9 +204,49 @@ class FeaturePusher:
         log.info("erasure: evicted %d window tallies", dropped)
         return rows
 
-    async def _to_store(self, view: FeatureView, records: list[Record]) -> None:
+    async def _to_store(
+        self, pipeline: ProductPipeline, view: FeatureView, records: list[Record]
+    ) -> None:
+        """Write ``records`` online; a batch that fails is retried record by record and
+        the records that still fail are dead-lettered (all failing: the store is away)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.store.write_online, view, records)
+        try:
+            await loop.run_in_executor(None, self.store.write_online, view, records)
+            return
+        except Exception:
+            if len(records) == 1:
+                raise
+        failed: Failed = []
+        for record in records:
+            try:
+                await loop.run_in_executor(None, self.store.write_online, view, [record])
+            except Exception as exc:
+                failed.append((record, type(exc).__name__))
+        if len(failed) == len(records):
+            raise RuntimeError(f"online store refused all {len(records)} rows of {view.name}")
+        await self._dead_letter(pipeline, failed, ONLINE_WRITE_FAILED, view.name)
+
+    async def _dead_letter(
+        self, pipeline: ProductPipeline, failed: Failed, reason: str, target: str
+    ) -> None:
+        """Send records that could not be stored to the product's DLQ (pseudonymised data)."""
+        if not failed:
+            return
+        outputs = []
+        for record, error in failed:
+            value = json.dumps(record, default=str, separators=(",", ":")).encode()
+            subject = record.get(pipeline.product.subject_field) or record.get(SUBJECT_KEY)
+            key = subject.encode() if isinstance(subject, str) and subject.isascii() else None
+            headers = [
+                (REASON_HEADER, reason.encode()),
+                (DETAIL_HEADER, f"not written to {target}: {error}".encode()),
+                (SOURCE_HEADER, f"feature-push/{target}".encode()),
+            ]
+            outputs.append(Output(pipeline.topics.dlq, key, value, headers))
+        await self._sender.deliver(outputs)
+        self.counters[f"dead_lettered.{reason}"] += len(failed)
+        pipeline.counters[f"rejected.{reason}"] += len(failed)
+        log.error("%d record(s) of %s dead-lettered (%s)", len(failed), target, reason)
 
     async def _to_profiles(
         self, pipeline: ProductPipeline, rows: list[SubjectRow], records: list[Record]
@@ -217,35 +284,108 @@ class FeaturePusher:
                 if pipeline.buffered_events >= max(minimum, 1):
                     name = pipeline.product.name
                     events = pipeline.take_events()
-                    table = await loop.run_in_executor(
-                        None, event_table, self._event_schemas[name], events
+                    table, failed = await loop.run_in_executor(
+                        None, table_isolated, self._event_schemas[name], events
                     )
-                    self._events.setdefault(name, []).append(table)
+                    if table is not None:
+                        self._events.setdefault(name, []).append(table)
+                    await self._dead_letter(
+                        pipeline, failed, OFFLINE_WRITE_FAILED, f"{name}_events"
+                    )
 
     async def write_offline(self) -> None:
         """Write what is buffered as one part file per view and one per product's events
-        (off the online flush's lock)."""
+        (off the online flush's lock); records that cannot be converted are dead-lettered,
+        a part whose write fails is kept for the next call."""
         loop = asyncio.get_running_loop()
+        owner = {}
+        for pipeline in self.pipelines:
+            features = self.store.product_features(pipeline.product)
+            owner[features.subject_view.name] = owner[features.window_view.name] = pipeline
         async with self._offline_lock:
             pending, self._offline = self._offline, {}
             for view, records in pending.items():
-                if records:
-                    frame = pd.DataFrame(records)
+                if not records:
+                    continue
+                frame, failed = await loop.run_in_executor(None, frame_isolated, records)
+                if view in owner:
+                    await self._dead_letter(owner[view], failed, OFFLINE_WRITE_FAILED, view)
+                if frame is None:
+                    continue
+                try:
                     await loop.run_in_executor(None, self.store.append_offline, view, frame)
+                except Exception as exc:  # kept: written with the next part
+                    self._offline.setdefault(view, [])[:0] = frame.to_dict("records")
+                    self.counters["offline_failures"] += 1
+                    log.error("offline part of %s not written (%s)", view, type(exc).__name__)
             for pipeline in self.pipelines:
                 name = pipeline.product.name
                 tables = self._events.pop(name, [])
                 events = pipeline.take_events()
-                written = await loop.run_in_executor(None, self._write_events, name, tables, events)
+                if events:
+                    table, failed = await loop.run_in_executor(
+                        None, table_isolated, self._event_schemas[name], events
+                    )
+                    await self._dead_letter(
+                        pipeline, failed, OFFLINE_WRITE_FAILED, f"{name}_events"
+                    )
+                    if table is not None:
+                        tables.append(table)
+                try:
+                    written = await loop.run_in_executor(None, self._write_events, name, tables)
+                except Exception as exc:  # kept: written with the next part
+                    self._events.setdefault(name, [])[:0] = tables
+                    self.counters["offline_failures"] += 1
+                    log.error(
+                        "offline events part of %s not written (%s)", name, type(exc).__name__
+                    )
+                    continue
                 self.counters["offline_events"] += written
 
-    def _write_events(self, product: str, tables: list[pa.Table], events: list[Record]) -> int:
-        """One part file of ``product``'s events (converted tables, then recent dicts)."""
-        schema = self._event_schemas[product]
-        if events:
-            tables = [*tables, event_table(schema, events)]
+    def _write_events(self, product: str, tables: list[pa.Table]) -> int:
+        """One part file of ``product``'s events (converted tables)."""
         if not tables:
             return 0
         table = pa.concat_tables(tables)
         self.store.append_events(product, table)
         return table.num_rows
+
+
+def events_target(product: str) -> str:
+    """Where a product's events are written offline (for dead-letter details)."""
+    return f"{product}_events"
+
+
+def table_isolated(schema: pa.Schema, events: list[Record]) -> tuple[pa.Table | None, Failed]:
+    """``events`` as one table of ``schema``; events that do not convert are left out and
+    returned with their error's type (tried one by one only when the batch fails)."""
+    try:
+        return event_table(schema, events), []
+    except Exception:
+        good: list[Record] = []
+        failed: Failed = []
+        for event in events:
+            try:
+                event_table(schema, [event])
+                good.append(event)
+            except Exception as exc:
+                failed.append((event, type(exc).__name__))
+        return (event_table(schema, good) if good else None), failed
+
+
+def frame_isolated(records: list[Record]) -> tuple[pd.DataFrame | None, Failed]:
+    """``records`` as a frame that converts to Arrow; rows that do not are left out."""
+    try:
+        frame = pd.DataFrame(records)
+        pa.Table.from_pandas(frame, preserve_index=False)
+        return frame, []
+    except Exception:
+        good: list[Record] = []
+        failed: Failed = []
+        for record in records:
+            try:
+                pa.Table.from_pandas(pd.DataFrame([record]), preserve_index=False)
+                good.append(record)
+            except Exception as exc:
+                failed.append((record, type(exc).__name__))
+        return (pd.DataFrame(good) if good else None), failed
