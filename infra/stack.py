@@ -34,7 +34,7 @@ from typing import IO, Any
 import httpx
 import psutil
 
-from infra.broker import ensure_topics, tansu_command
+from infra.broker import embedded_broker_command, ensure_topics, stop_embedded_broker
 from infra.errors import ComponentFailed, InfraError, StackAlreadyRunning, StackNotRunning
 from infra.ports import port_is_free, require_free, wait_for_port
 
@@ -285,8 +285,13 @@ class Stack:
         if comp.after_start is not None:
             comp.after_start()
         comp.state = RUNNING
-        again = f" (restart {comp.restarts})" if comp.restarts else ""
-        self.say(f"[green]ok[/] {comp.name} ready{again} at {time.monotonic() - began:.1f}s")
+        if comp.restarts:
+            took = time.monotonic() - comp.spawned_at
+            self.say(
+                f"[green]ok[/] {comp.name} ready again (restart {comp.restarts}) in {took:.1f}s"
+            )
+        else:
+            self.say(f"[green]ok[/] {comp.name} ready at {time.monotonic() - began:.1f}s")
         self.write_state()
 
     def write_state(self) -> None:
@@ -398,6 +403,8 @@ class Stack:
                 comp.state = STOPPED
                 continue
             self.say(f"stopping {comp.name} ...")
+            if comp.name == "broker":  # the journaled broker drains into its journal first
+                stop_embedded_broker(proc.pid, self.stop_timeout)
             terminate_tree(proc.pid, self.stop_timeout)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
@@ -526,7 +533,7 @@ def build_components(
         components.append(
             Component(
                 "broker",
-                tansu_command(broker_port),
+                embedded_broker_command(broker_port),
                 port=broker_port,
                 ready_timeout=20,
                 after_start=create_topics,

@@ -172,6 +172,17 @@ async def _committed(bootstrap: str) -> dict[int, int | None]:
         await consumer.stop()
 
 
+async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in TOPICS for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+    finally:
+        await consumer.stop()
+
+
 async def _read_all(bootstrap: str) -> Snapshot:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
@@ -182,7 +193,6 @@ async def _read_all(bootstrap: str) -> Snapshot:
         tps = [TopicPartition(t, p) for t in TOPICS for p in range(PARTITIONS)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = {tp: consumer.highwater(tp) for tp in tps}
         idle = 0
         while idle < 4:
             batches = await consumer.getmany(timeout_ms=200)
@@ -191,7 +201,6 @@ async def _read_all(bootstrap: str) -> Snapshot:
                 out.setdefault((tp.topic, tp.partition), []).extend(
                     (r.offset, r.key, r.value, tuple(r.headers)) for r in records
                 )
-        del ends
     finally:
         await consumer.stop()
     return out
@@ -245,6 +254,8 @@ def test_down_then_up_keeps_every_record_offset_and_group_offset(journaled: Brok
     journaled.start()
     assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
     assert asyncio.run(_committed(journaled.bootstrap)) == committed
+    ends = asyncio.run(_end_offsets(journaled.bootstrap))
+    assert ends == {tp: before[tp][-1][0] + 1 if tp in before else 0 for tp in ends}
     # the next record goes after the old ones, not over them
     asyncio.run(_produce(journaled.bootstrap, 4, "b"))
     after = asyncio.run(_read_all(journaled.bootstrap))
