@@ -162,6 +162,8 @@ def ensure_topics(
 # -- the journaled broker process ---------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
+# A broker incarnation runs at least this long before a rotation (replays stay rare).
+ROTATE_AFTER_SECONDS = 10.0
 
 
 def _die_with_parent() -> None:  # child, between fork and exec: Tansu dies with us
@@ -226,6 +228,7 @@ class JournaledBroker:
             "broker_rss_bytes": 0,
             "broker_rss_peak_bytes": 0,
         }
+        self._warned_retention = False
         self._broker: subprocess.Popen[bytes] | None = None
         self._proxy: subprocess.Popen[bytes] | None = None
 
@@ -291,6 +294,7 @@ class JournaledBroker:
         (``rotate``)."""
         assert self._broker is not None
         began = last_refresh = last_trim = last_check = time.monotonic()
+        next_try = began
         limit = self.kafka.embedded_memory_limit_mb * 1024 * 1024
         broker = psutil.Process(self._broker.pid)
         while not self.stopping.is_set():
@@ -319,14 +323,35 @@ class JournaledBroker:
                     peak = max(self.counters["broker_rss_peak_bytes"], rss)
                     self.counters["broker_rss_peak_bytes"] = peak
                     self.write_status(mirror)
-                    if rss > limit and now - began >= 30.0:
+                    due = rss > limit and now >= max(began + ROTATE_AFTER_SECONDS, next_try)
+                    if due and await self.rotation_helps(limit):
                         log.info(
                             "embedded broker at %d MiB (limit %d MiB): rotating",
                             rss >> 20,
                             limit >> 20,
                         )
                         return "rotate"
+                    if due:  # it would not help now: look again in a minute
+                        next_try = now + 60.0
         return "stop"
+
+    async def rotation_helps(self, limit: int) -> bool:
+        """True when what retention keeps is well under ``limit``: otherwise a rotation
+        would come back as big (warned once: lower the retention or raise the limit)."""
+        self.counters["trimmed_records"] += await asyncio.to_thread(self.journal.trim)
+        retained = await asyncio.to_thread(self.journal.retained_bytes)
+        if retained * 3 < limit * 2:  # Tansu holds ~1.4 bytes per byte of records
+            return True
+        if not self._warned_retention:
+            self._warned_retention = True
+            log.warning(
+                "retention keeps %d MiB, too much for the embedded broker's %d MiB limit: "
+                "lower PRIVMESH_KAFKA_RETENTION_BYTES/_RETENTION_MS or raise "
+                "PRIVMESH_KAFKA_EMBEDDED_MEMORY_LIMIT_MB",
+                retained >> 20,
+                limit >> 20,
+            )
+        return False
 
     def write_status(self, mirror: Mirror | None = None) -> None:
         """Counters for ``privmesh status``, benchmarks and tests."""

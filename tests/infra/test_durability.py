@@ -315,3 +315,62 @@ def test_a_stop_does_not_hang_on_signals(journaled: Broker) -> None:
     assert journaled.proc is not None
     journaled.proc.send_signal(signal.SIGINT)
     assert journaled.proc.wait(20) == 0
+
+
+async def _produce_bulk(bootstrap: str, count: int, size: int) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(PRODUCT, i.to_bytes(4, "big") * (size // 4), partition=i % 2)
+            for i in range(count)
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+def test_memory_is_bounded_by_rotation_with_offsets_kept(tmp_path: Path) -> None:
+    """Past the memory limit the broker is rotated: its resident size drops back, it keeps
+    what retention.bytes keeps at the same offsets, and producing goes on after them."""
+    broker = Broker(
+        tmp_path / "data",
+        env={
+            "PRIVMESH_KAFKA_EMBEDDED_MEMORY_LIMIT_MB": "64",
+            "PRIVMESH_KAFKA_RETENTION_BYTES": "65536",
+        },
+    )
+    try:
+        broker.start()
+    except Exception as exc:
+        pytest.skip(f"journaled broker unavailable: {exc}")
+    try:
+        ensure_topics(broker.bootstrap, TOPICS, PARTITIONS, 1)
+        count, size = 60_000, 1024  # ~60 MiB of values
+        asyncio.run(_produce_bulk(broker.bootstrap, count, size))
+        grown = broker.tansu().memory_info().rss
+        assert grown > 64 * 1024 * 1024
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if status_path(broker.data_dir).exists() and broker.status()["rotations"] >= 1:
+                break
+            time.sleep(0.5)
+        assert broker.status()["rotations"] >= 1
+        assert wait_for_port(broker.port, 30)
+        assert broker.tansu().memory_info().rss < grown / 2
+        after = asyncio.run(_read_all(broker.bootstrap))
+        for partition in range(PARTITIONS):
+            records = after[(PRODUCT, partition)]
+            offsets = [r[0] for r in records]
+            last = count - PARTITIONS + partition  # the last i of this partition
+            assert offsets[-1] == last // PARTITIONS  # per-partition offsets are i // 2
+            assert offsets == list(range(offsets[0], offsets[-1] + 1))
+            assert offsets[0] > 0
+            assert sum(len(r[2] or b"") for r in records) <= 65536 + size
+            for offset, _key, value, _headers in records:
+                assert value == (offset * PARTITIONS + partition).to_bytes(4, "big") * (size // 4)
+    finally:
+        broker.close()
