@@ -95,6 +95,11 @@
       ? table(["severity", "code", "subject", "what"], p.findings.map((f) =>
         [el("span", `sev ${f.severity}`, f.severity), f.code, f.subject, f.message]))
       : el("p", "ok", "Nothing needs a look."));
+    const comps = p.components || [];
+    fill("components", comps.length
+      ? table(["component", "state", "restarts", "last exit code"], comps.map((c) =>
+        [c.name, el("span", c.state === "running" ? "ok" : "bad", c.state), c.restarts, c.last_exit_code]), [2, 3])
+      : el("p", "muted", "No `privmesh up` launcher here: the orchestrator supervises the processes."));
     fill("streams", table(
       ["domain", "worker", "consumed", "published", "dead letters", "consent drops", "index"],
       streams.map(([d, s]) => [d, el("span", s.reachable ? "ok" : "bad", s.reachable ? "up" : "unreachable"),
