@@ -98,6 +98,7 @@ class LocalStack:
 
     def start(self) -> None:
         """Start ``privmesh up`` (output appended to ``up.log``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.up = subprocess.Popen(
                 [sys.executable, "-m", "infra.cli", "up"],
@@ -291,7 +292,7 @@ class Load:
 def _id_of(value: bytes, name: str) -> str | None:
     try:
         event = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # hostile input: deep nesting, bad UTF-8
         return None
     ident = event.get(name) if isinstance(event, dict) else None
     return ident if isinstance(ident, str) else None
