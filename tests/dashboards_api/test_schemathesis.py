@@ -83,6 +83,18 @@ DEFINITIONS: list[dict[str, Any]] = [
     },
 ]
 DEFINITIONS = [{"title": d["id"], **SHOP, "budget_per_day": "50", **d} for d in DEFINITIONS]
+# An owner trying extreme values on a class's numeric fields (issue 25): each must be a
+# 4xx problem or a release with a finite interval, never a 5xx.
+NUMERIC_FIELDS = [
+    "epsilon_per_release",
+    "budget_per_day",
+    "suppress_below",
+    "max_records_per_subject",
+    "horizon_windows",
+    "quantile",
+]
+EXTREME_TEXT = ["1e-12", "0.000001", "1e30", "1e20", "1000000", "100", "NaN", "-1", "0", "lots"]
+EXTREMES = st.sampled_from([*EXTREME_TEXT, 1e-12, 1e30, -1, 0, 10**30, 0.5, 2**63])
 
 
 def shop_row(i: int) -> dict[str, Any]:
@@ -170,7 +182,8 @@ def flatmap_query(_: Any, query: dict[str, Any] | None) -> Any:
 
 @schema.hook
 def flatmap_case(_: Any, case: schemathesis.Case) -> Any:
-    """Half the PUTs of a class carry a valid definition of some shape, under its own id."""
+    """A third of the PUTs of a class carry a valid definition of some shape, under its own
+    id, and a third such a definition with one numeric field set to an extreme value."""
     if case.method.upper() != "PUT" or not case.operation.path.startswith("/v1/classes/"):
         return st.just(case)
 
@@ -180,7 +193,12 @@ def flatmap_case(_: Any, case: schemathesis.Case) -> Any:
         put.body = dict(definition)
         return put
 
-    return st.one_of(st.just(case), st.sampled_from(DEFINITIONS).map(valid))
+    def extreme(pick: tuple[dict[str, Any], str, Any]) -> schemathesis.Case:
+        definition, field, value = pick
+        return valid({**definition, field: value})
+
+    extremes = st.tuples(st.sampled_from(DEFINITIONS), st.sampled_from(NUMERIC_FIELDS), EXTREMES)
+    return st.one_of(st.just(case), st.sampled_from(DEFINITIONS).map(valid), extremes.map(extreme))
 
 
 @schema.hook
