@@ -535,7 +535,7 @@ def build_components(
                 "broker",
                 embedded_broker_command(broker_port),
                 port=broker_port,
-                ready_timeout=20,
+                ready_timeout=max(20.0, start_timeout),  # a journaled broker replays first
                 after_start=create_topics,
                 start_first=True,
                 critical=True,
