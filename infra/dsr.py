@@ -45,6 +45,19 @@ class DsrRecord:
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def check_subject(subject: str) -> None:
+    """Refuse a subject no domain could hold: empty, or holding NUL or text UTF-8 cannot
+    encode (a lone surrogate, as a non-UTF-8 argument gives). The error never quotes it."""
+    if not subject.strip():
+        raise ValueError("the subject is empty: give the raw privacy-unit value")
+    if "\x00" in subject:
+        raise ValueError("the subject holds a NUL character")
+    try:
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the subject holds text UTF-8 cannot encode (not UTF-8 input)") from None
+
+
 def subject_access(
     contracts: dict[str, DomainContract],
     tokens: dict[str, DomainTokens],
@@ -55,8 +68,7 @@ def subject_access(
     requested_by: str,
 ) -> dict[str, Any]:
     """What privmesh holds about ``subject`` in every domain, as a readable export."""
-    if not subject.strip():
-        raise ValueError("the subject is empty: give the raw privacy-unit value")
+    check_subject(subject)
     began, record = time.monotonic(), _start("access", requested_by)
     export: dict[str, Any] = {"request_id": record.request_id, "domains": {}}
     versions = registry.versions()
@@ -110,8 +122,7 @@ def subject_erase(
     requested_by: str,
 ) -> DsrRecord:
     """Erase ``subject`` from every domain through each domain's erasure path."""
-    if not subject.strip():
-        raise ValueError("the subject is empty: give the raw privacy-unit value")
+    check_subject(subject)
     began, record = time.monotonic(), _start("erase", requested_by)
     for domain, contract in sorted(contracts.items()):
         erased = erase_subject(

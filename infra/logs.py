@@ -4,8 +4,10 @@ Every long-running component (stream workers, the API, the stack launcher) logs 
 ``logging_config``: a line holds the time, level, logger, component, pid and message.
 The message (and any traceback) passes ``mask_identifiers`` first: privmesh code never
 logs a value, and the mask is the second line of defence against a library that does
-(an e-mail address or a routable IPv4 address in an exception message, for instance).
-Tokens (``k1.…``) are pseudonymous and are kept.
+(an e-mail address, phone number, payment card, IBAN, national id, IPv6 or routable IPv4
+address in an exception message, for instance; the detectors of ``domains.pii_patterns``).
+Tokens (``k1.…``) are pseudonymous and are kept. Names cannot be recognised by a pattern:
+privmesh code never puts a value or an unknown field's name in a message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging.config
 import re
 from datetime import UTC, datetime
 from typing import Any
+
+from domains.pii_patterns import mask as mask_personal
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|/\d)")
@@ -35,8 +39,9 @@ def _mask_ip(match: re.Match[str]) -> str:
 
 
 def mask_identifiers(text: str) -> str:
-    """``text`` with e-mail addresses and routable IPv4 addresses replaced."""
-    return IPV4.sub(_mask_ip, EMAIL.sub(MASKED_EMAIL, text))
+    """``text`` with e-mail addresses, phone, card, IBAN and national id numbers, IPv6 and
+    routable IPv4 addresses replaced."""
+    return IPV4.sub(_mask_ip, mask_personal(EMAIL.sub(MASKED_EMAIL, text)))
 
 
 class JsonFormatter(logging.Formatter):

@@ -52,13 +52,18 @@ def unit_key(product: DataProduct, line: bytes) -> bytes | None:
     """Partition key of a raw event: its normalised privacy-unit value, if it has one."""
     try:
         payload = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8 JSON, huge ints, deep nesting
         return None
     unit = product.field(product.privacy_unit)
     if not isinstance(payload, dict) or unit is None:
         return None
     value = payload.get(unit.name)
-    return normalise(value, unit.type).encode() if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return normalise(value, unit.type).encode()
+    except UnicodeEncodeError:  # a lone surrogate: sent unkeyed, the processor refuses it
+        return None
 
 
 def _lines(stream: TextIO | None, path: Path) -> Iterator[bytes]:

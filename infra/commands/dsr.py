@@ -48,6 +48,17 @@ def _system() -> dict[str, Any]:
     }
 
 
+def _check(subject: str) -> None:
+    from infra.dsr import check_subject
+
+    if not subject.strip():
+        raise typer.BadParameter("--subject is empty")
+    try:
+        check_subject(subject)
+    except ValueError as exc:  # the message never quotes the subject
+        raise typer.BadParameter(f"--subject: {exc}") from None
+
+
 @app.command("access")
 def access(
     subject: SubjectOpt,
@@ -58,8 +69,7 @@ def access(
     from federation.registry import open_registry
     from infra.dsr import subject_access
 
-    if not subject.strip():
-        raise typer.BadParameter("--subject is empty")
+    _check(subject)
     s = _system()
     export = subject_access(
         s["contracts"], s["tokens"], s["stores"], open_registry(), subject, s["log"],
@@ -80,8 +90,7 @@ def erase(subject: SubjectOpt, requested_by: ByOpt = None) -> None:
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings
 
-    if not subject.strip():
-        raise typer.BadParameter("--subject is empty")
+    _check(subject)
     s = _system()
     with RawProducer(KafkaSettings(), client_id="privmesh-dsr") as producer:
         record = subject_erase(

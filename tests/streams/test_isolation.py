@@ -133,7 +133,7 @@ def test_a_failing_part_write_keeps_the_events_for_the_next_one(tmp_path: Path) 
     def broken(*_: object) -> None:
         raise OSError("disk full")
 
-    pusher.store.append_events = broken  # type: ignore[method-assign]
+    pusher.store.append_events = broken  # type: ignore[method-assign,assignment]
     asyncio.run(pusher.write_offline())
     assert pusher.counters["offline_failures"] == 1 and not sender.outputs
     pusher.store.append_events = real  # type: ignore[method-assign]
