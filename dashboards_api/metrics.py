@@ -15,7 +15,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dashboards_api.budget import from_micro
 from dashboards_api.releases import ReleaseService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -44,7 +43,7 @@ class BudgetCollector(Collector):
             state = self._service.budget(qc)
             spent.add_metric([qc.id], float(state["epsilon_spent"]))
             remaining.add_metric([qc.id], float(state["epsilon_remaining"]))
-            total.add_metric([qc.id], float(from_micro(qc.budget_micro)))
+            total.add_metric([qc.id], float(state["epsilon_budget"]))  # capped by the policy
         yield from (spent, remaining, total)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 
 from fastapi import FastAPI
 
 from dashboards_api.ledger import PostgresLedger
 from dashboards_api.main import create_app
-from dashboards_api.query_classes import QueryClass
+from dashboards_api.query_classes import ProductBudget, QueryClass
 from dashboards_api.releases import ReleaseService
 from domains.registry import load_contracts
 from tests.fakes import FakeWindowSource
@@ -65,6 +66,8 @@ def create() -> FastAPI:
         lookback_windows=1,
         contracts=load_contracts(),
         clock=lambda: NOW,
+        # A product total above every class's budget together: each test races one class.
+        product_budgets={"shop.orders": ProductBudget(budget_per_day=Decimal(1_000))},
     )
     app = create_app(service)
 

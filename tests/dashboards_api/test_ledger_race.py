@@ -207,8 +207,9 @@ def check_releases_are_ledgered(outcomes: list[Outcome], rows: list[dict[str, An
         assert o.body["data_version"] == f"window:{o.window}"
         row = by_id.get(o.body["ledger_entry"])
         assert row is not None, f"release {o.body['ledger_entry']} has no ledger entry"
+        # the ledger keys a release on its data version and its class definition
         assert (row["data_version"], row["answer"]["value"]) == (
-            o.body["data_version"],
+            f"{o.body['data_version']}|def={o.body['definition']}",
             o.body["value"],
         )
     versions = [row["data_version"] for row in rows]
