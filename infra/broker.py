@@ -222,6 +222,7 @@ class JournaledBroker:
             "rotations": 0,
             "broker_restarts": 0,
             "replayed_records": 0,
+            "skipped_offsets": 0,
             "journaled_records": 0,
             "group_snapshots": 0,
             "trimmed_records": 0,
@@ -260,23 +261,34 @@ class JournaledBroker:
         counts = await replay(self.journal, bootstrap)
         self.counters["replayed_records"] += counts["records"]
         log.info(
-            "replayed %d records in %d batches and %d groups' offsets in %.1fs",
+            "replayed %d records in %d batches and %d groups' offsets in %.1fs "
+            "(%d offsets skipped after lost records)",
             counts["records"],
             counts["batches"],
             counts["groups"],
             time.monotonic() - began,
+            counts["skipped_offsets"],
         )
+        self.counters["skipped_offsets"] += counts["skipped_offsets"]
+        self.write_status()
         mirror = Mirror(self.journal, bootstrap, lambda t: topic_configs(t, self.kafka))
         await mirror.start()
-        self._proxy = _spawn(proxy_command(self.port, internal))
-        if not await asyncio.to_thread(wait_for_port, self.port, 20.0):
-            raise JournalError(f"the broker proxy did not listen on port {self.port}")
+        await self.open_port(internal)
         log.info("embedded broker ready on port %d (journal %s)", self.port, self.journal.path)
-        reason = await self.mirror_until_done(mirror)
-        _end(self._proxy)  # no client writes from here on
-        self._proxy = None
-        if reason != "broker_died" and not await mirror.drain(within=8.0):
-            log.warning("the broker could not be fully journaled before it stopped")
+        while True:
+            reason = await self.mirror_until_done(mirror)
+            _end(self._proxy)  # no client writes from here on
+            self._proxy = None
+            if reason == "broker_died":
+                break
+            if await mirror.drain(within=8.0 if reason == "rotate" else 12.0):
+                break
+            if reason == "stop":
+                log.warning("the broker could not be fully journaled before it stopped")
+                break
+            # a rotation now would drop what the journal has not caught up with yet
+            log.info("rotation put off: the journal is still catching up")
+            await self.open_port(internal)
         self.counters["journaled_records"] += mirror.journaled
         self.counters["group_snapshots"] += mirror.snapshots
         await mirror.stop()
@@ -288,6 +300,12 @@ class JournaledBroker:
             self.counters["broker_restarts"] += 1
             log.warning("the embedded broker exited; starting a new one from the journal")
         self.write_status()
+
+    async def open_port(self, internal: int) -> None:
+        """Start the proxy on the public port in front of Tansu's private ``internal``."""
+        self._proxy = _spawn(proxy_command(self.port, internal))
+        if not await asyncio.to_thread(wait_for_port, self.port, 20.0):
+            raise JournalError(f"the broker proxy did not listen on port {self.port}")
 
     async def mirror_until_done(self, mirror: Mirror) -> str:
         """Journal until stopped (``stop``), Tansu dies (``broker_died``) or is too big

@@ -26,12 +26,15 @@ import contextlib
 import json
 import logging
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import OffsetAndMetadata
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -41,6 +44,11 @@ from infra.errors import JournalError
 log = logging.getLogger("privmesh.journal")
 
 TP = tuple[str, int]
+# How far past the last high watermark seen a partition resumes after records were lost.
+LOST_OFFSETS_MARGIN = 100_000
+# Kafka record batch v2 header: baseOffset int64, batchLength int32, leaderEpoch int32,
+# magic int8, crc uint32 (over attributes onwards), attributes int16, lastOffsetDelta int32.
+_CRC_AT, _ATTRIBUTES_AT, _LAST_OFFSET_DELTA_AT = 17, 21, 23
 # Largest record batch the replay sends (bytes); a bigger record goes alone.
 REPLAY_BATCH_BYTES = 1024 * 1024
 
@@ -113,6 +121,9 @@ class Journal:
             CREATE TABLE IF NOT EXISTS positions (
                 topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
                 PRIMARY KEY (topic, partition));
+            CREATE TABLE IF NOT EXISTS highwaters (
+                topic TEXT NOT NULL, partition INTEGER NOT NULL, highwater INTEGER NOT NULL,
+                PRIMARY KEY (topic, partition));
             CREATE TABLE IF NOT EXISTS group_offsets (
                 group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
                 offset INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition));
@@ -145,8 +156,24 @@ class Journal:
         rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
         return {(t, int(p)): int(n) for t, p, n in rows}
 
-    def append(self, records: list[JournalRecord]) -> None:
-        """Write ``records`` and advance their partitions' positions, in one transaction."""
+    def highwaters(self) -> dict[TP, int]:
+        """The highest high watermark the mirror saw of each partition: past the position
+        when the broker died holding records the journal never got."""
+        rows = self._db.execute("SELECT topic, partition, highwater FROM highwaters")
+        return {(t, int(p)): int(n) for t, p, n in rows}
+
+    def advance(self, topic: str, partition: int, next_offset: int) -> None:
+        """Set a partition's position forward (a replay that skipped lost offsets)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE "
+                "SET next_offset = max(next_offset, excluded.next_offset)",
+                (topic, partition, next_offset),
+            )
+
+    def append(self, records: list[JournalRecord], highwaters: dict[TP, int] | None = None) -> None:
+        """Write ``records`` and advance their partitions' positions (and the high
+        watermarks the broker reported), in one transaction."""
         if not records:
             return
         nexts: dict[TP, int] = {}
@@ -174,6 +201,11 @@ class Journal:
                 "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE "
                 "SET next_offset = max(next_offset, excluded.next_offset)",
                 [(t, p, n) for (t, p), n in nexts.items()],
+            )
+            self._db.executemany(
+                "INSERT INTO highwaters VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO "
+                "UPDATE SET highwater = max(highwater, excluded.highwater)",
+                [(t, p, n) for (t, p), n in (highwaters or {}).items()],
             )
 
     def records(self, topic: str, partition: int) -> Iterator[JournalRecord]:
@@ -323,6 +355,11 @@ async def replay(journal: Journal, bootstrap: str) -> dict[str, int]:
     Each partition's records go as record batches whose offset deltas are the offsets'
     distances from the partition's next offset, so a record lands on the very offset it
     had; JournalError if the broker's partition was not where the journal expects it.
+    Where the broker had died holding records the journal never got (its last reported
+    high watermark is past the journal's position), the partition's next offset is moved
+    ``LOST_OFFSETS_MARGIN`` past that watermark: a client still holding a position in the
+    lost range then waits in a gap instead of being reset to the earliest offset and
+    reading the whole partition again.
     """
     await asyncio.to_thread(create_journaled_topics, journal, bootstrap)
     producer = AIOKafkaProducer(
@@ -333,11 +370,19 @@ async def replay(journal: Journal, bootstrap: str) -> dict[str, int]:
         acks=1,
     )
     await producer.start()
-    counts = {"records": 0, "batches": 0, "groups": 0}
+    counts = {"records": 0, "batches": 0, "groups": 0, "skipped_offsets": 0}
+    positions, highwaters = journal.positions(), journal.highwaters()
     try:
         for topic, (partitions, _configs) in journal.topics().items():
             for partition in range(partitions):
-                await _replay_partition(journal, producer, topic, partition, counts)
+                tp = (topic, partition)
+                position = positions.get(tp, 0)
+                lost = highwaters.get(tp, 0) > position
+                next_offset = highwaters[tp] + LOST_OFFSETS_MARGIN if lost else position
+                reached = await _replay_partition(journal, producer, tp, next_offset, counts)
+                if reached > position:
+                    journal.advance(topic, partition, reached)
+                    counts["skipped_offsets"] += reached - position
     finally:
         await producer.stop()
     groups = journal.group_offsets()
@@ -350,18 +395,24 @@ async def replay(journal: Journal, bootstrap: str) -> dict[str, int]:
 async def _replay_partition(
     journal: Journal,
     producer: AIOKafkaProducer,
-    topic: str,
-    partition: int,
+    tp: TP,
+    end: int,
     counts: dict[str, int],
-) -> None:
+) -> int:
+    """Replay one partition; its last batch claims the offsets up to ``end`` (exclusive).
+    Returns the partition's next offset."""
+    topic, partition = tp
     next_offset = 0  # a fresh partition's first batch starts at offset 0
     batch = producer.create_batch()
     base = next_offset
     pending = 0
 
-    async def send() -> None:
+    async def send(claim_to: int | None = None) -> None:
         nonlocal next_offset, batch, base, pending
         batch.close()
+        if claim_to is not None and claim_to > next_offset:
+            _claim_offsets(batch, claim_to - 1 - base)
+            next_offset = claim_to
         meta = await (await producer.send_batch(batch, topic, partition=partition))
         if meta.offset != base:
             raise JournalError(
@@ -397,7 +448,16 @@ async def _replay_partition(
             await send()
         record = following
     if pending:
-        await send()
+        await send(claim_to=end)
+    return next_offset
+
+
+def _claim_offsets(batch: BatchBuilder, last_offset_delta: int) -> None:
+    """Set a built batch's ``lastOffsetDelta`` past its last record (the broker then gives
+    out the next offset after it, as a compacted Kafka batch does) and its CRC again."""
+    buffer = batch._build()  # cached: send_batch sends this very buffer
+    struct.pack_into(">i", buffer, _LAST_OFFSET_DELTA_AT, last_offset_delta)
+    struct.pack_into(">I", buffer, _CRC_AT, calc_crc32c(bytes(buffer[_ATTRIBUTES_AT:])))
 
 
 async def commit_group_offsets(bootstrap: str, group: str, offsets: dict[TP, int]) -> None:
@@ -551,7 +611,12 @@ class Mirror:
             for r in records
         ]
         if rows:
-            await asyncio.to_thread(self.journal.append, rows)
+            hws = {
+                (tp.topic, tp.partition): hw
+                for tp in batches
+                if (hw := self.consumer.highwater(tp)) is not None
+            }
+            await asyncio.to_thread(self.journal.append, rows, hws)
             self.journaled += len(rows)
         await self._snapshot_step()
         return len(rows)
