@@ -51,6 +51,7 @@ LOST_OFFSETS_MARGIN = 100_000
 _CRC_AT, _ATTRIBUTES_AT, _LAST_OFFSET_DELTA_AT = 17, 21, 23
 # Largest record batch the replay sends (bytes); a bigger record goes alone.
 REPLAY_BATCH_BYTES = 1024 * 1024
+REPLAY_PARTITIONS_AT_ONCE = 8
 
 
 def journal_path(data_dir: Path) -> Path:
@@ -372,19 +373,29 @@ async def replay(journal: Journal, bootstrap: str) -> dict[str, int]:
     await producer.start()
     counts = {"records": 0, "batches": 0, "groups": 0, "skipped_offsets": 0}
     positions, highwaters = journal.positions(), journal.highwaters()
-    try:
-        for topic, (partitions, _configs) in journal.topics().items():
-            for partition in range(partitions):
-                tp = (topic, partition)
-                position = positions.get(tp, 0)
-                lost = highwaters.get(tp, 0) > position
-                next_offset = highwaters[tp] + LOST_OFFSETS_MARGIN if lost else position
-                reached = await _replay_partition(journal, producer, tp, next_offset, counts)
-                if reached > position:
-                    journal.advance(topic, partition, reached)
-                    counts["skipped_offsets"] += reached - position
+    ends: dict[TP, int] = {}
+    for topic, (partitions, _configs) in journal.topics().items():
+        for partition in range(partitions):
+            position = positions.get((topic, partition), 0)
+            lost = highwaters.get((topic, partition), 0) > position
+            ends[(topic, partition)] = (
+                highwaters[(topic, partition)] + LOST_OFFSETS_MARGIN if lost else position
+            )
+    room = asyncio.Semaphore(REPLAY_PARTITIONS_AT_ONCE)
+
+    async def one(tp: TP) -> int:
+        async with room:
+            return await _replay_partition(journal, producer, tp, ends[tp], counts)
+
+    try:  # partitions side by side (each in order): the acks' round trips overlap
+        reached = dict(zip(ends, await asyncio.gather(*(one(tp) for tp in ends)), strict=True))
     finally:
         await producer.stop()
+    for (topic, partition), offset in reached.items():
+        position = positions.get((topic, partition), 0)
+        if offset > position:
+            journal.advance(topic, partition, offset)
+            counts["skipped_offsets"] += offset - position
     groups = journal.group_offsets()
     for group, offsets in groups.items():
         await commit_group_offsets(bootstrap, group, offsets)

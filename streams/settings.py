@@ -35,10 +35,10 @@ class KafkaSettings(BaseSettings):
         description="retention.ms of the dead-letter topics (7 days: time to inspect them).",
     )
     retention_bytes: Annotated[int, Field(ge=65_536, le=1 << 40)] = Field(
-        default=4 * 1024 * 1024,
+        default=1024 * 1024,
         description=(
             "retention.bytes of every delete-policy topic, per partition: with retention_ms "
-            "it bounds what a broker (the embedded one in memory) keeps."
+            "it bounds what a broker (the embedded one in memory) keeps and replays."
         ),
     )
     embedded_journal: bool = Field(
