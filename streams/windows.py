@@ -5,9 +5,12 @@ measure clamped to the contract bounds, so a released window statistic moves by 
 bounded amount when one subject is added or removed: the DP layer only adds noise.
 
 Windows close on **event time**: a partition's watermark is the newest event time it has
-seen, and a window closes once the watermark has passed its end plus the grace period
-(and the wall clock has too). A processor that falls behind (a loaded machine, a backlog)
-therefore closes windows late, never early: its windows are complete when they close.
+seen (robustly: the highest median of any ``WATERMARK_SPAN`` consecutive event times, so one
+event dated minutes ahead, which the contract's event-time window still admits, cannot
+close windows whose events are still queued), and a window closes once the watermark has
+passed its end plus the grace period (and the wall clock has too). A processor that falls
+behind (a loaded machine, a backlog) therefore closes windows late, never early: its
+windows are complete when they close.
 A partition that receives nothing for ``idle_seconds`` of wall-clock time (no events, or a
 stalled consumer: the aggregator cannot tell) closes its windows by the wall clock, marked
 ``complete=False``. An event that arrives after its window closed is late: counted per
@@ -17,12 +20,14 @@ window, and the window is re-reported (an amendment) with its late count and
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 from domains.contract import Bounds
 
 MAX_EMPTY_WINDOWS = 1_000  # empty windows released after a gap in the stream, at most
 MAX_KEPT_CLOSED = 1_000  # closed windows remembered for late-event amendments
+WATERMARK_SPAN = 3  # consecutive event times whose median may advance the watermark
 
 
 @dataclass(slots=True)
@@ -86,7 +91,8 @@ class WindowAggregator:
         self.idle_seconds = (
             float(window_seconds + grace_seconds) if idle_seconds is None else idle_seconds
         )
-        self.watermark: float | None = None  # newest event time seen on this partition
+        self.watermark: float | None = None  # newest (robust) event time seen on this partition
+        self._recent: deque[float] = deque(maxlen=WATERMARK_SPAN)
         self._arrived = False  # an event arrived since the last close_ready
         self._last_arrival: float | None = None  # wall clock of the close_ready that saw it
         self._closed: dict[int, WindowStats] = {}  # recent closed windows, for amendments
@@ -126,8 +132,10 @@ class WindowAggregator:
         """Count one event; False when it is late (its window is closed) or over the cap."""
         start = self.window_of(event_time)
         self._arrived = True
-        if self.watermark is None or event_time > self.watermark:
-            self.watermark = event_time
+        self._recent.append(event_time)
+        progress = sorted(self._recent)[(len(self._recent) - 1) // 2]
+        if self.watermark is None or progress > self.watermark:
+            self.watermark = progress
         if self._next_close is not None and start < self._next_close:
             self.late_events += 1
             if start in self._closed:

@@ -97,6 +97,7 @@ def test_window_contribution_bounds() -> None:
     agg.add("b", 1006.0, {"amount_cents": 5})
     assert agg.close_ready(1011.0) == []  # grace not over
     agg.add("d", 1012.0, {})  # the event-time watermark passes the window's end + grace
+    agg.add("d", 1012.0, {})
     (stats,) = agg.close_ready(1012.0)
     assert stats.distinct_subjects == 2 and stats.events == 4
     assert stats.sums["amount_cents"] == 3 * 100_000 + 5

@@ -181,3 +181,28 @@ def test_complete_windows_hold_every_in_order_event(
         else:
             assert stats.events + stats.late_events == truth
     assert agg.late_events == sum(s.late_events for s in latest.values())
+
+
+def test_one_future_dated_event_does_not_close_queued_windows() -> None:
+    """An event dated 250 s ahead (the contract admits up to 300 s) in a throttled stream
+    does not move the watermark past windows whose events are still queued."""
+    agg = WindowAggregator(WINDOW, GRACE, 10_000, {"x": Bounds(min=0, max=1)})
+    agg.open_at(T0)
+    times = [T0 + i / 20 for i in range(1_200)]  # 60 s at 20 events/s, in order
+    times.insert(100, T0 + 5 + 250)  # one event dated far ahead, early in the stream
+    closed = []
+    for i, at in enumerate(times):
+        now = T0 + i / 20 * 3  # processed three times slower than produced
+        if i % 20 == 0:
+            closed += agg.close_ready(now)
+        agg.add("s", at, {"x": 1.0})
+    closed += agg.close_ready(T0 + 1_200)
+    closed += agg.close_ready(T0 + 1_200 + agg.idle_seconds)
+    truth = Counter(int(at) - int(at) % WINDOW for at in times)
+    latest = {s.window_start: s for s in closed}
+    assert sum(1 for s in latest.values() if s.complete) >= 5
+    for start, stats in latest.items():
+        assert stats.events + stats.late_events == truth[start]
+        if stats.complete:
+            assert stats.late_events == 0
+    assert agg.late_events == 0
