@@ -6,12 +6,12 @@ import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboards_api.errors import (
     ApiError,
@@ -55,6 +55,28 @@ def problem_response(error: ApiError, headers: Mapping[str, str] | None = None) 
     return JSONResponse(
         problem_body(error), status_code=error.status, media_type=PROBLEM, headers=headers
     )
+
+
+class RequestGuard:
+    """ASGI guard in front of every route: refuses paths with "." or ".." segments (also
+    percent-encoded: the path is decoded here), which could let one URL stand for another
+    route's, with a problem document; and drops ``Range`` headers, so no page asset answers
+    a plain-text 416 or 400 for a bad range (the API serves whole documents)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if any(part in {".", ".."} for part in path.split("/")):
+            response = problem_response(InvalidPath("the path has '.' or '..' segments"))
+            await response(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        await self.app({**scope, "headers": headers}, receive, send)
 
 
 def check_safe(runtime: RuntimeSettings, api: ApiSettings) -> None:
@@ -107,13 +129,7 @@ def create_app(
         # The router's headers travel on: a 405 says which methods are allowed (Allow).
         return problem_response(HttpError(exc.status_code, str(exc.detail)), exc.headers)
 
-    @app.middleware("http")
-    async def no_dot_segments(request: Request, call_next: Any) -> Any:
-        # "." and ".." path segments (also percent-encoded: the path is decoded here) would
-        # let one URL stand for another route's; no route has them, none is resolved.
-        if any(part in {".", ".."} for part in request.url.path.split("/")):
-            return problem_response(InvalidPath("the path has '.' or '..' segments"))
-        return await call_next(request)
+    app.add_middleware(RequestGuard)
 
     app.include_router(health.router)
     app.include_router(queries.router)

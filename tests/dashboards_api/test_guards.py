@@ -406,3 +406,11 @@ def test_policy_cell_keeps_the_newest_version() -> None:
     cell.replace(newer, 5)
     cell.replace(GovernancePolicy(), 3)
     assert cell.current is newer and cell.seq == 5
+
+
+@pytest.mark.parametrize("value", ["bytes=99999999-", "bytes=5-1", "garbage"])
+def test_bad_ranges_never_get_a_plain_text_error(tmp_path: Path, value: str) -> None:
+    """Range headers are ignored: a page asset is served whole, never a plain-text 416/400."""
+    client = make(tmp_path)
+    response = client.get("/dashboard", headers={"Range": value})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
