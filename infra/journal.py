@@ -118,7 +118,7 @@ class Journal:
                 ts INTEGER NOT NULL, key BLOB, value BLOB, headers TEXT NOT NULL,
                 size INTEGER NOT NULL,
                 PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS records_by_key ON records (topic, partition, key);
+            DROP INDEX IF EXISTS records_by_key;
             CREATE TABLE IF NOT EXISTS positions (
                 topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
                 PRIMARY KEY (topic, partition));
@@ -277,10 +277,9 @@ class Journal:
         if keep.compact:  # latest record per key (tombstones included) and keyless ones stay
             self._db.execute(
                 "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ? "
-                "AND key IS NOT NULL AND offset < "
-                "(SELECT max(r.offset) FROM records r WHERE r.topic = records.topic "
-                "AND r.partition = records.partition AND r.key = records.key)",
-                (topic, partition, last),
+                "AND key IS NOT NULL AND offset NOT IN (SELECT max(offset) FROM records "
+                "WHERE topic = ? AND partition = ? AND key IS NOT NULL GROUP BY key)",
+                (topic, partition, last, topic, partition),
             )
             return self._db.total_changes - before
         if keep.ms >= 0:
@@ -669,6 +668,24 @@ class Mirror:
                 self.snapshots += 1
             self._pending = None
             self._last_snapshot = time.monotonic()
+
+    def highwaters(self) -> dict[TopicPartition, int]:
+        """The high watermarks the latest fetch answers reported."""
+        assert self.consumer is not None
+        out: dict[TopicPartition, int] = {}
+        for tp in self._assigned:
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                out[tp] = hw
+        return out
+
+    def lag(self) -> int:
+        """Records the broker reported that the journal does not hold yet."""
+        positions = self.journal.positions()
+        return sum(
+            max(0, hw - positions.get((tp.topic, tp.partition), 0))
+            for tp, hw in self.highwaters().items()
+        )
 
     async def drain(self, within: float = 10.0) -> bool:
         """Journal everything the broker holds and a final snapshot of the groups' offsets
