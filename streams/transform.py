@@ -289,15 +289,15 @@ def _text_parser(spec: FieldSpec) -> Callable[[str], object]:
             raise _Invalid(INVALID_VALUE, f"field {name!r} is empty")
         if allowed is not None and value not in allowed:
             raise _Invalid(NOT_ALLOWED, f"field {name!r} is not one of its allowed values")
-        if fits is not None and not fits(value):
-            raise _Invalid(INVALID_FORMAT, f"field {name!r} does not match its declared format")
-        if scan:
+        if scan:  # before the format: the more telling reason for an e-mail in an id
             kind = embedded_kind(value)
             if kind is not None:
                 raise _Invalid(
                     PERSONAL_VALUE,
                     f"field {name!r} is tagged non_personal but holds what looks like {kind}",
                 )
+        if fits is not None and not fits(value):
+            raise _Invalid(INVALID_FORMAT, f"field {name!r} does not match its declared format")
         return value
 
     return text
