@@ -147,3 +147,28 @@ def test_protection_of_the_shop_identifiers() -> None:
     name, email = product.field("customer_name"), product.field("customer_email")
     assert name is not None and name.protection is Protection.DROP
     assert email is not None and email.protection is Protection.TOKENISE
+
+
+def test_format_and_event_time_window_are_declared_and_checked() -> None:
+    """A contract may declare an id's format and its event-time window; a regex that does
+    not compile, or a format without its pattern or values, is refused with a stable code."""
+    from domains.lint import lint_contract
+    from domains.registry import get_contract
+
+    raw = get_contract("shop").model_dump(mode="json")
+    product = raw["products"][0]
+    product["event_time_window"] = {"max_age_seconds": 3600, "max_future_seconds": 60}
+    assert lint_contract(raw) == []
+    ids = next(f for f in product["fields"] if f["name"] == "order_id")
+    for bad, code in (
+        ({"kind": "regex", "pattern": "ord-(["}, "invalid_format_regex"),
+        ({"kind": "regex"}, "format_mismatch"),
+        ({"kind": "enum"}, "format_mismatch"),
+        ({"kind": "uuid", "values": ["a"]}, "format_mismatch"),
+    ):
+        ids["format"] = bad
+        assert [f.code for f in lint_contract(raw)] == [code]
+    ids["format"] = {"kind": "uuid"}
+    amount = next(f for f in product["fields"] if f["name"] == "amount_cents")
+    amount["format"] = {"kind": "uuid"}
+    assert [f.code for f in lint_contract(raw)] == ["format_on_non_string"]

@@ -116,7 +116,7 @@ def hostile_orders() -> list[tuple[bytes | None, bytes]]:
         {**base, "customer_email": EMAIL, "customer_name": NAME * 50},
         {**base, "customer_email": EMAIL},  # valid, but keyed by someone else below
     ]
-    records = [(key, json.dumps(v).encode()) for v in variants]
+    records: list[tuple[bytes | None, bytes]] = [(key, json.dumps(v).encode()) for v in variants]
     records[-1] = (IPV4.encode(), records[-1][1])
     records.append((COOKIE.encode(), f"{NAME} {EMAIL} {PHONE} not json".encode()))
     return records
