@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request
 from dashboards_api.deps import Caller, CallerDep, ServiceDep, require
 from dashboards_api.policy import GovernancePolicy
 from dashboards_api.registry import ClassRegistry
+from dashboards_api.releases import ReleaseService
 from dashboards_api.routes.problems import problems
 
 router = APIRouter(prefix="/v1/policy", tags=["policy"])
 
 
-def _view(service: Any) -> dict[str, Any]:
+def _view(service: ReleaseService) -> dict[str, Any]:
     cell = service.policy
     return {"version": cell.seq, "policy": cell.current.model_dump(mode="json")}
 
