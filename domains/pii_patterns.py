@@ -38,8 +38,11 @@ SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 NINO = re.compile(
     r"(?<![A-Za-z0-9])[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
 )
-# Cheap pre-filter: a value without any of these cannot hold one of the kinds above.
-_CANDIDATE = re.compile(r"@|\d[\d ().-]{6}|[0-9A-Fa-f]:[0-9A-Fa-f]*:|:[0-9A-Fa-f]*:[0-9A-Fa-f]")
+# Cheap pre-filter: every match of a detector below contains one of these (an @, digits
+# around a separator, a + or ( before a digit, 13 digits in a row, two capitals before two
+# digits, or a colon pair), so a value without any cannot hold one: ordinary ids and
+# bare digit runs such as ``o-000000123`` stop here.
+_CANDIDATE = re.compile(r"@|\d[ ().-]+\d|[+(]\d|\d{13}|[A-Z]{2} ?\d{2}|:[0-9A-Fa-f]*:")
 
 EMAIL_KIND = "an e-mail address"
 PHONE_KIND = "a phone number"
