@@ -92,7 +92,7 @@ BATCH = 500  # events per record batch
 
 
 async def _produce(
-    bootstrap: str, events: int, max_seconds: float, on_progress: Any
+    bootstrap: str, events: int, max_seconds: float, rate: float, on_progress: Any
 ) -> tuple[int, int]:
     """Send ``events`` (or what fits in ``max_seconds``): record batches of ``BATCH`` pool
     events are built once and sent again and again (the producer's per-record Python cost
@@ -135,6 +135,9 @@ async def _produce(
             pending.append(await producer.send_batch(again(buffer), product, partition=partition))
             sent += BATCH
             n += 1
+            ahead = sent / rate - (time.monotonic() - began)
+            if ahead > 0:  # at most ``rate`` events a second
+                await asyncio.sleep(ahead)
             if len(pending) >= 200:
                 results = await asyncio.gather(*pending, return_exceptions=True)
                 errors += sum(isinstance(r, Exception) for r in results)
@@ -152,6 +155,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=DEMO_RATE * 3600)
     parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=6 * DEMO_RATE,
+        help="events/s sent (default 6x the demo rate: what the journal mirror keeps up "
+        "with on 2 busy cores; faster, the broker is rotated under overload)",
+    )
     args = parser.parse_args()
 
     from domains.registry import load_contracts
@@ -188,7 +198,9 @@ def main() -> None:
                 samples.append(_sample(proc, began, sent, data_dir))
                 print(json.dumps(samples[-1]), flush=True)
 
-        sent, errors = asyncio.run(_produce(bootstrap, args.events, args.max_seconds, progress))
+        sent, errors = asyncio.run(
+            _produce(bootstrap, args.events, args.max_seconds, args.rate, progress)
+        )
         took = time.monotonic() - began
         time.sleep(10)  # let the mirror catch up and a due rotation happen
         samples.append(_sample(proc, began, sent, data_dir))

@@ -27,10 +27,12 @@ import json
 import logging
 import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -99,13 +101,18 @@ def _decode_headers(text: str) -> tuple[tuple[str, bytes], ...]:
 
 
 class Journal:
-    """The SQLite file that holds the broker's records, topics and group offsets."""
+    """The SQLite file that holds the broker's records, topics and group offsets.
+
+    One connection, shared by the mirror's event loop and the threads it writes from: every
+    method holds the journal's lock, so transactions never interleave.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.touch(mode=0o600)
         self.path = path
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -133,34 +140,36 @@ class Journal:
 
     def close(self) -> None:
         """Close the file."""
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     # -- topics -------------------------------------------------------------------------
 
     def record_topic(self, topic: str, partitions: int, configs: dict[str, str]) -> None:
         """Remember ``topic``'s partition count and configs (replay creates it alike)."""
-        self._db.execute(
-            "INSERT INTO topics VALUES (?, ?, ?) ON CONFLICT(topic) DO UPDATE SET "
-            "partitions = excluded.partitions, configs = excluded.configs",
-            (topic, partitions, json.dumps(configs, sort_keys=True)),
-        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO topics VALUES (?, ?, ?) ON CONFLICT(topic) DO UPDATE SET "
+                "partitions = excluded.partitions, configs = excluded.configs",
+                (topic, partitions, json.dumps(configs, sort_keys=True)),
+            )
 
     def topics(self) -> dict[str, tuple[int, dict[str, str]]]:
         """Every journaled topic: its partition count and configs."""
-        rows = self._db.execute("SELECT topic, partitions, configs FROM topics").fetchall()
+        rows = self._read("SELECT topic, partitions, configs FROM topics")
         return {t: (int(n), json.loads(c)) for t, n, c in rows}
 
     # -- records ------------------------------------------------------------------------
 
     def positions(self) -> dict[TP, int]:
         """The next offset the journal expects of each partition."""
-        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
+        rows = self._read("SELECT topic, partition, next_offset FROM positions")
         return {(t, int(p)): int(n) for t, p, n in rows}
 
     def highwaters(self) -> dict[TP, int]:
         """The highest high watermark the mirror saw of each partition: past the position
         when the broker died holding records the journal never got."""
-        rows = self._db.execute("SELECT topic, partition, highwater FROM highwaters")
+        rows = self._read("SELECT topic, partition, highwater FROM highwaters")
         return {(t, int(p)): int(n) for t, p, n in rows}
 
     def advance(self, topic: str, partition: int, next_offset: int) -> None:
@@ -192,7 +201,7 @@ class Journal:
                         r.timestamp_ms,
                         r.key,
                         r.value,
-                        _encode_headers(r.headers),
+                        _encode_headers(r.headers) if r.headers else "[]",
                         len(r.key or b"") + len(r.value or b""),
                     )
                     for r in records
@@ -210,24 +219,29 @@ class Journal:
             )
 
     def records(self, topic: str, partition: int) -> Iterator[JournalRecord]:
-        """The journaled records of one partition, in offset order."""
-        cursor = self._db.execute(
-            "SELECT offset, ts, key, value, headers FROM records "
-            "WHERE topic = ? AND partition = ? ORDER BY offset",
-            (topic, partition),
-        )
-        for offset, ts, key, value, headers in cursor:
-            yield JournalRecord(
-                topic, partition, int(offset), int(ts), key, value, _decode_headers(headers)
+        """The journaled records of one partition, in offset order (read in chunks)."""
+        after = -1
+        while True:
+            rows = self._read(
+                "SELECT offset, ts, key, value, headers FROM records WHERE topic = ? AND "
+                "partition = ? AND offset > ? ORDER BY offset LIMIT 2000",
+                (topic, partition, after),
             )
+            for offset, ts, key, value, headers in rows:
+                yield JournalRecord(
+                    topic, partition, int(offset), int(ts), key, value, _decode_headers(headers)
+                )
+            if len(rows) < 2000:
+                return
+            after = int(rows[-1][0])
 
     def count(self) -> int:
         """How many records the journal holds."""
-        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+        return int(self._read("SELECT count(*) FROM records")[0][0])
 
     def retained_bytes(self) -> int:
         """Keys and values held, in bytes (what a replay puts back into the broker)."""
-        return int(self._db.execute("SELECT coalesce(sum(size), 0) FROM records").fetchone()[0])
+        return int(self._read("SELECT coalesce(sum(size), 0) FROM records")[0][0])
 
     # -- consumer groups ----------------------------------------------------------------
 
@@ -244,8 +258,8 @@ class Journal:
     def group_offsets(self) -> dict[str, dict[TP, int]]:
         """The last saved committed offsets of every group."""
         groups: dict[str, dict[TP, int]] = {}
-        for g, t, p, o in self._db.execute("SELECT group_id, topic, partition, offset FROM "
-                                           "group_offsets"):  # fmt: skip
+        for g, t, p, o in self._read("SELECT group_id, topic, partition, offset FROM "
+                                     "group_offsets"):  # fmt: skip
             groups.setdefault(g, {})[(t, int(p))] = int(o)
         return groups
 
@@ -303,15 +317,20 @@ class Journal:
                 )
         return self._db.total_changes - before
 
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
 
 # -- replay -------------------------------------------------------------------------------
@@ -535,6 +554,8 @@ class Mirror:
         self._last_snapshot = 0.0
         self._snapshot_task: asyncio.Task[dict[str, dict[TP, int]]] | None = None
         self.journaled = 0
+        self._writing: asyncio.Task[None] | None = None
+        self._writing_count = 0
         self.snapshots = 0
 
     async def start(self) -> None:
@@ -557,7 +578,9 @@ class Mirror:
         await self.refresh()
 
     async def stop(self) -> None:
-        """Disconnect."""
+        """Finish the write in flight and disconnect."""
+        with contextlib.suppress(Exception):
+            await self.flush()
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
             with contextlib.suppress(BaseException):
@@ -626,10 +649,19 @@ class Mirror:
                 for tp in batches
                 if (hw := self.consumer.highwater(tp)) is not None
             }
-            await asyncio.to_thread(self.journal.append, rows, hws)
-            self.journaled += len(rows)
+            # the write overlaps the next fetch; one write at a time keeps them in order
+            await self.flush()
+            self._writing = asyncio.create_task(asyncio.to_thread(self.journal.append, rows, hws))
+            self._writing_count = len(rows)
         await self._snapshot_step()
         return len(rows)
+
+    async def flush(self) -> None:
+        """Wait for the journal write in flight (positions then include its records)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+            self.journaled += self._writing_count
 
     def caught_up(self, since_ms: int) -> bool:
         """True when, for every partition, a fetch answered at or after ``since_ms`` (epoch
@@ -699,6 +731,7 @@ class Mirror:
         since = int(time.time() * 1000)
         while time.monotonic() < deadline:
             await self.step(timeout_ms=100)
+            await self.flush()
             if self.caught_up(since):
                 if groups:
                     await asyncio.to_thread(self.journal.save_group_offsets, groups)
