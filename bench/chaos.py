@@ -598,18 +598,21 @@ def broker_memory_run(
     env["PRIVMESH_KAFKA_EMBEDDED_PORT"] = str(port)
     (root / "data").mkdir(parents=True, exist_ok=True)
     command = journaled(port) if journaled else infra.broker.tansu_command(port)
+    log_path = root / "broker.log"
+    log = log_path.open("ab")
     broker = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     samples: list[dict[str, float]] = []
     try:
         bootstrap = f"127.0.0.1:{port}"
         contracts = load_contracts()
         ensure_topics(bootstrap, [t for c in contracts.values() for t in domain_topics(c)], 4, 1)
         people = make_people(2000, 7)
-        gens = [
-            (ProductTopics.of(d, p), EventGenerator(d, p, people, 0.0, i))
+        # a pool of demo events per product, generated once and cycled (the generator's
+        # cost is not what is measured)
+        pools = [
+            (ProductTopics.of(d, p), list(EventGenerator(d, p, people, 0.0, i).stream(2000)))
             for i, (d, c) in enumerate(sorted(contracts.items()))
             for p in c.products
             if has_generator(d, p.name)
@@ -619,11 +622,16 @@ def broker_memory_run(
         )
         began = time.monotonic()
         for n in range(events):
-            topics, gen = gens[n % len(gens)]
-            key, value = gen.next_event()
+            topics, pool = pools[n % len(pools)]
+            key, value = pool[(n // len(pools)) % len(pool)]
             producer.send(topics.ingest, value=value, key=key)
             producer.send(topics.product, value=value, key=key)
             if n % 50_000 == 0:
+                if broker.poll() is not None:
+                    raise RuntimeError(
+                        f"the broker exited with code {broker.returncode} after {n} events: "
+                        + log_path.read_text(errors="replace")[-1500:]
+                    )
                 samples.append(_rss_sample(broker.pid, n, began))
                 say(f"memory: {samples[-1]}")
         producer.flush(120)
@@ -634,6 +642,7 @@ def broker_memory_run(
         from infra.stack import terminate_tree
 
         terminate_tree(broker.pid, 20)
+        log.close()
     return {
         "command": " ".join([Path(command[0]).name, *command[1:3]]),
         "samples": samples,
@@ -669,11 +678,25 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "chaos", "cores": os.cpu_count()}
     runs_wanted = int(os.environ.get("CHAOS_RUNS", "2"))
     hour = int(DEMO_RATE * 3600)
+
+    def save() -> None:  # after each phase: a later failure keeps what was measured
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
     with tempfile.TemporaryDirectory(prefix="privmesh-chaos-") as tmp:
         result["baseline_no_faults"] = chaos_run(Path(tmp) / "baseline", faults=())
-        runs = [chaos_run(Path(tmp) / f"run{i}") for i in range(runs_wanted)]
+        save()
+        runs: list[dict[str, Any]] = []
+        for i in range(runs_wanted):
+            runs.append(chaos_run(Path(tmp) / f"run{i}"))
+            result["runs"] = runs
+            save()
         result["hostile"] = hostile_run(Path(tmp) / "hostile")
-        result["broker_memory"] = broker_memory_run(Path(tmp) / "memory", hour)
+        save()
+        try:
+            result["broker_memory"] = broker_memory_run(Path(tmp) / "memory", hour)
+        except RuntimeError as exc:
+            result["broker_memory"] = {"error": str(exc), "final_rss_mb": None}
     result["broker_memory"]["how"] = (
         f"an hour of the demo generator's default rate ({DEMO_RATE:g} events/s over every "
         f"product, {hour} events) sent as fast as one producer can, each event written to "
