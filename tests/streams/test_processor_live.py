@@ -62,6 +62,10 @@ KNOWN_REASONS = {
     reasons.WRONG_TYPE,
     reasons.OUT_OF_BOUNDS,
     reasons.TOO_LONG,
+    reasons.PERSONAL_VALUE,
+    reasons.INVALID_FORMAT,
+    reasons.OUT_OF_WINDOW,
+    reasons.WRONG_KEY,
     reasons.INVALID_VALUE,
     reasons.NOT_ALLOWED,
     reasons.WRONG_PARTITION,
@@ -394,6 +398,8 @@ def expected_reason(raw: bytes, partition: int | None, key: bytes | None) -> str
     outcome = ORACLE.apply(raw)
     if isinstance(outcome, Rejected):
         return outcome.reason
+    if key != outcome.unit_key:
+        return reasons.WRONG_KEY
     if partition is not None and key is not None and partition != partition_for(key, PARTITIONS):
         return reasons.WRONG_PARTITION
     return None
