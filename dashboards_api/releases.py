@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, overload
 
 import polars as pl
 
 from dashboards_api.budget import from_micro, to_micro
-from dashboards_api.continual import BinaryTreeCounter
+from dashboards_api.continual import BinaryTreeCounter, ci95_half_width, levels, tree_scale
 from dashboards_api.errors import (
     BudgetExhausted,
     HorizonChanged,
@@ -27,7 +29,7 @@ from dashboards_api.errors import (
 from dashboards_api.event_aggregates import EventQuery, exact_plan, mechanisms_for, scan_events
 from dashboards_api.event_aggregates import release as release_events
 from dashboards_api.ledger import Commit, Ledger, period_of
-from dashboards_api.mechanisms import NonFiniteAccuracy, discrete_laplace_count
+from dashboards_api.mechanisms import NonFiniteAccuracy, discrete_laplace_count, finite_accuracy
 from dashboards_api.policy import PolicyCell
 from dashboards_api.query_classes import EVENT_WINDOWS, ProductBudget, QueryClass
 from dashboards_api.sensitivity import sensitivity
@@ -180,6 +182,8 @@ class ReleaseService:
         try:
             if qc.source == "events":
                 mechanisms_for(event_query(qc, self.product_of(qc)))
+            elif qc.release == "continual":
+                continual_accuracy(qc, 1)
             else:
                 discrete_laplace_count(qc.epsilon_per_release, 1)
         except NonFiniteAccuracy as exc:
@@ -367,6 +371,7 @@ class ReleaseService:
             "horizon_windows": qc.horizon_windows,
             "epsilon": from_micro(qc.cost_micro),
         }
+        continual_accuracy(qc, sens)  # before the horizon is paid for
         payment = self._commit(qc, f"horizon:{horizon}", paid)  # reused when already paid for
         try:
             counter = BinaryTreeCounter(
@@ -531,6 +536,22 @@ def event_query(qc: QueryClass, product: DataProduct) -> EventQuery:
         measure=qc.measure,
         alpha=qc.quantile,
         candidates=qc.candidates or (),
+    )
+
+
+def continual_accuracy(qc: QueryClass, sensitivity: int) -> float:
+    """The 95% half-width of a running total of ``qc`` over a whole tree path (its widest);
+    NonFiniteAccuracy when it is not finite."""
+    assert qc.horizon_windows is not None  # validated with the class
+    return _tree_accuracy(qc.horizon_windows, qc.epsilon_per_release, sensitivity)
+
+
+@cache
+def _tree_accuracy(horizon: int, epsilon: Decimal, sensitivity: int) -> float:
+    scale = tree_scale(horizon, epsilon, sensitivity)
+    return finite_accuracy(
+        ci95_half_width(scale, levels(horizon)),
+        f"binary tree at epsilon {epsilon}, sensitivity {sensitivity}",
     )
 
 
