@@ -99,6 +99,9 @@ class ReleaseService:
     events_settle_seconds: int = 70
     # The governance policy in force (the class registry reloads it from the ledger).
     policy: PolicyCell = field(default_factory=PolicyCell)
+    _definitions: dict[str, tuple[QueryClass, str]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         # Own the dict: domain owners' changes must not leak into a caller's (cached) one.
@@ -155,9 +158,15 @@ class ReleaseService:
         }
 
     def definition(self, qc: QueryClass) -> str:
-        """The hash of everything that shapes ``qc``'s answers (its contract included)."""
+        """The hash of everything that shapes ``qc``'s answers (its contract included),
+        computed once per class object (classes are immutable; a redefinition is a new one)."""
+        known = self._definitions.get(qc.id)
+        if known is not None and known[0] is qc:
+            return known[1]
         contract = self.contracts.get(qc.domain)
-        return qc.definition_hash(None if contract is None else contract.product(qc.product))
+        digest = qc.definition_hash(None if contract is None else contract.product(qc.product))
+        self._definitions[qc.id] = (qc, digest)
+        return digest
 
     def ledger_key(self, qc: QueryClass, data_version: str) -> str:
         """The ledger's key of a release: the data version and the class definition, so an
