@@ -164,8 +164,10 @@ def ensure_topics(
 _PR_SET_PDEATHSIG = 1
 # A broker incarnation runs at least this long before a rotation (replays stay rare).
 ROTATE_AFTER_SECONDS = 10.0
-# A due rotation waits (port open) while the journal trails the broker by more records.
+# A due rotation waits (port open) while the journal trails the broker by more records,
+# for at most ROTATE_WAIT_SECONDS (then the port closes and the journal catches up).
 ROTATE_LAG_RECORDS = 20_000
+ROTATE_WAIT_SECONDS = 20.0
 
 
 def _die_with_parent() -> None:  # child, between fork and exec: Tansu dies with us
@@ -347,9 +349,9 @@ class JournaledBroker:
                     due = rss > limit and now >= max(began + ROTATE_AFTER_SECONDS, next_try)
                     due_since = (due_since or now) if due else None
                     # with the port open the journal catches up first (a short pause), but
-                    # past a minute of overload the pause is the price of the bound
+                    # past ROTATE_WAIT_SECONDS of overload the pause is the price of the bound
                     behind = due and mirror.lag() > ROTATE_LAG_RECORDS
-                    if behind and due_since is not None and now - due_since < 60.0:
+                    if behind and due_since is not None and now - due_since < ROTATE_WAIT_SECONDS:
                         continue
                     if due and await self.rotation_helps(limit):
                         log.info(

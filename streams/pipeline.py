@@ -17,6 +17,7 @@ dead-lettered, never aggregated.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -123,7 +124,7 @@ class ProductPipeline:
         """Transform ``raw`` (keyed ``key``) read from ``partition`` at ``now``; None when
         consent drops it. Never raises: whatever fails becomes a ``Rejected``."""
         try:
-            outcome = self.transform.apply(raw, now)
+            outcome = self.transform.apply(raw, time.time() if now is None else now)
             if isinstance(outcome, Accepted):
                 outcome = self._check_key(outcome, key)
             if isinstance(outcome, Accepted):
