@@ -106,8 +106,28 @@ class IngestLoop:
                 if batches:
                     async with self._batch_lock:
                         await self._process(consumer, batches)
+                await self._note_caught_up(consumer, batches)
         finally:
             await consumer.stop()
+
+    async def _note_caught_up(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        """Tell each product whose partition this poll found at its log end (position at the
+        high watermark of the last fetch, nothing returned): nothing was queued when that
+        fetch was answered, so windows may close by then as complete (``streams.windows``)."""
+        for tp in consumer.assignment():
+            pipeline = self.pipelines.get(tp.topic)
+            highwater = consumer.highwater(tp)
+            fetched_ms = consumer.last_poll_timestamp(tp)
+            if pipeline is None or tp in batches or highwater is None or not fetched_ms:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), timeout=0.05)
+            except (TimeoutError, KafkaError):
+                continue  # position unknown (seeking, moving): not caught up
+            if position >= highwater:
+                pipeline.caught_up(tp.partition, fetched_ms / 1000)
 
     async def _process(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]

@@ -99,6 +99,13 @@ class ProductPipeline:
             aggregator.open_at(now)
             self.aggregators[partition] = aggregator
 
+    def caught_up(self, partition: int, now: float) -> None:
+        """The consumer of ``partition`` has read to its log end at ``now`` (see
+        ``WindowAggregator.caught_up``)."""
+        aggregator = self.aggregators.get(partition)
+        if aggregator is not None:
+            aggregator.caught_up(now)
+
     def revoke(self, partition: int) -> list[SubjectRow]:
         """Give ``partition`` up; returns its pending subject rows (to push once more).
 

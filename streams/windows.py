@@ -11,11 +11,13 @@ close windows whose events are still queued), and a window closes once the water
 passed its end plus the grace period (and the wall clock has too). A processor that falls
 behind (a loaded machine, a backlog) therefore closes windows late, never early: its
 windows are complete when they close.
-A partition that receives nothing for ``idle_seconds`` of wall-clock time (no events, or a
-stalled consumer: the aggregator cannot tell) closes its windows by the wall clock, marked
-``complete=False``. An event that arrives after its window closed is late: counted per
-window, and the window is re-reported (an amendment) with its late count and
-``complete=False``, so the DP layer marks it partial.
+A partition whose consumer has read to the log end (``caught_up``) has nothing queued: its
+watermark advances to the wall clock, so an idle partition's windows close complete. One
+that receives nothing for ``idle_seconds`` of wall-clock time without being caught up (a
+stalled consumer) closes its windows by the wall clock, marked ``complete=False``. An
+event that arrives after its window closed is late: counted per window, and the window is
+re-reported (an amendment) with its late count and ``complete=False``, so the DP layer
+marks it partial.
 """
 
 from __future__ import annotations
@@ -122,6 +124,14 @@ class WindowAggregator:
         """
         if self._next_close is None:
             self._next_close = self.window_of(now)
+
+    def caught_up(self, now: float) -> None:
+        """The consumer has read everything the partition held at ``now`` (its position is
+        the log end): nothing is queued, so the watermark advances to ``now`` and an idle
+        partition's windows close complete (events still on their way from a producer are
+        what the grace period is for)."""
+        if self.watermark is None or now > self.watermark:
+            self.watermark = now
 
     @property
     def open_windows(self) -> int:

@@ -206,3 +206,63 @@ def test_one_future_dated_event_does_not_close_queued_windows() -> None:
         if stats.complete:
             assert stats.late_events == 0
     assert agg.late_events == 0
+
+
+def test_caught_up_idle_partition_closes_complete_windows() -> None:
+    """A partition whose consumer read to the log end has nothing queued: its empty windows
+    close complete by the wall clock; without that signal they close incomplete."""
+    told, silent = (WindowAggregator(WINDOW, GRACE, 5, {}) for _ in range(2))
+    for agg in (told, silent):
+        agg.open_at(T0)
+        agg.close_ready(T0 + 1)
+    told.caught_up(T0 + 30)
+    (first, second) = told.close_ready(T0 + 30)
+    assert first.complete and second.complete and first.events == 0
+    closed = silent.close_ready(T0 + 30)
+    assert [s.complete for s in closed] == [False, False]
+
+
+class FakeConsumer:
+    """The consumer calls ``_note_caught_up`` makes: one partition at its log end, one
+    behind, one never fetched."""
+
+    def __init__(self, topic: str) -> None:
+        from aiokafka import TopicPartition
+
+        self.at_end, self.behind, self.unknown = (TopicPartition(topic, p) for p in range(3))
+
+    def assignment(self) -> set[Any]:
+        return {self.at_end, self.behind, self.unknown}
+
+    def highwater(self, tp: Any) -> int | None:
+        return None if tp == self.unknown else 10
+
+    def last_poll_timestamp(self, tp: Any) -> int | None:
+        return None if tp == self.unknown else (T0 + 30) * 1000
+
+    async def position(self, tp: Any) -> int:
+        return 10 if tp == self.at_end else 4
+
+
+def test_ingest_loop_tells_only_partitions_at_their_log_end() -> None:
+    """The loop marks caught up only a partition whose position is its fetched high
+    watermark, at the fetch's time: the one behind still has queued events."""
+    import asyncio
+    from typing import cast
+
+    from streams.batch_send import BatchSender
+    from streams.ingest_loop import IngestLoop
+    from streams.settings import KafkaSettings
+    from tests.fakes import RecordingSender
+
+    [orders] = build_pipelines(
+        CONTRACT, TOKENS, StreamSettings(window_seconds=WINDOW, grace_seconds=GRACE)
+    )
+    for partition in range(3):
+        orders.assign(partition, T0)
+    loop = IngestLoop(
+        "shop", [orders], KafkaSettings(), StreamSettings(), cast(BatchSender, RecordingSender())
+    )
+    asyncio.run(loop._note_caught_up(cast(Any, FakeConsumer(orders.topics.ingest)), {}))
+    assert orders.aggregators[0].watermark == T0 + 30
+    assert orders.aggregators[1].watermark is None and orders.aggregators[2].watermark is None
