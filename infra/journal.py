@@ -114,8 +114,11 @@ class Journal:
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # before any table exists: freed pages can then be given back (after each trim)
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA journal_size_limit=67108864")  # WAL cut back to 64 MiB
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS topics (
@@ -278,6 +281,9 @@ class Journal:
                 keep = Retention.of(configs)
                 for partition in range(partitions):
                     dropped += self._trim_partition(topic, partition, keep, now_ms)
+        if dropped:
+            with self._lock:  # the file shrinks with what retention dropped
+                self._db.execute("PRAGMA incremental_vacuum")
         return dropped
 
     def _trim_partition(self, topic: str, partition: int, keep: Retention, now_ms: int) -> int:
