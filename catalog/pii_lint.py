@@ -32,6 +32,7 @@ from catalog.graph import Catalog
 from catalog.model import FieldEntity, TopicEntity
 from domains.contract import PrivacyTag, Protection
 from domains.lint import looks_personal as _contract_value_kind
+from domains.pii_patterns import embedded_kind
 
 Severity = Literal["error", "warning"]
 
@@ -184,6 +185,9 @@ def value_kind(value: str | int | float, now: datetime | None = None) -> str | N
     for label, pattern in patterns:
         if pattern.search(text):
             return label
+    embedded = embedded_kind(text)  # the stream processor's detectors (cards, IBANs, ...)
+    if embedded:
+        return f"text holding {embedded}"
     return "a personal name" if _PERSON.fullmatch(text) else None
 
 
