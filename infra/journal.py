@@ -56,6 +56,11 @@ REPLAY_BATCH_BYTES = 1024 * 1024
 REPLAY_PARTITIONS_AT_ONCE = 8
 
 
+def _is_ingest(topic: str) -> bool:
+    """Ingest topics hold accepted raw events until a processor routes them."""
+    return topic.endswith(".ingest")
+
+
 def journal_path(data_dir: Path) -> Path:
     """Where the embedded broker's journal lives under the data directory."""
     return data_dir / "broker" / "journal.sqlite3"
@@ -275,24 +280,43 @@ class Journal:
         out the same next offset as before.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        floors = self.unconsumed_floors()
         dropped = 0
         with self._transaction():
             for topic, (partitions, configs) in self.topics().items():
                 keep = Retention.of(configs)
                 for partition in range(partitions):
-                    dropped += self._trim_partition(topic, partition, keep, now_ms)
+                    floor = floors.get((topic, partition), 0) if _is_ingest(topic) else None
+                    dropped += self._trim_partition(topic, partition, keep, now_ms, floor)
         if dropped:
             with self._lock:  # the file shrinks with what retention dropped
                 self._db.execute("PRAGMA incremental_vacuum")
         return dropped
 
-    def _trim_partition(self, topic: str, partition: int, keep: Retention, now_ms: int) -> int:
+    def unconsumed_floors(self) -> dict[TP, int]:
+        """Per partition, the lowest offset a consumer group has committed (the oldest
+        record some group has not processed yet)."""
+        floors: dict[TP, int] = {}
+        for offsets in self.group_offsets().values():
+            for tp, offset in offsets.items():
+                floors[tp] = min(offset, floors.get(tp, offset))
+        return floors
+
+    def _trim_partition(
+        self, topic: str, partition: int, keep: Retention, now_ms: int, floor: int | None = None
+    ) -> int:
+        """Trim one partition; with a ``floor``, no record at or past it is dropped."""
         last = self._db.execute(
             "SELECT max(offset) FROM records WHERE topic = ? AND partition = ?",
             (topic, partition),
         ).fetchone()[0]
         if last is None:
             return 0
+        if floor is not None:
+            # An ingest record no processor has committed yet is an accepted event that
+            # has not been routed: retention must not drop it, whatever its age (a
+            # domain whose worker is down keeps its backlog; the others are unaffected).
+            last = min(last, floor)
         before = self._db.total_changes
         if keep.compact:  # latest record per key (tombstones included) and keyless ones stay
             self._db.execute(

@@ -27,7 +27,10 @@ class KafkaSettings(BaseSettings):
         default=600_000,
         description=(
             "retention.ms of the ingest and product topics: records older than this may be "
-            "dropped (the stream processors read them within seconds)."
+            "dropped (the stream processors read them within seconds). The embedded "
+            "broker's journal never drops an ingest record no processor has committed; on "
+            "an external Kafka cluster set this to at least the longest processor outage "
+            "you must survive."
         ),
     )
     dlq_retention_ms: Annotated[int, Field(ge=60_000, le=31_536_000_000)] = Field(

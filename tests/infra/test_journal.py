@@ -20,10 +20,15 @@ def journal(tmp_path: Path) -> Journal:
 
 
 def rec(
-    topic: str, offset: int, ts: int = 0, key: bytes | None = b"k", size: int = 1
+    topic: str,
+    offset: int,
+    ts: int = 0,
+    key: bytes | None = b"k",
+    size: int = 1,
+    partition: int = 0,
 ) -> JournalRecord:
-    """A record of partition 0."""
-    return JournalRecord(topic, 0, offset, ts, key, b"v" * size, (("h", b"\x00\xff"),))
+    """A record (of partition 0 unless told)."""
+    return JournalRecord(topic, partition, offset, ts, key, b"v" * size, (("h", b"\x00\xff"),))
 
 
 def test_records_headers_and_positions_round_trip(journal: Journal) -> None:
@@ -71,13 +76,31 @@ def test_the_journal_survives_reopening(tmp_path: Path) -> None:
 def test_time_retention_drops_old_records_but_keeps_the_last(journal: Journal) -> None:
     """Records older than retention.ms go; a partition's last record always stays, so its
     next offset survives a replay."""
-    journal.record_topic("a.ingest", 1, {"retention.ms": "1000"})
-    journal.append([rec("a.ingest", i, ts=i * 100) for i in range(10)])
+    journal.record_topic("a.v1", 1, {"retention.ms": "1000"})
+    journal.append([rec("a.v1", i, ts=i * 100) for i in range(10)])
     assert journal.trim(now_ms=1_500) == 5  # ts 0..400 are older than 500
-    assert [r.offset for r in journal.records("a.ingest", 0)] == [5, 6, 7, 8, 9]
+    assert [r.offset for r in journal.records("a.v1", 0)] == [5, 6, 7, 8, 9]
+    journal.trim(now_ms=10**9)
+    assert [r.offset for r in journal.records("a.v1", 0)] == [9]
+    assert journal.positions() == {("a.v1", 0): 10}
+
+
+def test_retention_never_drops_an_ingest_record_no_processor_has_committed(
+    journal: Journal,
+) -> None:
+    """An ingest record past retention stays until every group that reads the partition
+    has committed past it (a domain whose worker is down keeps its backlog); with no
+    group at all, nothing of an ingest partition is dropped."""
+    journal.record_topic("a.ingest", 2, {"retention.ms": "1000", "retention.bytes": "10"})
+    journal.append([rec("a.ingest", i, ts=i * 100) for i in range(10)])
+    journal.append([rec("a.ingest", i, partition=1, ts=i * 100) for i in range(10)])
+    journal.save_group_offsets({"fast": {("a.ingest", 0): 10}, "slow": {("a.ingest", 0): 4}})
+    journal.trim(now_ms=10**9)
+    assert [r.offset for r in journal.records("a.ingest", 0)] == [4, 5, 6, 7, 8, 9]
+    assert len(list(journal.records("a.ingest", 1))) == 10  # no group has read it
+    journal.save_group_offsets({"slow": {("a.ingest", 0): 10}})
     journal.trim(now_ms=10**9)
     assert [r.offset for r in journal.records("a.ingest", 0)] == [9]
-    assert journal.positions() == {("a.ingest", 0): 10}
 
 
 def test_compaction_keeps_each_keys_latest(journal: Journal) -> None:
