@@ -30,8 +30,6 @@ def test_kill_nine_in_turn_loses_nothing_and_recovers(tmp_path: Path) -> None:
     result = chaos_run(tmp_path, rate=rate, settle=4.0, say=lambda _: None)
     recoveries = {f: info["recovery_s"] for f, info in result["faults"].items()}
     assert list(recoveries) == list(FAULTS), result
-    late = {f: s for f, s in recoveries.items() if s is None or s > RECOVERY_LIMIT_S}
-    assert not late, result
     counts = result["accounting"]
     assert counts["accepted"] > 1000 and counts["published"] > 0 and counts["dead_lettered"] > 0
     assert counts["lost"] == 0, counts
@@ -41,3 +39,6 @@ def test_kill_nine_in_turn_loses_nothing_and_recovers(tmp_path: Path) -> None:
     assert counts["accepted"] == counts["published"] + counts["dead_lettered"] + at_broker_kill
     assert result["ledger_entries"] > 0
     assert result["ledger_spent_twice"] == [], result["ledger_spent_twice"]
+    # last, so that a slow machine's failure says the accounting and the ledger held
+    late = {f: s for f, s in recoveries.items() if s is None or s > RECOVERY_LIMIT_S}
+    assert not late, f"recovered later than {RECOVERY_LIMIT_S:g} s: {late}"
