@@ -47,7 +47,10 @@ RESULTS = Path(__file__).with_name("results") / "chaos.json"
 DOMAINS = ("shop", "support")
 CLASSES = ("shop.orders.distinct_customers", "support.tickets.distinct_customers")
 ID_FIELDS = {"shop.orders": "order_id", "support.tickets": "ticket_id"}
-RECOVERY_LIMIT_S = 30.0
+RECOVERY_LIMIT_S = 30.0  # the issue's target (#18), reported per fault; missed today
+# How long a fault waits for the mesh to be whole again before it counts as not recovered:
+# a restart is a cold Python start importing Feast and Faust (~12 s alone on 2 idle cores).
+RECOVERY_WAIT_S = 4 * RECOVERY_LIMIT_S
 # what a kill -9 of the journaled broker may lose: the records it acknowledged in the last
 # fetch interval of its journal's mirror (~50-100 ms documented; 1 s allowed here)
 DURABILITY_WINDOW_S = 1.0
@@ -387,7 +390,7 @@ def inject(
     stack: LocalStack, fault: str, classes: Iterable[str], killed: dict[str, float] | None = None
 ) -> float | None:
     """``kill -9`` the fault's process; seconds until the mesh is whole again (None: not
-    within four times the recovery limit). The launcher is started again by hand."""
+    within ``RECOVERY_WAIT_S``). The launcher is started again by hand."""
     classes = list(classes)
     since = {d: stack.published(d) for d in stack.worker_urls}
     pid = stack.pid_of(fault)
@@ -405,7 +408,7 @@ def inject(
             time.sleep(0.1)
     if fault.startswith("worker-"):
         since[fault.removeprefix("worker-")] = None
-    while time.monotonic() - began < 4 * RECOVERY_LIMIT_S:
+    while time.monotonic() - began < RECOVERY_WAIT_S:
         if stack.whole(since, classes):
             return time.monotonic() - began
         time.sleep(0.5)
@@ -721,6 +724,11 @@ def main() -> None:
         f: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "n": len(v)}
         for f, v in per.items()
     }
+    result["recovery_target_s"] = RECOVERY_LIMIT_S
+    result["recovery_target_met"] = {
+        f: v["p99"] is not None and v["p99"] <= RECOVERY_LIMIT_S
+        for f, v in result["recovery_s"].items()
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     result["hostile_records_sent"] = result["hostile"]["sent"]
@@ -734,6 +742,7 @@ def main() -> None:
             "records_lost",
             "records_lost_in_documented_window",
             "recovery_s",
+            "recovery_target_met",
             "hostile_records_sent",
             "hostile_outcomes",
             "broker_rss_mb_after_hour",
