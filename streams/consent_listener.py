@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from domains.contract import DataProduct, DomainContract
 from feature_repo.store import ErasedRows
-from streams.batch_send import BatchSender, Output
+from streams.batch_send import BatchSender, Output, dead_letter
 from streams.consent import Change, ConsentIndex, ConsentRecord, MalformedConsent, parse_consent
 from streams.erasure import ErasureRecord, append_record, read_erasure_log, subject_tokens
 from streams.keyring import DomainTokens
@@ -48,14 +48,7 @@ from streams.reading import assign_from_beginning
 from streams.records import append_record as append_jsonl
 from streams.records import read_records as read_jsonl
 from streams.settings import KafkaSettings
-from streams.topics import (
-    DETAIL_HEADER,
-    REASON_HEADER,
-    SOURCE_HEADER,
-    ProductTopics,
-    consent_dlq_topic,
-    consent_topic,
-)
+from streams.topics import ProductTopics, consent_dlq_topic, consent_topic
 
 log = logging.getLogger("privmesh.streams")
 
@@ -216,14 +209,17 @@ class ConsentListener:
         ).hexdigest()
         if digest in self._dead_lettered:
             return  # dead-lettered before (by this worker, or before its restart)
-        headers = [
-            (REASON_HEADER, exc.reason.encode()),
-            (DETAIL_HEADER, exc.detail.encode()),
-            (SOURCE_HEADER, source.encode()),
-        ]
-        await self._sender.deliver(
-            [Output(consent_dlq_topic(self.domain), key, value or b"", headers)]
+        letter = dead_letter(
+            consent_dlq_topic(self.domain), key, value, exc.reason, exc.detail, source
         )
+        try:
+            refused = await self._sender.deliver([letter])
+        except Exception as error:  # the loop goes on; the record is counted, not raised
+            refused = [letter]
+            log.error("%s: consent dead letter not sent (%s)", self.domain, type(error).__name__)
+        if refused:
+            self.counters["dead_letter_failures"] += 1
+            return
         append_jsonl(self._dlq_log, {"digest": digest, "reason": exc.reason, "source": source})
         self._dead_lettered.add(digest)
         self.counters["dead_lettered"] += 1

@@ -19,17 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 
-from streams.batch_send import BatchSender, Output
+from streams.batch_send import BatchSender, dead_letter
 from streams.erasure import MalformedErasureRequest, parse_erasure_request
 from streams.reading import assign_from_beginning
 from streams.settings import KafkaSettings
-from streams.topics import (
-    DETAIL_HEADER,
-    REASON_HEADER,
-    SOURCE_HEADER,
-    erasures_dlq_topic,
-    erasures_topic,
-)
+from streams.topics import erasures_dlq_topic, erasures_topic
 
 log = logging.getLogger("privmesh.streams")
 
@@ -58,6 +52,7 @@ class ErasureListener:
         self.malformed = 0
         self.failed = 0
         self.dead_lettered = 0
+        self.dead_letter_failures = 0
         self.rereads = 0
         self._seen: set[bytes] = set()  # digests of requests applied (re-reads are no-ops)
 
@@ -141,14 +136,16 @@ class ErasureListener:
     async def _dead_letter(
         self, raw: bytes | None, key: bytes | None, reason: str, detail: str, source: str
     ) -> None:
+        """Send the request to the erasures DLQ (bounded in size); a failure is logged."""
         if self._sender is None:
             return
-        headers = [
-            (REASON_HEADER, reason.encode()),
-            (DETAIL_HEADER, detail.encode()),
-            (SOURCE_HEADER, source.encode()),
-        ]
-        await self._sender.deliver(
-            [Output(erasures_dlq_topic(self.domain), key, raw or b"", headers)]
-        )
+        letter = dead_letter(erasures_dlq_topic(self.domain), key, raw, reason, detail, source)
+        try:
+            refused = await self._sender.deliver([letter])
+        except Exception as exc:  # the loop goes on: the request is counted as lost
+            refused = [letter]
+            log.error("%s: erasure dead letter not sent (%s)", self.domain, type(exc).__name__)
+        if refused:
+            self.dead_letter_failures += 1
+            return
         self.dead_lettered += 1

@@ -45,11 +45,10 @@ from feast import FeatureView
 from feature_repo.definitions import SUBJECT_KEY
 from feature_repo.events import event_schema, event_table
 from feature_repo.store import DomainFeatureStore, ErasedRows
-from streams.batch_send import BatchSender, Output
+from streams.batch_send import BatchSender, Output, dead_letter
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline
 from streams.settings import StreamSettings
-from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from streams.windows import SubjectRow
 
 log = logging.getLogger("privmesh.streams")
@@ -237,13 +236,16 @@ class FeaturePusher:
             value = json.dumps(record, default=str, separators=(",", ":")).encode()
             subject = record.get(pipeline.product.subject_field) or record.get(SUBJECT_KEY)
             key = subject.encode() if isinstance(subject, str) and subject.isascii() else None
-            headers = [
-                (REASON_HEADER, reason.encode()),
-                (DETAIL_HEADER, f"not written to {target}: {error}".encode()),
-                (SOURCE_HEADER, f"feature-push/{target}".encode()),
-            ]
-            outputs.append(Output(pipeline.topics.dlq, key, value, headers))
-        await self._sender.deliver(outputs)
+            detail = f"not written to {target}: {error}"
+            source = f"feature-push/{target}"
+            outputs.append(dead_letter(pipeline.topics.dlq, key, value, reason, detail, source))
+        try:
+            refused = await self._sender.deliver(outputs)
+        except Exception as exc:  # the flush goes on; the records are counted as lost
+            refused = outputs
+            log.error("dead letters of %s not sent (%s)", target, type(exc).__name__)
+        if refused:
+            self.counters["dead_letter_failures"] += len(refused)
         self.counters[f"dead_lettered.{reason}"] += len(failed)
         pipeline.counters[f"rejected.{reason}"] += len(failed)
         log.error("%d record(s) of %s dead-lettered (%s)", len(failed), target, reason)

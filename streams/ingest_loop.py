@@ -28,10 +28,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.batch_send import BatchSender, Output
+from streams.batch_send import BatchSender, Output, dead_letter
 from streams.pipeline import PROCESSING_ERROR, ProductPipeline
 from streams.settings import KafkaSettings, StreamSettings
-from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from streams.transform import Accepted, Rejected
 from streams.windows import SubjectRow
 
@@ -150,7 +149,7 @@ class IngestLoop:
                     outputs.append(output)
             consumed += len(records)
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
-        await self.sender.deliver(outputs)
+        await self._deliver(outputs)
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
@@ -163,6 +162,34 @@ class IngestLoop:
         self.counters["consumed"] += consumed
         self.counters["batches"] += 1
         self.counters["last_batch_ms"] = round((time.perf_counter() - began) * 1000)
+
+    async def _deliver(self, outputs: list[Output]) -> None:
+        """Deliver ``outputs``; never raises for a record the producer refuses for good.
+
+        A refused product record becomes a (bounded) dead letter of its product; a refused
+        dead letter is counted and logged (``dead_letter`` bounds them, so it is a bug).
+        """
+        refused = await self.sender.deliver(outputs)
+        dlqs = {p.topics.product: p.topics.dlq for p in self.pipelines.values()}
+        letters = [
+            dead_letter(
+                dlqs[o.topic],
+                o.key,
+                o.value,
+                PROCESSING_ERROR,
+                "output refused by the producer (too large)",
+                f"product/{o.topic}",
+                o.partition,
+            )
+            for o in refused or ()
+            if o.topic in dlqs
+        ]
+        lost = len(refused or ()) - len(letters)
+        if letters:
+            lost += len(await self.sender.deliver(letters) or ())
+        if lost:
+            self.counters["undeliverable"] += lost
+            log.error("%s: %d dead letter(s) refused by the producer", self.domain, lost)
 
     def _route(
         self,
@@ -187,12 +214,9 @@ class IngestLoop:
                 self.counters["route_failures"] += 1
                 outcome = Rejected(PROCESSING_ERROR, f"internal error {type(exc).__name__}")
         source = f"{record.topic}/{record.partition}/{record.offset}"
-        headers = [
-            (REASON_HEADER, outcome.reason.encode()),
-            (DETAIL_HEADER, outcome.detail.encode()),
-            (SOURCE_HEADER, source.encode()),
-        ]
-        return Output(pipeline.topics.dlq, key, raw, headers, out_partition)
+        return dead_letter(
+            pipeline.topics.dlq, key, raw, outcome.reason, outcome.detail, source, out_partition
+        )
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batch in flight, then give up the revoked partitions' state."""

@@ -13,6 +13,13 @@ REASON_HEADER = "privmesh-reason"
 DETAIL_HEADER = "privmesh-detail"
 # Where a dead-lettered record came from: ``topic/partition/offset``.
 SOURCE_HEADER = "privmesh-source"
+# A dead letter whose value was cut (``streams.batch_send.dead_letter``): what was cut
+# (``value``), the original length in bytes, and the sha256 (hex) of the original value.
+TRUNCATED_HEADER = "privmesh-truncated"
+ORIGINAL_BYTES_HEADER = "privmesh-original-bytes"
+ORIGINAL_SHA256_HEADER = "privmesh-original-sha256"
+# The original length of a dead letter's key, when the key was cut.
+ORIGINAL_KEY_BYTES_HEADER = "privmesh-original-key-bytes"
 
 
 @dataclass(frozen=True)

@@ -345,9 +345,10 @@ class RecordingSender:
     async def start(self) -> None:
         """Nothing to start."""
 
-    async def deliver(self, outputs: list[Any]) -> None:
-        """Keep ``outputs`` as delivered."""
+    async def deliver(self, outputs: list[Any]) -> list[Any]:
+        """Keep ``outputs`` as delivered; none is refused."""
         self.outputs.extend(outputs)
+        return []
 
     async def submit(self, outputs: list[Any]) -> list[tuple[list[Any], Any]]:
         """Keep ``outputs``; each group's acknowledgement is already done."""
