@@ -115,6 +115,7 @@ def up(domain: DomainsOpt = None) -> None:
         stack_settings.stop_timeout_seconds,
         policy,
         console.print,
+        fast_restarts=stack_settings.fast_restarts,
     )
     ports = {
         port: (f"{d} worker health page", "PRIVMESH_STREAMS_WORKER_WEB_PORT")

@@ -57,6 +57,11 @@ class StackSettings(BaseSettings):
         default=True,
         description="Run the demo generator (false: the events come from elsewhere).",
     )
+    fast_restarts: bool = Field(
+        default=True,
+        description="Restart workers, API, retention and generator by forking a pre-imported "
+        "zygote (a few seconds) instead of a cold start; false: always a cold start.",
+    )
     retention_every_seconds: Annotated[float, Field(ge=0, le=604_800)] = Field(
         default=3600.0,
         description="How often `up` runs the retention pass (0: never; `privmesh retention run`).",

@@ -37,8 +37,10 @@ import psutil
 from infra.broker import embedded_broker_command, ensure_topics, stop_embedded_broker
 from infra.errors import ComponentFailed, InfraError, StackAlreadyRunning, StackNotRunning
 from infra.ports import port_is_free, require_free, wait_for_port
+from infra.zygote import PRELOAD, Zygote, ZygoteChild
 
 _PR_SET_PDEATHSIG = 1
+ZYGOTE_MAX_STARTS = 3  # then restarts stay cold spawns, as without the zygote
 
 STARTING, RUNNING, BACKOFF, FAILED, STOPPED = "starting", "running", "backoff", "failed", "stopped"
 STATES = (STARTING, RUNNING, BACKOFF, FAILED, STOPPED)
@@ -94,8 +96,9 @@ class Component:
     port: int | None = None
     ready_timeout: float = 60.0
     after_start: Callable[[], object] | None = None
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ZygoteChild | None = None
     start_first: bool = False
+    forkable: bool = False  # a `python -m infra.cli` command the zygote can fork on restart
     critical: bool = False  # never marked failed: restarted at the capped backoff forever
     env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
     restarts: int = 0
@@ -151,6 +154,9 @@ def reap_stale(data_dir: Path, timeout: float) -> list[str]:
     if psutil.pid_exists(int(state.get("launcher_pid", -1))):
         return []
     left = []
+    zygote = state.get("zygote_pid")
+    if zygote and psutil.pid_exists(int(zygote)):
+        terminate_tree(int(zygote), timeout)
     for name, info in state.get("components", {}).items():
         pid, since = info.get("pid"), info.get("spawned_at")
         if not pid:
@@ -180,6 +186,8 @@ class Stack:
         max_restarts: int | RestartPolicy,
         say: Callable[[str], None],
         seed: int | None = None,
+        fast_restarts: bool = False,
+        zygote_preload: tuple[str, ...] = PRELOAD,
     ) -> None:
         self.data_dir = data_dir
         self.components = components
@@ -196,6 +204,11 @@ class Stack:
         self._stopping = False
         self._rng = random.Random(seed)  # noqa: S311 - restart jitter, not a secret
         self._started_at = time.time()
+        self.fast_restarts = fast_restarts
+        self.zygote_preload = zygote_preload
+        self.zygote: Zygote | None = None
+        self._zygote_starts = 0
+        self._zygote_announced = False
 
     @property
     def max_restarts(self) -> int:
@@ -222,10 +235,48 @@ class Stack:
         for port, (what, setting) in ports.items():
             require_free(port, what, setting)
 
+    def _start_zygote(self) -> None:
+        """Start (or restart, a few times) the zygote that forks restarted components."""
+        if not self.fast_restarts or self._zygote_starts >= ZYGOTE_MAX_STARTS:
+            return
+        if self.zygote is not None and not self.zygote.gone:
+            return
+        if self.zygote is not None:
+            self.zygote.close(self.stop_timeout)
+            self.say("[yellow]the zygote exited; restarts spawn cold until it is back[/]")
+        self._zygote_starts += 1
+        self._zygote_announced = False
+        self.zygote = Zygote(self.env, self.log_dir / "zygote.log", preload=self.zygote_preload)
+        self.zygote.start()
+
+    def _fork(self, comp: Component) -> ZygoteChild | None:
+        """``comp`` forked by the zygote, or None (not forkable, zygote not ready, failed).
+
+        Forkable is a ``python -m <module> ...`` command; the child runs that module as
+        ``__main__`` with the same arguments, environment and log as a cold start.
+        """
+        command = comp.command
+        if not comp.forkable or len(command) < 3 or command[:2] != [sys.executable, "-m"]:
+            return None
+        if self.zygote is None or not self.zygote.ready:
+            return None
+        return self.zygote.spawn(
+            command[2:],
+            {**self.env, **comp.env},
+            self.log_dir / f"{comp.name}.log",
+            module=command[2],
+        )
+
     def _spawn(self, comp: Component) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if comp.log is None:
             comp.log = (self.log_dir / f"{comp.name}.log").open("ab")
+        comp.state = STARTING
+        comp.spawned_at = time.monotonic()
+        forked = self._fork(comp)
+        if forked is not None:
+            comp.process = forked
+            return
         comp.process = subprocess.Popen(
             comp.command,
             stdin=subprocess.DEVNULL,
@@ -235,8 +286,6 @@ class Stack:
             start_new_session=True,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe
         )
-        comp.state = STARTING
-        comp.spawned_at = time.monotonic()
 
     def _log_hint(self, comp: Component) -> str:
         return f"see {self.log_dir / (comp.name + '.log')}"
@@ -280,6 +329,9 @@ class Stack:
         while not self.stop_requested and any(c.state == STARTING for c in together):
             self.supervise_once(began)
             time.sleep(0.2)
+        if not self.stop_requested:  # after the first start: its imports compete for the CPU
+            self._start_zygote()
+            self.write_state()
 
     def _became_ready(self, comp: Component, began: float) -> None:
         if comp.after_start is not None:
@@ -300,6 +352,11 @@ class Stack:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "launcher_pid": os.getpid(),
+            "zygote_pid": (
+                self.zygote.process.pid
+                if self.zygote is not None and self.zygote.process is not None
+                else None
+            ),
             "started_at": self._started_at,
             "updated_at": time.time(),
             "policy": {
@@ -362,9 +419,16 @@ class Stack:
                     changed = True
             elif comp.state == BACKOFF and now >= comp.restart_at:
                 comp.restarts += 1
-                self.say(f"restarting {comp.name} (restart {comp.restarts}) ...")
                 self._spawn(comp)
+                how = "forked" if isinstance(comp.process, ZygoteChild) else "spawned"
+                self.say(f"restarting {comp.name} (restart {comp.restarts}, {how}) ...")
                 changed = True
+        if self.zygote is not None and self.zygote.gone and not self._stopping:
+            self._start_zygote()
+            changed = True
+        elif self.zygote is not None and self.zygote.ready and not self._zygote_announced:
+            self._zygote_announced = True
+            self.say(f"zygote ready: restarts fork from {self.zygote.process_pid}")
         if changed:
             self.write_state()
 
@@ -409,6 +473,8 @@ class Stack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
             comp.state = STOPPED
+        if self.zygote is not None:
+            self.zygote.close(self.stop_timeout)
         for comp in self.components:
             if comp.log is not None:
                 comp.log.close()
@@ -548,6 +614,7 @@ def build_components(
                 [*cli, "worker", "--domain", domain, "--web-port", str(web_port)],
                 health_url=f"http://127.0.0.1:{web_port}/privmesh/health",
                 ready_timeout=start_timeout,
+                forkable=True,
                 after_start=create_topics if index == 0 and not embedded_broker else None,
             )
         )
@@ -557,6 +624,7 @@ def build_components(
             [*cli, "api"],
             health_url=f"http://127.0.0.1:{api_port}/healthz",
             ready_timeout=start_timeout,
+            forkable=True,
         )
     )
     if retention_every > 0:
@@ -566,6 +634,7 @@ def build_components(
                 [*cli, "retention", "run", *(a for d in domains for a in ("--domain", d)),
                  "--every", str(retention_every)],
                 ready_timeout=start_timeout,
+                forkable=True,
             )
         )  # fmt: skip
     if generated:
@@ -574,6 +643,7 @@ def build_components(
                 "generator",
                 [*cli, "generate", *(arg for d in generated for arg in ("--domain", d))],
                 ready_timeout=start_timeout,
+                forkable=True,
             )
         )
     return components
