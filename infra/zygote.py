@@ -98,7 +98,78 @@ _PROJECT_PACKAGES = frozenset(
 )
 
 
-def _run_child(request: Mapping[str, object], zygote_pid: int, private_fds: list[int]) -> None:
+def child_environ(
+    requested: Mapping[str, str], before: Mapping[str, str], imported: Mapping[str, str]
+) -> dict[str, str]:
+    """The child's environment: the requested one plus what the preloaded imports set.
+
+    Some imports write the environment (Feast points ``PROMETHEUS_MULTIPROC_DIR`` at a
+    directory it creates, and ``prometheus_client`` then keeps per-process value files
+    there); a cold start's imports would have done the same, so each variable the imports
+    added or changed is kept unless the request sets it differently from the zygote's own
+    environment before its imports.
+    """
+    env = dict(requested)
+    for key, value in imported.items():
+        if before.get(key) != value and requested.get(key) == before.get(key):
+            env[key] = value
+    return env
+
+
+def _become(
+    request: Mapping[str, object], private_fds: list[int], env_before: Mapping[str, str]
+) -> None:
+    """Take the component's signals, stdio (its log), environment and working directory."""
+    for fd in private_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    log_fd = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.close(null_fd)
+    env = request["env"]
+    assert isinstance(env, dict)
+    wanted = child_environ({str(k): str(v) for k, v in env.items()}, env_before, dict(os.environ))
+    os.environ.clear()
+    os.environ.update(wanted)
+    os.chdir(str(request["cwd"]))
+    _clear_settings_caches()
+    _reseed()
+
+
+def _run_module(module: str, argv: list[str]) -> int:
+    """Run ``module`` as ``__main__`` with ``argv``, as ``python -m`` does; its exit code."""
+    sys.argv = argv
+    sys.modules.pop(module, None)  # run afresh as __main__, as `python -m` does
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            sys.stderr.write(f"{exc.code}\n")
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # report it as the interpreter would, then exit
+        traceback.print_exc()
+        code = 1
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    return code
+
+
+def _run_child(
+    request: Mapping[str, object],
+    zygote_pid: int,
+    private_fds: list[int],
+    env_before: Mapping[str, str],
+) -> None:
     """In the forked child: become the component, run it, never return."""
     code = 1
     try:
@@ -106,44 +177,10 @@ def _run_child(request: Mapping[str, object], zygote_pid: int, private_fds: list
         _set_pdeathsig(signal.SIGTERM)
         if os.getppid() != zygote_pid:  # the zygote died before the prctl
             os._exit(1)
-        for fd in private_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        log_fd = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        null_fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        os.close(null_fd)
-        env = request["env"]
-        assert isinstance(env, dict)
-        os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in env.items()})
-        os.chdir(str(request["cwd"]))
-        _clear_settings_caches()
-        _reseed()
+        _become(request, private_fds, env_before)
         argv = request["argv"]
         assert isinstance(argv, list)
-        sys.argv = [str(a) for a in argv]
-        try:
-            module = str(request.get("module", ENTRY_MODULE))
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if exc.code is not None and not isinstance(exc.code, int):
-                sys.stderr.write(f"{exc.code}\n")
-        except KeyboardInterrupt:
-            code = 130
-        except BaseException:  # report it as the interpreter would, then exit
-            traceback.print_exc()
-            code = 1
-        with contextlib.suppress(BaseException):
-            atexit._run_exitfuncs()
+        code = _run_module(str(request.get("module", ENTRY_MODULE)), [str(a) for a in argv])
     finally:
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
@@ -181,6 +218,7 @@ def serve(preload: tuple[str, ...] = PRELOAD) -> int:
     os.dup2(null_fd, 0)
     os.close(null_fd)
     os.dup2(2, 1)  # the preloaded modules' prints go to the zygote's log
+    env_before = dict(os.environ)
     _preload(preload)
     if threading.active_count() > 1:
         sys.stderr.write("zygote: a preloaded module started a thread; not serving\n")
@@ -214,7 +252,7 @@ def serve(preload: tuple[str, ...] = PRELOAD) -> int:
                 _write(rep_fd, f"error {ident} fork failed ({exc.errno})")
                 continue
             if pid == 0:
-                _run_child(request, me, [req_fd, rep_fd])
+                _run_child(request, me, [req_fd, rep_fd], env_before)
             children.add(pid)
             _write(rep_fd, f"spawned {ident} {pid}")
 

@@ -16,7 +16,7 @@ import pytest
 
 from infra import stack as stack_module
 from infra.stack import RUNNING, Component, RestartPolicy, Stack
-from infra.zygote import PRELOAD, Zygote, ZygoteChild
+from infra.zygote import PRELOAD, Zygote, ZygoteChild, child_environ
 from tests.conftest import free_port
 
 LIGHT = ("json",)  # the protocol does not depend on what is preloaded
@@ -30,6 +30,14 @@ def until(check: Callable[[], object], timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def supervise_until(stack: Stack, done: Callable[[], bool], timeout: float = 20.0) -> None:
+    def step() -> bool:
+        stack.supervise_once()
+        return done()
+
+    until(step, timeout)
 
 
 @pytest.fixture
@@ -133,12 +141,12 @@ def test_stack_restarts_a_killed_component_by_forking(fast_stack: Stack) -> None
     assert fast_stack.zygote is not None and fast_stack.zygote.wait_ready(30)
     first = comp.process.pid
     os.kill(first, signal.SIGKILL)
-    until(lambda: (fast_stack.supervise_once(), comp.state == RUNNING and comp.restarts == 1)[1])
+    supervise_until(fast_stack, lambda: comp.state == RUNNING and comp.restarts == 1)
     assert isinstance(comp.process, ZygoteChild)
     assert comp.last_exit_code == -signal.SIGKILL
     forked = comp.process.pid
     os.kill(forked, signal.SIGKILL)
-    until(lambda: (fast_stack.supervise_once(), comp.state == RUNNING and comp.restarts == 2)[1])
+    supervise_until(fast_stack, lambda: comp.state == RUNNING and comp.restarts == 2)
     assert comp.last_exit_code == -signal.SIGKILL
     state = json.loads((fast_stack.data_dir / "run" / "stack.json").read_text())
     assert state["components"]["web"]["pid"] == comp.process.pid != forked
@@ -156,7 +164,7 @@ def test_stack_falls_back_to_a_cold_spawn_without_zygote(
     os.kill(zygote.process.pid, signal.SIGKILL)
     until(lambda: zygote.gone)
     os.kill(comp.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
-    until(lambda: (fast_stack.supervise_once(), comp.state == RUNNING and comp.restarts == 1)[1])
+    supervise_until(fast_stack, lambda: comp.state == RUNNING and comp.restarts == 1)
     assert isinstance(comp.process, subprocess.Popen)
 
 
@@ -166,7 +174,7 @@ def test_stop_ends_forked_components_and_the_zygote(fast_stack: Stack) -> None:
     zygote = fast_stack.zygote
     assert zygote is not None and zygote.wait_ready(30) and zygote.process is not None
     os.kill(comp.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
-    until(lambda: (fast_stack.supervise_once(), comp.state == RUNNING and comp.restarts == 1)[1])
+    supervise_until(fast_stack, lambda: comp.state == RUNNING and comp.restarts == 1)
     forked = comp.process.pid  # type: ignore[union-attr]
     fast_stack.stop()
     assert zygote.process.poll() is not None
@@ -189,3 +197,17 @@ def test_preloaded_modules_read_no_settings_and_start_no_thread() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[] 1"
+
+
+def test_child_environ_keeps_what_imports_set_unless_requested_otherwise() -> None:
+    """Variables the preload added reach the child; a request's own value wins."""
+    before = {"A": "1", "KEEP": "x"}
+    imported = {"A": "1", "KEEP": "x", "PROM_DIR": "/tmp/feast_metrics_1", "CHANGED": "new"}
+    requested = {"A": "2", "KEEP": "x", "CHANGED": "mine"}
+    assert child_environ(requested, before, imported) == {
+        "A": "2",
+        "KEEP": "x",
+        "PROM_DIR": "/tmp/feast_metrics_1",
+        "CHANGED": "mine",
+    }
+    assert child_environ({}, before, {"A": "1", "NEW": "v"}) == {"NEW": "v"}
