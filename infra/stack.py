@@ -41,6 +41,7 @@ from infra.zygote import PRELOAD, Zygote, ZygoteChild
 
 _PR_SET_PDEATHSIG = 1
 ZYGOTE_MAX_STARTS = 3  # then restarts stay cold spawns, as without the zygote
+ZYGOTE_READY_WAIT = 90.0  # seconds `start` waits for the zygote's imports, then starts cold
 
 STARTING, RUNNING, BACKOFF, FAILED, STOPPED = "starting", "running", "backoff", "failed", "stopped"
 STATES = (STARTING, RUNNING, BACKOFF, FAILED, STOPPED)
@@ -313,15 +314,25 @@ class Stack:
         others are supervised from their first start, so one that keeps failing is
         restarted and then marked failed while the rest run. Returns once no component is
         starting (each is running, waiting to restart or failed) or a stop was requested.
+        With fast restarts the zygote imports while the first components start, and the
+        rest are forked from it (one import instead of one per process on shared cores);
+        if it is not ready within ``ZYGOTE_READY_WAIT`` or exits, they start cold.
         """
         began = time.monotonic()
         ordered = [c for c in self.components if c.start_first]
         together = [c for c in self.components if not c.start_first]
+        if any(c.forkable for c in together):
+            self._start_zygote()
         for comp in ordered:
             self.say(f"starting {comp.name} ...")
             self._spawn(comp)
             self._wait_ready(comp)
             self._became_ready(comp, began)
+        if self.zygote is not None:
+            deadline = time.monotonic() + ZYGOTE_READY_WAIT
+            while not self.stop_requested and time.monotonic() < deadline:
+                if self.zygote.wait_ready(0.2) or self.zygote.gone:
+                    break
         for comp in together:
             self.say(f"starting {comp.name} ...")
             self._spawn(comp)
@@ -329,9 +340,6 @@ class Stack:
         while not self.stop_requested and any(c.state == STARTING for c in together):
             self.supervise_once(began)
             time.sleep(0.2)
-        if not self.stop_requested:  # after the first start: its imports compete for the CPU
-            self._start_zygote()
-            self.write_state()
 
     def _became_ready(self, comp: Component, began: float) -> None:
         if comp.after_start is not None:
