@@ -155,9 +155,13 @@ def reap_stale(data_dir: Path, timeout: float) -> list[str]:
     if psutil.pid_exists(int(state.get("launcher_pid", -1))):
         return []
     left = []
-    zygote = state.get("zygote_pid")
-    if zygote and psutil.pid_exists(int(zygote)):
-        terminate_tree(int(zygote), timeout)
+    zygote, recorded = state.get("zygote_pid"), state.get("updated_at")
+    with contextlib.suppress(psutil.NoSuchProcess):
+        # the zygote dies with its launcher (PDEATHSIG); this is for one that did not
+        if zygote and (
+            recorded is None or psutil.Process(int(zygote)).create_time() <= float(recorded) + 1
+        ):
+            terminate_tree(int(zygote), timeout)
     for name, info in state.get("components", {}).items():
         pid, since = info.get("pid"), info.get("spawned_at")
         if not pid:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 ENTRY_MODULE = "infra.cli"
 
 # What `privmesh worker`, `api`, `retention` and `generate` import: none reads settings or
@@ -58,6 +59,14 @@ PRELOAD = (
 def _set_pdeathsig(sig: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def _set_name(component: str) -> None:
+    """Name the forked process after its component in ``ps -o comm``/``top`` (its
+    command line stays the zygote's)."""
+    name = f"pm-{component}".encode()[:15]
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name))
 
 
 def _exit_code(status: int) -> int:
@@ -178,6 +187,7 @@ def _run_child(
         if os.getppid() != zygote_pid:  # the zygote died before the prctl
             os._exit(1)
         _become(request, private_fds, env_before)
+        _set_name(Path(str(request["log"])).stem)
         argv = request["argv"]
         assert isinstance(argv, list)
         code = _run_module(str(request.get("module", ENTRY_MODULE)), [str(a) for a in argv])

@@ -80,6 +80,7 @@ def test_kill_9_of_a_forked_child_is_reported(zygote: Zygote, tmp_path: Path) ->
     proc = psutil.Process(child.pid)
     assert proc.ppid() == zygote.process.pid  # type: ignore[union-attr]
     until(lambda: os.getsid(child.pid) == child.pid)  # setsid() is the child's first step
+    until(lambda: proc.name() == "pm-child")  # named after its log file's component
     assert child.poll() is None
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(timeout=10) == -signal.SIGKILL
