@@ -429,9 +429,11 @@ def chaos_run(
     faults: Iterable[str] = FAULTS,
     settle: float = 6.0,
     say: Callable[[str], None] = print,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One stack under load; each fault in turn; then the accounting. A dict of results."""
-    stack = LocalStack(root, stack_env(root))
+    """One stack under load (``env``: extra settings); each fault in turn; then the
+    accounting. A dict of results."""
+    stack = LocalStack(root, stack_env(root, env))
     stack.start()
     out: dict[str, Any] = {"faults": {}, "rate_events_per_s": rate}
     killed: dict[str, float] = {}
@@ -674,9 +676,37 @@ def _rss_sample(pid: int, produced: int, began: float) -> dict[str, float]:
     }
 
 
+def restarts_ab(root: Path) -> dict[str, Any]:
+    """Recovery of a worker, the API and the broker after ``kill -9``, restarts forked from
+    the pre-imported zygote (the default) against cold starts, in one run each."""
+    out: dict[str, Any] = {}
+    for mode, fast in (("zygote", "true"), ("cold", "false")):
+        run = chaos_run(
+            root / mode,
+            faults=("worker-shop", "api", "broker"),
+            env={"PRIVMESH_STACK_FAST_RESTARTS": fast},
+        )
+        out[mode] = {f: i["recovery_s"] for f, i in run["faults"].items()}
+        out[mode]["records_lost"] = run["accounting"]["lost"]
+    return out
+
+
 def main() -> None:
-    """Run the faults, the baseline, the hostile corpus and the memory run; write results."""
+    """Run the faults, the baseline, the hostile corpus and the memory run; write results.
+
+    ``CHAOS_ONLY=restarts`` runs only the zygote-against-cold restart comparison and adds it
+    to the results file as ``restarts_ab``.
+    """
     import tempfile
+
+    if os.environ.get("CHAOS_ONLY") == "restarts":
+        with tempfile.TemporaryDirectory(prefix="privmesh-chaos-") as tmp:
+            ab = restarts_ab(Path(tmp))
+        saved = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+        saved["restarts_ab"] = ab
+        RESULTS.write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+        print("RESULT " + json.dumps({"restarts_ab": ab}))
+        return
 
     result: dict[str, Any] = {"benchmark": "chaos", "cores": os.cpu_count()}
     runs_wanted = int(os.environ.get("CHAOS_RUNS", "2"))

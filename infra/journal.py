@@ -42,6 +42,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from infra.errors import JournalError
+from streams.reading import Record
 
 log = logging.getLogger("privmesh.journal")
 
@@ -66,17 +67,8 @@ def journal_path(data_dir: Path) -> Path:
     return data_dir / "broker" / "journal.sqlite3"
 
 
-@dataclass(frozen=True, slots=True)
-class JournalRecord:
-    """One record of one partition, as the broker held it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+# One record of one partition, as the broker held it: the stream layer's record as read.
+JournalRecord = Record
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ class Record:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def header(self, name: str) -> str | None:
         """The first header called ``name``, decoded, or None."""
