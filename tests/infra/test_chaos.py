@@ -16,10 +16,11 @@ def test_kill_nine_in_turn_loses_nothing_and_recovers(tmp_path: Path) -> None:
     """Under generated load, each of a worker, the API, the embedded broker and the launcher
     is killed with SIGKILL in turn: the mesh is whole again (every component running, DP
     answers, each worker publishing) without manual action (besides starting `up` again
-    after the launcher's kill) within RECOVERY_WAIT_S (120 s) of each kill. The issue's
-    30 s target is not met yet and not asserted here: a restart is a cold Python start
-    that imports Feast and Faust (~12 s on 2 idle cores, 45-50 s measured under CI load);
-    bench.chaos reports each recovery time against it. Afterwards every record the
+    after the launcher's kill) within RECOVERY_WAIT_S (180 s) of each kill. The issue's
+    30 s target is not asserted here: workers and the API restart forked from the
+    pre-imported zygote (5-10 s), but a killed launcher means a fresh `up` whose imports
+    alone take 12+ s (45-100 s measured under CI load); bench.chaos reports each recovery
+    time against the target. Afterwards every record the
     broker acknowledged is in the product topic or the dead-letter topic (opt-out products,
     no consent records: nothing is consent-dropped), except what the embedded broker
     documents it may lose at its own kill -9 (acknowledged in the last moment before it,
