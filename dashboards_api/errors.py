@@ -144,3 +144,30 @@ class MechanismRefused(ApiError):
     status = 422
     code = "mechanism_not_finite"
     title = "Mechanism without a finite accuracy"
+
+
+class MissingWindow(WindowNotFound):
+    """A window inside a daily-hierarchy node's span has no complete aggregates, so the node
+    cannot be drawn yet (``window_start``: the missing window's start, epoch seconds)."""
+
+    status = 404
+    code = "missing_window"
+    title = "A window of the span is missing"
+
+
+class ResolutionUnavailable(ApiError):
+    """A daily class cannot release at this resolution now (e.g. ``24h`` with no structure
+    for yesterday, ``1m`` on windows longer than a minute); ``resolution`` names it."""
+
+    status = 422
+    code = "resolution_unavailable"
+    title = "Resolution not available"
+
+
+class AccuracyUnreachable(ApiError):
+    """A class declares an accuracy it cannot meet within its product's remaining daily
+    budget; ``suggestion`` carries the planner's way to meet it."""
+
+    status = 422
+    code = "accuracy_unreachable"
+    title = "Declared accuracy cannot be met"

@@ -1,0 +1,498 @@
+"""One live release structure per (class, UTC day): every resolution from one daily budget.
+
+A class with ``release: daily`` pays ``epsilon`` once per UTC day and publishes, all day long,
+the 10-second (window), 1-minute, 1-hour, "today so far" and sliding "last 24 h" values of one
+measure. They all come from one structure: a hierarchy of levels of widths
+``[window_seconds, 60, 3600, 86400]`` seconds (a width not above, or not a multiple of, the
+previous one is dropped), each level a partition of the UTC day into aligned spans. A node is
+the exact sum of the windows in its span; it is noised once, when its span is complete, by
+OpenDP's discrete Laplace, and kept in the write-once :class:`~dashboards_api.continual.NodeStore`
+(so a value read twice, or by two replicas, is the same). A value is a sum of nodes:
+
+* ``window``, ``1m``, ``1h``: the node of the newest complete span of that width;
+* ``today``: the greedy cover of ``[day start, t_end)`` by complete nodes, largest first
+  (the hours so far, then the minutes, then the windows);
+* ``24h``: the cover of ``[t_end - 86400, t_end)``: today's cover plus the cover of the last
+  part of yesterday by yesterday's structure (largest nodes first from its end).
+
+Privacy (the privacy unit is the pseudonymous subject over the UTC day). The processor bounds
+what one subject's day can add to the sum of the day's windows by ``sensitivity`` (``Δ``, in
+L1: ``sum_w |x_w - x'_w| <= Δ``). Each level partitions the day, so the subject changes the
+nodes of one level by at most ``Δ`` in L1, and the vector of all the day's nodes by at most
+``levels * Δ``. Discrete Laplace at scale ``levels * Δ / epsilon`` on that vector is
+``epsilon``-DP (pure) for the subject's whole day; OpenDP's privacy map checks it when the
+mechanism is built. Nodes are drawn at different times but each coordinate gets independent
+noise at that same scale, which is the same mechanism as drawing the vector at once. Every
+resolution is a sum of nodes: post-processing, no further cost. ``24h`` also reads yesterday's
+structure, which yesterday's spend covers. Windows must be closed (final) when read: a node's
+value is fixed when it is first drawn, and a later revision of a window changes nothing
+already released.
+
+The error of a value is the sum of ``nodes`` independent discrete Laplace noises; its exact
+95% half-width is ``ci95_half_width``. See "Daily hierarchy" in ``docs/continual-release.md``
+for the measured comparison with the binary tree and with independent per-release noise, and
+for why pure discrete Laplace (not a zCDP Gaussian) is the mechanism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+import numpy as np
+import opendp.prelude as dp
+
+from dashboards_api.continual import PARAMETERS_LEVEL, NodeStore, ci95_half_width
+from dashboards_api.errors import MissingWindow, ResolutionUnavailable
+from dashboards_api.mechanisms import CONFIDENCE, laplace_within
+
+dp.enable_features("contrib")
+
+DAY_SECONDS = 86400
+"""The privacy period: one UTC day, in seconds."""
+
+RESOLUTIONS: tuple[str, ...] = ("window", "1m", "1h", "today", "24h")
+"""What a daily class can release, finest first (``window`` is the stream window)."""
+
+_SPAN_WIDTHS = (60, 3600, DAY_SECONDS)
+_RESOLUTION_WIDTH = {"1m": 60, "1h": 3600}
+
+Node = tuple[int, int]
+"""(level, index): the span ``[day_start + index * w, day_start + (index + 1) * w)``, ``w``
+the level's width."""
+
+
+@dataclass(frozen=True)
+class NoisyValue:
+    """A released value of ``[start, end)`` (epoch seconds) at ``resolution``.
+
+    ``nodes`` is how many noisy nodes were summed; ``ci95_half_width`` is the exact two-sided
+    95% half-width of the sum of their noises (the true value lies in ``value ± half-width``
+    with probability at least 0.95).
+    """
+
+    value: int
+    ci95_half_width: int
+    nodes: int
+    start: int
+    end: int
+    resolution: str
+
+
+def level_widths(window_seconds: int) -> list[int]:
+    """The widths of the hierarchy's levels, finest first, for windows of ``window_seconds``.
+
+    Each width is a multiple of the previous one (so every node is a union of nodes of each
+    finer level) and the last is the day.
+    """
+    window_seconds = _check_int("window_seconds", window_seconds, 1)
+    if DAY_SECONDS % window_seconds:
+        raise ValueError(
+            f"window_seconds={window_seconds} does not divide the day ({DAY_SECONDS} s); "
+            "choose a window length such as 10, 60 or 300 seconds"
+        )
+    widths = [window_seconds]
+    for width in _SPAN_WIDTHS:
+        if width > widths[-1] and width % widths[-1] == 0:
+            widths.append(width)
+    return widths
+
+
+def resolutions_of(window_seconds: int) -> tuple[str, ...]:
+    """The resolutions a hierarchy of ``window_seconds`` windows can release (finest first):
+    ``1m`` / ``1h`` only when they are levels of their own or the window itself."""
+    widths = level_widths(window_seconds)
+    return tuple(
+        r for r in RESOLUTIONS if r not in _RESOLUTION_WIDTH or _RESOLUTION_WIDTH[r] in widths
+    )
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_epsilon(epsilon: object) -> Decimal:
+    """``epsilon`` if it is a finite positive Decimal, else a TypeError/ValueError."""
+    if not isinstance(epsilon, Decimal):
+        raise TypeError(f"epsilon must be a Decimal such as Decimal('0.5'), got {epsilon!r}")
+    if not epsilon.is_finite() or epsilon <= 0:
+        raise ValueError(f"epsilon must be a finite decimal > 0, got {epsilon}")
+    return epsilon
+
+
+@cache
+def _node_laplace(d_in: int, epsilon: Decimal) -> tuple[Any, float]:
+    """OpenDP discrete Laplace on i64 node vectors whose privacy map at L1 distance ``d_in``
+    (``levels * Δ``) is not above ``epsilon``; built once per (d_in, epsilon)."""
+    return laplace_within(
+        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), d_in, epsilon
+    )
+
+
+def node_scale(window_seconds: int, epsilon: Decimal, sensitivity: int) -> float:
+    """The per-node discrete Laplace scale, ``levels * Δ / epsilon`` (or a few ulps more, as
+    OpenDP's map requires)."""
+    d_in = len(level_widths(window_seconds)) * _check_int("sensitivity", sensitivity, 1)
+    return _node_laplace(d_in, _check_epsilon(epsilon))[1]
+
+
+def _prefix_cover(widths: list[int], length: int) -> list[Node]:
+    """Greedy cover of ``[0, length)`` by aligned nodes, largest first from the left."""
+    nodes: list[Node] = []
+    cursor = 0
+    for level in range(len(widths) - 1, -1, -1):
+        width = widths[level]
+        while cursor % width == 0 and cursor + width <= length:
+            nodes.append((level, cursor // width))
+            cursor += width
+    if cursor != length:  # pragma: no cover - length is a multiple of the window
+        raise AssertionError(f"cover stopped at {cursor} of {length}")
+    return nodes
+
+
+def _suffix_cover(widths: list[int], start: int) -> list[Node]:
+    """Greedy cover of ``[start, DAY_SECONDS)`` by aligned nodes, largest first from the end."""
+    nodes: list[Node] = []
+    cursor = DAY_SECONDS
+    for level in range(len(widths) - 1, -1, -1):
+        width = widths[level]
+        while cursor % width == 0 and cursor - width >= start:
+            cursor -= width
+            nodes.append((level, cursor // width))
+    if cursor != start:  # pragma: no cover - start is a multiple of the window
+        raise AssertionError(f"cover stopped at {cursor}, not {start}")
+    return nodes
+
+
+def cover_sizes(resolution: str, window_seconds: int, t_in_day: int) -> tuple[int, int]:
+    """How many nodes of (today, yesterday) a value at ``resolution`` sums when the newest
+    closed window ends ``t_in_day`` seconds into the day."""
+    widths = level_widths(window_seconds)
+    if resolution in ("window", "1m", "1h"):
+        return 1, 0
+    if resolution == "today":
+        return len(_prefix_cover(widths, t_in_day)), 0
+    if resolution == "24h":
+        yesterday = 0 if t_in_day == DAY_SECONDS else len(_suffix_cover(widths, t_in_day))
+        return len(_prefix_cover(widths, t_in_day)), yesterday
+    raise ValueError(f"unknown resolution {resolution!r}; one of {', '.join(RESOLUTIONS)}")
+
+
+@cache
+def _most_nodes(resolution: str, window_seconds: int) -> int:
+    """The most nodes a value at ``resolution`` sums at any window end of the day."""
+    return max(
+        sum(cover_sizes(resolution, window_seconds, t))
+        for t in range(window_seconds, DAY_SECONDS + 1, window_seconds)
+    )
+
+
+def expected_half_width(
+    resolution: str,
+    window_seconds: int,
+    epsilon: Decimal,
+    sensitivity: int,
+    t_in_day: int | None = None,
+) -> int:
+    """The 95% half-width of a value at ``resolution`` of a daily class (``epsilon`` for the
+    day, contribution bound ``sensitivity`` per subject per day).
+
+    ``t_in_day``: seconds from the day's start to the end of the newest closed window; None
+    gives the worst time of the day (the most nodes summed). For ``24h`` yesterday is assumed
+    to have had the same parameters. This is what the planner promises.
+    """
+    if resolution not in resolutions_of(window_seconds):
+        raise ValueError(
+            f"resolution {resolution!r} does not apply to {window_seconds}-second windows; "
+            f"one of {', '.join(resolutions_of(window_seconds))}"
+        )
+    scale = node_scale(window_seconds, epsilon, sensitivity)
+    if t_in_day is None:
+        nodes = _most_nodes(resolution, window_seconds)
+    else:
+        t_in_day = _check_int("t_in_day", t_in_day, window_seconds)
+        if t_in_day > DAY_SECONDS or t_in_day % window_seconds:
+            raise ValueError(
+                f"t_in_day={t_in_day} must be a multiple of {window_seconds} in "
+                f"[{window_seconds}, {DAY_SECONDS}]"
+            )
+        nodes = sum(cover_sizes(resolution, window_seconds, t_in_day))
+    return int(ci95_half_width(scale, nodes))
+
+
+def _exact_mixed_half_width(terms: tuple[tuple[float, int], ...]) -> int:
+    """Smallest integer ``h`` with ``P(|S| <= h) >= CONFIDENCE``, ``S`` the sum of independent
+    discrete Laplace noises, ``count`` of each ``scale`` for each ``(scale, count)`` (the pmf
+    from the characteristic function by FFT, as ``continual.ci95_half_width``)."""
+    nodes = sum(count for _, count in terms)
+    radius = math.ceil(max(scale for scale, _ in terms) * (32 + 2 * nodes)) + 1
+    size = 1 << max(6, (2 * radius + 1).bit_length())
+    theta = 2.0 * np.pi * np.arange(size // 2 + 1) / size
+    characteristic = np.ones_like(theta)
+    for scale, count in terms:
+        q = math.exp(-1.0 / scale)
+        characteristic *= ((1.0 - q) ** 2 / (1.0 - 2.0 * q * np.cos(theta) + q * q)) ** count
+    pmf = np.fft.irfft(characteristic, n=size)
+    coverage = np.concatenate(([pmf[0]], pmf[0] + 2.0 * np.cumsum(pmf[1 : size // 2])))
+    return int(np.searchsorted(coverage, CONFIDENCE))
+
+
+@cache
+def mixed_half_width(terms: tuple[tuple[float, int], ...]) -> int:
+    """The 95% half-width of a sum of nodes of several scales (a ``24h`` value whose two days
+    had different parameters). Above a largest scale of 4096 every scale is shrunk by the
+    same factor and the half-width (plus one) scaled back up, as ``continual.ci95_half_width``.
+    """
+    terms = tuple((scale, count) for scale, count in terms if count > 0)
+    if len({scale for scale, _ in terms}) == 1:
+        return int(ci95_half_width(terms[0][0], sum(count for _, count in terms)))
+    largest = max(scale for scale, _ in terms)
+    if largest <= 4096.0:
+        return _exact_mixed_half_width(terms)
+    factor = largest / 4096.0
+    shrunk = tuple((scale / factor, count) for scale, count in terms)
+    return math.ceil((_exact_mixed_half_width(shrunk) + 1) * factor)
+
+
+class DailyHierarchy:
+    """The release structure of one class for one UTC day.
+
+    Parameters:
+        window_seconds: the stream window length; must divide the day.
+        day_start: epoch seconds of the UTC day's start (a multiple of 86400).
+        epsilon: the privacy loss, for the subject's whole day, of every value this structure
+            ever releases (pure DP); commit it to the ledger once, before the first value.
+        sensitivity: ``Δ``, the most one subject's whole day can change the sum of the day's
+            window values in L1 (the processor's per-subject, per-day contribution bound).
+        store: where node values live (write-once); shared by every replica.
+        stream_id: names this (class, day) in the store; a new day is a new stream_id.
+
+    ``levels`` are the level widths in seconds; ``scale`` the per-node discrete Laplace
+    scale, ``len(levels) * Δ / epsilon`` (or a few ulps more), checked by OpenDP's map.
+    """
+
+    def __init__(
+        self,
+        window_seconds: int,
+        day_start: int,
+        epsilon: Decimal,
+        sensitivity: int,
+        store: NodeStore,
+        stream_id: str,
+    ) -> None:
+        self.window_seconds = _check_int("window_seconds", window_seconds, 1)
+        self.levels: list[int] = level_widths(self.window_seconds)
+        self.day_start = _check_int("day_start", day_start, 0)
+        if self.day_start % DAY_SECONDS:
+            raise ValueError(
+                f"day_start={day_start} is not the start of a UTC day (a multiple of 86400)"
+            )
+        self.epsilon = _check_epsilon(epsilon)
+        self.sensitivity = _check_int("sensitivity", sensitivity, 1)
+        if not isinstance(stream_id, str) or not stream_id:
+            raise ValueError(f"stream_id must be a non-empty string, got {stream_id!r}")
+        self.store = store
+        self.stream_id = stream_id
+        self.measurement, self.scale = _node_laplace(
+            len(self.levels) * self.sensitivity, self.epsilon
+        )
+        fingerprint = self._fingerprint()
+        if store.put(stream_id, PARAMETERS_LEVEL, 0, fingerprint) != fingerprint:
+            raise ValueError(
+                f"stream_id {stream_id!r} already holds a daily structure with other "
+                "parameters (window, day, epsilon or sensitivity); a change of parameters "
+                "takes effect on the next day's structure"
+            )
+
+    def _fingerprint(self) -> int:
+        """A signed 63-bit digest of the structure's parameters (fits a BIGINT column)."""
+        text = (
+            f"daily-hierarchy-v1|{self.window_seconds}|{self.day_start}|"
+            f"{self.epsilon.normalize()}|{self.sensitivity}|discrete_laplace"
+        )
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    @property
+    def day_end(self) -> int:
+        """Epoch seconds of the day's end (exclusive)."""
+        return self.day_start + DAY_SECONDS
+
+    def span(self, node: Node) -> tuple[int, int]:
+        """``[start, end)`` in epoch seconds of ``node``."""
+        level, index = node
+        width = self.levels[level]
+        return self.day_start + index * width, self.day_start + (index + 1) * width
+
+    def _check_t_end(self, t_end: int) -> int:
+        """``t_end`` if it ends a window of this day (``day_start < t_end <= day_end``)."""
+        t_end = _check_int("t_end", t_end, 0)
+        if not self.day_start < t_end <= self.day_end or (t_end - self.day_start) % (
+            self.window_seconds
+        ):
+            raise ValueError(
+                f"t_end={t_end} is not the end of a {self.window_seconds}-second window of "
+                f"the day [{self.day_start}, {self.day_end})"
+            )
+        return t_end
+
+    def _last_span(self, level: int, t_end: int) -> Node:
+        """The newest node of ``level`` that is complete at ``t_end`` (may be index -1: the
+        span ends at the day's start, so it belongs to yesterday)."""
+        width = self.levels[level]
+        return level, (t_end - self.day_start) // width - 1
+
+    def cover(self, resolution: str, t_end: int) -> list[Node]:
+        """The nodes of this day whose sum is the value at ``resolution`` for ``t_end``
+        (``24h``: only today's part; ``1m``/``1h`` with no complete span today: empty)."""
+        t_end = self._check_t_end(t_end)
+        if resolution == "window":
+            return [self._last_span(0, t_end)]
+        if resolution in _RESOLUTION_WIDTH:
+            level = self._level_of(resolution)
+            node = self._last_span(level, t_end)
+            return [node] if node[1] >= 0 else []
+        if resolution in ("today", "24h"):
+            return _prefix_cover(self.levels, t_end - self.day_start)
+        raise ValueError(f"unknown resolution {resolution!r}; one of {', '.join(RESOLUTIONS)}")
+
+    def _level_of(self, resolution: str) -> int:
+        """The level whose width is ``resolution``'s, or ResolutionUnavailable."""
+        width = _RESOLUTION_WIDTH[resolution]
+        if width not in self.levels:
+            raise ResolutionUnavailable(
+                f"resolution {resolution!r} does not apply to {self.window_seconds}-second "
+                f"windows; available: {', '.join(resolutions_of(self.window_seconds))}",
+                resolution=resolution,
+            )
+        return self.levels.index(width)
+
+    def suffix_cover(self, start: int) -> list[Node]:
+        """The nodes covering ``[start, day_end)`` (a ``24h`` value's part in this day)."""
+        offset = start - self.day_start
+        if not 0 <= offset <= DAY_SECONDS or offset % self.window_seconds:
+            raise ValueError(f"start={start} is not a window start of this day")
+        return _suffix_cover(self.levels, offset) if offset < DAY_SECONDS else []
+
+    def node_values(
+        self, nodes: list[Node], windows: Callable[[int], int | None]
+    ) -> dict[Node, int]:
+        """The stored values of ``nodes``; the ones never drawn are summed from ``windows``
+        (complete spans only, the caller's check) and noised in ONE OpenDP call, then stored
+        write-once (a value another replica stored first wins)."""
+        found: dict[Node, int] = {}
+        missing: list[Node] = []
+        for node in nodes:
+            value = self.store.get(self.stream_id, *node)
+            if value is None:
+                missing.append(node)
+            else:
+                found[node] = value
+        if missing:
+            exact = _ExactSums(self, windows)
+            drawn = self.measurement([exact.node(node) for node in missing])
+            for node, noisy in zip(missing, drawn, strict=True):
+                found[node] = self.store.put(self.stream_id, *node, int(noisy))
+        return found
+
+    def value(
+        self,
+        resolution: str,
+        t_end: int,
+        windows: Callable[[int], int | None],
+        previous: DailyHierarchy | None = None,
+    ) -> NoisyValue:
+        """The noisy value at ``resolution`` when the newest closed window ends at ``t_end``.
+
+        ``windows(start)`` is the exact bounded value of the closed window starting at
+        ``start`` (None: missing, raises MissingWindow); it is read only for nodes never drawn
+        before. ``previous`` is yesterday's structure: needed by ``24h`` (before the day ends)
+        and by ``1m``/``1h`` before the day's first complete minute/hour.
+        """
+        t_end = self._check_t_end(t_end)
+        today = self.cover(resolution, t_end)
+        earlier: list[Node] = []
+        if resolution == "24h" and t_end < self.day_end:
+            earlier = self._yesterday(previous, resolution).suffix_cover(t_end - DAY_SECONDS)
+        elif resolution in _RESOLUTION_WIDTH and not today:
+            yesterday = self._yesterday(previous, resolution)
+            level = yesterday._level_of(resolution)
+            earlier = [yesterday._last_span(level, yesterday.day_end)]
+        found = self.node_values(today, windows)
+        total = sum(found[node] for node in today)
+        terms: list[tuple[float, int]] = [(self.scale, len(today))]
+        if earlier:
+            assert previous is not None
+            before = previous.node_values(earlier, windows)
+            total += sum(before[node] for node in earlier)
+            terms.append((previous.scale, len(earlier)))
+        spans = [self.span(node) for node in today]
+        if earlier:
+            assert previous is not None
+            spans += [previous.span(node) for node in earlier]
+        return NoisyValue(
+            value=int(total),
+            ci95_half_width=mixed_half_width(tuple(terms)),
+            nodes=len(today) + len(earlier),
+            start=min(start for start, _ in spans),
+            end=max(end for _, end in spans),
+            resolution=resolution,
+        )
+
+    def _yesterday(self, previous: DailyHierarchy | None, resolution: str) -> DailyHierarchy:
+        """``previous`` if it is the structure of the day before, else ResolutionUnavailable."""
+        if previous is None:
+            raise ResolutionUnavailable(
+                f"resolution {resolution!r} at this time of day needs yesterday's structure "
+                "(the class was not released yesterday); choose 'today' or a finer resolution",
+                resolution=resolution,
+            )
+        if previous.day_start != self.day_start - DAY_SECONDS:
+            raise ValueError(
+                f"previous starts at {previous.day_start}, not the day before {self.day_start}"
+            )
+        if previous.window_seconds != self.window_seconds:
+            raise ResolutionUnavailable(
+                f"yesterday's windows were {previous.window_seconds} s, today's "
+                f"{self.window_seconds} s: a {resolution!r} value cannot join them",
+                resolution=resolution,
+            )
+        return previous
+
+
+class _ExactSums:
+    """Exact node sums of one structure from its windows, each window read at most once."""
+
+    def __init__(self, hierarchy: DailyHierarchy, windows: Callable[[int], int | None]) -> None:
+        self._hierarchy = hierarchy
+        self._windows = windows
+        self._read: dict[int, int] = {}
+
+    def window(self, start: int) -> int:
+        """The exact value of the window starting at ``start``, or MissingWindow."""
+        if start not in self._read:
+            value = self._windows(start)
+            if value is None:
+                raise MissingWindow(
+                    f"the window starting at {start} has no complete aggregates; a node that "
+                    "spans it cannot be released until it is pushed",
+                    window_start=start,
+                )
+            self._read[start] = _check_int("window value", value, -(2**62))
+        return self._read[start]
+
+    def node(self, node: Node) -> int:
+        """The exact sum of the windows in ``node``'s span."""
+        start, end = self._hierarchy.span(node)
+        step = self._hierarchy.window_seconds
+        return sum(self.window(at) for at in range(start, end, step))
