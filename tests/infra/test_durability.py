@@ -23,6 +23,7 @@ from infra.ports import wait_for_port
 from streams.keyring import KeyRing, keyring_path
 from streams.topics import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from tests.conftest import free_port
+from tests.infra.topic_snapshots import Snapshot, compacted, read_topics
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,6 @@ ERASURES = "shop.erasures"
 TOPICS = [INGEST, PRODUCT, DLQ, CONSENT, ERASURES]
 GROUP = "privmesh-shop-processor"
 PARTITIONS = 2
-
-Snapshot = dict[tuple[str, int], list[tuple[int, bytes | None, bytes | None, tuple]]]
 
 
 class Broker:
@@ -183,29 +182,6 @@ async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
         await consumer.stop()
 
 
-async def _read_all(bootstrap: str) -> Snapshot:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
-    await consumer.start()
-    out: Snapshot = {}
-    try:
-        tps = [TopicPartition(t, p) for t in TOPICS for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        idle = 0
-        while idle < 4:
-            batches = await consumer.getmany(timeout_ms=200)
-            idle = 0 if batches else idle + 1
-            for tp, records in batches.items():
-                out.setdefault((tp.topic, tp.partition), []).extend(
-                    (r.offset, r.key, r.value, tuple(r.headers)) for r in records
-                )
-    finally:
-        await consumer.stop()
-    return out
-
-
 def _wait_journaled(broker: Broker, expected: int, snapshots: bool = True) -> None:
     """Wait until the journal holds ``expected`` records (and a group snapshot)."""
     journal = Journal(journal_path(broker.data_dir))
@@ -221,22 +197,12 @@ def _wait_journaled(broker: Broker, expected: int, snapshots: bool = True) -> No
         journal.close()
 
 
-def _compacted(snapshot: Snapshot) -> Snapshot:
-    """``snapshot`` as compaction leaves it: the consent topic keeps each key's latest."""
-    out: Snapshot = {}
-    for (topic, partition), records in snapshot.items():
-        latest = {r[1]: r[0] for r in records}
-        keep = [r for r in records if topic != CONSENT or latest[r[1]] == r[0]]
-        out[(topic, partition)] = keep
-    return out
-
-
 def _seed(broker: Broker, count: int = 400) -> tuple[Snapshot, dict[int, int]]:
     ensure_topics(broker.bootstrap, TOPICS, PARTITIONS, 1)
     asyncio.run(_produce(broker.bootstrap, count, "a"))
     committed = {0: 57, 1: 91}
     asyncio.run(_commit(broker.bootstrap, committed))
-    before = asyncio.run(_read_all(broker.bootstrap))
+    before = asyncio.run(read_topics(broker.bootstrap, TOPICS))
     total = sum(len(v) for v in before.values())
     assert total > 2 * count
     return before, committed
@@ -252,14 +218,14 @@ def test_down_then_up_keeps_every_record_offset_and_group_offset(journaled: Brok
     before, committed = _seed(journaled)
     journaled.stop()
     journaled.start()
-    assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
+    assert asyncio.run(read_topics(journaled.bootstrap, TOPICS)) == compacted(before)
     assert asyncio.run(_committed(journaled.bootstrap)) == committed
     ends = asyncio.run(_end_offsets(journaled.bootstrap))
     assert ends == {tp: before[tp][-1][0] + 1 if tp in before else 0 for tp in ends}
     # the next record goes after the old ones, not over them
     asyncio.run(_produce(journaled.bootstrap, 4, "b"))
-    after = asyncio.run(_read_all(journaled.bootstrap))
-    for tp, records in _compacted(before).items():
+    after = asyncio.run(read_topics(journaled.bootstrap, TOPICS))
+    for tp, records in compacted(before).items():
         assert after[tp][: len(records)] == records
         assert all(r[0] > records[-1][0] for r in after[tp][len(records) :])
 
@@ -280,7 +246,7 @@ def test_kill_9_of_tansu_is_repaired_from_the_journal(journaled: Broker) -> None
             pass
         time.sleep(0.2)
     time.sleep(1.0)
-    assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
+    assert asyncio.run(read_topics(journaled.bootstrap, TOPICS)) == compacted(before)
     assert asyncio.run(_committed(journaled.bootstrap)) == committed
     assert journaled.status()["broker_restarts"] >= 1
 
@@ -292,7 +258,7 @@ def test_kill_9_of_the_broker_component_then_up(journaled: Broker) -> None:
     _wait_journaled(journaled, _total(before))
     journaled.kill()
     journaled.start()
-    assert asyncio.run(_read_all(journaled.bootstrap)) == _compacted(before)
+    assert asyncio.run(read_topics(journaled.bootstrap, TOPICS)) == compacted(before)
     assert asyncio.run(_committed(journaled.bootstrap)) == committed
 
 
@@ -361,7 +327,7 @@ def test_memory_is_bounded_by_rotation_with_offsets_kept(tmp_path: Path) -> None
         assert broker.status()["rotations"] >= 1
         assert wait_for_port(broker.port, 30)
         assert broker.tansu().memory_info().rss < grown / 2
-        after = asyncio.run(_read_all(broker.bootstrap))
+        after = asyncio.run(read_topics(broker.bootstrap, TOPICS))
         for partition in range(PARTITIONS):
             records = after[(PRODUCT, partition)]
             offsets = [r[0] for r in records]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.chaos import stack_env
 from domains.registry import get_contract
 from infra.broker import tansu_binary
 from infra.errors import BrokerBinaryMissing
@@ -22,10 +22,9 @@ from streams.generator import EventGenerator, make_people
 from streams.topics import ProductTopics, domain_topics
 from tests.conftest import free_port
 from tests.infra.test_cli import run_cli
+from tests.infra.topic_snapshots import compacted, read_topics
 
 EVENTS = 400
-
-Snapshot = dict[tuple[str, int], list[tuple[int, bytes | None, bytes | None]]]
 
 
 async def _send_events(bootstrap: str, topic: str, count: int) -> None:
@@ -59,28 +58,6 @@ async def _send_consent(bootstrap: str) -> None:
         await producer.stop()
 
 
-async def _snapshot(bootstrap: str, topics: list[str]) -> Snapshot:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50)
-    await consumer.start()
-    out: Snapshot = {}
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        idle = 0
-        while idle < 4:
-            batches = await consumer.getmany(timeout_ms=250)
-            idle = 0 if batches else idle + 1
-            for tp, records in batches.items():
-                out.setdefault((tp.topic, tp.partition), []).extend(
-                    (r.offset, r.key, r.value) for r in records
-                )
-    finally:
-        await consumer.stop()
-    return out
-
-
 async def _committed(bootstrap: str, topic: str) -> dict[int, int | None]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="privmesh-shop-processor")
     await consumer.start()
@@ -88,18 +65,6 @@ async def _committed(bootstrap: str, topic: str) -> dict[int, int | None]:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(4)}
     finally:
         await consumer.stop()
-
-
-def _compacted(snapshot: Snapshot) -> Snapshot:
-    """What compaction keeps: each key's latest record on compacted topics."""
-    out: Snapshot = {}
-    for (topic, partition), records in snapshot.items():
-        compact = topic.endswith((".consent", ".profiles"))
-        latest = {r[1]: r[0] for r in records}
-        out[(topic, partition)] = [
-            r for r in records if not compact or r[1] is None or latest[r[1]] == r[0]
-        ]
-    return out
 
 
 def _health(port: int) -> dict[str, Any] | None:
@@ -132,16 +97,13 @@ def test_down_then_up_keeps_the_stream_and_resumes_from_committed_offsets(
     except BrokerBinaryMissing as exc:
         pytest.skip(f"embedded broker unavailable: {exc}")
     web_port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PRIVMESH_")},
-        "PRIVMESH_DATA_DIR": str(tmp_path / "stack"),
-        "PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port()),
-        "PRIVMESH_API_PORT": str(free_port()),
-        "PRIVMESH_STREAMS_WORKER_WEB_PORT": str(web_port),
-        "PRIVMESH_STACK_DOMAINS": '["shop"]',
-        "PRIVMESH_STACK_GENERATOR": "false",
-        "PRIVMESH_STACK_RETENTION_EVERY_SECONDS": "0",
-    }
+    env = stack_env(
+        tmp_path,
+        {
+            "PRIVMESH_STREAMS_WORKER_WEB_PORT": str(web_port),
+            "PRIVMESH_STACK_DOMAINS": '["shop"]',
+        },
+    )
     bootstrap = f"127.0.0.1:{env['PRIVMESH_KAFKA_EMBEDDED_PORT']}"
     topics = domain_topics(get_contract("shop"))
     product = next(p for p in get_contract("shop").products if p.name == "orders")
@@ -174,7 +136,7 @@ def test_down_then_up_keeps_the_stream_and_resumes_from_committed_offsets(
         )
         assert erased.returncode == 0, erased.stdout + erased.stderr
         time.sleep(3)  # a consistent snapshot of the committed offsets is taken every 0.5 s
-        before = asyncio.run(_snapshot(bootstrap, topics))
+        before = asyncio.run(read_topics(bootstrap, topics))
         committed = asyncio.run(_committed(bootstrap, names.ingest))
         assert before.get((names.product, 0)) or before.get((names.product, 1))
         assert any(t == names.dlq for t, _ in before), "no dead letters"
@@ -189,8 +151,8 @@ def test_down_then_up_keeps_the_stream_and_resumes_from_committed_offsets(
     second = up()
     try:
         _wait(lambda: _health(web_port), 240, "the shop worker after up", log)
-        after = asyncio.run(_snapshot(bootstrap, topics))
-        expected = _compacted(before)
+        after = asyncio.run(read_topics(bootstrap, topics))
+        expected = compacted(before)
         assert set(after) == set(expected)
         for tp, records in expected.items():
             assert after[tp][: len(records)] == records, tp
