@@ -7,6 +7,7 @@ sensitive field without bounds, a product without a privacy unit) at load time.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from enum import StrEnum
@@ -92,6 +93,11 @@ class Bounds(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise _refuse(
+                "non_finite_bounds",
+                f"bounds [{self.min}, {self.max}] must be finite numbers (no NaN or infinity)",
+            )
         if self.min > self.max:
             raise _refuse(
                 "inverted_bounds", f"bounds min {self.min} is greater than max {self.max}"
@@ -149,6 +155,89 @@ class EventTimeWindow(BaseModel):
 
     max_age_seconds: Annotated[int, Field(ge=60)] | None = None
     max_future_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+
+
+RECORDS_PER_PERIOD_LIMIT = 1_000_000  # a larger per-day bound protects no one in practice
+WINDOWS_PER_PERIOD_LIMIT = 86_400  # windows of the shortest length (1 s) in one UTC day
+PERIOD_SECONDS = {"day": 86_400}  # length of each supported privacy period
+
+
+class ContributionBounds(BaseModel):
+    """How much one subject may contribute to a product's statistics per privacy period.
+
+    The privacy unit of every release is the pseudonymous subject over the period (the
+    UTC day): the stream processor counts at most ``max_records_per_period`` of a
+    subject's records per period, in at most ``max_windows_per_period`` distinct windows,
+    each numeric measure clamped to ``clamp`` (default: the field's bounds). Records
+    beyond the bounds are truncated (not counted) and reported per window, so a subject's
+    whole day moves a day's statistics by a bounded, published amount (docs/
+    contribution-bounds.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    privacy_period: Literal["day"] = Field(
+        default="day",
+        description="The period the bounds apply to: the UTC day (the only one supported).",
+    )
+    max_records_per_period: int = Field(
+        default=10,
+        description=(
+            "Records of one subject counted per period (unit: records); the rest are "
+            "truncated. Bounds a subject's share of every count and sum of the day."
+        ),
+    )
+    max_windows_per_period: int = Field(
+        default=10,
+        description=(
+            "Distinct stream windows one subject may appear in per period (unit: windows); "
+            "a record in a further window is truncated. Bounds how many per-window values "
+            "one subject can move."
+        ),
+    )
+    clamp: dict[str, Bounds] = Field(
+        default_factory=dict,
+        description=(
+            "Per-record clamp of numeric measures (field name -> bounds inside the field's "
+            "bounds); a measure without one is clamped to its field's bounds."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        for name in ("max_records_per_period", "max_windows_per_period"):
+            value = getattr(self, name)
+            if value < 1:
+                raise _refuse(
+                    "contribution_bound_below_one",
+                    f"contribution {name} is {value}; it must be at least 1 (a subject "
+                    "whose records never count cannot be served)",
+                )
+        if self.max_records_per_period > RECORDS_PER_PERIOD_LIMIT:
+            raise _refuse(
+                "contribution_bound_too_large",
+                f"contribution max_records_per_period {self.max_records_per_period} exceeds "
+                f"{RECORDS_PER_PERIOD_LIMIT}; a bound that large protects no one: lower it",
+            )
+        if self.max_windows_per_period > self.max_records_per_period:
+            raise _refuse(
+                "windows_exceed_records",
+                f"contribution max_windows_per_period {self.max_windows_per_period} exceeds "
+                f"max_records_per_period {self.max_records_per_period}: a subject appears "
+                "in a window only with a counted record; lower max_windows_per_period",
+            )
+        if self.max_windows_per_period > WINDOWS_PER_PERIOD_LIMIT:
+            raise _refuse(
+                "windows_exceed_period",
+                f"contribution max_windows_per_period {self.max_windows_per_period} exceeds "
+                f"the {WINDOWS_PER_PERIOD_LIMIT} one-second windows of a day; lower it",
+            )
+        return self
+
+    @property
+    def period_seconds(self) -> int:
+        """Length of the privacy period in seconds."""
+        return PERIOD_SECONDS[self.privacy_period]
 
 
 class FieldSpec(BaseModel):
@@ -280,6 +369,13 @@ class DataProduct(BaseModel):
         default_factory=list,
         description="Data products (domain.product) this one is derived from, for lineage.",
     )
+    contribution: ContributionBounds = Field(
+        default_factory=ContributionBounds,
+        description=(
+            "Per-subject, per-period contribution bounds the stream processor enforces "
+            "(records, windows, per-record clamps): the privacy unit is the subject-day."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -312,7 +408,46 @@ class DataProduct(BaseModel):
                 f"product {self.name!r}: event_time {self.event_time!r} must name a required "
                 "timestamp field",
             )
+        self._check_clamps()
         return self
+
+    def _check_clamps(self) -> None:
+        for name, clamp in self.contribution.clamp.items():
+            spec = self.field(name)
+            if spec is None:
+                raise _refuse(
+                    "clamp_unknown_field",
+                    f"product {self.name!r}: contribution clamp names {name!r}, not a field",
+                )
+            if not spec.numeric:
+                raise _refuse(
+                    "clamp_on_non_numeric",
+                    f"product {self.name!r}: contribution clamp on {name!r}, a "
+                    f"{spec.type.value} field; clamps apply to int/float measures only",
+                )
+            if spec.bounds is None:
+                raise _refuse(
+                    "clamp_without_bounds",
+                    f"product {self.name!r}: contribution clamp on {name!r}, which has no "
+                    "bounds (not aggregated); declare its bounds first",
+                )
+            if clamp.min < spec.bounds.min or clamp.max > spec.bounds.max:
+                raise _refuse(
+                    "clamp_outside_bounds",
+                    f"product {self.name!r}: clamp [{clamp.min:g}, {clamp.max:g}] of {name!r} "
+                    f"is not inside its bounds [{spec.bounds.min:g}, {spec.bounds.max:g}]",
+                )
+
+    def clamp_of(self, name: str) -> Bounds:
+        """The per-record clamp of measure ``name``: the contribution clamp, else the
+        field's bounds. Raises ``KeyError`` for a field that is not a bounded measure."""
+        clamp = self.contribution.clamp.get(name)
+        if clamp is not None:
+            return clamp
+        spec = self.field(name)
+        if spec is None or spec.bounds is None:
+            raise KeyError(f"product {self.name!r} has no bounded measure {name!r}")
+        return spec.bounds
 
     def field(self, name: str) -> FieldSpec | None:
         """The field called ``name``, or None."""

@@ -10,6 +10,7 @@ human decides.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -20,10 +21,19 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from domains.contract import DomainContract, FieldSpec, FieldType, PrivacyTag, Protection
+from domains.contract import (
+    DataProduct,
+    DomainContract,
+    FieldSpec,
+    FieldType,
+    PrivacyTag,
+    Protection,
+)
 from domains.pii_patterns import PHONE_KIND, value_kind
 
 LONG_RETENTION_DAYS = 730
+DAY_SECONDS = 86_400
+HOUR_SECONDS = 3_600
 
 
 class Severity(StrEnum):
@@ -79,33 +89,43 @@ _PHONE = re.compile(r"^\+?[\d\s().-]{9,20}$")
 _ISO_DATE = re.compile(r"^(19|20)\d\d-[01]\d-[0-3]\d$")
 
 
-def lint_contract_file(path: Path) -> list[Finding]:
-    """Lint one contract file."""
+def lint_contract_file(path: Path, window_seconds: int | None = None) -> list[Finding]:
+    """Lint one contract file (``window_seconds``: see ``lint_contract``)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return [Finding(Severity.ERROR, "unreadable", str(path), "", message)]
-    return lint_contract(raw, str(path))
+    return lint_contract(raw, str(path), window_seconds)
 
 
-def lint_contract(raw: object, source: str = "<contract>") -> list[Finding]:
-    """Errors from validating ``raw``; if it is valid, the warnings of the heuristics."""
+def lint_contract(
+    raw: object, source: str = "<contract>", window_seconds: int | None = None
+) -> list[Finding]:
+    """Errors from validating ``raw``; if it is valid, the checks against the stream
+    processor's ``window_seconds`` (None: skipped) and the warnings of the heuristics."""
     try:
         contract = DomainContract.model_validate(raw)
     except ValidationError as exc:
         return [_finding_of(error, source) for error in exc.errors()]
-    return list(_warnings(contract, source))
+    settings_findings: list[Finding] = []
+    if window_seconds is not None:
+        for index, product in enumerate(contract.products):
+            settings_findings.extend(
+                _window_findings(product, window_seconds, source, f"products.{index}")
+            )
+    return settings_findings + list(_warnings(contract, source))
 
 
-def lint_paths(paths: Iterable[Path]) -> list[Finding]:
-    """Lint contract files and directories of ``*.yaml`` files; duplicate domains are errors."""
+def lint_paths(paths: Iterable[Path], window_seconds: int | None = None) -> list[Finding]:
+    """Lint contract files and directories of ``*.yaml`` files; duplicate domains are errors.
+    ``window_seconds``: the stream processor's window length (see ``lint_contract``)."""
     findings: list[Finding] = []
     seen: dict[str, str] = {}
     for path in paths:
         files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
         for file in files:
-            file_findings = lint_contract_file(file)
+            file_findings = lint_contract_file(file, window_seconds)
             findings.extend(file_findings)
             if any(f.severity is Severity.ERROR for f in file_findings):
                 continue
@@ -137,6 +157,51 @@ def _finding_of(error: Any, source: str) -> Finding:
         message = f"required key {loc[-1]!r} is missing" if loc else message
     location = ".".join(str(part) for part in loc)
     return Finding(Severity.ERROR, code, source, location, message)
+
+
+def _window_findings(
+    product: DataProduct, window_seconds: int, source: str, where: str
+) -> Iterable[Finding]:
+    """Contradictions between ``product``'s per-day bounds and the window length."""
+    if window_seconds < 1:
+        yield Finding(
+            Severity.ERROR,
+            "invalid_window_seconds",
+            source,
+            "",
+            f"the stream processor's window_seconds is {window_seconds}; it must be >= 1",
+        )
+        return
+    bounds = product.contribution
+    per_day = math.ceil(DAY_SECONDS / window_seconds)
+    if bounds.max_windows_per_period > per_day:
+        yield Finding(
+            Severity.ERROR,
+            "windows_exceed_windows_per_day",
+            source,
+            f"{where}.contribution.max_windows_per_period",
+            f"product {product.name!r}: max_windows_per_period {bounds.max_windows_per_period} "
+            f"exceeds the {per_day} windows of {window_seconds} s in a UTC day; the bound "
+            f"never binds: set it to at most {per_day}",
+        )
+    if DAY_SECONDS % window_seconds:
+        yield Finding(
+            Severity.WARNING,
+            "window_straddles_day",
+            source,
+            f"{where}.contribution.privacy_period",
+            f"windows of {window_seconds} s do not tile the UTC day: one window a day straddles "
+            "midnight and counts towards the day it starts in; pick a divisor of 86400",
+        )
+    elif window_seconds < HOUR_SECONDS and HOUR_SECONDS % window_seconds:
+        yield Finding(
+            Severity.WARNING,
+            "window_straddles_hour",
+            source,
+            f"{where}.contribution.privacy_period",
+            f"windows of {window_seconds} s do not tile the UTC hour: hourly values are not "
+            "exact sums of windows; pick a divisor of 3600",
+        )
 
 
 def _warnings(contract: DomainContract, source: str) -> Iterable[Finding]:

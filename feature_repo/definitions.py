@@ -6,8 +6,9 @@ Three feature views per product:
   and measure sums in the current window (training features for federation).
 * ``<product>_window_stats``: per closed window and ingest partition, the
   contribution-bounded aggregates the DP layer adds noise to (distinct subjects,
-  events, sums). Each subject lives on one partition, so the partitions' rows of a
-  window add up to the window's statistics.
+  events, sums, subjects new in the UTC day and hour), with the records truncated by
+  the per-subject per-day bounds and the bounds applied. Each subject lives on one
+  partition, so the partitions' rows of a window add up to the window's statistics.
 * ``<product>_events``: the pseudonymised product events themselves (offline only),
   keyed by the privacy unit's token at the event time: training rows for federated
   learning, read with point-in-time historical retrieval.
@@ -30,8 +31,13 @@ from domains.contract import DataProduct, PrivacyTag
 from feature_repo.events import EVENT_TIME_TYPE, event_schema, events_folder_name
 from feature_repo.names import (
     CONTRIBUTION_BOUND,
+    MAX_RECORDS_PER_PERIOD,
+    MAX_WINDOWS_PER_PERIOD,
+    NEW_SUBJECTS_HOUR,
+    NEW_SUBJECTS_PERIOD,
     PARTITION_KEY,
     SUBJECT_KEY,
+    TRUNCATED_EVENTS,
     WINDOW_COMPLETE,
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
@@ -41,8 +47,13 @@ from feature_repo.names import (
 
 __all__ = [
     "CONTRIBUTION_BOUND",
+    "MAX_RECORDS_PER_PERIOD",
+    "MAX_WINDOWS_PER_PERIOD",
+    "NEW_SUBJECTS_HOUR",
+    "NEW_SUBJECTS_PERIOD",
     "PARTITION_KEY",
     "SUBJECT_KEY",
+    "TRUNCATED_EVENTS",
     "WINDOW_COMPLETE",
     "WINDOW_KEY",
     "WINDOW_LATE_EVENTS",
@@ -124,7 +135,10 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
         Field(
             name=sum_feature(f.name),
             dtype=Float64,
-            description=f"Sum of {f.name} clamped to its contract bounds",
+            description=(
+                f"Sum of {f.name}, each record clamped to [{product.clamp_of(f.name).min:g}, "
+                f"{product.clamp_of(f.name).max:g}] (the contract's clamp)"
+            ),
             tags={"privacy_tag": f.tag.value, "source_field": f.name},
         )
         for f in measures
@@ -182,6 +196,47 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
                 description=(
                     "Most events one subject could contribute to this row: the processor's "
                     "bound when it counted them, from which the DP layer derives sensitivity"
+                ),
+                tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+            ),
+            Field(
+                name=NEW_SUBJECTS_PERIOD,
+                dtype=Int64,
+                description=(
+                    "Subjects whose first counted record of the UTC day is in this window: "
+                    "summed over a day's windows, each subject counts at most once"
+                ),
+                tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "dp_sensitivity": "1"},
+            ),
+            Field(
+                name=NEW_SUBJECTS_HOUR,
+                dtype=Int64,
+                description=(
+                    "Subjects whose first counted record of the UTC hour is in this window: "
+                    "summed over an hour's windows, each subject counts at most once"
+                ),
+                tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "dp_sensitivity": "1"},
+            ),
+            Field(
+                name=TRUNCATED_EVENTS,
+                dtype=Int64,
+                description=(
+                    "Records of this window not counted because their subject had reached a "
+                    "per-day bound (records or windows): the truncation bias, measured"
+                ),
+                tags={"privacy_tag": PrivacyTag.SENSITIVE.value},
+            ),
+            Field(
+                name=MAX_RECORDS_PER_PERIOD,
+                dtype=Int64,
+                description="Records of one subject counted per UTC day when this row was counted",
+                tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+            ),
+            Field(
+                name=MAX_WINDOWS_PER_PERIOD,
+                dtype=Int64,
+                description=(
+                    "Windows one subject may appear in per UTC day when this row was counted"
                 ),
                 tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
             ),

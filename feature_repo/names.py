@@ -12,6 +12,14 @@ CONTRIBUTION_BOUND = "contribution_bound"
 WINDOW_COMPLETE = "complete"
 WINDOW_WATERMARK = "watermark"
 WINDOW_LATE_EVENTS = "late_events"
+# Window rows, per-subject per-day contribution bounds (docs/contribution-bounds.md): subjects
+# whose first counted record of the UTC day / hour is in the window, the window's records not
+# counted because a per-day bound was hit, and the per-day bounds applied.
+NEW_SUBJECTS_PERIOD = "new_subjects_period"
+NEW_SUBJECTS_HOUR = "new_subjects_hour"
+TRUNCATED_EVENTS = "truncated_events"
+MAX_RECORDS_PER_PERIOD = "max_records_per_period"
+MAX_WINDOWS_PER_PERIOD = "max_windows_per_period"
 
 
 def sum_feature(field_name: str) -> str:

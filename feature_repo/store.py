@@ -26,8 +26,13 @@ from domains.contract import (
 )
 from feature_repo.definitions import (
     CONTRIBUTION_BOUND,
+    MAX_RECORDS_PER_PERIOD,
+    MAX_WINDOWS_PER_PERIOD,
+    NEW_SUBJECTS_HOUR,
+    NEW_SUBJECTS_PERIOD,
     PARTITION_KEY,
     SUBJECT_KEY,
+    TRUNCATED_EVENTS,
     WINDOW_COMPLETE,
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
@@ -181,7 +186,9 @@ class DomainFeatureStore:
         partition count (``PRIVMESH_KAFKA_PARTITIONS``). ``complete`` is the number of
         partitions whose event-time watermark had passed the window when it closed (rows
         of an older processor count as incomplete), ``late_events`` the late events of all
-        partitions, ``watermark`` the oldest partition watermark.
+        partitions, ``watermark`` the oldest partition watermark. The per-day bounds'
+        counts (``new_subjects_period``, ``new_subjects_hour``, ``truncated_events``) add
+        up; the bounds applied are the largest used (None: a partition's row lacks them).
         """
         features = self.product_features(product)
         names = [
@@ -191,6 +198,11 @@ class DomainFeatureStore:
             WINDOW_COMPLETE,
             WINDOW_WATERMARK,
             WINDOW_LATE_EVENTS,
+            NEW_SUBJECTS_PERIOD,
+            NEW_SUBJECTS_HOUR,
+            TRUNCATED_EVENTS,
+            MAX_RECORDS_PER_PERIOD,
+            MAX_WINDOWS_PER_PERIOD,
             *features.measure_features,
         ]
         refs = [f"{features.window_view.name}:{n}" for n in names]
@@ -379,6 +391,9 @@ class ErasedRows:
     offline: int
 
 
+_BOUNDS = frozenset({CONTRIBUTION_BOUND, MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER_PERIOD})
+
+
 def _merge(
     response: dict[str, list[Any]], names: list[str], rows: range, complete: bool
 ) -> dict[str, Any]:
@@ -389,7 +404,7 @@ def _merge(
     merged: dict[str, Any] = {}
     for name in names:
         values = [response[name][j] for j in rows]
-        if name == CONTRIBUTION_BOUND:
+        if name in _BOUNDS:
             merged[name] = None if None in values else max(values)
         elif name == WINDOW_WATERMARK:
             merged[name] = None if None in values else min(values)

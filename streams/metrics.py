@@ -70,6 +70,12 @@ class ProcessorCollector(Collector):
             "Events beyond the per-subject contribution bound (partitions owned now)",
             labels=["domain", "product"],
         )
+        truncated = GaugeMetricFamily(
+            "privmesh_stream_truncated_events",
+            "Events not counted because their subject had reached a per-day contribution "
+            "bound, records or windows (partitions owned now)",
+            labels=["domain", "product"],
+        )
         for pipeline in p.pipelines:
             product, counts = pipeline.product.name, pipeline.counters
             events.add_metric([domain, product, "published"], counts["accepted"])
@@ -83,7 +89,8 @@ class ProcessorCollector(Collector):
             pushed.add_metric([domain, product], counts["subject_rows_pushed"])
             late.add_metric([domain, product], pipeline.late_events)
             capped.add_metric([domain, product], pipeline.capped_events)
-        yield from (consumed, events, dead, dropped, pushed, late, capped)
+            truncated.add_metric([domain, product], pipeline.truncated_events)
+        yield from (consumed, events, dead, dropped, pushed, late, capped, truncated)
         yield from self._consent(domain)
         erasures = CounterMetricFamily(
             "privmesh_stream_erasures_applied",

@@ -9,6 +9,12 @@ event found on another partition than its key's is refused (``wrong_partition``)
 counting it would let one subject contribute through two workers, beyond the bound
 the DP layer relies on.
 
+Every product's privacy unit is the subject over the UTC day: each partition's aggregator
+enforces the contract's per-subject per-day bounds (``streams.windows``). A partition's
+aggregator starts from the day tallies a ``restore`` source rebuilds (``streams.restore``:
+the offline event files), so a restart or a rebalance does not give a subject its day's
+bounds afresh.
+
 A valid event whose subject has not consented to the product's purpose (``opt_in``) or
 has withdrawn is dropped: counted (``consent_dropped.<reason>``), never published, never
 dead-lettered, never aggregated.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +35,13 @@ from aiokafka.partitioner import murmur2
 from domains.contract import DataProduct, DomainContract
 from feature_repo.definitions import (
     CONTRIBUTION_BOUND,
+    MAX_RECORDS_PER_PERIOD,
+    MAX_WINDOWS_PER_PERIOD,
+    NEW_SUBJECTS_HOUR,
+    NEW_SUBJECTS_PERIOD,
     PARTITION_KEY,
     SUBJECT_KEY,
+    TRUNCATED_EVENTS,
     WINDOW_COMPLETE,
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
@@ -47,12 +59,23 @@ from streams.transform import (
     ProductTransform,
     Rejected,
 )
-from streams.windows import SubjectRow, WindowAggregator, WindowStats
+from streams.windows import (
+    DAY_SECONDS,
+    DaySeed,
+    DayTally,
+    SubjectRow,
+    WindowAggregator,
+    WindowStats,
+)
 
 log = logging.getLogger("privmesh.streams")
 
 PROCESSING_ERROR = "processing_error"
 _PARTITION_CACHE_MAX = 200_000
+RESEED_SECONDS = 5.0  # restored day tallies are re-read when older (one read per rebalance)
+
+# (product, day starts) -> day start -> subject token -> tally: what was counted before
+DayRestore = Callable[[DataProduct, Iterable[int]], dict[int, dict[str, DayTally]]]
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -84,20 +107,53 @@ class ProductPipeline:
     _partition_of: dict[tuple[int, bytes], int] = field(default_factory=dict, repr=False)
     # accepted product events (the published dicts) not yet taken for the offline store
     _events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # where the per-day tallies of a (re)assigned partition come from (None: nowhere)
+    restore: DayRestore | None = None
+    _seeds: dict[int, dict[str, DayTally]] = field(default_factory=dict, repr=False)
+    _seeded_at: float | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ partition ownership
     def assign(self, partition: int, now: float) -> None:
         """This worker now owns ``partition``: its windows are released from ``now`` on."""
         if partition not in self.aggregators:
-            bounds = {f.name: f.bounds for f in self.product.fields if f.bounds is not None}
+            clamps = {
+                f.name: self.product.clamp_of(f.name)
+                for f in self.product.fields
+                if f.bounds is not None
+            }
             aggregator = WindowAggregator(
                 self.settings.window_seconds,
                 self.settings.grace_seconds,
                 self.settings.max_events_per_subject,
-                bounds,
+                clamps,
+                contribution=self.product.contribution,
+                seed=self._seed_for(now),
             )
             aggregator.open_at(now)
             self.aggregators[partition] = aggregator
+
+    def _seed_for(self, now: float) -> DaySeed:
+        """Restored tallies of the days whose windows may still be open at ``now`` (read
+        once per ``RESEED_SECONDS``: the partitions of one assignment share one read)."""
+        if self.restore is None:
+            return {}
+        if self._seeded_at is None or abs(now - self._seeded_at) > RESEED_SECONDS:
+            back = self.settings.window_seconds + self.settings.grace_seconds
+            ahead = self.product.event_time_window.max_future_seconds
+            days = {int(t) - int(t) % DAY_SECONDS for t in (now - back, now, now + ahead)}
+            try:
+                self._seeds = self.restore(self.product, days)
+                self.counters["day_tallies_restored"] += sum(map(len, self._seeds.values()))
+            except Exception as exc:  # the bound is then per process lifetime: counted, logged
+                self._seeds = {}
+                self.counters["day_tallies_restore_failed"] += 1
+                log.error(
+                    "day tallies of %s not restored (%s): subjects' per-day bounds restart",
+                    self.product.name,
+                    type(exc).__name__,
+                )
+            self._seeded_at = now
+        return self._seeds
 
     def caught_up(self, partition: int, now: float) -> None:
         """The consumer of ``partition`` has read to its log end at ``now`` (see
@@ -194,6 +250,8 @@ class ProductPipeline:
         """Subject rows changed since the last drain, and windows that closed by ``now``."""
         rows: list[SubjectRow] = []
         closed: list[PartitionStats] = []
+        if self._seeded_at is not None and now - self._seeded_at > RESEED_SECONDS:
+            self._seeds = {}  # the aggregators keep what they need
         for partition, aggregator in self.aggregators.items():
             rows.extend(replace(r, partition=partition) for r in aggregator.drain_subject_rows())
             closed.extend(PartitionStats(partition, s) for s in aggregator.close_ready(now))
@@ -227,6 +285,12 @@ class ProductPipeline:
     def capped_events(self) -> int:
         """Events beyond the per-subject contribution bound (on partitions owned now)."""
         return sum(a.capped_events for a in self.aggregators.values())
+
+    @property
+    def truncated_events(self) -> int:
+        """Events not counted because their subject had reached a per-day bound (records
+        or windows), on partitions owned now."""
+        return sum(a.truncated_events for a in self.aggregators.values())
 
     # ------------------------------------------------------------ rows for Feast
     def subject_records(self, rows: list[SubjectRow]) -> list[dict[str, object]]:
@@ -264,6 +328,11 @@ class ProductPipeline:
                 WINDOW_COMPLETE: int(c.stats.complete),
                 WINDOW_WATERMARK: int(c.stats.watermark or 0),
                 WINDOW_LATE_EVENTS: c.stats.late_events,
+                NEW_SUBJECTS_PERIOD: c.stats.new_subjects_period,
+                NEW_SUBJECTS_HOUR: c.stats.new_subjects_hour,
+                TRUNCATED_EVENTS: c.stats.truncated_events,
+                MAX_RECORDS_PER_PERIOD: c.stats.max_records_per_period,
+                MAX_WINDOWS_PER_PERIOD: c.stats.max_windows_per_period,
                 "event_timestamp": datetime.fromtimestamp(
                     c.stats.window_end if c.stats.amended_at is None else c.stats.amended_at,
                     tz=UTC,
@@ -278,9 +347,11 @@ def build_pipelines(
     tokeniser: TokenSource,
     settings: StreamSettings,
     consent: ConsentIndex | None = None,
+    restore: DayRestore | None = None,
 ) -> list[ProductPipeline]:
     """One pipeline per product of ``contract``, checking ``consent`` (an empty index with
-    a random key when None: opt-in products then process nothing until grants arrive)."""
+    a random key when None: opt-in products then process nothing until grants arrive);
+    ``restore`` rebuilds the per-day tallies of a partition it is assigned (None: none)."""
     index = consent if consent is not None else ConsentIndex(contract)
     return [
         ProductPipeline(
@@ -290,6 +361,7 @@ def build_pipelines(
             ProductTopics.of(contract.domain, product),
             settings,
             index,
+            restore=restore,
         )
         for product in contract.products
     ]

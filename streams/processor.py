@@ -42,6 +42,7 @@ from streams.keyring import DomainTokens, KeyRingWatcher, keyring_path
 from streams.metrics import metrics_registry, render
 from streams.pipeline import ProductPipeline, build_pipelines
 from streams.pseudonymise import TokenSource
+from streams.restore import OfflineDayTallies
 from streams.settings import KafkaSettings, StreamSettings
 
 log = logging.getLogger("privmesh.streams")
@@ -110,7 +111,8 @@ def build_processor(
     app = make_app(contract.domain, kafka, settings, data_dir)
     domain_tokens = tokeniser if isinstance(tokeniser, DomainTokens) else None
     index = ConsentIndex(contract, domain_tokens.consent_key() if domain_tokens else None)
-    pipelines = build_pipelines(contract, tokeniser, settings, index)
+    restore = OfflineDayTallies(store.events_folder, settings.window_seconds)
+    pipelines = build_pipelines(contract, tokeniser, settings, index, restore)
 
     sender = BatchSender(kafka, settings, f"privmesh-{contract.domain}-processor")
     ingest = IngestLoop(contract.domain, pipelines, kafka, settings, sender)

@@ -1,8 +1,23 @@
-"""Per-subject, per-window contribution-bounded aggregates (pure, no I/O).
+"""Per-subject, per-window and per-day contribution-bounded aggregates (pure, no I/O).
 
-Each subject contributes at most ``max_events_per_subject`` events to a window, each
-measure clamped to the contract bounds, so a released window statistic moves by a
-bounded amount when one subject is added or removed: the DP layer only adds noise.
+The privacy unit is the pseudonymous subject over the UTC day (the contract's
+``contribution`` block, docs/contribution-bounds.md). Of one subject's records of one UTC
+day (the day of the record's window start, in event time) at most
+``max_records_per_period`` are counted, in at most ``max_windows_per_period`` distinct
+windows (a record in a window the subject already appears in uses no new window), and at
+most ``max_events_per_subject`` in any one window; every measure is clamped to the
+contract's ``clamp_of(measure)``. A record beyond a per-day bound is *truncated*: not
+counted, but counted per window (``truncated_events``); one beyond the per-window bound is
+*capped* (``capped_events``). So a subject's whole day moves the day's released statistics
+by a bounded amount when it is added or removed: the DP layer only adds noise.
+
+Each closed window also says how many subjects had their first counted record of the day
+(``new_subjects_period``) and of the UTC hour (``new_subjects_hour``) in it: summed over a
+day's windows, one subject contributes at most 1 to the first and at most
+``min(24, max_windows_per_period)`` to the second, which is what a distinct count over a
+day or an hour needs. The per-day tallies (three integers per subject) of a day are
+dropped once every window of that day has closed: a late event is never counted, so it
+cannot need them.
 
 Windows close on **event time**: a partition's watermark is the newest event time it has
 seen (robustly: the highest median of any ``WATERMARK_SPAN`` consecutive event times, so one
@@ -22,22 +37,56 @@ marks it partial.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from domains.contract import Bounds
+from domains.contract import (
+    RECORDS_PER_PERIOD_LIMIT,
+    WINDOWS_PER_PERIOD_LIMIT,
+    Bounds,
+    ContributionBounds,
+)
 
 MAX_EMPTY_WINDOWS = 1_000  # empty windows released after a gap in the stream, at most
 MAX_KEPT_CLOSED = 1_000  # closed windows remembered for late-event amendments
 WATERMARK_SPAN = 3  # consecutive event times whose median may advance the watermark
+DAY_SECONDS = 86_400
+HOUR_SECONDS = 3_600
+# With no contract bounds given (tests of the window mechanics): the loosest a contract allows.
+UNBOUNDED_PERIOD = ContributionBounds(
+    max_records_per_period=RECORDS_PER_PERIOD_LIMIT, max_windows_per_period=WINDOWS_PER_PERIOD_LIMIT
+)
 
 
 @dataclass(slots=True)
 class SubjectTally:
-    """One subject's bounded contribution to one window."""
+    """One subject's bounded contribution to one window.
+
+    ``first_of_day`` / ``first_of_hour``: the subject's first counted record of the UTC
+    day / hour is in this window (what ``new_subjects_period`` / ``_hour`` count).
+    """
 
     events: int = 0
     sums: dict[str, float] = field(default_factory=dict)
+    first_of_day: bool = False
+    first_of_hour: bool = False
+
+
+@dataclass(slots=True)
+class DayTally:
+    """One subject's counted contribution to one UTC day: records, distinct windows, and
+    the hours of the day (bit ``h`` set: a record of hour ``h`` was counted)."""
+
+    records: int = 0
+    windows: int = 0
+    hours: int = 0
+
+
+# Day start -> subject -> what a restarted processor knows of the subject's day so far (an
+# upper bound of what was counted before the restart); read only, shared by partitions.
+DaySeed = Mapping[int, Mapping[str, DayTally]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +120,23 @@ class WindowStats:
     late_events: int = 0
     # Wall-clock time of an amendment (late events after the close); None: first report.
     amended_at: float | None = None
+    # Subjects whose first counted record of the UTC day / hour is in this window.
+    new_subjects_period: int = 0
+    new_subjects_hour: int = 0
+    # Records of this window not counted because a per-subject per-day bound was hit.
+    truncated_events: int = 0
+    # The per-subject per-day bounds applied when counting this window.
+    max_records_per_period: int = 0
+    max_windows_per_period: int = 0
 
 
 class WindowAggregator:
-    """Tumbling event-time windows of ``window_seconds`` with a close ``grace_seconds``."""
+    """Tumbling event-time windows of ``window_seconds`` with a close ``grace_seconds``.
+
+    ``bounds``: the per-record clamp of each measure (the contract's ``clamp_of``);
+    ``contribution``: the per-subject per-day bounds (None: the loosest a contract allows);
+    ``seed``: what a restarted processor knows of a subject's day so far (None: nothing).
+    """
 
     def __init__(
         self,
@@ -83,9 +145,18 @@ class WindowAggregator:
         max_events_per_subject: int,
         bounds: dict[str, Bounds],
         idle_seconds: float | None = None,
+        *,
+        contribution: ContributionBounds | None = None,
+        seed: DaySeed | None = None,
     ) -> None:
         if window_seconds < 1 or grace_seconds < 0 or max_events_per_subject < 1:
             raise ValueError("window >= 1 s, grace >= 0 s and max events >= 1 are required")
+        self.contribution = UNBOUNDED_PERIOD if contribution is None else contribution
+        self._seeds = dict(seed or {})  # this aggregator's view: days are dropped from it
+        # day start -> subject -> what the subject has counted that day (open days only)
+        self._days: dict[int, dict[str, DayTally]] = {}
+        self._truncated_by_window: dict[int, int] = {}
+        self.truncated_events = 0
         if idle_seconds is not None and idle_seconds <= 0:
             raise ValueError("idle_seconds must be > 0 (or None: one window plus the grace)")
         # Wall-clock seconds without any event after which windows close by the wall clock
@@ -139,7 +210,16 @@ class WindowAggregator:
         return sum(1 for tallies in self._windows.values() if tallies)
 
     def add(self, subject: str, event_time: float, measures: dict[str, float]) -> bool:
-        """Count one event; False when it is late (its window is closed) or over the cap."""
+        """Count one event; False when it is late (its window is closed), over the
+        per-window cap or beyond a per-day bound (truncated).
+
+        Raises ``ValueError`` (before any state changes) for an event time that is not a
+        finite number or a measure that is NaN: an infinite or huge measure is clamped.
+        """
+        if not math.isfinite(event_time):
+            raise ValueError("event time must be a finite number of epoch seconds")
+        if any(math.isnan(v) for v in measures.values()):
+            raise ValueError("a measure is NaN; it cannot be clamped")
         start = self.window_of(event_time)
         self._arrived = True
         self._recent.append(event_time)
@@ -154,10 +234,28 @@ class WindowAggregator:
             return False
         if self._next_close is None:
             self._next_close = start
-        tally = self._windows.setdefault(start, {}).setdefault(subject, SubjectTally())
-        if tally.events >= self.max_events:
+        window = self._windows.setdefault(start, {})
+        tally = window.get(subject)
+        if tally is not None and tally.events >= self.max_events:
             self.capped_events += 1
             return False
+        day_start = start - start % DAY_SECONDS
+        day = self._day_tally(day_start, subject)
+        bounds = self.contribution
+        if day.records >= bounds.max_records_per_period or (
+            tally is None and day.windows >= bounds.max_windows_per_period
+        ):
+            self.truncated_events += 1
+            self._truncated_by_window[start] = self._truncated_by_window.get(start, 0) + 1
+            return False
+        if tally is None:
+            tally = window[subject] = SubjectTally()
+            day.windows += 1
+        hour = 1 << ((start - day_start) // HOUR_SECONDS)
+        tally.first_of_day |= day.records == 0
+        tally.first_of_hour |= not (day.hours & hour)
+        day.records += 1
+        day.hours |= hour
         tally.events += 1
         for name, value in measures.items():
             bound = self.bounds.get(name)
@@ -165,6 +263,22 @@ class WindowAggregator:
             tally.sums[name] = tally.sums.get(name, 0.0) + clamped
         self._dirty.add((start, subject))
         return True
+
+    def _day_tally(self, day_start: int, subject: str) -> DayTally:
+        """The subject's tally of the day, created (from the restart seed) when new."""
+        tallies = self._days.setdefault(day_start, {})
+        day = tallies.get(subject)
+        if day is None:
+            seeded = self._seeds.get(day_start, {}).get(subject)
+            day = tallies[subject] = (
+                DayTally() if seeded is None else replace(seeded)  # a copy: seeds are shared
+            )
+        return day
+
+    @property
+    def tallied_days(self) -> dict[int, int]:
+        """Day start -> subjects with a per-day tally (days with a window still open)."""
+        return {day: len(tallies) for day, tallies in self._days.items()}
 
     def forget(self, subjects: set[str]) -> int:
         """Drop every open-window tally of ``subjects`` (erasure); returns how many."""
@@ -227,10 +341,21 @@ class WindowAggregator:
                 sums=sums,
                 complete=complete,
                 watermark=self.watermark,
+                new_subjects_period=sum(t.first_of_day for t in tallies.values()),
+                new_subjects_hour=sum(t.first_of_hour for t in tallies.values()),
+                truncated_events=self._truncated_by_window.pop(start, 0),
+                max_records_per_period=self.contribution.max_records_per_period,
+                max_windows_per_period=self.contribution.max_windows_per_period,
             )
             closed.append(stats)
             self._closed[start] = stats
         self._next_close = horizon
+        # A day whose every window has closed needs its tallies no more (late events are
+        # not counted); a window straddling midnight belongs to the day of its start.
+        for day_start in [d for d in self._days if d + DAY_SECONDS <= horizon]:
+            del self._days[day_start]
+        for day_start in [d for d in self._seeds if d + DAY_SECONDS <= horizon]:
+            del self._seeds[day_start]
         for start in sorted(self._closed)[:-MAX_KEPT_CLOSED]:
             del self._closed[start]
             self._late_by_window.pop(start, None)

@@ -13,6 +13,7 @@ from domains.contract import DataProduct, contract_json_schema
 from domains.lint import Severity, lint_paths
 from domains.registry import contracts_dir, get_contract, load_contracts
 from infra.console import console, err
+from streams.settings import get_stream_settings
 
 app = typer.Typer(help="Data-product contracts of the domains.", no_args_is_help=True)
 
@@ -113,7 +114,7 @@ def lint(
     missing = [str(p) for p in targets if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    findings = lint_paths(targets)
+    findings = lint_paths(targets, get_stream_settings().window_seconds)
     for finding in findings:
         if as_json:
             console.print_json(json.dumps(finding.as_dict()), indent=None)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from domains.contract import DomainContract, PrivacyTag, Protection
+from domains.contract import Bounds, ContributionBounds, DomainContract, PrivacyTag, Protection
 from domains.errors import ContractNotFound, InvalidContract
 from domains.registry import CONTRACTS_DIR, get_product, load_contract, load_contracts
 
@@ -172,3 +172,104 @@ def test_format_and_event_time_window_are_declared_and_checked() -> None:
     amount = next(f for f in product["fields"] if f["name"] == "amount_cents")
     amount["format"] = {"kind": "uuid"}
     assert [f.code for f in lint_contract(raw)] == ["format_on_non_string"]
+
+
+# ---------------------------------------------------------------- contribution bounds
+
+
+def refused_code(raw: dict[str, Any]) -> str:
+    """The machine-readable code of the (single) refusal of ``raw``."""
+    with pytest.raises(ValidationError) as caught:
+        DomainContract.model_validate(raw)
+    return str(caught.value.errors()[0]["type"])
+
+
+def with_contribution(**block: Any) -> dict[str, Any]:
+    raw = shop()
+    raw["products"][0]["contribution"] = block
+    return raw
+
+
+def test_shipped_products_declare_day_bounds_and_clamps() -> None:
+    """Every shipped product states its per-day bounds; shop.orders' are 10 records in at
+    most 10 windows with amounts clamped to 0..20000 cents."""
+    for contract in load_contracts().values():
+        for product in contract.products:
+            bounds = product.contribution
+            assert bounds.privacy_period == "day" and bounds.period_seconds == 86_400
+            assert 1 <= bounds.max_windows_per_period <= bounds.max_records_per_period
+    _, orders = get_product("shop", "orders")
+    assert orders.contribution.max_records_per_period == 10
+    assert orders.contribution.max_windows_per_period == 10
+    assert orders.clamp_of("amount_cents") == Bounds(min=0, max=20_000)
+
+
+def test_clamp_of_defaults_to_the_field_bounds() -> None:
+    """Without a contribution block a product gets the documented defaults and each measure
+    is clamped to its field's bounds; a field that is not a bounded measure has no clamp."""
+    raw = shop()
+    del raw["products"][0]["contribution"]
+    product = DomainContract.model_validate(raw).products[0]
+    assert product.contribution == ContributionBounds()
+    assert (product.contribution.max_records_per_period, product.contribution.clamp) == (10, {})
+    assert product.clamp_of("amount_cents") == Bounds(min=0, max=100_000)
+    for name in ("order_id", "nope"):
+        with pytest.raises(KeyError):
+            product.clamp_of(name)
+
+
+@pytest.mark.parametrize(
+    ("block", "code"),
+    [
+        ({"max_records_per_period": 5, "max_windows_per_period": 6}, "windows_exceed_records"),
+        (
+            {"max_records_per_period": 0, "max_windows_per_period": 0},
+            "contribution_bound_below_one",
+        ),
+        (
+            {"max_records_per_period": 5, "max_windows_per_period": 0},
+            "contribution_bound_below_one",
+        ),
+        ({"max_records_per_period": -3}, "contribution_bound_below_one"),
+        ({"max_records_per_period": 1_000_001}, "contribution_bound_too_large"),
+        (
+            {"max_records_per_period": 1_000_000, "max_windows_per_period": 86_401},
+            "windows_exceed_period",
+        ),
+        ({"clamp": {"nope": {"min": 0, "max": 1}}}, "clamp_unknown_field"),
+        ({"clamp": {"payment_method": {"min": 0, "max": 1}}}, "clamp_on_non_numeric"),
+        ({"clamp": {"amount_cents": {"min": 0, "max": 100_001}}}, "clamp_outside_bounds"),
+        ({"clamp": {"amount_cents": {"min": -1, "max": 10}}}, "clamp_outside_bounds"),
+        ({"clamp": {"amount_cents": {"min": 500, "max": 10}}}, "inverted_bounds"),
+        ({"clamp": {"amount_cents": {"min": 0, "max": "nan"}}}, "non_finite_bounds"),
+        ({"clamp": {"amount_cents": {"min": "-inf", "max": 10}}}, "non_finite_bounds"),
+        ({"privacy_period": "week"}, "literal_error"),
+        ({"max_records_per_period": 10, "surprise": 1}, "extra_forbidden"),
+    ],
+)
+def test_contradictory_contribution_bounds_are_refused(block: dict[str, Any], code: str) -> None:
+    """Each contradiction in a contribution block is refused with its own stable code."""
+    assert refused_code(with_contribution(**block)) == code
+
+
+def test_clamp_on_a_field_without_bounds_is_refused() -> None:
+    """A numeric field that is dropped (so has no bounds) cannot be clamped: it is no measure."""
+    raw = shop()
+    raw["products"][0]["fields"].append(
+        {"name": "basket_items", "type": "int", "description": "Items.", "tag": "sensitive",
+         "protection": "drop"}
+    )  # fmt: skip
+    raw["products"][0]["contribution"] = {"clamp": {"basket_items": {"min": 0, "max": 5}}}
+    assert refused_code(raw) == "clamp_without_bounds"
+
+
+def test_a_clamp_inside_the_bounds_is_accepted() -> None:
+    """A tighter clamp and bounds equal to each other are fine."""
+    product = DomainContract.model_validate(
+        with_contribution(
+            max_records_per_period=3,
+            max_windows_per_period=3,
+            clamp={"amount_cents": {"min": 100, "max": 100}},
+        )
+    ).products[0]
+    assert product.clamp_of("amount_cents") == Bounds(min=100, max=100)

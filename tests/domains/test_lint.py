@@ -196,3 +196,35 @@ def test_json_schema_validates_the_packaged_contracts() -> None:
     for path in sorted(CONTRACTS_DIR.glob("*.yaml")):
         document = json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))
         jsonschema.validate(document, schema)
+
+
+def test_contribution_contradictions_are_errors_with_their_code() -> None:
+    """The linter reports the contract's refusal of contradictory day bounds by its code,
+    at the contribution block."""
+    raw = shop()
+    raw["products"][0]["contribution"] = {"max_records_per_period": 2, "max_windows_per_period": 3}
+    [finding] = lint_contract(raw, "shop.yaml")
+    assert (finding.severity, finding.code) == (Severity.ERROR, "windows_exceed_records")
+    assert finding.location.startswith("products.0.contribution")
+
+
+def test_window_length_checks_need_the_settings() -> None:
+    """Given the processor's window length, more windows per day than a day has is an error;
+    windows that do not tile the day or the hour warn; the shipped contracts are clean at
+    the default 10-second windows."""
+    raw = shop()
+    raw["products"][0]["contribution"] = {
+        "max_records_per_period": 100,
+        "max_windows_per_period": 48,
+    }
+    assert lint_contract(raw) == []  # without settings nothing depends on the window
+    assert [f.code for f in lint_contract(raw, window_seconds=3_600)] == [
+        "windows_exceed_windows_per_day"
+    ]
+    assert lint_contract(raw, window_seconds=1_800) == []  # 48 windows a day exactly
+    assert [f.code for f in lint_contract(raw, window_seconds=1_801)] == ["window_straddles_day"]
+    assert [(f.severity, f.code) for f in lint_contract(raw, window_seconds=32)] == [
+        (Severity.WARNING, "window_straddles_hour")
+    ]
+    assert lint_paths([CONTRACTS_DIR], window_seconds=10) == []
+    assert [f.code for f in lint_contract(shop(), window_seconds=0)] == ["invalid_window_seconds"]

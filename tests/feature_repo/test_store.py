@@ -31,6 +31,11 @@ def roundtrip(store: DomainFeatureStore) -> None:
                 "complete": partition,  # partition 1's watermark passed, partition 0's not
                 "watermark": w + 12 + partition,
                 "late_events": 3,
+                "new_subjects_period": subjects // 2,
+                "new_subjects_hour": subjects - 1,
+                "truncated_events": 5,
+                "max_records_per_period": 10,
+                "max_windows_per_period": 10 - partition,
                 "event_timestamp": datetime.now(UTC),
             }
             for w, partition, subjects in [(window, 0, 40), (window, 1, 2), (window - 10, 0, 7)]
@@ -44,6 +49,10 @@ def roundtrip(store: DomainFeatureStore) -> None:
     # completeness: partitions whose watermark passed; late events add up; oldest watermark
     assert (rows[0]["complete"], rows[0]["late_events"], rows[0]["partitions"]) == (1, 6, 2)
     assert rows[0]["watermark"] == window + 12
+    # the per-day bounds' counts add up over partitions; the bounds are the largest used
+    assert (rows[0]["new_subjects_period"], rows[0]["new_subjects_hour"]) == (21, 40)
+    assert rows[0]["truncated_events"] == 10
+    assert (rows[0]["max_records_per_period"], rows[0]["max_windows_per_period"]) == (10, 10)
     # a window missing from one partition, or from all, is not released as a partial sum
     assert rows[1]["distinct_subjects"] is None and rows[2]["distinct_subjects"] is None
     assert store.window_stats("orders", [window - 10], partitions=1)[0]["events"] == 15

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner import DefaultPartitioner
 
-from domains.contract import FieldType
+from domains.contract import DataProduct, FieldType
 from domains.registry import get_contract
 from streams.generator import BUILDERS, make_people
 from streams.keys import derive_domain_key
@@ -19,6 +20,7 @@ from streams.pipeline import ProductPipeline, build_pipelines, partition_for
 from streams.pseudonymise import Tokeniser, normalise
 from streams.settings import StreamSettings
 from streams.transform import WRONG_PARTITION, Accepted, Rejected
+from streams.windows import DayTally
 
 CONTRACT = get_contract("shop")
 TOKENS = Tokeniser(derive_domain_key(b"m" * 32, "shop", 1), 1)
@@ -27,9 +29,10 @@ T0 = 1_795_427_000  # a window boundary for 10 s windows
 WINDOW = 10
 
 
-def pipeline() -> ProductPipeline:
+def pipeline(max_events_per_subject: int = 20) -> ProductPipeline:
     """A fresh shop.orders pipeline with default stream settings."""
-    [orders] = build_pipelines(CONTRACT, TOKENS, StreamSettings(window_seconds=WINDOW))
+    settings = StreamSettings(window_seconds=WINDOW, max_events_per_subject=max_events_per_subject)
+    [orders] = build_pipelines(CONTRACT, TOKENS, settings)
     return orders
 
 
@@ -154,14 +157,14 @@ def window_totals(orders: ProductPipeline, now: float) -> dict[int, tuple[int, i
 
 def test_per_partition_windows_add_up_to_one_aggregator() -> None:
     """Two partitions' window records, summed, equal one aggregator's over all events
-    (distinct subjects and the per-subject cap included)."""
+    (distinct subjects, the per-window cap and the per-day bounds included)."""
     rng = random.Random(5)
     events: list[tuple[bytes, bytes]] = []
     for seq in range(1, 1500):
-        # A few heavy subjects exceed the per-subject cap (20 events per window).
+        # A few heavy subjects exceed the per-window cap (3) and the day's 10 records.
         person = rng.randrange(3) if rng.random() < 0.4 else rng.randrange(len(PEOPLE))
         events.append(order(person, T0 + rng.uniform(0, 5 * WINDOW), seq))
-    split, single = pipeline(), pipeline()
+    split, single = pipeline(3), pipeline(3)
     for partition in (0, 1):
         split.assign(partition, T0)
     single.assign(0, T0)
@@ -173,13 +176,15 @@ def test_per_partition_windows_add_up_to_one_aggregator() -> None:
         assert isinstance(single.route(raw, 0, 1, key, T0), Accepted)
     assert used[0] > 100 and used[1] > 100  # both partitions really hold events
     assert split.capped_events == single.capped_events > 0
+    assert split.truncated_events == single.truncated_events > 0
     rows_split = {(r.subject, r.window_start, r.events) for r in split.drain(T0)[0]}
     rows_single = {(r.subject, r.window_start, r.events) for r in single.drain(T0)[0]}
     assert rows_split == rows_single
     now = T0 + 10 * WINDOW
     per_partition, overall = window_totals(split, now), window_totals(single, now)
     assert per_partition == overall
-    assert sum(e for _, e, _ in overall.values()) == len(events) - single.capped_events
+    counted = len(events) - single.capped_events - single.truncated_events
+    assert sum(e for _, e, _ in overall.values()) == counted
     assert len(overall) >= 5
 
 
@@ -251,3 +256,62 @@ def test_forget_drops_the_subjects_buffered_events() -> None:
     kept = orders.take_events()
     unit = CONTRACT.products[0].subject_field
     assert len(kept) == 2 and gone not in {e[unit] for e in kept}
+
+
+def test_window_rows_carry_the_day_bounds_and_what_they_truncated() -> None:
+    """A window row says how many subjects are new in the day and the hour, how many records
+    the per-day bounds truncated, and which bounds applied (the contract's); a heavy
+    customer's orders count 10 at most and each amount is clamped to 20000 cents."""
+    orders = pipeline()
+    bounds = CONTRACT.products[0].contribution
+    assert (bounds.max_records_per_period, bounds.max_windows_per_period) == (10, 10)
+    key, _ = order(0, T0)
+    partition = partition_for(key, 4)
+    for seq in range(1, 16):  # 15 orders of one customer in one window
+        _, raw = order(0, T0 + 1, seq)
+        assert isinstance(orders.route(raw, partition, 4, key, T0), Accepted)
+    orders.caught_up(partition, T0 + 3 * WINDOW)  # nothing queued: the windows close
+    _, closed = orders.drain(T0 + 3 * WINDOW)
+    [row] = [r for r in orders.window_records(closed) if r["window_start"] == T0]
+    assert row["events"] == 10 and row["distinct_subjects"] == 1
+    assert row["truncated_events"] == 5
+    assert row["new_subjects_period"] == 1 and row["new_subjects_hour"] == 1
+    assert row["max_records_per_period"] == 10 and row["max_windows_per_period"] == 10
+    assert row["contribution_bound"] == 20
+    assert 0 <= float(str(row["amount_cents_sum"])) <= 10 * 20_000
+    assert orders.truncated_events == 5
+
+
+def test_a_restarted_pipeline_starts_from_the_restored_day() -> None:
+    """A pipeline whose restore source says a customer already counted 10 records today
+    truncates the customer's next order; a failing restore is counted, not fatal."""
+    key, raw = order(0, T0 + 1)
+    partition = partition_for(key, 4)
+    probe = pipeline()
+    outcome = probe.route(raw, partition, 4, key, T0)
+    assert isinstance(outcome, Accepted)
+    day = T0 - T0 % 86_400
+    asked: list[set[int]] = []
+
+    def restore(product: DataProduct, days: Iterable[int]) -> dict[int, dict[str, DayTally]]:
+        asked.append(set(days))
+        return {day: {outcome.subject: DayTally(records=10, windows=1, hours=1)}}
+
+    [restarted] = build_pipelines(
+        CONTRACT, TOKENS, StreamSettings(window_seconds=WINDOW), restore=restore
+    )
+    restarted.assign(partition, T0)
+    assert asked == [{day}] and restarted.counters["day_tallies_restored"] == 1
+    restarted.route(raw, partition, 4, key, T0)
+    assert restarted.truncated_events == 1
+
+    def broken(product: DataProduct, days: Iterable[int]) -> dict[int, dict[str, DayTally]]:
+        raise OSError("disk gone")
+
+    [fresh] = build_pipelines(
+        CONTRACT, TOKENS, StreamSettings(window_seconds=WINDOW), restore=broken
+    )
+    fresh.assign(partition, T0)
+    assert fresh.counters["day_tallies_restore_failed"] == 1
+    fresh.route(raw, partition, 4, key, T0)
+    assert fresh.truncated_events == 0
