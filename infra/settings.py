@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,7 +15,22 @@ class GeneratorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRIVMESH_GENERATOR_", extra="ignore")
 
     rate: Annotated[float, Field(ge=0, le=1_000_000)] = 200.0
-    people: Annotated[int, Field(ge=1, le=10_000_000)] = 2_000
+    people: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000,
+        description="Size of the fake people pool every domain's events come from.",
+    )
+    activity_sigma: Annotated[float, Field(ge=0, le=4)] = Field(
+        default=1.5,
+        description="Log-normal sigma of each person's activity weight (0: everyone equally "
+        "active; 1.5: most people a few events a day, a few hundreds), the generator's "
+        "DEFAULT_ACTIVITY_SIGMA.",
+    )
+    product_shares: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Relative share of the events per product, as JSON such as "
+        '{"shop.orders": 0.03, "web.page_views": 0.66}; empty: the generator\'s '
+        "PRODUCT_SHARES (page views most, orders 3%, tickets 1%).",
+    )
     bad_ratio: Annotated[float, Field(ge=0, le=1)] = 0.02
     seed: int = 7
     consent_grant_share: Annotated[float, Field(ge=0, le=1)] = Field(
@@ -24,6 +39,21 @@ class GeneratorSettings(BaseSettings):
     consent_withdraw_share: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.02, description="Share of the people who withdraw (or object) per purpose."
     )
+
+    @field_validator("product_shares")
+    @classmethod
+    def _product_keys(cls, shares: dict[str, float]) -> dict[str, float]:
+        bad = [key for key in shares if not all(key.partition(".")[::2])]
+        if bad:
+            raise ValueError(f"product_shares keys must read 'domain.product', not {bad}")
+        return shares
+
+    def shares(self) -> dict[tuple[str, str], float] | None:
+        """``product_shares`` keyed by (domain, product); None: the generator's defaults."""
+        if not self.product_shares:
+            return None
+        split = {key: key.partition(".") for key in self.product_shares}
+        return {(d, p): self.product_shares[key] for key, (d, _, p) in split.items()}
 
 
 class StackSettings(BaseSettings):

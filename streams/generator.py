@@ -3,6 +3,11 @@
 One pool of fake people is shared by every domain: the same person orders in the
 shop, browses the web site and writes to support, so cross-domain linkage would be
 possible in raw data, and the per-domain keys must make it impossible downstream.
+The pool is large (100,000 people by default) and its activity heavy-tailed: each person
+has a log-normal activity weight and is drawn in proportion to it, so most people send a
+few events a day and a few send hundreds, and per-subject daily contribution bounds bite
+as they would in production (:func:`expected_truncation` says how much they remove).
+Products get different shares of the traffic (page views often, orders rarely).
 A configurable share of events is deliberately malformed (derived from the
 contract, so every domain exercises every dead-letter reason). Events are keyed by
 their raw privacy-unit value, which keeps one subject on one partition of the
@@ -11,16 +16,19 @@ ingest topic. Nothing here logs an event's content.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from operator import attrgetter
 from typing import TypeVar
 
+import numpy as np
 from faker import Faker
 
 from domains.contract import ConsentMode, DataProduct, DomainContract, FieldType
@@ -31,7 +39,11 @@ from streams.pseudonymise import normalise
 
 @dataclass(frozen=True, slots=True)
 class Person:
-    """A fake person (every field synthetic)."""
+    """A fake person (every field synthetic).
+
+    ``activity`` is the person's relative activity weight (median 1): how often the person
+    acts compared with others, the same in every domain (a heavy shopper browses a lot too).
+    """
 
     name: str
     email: str
@@ -42,40 +54,108 @@ class Person:
     cookie: str
     user_agent: str
     country: str
+    activity: float = 1.0
 
 
 COUNTRIES = ["DE", "FR", "NL", "ES", "IT", "GB", "US", "OTHER"]
 
+DEFAULT_ACTIVITY_SIGMA = 1.5
+"""Log-normal sigma of the people's activity weights: the median person acts ``e^(-s^2/2)``
+times the mean (0.32 at 1.5), the top 1% about 12 times the median, so most people send a
+few events a day and a few send hundreds, as real traffic does."""
 
-def make_people(count: int, seed: int) -> list[Person]:
-    """``count`` distinct fake people, reproducible for ``seed``."""
+PRODUCT_SHARES: dict[tuple[str, str], float] = {
+    ("web", "page_views"): 0.66,
+    ("shop", "orders"): 0.03,
+    ("support", "tickets"): 0.01,
+    ("ewr", "departures"): 0.10,
+    ("jfk", "departures"): 0.10,
+    ("lga", "departures"): 0.10,
+}
+"""Share of the generator's events each product gets (relative; page views are frequent,
+orders rarer, tickets rarer still). At the demo's 200 events/s and 100,000 people a person
+of median activity orders about once a day."""
+
+# Name parts and formats the pool is combined from: Faker's own lists, read once, so a pool
+# of 100,000 people takes about a second instead of a Faker call per field.
+_POOL_SIZE = 512
+_PHONE_FORMATS = ("({a}) {e}-{n:04d}", "{a}-{e}-{n:04d}", "{a}.{e}.{n:04d}", "+1-{a}-{e}-{n:04d}")
+# First octets of globally routable unicast IPv4 addresses: 0, 10, 127 and multicast and
+# above are not, and 100, 169, 172, 192, 198 and 203 hold private, shared or documentation
+# blocks, so they are left out whole.
+_PUBLIC_OCTETS = [o for o in range(1, 224) if o not in {10, 100, 127, 169, 172, 192, 198, 203}]
+_FIRST_BIRTHDAY = date(1936, 1, 1).toordinal()
+_BIRTHDAYS = date(2007, 12, 31).toordinal() - _FIRST_BIRTHDAY  # aged 18 to 90
+
+
+def _local(name: str) -> str:
+    """``name`` as an e-mail local part: lower-case ASCII letters only."""
+    return "".join(c for c in name.lower() if "a" <= c <= "z") or "x"
+
+
+def activity_weights(count: int, seed: int, sigma: float = DEFAULT_ACTIVITY_SIGMA) -> list[float]:
+    """``count`` reproducible log-normal activity weights (median 1; all 1 when sigma is 0)."""
+    if sigma < 0:
+        raise ValueError(f"the activity sigma must be >= 0, got {sigma}")
+    rng = np.random.default_rng([seed, 1])  # synthetic data, not security
+    return list(rng.lognormal(0.0, sigma, count).tolist())
+
+
+def make_people(
+    count: int, seed: int, activity_sigma: float = DEFAULT_ACTIVITY_SIGMA
+) -> list[Person]:
+    """``count`` distinct fake people (unique e-mails and cookies), reproducible for ``seed``.
+
+    Names, user agents and e-mail domains come from small pools Faker draws once; the other
+    fields are drawn for all people at once, so 100,000 people take about a second. Each
+    person has a log-normal activity weight (see :func:`activity_weights`).
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
     fake = Faker("en_US")
     fake.seed_instance(seed)
-    rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
+    firsts = [fake.first_name() for _ in range(_POOL_SIZE)]
+    lasts = [fake.last_name() for _ in range(_POOL_SIZE)]
+    locals_ = [(_local(f), _local(last)) for f, last in zip(firsts, lasts, strict=True)]
+    agents = [fake.user_agent() for _ in range(_POOL_SIZE)]
+    domains = sorted({fake.free_email_domain() for _ in range(64)})
+    rng = np.random.default_rng([seed, 0])  # synthetic data, not security
+
+    def draw(low: int, high: int) -> list[int]:
+        return list(rng.integers(low, high, count).tolist())
+
+    first, last, agent = draw(0, _POOL_SIZE), draw(0, _POOL_SIZE), draw(0, _POOL_SIZE)
+    domain, country, fmt = draw(0, len(domains)), draw(0, len(COUNTRIES)), draw(0, 4)
+    area, exchange, line = draw(201, 990), draw(201, 1000), draw(0, 10_000)
+    octet, host = draw(0, len(_PUBLIC_OCTETS)), draw(0, 1 << 24)
+    hosts = [f"{h >> 16}.{h >> 8 & 255}.{h & 255}" for h in host]
+    birthday, zip_code = draw(0, _BIRTHDAYS), draw(501, 99_951)
+    cookie_hi, cookie_lo = draw(0, 1 << 62), draw(0, 1 << 62)
+    weights = activity_weights(count, seed, activity_sigma)
     people: list[Person] = []
-    emails: set[str] = set()
-    while len(people) < count:
-        name = fake.name()
-        email = f"{fake.user_name()}{len(people)}@{fake.free_email_domain()}"
-        if email in emails:
-            continue
-        emails.add(email)
+    for i in range(count):
+        hi, lo = cookie_hi[i], cookie_lo[i]
         people.append(
             Person(
-                name=name,
-                email=email,
-                phone=fake.phone_number(),
-                ip=fake.ipv4_public(),
-                birth_date=fake.date_of_birth(minimum_age=18, maximum_age=90),
-                zip_code=fake.zipcode(),
-                cookie=f"ck_{fake.uuid4()}",
-                user_agent=fake.user_agent(),
-                country=rng.choice(COUNTRIES),
+                name=f"{firsts[first[i]]} {lasts[last[i]]}",
+                # The running index keeps every address unique, as a real user base's are.
+                email=f"{locals_[first[i]][0]}.{locals_[last[i]][1]}{i}@{domains[domain[i]]}",
+                phone=_PHONE_FORMATS[fmt[i]].format(a=area[i], e=exchange[i], n=line[i]),
+                ip=f"{_PUBLIC_OCTETS[octet[i]]}.{hosts[i]}",
+                birth_date=date.fromordinal(_FIRST_BIRTHDAY + birthday[i]),
+                zip_code=f"{zip_code[i]:05d}",
+                # A version-4 UUID laid out by hand; the index makes it unique.
+                cookie=f"ck_{hi >> 30:08x}-{hi >> 14 & 0xFFFF:04x}-4{hi & 0xFFF:03x}-"
+                f"{8 | lo >> 60:x}{lo >> 48 & 0xFFF:03x}-{(lo & 0xFFFFFFFFFFFF) ^ i:012x}",
+                user_agent=agents[agent[i]],
+                country=COUNTRIES[country[i]],
+                activity=weights[i],
             )
         )
     return people
 
 
+T = TypeVar("T")
 Builder = Callable[[Person, random.Random, int, str], dict[str, object]]
 
 
@@ -261,6 +341,15 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     **{(airport, "departures"): _departures(airport) for airport in _CARRIERS},
 }
 
+SUBJECTS: dict[tuple[str, str], Callable[[Person], str]] = {
+    ("shop", "orders"): attrgetter("email"),
+    ("web", "page_views"): attrgetter("cookie"),
+    ("support", "tickets"): attrgetter("email"),
+    **{(airport, "departures"): _tailnum for airport in _CARRIERS},
+}
+"""The raw privacy-unit value of a person's events per product (what its builder puts in the
+product's privacy-unit field), read without building an event."""
+
 
 def consent_records(
     contract: DomainContract,
@@ -281,18 +370,19 @@ def consent_records(
     at = now if now is not None else time.time()
     rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
     records: list[tuple[bytes, bytes]] = []
-    stamp = datetime.fromtimestamp(at, tz=UTC).isoformat()
     for product in contract.products:
-        build = BUILDERS.get((contract.domain, product.name))
-        if build is None:
+        subject_of = SUBJECTS.get((contract.domain, product.name))
+        if subject_of is None:
             continue
-        for seq, person in enumerate(people):
-            subject = str(build(person, rng, seq, stamp)[product.privacy_unit])
-            if product.consent is ConsentMode.OPT_IN and rng.random() < grant_share:
-                records.append(_consent(subject, product.purpose, ConsentStatus.GRANTED, at))
+        opt_in = product.consent is ConsentMode.OPT_IN
+        for person in people:
+            if opt_in and rng.random() < grant_share:
+                records.append(
+                    _consent(subject_of(person), product.purpose, ConsentStatus.GRANTED, at)
+                )
             if rng.random() < withdraw_share:
                 records.append(
-                    _consent(subject, product.purpose, ConsentStatus.WITHDRAWN, at + 1.0)
+                    _consent(subject_of(person), product.purpose, ConsentStatus.WITHDRAWN, at + 1.0)
                 )
     return records
 
@@ -304,6 +394,105 @@ def _consent(subject: str, purpose: str, status: ConsentStatus, at: float) -> tu
 def has_generator(domain: str, product: str) -> bool:
     """True when synthetic events exist for ``domain``/``product``."""
     return (domain, product) in BUILDERS
+
+
+def product_share(
+    domain: str, product: str, shares: Mapping[tuple[str, str], float] | None = None
+) -> float:
+    """The relative share of the generator's events ``domain``/``product`` gets (0: none)."""
+    return (PRODUCT_SHARES if shares is None else shares).get((domain, product), 0.0)
+
+
+def events_per_day(
+    rate: float,
+    domain: str,
+    product: str,
+    running: Sequence[tuple[str, str]] | None = None,
+    bad_ratio: float = 0.0,
+    shares: Mapping[tuple[str, str], float] | None = None,
+) -> float:
+    """Valid events a day ``domain``/``product`` gets from a generator sending ``rate`` events/s
+    over the ``running`` products (default: every product with a share)."""
+    table = PRODUCT_SHARES if shares is None else shares
+    chosen = list(table) if running is None else list(running)
+    total = sum(table.get(p, 0.0) for p in chosen)
+    if (domain, product) not in chosen or total <= 0:
+        return 0.0
+    return rate * 86_400 * (1 - bad_ratio) * table.get((domain, product), 0.0) / total
+
+
+def mixed(
+    generators: Sequence[tuple[T, EventGenerator]],
+    seed: int,
+    shares: Mapping[tuple[str, str], float] | None = None,
+) -> Iterator[tuple[T, EventGenerator]]:
+    """Forever: the ``(tag, generator)`` that sends next, drawn in proportion to its product's
+    share (equal shares when none of the products has one)."""
+    if not generators:
+        raise ValueError("at least one generator is needed")
+    weights = [product_share(g.domain, g.product.name, shares) for _, g in generators]
+    if not any(weights):
+        weights = [1.0] * len(generators)
+    cum = list(itertools.accumulate(weights))
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
+    while True:
+        yield from rng.choices(generators, cum_weights=cum, k=256)
+
+
+@dataclass(frozen=True, slots=True)
+class TruncationBias:
+    """What per-subject, per-day truncation removes from one product's day, in expectation.
+
+    A subject's daily events are Poisson with mean ``events_per_day * activity / total
+    activity`` (a day of independent draws by weight); the processor counts the first
+    ``bound`` of them, ``bound = min(max_records_per_period, max_windows_per_period)`` (with
+    thousands of windows a day a subject's records almost never share one, so the window
+    bound acts like a record bound).
+    """
+
+    people: int
+    events_per_day: float
+    bound: int
+    events_dropped_share: float  # share of the day's events the bound removes
+    people_truncated_share: float  # share of the people with more events than the bound
+    median_person_events: float  # expected events a day of the median-activity person
+    top_percent_person_events: float  # ... of the person at the 99th activity percentile
+
+
+def expected_truncation(
+    people: Sequence[Person],
+    events_per_day: float,
+    max_records_per_period: int,
+    max_windows_per_period: int | None = None,
+) -> TruncationBias:
+    """The expected bias of per-subject, per-day truncation at this traffic (see
+    :class:`TruncationBias`); a measure summed over records loses the same share of its total
+    as the count when, as here, a record's value does not depend on its rank in the day."""
+    if not people:
+        raise ValueError("at least one person is needed")
+    if max_records_per_period < 1 or (max_windows_per_period or 1) < 1:
+        raise ValueError("the contribution bounds must be >= 1")
+    bound = min(max_records_per_period, max_windows_per_period or max_records_per_period)
+    weights = np.fromiter((p.activity for p in people), dtype=float, count=len(people))
+    lam = events_per_day * weights / weights.sum()
+    pmf = np.exp(-lam)
+    cdf = pmf.copy()
+    kept = np.zeros_like(lam)
+    for k in range(bound):  # E[min(N, b)] = sum over k < b of P(N > k)
+        kept += 1.0 - cdf
+        pmf = pmf * lam / (k + 1)
+        cdf += pmf
+    total = float(lam.sum())
+    ordered = np.sort(lam)
+    return TruncationBias(
+        people=len(people),
+        events_per_day=events_per_day,
+        bound=bound,
+        events_dropped_share=0.0 if total == 0 else 1.0 - float(kept.sum()) / total,
+        people_truncated_share=float((1.0 - cdf).mean()),
+        median_person_events=float(np.median(ordered)),
+        top_percent_person_events=float(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]),
+    )
 
 
 class EventGenerator:
@@ -335,10 +524,19 @@ class EventGenerator:
         self._build = builder
         self._rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
         self._seq = 0
+        # Cumulative activity weights: a person is drawn in proportion to their weight
+        # (random.choices bisects them), so heavy users send most events.
+        self._cum_weights = list(itertools.accumulate(p.activity for p in people))
+        if not self._cum_weights[-1] > 0:
+            raise ValueError("the people's activity weights must add up to more than 0")
+
+    def person(self) -> Person:
+        """The next acting person, drawn in proportion to the activity weights."""
+        return self._rng.choices(self.people, cum_weights=self._cum_weights)[0]
 
     def good(self, now: float | None = None) -> dict[str, object]:
         """One valid event."""
-        person = self._rng.choice(self.people)
+        person = self.person()
         self._seq += 1
         at = datetime.fromtimestamp(now or time.time(), tz=UTC).isoformat()
         return self._build(person, self._rng, self._seq, at)
@@ -395,9 +593,6 @@ class EventGenerator:
         while count is None or produced < count:
             yield self.next_event()
             produced += 1
-
-
-T = TypeVar("T")
 
 
 def paced(rate: float, events: Iterator[T]) -> Iterator[T]:

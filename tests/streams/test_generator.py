@@ -1,14 +1,31 @@
-"""Every demo product's generator: good events pass, bad events are rejected, no raw identifier."""
+"""Every demo product's generator: good events pass, bad events are rejected, no raw identifier;
+the people pool is large, unique and heavy-tailed, and the truncation estimate is right."""
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
+import statistics
+from collections import Counter
+from datetime import date
 
 import pytest
 
 from domains.registry import load_contracts
+from infra.settings import GeneratorSettings
 from streams.errors import StreamError
-from streams.generator import EventGenerator, has_generator, make_people
+from streams.generator import (
+    DEFAULT_ACTIVITY_SIGMA,
+    PRODUCT_SHARES,
+    SUBJECTS,
+    EventGenerator,
+    events_per_day,
+    expected_truncation,
+    has_generator,
+    make_people,
+    mixed,
+)
 from streams.keys import derive_domain_key
 from streams.pseudonymise import Tokeniser
 from streams.transform import Accepted, ProductTransform, Rejected
@@ -83,3 +100,100 @@ def test_unknown_product_is_a_clear_error() -> None:
     product = load_contracts()["shop"].products[0]
     with pytest.raises(StreamError, match=r"no synthetic events for web\.orders"):
         EventGenerator("web", product, PEOPLE)
+
+
+def test_people_are_unique_reproducible_and_valid() -> None:
+    """A large pool has unique e-mails and cookies, public IPv4s, adult birth dates, and the
+    same seed gives the same people (another seed other people)."""
+    people = make_people(20_000, 3)
+    assert len({p.email for p in people}) == len(people)
+    assert len({p.cookie for p in people}) == len(people)
+    assert all(ipaddress.IPv4Address(p.ip).is_global for p in people)
+    assert all(date(1935, 12, 31) < p.birth_date < date(2008, 1, 1) for p in people)
+    assert make_people(500, 3) == make_people(500, 3)
+    assert {p.email for p in make_people(500, 4)}.isdisjoint(p.email for p in people[:500])
+
+
+def test_activity_is_heavy_tailed_and_events_follow_it() -> None:
+    """Activity weights are log-normal (median 1, the top 1% of people about a fifth of all
+    activity at sigma 1.5), and events are drawn in proportion to them."""
+    people = make_people(20_000, 5)
+    weights = sorted((p.activity for p in people), reverse=True)
+    assert 0.9 < statistics.median(weights) < 1.1
+    top = weights[: len(weights) // 100]
+    assert 0.12 < sum(top) / sum(weights) < 0.35
+    assert all(p.activity == 1.0 for p in make_people(50, 5, activity_sigma=0))
+    gen = EventGenerator("shop", load_contracts()["shop"].products[0], people, 0.0, 9)
+    heavy = {id(p) for p in people if p.activity >= top[-1]}
+    drawn = [gen.person() for _ in range(40_000)]
+    share = sum(id(p) in heavy for p in drawn) / len(drawn)
+    expected = sum(top) / sum(weights)
+    # Binomial(40000, ~0.2): sd 0.002; 0.015 is over 7 sd (false failure < 1e-12).
+    assert abs(share - expected) < 0.015
+
+
+def test_products_get_their_share_of_the_traffic() -> None:
+    """The mix draws each product in proportion to its share (orders rarer than page views)."""
+    contracts = load_contracts()
+    generators = [
+        (f"{d}.{p.name}", EventGenerator(d, p, PEOPLE, 0.0, 1))
+        for d, c in sorted(contracts.items())
+        for p in c.products
+    ]
+    tags = Counter(tag for tag, _ in itertools.islice(mixed(generators, 3), 50_000))
+    total = sum(PRODUCT_SHARES.values())
+    for (domain, product), share in PRODUCT_SHARES.items():
+        seen = tags[f"{domain}.{product}"] / 50_000
+        # Binomial sd <= 0.0023 at 50,000 draws; 0.012 is over 5 sd (false failure < 1e-6).
+        assert abs(seen - share / total) < 0.012, (domain, product, seen)
+    assert tags["shop.orders"] < tags["web.page_views"] / 10
+    equal = Counter(t for t, _ in itertools.islice(mixed(generators, 3, shares={}), 6_000))
+    assert min(equal.values()) > 800  # no share anywhere: every product equally often
+
+
+def test_events_per_day_splits_the_rate_by_share() -> None:
+    """A product's daily events are the rate's share of it, net of malformed events."""
+    orders = events_per_day(200, "shop", "orders", bad_ratio=0.02)
+    assert orders == pytest.approx(200 * 86_400 * 0.98 * PRODUCT_SHARES[("shop", "orders")])
+    assert events_per_day(10, "shop", "orders", running=[("shop", "orders")]) == 864_000
+    assert events_per_day(10, "shop", "orders", running=[("web", "page_views")]) == 0
+
+
+def test_expected_truncation_matches_a_simulated_day() -> None:
+    """The expected share of events a per-day bound drops agrees with one simulated day of
+    draws by weight, and a bound nobody reaches drops nothing."""
+    people = make_people(5_000, 8)
+    gen = EventGenerator("shop", load_contracts()["shop"].products[0], people, 0.0, 4)
+    day = Counter(id(gen.person()) for _ in range(60_000))  # 12 events per person on average
+    dropped = sum(max(0, n - 10) for n in day.values()) / 60_000
+    bias = expected_truncation(people, 60_000, 10, 10)
+    assert bias.bound == 10
+    # The day's dropped share has sd about 0.004 here (dominated by the heaviest people).
+    assert abs(bias.events_dropped_share - dropped) < 0.03
+    assert 0.2 < bias.events_dropped_share < 0.8
+    assert bias.median_person_events < 12 < bias.top_percent_person_events
+    none = expected_truncation(make_people(100, 1, activity_sigma=0), 100, 50)
+    assert none.events_dropped_share < 1e-12 and none.people_truncated_share < 1e-12
+    assert expected_truncation(people, 60_000, 10, 3).bound == 3
+
+
+@pytest.mark.parametrize(("domain", "product"), PRODUCTS, ids=lambda v: getattr(v, "name", v))
+def test_subject_of_a_person_is_their_events_privacy_unit(domain: str, product: object) -> None:
+    """SUBJECTS reads the privacy-unit value the product's builder writes into its events."""
+    name: str = product.name  # type: ignore[attr-defined]
+    unit: str = product.privacy_unit  # type: ignore[attr-defined]
+    for person in PEOPLE[:5]:
+        gen = EventGenerator(domain, product, [person], 0.0, 2)  # type: ignore[arg-type]
+        assert str(gen.good()[unit]) == SUBJECTS[(domain, name)](person)
+
+
+def test_default_pool_is_large_and_heavy_tailed() -> None:
+    """The demo generator's defaults model at least 100,000 people with the module's tail."""
+    settings = GeneratorSettings()
+    assert settings.people >= 100_000
+    assert settings.activity_sigma == DEFAULT_ACTIVITY_SIGMA
+    assert settings.shares() is None
+    custom = GeneratorSettings(product_shares={"shop.orders": 1.0})
+    assert custom.shares() == {("shop", "orders"): 1.0}
+    with pytest.raises(ValueError, match=r"domain\.product"):
+        GeneratorSettings(product_shares={"orders": 1.0})
