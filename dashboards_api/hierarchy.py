@@ -471,28 +471,38 @@ class DailyHierarchy:
 
 
 class _ExactSums:
-    """Exact node sums of one structure from its windows, each window read at most once."""
+    """Exact node sums of one structure from its windows: each window read at most once,
+    a node's sum is the sum of its children's (memoised, so overlapping nodes share)."""
 
     def __init__(self, hierarchy: DailyHierarchy, windows: Callable[[int], int | None]) -> None:
         self._hierarchy = hierarchy
         self._windows = windows
-        self._read: dict[int, int] = {}
+        self._sums: dict[Node, int] = {}
 
-    def window(self, start: int) -> int:
-        """The exact value of the window starting at ``start``, or MissingWindow."""
-        if start not in self._read:
-            value = self._windows(start)
-            if value is None:
-                raise MissingWindow(
-                    f"the window starting at {start} has no complete aggregates; a node that "
-                    "spans it cannot be released until it is pushed",
-                    window_start=start,
-                )
-            self._read[start] = _check_int("window value", value, -(2**62))
-        return self._read[start]
+    def _window(self, index: int) -> int:
+        """The exact value of the day's window number ``index``, or MissingWindow."""
+        start = self._hierarchy.day_start + index * self._hierarchy.window_seconds
+        value = self._windows(start)
+        if value is None:
+            raise MissingWindow(
+                f"the window starting at {start} has no complete aggregates; a node that "
+                "spans it cannot be released until it is pushed",
+                window_start=start,
+            )
+        return value if type(value) is int else _check_int("window value", value, -(2**62))
 
     def node(self, node: Node) -> int:
         """The exact sum of the windows in ``node``'s span."""
-        start, end = self._hierarchy.span(node)
-        step = self._hierarchy.window_seconds
-        return sum(self.window(at) for at in range(start, end, step))
+        found = self._sums.get(node)
+        if found is None:
+            level, index = node
+            if level == 0:
+                found = self._window(index)
+            else:
+                ratio = self._hierarchy.levels[level] // self._hierarchy.levels[level - 1]
+                found = sum(
+                    self.node((level - 1, child))
+                    for child in range(index * ratio, (index + 1) * ratio)
+                )
+            self._sums[node] = found
+        return found
