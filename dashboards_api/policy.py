@@ -12,6 +12,9 @@ the run-time classes). Until governance stores one, the policy of the API settin
 * ``default_product_budget_per_day``: the total of a product whose query-class file
   declares none (None: such a product is refused at start-up).
 
+The defaults are what a privacy officer signs for every product: epsilon 2 per subject per
+UTC day (pure DP), no class and no release above it; a governance ``PUT`` may raise them.
+
 A class above a limit is refused when an owner stores it (422 naming the limit); a class
 that became too expensive after a policy change is refused at release time, before any
 noise is drawn or anything is committed; budgets above a cap are read as the cap.
@@ -37,17 +40,24 @@ class GovernancePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_epsilon_per_release: EpsilonPerRelease = Field(
-        default=Decimal(10), description="Most privacy loss one release (or one horizon) may cost."
+        default=Decimal(2),
+        description=(
+            "Most privacy loss one release (a continual class: one horizon; a daily class: "
+            "its whole UTC day) may cost."
+        ),
     )
     max_class_budget_per_day: BudgetPerDay = Field(
-        default=Decimal(1_000), description="Most one query class may spend in a UTC day."
+        default=Decimal(2), description="Most one query class may spend in a UTC day."
     )
     max_product_budget_per_day: BudgetPerDay = Field(
-        default=Decimal(1_000),
-        description="Most all classes of a product may spend in a UTC day.",
+        default=Decimal(2),
+        description=(
+            "Most all classes of a product may spend in a UTC day: the user-level loss of "
+            "one subject's day (pure epsilon, sequential composition over the classes)."
+        ),
     )
     default_product_budget_per_day: BudgetPerDay | None = Field(
-        default=Decimal(100),
+        default=Decimal(2),
         description=(
             "Daily total of a data product whose query-class file declares none "
             "(None: start-up refuses such a product)."

@@ -27,6 +27,22 @@ Aggregate = Literal[
 WINDOW_AGGREGATES = frozenset({"count_distinct_subjects", "count_records", "bounded_sum"})
 MEASURED = frozenset({"bounded_sum", "mean", "quantile"})
 EVENT_WINDOWS = {"1m": 60, "1h": 3_600, "1d": 86_400}
+# Aggregates a ``release: daily`` class may have (a mean is the ratio of two paid ones).
+DAILY_AGGREGATES = frozenset({"count_distinct_subjects", "count_records", "bounded_sum", "mean"})
+# The resolutions of a daily structure, finest first (``dashboards_api.hierarchy``):
+# the newest stream window, minute, hour, "today so far" and the sliding last 24 hours.
+Resolution = Literal["window", "1m", "1h", "today", "24h"]
+RESOLUTION_ORDER: tuple[str, ...] = ("window", "1m", "1h", "today", "24h")
+# What each daily aggregate can mean at each resolution. A distinct count sums subjects new
+# to a span: per hour (the processor's new_subjects_hour) or per day (new_subjects_period);
+# a sum of either over a window, a minute or 24 h is not a distinct count, so those are
+# refused rather than released with a misleading meaning.
+DAILY_RESOLUTIONS: dict[str, tuple[str, ...]] = {
+    "count_records": RESOLUTION_ORDER,
+    "bounded_sum": RESOLUTION_ORDER,
+    "mean": RESOLUTION_ORDER,
+    "count_distinct_subjects": ("1h", "today"),
+}
 
 # Hard limits checked at the edge, whatever the governance policy says (the policy may only
 # be tighter): every epsilon is a decimal with at most 6 places (integer micro-epsilon in the
@@ -38,11 +54,31 @@ MAX_BUDGET_PER_DAY = Decimal(1_000_000)
 EpsilonPerRelease = Annotated[
     Decimal, Field(gt=0, le=MAX_EPSILON_PER_RELEASE, decimal_places=6, allow_inf_nan=False)
 ]
+# A class's epsilon: > 0, except a daily mean (post-processing of two paid classes), whose
+# 0 is checked by the class's validator.
+ClassEpsilon = Annotated[
+    Decimal, Field(ge=0, le=MAX_EPSILON_PER_RELEASE, decimal_places=6, allow_inf_nan=False)
+]
+ClassBudget = Annotated[
+    Decimal, Field(ge=0, le=MAX_BUDGET_PER_DAY, decimal_places=6, allow_inf_nan=False)
+]
 BudgetPerDay = Annotated[
     Decimal, Field(gt=0, le=MAX_BUDGET_PER_DAY, decimal_places=6, allow_inf_nan=False)
 ]
 # Fields that do not shape a released answer (left out of a class's definition hash).
 _NOT_SHAPING = frozenset({"title", "budget_per_day"})
+
+
+class Accuracy(BaseModel):
+    """What a daily class promises: its 95% interval's half-width at most ``relative`` times
+    the value at ``resolution`` (the automatic resolution picks the finest that meets it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    relative: Annotated[float, Field(gt=0, le=10)] = Field(
+        description="Largest 95% half-width / |value| the class accepts (0.05: within 5%)."
+    )
+    resolution: Resolution = Field(description="The resolution the promise is made at.")
 
 
 class QueryClass(BaseModel):
@@ -79,26 +115,49 @@ class QueryClass(BaseModel):
             "hours or days (event-level, released once their events are stored)."
         ),
     )
-    release: Literal["per_window", "continual"] = Field(
+    release: Literal["per_window", "continual", "daily"] = Field(
         default="per_window",
         description=(
             "continual: a running total over horizon_windows stream windows released "
-            "after every window with the binary-tree mechanism, for one epsilon per horizon."
+            "after every window with the binary-tree mechanism, for one epsilon per horizon; "
+            "daily: one hierarchical structure per UTC day over the stream windows, paid "
+            "once a day, from which every resolution is post-processing."
         ),
     )
+    resolutions: list[Resolution] | None = Field(
+        default=None,
+        description=(
+            "Daily classes: the resolutions answered (default: every one that has a "
+            "meaning for the aggregate)."
+        ),
+    )
+    accuracy: Accuracy | None = Field(
+        default=None, description="Daily classes: the accuracy the class promises."
+    )
+    numerator: str | None = Field(
+        default=None, description="A daily mean: the id of the daily bounded_sum it divides."
+    )
+    denominator: str | None = Field(
+        default=None, description="A daily mean: the id of the daily count_records it divides by."
+    )
     horizon_windows: Annotated[int, Field(ge=2, le=1_048_576)] | None = None
-    privacy_unit: Literal["subject", "subject_window"] = Field(
+    privacy_unit: Literal["subject", "subject_window", "subject_day"] = Field(
         default="subject",
         description=(
             "What one release's epsilon protects: a subject's whole contribution to the "
-            "released window (subject), or a subject's contribution to any ONE stream window "
-            "(subject_window: the continual-observation model; a subject active in m windows "
-            "of a horizon is protected at m * epsilon). Continual classes must opt in to it."
+            "released window (subject), a subject's whole UTC day (subject_day: daily "
+            "classes, and event classes over a whole day), or a subject's contribution to "
+            "any ONE stream window (subject_window: the continual-observation model; a "
+            "subject active in m windows of a horizon is protected at m * epsilon). "
+            "Continual classes must opt in to it."
         ),
     )
     max_records_per_subject: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None,
-        description="Event-level classes: records one subject may contribute to a window.",
+        description=(
+            "Event-level classes: records one subject may contribute to a window (default: "
+            "the contract's contribution.max_records_per_period)."
+        ),
     )
     quantile: Annotated[float, Field(gt=0, lt=1)] | None = None
     candidates: list[int] | None = Field(
@@ -109,10 +168,13 @@ class QueryClass(BaseModel):
         description="Released values (or group counts) below this noisy count are withheld.",
     )
     mechanism: Literal["discrete_laplace", "exponential"] | None = None
-    epsilon_per_release: EpsilonPerRelease = Field(
-        description="Privacy loss of one release (a continual class: of its whole horizon)."
+    epsilon_per_release: ClassEpsilon = Field(
+        description=(
+            "Privacy loss of one release (a continual class: of its whole horizon; a daily "
+            "class: of its whole UTC day; a daily mean: 0, it spends nothing)."
+        )
     )
-    budget_per_day: BudgetPerDay = Field(
+    budget_per_day: ClassBudget = Field(
         description="The most the class may spend in one UTC day (micro-epsilon exact)."
     )
 
@@ -125,6 +187,8 @@ class QueryClass(BaseModel):
         shape["mechanism"] = self.noise
         shape["epsilon_per_release"] = to_micro(self.epsilon_per_release)
         if product is not None:
+            # The per-day bounds the processor applies and the clamps (sensitivities).
+            shape["contribution"] = product.contribution.model_dump(mode="json")
             for role in ("measure", "group_by"):
                 name = shape.get(role)
                 spec = product.field(name) if name else None
@@ -161,7 +225,8 @@ class QueryClass(BaseModel):
                 f"{name}: a class id starts with its domain's name and a dot "
                 f"({self.domain}.<product>.<name>)"
             )
-        if self.aggregate in MEASURED and self.measure is None:
+        derived = self.derived_mean
+        if self.aggregate in MEASURED and self.measure is None and not derived:
             raise ValueError(f"{name}: a {self.aggregate} needs a 'measure' field")
         if self.aggregate not in MEASURED and self.measure is not None:
             raise ValueError(f"{name}: a {self.aggregate} takes no 'measure'")
@@ -180,6 +245,81 @@ class QueryClass(BaseModel):
             raise ValueError(f"{name}: a {self.aggregate} uses {self.noise}, not {self.mechanism}")
         return self
 
+    @property
+    def derived_mean(self) -> bool:
+        """A daily mean: the ratio of two paid daily classes (post-processing, no cost)."""
+        return self.release == "daily" and self.aggregate == "mean"
+
+    @property
+    def answered_resolutions(self) -> tuple[str, ...]:
+        """The resolutions a daily class answers, finest first (() for other classes)."""
+        if self.release != "daily":
+            return ()
+        chosen: tuple[str, ...] = tuple(self.resolutions or DAILY_RESOLUTIONS[self.aggregate])
+        return tuple(r for r in RESOLUTION_ORDER if r in chosen)
+
+    @model_validator(mode="after")
+    def _daily_fits(self) -> Self:
+        name = f"class {self.id!r}"
+        daily_only = ("resolutions", "accuracy", "numerator", "denominator")
+        if self.release != "daily":
+            if any(getattr(self, f) is not None for f in daily_only):
+                raise ValueError(f"{name}: {', '.join(daily_only)} are for release: daily")
+            if self.privacy_unit == "subject_day" and self.window != "1d":
+                raise ValueError(
+                    f"{name}: privacy_unit subject_day is for daily classes and event classes "
+                    "over a whole UTC day (window: 1d)"
+                )
+            return self
+        if self.aggregate not in DAILY_AGGREGATES:
+            raise ValueError(
+                f"{name}: release daily is for {', '.join(sorted(DAILY_AGGREGATES))}; a "
+                f"{self.aggregate} is released per day as an event class (window: 1d)"
+            )
+        if self.group_by is not None or self.window != "last_closed":
+            raise ValueError(f"{name}: a daily class reads the stream windows, ungrouped")
+        if self.privacy_unit != "subject_day":
+            raise ValueError(
+                f"{name}: a daily class protects each subject's whole UTC day; declare "
+                "privacy_unit: subject_day"
+            )
+        meaningful = DAILY_RESOLUTIONS[self.aggregate]
+        refused = [r for r in self.resolutions or () if r not in meaningful]
+        if refused:
+            raise ValueError(
+                f"{name}: a daily {self.aggregate} has no meaning at {', '.join(refused)} "
+                f"(it answers {', '.join(meaningful)}): a distinct count is a sum of subjects "
+                "new to an hour or to the day, so a window, a minute or a sliding 24 h of it "
+                "counts no distinct subjects"
+            )
+        if self.resolutions is not None and not self.resolutions:
+            raise ValueError(f"{name}: 'resolutions' needs at least one resolution")
+        if self.accuracy is not None and self.accuracy.resolution not in self.answered_resolutions:
+            raise ValueError(
+                f"{name}: accuracy is promised at {self.accuracy.resolution}, which the class "
+                f"does not answer ({', '.join(self.answered_resolutions)})"
+            )
+        self._check_mean(name)
+        return self
+
+    def _check_mean(self, name: str) -> None:
+        """A daily mean names its two paid classes and costs nothing itself."""
+        if self.derived_mean:
+            if self.numerator is None or self.denominator is None:
+                raise ValueError(
+                    f"{name}: a daily mean names its 'numerator' (a daily bounded_sum) and "
+                    "'denominator' (a daily count_records) of the same product"
+                )
+            if self.epsilon_per_release != 0 or self.budget_per_day != 0:
+                raise ValueError(
+                    f"{name}: a daily mean is post-processing of its numerator and "
+                    'denominator; declare epsilon_per_release and budget_per_day "0"'
+                )
+            if self.suppress_below is not None:
+                raise ValueError(f"{name}: a daily mean takes no suppress_below")
+        elif self.numerator is not None or self.denominator is not None:
+            raise ValueError(f"{name}: only a daily mean takes 'numerator' and 'denominator'")
+
     @model_validator(mode="after")
     def _source_fits(self) -> Self:
         name = f"class {self.id!r}"
@@ -187,11 +327,6 @@ class QueryClass(BaseModel):
             raise ValueError(
                 f"{name}: suppression compares a noisy count with the threshold; a "
                 f"{self.aggregate} releases no count (suppress on a count class instead)"
-            )
-        if self.source == "events" and self.max_records_per_subject is None:
-            raise ValueError(
-                f"{name}: an event-level class (grouped, {self.aggregate}, or window "
-                f"{self.window}) needs 'max_records_per_subject', its user-level bound"
             )
         if self.source == "windows" and self.max_records_per_subject is not None:
             raise ValueError(
@@ -211,7 +346,7 @@ class QueryClass(BaseModel):
                     f"{name}: continual release protects a subject's contribution to one "
                     "window; declare privacy_unit: subject_window to acknowledge it"
                 )
-        elif self.horizon_windows is not None or self.privacy_unit != "subject":
+        elif self.horizon_windows is not None or self.privacy_unit == "subject_window":
             raise ValueError(
                 f"{name}: 'horizon_windows' and privacy_unit subject_window are only for "
                 "continual release"
@@ -222,8 +357,12 @@ class QueryClass(BaseModel):
     def _budgeted(self) -> Self:
         cost = to_micro(self.epsilon_per_release)
         budget = to_micro(self.budget_per_day)
+        if self.derived_mean:
+            return self  # checked by _daily_fits: a daily mean costs 0
         if cost <= 0:
             raise ValueError(f"class {self.id!r}: epsilon_per_release must be > 0")
+        if budget <= 0:
+            raise ValueError(f"class {self.id!r}: budget_per_day must be > 0")
         if budget < cost:
             raise ValueError(
                 f"class {self.id!r}: budget_per_day {self.budget_per_day} is smaller than "

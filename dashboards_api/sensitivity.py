@@ -8,11 +8,25 @@ the processor did not enforce). Adding or removing one pseudonymous subject chan
 * ``count_records`` by at most the bound ``k`` (events per subject and window);
 * ``bounded_sum`` of a measure clamped to ``[lo, hi]`` by at most ``k * max(|lo|, |hi|)``,
   plus 1 for a non-integer measure, whose sum is rounded before integer noise is added.
+
+A ``release: daily`` class protects a subject's whole UTC day (``daily_sensitivities``):
+its sensitivity is what one subject's day can add to the sum of the day's window values,
+from the product contract's per-day ``contribution`` bounds, which the processor enforces
+across windows and partitions (``k`` = ``max_records_per_period``, ``W`` =
+``max_windows_per_period``, ``[lo, hi]`` = ``clamp_of(measure)``):
+
+* ``count_records`` (the windows' ``events``): ``k``;
+* ``bounded_sum``: ``ceil(k * max(|lo|, |hi|))``, plus ``W`` for a non-integer measure (each
+  window's sum is rounded once, and the subject is in at most ``W`` windows);
+* ``count_distinct_subjects``: two streams. ``new_subjects_period`` (subjects whose first
+  counted record of the day is in the window) moves by 1; ``new_subjects_hour`` (first of
+  the hour) by ``min(24, W)``: one per hour the subject is active in, at most one per window.
 """
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 from dashboards_api.errors import InvalidQueryClasses, NoDataYet
 from dashboards_api.query_classes import QueryClass
@@ -72,6 +86,43 @@ def sensitivity(qc: QueryClass, product: DataProduct, contribution_bound: int | 
     largest = max(abs(spec.bounds.min), abs(spec.bounds.max))
     integral = spec.type is FieldType.INT
     return math.ceil(contribution_bound * largest) + (0 if integral else 1)
+
+
+# The window-row streams a daily class reads: the windows' counted events, a measure's
+# clamped sum, and the subjects new to the hour / to the day.
+EVENTS, SUM, NEW_HOUR, NEW_PERIOD = "events", "sum", "new_subjects_hour", "new_subjects_period"
+
+
+def daily_sensitivities(qc: QueryClass, product: DataProduct) -> dict[str, int]:
+    """Per stream a daily ``qc`` reads, the L1 sensitivity of the day's window values to
+    one subject's whole UTC day (module docstring)."""
+    bounds = product.contribution
+    if qc.aggregate == "count_records":
+        return {EVENTS: bounds.max_records_per_period}
+    if qc.aggregate == "bounded_sum":
+        assert qc.measure is not None  # validated when the class was loaded
+        clamp = product.clamp_of(qc.measure)
+        largest = max(abs(clamp.min), abs(clamp.max))
+        spec = product.field(qc.measure)
+        integral = spec is not None and spec.type is FieldType.INT
+        rounding = 0 if integral else bounds.max_windows_per_period
+        return {SUM: max(1, math.ceil(bounds.max_records_per_period * largest) + rounding)}
+    if qc.aggregate == "count_distinct_subjects":
+        return {NEW_HOUR: min(24, bounds.max_windows_per_period), NEW_PERIOD: 1}
+    raise ValueError(f"class {qc.id!r}: a daily {qc.aggregate} reads no stream of its own")
+
+
+def split_epsilon(qc: QueryClass, streams: list[str]) -> dict[str, Decimal]:
+    """The class's day epsilon split over the structures of ``streams`` (sequential
+    composition: the parts add up to it exactly, in micro-epsilon). A distinct count's two
+    structures get half each (the hour stream's larger sensitivity is paid by its shorter
+    hierarchy: 2 levels against the day stream's 4)."""
+    micro = qc.cost_micro
+    if len(streams) == 1:
+        return {streams[0]: qc.epsilon_per_release}
+    first = micro // 2
+    parts = [first, micro - first]
+    return {s: Decimal(p) / 1_000_000 for s, p in zip(streams, parts, strict=True)}
 
 
 def _product(qc: QueryClass, contracts: dict[str, DomainContract]) -> DataProduct:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from dashboards_api.budget import from_micro
 from dashboards_api.deps import ServiceDep, require
 from dashboards_api.query_classes import QueryClass
-from dashboards_api.releases import ReleaseService
+from dashboards_api.releases import ReleaseService, privacy_unit_of
 from dashboards_api.routes.problems import problems
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -23,6 +23,12 @@ CLASS_ID = Path(max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 def describe(service: ReleaseService, qc: QueryClass) -> dict[str, Any]:
     """What a consumer needs to know about a class: shape, cost and budget state."""
     return {
+        "privacy_unit": privacy_unit_of(qc),
+        "resolutions": list(qc.answered_resolutions) or None,
+        "accuracy": None if qc.accuracy is None else qc.accuracy.model_dump(mode="json"),
+        "numerator": qc.numerator,
+        "denominator": qc.denominator,
+        "budget_per_day": from_micro(service.class_budget(qc)),
         "id": qc.id,
         "title": qc.title,
         "domain": qc.domain,
@@ -41,10 +47,38 @@ def describe(service: ReleaseService, qc: QueryClass) -> dict[str, Any]:
     }
 
 
+def products(service: ReleaseService, classes: list[QueryClass]) -> list[dict[str, Any]]:
+    """Per data product: the user-level loss per subject per UTC day (its total, which every
+    release of its classes together stays within), the allocation per class, and what is
+    spent and left today."""
+    out = []
+    for key in sorted({f"{qc.domain}.{qc.product}" for qc in classes}):
+        domain, _, product = key.partition(".")
+        state = service.product_budget(domain, product)
+        mine = [qc for qc in classes if (qc.domain, qc.product) == (domain, product)]
+        out.append(
+            {
+                "product": key,
+                "privacy_unit": "subject_day",
+                "epsilon_per_subject_per_day": None if state is None else state["epsilon_budget"],
+                "allocation": {qc.id: from_micro(service.class_budget(qc)) for qc in mine},
+                "epsilon_spent_today": None if state is None else state["epsilon_spent"],
+                "epsilon_left_today": None if state is None else state["epsilon_remaining"],
+                "period": service.period(),
+            }
+        )
+    return out
+
+
 @router.get("", dependencies=[ANY_ROLE], responses=problems(401, 403))  # type: ignore[list-item]
 def list_classes(service: ServiceDep) -> dict[str, Any]:
-    """Every registered query class with its cost and budget state."""
-    return {"classes": [describe(service, qc) for qc in list(service.classes.values())]}
+    """Every registered query class with its cost and budget state, and per data product the
+    user-level loss per subject per day, the allocation per class, spent and left today."""
+    classes = list(service.classes.values())
+    return {
+        "classes": [describe(service, qc) for qc in classes],
+        "products": products(service, classes),
+    }
 
 
 @router.get(
@@ -61,15 +95,22 @@ async def release(
         le=4_102_444_800,
         description="Epoch seconds of a closed window to release (default: the last closed).",
     ),
+    resolution: Literal["auto", "window", "1m", "1h", "today", "24h"] | None = Query(
+        None,
+        description=(
+            "Daily classes: the span of the value (default auto: the finest that meets the "
+            "class's declared accuracy). Other classes take none."
+        ),
+    ),
 ) -> JSONResponse:
     """The DP answer of ``class_id`` for one closed window (ledger entry first).
 
     A release already made is answered on the event loop from the ledger; a fresh one
     (store read, noise, commit) runs in the thread pool.
     """
-    body = service.cached(class_id, window_start)
+    body = service.cached(class_id, window_start, resolution)
     if body is None:
-        body = await run_in_threadpool(service.release_new, class_id, window_start)
+        body = await run_in_threadpool(service.release_new, class_id, window_start, resolution)
     return JSONResponse(body)
 
 
