@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from dashboards_api.deps import Caller, CallerDep, ServiceDep, require
-from dashboards_api.errors import InvalidParameters
+from dashboards_api.errors import Forbidden, InvalidParameters, InvalidQueryClasses
+from dashboards_api.planner import Plan, check_accuracy, plan_in_context
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.registry import ClassRegistry
+from dashboards_api.releases import ReleaseService
 from dashboards_api.routes.problems import problems
 from dashboards_api.routes.queries import CLASS_ID, describe
+from dashboards_api.sensitivity import check_class
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
 OWNER = require("domain_owner")
@@ -32,6 +35,55 @@ def _owned(caller: Caller) -> frozenset[str] | None:
     return caller.domains if caller.authenticated else None
 
 
+def _plan(service: ReleaseService, qc: QueryClass, volume_per_day: float | None = None) -> Plan:
+    """The planner's view of ``qc`` next to the classes served now (released values of its
+    product from the ledger give the typical volume; never raw counts)."""
+    return plan_in_context(
+        qc,
+        service.contracts,
+        service.classes,
+        service.product_total(qc.domain, qc.product),
+        service.ledger.entries(limit=1_000, product=f"{qc.domain}.{qc.product}"),
+        service.window_seconds,
+        volume_per_day,
+    )
+
+
+def _fits_contract(service: ReleaseService, qc: QueryClass) -> bool:
+    try:
+        check_class(qc, service.contracts)
+    except InvalidQueryClasses:
+        return False
+    return True
+
+
+@router.post(
+    "/plan",
+    dependencies=[require("domain_owner", "governance")],  # type: ignore[list-item]
+    responses=problems(400, 401, 403, 422),
+)
+def plan_class(
+    service: ServiceDep,
+    caller: CallerDep,
+    body: QueryClass,
+    volume_per_day: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            description=(
+                "Typical value of the statistic per day, used only when no value of the "
+                "product was released yet (records, cents, subjects)."
+            ),
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """A daily class's cost per day and expected 95% half-width at each resolution, and
+    what would meet its declared accuracy (nothing is stored, drawn or spent)."""
+    if caller.authenticated and caller.role == "domain_owner" and body.domain not in caller.domains:
+        raise Forbidden(f"this key does not own domain {body.domain!r}")
+    return _plan(service, body, volume_per_day).to_dict()
+
+
 @router.put(
     "/{class_id}",
     dependencies=[OWNER],  # type: ignore[list-item]
@@ -47,7 +99,15 @@ def put_class(
     """Add or replace a class of a domain the caller owns (checked against its contract)."""
     if body.id != class_id:
         raise InvalidParameters(f"the body's id {body.id!r} differs from the path's {class_id!r}")
-    _registry(request).put(body, _owned(caller), _who(caller))
+    owned = _owned(caller)
+    if owned is not None and body.domain not in owned:
+        raise Forbidden(f"this key does not own domain {body.domain!r}")
+    if body.release == "daily" and not body.derived_mean and _fits_contract(service, body):
+        # A declared accuracy the class cannot meet within its product's budget is refused
+        # (422 accuracy_unreachable) with the planner's suggestion; a class that does not
+        # fit its contract is left to the registry, which says why.
+        check_accuracy(_plan(service, body))
+    _registry(request).put(body, owned, _who(caller))
     return describe(service, service.query_class(class_id))
 
 

@@ -1,0 +1,270 @@
+"""The budget planner: costs and half-widths per resolution, minimal suggestions, volumes
+from released values only, the plan endpoint and the registry's accuracy refusal.
+
+Everything here is deterministic (exact quantiles, no noise is drawn): no false failures.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import opendp.prelude as dp
+import pytest
+from fastapi.testclient import TestClient
+
+from dashboards_api.continual import ci95_half_width
+from dashboards_api.hierarchy import expected_half_width
+from dashboards_api.ledger import LedgerEntry, SqliteLedger
+from dashboards_api.main import create_app
+from dashboards_api.planner import (
+    mechanism_comparison,
+    plan,
+    rho_for,
+    structures_of,
+    volume_from_releases,
+)
+from dashboards_api.query_classes import (
+    ProductBudget,
+    QueryClass,
+    load_query_classes,
+)
+from dashboards_api.releases import ReleaseService
+from dashboards_api.settings import ApiSettings, KeyGrant
+from domains.contract import DataProduct
+from domains.registry import load_contracts
+from tests.fakes import FakeWindowSource
+
+HALF = Decimal("0.5")
+NOW = 1_795_427_055.0
+KEYS = {
+    "shop-owner": KeyGrant(role="domain_owner", domains=frozenset({"shop"})),
+    "web-owner": KeyGrant(role="domain_owner", domains=frozenset({"web"})),
+    "reader": KeyGrant(role="consumer"),
+    "gov": KeyGrant(role="governance"),
+}
+DAILY = {
+    "id": "shop.orders.hourly_orders",
+    "title": "Orders, every resolution",
+    "domain": "shop",
+    "product": "orders",
+    "aggregate": "count_records",
+    "release": "daily",
+    "privacy_unit": "subject_day",
+    "epsilon_per_release": "0.5",
+    "budget_per_day": "0.5",
+    "accuracy": {"relative": 0.05, "resolution": "1h"},
+}
+
+
+def orders() -> DataProduct:
+    """The shop's orders contract (10 orders per customer per day, 0..20000 cents)."""
+    product = load_contracts()["shop"].product("orders")
+    assert product is not None
+    return product
+
+
+def daily(**changes: Any) -> QueryClass:
+    """The daily order count class above, with ``changes``."""
+    return QueryClass.model_validate({**DAILY, **changes})
+
+
+def entry(class_id: str, resolution: str, value: int, start: str, end: str, n: int = 1) -> Any:
+    """A released daily answer as the ledger stores it."""
+    answer = {"resolution": resolution, "value": value, "span": {"start": start, "end": end}}
+    return LedgerEntry(n, class_id, "2026-11-23", "v", 0, 0, answer, end, "shop.orders")
+
+
+def test_structures_are_the_release_paths() -> None:
+    """A count pays one structure on the stream windows; a distinct count two, half the
+    epsilon each: hour-long windows answering 1h (Δ = min(24, windows)), the day stream
+    answering today (Δ = 1)."""
+    classes = load_query_classes()
+    count = structures_of(classes["shop.orders.order_count"], orders(), 10)
+    assert [(s.window_seconds, s.epsilon, s.sensitivity) for s in count] == [(10, HALF, 10)]
+    assert list(count[0].answers) == ["window", "1m", "1h", "today", "24h"]
+    distinct = structures_of(classes["shop.orders.distinct_customers"], orders(), 10)
+    assert [(s.window_seconds, s.epsilon, s.sensitivity, s.answers) for s in distinct] == [
+        (3600, Decimal("0.25"), 10, {"1h": "window"}),
+        (10, Decimal("0.25"), 1, {"today": "today"}),
+    ]
+    with pytest.raises(ValueError, match="daily mean costs nothing"):
+        structures_of(classes["shop.orders.mean_order_cents"], orders(), 10)
+
+
+def test_unknown_volume_gives_absolute_widths_only() -> None:
+    """Without a released value or a given volume, the plan has the hierarchy's half-widths,
+    no relative ones, and does not judge the accuracy."""
+    p = plan(daily(), orders(), None, window_seconds=10)
+    assert [(r.resolution, r.half_width) for r in p.rows] == [
+        (r, expected_half_width(r, 10, HALF, 10)) for r in ("window", "1m", "1h", "today", "24h")
+    ]
+    assert p.rows[0].half_width == 240 and p.rows[3].half_width == 2071
+    assert all(r.relative is None and r.meets is None for r in p.rows)
+    assert p.meets is None and p.suggestion is None and p.volume_source == "unknown"
+    assert p.to_dict()["epsilon_per_day"] == "0.5"
+
+
+def test_met_accuracy_needs_no_suggestion() -> None:
+    """At 200,000 orders a day an hour holds 8,333 and ±240 is 2.9%: within 5%."""
+    p = plan(daily(), orders(), (200_000.0, "given"), window_seconds=10)
+    hour = next(r for r in p.rows if r.resolution == "1h")
+    assert hour.typical_value == pytest.approx(200_000 / 24)
+    assert hour.relative == pytest.approx(240 / (200_000 / 24))
+    assert hour.meets is True and p.meets is True and p.suggestion is None
+
+
+def test_suggestion_is_the_least_that_meets() -> None:
+    """At 20,000 orders a day (833 an hour) a 20% promise at 1h is not met at epsilon 0.5;
+    the suggestion names the finest coarser resolution that meets it (today), the smallest
+    epsilon that does (one micro-epsilon less does not), whether the product has room for
+    it, and the largest contribution bound that meets it (one more does not)."""
+    qc = daily(accuracy={"relative": 0.2, "resolution": "1h"})
+    p = plan(
+        qc,
+        orders(),
+        (20_000.0, "given"),
+        window_seconds=10,
+        product_total_micro=2_000_000,
+        allocated_micro=1_500_000,
+    )
+    assert p.meets is False and p.suggestion is not None
+    s = p.suggestion
+    target = 0.2 * 20_000 / 24
+    assert s.coarser == "today"
+    assert s.epsilon is not None
+    assert expected_half_width("1h", 10, s.epsilon, 10) <= target
+    assert expected_half_width("1h", 10, s.epsilon - Decimal("0.000001"), 10) > target
+    assert s.epsilon_fits is (s.epsilon <= Decimal("0.5"))
+    assert p.product_room == Decimal("0.5")
+    assert s.sensitivity is not None and 1 <= s.sensitivity < 10
+    assert expected_half_width("1h", 10, HALF, s.sensitivity) <= target
+    assert expected_half_width("1h", 10, HALF, s.sensitivity + 1) > target
+    assert s.max_records_per_period == s.sensitivity  # a count's Δ is its records bound
+    assert "today" in s.text and str(s.epsilon) in s.text
+
+
+def test_volume_comes_from_released_values_of_the_same_statistic() -> None:
+    """The newest released 24h value wins over an hourly one (times 24); values of another
+    statistic and 'today' values over less than an hour are not used; nothing released:
+    None."""
+    classes = load_query_classes()
+    qc = daily()
+    day = ("2026-11-22T12:00:00+00:00", "2026-11-23T12:00:00+00:00")
+    hour = ("2026-11-23T11:00:00+00:00", "2026-11-23T12:00:00+00:00")
+    short = ("2026-11-23T00:00:00+00:00", "2026-11-23T00:30:00+00:00")
+    count, revenue = "shop.orders.order_count", "shop.orders.revenue_cents"
+    hourly = entry(count, "1h", 900, *hour, n=3)
+    found = volume_from_releases(qc, [hourly, entry(count, "24h", 20_000, *day, n=2)], classes)
+    assert found is not None and found[0] == 20_000.0 and "24h" in found[1]
+    found = volume_from_releases(qc, [entry(revenue, "24h", 9, *day), hourly], classes)
+    assert found is not None and found[0] == 900 * 24
+    assert volume_from_releases(qc, [entry(count, "today", 5, *short)], classes) is None
+    assert volume_from_releases(qc, [], classes) is None
+
+
+def test_comparison_matches_the_mechanisms() -> None:
+    """The comparison's hierarchy widths are the planner's, its independent hourly releases
+    get epsilon / 24 each, and (measured) the hierarchy is narrower than the binary tree at
+    every resolution, on average and at worst."""
+    rows = {r["resolution"]: r for r in mechanism_comparison(10, HALF, 10)}
+    assert rows["1h"]["hierarchy"] == (240, 240)
+    assert rows["today"]["hierarchy"][1] == expected_half_width("today", 10, HALF, 10)
+    assert rows["1h"]["independent"][0] == ci95_half_width(24 * 10 / 0.5, 1)
+    for row in rows.values():
+        assert row["hierarchy"][0] < row["tree"][0] and row["hierarchy"][1] < row["tree"][1]
+
+
+def test_rho_converts_back_to_the_daily_epsilon() -> None:
+    """OpenDP's zCDP -> (epsilon, delta) conversion of rho_for(2, 1e-6) gives epsilon 2."""
+    rho = rho_for(2.0, 1e-6)
+    gaussian = dp.m.make_gaussian(
+        dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"), (1 / (2 * rho)) ** 0.5
+    )
+    epsilon = dp.c.make_zCDP_to_approxDP(gaussian).map(1).epsilon(1e-6)
+    assert epsilon == pytest.approx(2.0, rel=1e-6)
+    assert 0.08 < rho < 0.1
+
+
+def make(path: Path, total: str = "300") -> tuple[TestClient, ReleaseService]:
+    """An API with the shipped classes, a file ledger and one fake window."""
+    service = ReleaseService(
+        classes=load_query_classes(),
+        contracts=load_contracts(),
+        sources={"shop": FakeWindowSource(rows={})},
+        ledger=SqliteLedger(path / "ledger.db"),
+        window_seconds=10,
+        grace_seconds=2,
+        lookback_windows=3,
+        clock=lambda: NOW,
+        product_budgets={"shop.orders": ProductBudget(budget_per_day=Decimal(total))},
+    )
+    client = TestClient(create_app(service, KEYS, ApiSettings(registry_sync_seconds=0)))
+    return client, service
+
+
+def release_day_volume(service: ReleaseService, value: int) -> None:
+    """A released 24h order count in the ledger (what the dashboard already showed)."""
+    answer = {
+        "resolution": "24h",
+        "value": value,
+        "span": {"start": "2026-11-22T12:00:00+00:00", "end": "2026-11-23T12:00:00+00:00"},
+    }
+    service.ledger.commit_release(
+        "shop.orders.order_count",
+        "2026-11-23",
+        "day:x:24h:1",
+        0,
+        500_000,
+        answer,
+        product="shop.orders",
+    )
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_plan_endpoint_for_owners_and_governance(tmp_path: Path) -> None:
+    """The owner of the class's domain and governance get the plan; another domain's owner
+    and consumers are refused; nothing is spent."""
+    client, service = make(tmp_path)
+    for key in ("shop-owner", "gov"):
+        response = client.post("/v1/classes/plan", json=DAILY, headers=auth(key))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [r["resolution"] for r in body["rows"]] == ["window", "1m", "1h", "today", "24h"]
+        assert body["volume_source"] == "unknown" and body["meets"] is None
+    given = client.post(
+        "/v1/classes/plan?volume_per_day=2000", json=DAILY, headers=auth("shop-owner")
+    ).json()
+    assert given["meets"] is False and given["suggestion"]["epsilon"] is not None
+    for key in ("web-owner", "reader"):
+        assert client.post("/v1/classes/plan", json=DAILY, headers=auth(key)).status_code == 403
+    assert service.ledger.entries() == []
+
+
+def test_registry_refuses_an_unreachable_accuracy(tmp_path: Path) -> None:
+    """With 2,000 orders a day released, a class promising 5% at 1h for epsilon 0.5 is
+    refused (422 accuracy_unreachable) with the planner's suggestion (an epsilon of about
+    26, which the product's total of 2, fully allocated, has no room for); the same class is
+    accepted when 200,000 orders a day were released, and when nothing was released yet."""
+    for volume, status in ((2_000, 422), (200_000, 200), (None, 200)):
+        where = tmp_path / str(volume)
+        where.mkdir()
+        client, service = make(where)
+        if volume is not None:
+            release_day_volume(service, volume)
+        response = client.put(f"/v1/classes/{DAILY['id']}", json=DAILY, headers=auth("shop-owner"))
+        assert response.status_code == status, response.text
+        if status == 422:
+            body = response.json()
+            assert body["code"] == "accuracy_unreachable"
+            suggestion = body["suggestion"]
+            assert suggestion["coarser"] is None and suggestion["epsilon_fits"] is False
+            assert 26 < float(suggestion["epsilon"]) < 27
+            assert body["plan"]["product_room"] == "0"
+            assert body["plan"]["volume_source"].startswith(
+                "released 24h value of shop.orders.order_count"
+            )
