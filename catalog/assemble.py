@@ -2,7 +2,12 @@
 
 Inputs (:class:`CatalogInputs`): the domain contracts and owners directory, the Feast
 definitions derived from each contract, the query classes the dashboards API serves with
-the ledger's spend, and the model registry's versions with their training tasks. Every
+the ledger's spend and the governance policy in force (which caps class budgets and gives
+the daily total of a product that declares none), and the model registry's versions with
+their training tasks. Each product carries its user-level guarantee: the privacy unit
+(the pseudonymous subject over the UTC day), the epsilon per subject per day (the
+product's daily total, what the ledger enforces over all its classes together), the
+allocation per class, the contract's contribution bounds and today's spend. Every
 reference between them is checked: an owner missing from the directory, a class or task
 naming a field its product lacks, an upstream product that does not exist or that makes
 the lineage a cycle: each is a :class:`~catalog.errors.CatalogError` naming the entity
@@ -21,7 +26,9 @@ from catalog.errors import UnknownOwner, UnknownReference
 from catalog.graph import Catalog
 from catalog.model import (
     Budget,
+    ClassAllocation,
     Column,
+    ContributionFacts,
     DomainEntity,
     FeatureViewEntity,
     FieldEntity,
@@ -32,12 +39,14 @@ from catalog.model import (
     ProductEntity,
     QueryClassEntity,
     TopicEntity,
+    UserLevelGuarantee,
     column_id,
     entity_id,
 )
 from catalog.protection import describe_protection, published_name
-from dashboards_api.budget import from_micro
+from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.ledger import Ledger, period_of
+from dashboards_api.policy import GovernancePolicy
 from dashboards_api.query_classes import ProductBudget, QueryClass
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
 from domains.owners import OwnersDirectory
@@ -63,6 +72,8 @@ class CatalogInputs:
     classes: Mapping[str, QueryClass] = field(default_factory=dict)
     product_budgets: Mapping[str, ProductBudget] = field(default_factory=dict)
     ledger: Ledger | None = None
+    policy: GovernancePolicy = field(default_factory=GovernancePolicy)
+    """The governance policy in force (the API replica's, else the ledger's newest)."""
     models: list[ModelVersion] = field(default_factory=list)
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     now: datetime | None = None
@@ -180,7 +191,7 @@ class _Builder:
         counts = {t.value: 0 for t in PrivacyTag}
         for spec in product.fields:
             counts[spec.tag.value] += 1
-        budget = self.inputs.product_budgets.get(fqn)
+        total = self._product_total(fqn)
         self.entities[pid] = ProductEntity(
             id=pid,
             name=fqn,
@@ -199,10 +210,14 @@ class _Builder:
             models=own_models,
             upstream=[entity_id("product", u) for u in product.upstream],
             budget=(
-                self._budget(budget.budget_micro, self._product_spent(fqn))
-                if budget is not None
+                self._budget(total[0], self._product_spent(fqn)) if total is not None else None
+            ),
+            user_level=(
+                self._user_level(product, total, [classes[c] for c in own_classes])
+                if total is not None
                 else None
             ),
+            contribution=_contribution(product),
         )
 
     # ------------------------------------------------------------------ topics, processor
@@ -453,7 +468,8 @@ class _Builder:
                 source=source,
                 inputs=[entity_id("field", f"{fqn}.{n}") for n in inputs],
                 epsilon_per_release=str(qc.epsilon_per_release),
-                budget=self._budget(qc.budget_micro, spent),
+                privacy_unit=qc.privacy_unit,
+                budget=self._budget(self._class_budget(qc), spent),
             )
             view = f"{product.name}_{'window_stats' if source == 'windows' else 'events'}"
             vid = entity_id("feature_view", f"{qc.domain}.{view}")
@@ -540,6 +556,57 @@ class _Builder:
         return contract, found
 
     # ------------------------------------------------------------------ budget
+    def _product_total(self, fqn: str) -> tuple[int, bool] | None:
+        """The product's daily total in micro-epsilon and whether it is declared, read as
+        the API's release path reads it (``ReleaseService.product_total``): the declared
+        total, else the policy's default, capped by the policy (None: neither)."""
+        policy = self.inputs.policy
+        declared = self.inputs.product_budgets.get(fqn)
+        if declared is not None:
+            total = declared.budget_micro
+        elif policy.default_product_budget_per_day is not None:
+            total = to_micro(policy.default_product_budget_per_day)
+        else:
+            return None
+        return min(total, policy.max_product_micro), declared is not None
+
+    def _class_budget(self, qc: QueryClass) -> int:
+        """The class's daily budget, capped by the policy (``ReleaseService.class_budget``)."""
+        return min(qc.budget_micro, self.inputs.policy.max_class_micro)
+
+    def _user_level(
+        self,
+        product: DataProduct,
+        total: tuple[int, bool],
+        classes: list[QueryClassEntity],
+    ) -> UserLevelGuarantee:
+        micro, declared = total
+        epsilon = from_micro(micro)
+        narrower = [c.id for c in classes if c.privacy_unit == "subject_window"]
+        allocation = [
+            ClassAllocation(
+                query_class=c.id,
+                epsilon_per_day=c.budget.per_day,
+                share=to_micro(c.budget.per_day) / micro if micro else 0.0,
+                privacy_unit=c.privacy_unit,
+            )
+            for c in classes
+        ]
+        unit = f"pseudonymous subject ({product.privacy_unit}) over the UTC day"
+        statement = f"ε = {epsilon} per person per UTC day (pure DP)"
+        if narrower:
+            statement += (
+                f", except {len(narrower)} class(es) protecting a subject within one window only"
+            )
+        return UserLevelGuarantee(
+            privacy_unit=unit,
+            epsilon_per_subject_per_day=str(epsilon),
+            total_source="declared" if declared else "policy_default",
+            statement=statement,
+            allocation=allocation,
+            narrower_classes=narrower,
+        )
+
     def _class_spent(self, class_id: str) -> int:
         ledger = self.inputs.ledger
         return ledger.spent(class_id, self.period) if ledger else 0
@@ -554,13 +621,31 @@ class _Builder:
             per_day=from_micro(per_day_micro),
             spent=from_micro(spent_micro),
             remaining=from_micro(max(per_day_micro - spent_micro, 0)),
-            fraction_spent=spent_micro / per_day_micro if per_day_micro else 1.0,
+            # A class allotted nothing (a daily mean, post-processing of two paid classes)
+            # spends nothing: 0, not "all of it".
+            fraction_spent=spent_micro / per_day_micro if per_day_micro else float(spent_micro > 0),
         )
 
     def _edge(self, source: str, target: str, level: str, transform: str | None = None) -> None:
         self.edges.append(
             LineageEdge(source=source, target=target, level=level, transform=transform)
         )
+
+
+def _contribution(product: DataProduct) -> ContributionFacts:
+    """The contract's contribution bounds, each bounded measure's clamp included."""
+    bounds = product.contribution
+    clamp = {}
+    for spec in product.fields:
+        if spec.numeric and spec.bounds is not None:
+            limits = product.clamp_of(spec.name)
+            clamp[spec.name] = (limits.min, limits.max)
+    return ContributionFacts(
+        privacy_period=bounds.privacy_period,
+        max_records_per_period=bounds.max_records_per_period,
+        max_windows_per_period=bounds.max_windows_per_period,
+        clamp=clamp,
+    )
 
 
 def _fqn(contract: DomainContract, product: DataProduct) -> str:

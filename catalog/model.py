@@ -94,6 +94,58 @@ class Budget(BaseModel):
     fraction_spent: float
 
 
+class ClassAllocation(BaseModel):
+    """One query class's share of its product's daily total (what the class may spend in a
+    UTC day, capped by the governance policy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query_class: str = Field(description="The class's entity id.")
+    epsilon_per_day: str
+    share: float = Field(description="Its allocation over the product's daily total.")
+    privacy_unit: str = Field(description="What one of its releases protects.")
+
+
+class UserLevelGuarantee(BaseModel):
+    """What the product's DP releases promise one person over a UTC day: the ledger's daily
+    product total bounds, by sequential composition, the privacy loss of every release of
+    every class together about one pseudonymous subject's whole day of data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    privacy_unit: str = Field(description="Who is protected, over which period.")
+    period: Literal["UTC day"] = "UTC day"
+    epsilon_per_subject_per_day: str = Field(
+        description="The user-level privacy loss per subject per UTC day (pure DP)."
+    )
+    accounting: Literal["pure DP"] = "pure DP"
+    total_source: Literal["declared", "policy_default"] = Field(
+        description="Whether the product's query-class file declares the total, or the "
+        "governance policy's default_product_budget_per_day applies."
+    )
+    statement: str = Field(description="The guarantee in one sentence.")
+    allocation: list[ClassAllocation]
+    narrower_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes whose privacy unit is narrower than the subject-day (a "
+        "subject within one window): the daily total does not bound their loss per person.",
+    )
+
+
+class ContributionFacts(BaseModel):
+    """The contract's per-subject, per-period contribution bounds the stream processor
+    enforces before any aggregate (records beyond them are not counted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    privacy_period: str
+    max_records_per_period: int
+    max_windows_per_period: int
+    clamp: dict[str, tuple[float, float]] = Field(
+        description="Per-record clamp of each numeric measure (min, max)."
+    )
+
+
 class ProductEntity(_Entity):
     """A published data product with its governance facts."""
 
@@ -111,6 +163,8 @@ class ProductEntity(_Entity):
     models: list[str]
     upstream: list[str] = Field(default_factory=list)
     budget: Budget | None = None
+    user_level: UserLevelGuarantee | None = None
+    contribution: ContributionFacts | None = None
 
 
 class FieldEntity(_Entity):
@@ -180,6 +234,9 @@ class QueryClassEntity(_Entity):
     source: Literal["windows", "events"]
     inputs: list[str] = Field(description="Ids of the contract fields it reads.")
     epsilon_per_release: str
+    privacy_unit: str = Field(
+        "subject", description="What one release protects (subject, subject_day, subject_window)."
+    )
     budget: Budget
 
 

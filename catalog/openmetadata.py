@@ -397,6 +397,7 @@ class _Export:
                     f"{product.description}\n\nPurpose: {product.purpose}. Retention: "
                     f"{product.retention_days} days. Privacy unit: "
                     f"{product.privacy_unit.split('.')[-1]} (tokenised)."
+                    f"{_guarantee_text(product)}"
                 ),
                 domains=[product.domain.split(":", 1)[1]],
                 owners=self._owner_refs(product.owner), assets=assets,
@@ -456,3 +457,28 @@ class _Export:
                 for target in getattr(proc, "produces", []):
                     out.append((source, target))
         return out
+
+
+def _guarantee_text(product: ProductEntity) -> str:
+    """The product's user-level guarantee, allocation and contribution bounds in words (the
+    facts the catalog shows; OpenMetadata's data product has no field for them)."""
+    parts = []
+    guarantee = product.user_level
+    if guarantee is not None:
+        allocation = ", ".join(
+            f"{a.query_class.split(':', 1)[1]} {a.epsilon_per_day}" for a in guarantee.allocation
+        )
+        parts.append(
+            f"User-level privacy: {guarantee.statement}; privacy unit: the "
+            f"{guarantee.privacy_unit}. Allocation per class (ε per day): {allocation or 'none'}."
+        )
+    bounds = product.contribution
+    if bounds is not None:
+        clamps = ", ".join(f"{n} to [{lo:g}, {hi:g}]" for n, (lo, hi) in bounds.clamp.items())
+        parts.append(
+            f"Contribution bounds per subject per {bounds.privacy_period}: at most "
+            f"{bounds.max_records_per_period} records in at most "
+            f"{bounds.max_windows_per_period} windows"
+            f"{'; each record clamped: ' + clamps if clamps else ''}."
+        )
+    return "".join(f"\n\n{p}" for p in parts)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from catalog.assemble import CatalogInputs, assemble
 from catalog.graph import Catalog
 from dashboards_api.ledger import Ledger, open_ledger
+from dashboards_api.policy import GovernancePolicy
 from dashboards_api.query_classes import QueryClass, load_product_budgets, load_query_classes
 from dashboards_api.registry import current_classes
 from dashboards_api.settings import ApiSettings
@@ -18,15 +19,25 @@ from federation.tasks import load_tasks
 
 
 def system_inputs(
-    ledger: Ledger | None = None, classes: Mapping[str, QueryClass] | None = None
+    ledger: Ledger | None = None,
+    classes: Mapping[str, QueryClass] | None = None,
+    policy: GovernancePolicy | None = None,
 ) -> CatalogInputs:
-    """Inputs from the configured deployment: ``ledger`` and ``classes`` are those of a
-    running API (its replica's view); otherwise the configured ledger is opened and the
-    run-time class changes stored there are applied to the declared classes."""
+    """Inputs from the configured deployment: ``ledger``, ``classes`` and ``policy`` are
+    those of a running API (its replica's view); otherwise the configured ledger is opened,
+    the run-time class changes stored there are applied to the declared classes, and the
+    newest governance policy stored there (else the API settings') applies."""
     runtime = RuntimeSettings()
     contracts = load_contracts()
     if ledger is None:
         ledger = open_ledger(ApiSettings().ledger_url, runtime.data_dir)
+    if policy is None:
+        stored = ledger.policy_versions()
+        policy = (
+            GovernancePolicy.model_validate_json(stored[-1].definition)
+            if stored
+            else ApiSettings().policy
+        )
     if classes is None:
         classes = current_classes(ledger, load_query_classes(), contracts)
     registry = open_registry()
@@ -38,6 +49,7 @@ def system_inputs(
         classes=classes,
         product_budgets=load_product_budgets(),
         ledger=ledger,
+        policy=policy,
         models=registry.versions(),
         tasks=load_tasks(),
     )

@@ -25,7 +25,7 @@ def with_catalog(app: FastAPI, ttl_seconds: float | None = None) -> FastAPI:
     service: ReleaseService = app.state.service
 
     def build() -> Catalog:
-        inputs = system_inputs(ledger=service.ledger, classes=service.classes)
+        inputs = system_inputs(service.ledger, service.classes, service.policy.current)
         inputs.now = datetime.fromtimestamp(service.clock(), tz=UTC)  # the ledger's period
         return assemble(inputs)
 

@@ -114,6 +114,28 @@
     if (!state.product && entities.length) showProduct(entities[0].id);
   }
 
+  const UNIT_LABEL = {
+    subject_day: "subject-day", subject: "subject", subject_window: "subject within a window",
+  };
+
+  function guaranteeText(level) {
+    if (!level) return "no daily total: this product's classes are refused";
+    const source = level.total_source === "declared"
+      ? "declared total" : "governance policy's default total";
+    const node = el("span", "guarantee", level.statement);
+    node.append(el("small", "muted", ` — ${source}, the ledger's cap over all classes together`));
+    return node;
+  }
+
+  function boundsText(bounds) {
+    if (!bounds) return null;
+    const period = bounds.privacy_period === "day" ? "UTC day" : bounds.privacy_period;
+    const clamps = Object.entries(bounds.clamp)
+      .map(([name, [lo, hi]]) => `${name} clamped to [${lo}, ${hi}]`);
+    return [`at most ${bounds.max_records_per_period} records per subject per ${period}`,
+      `in at most ${bounds.max_windows_per_period} windows`, ...clamps].join("; ");
+  }
+
   function facts(pairs) {
     const dl = el("dl", "facts");
     for (const [term, value] of pairs) {
@@ -179,13 +201,18 @@
       ["Owner", product.owner.replace("owner:", "")],
       ["Purpose", product.purpose],
       ["Retention", `${product.retention_days} days`],
-      ["Privacy unit", product.privacy_unit.split(".").pop()],
+      ["Privacy unit", product.user_level
+        ? product.user_level.privacy_unit : product.privacy_unit.split(".").pop()],
+      ["User-level privacy", guaranteeText(product.user_level)],
+      ["Contribution bounds", boundsText(product.contribution)],
       ["Topics", product.topics.map((t) => t.replace("topic:", "")).join(", ")],
       ["Feature views", product.feature_views.map((v) => v.replace("feature_view:", "")).join(", ")],
       ["Models", product.models.map((m) => m.replace("model:", "")).join(", ") || "none"],
       ["Budget today", product.budget
-        ? `${product.budget.spent} of ${product.budget.per_day} epsilon` : "no product budget"],
+        ? `${product.budget.spent} of ${product.budget.per_day} ε spent, `
+          + `${product.budget.remaining} ε left` : "no product budget"],
     ]));
+    const allocation = new Map((product.user_level?.allocation || []).map((a) => [a.query_class, a]));
     detail.append(el("h3", "", "Fields"));
     detail.append(fieldTable(fields.entities.filter((f) => f.product === id), false));
     const own = classes.entities.filter((c) => c.product === id);
@@ -196,15 +223,20 @@
       const table = el("table");
       table.id = "classes";
       const head = el("tr");
-      for (const c of ["Class", "Aggregate", "ε / release", "Spent today", "Budget"]) {
+      for (const c of ["Class", "Aggregate", "Privacy unit", "ε / release", "Allocation (ε / day)",
+        "Spent today", "Budget"]) {
         head.append(el("th", "", c));
       }
       table.append(head);
       for (const c of own) {
         const row = el("tr");
         row.dataset.class = c.id;
+        const share = allocation.get(c.id);
+        const allocated = el("td", "allocation", c.budget.per_day);
+        if (share) allocated.append(el("small", "muted", ` (${(share.share * 100).toFixed(0)}%)`));
         row.append(el("td", "", c.name), el("td", "", c.aggregate),
-          el("td", "", c.epsilon_per_release),
+          el("td", "", UNIT_LABEL[c.privacy_unit] || c.privacy_unit),
+          el("td", "", c.epsilon_per_release), allocated,
           el("td", "", `${c.budget.spent} / ${c.budget.per_day}`));
         const bar = el("td");
         bar.append(budgetBar(c.budget));

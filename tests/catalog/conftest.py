@@ -19,7 +19,29 @@ from federation.registry import ModelRegistry
 from federation.tasks import load_tasks
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-SPENT = {"shop.orders.distinct_customers": "85", "shop.orders.order_count": "3"}
+# Today's spend: the distinct-customer class above 80% of its daily allocation, the order
+# count below it (each within its class budget and the product's total).
+SPENT = {"shop.orders.distinct_customers": "0.45", "shop.orders.order_count": "0.1"}
+
+
+def day_rows(until: int, window: int = 10) -> dict[int, dict[str, int]]:
+    """Every shop window of the UTC day up to ``until`` (a window start), as the processor
+    writes them (the contract's per-day bounds applied): what a daily class reads."""
+    bounds = load_contracts()["shop"].product("orders").contribution  # type: ignore[union-attr]
+    return {
+        w: {
+            "distinct_subjects": 40,
+            "events": 60,
+            "amount_cents_sum": 60 * 4_000,
+            "contribution_bound": bounds.max_records_per_period,
+            "new_subjects_period": 4,
+            "new_subjects_hour": 10,
+            "truncated_events": 0,
+            "max_records_per_period": bounds.max_records_per_period,
+            "max_windows_per_period": bounds.max_windows_per_period,
+        }
+        for w in range(until - until % 86_400, until + window, window)
+    }
 
 
 def model_lineage() -> dict[str, object]:

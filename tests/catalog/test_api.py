@@ -14,6 +14,7 @@ from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings, KeyGrant
 from domains.registry import load_contracts
 from infra.api_app import with_catalog
+from tests.catalog.conftest import day_rows
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0
@@ -29,11 +30,10 @@ GOV = {"Authorization": "Bearer gov"}
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
     """The dashboards app with the catalog mounted, over a real ledger."""
-    row = {"distinct_subjects": 40, "events": 60, "contribution_bound": 20}
     service = ReleaseService(
         classes=load_query_classes(),
         contracts=load_contracts(),
-        sources={"shop": FakeWindowSource(rows={WINDOW: row})},
+        sources={"shop": FakeWindowSource(rows=day_rows(WINDOW))},
         ledger=SqliteLedger(tmp_path / "ledger.db"),
         window_seconds=10,
         grace_seconds=2,
@@ -76,15 +76,24 @@ def test_search_entity_and_lineage(client: TestClient) -> None:
 
 
 def test_a_release_shows_up_as_spend(client: TestClient) -> None:
-    """A DP release through the API is at once the class's and the product's spend."""
+    """A daily class's first value pays its day: at once the class's and the product's
+    spend in the catalog, whose user-level total is the one the API's answer states."""
     released = client.get("/v1/queries/shop.orders.distinct_customers", headers=GOV)
     assert released.status_code == 200, released.text
+    body = released.json()
+    paid = body["daily_epsilon"]["epsilon"]
     qc = client.get(
         "/v1/catalog/entities/query_class:shop.orders.distinct_customers", headers=GOV
     ).json()
-    assert qc["budget"]["spent"] == released.json()["epsilon_charged"]
+    assert qc["budget"]["spent"] == paid != "0"
+    assert qc["privacy_unit"] == body["privacy_unit"] == "subject_day"
     product = client.get("/v1/catalog/entities/product:shop.orders", headers=GOV).json()
-    assert product["budget"]["spent"] == released.json()["epsilon_charged"]
+    assert product["budget"]["spent"] == paid
+    level = product["user_level"]
+    assert level["epsilon_per_subject_per_day"] == body["user_level"]["product_total"]
+    assert level["statement"] == (
+        f"ε = {body['user_level']['product_total']} per person per UTC day (pure DP)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ references are refused with an error naming the entity."""
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from catalog.errors import LineageCycle, UnknownOwner, UnknownReference
 from catalog.graph import Catalog
 from catalog.model import FieldEntity, ProductEntity, QueryClassEntity, TopicEntity
 from catalog.protection import published_name
+from dashboards_api.policy import GovernancePolicy
 from domains.contract import DataProduct, DomainContract, Protection
 from domains.owners import Owner, OwnersDirectory
 from domains.registry import load_contracts
@@ -116,7 +118,7 @@ def test_budget_use_matches_the_ledger(catalog: Catalog) -> None:
         assert qc.budget.spent == epsilon
     product = catalog.get("product:shop.orders")
     assert isinstance(product, ProductEntity) and product.budget is not None
-    assert product.budget.spent == "88"
+    assert product.budget.spent == str(sum(Decimal(e) for e in SPENT.values()))
     assert [e.id for e in catalog.search(budget_above=0.8)] == [
         "query_class:shop.orders.distinct_customers"
     ]
@@ -231,3 +233,81 @@ def test_a_custom_contract_set_builds(inputs: CatalogInputs) -> None:
     catalog = assemble(CatalogInputs(contracts={"lab": contract}, owners=owners))
     assert [e.id for e in catalog.of_kind("product")] == ["product:lab.samples"]
     assert catalog.summary()["fields_by_tag"] == {"direct_identifier": 1, "non_personal": 1}
+
+
+def test_products_carry_the_user_level_guarantee_allocation_and_bounds(
+    catalog: Catalog, inputs: CatalogInputs
+) -> None:
+    """Each product with a daily total states the user-level loss per subject per UTC day
+    (its total), the privacy unit, each class's allocation and the contract's contribution
+    bounds with each bounded measure's clamp."""
+    contracts = load_contracts()
+    for contract in contracts.values():
+        for spec in contract.products:
+            product = catalog.get(f"product:{contract.domain}.{spec.name}")
+            assert isinstance(product, ProductEntity) and product.budget is not None
+            level = product.user_level
+            assert level is not None
+            assert level.epsilon_per_subject_per_day == product.budget.per_day
+            assert level.statement.startswith(
+                f"ε = {level.epsilon_per_subject_per_day} per person per UTC day (pure DP)"
+            )
+            assert "pseudonymous subject" in level.privacy_unit
+            assert level.privacy_unit.endswith("over the UTC day")
+            assert [a.query_class for a in level.allocation] == product.query_classes
+            bounds = product.contribution
+            assert bounds is not None
+            assert bounds.max_records_per_period == spec.contribution.max_records_per_period
+            assert bounds.max_windows_per_period == spec.contribution.max_windows_per_period
+            for field in spec.fields:
+                if field.numeric and field.bounds is not None:
+                    clamp = spec.clamp_of(field.name)
+                    assert bounds.clamp[field.name] == (clamp.min, clamp.max)
+    shop = catalog.get("product:shop.orders")
+    assert isinstance(shop, ProductEntity) and shop.user_level is not None
+    assert shop.user_level.total_source == "declared"
+    assert "amount_cents" in shop.contribution.clamp  # type: ignore[union-attr]
+    for share in shop.user_level.allocation:
+        qc = catalog.get(share.query_class)
+        assert isinstance(qc, QueryClassEntity)
+        assert share.epsilon_per_day == qc.budget.per_day
+        assert share.privacy_unit == qc.privacy_unit
+        per_day = Decimal(qc.budget.per_day) / Decimal(shop.user_level.epsilon_per_subject_per_day)
+        assert share.share == pytest.approx(float(per_day))
+    narrower = {
+        a.query_class for a in shop.user_level.allocation if a.privacy_unit == "subject_window"
+    }
+    assert set(shop.user_level.narrower_classes) == narrower
+
+
+def test_a_product_without_a_declared_total_shows_the_policy_default(
+    inputs: CatalogInputs,
+) -> None:
+    """A product whose query-class file declares no total gets the governance policy's
+    default (capped by the policy's maximum), as the ledger enforces it; with no default
+    it has no budget and no guarantee; a declared total above the cap reads as the cap."""
+    budgets = {k: v for k, v in inputs.product_budgets.items() if k != "shop.orders"}
+    policy = GovernancePolicy(default_product_budget_per_day=Decimal("1.5"))
+    catalog = assemble(dataclasses.replace(inputs, product_budgets=budgets, policy=policy))
+    shop = catalog.get("product:shop.orders")
+    assert isinstance(shop, ProductEntity) and shop.budget is not None
+    assert shop.budget.per_day == "1.5" and shop.user_level is not None
+    assert shop.user_level.epsilon_per_subject_per_day == "1.5"
+    assert shop.user_level.total_source == "policy_default"
+    assert shop.budget.spent == str(sum(Decimal(e) for e in SPENT.values()))  # the ledger's
+    none = GovernancePolicy(default_product_budget_per_day=None)
+    catalog = assemble(dataclasses.replace(inputs, product_budgets=budgets, policy=none))
+    shop = catalog.get("product:shop.orders")
+    assert isinstance(shop, ProductEntity)
+    assert shop.budget is None and shop.user_level is None
+    declared = inputs.product_budgets["shop.orders"].budget_per_day
+    capped = GovernancePolicy(
+        max_product_budget_per_day=declared / 2,
+        max_class_budget_per_day=declared / 2,
+        max_epsilon_per_release=min(Decimal(1), declared / 2),
+        default_product_budget_per_day=None,
+    )
+    catalog = assemble(dataclasses.replace(inputs, policy=capped))
+    shop = catalog.get("product:shop.orders")
+    assert isinstance(shop, ProductEntity) and shop.user_level is not None
+    assert Decimal(shop.user_level.epsilon_per_subject_per_day) == declared / 2

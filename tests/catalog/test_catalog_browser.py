@@ -95,6 +95,13 @@ def test_products_fields_budget_and_lineage_render(page: Page, tmp_path: Path) -
     WebDriverWait(page.driver, WAIT).until(
         ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "shop.orders")
     )
+    facts = page.driver.find_element(By.CSS_SELECTOR, "#detail .facts").text
+    total = load_product_budgets()["shop.orders"].budget_per_day
+    assert f"ε = {total} per person per UTC day (pure DP)" in facts
+    assert "pseudonymous subject (customer_email) over the UTC day" in facts
+    bounds = load_contracts()["shop"].product("orders").contribution  # type: ignore[union-attr]
+    assert f"at most {bounds.max_records_per_period} records per subject per UTC day" in facts
+    assert "amount_cents clamped to [" in facts
     rows = page.wait("#fields tr[data-field]", 9)
     assert len(rows) == 9
     email = page.driver.find_element(
@@ -112,8 +119,11 @@ def test_products_fields_budget_and_lineage_render(page: Page, tmp_path: Path) -
     busy = page.driver.find_element(
         By.CSS_SELECTOR, 'tr[data-class="query_class:shop.orders.distinct_customers"]'
     )
-    assert f"{SPENT['shop.orders.distinct_customers']} / 100" in busy.text
+    budget = load_query_classes()["shop.orders.distinct_customers"].budget_per_day
+    assert f"{SPENT['shop.orders.distinct_customers']} / {budget}" in busy.text
     assert "warn" in busy.find_element(By.CSS_SELECTOR, ".bar").get_attribute("class")
+    share = busy.find_element(By.CSS_SELECTOR, ".allocation").text
+    assert share == f"{budget} ({float(budget / total) * 100:.0f}%)"
     amount = page.driver.find_element(
         By.CSS_SELECTOR, 'tr[data-field="field:shop.orders.amount_cents"] td.linkish button'
     )
