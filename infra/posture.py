@@ -5,7 +5,9 @@ Assembled on request from the sources of record, never from a copy:
 * stream workers' health pages (events in/out, dead letters, consent drops, consent
   index) at the URLs ``privmesh up`` records in ``run/stack.json`` or the configured ones;
 * the key ring (pseudonymisation key versions in use per domain);
-* the API's ledger (budget spent and left per query class and per data product);
+* the API's ledger (budget spent and left per query class and per data product), with
+  each product's user-level guarantee (the privacy loss per pseudonymous subject per UTC
+  day: the product's daily total) and its allocation per class;
 * the erasure, data-subject-request and retention logs under the data directory;
 * the model registry (federation rounds, participation, dropouts, lost rounds, DP and
   secure aggregation, the latest membership-inference audit of each version);
@@ -36,6 +38,7 @@ import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.releases import ReleaseService
 from domains.contract import DomainContract
 from federation.registry import ModelRegistry
@@ -171,33 +174,55 @@ def retention(data_dir: Path) -> dict[str, Any]:
 
 
 def budgets(service: ReleaseService) -> dict[str, Any]:
-    """Spent and left per query class and per data product, this period (from the ledger)."""
+    """Spent and left per query class and per data product today (from the ledger), with
+    each product's user-level guarantee: its daily total is the privacy loss per
+    pseudonymous subject per UTC day over all its classes together (sequential
+    composition, pure DP), and each class's allocation is what it may spend of it."""
     classes = []
-    products: set[tuple[str, str]] = set()
+    products: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for qc in service.classes.values():
         state = service.budget(qc)
-        classes.append(
+        row = {
+            "class_id": qc.id,
+            "product": f"{qc.domain}.{qc.product}",
+            "privacy_unit": qc.privacy_unit,
+            "allocation": state["epsilon_budget"],
+            "spent": float(state["epsilon_spent"]),
+            "remaining": float(state["epsilon_remaining"]),
+            "budget": float(state["epsilon_budget"]),
+        }
+        classes.append(row)
+        products.setdefault((qc.domain, qc.product), []).append(row)
+    totals = []
+    for (domain, product), rows in sorted(products.items()):
+        total = service.product_budget(domain, product)
+        if total is None:
+            continue
+        epsilon = str(total["epsilon_budget"])
+        narrower = [r["class_id"] for r in rows if r["privacy_unit"] == "subject_window"]
+        totals.append(
             {
-                "class_id": qc.id,
-                "product": f"{qc.domain}.{qc.product}",
-                "spent": float(state["epsilon_spent"]),
-                "remaining": float(state["epsilon_remaining"]),
-                "budget": float(state["epsilon_spent"]) + float(state["epsilon_remaining"]),
+                "product": total["product"],
+                "spent": float(total["epsilon_spent"]),
+                "remaining": float(total["epsilon_remaining"]),
+                "budget": float(total["epsilon_budget"]),
+                "privacy_unit": "pseudonymous subject over the UTC day",
+                "epsilon_per_subject_per_day": epsilon,
+                "statement": f"ε = {epsilon} per person per UTC day (pure DP)",
+                "narrower_classes": narrower,
+                "allocation": [
+                    {
+                        "class_id": r["class_id"],
+                        "epsilon_per_day": r["allocation"],
+                        "share": r["budget"] / float(total["epsilon_budget"])
+                        if float(total["epsilon_budget"])
+                        else 0.0,
+                    }
+                    for r in rows
+                ],
+                "allocated": from_micro(sum(to_micro(r["allocation"]) for r in rows)),
             }
         )
-        products.add((qc.domain, qc.product))
-    totals = []
-    for domain, product in sorted(products):
-        total = service.product_budget(domain, product)
-        if total is not None:
-            totals.append(
-                {
-                    "product": total["product"],
-                    "spent": float(total["epsilon_spent"]),
-                    "remaining": float(total["epsilon_remaining"]),
-                    "budget": float(total["epsilon_budget"]),
-                }
-            )
     return {"period": service.period(), "classes": classes, "products": totals}
 
 
@@ -308,6 +333,35 @@ def component_findings(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return found
 
 
+def budget_findings(budgets: dict[str, Any], settings: PostureSettings) -> list[dict[str, str]]:
+    """A class or product near its daily budget (warning), and a product whose daily total
+    does not bound some class's loss per person (a subject-within-a-window class)."""
+    found = []
+    for product in budgets["products"]:
+        if product["narrower_classes"]:
+            found.append(
+                {
+                    "severity": "warning",
+                    "code": "privacy_unit_narrower_than_day",
+                    "subject": product["product"],
+                    "message": f"{len(product['narrower_classes'])} class(es) protect a subject "
+                    "within one window only: the daily total does not bound their loss per person",
+                }
+            )
+    for item in budgets["classes"] + budgets["products"]:
+        if item["budget"] > 0 and item["spent"] >= settings.budget_alert_share * item["budget"]:
+            found.append(
+                {
+                    "severity": "warning",
+                    "code": "budget_nearly_spent",
+                    "subject": item.get("class_id", item["product"]),
+                    "message": f"{item['spent'] / item['budget']:.0%} of this period's epsilon "
+                    "spent",
+                }
+            )
+    return found
+
+
 def findings(view: dict[str, Any], settings: PostureSettings) -> list[dict[str, str]]:
     """What needs a look, most severe first: ``severity``, ``code``, ``subject``, ``message``."""
     found: list[dict[str, str]] = []
@@ -326,16 +380,7 @@ def findings(view: dict[str, Any], settings: PostureSettings) -> list[dict[str, 
             )
         elif not health["consent_ready"]:
             add("warning", "consent_not_ready", domain, "the consent index has not caught up yet")
-    for item in view["budgets"]["classes"] + view["budgets"]["products"]:
-        if item["budget"] > 0 and item["spent"] >= settings.budget_alert_share * item["budget"]:
-            name = item.get("class_id", item["product"])
-            share = item["spent"] / item["budget"]
-            add(
-                "warning",
-                "budget_nearly_spent",
-                name,
-                f"{share:.0%} of this period's epsilon spent",
-            )
+    found.extend(budget_findings(view["budgets"], settings))
     for model in view["models"]:
         advantage = model["mia_advantage"]
         if advantage is None:
@@ -484,7 +529,14 @@ class OperationsCollector(Collector):
             "Epsilon left this period of a data product's total budget",
             labels=["product"],
         )
+        per_subject = GaugeMetricFamily(
+            "privmesh_budget_product_epsilon_per_subject_per_day",
+            "User-level privacy loss per pseudonymous subject per UTC day a data product's "
+            "releases may reach (its daily total, pure DP)",
+            labels=["product"],
+        )
         for item in budgets(self._sources.service)["products"]:
             spent.add_metric([item["product"]], item["spent"])
             remaining.add_metric([item["product"]], item["remaining"])
-        yield from (spent, remaining)
+            per_subject.add_metric([item["product"]], item["budget"])
+        yield from (spent, remaining, per_subject)

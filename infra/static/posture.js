@@ -74,6 +74,48 @@
     draw(body);
   }
 
+  // Per product: the user-level guarantee (its daily total, per person per UTC day), what is
+  // spent and left of it today, then each class's allocation and its own spend.
+  function budgetView(budgets) {
+    const box = el("div");
+    const byProduct = new Map();
+    for (const c of budgets.classes) {
+      if (!byProduct.has(c.product)) byProduct.set(c.product, []);
+      byProduct.get(c.product).push(c);
+    }
+    for (const prod of budgets.products) {
+      const section = el("div", "product-budget");
+      section.dataset.product = prod.product;
+      const head = el("p", "guarantee");
+      head.append(el("strong", "", prod.product), document.createTextNode(": "),
+        el("span", "statement", prod.statement));
+      head.append(el("span", "muted", ` — privacy unit: ${prod.privacy_unit}`));
+      section.append(head);
+      const today = el("p", "today");
+      today.append(el("span", "left", `${num(prod.remaining)} ε left today`),
+        el("span", "muted", ` (${num(prod.spent)} of ${num(prod.budget)} spent; `
+          + `allocations sum to ${prod.allocated})`), bar(prod.spent, prod.budget));
+      section.append(today);
+      if (prod.narrower_classes.length) {
+        section.append(el("p", "bad", `Not covered by the daily guarantee (subject within one `
+          + `window): ${prod.narrower_classes.join(", ")}`));
+      }
+      const share = new Map(prod.allocation.map((a) => [a.class_id, a.share]));
+      section.append(table(["class", "allocation ε / day", "share", "spent", "left", "use"],
+        (byProduct.get(prod.product) || []).map((c) => [c.class_id, c.allocation,
+          `${Math.round((share.get(c.class_id) || 0) * 100)}%`, num(c.spent), num(c.remaining),
+          bar(c.spent, c.budget)]), [1, 2, 3, 4]));
+      box.append(section);
+      byProduct.delete(prod.product);
+    }
+    for (const [product, rows] of byProduct) {  // products without a daily total
+      box.append(el("p", "bad", `${product}: no daily total, its classes are refused`));
+      box.append(table(["class", "allocation ε / day", "spent", "left", "use"], rows.map((c) =>
+        [c.class_id, c.allocation, num(c.spent), num(c.remaining), bar(c.spent, c.budget)]), [1, 2, 3]));
+    }
+    return box;
+  }
+
   function draw(p) {
     const streams = Object.entries(p.streams);
     const stats = [
@@ -112,10 +154,8 @@
         subjects[c.purpose]?.granted, subjects[c.purpose]?.withdrawn]), [3, 4]));
     fill("keys", table(["domain", "active version", "versions"], Object.entries(p.keys).map(
       ([d, k]) => [d, `k${k.active}`, k.versions.map((v) => `k${v.version} from ${v.effective_from.slice(0, 19)}`).join(", ")])));
-    $("period").textContent = p.budgets.period;
-    fill("budgets", table(["class or product", "spent", "left", "use"],
-      [...p.budgets.products.map((b) => [`${b.product} (product total)`, num(b.spent), num(b.remaining), bar(b.spent, b.budget)]),
-        ...p.budgets.classes.map((b) => [b.class_id, num(b.spent), num(b.remaining), bar(b.spent, b.budget)])], [1, 2]));
+    $("period").textContent = `UTC day ${p.budgets.period}`;
+    fill("budgets", budgetView(p.budgets));
     const ops = el("div");
     ops.append(table(["domain", "erasure requests", "withdrawals", "online rows", "offline rows"],
       Object.entries(p.erasures).map(([d, e]) => [d, e.requests, e.withdrawals, e.online_rows, e.offline_rows]), [1, 2, 3, 4]));

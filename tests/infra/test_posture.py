@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from feature_repo.settings import FeatureStoreSettings
 from federation.registry import ModelRegistry
 from infra.api_app import with_catalog
 from infra.logs import JsonFormatter, mask_identifiers
-from infra.posture import PostureSources, assemble_posture
+from infra.posture import PostureSources, assemble_posture, findings
 from infra.posture_api import mount
 from infra.settings import PostureSettings
 from streams.erasure import ErasureRecord, append_record
@@ -33,7 +34,7 @@ from streams.metrics import metrics_registry, render
 from streams.records import append_record as append_jsonl
 from streams.settings import KafkaSettings, StreamSettings
 from streams.worker import build_domain_processor
-from tests.catalog.conftest import model_lineage
+from tests.catalog.conftest import day_rows, model_lineage
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0
@@ -105,11 +106,10 @@ def sources(tmp_path: Path) -> PostureSources:
         audited, "membership_inference", {"pooled": {"advantage": 0.31, "attack_auc": 0.7}}
     )
     registry.register("flight_delay", [np.zeros(3, np.float32)], model_lineage(), "done")
-    row = {"distinct_subjects": 40, "events": 60, "contribution_bound": 20}
     service = ReleaseService(
         classes=load_query_classes(),
         contracts=load_contracts(),
-        sources={"shop": FakeWindowSource(rows={WINDOW: row})},
+        sources={"shop": FakeWindowSource(rows=day_rows(WINDOW))},
         ledger=SqliteLedger(tmp_path / "ledger.db"),
         window_seconds=10,
         grace_seconds=2,
@@ -161,6 +161,55 @@ def test_posture_reads_every_source_and_lists_findings(sources: PostureSources) 
     ]
     assert ("warning", "model_not_audited") in codes
     assert ("warning", "retention_never_ran") not in codes
+
+
+def test_posture_states_each_products_user_level_loss_allocation_and_what_is_left(
+    sources: PostureSources,
+) -> None:
+    """Per product: the loss per subject per UTC day is its daily total (the declared one,
+    else the policy's default), each class's allocation is its daily budget, and what is
+    left today is the total less the ledger's spend; a near-spent total is a finding."""
+    import asyncio
+
+    service = sources.service
+    declared = load_product_budgets()
+    view = asyncio.run(assemble_posture(sources))
+    products = {p["product"]: p for p in view["budgets"]["products"]}
+    assert set(products) == {f"{qc.domain}.{qc.product}" for qc in service.classes.values()}
+    default = service.policy.current.default_product_budget_per_day
+    for key, prod in products.items():
+        total = declared[key].budget_per_day if key in declared else default
+        assert Decimal(prod["epsilon_per_subject_per_day"]) == total
+        assert (
+            prod["statement"]
+            == f"ε = {prod['epsilon_per_subject_per_day']} per person per UTC day (pure DP)"
+        )
+        assert prod["privacy_unit"] == "pseudonymous subject over the UTC day"
+        own = [qc for qc in service.classes.values() if f"{qc.domain}.{qc.product}" == key]
+        assert {a["class_id"]: Decimal(a["epsilon_per_day"]) for a in prod["allocation"]} == {
+            qc.id: min(qc.budget_per_day, service.policy.current.max_class_budget_per_day)
+            for qc in own
+        }
+        assert prod["remaining"] == prod["budget"] and prod["spent"] == 0
+    # A daily class's first value pays its day: the product's "left today" drops by it, and
+    # the API's answer states the same product total.
+    qc = service.classes["shop.orders.distinct_customers"]
+    body = service.release(qc.id)
+    view = asyncio.run(assemble_posture(sources))
+    shop = next(p for p in view["budgets"]["products"] if p["product"] == "shop.orders")
+    assert Decimal(str(shop["spent"])) == qc.epsilon_per_release > 0
+    assert body["user_level"]["product_total"] == shop["epsilon_per_subject_per_day"]
+    assert shop["remaining"] == pytest.approx(shop["budget"] - shop["spent"])
+    row = next(c for c in view["budgets"]["classes"] if c["class_id"] == qc.id)
+    assert row["spent"] == shop["spent"] and row["product"] == "shop.orders"
+    # Alerts keep working: a settings share below the spent fraction raises the finding.
+    low = sources.settings.model_copy(
+        update={"budget_alert_share": shop["spent"] / shop["budget"] / 2}
+    )
+    alerted = findings(view, low)
+    assert any(
+        f["code"] == "budget_nearly_spent" and f["subject"] == "shop.orders" for f in alerted
+    )
 
 
 def test_posture_api_is_governance_only_and_the_page_is_served(client: TestClient) -> None:

@@ -13,6 +13,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dashboards_api.main import create_app
+from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from infra.api_app import with_catalog
 from infra.posture import PostureSources
 from infra.posture_api import mount
@@ -68,6 +69,25 @@ def test_posture_page_shows_findings_and_every_section(driver: tuple[WebDriver, 
     assert next(r for r in cells(chrome, "keys") if r[0] == "shop")[:2] == ["shop", "k1"]
     bars = chrome.find_elements(By.CSS_SELECTOR, "#budgets .bar")
     assert len(bars) >= len(cells(chrome, "budgets")) > 0
+    # Per product: the user-level loss per person per UTC day, what is left, the allocation.
+    shop = chrome.find_element(
+        By.CSS_SELECTOR, '#budgets .product-budget[data-product="shop.orders"]'
+    )
+    total = load_product_budgets()["shop.orders"].budget_per_day
+    assert shop.find_element(By.CSS_SELECTOR, ".statement").text == (
+        f"ε = {total} per person per UTC day (pure DP)"
+    )
+    assert shop.find_element(By.CSS_SELECTOR, ".left").text == f"{float(total):.3f} ε left today"
+    allocated = {
+        row[0]: row[1]
+        for row in (
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in shop.find_elements(By.CSS_SELECTOR, "tbody tr")
+        )
+    }
+    assert allocated["shop.orders.order_count"] == str(
+        load_query_classes()["shop.orders.order_count"].budget_per_day
+    )
     models = cells(chrome, "models")
     assert models[1][0] == "flight_delay-v1" and models[1][-1] == "0.310 (loss_threshold)"
     assert "1 erase" in chrome.find_element(By.ID, "ops").text
