@@ -17,6 +17,7 @@ from domains.errors import ContractError
 from domains.runtime import RuntimeSettings
 from domains.yaml_files import validation_problems
 from infra.commands import catalog as catalog_commands
+from infra.commands import classes as classes_commands
 from infra.commands import consent as consent_commands
 from infra.commands import data as data_commands
 from infra.commands import domains as domains_commands
@@ -49,6 +50,7 @@ app.command()(federation_commands.superlink)
 app.command()(federation_commands.supernode)
 app.add_typer(federation_commands.models_app, name="models")
 app.add_typer(catalog_commands.app, name="catalog")
+app.add_typer(classes_commands.app, name="classes")
 app.add_typer(dsr_commands.app, name="dsr")
 app.add_typer(retention_commands.app, name="retention")
 app.add_typer(consent_commands.app, name="consent")
