@@ -8,27 +8,51 @@ key or not. Pure: no FastAPI, no ledger; the release service commits the spend f
 
 Two steps, so the exact part is a polars plan and the private part is OpenDP alone:
 
-* ``exact_plan`` filters the window, keeps only the public categories of the group key,
-  bounds every subject's contribution (its first ``max_records_per_subject`` records by
-  event time, in the window, across all groups; measures clamped to ``bounds``) and
-  aggregates per category, every category present (missing ones as 0);
+* ``exact_plan`` filters the window, keeps only the public categories of the group key
+  (and, for a measure, the records that have one), clamps measures to ``bounds`` and
+  bounds every subject's contribution (below); ``preaggregate_plan`` computes the same
+  answer from the processor's pre-aggregates (``streams.preaggregate``: per subject id,
+  minute and public key, the record count and clamped sums), and ``plan_from_store``
+  picks it whenever they can answer (not quantiles, which need the values);
 * ``release`` adds OpenDP noise with measurements built once per query (explicit scales
   from epsilon and the L1 sensitivity, each checked with OpenDP's own privacy map).
 
-Sensitivities (adding or removing one subject; ``k`` = ``max_records_per_subject``,
-``C`` = number of categories, ``r`` = ``max(|lo|, |hi|)``):
+The contribution bound (``k`` = ``max_records_per_subject``): over the window, a subject
+with N <= k records keeps them all; one with N > k keeps k, shared out over its
+categories in proportion to its records there (cell with n records: ``floor(k n / N)``,
+the slots left to the largest remainders ``k n mod N``, ties to the earlier category).
+A cell keeping c of its n records contributes c to counts and ``floor(s c / n)`` to sums
+(``s`` its clamped sum: its mean clamped value, c times, rounded down); a quantile ranks
+the cell's first c values by event time. The rule is a function of each subject's own
+records only, and of its per-(subject, category) totals only: so pre-aggregates over any
+split of the window into minutes and files give the same answer exactly. (It replaced
+"the subject's first k records by event time", which per-minute aggregates cannot
+reproduce when a subject's minute spans the k-th record; it is as sound, see below, and
+it keeps a heavy subject's mix of categories instead of its earliest records.)
 
-* ``count_records`` / ``histogram``: ``k`` (the subject's k records, whatever the groups);
-* ``count_distinct_subjects``: ``min(k, C)`` grouped (its k records touch at most that many
-  groups, each count moves by 1), 1 ungrouped;
-* ``bounded_sum``: ``k * r``;
+Sensitivities (adding or removing one subject; ``C`` = number of categories,
+``r`` = ``max(|lo|, |hi|)``); a subject keeps c_g records in category g, sum c_g <= k:
+
+* ``count_records`` / ``histogram``: ``k`` (the vector moves by sum c_g);
+* ``count_distinct_subjects``: ``min(k, C)`` grouped (it counts in the categories with
+  c_g > 0), 1 ungrouped;
+* ``bounded_sum``: ``k * r`` (cell g moves by ``floor(s c_g / n)``, within
+  ``[c_g lo, c_g hi]`` since ``s`` is within ``[n lo, n hi]``);
 * ``mean``: ``k * max(hi - mid, mid - lo)`` for the sum of ``x - mid`` (``mid`` the integer
-  midpoint of the bounds, which halves the noise for bounds such as ``[0, hi]``) and ``k``
-  for the count, each with half of epsilon;
+  midpoint of the bounds, which halves the noise for bounds such as ``[0, hi]``:
+  ``floor(s c / n) - mid c = floor((s - mid n) c / n)`` is within
+  ``[c (lo - mid), c (hi - mid)]``) and ``k`` for the count, each with half of epsilon;
 * ``quantile``: OpenDP's quantile score changes by at most ``k * max(alpha, 1 - alpha)`` per
   candidate. Grouped, the groups hold disjoint records: by group privacy a group where d
   of the subject's records change costs at most ``d * map(1)``, so all groups together
   cost at most ``k * map(1)``, checked ``<= epsilon`` with OpenDP's map of one record.
+
+Pre-aggregates group subjects by a 64-bit hash of their token. Two subjects of a window
+whose ids collide (probability below ``n**2 / 2**65`` for n subjects: 3e-8 at a million)
+are bounded as one: together they keep at most k records, never more than apart, so no
+release exceeds the bounds above for the whole pair; but adding one of them then moves
+the pair's kept records from the other's to a mix (up to 2k for a histogram), so such a
+release is ``2 * epsilon``-DP for those two subjects and ``epsilon``-DP for everyone else.
 
 The event files' time column is the contract's ``event_time`` field, a UTC timestamp
 (``feature_repo.events.EVENT_TIME_TYPE``); windows are timezone-aware datetimes.
@@ -47,7 +71,6 @@ from typing import Any, Literal, get_args
 
 import opendp.prelude as dp
 import polars as pl
-from polars.lazyframe.group_by import LazyGroupBy
 
 from dashboards_api.errors import NoDataYet
 from dashboards_api.mechanisms import (
@@ -58,6 +81,17 @@ from dashboards_api.mechanisms import (
 )
 from domains.contract import DataProduct
 from feature_repo.offline import part_files
+from streams.preaggregate import (
+    FIRST,
+    RECORDS,
+    SUBJECT_ID,
+    Window,
+    bounded,
+    count_column,
+    scan_window,
+    sum_column,
+    total_column,
+)
 
 dp.enable_features("contrib")
 
@@ -85,8 +119,9 @@ class EventQuery:
     """One event-level aggregate, with its user-level contribution bound and its budget.
 
     ``max_records_per_subject`` (k) is the privacy-relevant bound: in one window, a
-    subject's records after its first k (by event time, across all groups) are dropped,
-    so one person moves a released number by a bounded amount. ``epsilon`` is the
+    subject keeps at most k records in total over the groups (shared over its groups in
+    proportion, module docstring), so one person moves a released number by a bounded
+    amount. ``epsilon`` is the
     privacy loss of one release (pure DP, per subject and window). ``categories`` are the
     group key's public values (the contract's ``allowed_values``): all of them are
     released, nothing else. ``bounds`` are integer measure bounds; values are clamped to
@@ -223,93 +258,248 @@ def scan_events(folder: Path, schema: pl.Schema | None = None) -> pl.LazyFrame:
 
 
 # ---------------------------------------------------------------------------- exact part
+SUBJECT, N, S, KEPT, KEPT_SUM = "_subject", "_n", "_s", "_kept", "_kept_sum"
+TOTAL = "_total"
+
+
 def exact_plan(events: pl.LazyFrame, q: EventQuery, start: datetime, end: datetime) -> pl.LazyFrame:
     """The contribution-bounded exact aggregate of ``q`` over events in ``[start, end)``.
 
     Steps: window filter; records outside the public categories (or without a measure)
-    dropped; each subject's first k records kept (``max_records_per_subject``, by event
-    time, ties in storage order; across all groups); measures clamped to ``bounds``; the
-    aggregate per category. Columns: the group key (grouped queries, every category in
+    dropped; measures clamped to ``bounds``; per subject and category its records and
+    clamped sum; each subject's records bounded to k (``_allocate``); the aggregate per
+    category. Columns: the group key (grouped queries, every category in
     ``q.categories`` order) and ``value`` (counts, sums), ``sum`` and ``count`` (mean) or
     ``values`` (quantile: the bounded measures, a list per group). Collect it with the
-    default engine; ``release`` adds the noise.
+    default engine; ``release`` adds the noise. ``preaggregate_plan`` computes the same
+    from the processor's pre-aggregates.
     """
+    _check_window(start, end)
+    t, g, m = q.time, q.group_by, q.measure
+    columns = [q.subject, t, *([g] if g is not None else []), *([m] if m is not None else [])]
+    rows = events.select(columns).filter((pl.col(t) >= start) & (pl.col(t) < end))
+    rows = rows.rename({q.subject: SUBJECT})
+    if g is not None:
+        rows = rows.filter(pl.col(g).is_in(q.categories))
+    if m is not None:
+        rows = rows.with_columns(_bounded(events, q)).filter(pl.col(m).is_not_null())
+    cells = rows.group_by(SUBJECT, *([g] if g is not None else [])).agg(
+        pl.len().cast(pl.Int64).alias(N),
+        *([pl.col(m).sum().cast(pl.Int64).alias(S)] if m is not None else []),
+    )
+    kept = _allocate(cells, q)
+    if q.aggregate == "quantile":
+        return _quantile_records(rows, kept, q)
+    return _finish(kept, q)
+
+
+def preaggregate_plan(windows: Sequence[Window], q: EventQuery) -> pl.LazyFrame | None:
+    """``exact_plan``'s answer from the processor's pre-aggregate rows of the window
+    (``streams.preaggregate.scan_window``), or None when they cannot give it: a
+    quantile (it needs the values), a key or measure the pre-aggregates do not hold
+    with the query's categories and bounds."""
+    if q.aggregate == "quantile" or not windows:
+        return None
+    g, m = q.group_by, q.measure
+    for window in windows:
+        layout = window.layout
+        if g is not None and not set(q.categories) <= set(layout.allowed(g) or ()):
+            return None
+        if m is not None and layout.bounds(m) != q.bounds:
+            return None
+    if len(windows) == 1 and windows[0].parts is None:
+        fast = _whole_day_plan(windows[0], q)
+        if fast is not None:
+            return fast
+    n = pl.col(count_column(m) if m is not None else RECORDS)
+    frames = [
+        w.rows.select(
+            pl.col(SUBJECT_ID).alias(SUBJECT),
+            *([pl.col(g)] if g is not None else []),
+            n.alias(N),
+            *([pl.col(sum_column(m)).alias(S)] if m is not None else []),
+        )
+        for w in windows
+    ]
+    rows = pl.concat(frames) if len(frames) > 1 else frames[0]
+    if g is not None:
+        rows = rows.filter(pl.col(g).is_in(q.categories))
+    rows = rows.filter(pl.col(N) > 0)
+    keys = [SUBJECT, *([g] if g is not None else [])]
+    cells = rows.group_by(keys).agg(pl.col(N).sum(), *([pl.col(S).sum()] if m else []))
+    return _finish(_allocate(cells, q), q)
+
+
+def _whole_day_plan(window: Window, q: EventQuery) -> pl.LazyFrame | None:
+    """A whole UTC day from its day file alone, with the subjects' day totals stored on
+    every row: a subject with at most k records needs no group-by, so only the few
+    others are grouped (``_shares``). None unless the file's rows are the query's cells
+    (ungrouped; or grouped by the layout's only key over all its public values)."""
+    layout, day = window.layout, window.day
+    assert day is not None
+    g, m, k = q.group_by, q.measure, q.max_records_per_subject
+    keys = [name for name, _ in layout.keys]
+    if g is not None and (keys != [g] or set(q.categories) != set(layout.allowed(g) or ())):
+        return None
+    n_column = count_column(m) if m is not None else RECORDS
+    if g is None:  # the subject's first row carries its day totals: one cell
+        cells = day.filter(pl.col(FIRST)).select(
+            pl.col(SUBJECT_ID).alias(SUBJECT),
+            pl.col(total_column(n_column, None)).alias(N),
+            *([pl.col(total_column(sum_column(m), None)).alias(S)] if m is not None else []),
+        )
+        return _finish(_allocate(cells.filter(pl.col(N) > 0), q), q)
+    cells = day.select(
+        pl.col(SUBJECT_ID).alias(SUBJECT),
+        pl.col(g),
+        pl.col(n_column).alias(N),
+        *([pl.col(sum_column(m)).alias(S)] if m is not None else []),
+        pl.col(total_column(n_column, g)).alias(TOTAL),
+    ).filter(pl.col(g).is_not_null(), pl.col(N) > 0)
+    light = cells.filter(pl.col(TOTAL) <= k).with_columns(pl.col(N).alias(KEPT))
+    heavy = _shares(cells.filter(pl.col(TOTAL) > k), q, g)
+    kept = pl.concat([light, heavy], how="vertical_relaxed").drop(TOTAL)
+    return _finish(_with_kept_sums(kept, q), q)
+
+
+def plan_from_store(
+    events_folder: Path, q: EventQuery, start: datetime, end: datetime
+) -> pl.LazyFrame:
+    """The exact answer of ``q`` over ``[start, end)`` from a product's offline store:
+    the pre-aggregates when they can give it (``preaggregate_plan``), else the events."""
+    _check_window(start, end)
+    windows = scan_window(events_folder, int(start.timestamp()), int(end.timestamp()))
+    if windows is not None:
+        planned = preaggregate_plan(windows, q)
+        if planned is not None:
+            return planned
+    return exact_plan(scan_events(events_folder), q, start, end)
+
+
+def _check_window(start: datetime, end: datetime) -> None:
     if start.tzinfo is None or end.tzinfo is None:
         raise InvalidEventQuery("start and end must be timezone-aware datetimes (UTC)")
     if end <= start:
         raise InvalidEventQuery(f"the window [{start}, {end}) is empty")
-    t, g, m = q.time, q.group_by, q.measure
-    columns = [q.subject, t, *([g] if g is not None else []), *([m] if m is not None else [])]
-    rows = events.select(columns).filter((pl.col(t) >= start) & (pl.col(t) < end))
-    if g is not None:
-        rows = rows.filter(pl.col(g).is_in(q.categories))
-    if m is not None:
-        rows = rows.filter(pl.col(m).is_not_null()).with_columns(_bounded(events, q))
+
+
+def _allocate(cells: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """Each subject's records bounded to k: per (subject, category) cell of ``n``
+    records (clamped sum ``s``), ``_kept`` records and ``_kept_sum``.
+
+    A subject with at most k records keeps them all. One with N > k keeps k, shared
+    out over its categories in proportion to its records there (largest remainder:
+    each cell ``floor(k n / N)``, the slots left to the largest ``k n mod N``, ties to
+    the earlier category); a cell keeping c of its n records keeps ``floor(s c / n)``
+    of its sum: its mean clamped value c times, rounded down. Per subject that is at
+    most k records, a sum within ``[c lo, c hi]`` per cell, so the sensitivities of the
+    module docstring hold; and it needs only per-(subject, category) totals, so the
+    pre-aggregates give exactly the same answer.
+    """
+    k, g = q.max_records_per_subject, q.group_by
+    if g is None:  # one cell per subject
+        cells = cells.with_columns(pl.min_horizontal(pl.col(N), pl.lit(k, pl.Int64)).alias(KEPT))
+    else:
+        # Most subjects have at most k records and keep them; only the others need the
+        # shares, computed on their few rows (a rank over every subject costs more than
+        # the rest of the plan).
+        totals = cells.group_by(SUBJECT).agg(pl.col(N).sum().alias(TOTAL))
+        heavy_ids = totals.filter(pl.col(TOTAL) > k)
+        light = cells.join(heavy_ids, on=SUBJECT, how="anti", nulls_equal=True)
+        heavy = cells.join(heavy_ids, on=SUBJECT, how="inner", nulls_equal=True)
+        cells = pl.concat(
+            [light.with_columns(pl.col(N).alias(KEPT)), _shares(heavy, q, g).drop(TOTAL)],
+            how="vertical_relaxed",
+        )
+    return _with_kept_sums(cells, q)
+
+
+def _with_kept_sums(cells: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """A cell keeping c of its n records keeps ``floor(s c / n)`` of its clamped sum."""
+    if q.measure is None:
+        return cells
+    s, n, c = pl.col(S), pl.col(N), pl.col(KEPT)
+    scaled = (s // n) * c + ((s % n) * c) // n  # floor(s * c / n) without overflow
+    return cells.with_columns(pl.when(c == n).then(s).otherwise(scaled).alias(KEPT_SUM))
+
+
+def _shares(heavy: pl.LazyFrame, q: EventQuery, g: str) -> pl.LazyFrame:
+    """The kept records of the cells of subjects with more than k records (``TOTAL``):
+    ``floor(k n / N)`` each, the slots left to the largest remainders ``k n mod N``
+    (ties to the earlier category)."""
+    k, categories = q.max_records_per_subject, len(q.categories)
+    index = pl.col(g).replace_strict(
+        list(q.categories), list(range(categories)), return_dtype=pl.Int64
+    )
+    share = pl.col(N) * k
+    order = (share % pl.col(TOTAL)) * (categories + 1) + (categories - index)
+    ranked = heavy.with_columns(
+        (share // pl.col(TOTAL)).alias(KEPT), order.alias("_order")
+    ).with_columns(
+        (k - pl.col(KEPT).sum().over(SUBJECT)).alias("_left"),
+        pl.col("_order").rank("ordinal", descending=True).over(SUBJECT).alias("_rank"),
+    )
+    extra = (pl.col("_rank") <= pl.col("_left")).cast(pl.Int64)
+    return ranked.with_columns((pl.col(KEPT) + extra).alias(KEPT)).drop("_order", "_left", "_rank")
+
+
+def _finish(kept: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """The aggregate per category (or overall) from the subjects' kept cells."""
+    g = q.group_by
+    if q.aggregate == "count_distinct_subjects":
+        value = (pl.col(KEPT) > 0).sum()
+    elif q.aggregate in {"count_records", "histogram"}:
+        value = pl.col(KEPT).sum()
+    elif q.aggregate == "bounded_sum":
+        value = pl.col(KEPT_SUM).sum()
+    else:  # mean
+        value = None
+    aggs = (
+        [
+            pl.col(KEPT_SUM).sum().cast(pl.Int64).alias(SUM),
+            pl.col(KEPT).sum().cast(pl.Int64).alias(COUNT),
+        ]
+        if value is None
+        else [value.cast(pl.Int64).alias(VALUE)]
+    )
     if g is None:
-        return _overall(rows, q)
-    return _every_category(_per_category(rows, q, g), q)
-
-
-def _first_k(rows: pl.LazyFrame, q: EventQuery) -> LazyGroupBy:
-    """Rows grouped by subject, each group in event-time order (a stable sort, then
-    polars keeps the row order within a group): ``head(k)`` is the first k records."""
-    return rows.sort(q.time, maintain_order=True).group_by(q.subject)
-
-
-def _overall(rows: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
-    """One row: the bounded aggregate over all records of the window."""
-    s, m, k = q.subject, q.measure, q.max_records_per_subject
-    if q.aggregate == "count_distinct_subjects":  # each subject once, however many records
-        return rows.select(pl.col(s).n_unique().cast(pl.Int64).alias(VALUE))
-    if q.aggregate == "count_records":  # min(n, k) per subject: which k does not matter
-        per_subject = rows.group_by(s).agg(pl.len().clip(upper_bound=k).alias(VALUE))
-        return per_subject.select(pl.col(VALUE).sum().cast(pl.Int64))
-    assert m is not None
-    firsts = _first_k(rows, q)
-    if q.aggregate == "bounded_sum":
-        per_subject = firsts.agg(pl.col(m).head(k).sum().alias(VALUE))
-        return per_subject.select(pl.col(VALUE).sum().cast(pl.Int64))
-    if q.aggregate == "mean":
-        per_subject = firsts.agg(
-            pl.col(m).head(k).sum().alias(SUM), pl.len().clip(upper_bound=k).alias(COUNT)
+        out = kept.select(aggs)
+        return out.with_columns(
+            pl.col(c).fill_null(0) for c in (SUM, COUNT, VALUE) if c in _names(aggs)
         )
-        return per_subject.select(pl.col(SUM, COUNT).sum().cast(pl.Int64))
-    records = firsts.agg(pl.col(m).head(k)).explode(m)  # quantile
-    return records.select(pl.col(m).implode().alias(VALUES))
+    return _every_category(kept.group_by(g).agg(aggs), q)
 
 
-def _per_category(rows: pl.LazyFrame, q: EventQuery, g: str) -> pl.LazyFrame:
-    """The bounded aggregate per category present in the window."""
-    m, k = q.measure, q.max_records_per_subject
-    firsts = _first_k(rows, q)
-    if q.aggregate == "count_distinct_subjects":  # the groups among the subject's first k
-        present = firsts.agg(pl.col(g).head(k).unique()).explode(g)
-        return present.group_by(g).agg(pl.len().cast(pl.Int64).alias(VALUE))
-    if q.aggregate in {"count_records", "histogram"}:
-        records = firsts.agg(pl.col(g).head(k)).explode(g)
-        return records.group_by(g).agg(pl.len().cast(pl.Int64).alias(VALUE))
+def _names(aggs: list[pl.Expr]) -> set[str]:
+    return {a.meta.output_name() for a in aggs}
+
+
+def _quantile_records(rows: pl.LazyFrame, kept: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """The bounded measures a quantile ranks: of each subject's cell, its first kept
+    records by event time (ties in storage order)."""
+    g, m = q.group_by, q.measure
     assert m is not None
-    records = firsts.agg(pl.col(g).head(k), pl.col(m).head(k)).explode(g, m)
-    if q.aggregate == "bounded_sum":
-        return records.group_by(g).agg(pl.col(m).sum().cast(pl.Int64).alias(VALUE))
-    if q.aggregate == "mean":
-        return records.group_by(g).agg(
-            pl.col(m).sum().cast(pl.Int64).alias(SUM), pl.len().cast(pl.Int64).alias(COUNT)
-        )
-    return records.group_by(g).agg(pl.col(m).alias(VALUES))  # quantile
+    keys = [SUBJECT, *([g] if g is not None else [])]
+    ordered = rows.sort(q.time, maintain_order=True).with_columns(
+        pl.int_range(pl.len()).over(keys).alias("_rank")
+    )
+    chosen = ordered.join(kept.select(*keys, KEPT), on=keys, how="inner", nulls_equal=True)
+    records = chosen.filter(pl.col("_rank") < pl.col(KEPT))
+    if g is None:
+        return records.select(pl.col(m).implode().alias(VALUES))
+    return _every_category(records.group_by(g).agg(pl.col(m).alias(VALUES)), q)
 
 
 def _bounded(events: pl.LazyFrame, q: EventQuery) -> pl.Expr:
-    """The measure clamped to the bounds, as Int64 (floats rounded after clamping)."""
+    """The measure clamped to the bounds, as Int64 (floats rounded half to even after
+    clamping, NaN as no value): ``streams.preaggregate.bounded``."""
     assert q.measure is not None and q.bounds is not None
     lo, hi = q.bounds
     dtype = events.collect_schema()[q.measure]
-    clamped = pl.col(q.measure).clip(lo, hi)
-    if dtype.is_float():
-        clamped = clamped.round(0)
-    elif not dtype.is_integer():
-        raise InvalidEventQuery(f"measure {q.measure!r} is {dtype}, not a number")
-    return clamped.cast(pl.Int64)
+    try:
+        return bounded(q.measure, dtype, lo, hi)
+    except ValueError as exc:
+        raise InvalidEventQuery(f"measure {q.measure!r} is {dtype}, not a number") from exc
 
 
 def _every_category(per_group: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
@@ -586,9 +776,10 @@ def naive_context_release(
 
     Each call builds a Context and lets OpenDP search the noise scale; the window and
     category filters and the sort by event time run in polars before (OpenDP does not take
-    datetime literals), the truncation to each subject's first k records in OpenDP. Its
-    noise can differ from ``release``'s: it bounds groups per subject for quantiles, and
-    has no mean shift.
+    datetime literals), the truncation to each subject's first k records in OpenDP (its
+    own rule: ``release`` shares a subject's k records over its groups, so the exact
+    answers differ where subjects exceed k). Its noise can differ from ``release``'s: it
+    bounds groups per subject for quantiles, and has no mean shift.
     No confidence intervals (``summarize`` would search the scale again).
     """
     s, t, g, m, k = q.subject, q.time, q.group_by, q.measure, q.max_records_per_subject

@@ -5,8 +5,12 @@ the compacted ``profiles`` topic, closed per-partition windows go to the online 
 (where the DP API reads them); every ``offline_flush_seconds`` the buffered rows become
 one offline parquet part file per view, and the product events the pipelines accepted
 since the last one (the dicts published to the product topics) one part file per product
-in ``<offline>/<product>_events/`` (the DP API's event-level aggregates read them). Store
-writes run in a thread, off the event loop.
+in ``<offline>/<product>_events/`` (the DP API's event-level aggregates read them), each
+with its pre-aggregate part in ``<offline>/<product>_preaggregate/`` (``streams.preaggregate``:
+per subject id, minute and public key, the record count and clamped sums), written right
+after it; a UTC day's pre-aggregate parts are merged into one day file once the day is
+over (``PREAGGREGATE_SETTLE_SECONDS`` later). Store writes run in a thread, off the event
+loop.
 
 The pipelines buffer the event dicts (one list append per event on the hot path); once a
 product has ``EVENT_CHUNK`` of them, the offline task turns them into an Arrow table in a
@@ -36,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -45,6 +50,7 @@ from feast import FeatureView
 from feature_repo.definitions import SUBJECT_KEY
 from feature_repo.events import event_schema, event_table
 from feature_repo.store import DomainFeatureStore, ErasedRows
+from streams import preaggregate
 from streams.batch_send import BatchSender, Output, dead_letter
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline
@@ -60,6 +66,9 @@ COMPACT_SECONDS = 1.0  # how often the offline task checks the event buffers
 OFFLINE_WRITE_FAILED = "offline_write_failed"
 ONLINE_WRITE_FAILED = "online_write_failed"
 Failed = list[tuple[Record, str]]  # (record, the error's type name)
+# A day's pre-aggregate parts are merged this long after the day ends: late events after
+# it go to later parts, which the DP API reads next to the day file.
+PREAGGREGATE_SETTLE_SECONDS = 120.0
 
 
 class FeaturePusher:
@@ -86,6 +95,9 @@ class FeaturePusher:
         # per product: its accepted events already converted (EVENT_CHUNK at a time)
         self._events: dict[str, list[pa.Table]] = {}
         self._event_schemas = {p.product.name: event_schema(p.product) for p in pipelines}
+        self._layouts = {p.product.name: preaggregate.Layout.of(p.product) for p in pipelines}
+        # per product: UTC days (epoch s) with pre-aggregate parts not merged yet
+        self._open_days: dict[str, set[int]] = {}
         self._stashed: dict[str, list[SubjectRow]] = {}
         self.counters: Counter[str] = Counter()
 
@@ -199,6 +211,9 @@ class FeaturePusher:
                     ]
             names = None if products is None else {p.product.name for p in chosen}
             rows = await loop.run_in_executor(None, self.store.erase_subjects, tokens, names)
+            for pipeline in chosen:  # the pre-aggregates hold the subjects' ids
+                folder = self._preaggregate_folder(pipeline.product.name)
+                await loop.run_in_executor(None, preaggregate.erase, folder, tokens)
         self.counters["erasures_applied"] += 1
         log.info("erasure: evicted %d window tallies", dropped)
         return rows
@@ -343,14 +358,49 @@ class FeaturePusher:
                     )
                     continue
                 self.counters["offline_events"] += written
+                try:
+                    await loop.run_in_executor(None, self._merge_days, name, time.time())
+                except Exception as exc:  # the parts answer the day, more slowly
+                    self.counters["preaggregate_failures"] += 1
+                    log.error("pre-aggregate day of %s not merged (%s)", name, type(exc).__name__)
+
+    def _preaggregate_folder(self, product: str) -> Path:
+        return preaggregate.preaggregate_folder(self.store.events_folder(product))
 
     def _write_events(self, product: str, tables: list[pa.Table]) -> int:
-        """One part file of ``product``'s events (converted tables)."""
+        """One part file of ``product``'s events (converted tables), then its
+        pre-aggregate part; a pre-aggregate that fails is counted and logged: the DP API
+        reads the events of that part instead."""
         if not tables:
             return 0
         table = pa.concat_tables(tables)
-        self.store.append_events(product, table)
+        part = self.store.append_events(product, table)
+        if part is not None:
+            try:
+                layout = self._layouts[product]
+                preaggregate.write_part(self._preaggregate_folder(product), part, table, layout)
+                micros = pc.cast(pc.drop_null(table[layout.time]), pa.int64())
+                day_us = preaggregate.DAY_SECONDS * 1_000_000
+                self._note_days(product, pc.unique(pc.divide(micros, day_us)))
+            except Exception as exc:
+                self.counters["preaggregate_failures"] += 1
+                log.error("pre-aggregate part of %s not written (%s)", product, type(exc).__name__)
         return table.num_rows
+
+    def _note_days(self, product: str, days: pa.Array | pa.ChunkedArray) -> None:
+        """Remember the UTC days (days since the epoch) of a written part's events."""
+        starts = {int(d) * preaggregate.DAY_SECONDS for d in days.to_pylist()}
+        self._open_days.setdefault(product, set()).update(starts)
+
+    def _merge_days(self, product: str, now: float) -> None:
+        """Merge the pre-aggregate parts of each noted day that is over and settled."""
+        layout = self._layouts[product]
+        folder = preaggregate.layout_folder(self._preaggregate_folder(product), layout)
+        pending = self._open_days.get(product, set())
+        for day in sorted(pending):
+            if day + preaggregate.DAY_SECONDS + PREAGGREGATE_SETTLE_SECONDS <= now:
+                preaggregate.merge_day(folder, layout, day)
+                pending.discard(day)
 
 
 def events_target(product: str) -> str:

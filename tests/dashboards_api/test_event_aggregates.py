@@ -81,21 +81,30 @@ def exact(rows: list[Row], q: EventQuery, float_measure: bool = False) -> list[t
 
 
 # ------------------------------------------------------------------- exact plans
-def test_first_k_records_by_event_time_across_all_groups() -> None:
-    """A subject keeps its first k records by event time (not storage order) in the window,
-    k in total over the groups, not k per group."""
+def test_a_subject_over_k_keeps_k_records_shared_over_its_groups() -> None:
+    """A subject with more than k records in the window keeps k in total over the groups
+    (not k per group), shared in proportion to its records per group: floor(k n / N)
+    each, the slots left to the largest remainders, ties to the earlier category."""
     rows: list[Row] = [
-        ("a", 50, "cart", 1),  # stored first, but the subject's third record in time
+        ("a", 50, "cart", 1),
         ("a", 10, "home", 1),
         ("a", 20, "search", 1),
         ("a", 60, "home", 1),
         ("b", 5, "cart", 1),
     ]
+    # a: home 2, search 1, cart 1 of N = 4, k = 2: home 1 (remainder 0); search and
+    # cart 0 with remainders 2 each: the slot left goes to search, the earlier category
     assert exact(rows, query("histogram", k=2)) == [
         ("home", 1),
         ("search", 1),
         ("product", 0),
         ("cart", 1),
+    ]
+    assert exact(rows, query("histogram", k=3)) == [
+        ("home", 1),  # 3 * 2 // 4 = 1, remainder 2; search and cart 0, remainders 3:
+        ("search", 1),  # the two slots left go to them
+        ("product", 0),
+        ("cart", 2),
     ]
     assert exact(rows, query("count_records", k=2, grouped=False)) == [(3,)]
     assert exact(rows, query("count_records", k=3, grouped=False)) == [(4,)]
@@ -131,15 +140,15 @@ def test_measures_are_clamped_rounded_and_nulls_dropped() -> None:
         ("a", 3, "home", 4.6),
         ("b", 1, "cart", 99.0),
         ("b", 2, "cart", 2.4),
-        ("b", 3, "cart", 8.0),  # b's third record: beyond k = 2
+        ("b", 3, "cart", 8.0),  # b has 3 records, k = 2: it keeps 2/3 of its sum 20
     ]
     assert exact(rows, query("bounded_sum"), float_measure=True) == [
         ("home", 5),
         ("search", 0),
         ("product", 0),
-        ("cart", 12),
+        ("cart", 13),  # floor(20 * 2 / 3)
     ]
-    assert exact(rows, query("mean", grouped=False), float_measure=True) == [(17, 4)]
+    assert exact(rows, query("mean", grouped=False), float_measure=True) == [(18, 4)]
     [(values,)] = exact(rows, query("quantile", grouped=False, alpha=0.5, candidates=(0, 5)), True)
     assert sorted(values) == [0, 2, 5, 10]
     quantiles = exact(rows, query("quantile", alpha=0.5, candidates=(0, 5)), float_measure=True)
@@ -151,18 +160,19 @@ def test_measures_are_clamped_rounded_and_nulls_dropped() -> None:
     ]
 
 
-def test_distinct_subjects_per_group_among_their_first_k_records() -> None:
-    """A subject counts once in each group among its first k records; ungrouped, once."""
+def test_distinct_subjects_per_group_where_they_keep_a_record() -> None:
+    """A subject counts once in each group where it keeps a record; ungrouped, once."""
     rows: list[Row] = [
         ("a", 1, "home", None),
         ("a", 2, "home", None),
         ("a", 3, "cart", None),
-        ("a", 4, "search", None),  # a's fourth record: beyond k = 3
+        ("a", 4, "search", None),
         ("b", 1, "search", None),
     ]
+    # a keeps 3 of 4: home 3 * 2 // 4 = 1, cart and search 0 with the larger remainders
     assert exact(rows, query("count_distinct_subjects", k=3)) == [
         ("home", 1),
-        ("search", 1),
+        ("search", 2),
         ("product", 0),
         ("cart", 1),
     ]
@@ -177,39 +187,53 @@ def test_empty_window_gives_zeros_for_every_category() -> None:
     assert exact(rows, query("count_records", grouped=False)) == [(0,)]
 
 
+def shares(counts: dict[str | None, int], k: int, order: list[str | None]) -> dict[str | None, int]:
+    """Records kept per cell of one subject: all when at most k; else k shared in
+    proportion (largest remainder, ties to the earlier category)."""
+    total = sum(counts.values())
+    if total <= k:
+        return dict(counts)
+    kept = {g: k * n // total for g, n in counts.items()}
+    left = k - sum(kept.values())
+    ranked = sorted(counts, key=lambda g: (-(k * counts[g] % total), order.index(g)))
+    for g in ranked[:left]:
+        kept[g] += 1
+    return kept
+
+
 def reference(rows: list[Row], q: EventQuery) -> dict[str | None, Any]:
     """A direct implementation of the bounded aggregate (the plan's specification)."""
     span = (END - START).total_seconds()
-    kept: dict[str, list[Row]] = defaultdict(list)
+    lo, hi = q.bounds or (0, 0)
+    groups: list[str | None] = list(q.categories) if q.grouped else [None]
+    cells: dict[str, dict[str | None, list[Row]]] = defaultdict(lambda: defaultdict(list))
     for row in sorted(rows, key=lambda r: r[1]):  # stable: ties stay in storage order
         subject, at, key, measure = row
         if not 0 <= at < span or (q.grouped and key not in q.categories):
             continue
         if q.measure is not None and measure is None:
             continue
-        if len(kept[subject]) < q.max_records_per_subject:
-            kept[subject].append(row)
-    lo, hi = q.bounds or (0, 0)
-    groups: list[str | None] = list(q.categories) if q.grouped else [None]
+        cells[subject][key if q.grouped else None].append(row)
     out: dict[str | None, Any] = dict.fromkeys(groups, 0)
     if q.aggregate in {"mean", "quantile"}:
         out = {g: [] for g in groups}
-    for records in kept.values():
-        if q.aggregate == "count_distinct_subjects":
-            for g in {r[2] if q.grouped else None for r in records}:
-                out[g] += 1
-            continue
-        for _, _, key, measure in records:
-            g = key if q.grouped else None
-            bounded = 0 if measure is None else int(min(max(measure, lo), hi))
-            if q.aggregate == "bounded_sum":
-                out[g] += bounded
-            elif q.aggregate in {"mean", "quantile"}:
-                out[g].append(bounded)
+    for per_cell in cells.values():
+        kept = shares({g: len(r) for g, r in per_cell.items()}, q.max_records_per_subject, groups)
+        for g, records in per_cell.items():
+            c, n = kept[g], len(records)
+            values = [0 if r[3] is None else round(min(max(r[3], lo), hi)) for r in records]
+            if q.aggregate == "count_distinct_subjects":
+                out[g] += c > 0
+            elif q.aggregate == "bounded_sum":
+                out[g] += sum(values) * c // n
+            elif q.aggregate == "mean":
+                out[g].append((sum(values) * c // n, c))
+            elif q.aggregate == "quantile":
+                out[g] += values[:c]
             else:
-                out[g] += 1
+                out[g] += c
     if q.aggregate == "mean":
-        return {g: (sum(v), len(v)) for g, v in out.items()}
+        return {g: (sum(s for s, _ in v), sum(c for _, c in v)) for g, v in out.items()}
     if q.aggregate == "quantile":
         return {g: sorted(v) for g, v in out.items()}
     return out
@@ -496,7 +520,9 @@ def test_histogram_noise_has_the_declared_scale() -> None:
 def test_naive_context_path_gives_similar_answers(tmp_path: Path) -> None:
     """On 8,000 events of 2,000 subjects in a parquet part file, OpenDP's Context path and
     this module release counts, distinct subjects, sums and means close to the same
-    bounded exact answers (tolerances > 8 noise scales: false failures < 1e-6)."""
+    bounded exact answers (tolerances > 8 noise scales: false failures < 1e-6). No
+    subject has more than k = 16 records here, where both truncations keep everything
+    (OpenDP keeps a subject's first k, this module shares k over the groups)."""
     rng = random.Random(11)
     rows: list[Row] = [
         (f"s{rng.randrange(2000)}", rng.randrange(3700), rng.choice(CATEGORIES), rng.randrange(11))
@@ -505,7 +531,7 @@ def test_naive_context_path_gives_similar_answers(tmp_path: Path) -> None:
     append_part(tmp_path / "events", events(rows).collect().to_arrow())
     scanned = scan_events(tmp_path / "events")
     for aggregate in ("histogram", "count_distinct_subjects", "bounded_sum", "mean"):
-        q = query(aggregate, k=3, epsilon="4")
+        q = query(aggregate, k=16, epsilon="4")
         truth = exact_plan(scanned, q, START, END).collect()
         ours = release(q, truth).values
         naive = naive_context_release(scanned, q, START, END).values
