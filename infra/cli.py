@@ -321,7 +321,7 @@ def generate(
     """Produce synthetic raw events (fake people) to the domains' ingest topics."""
     from domains.registry import get_contract
     from infra.commands.data import send_demo_consent
-    from streams.generator import EventGenerator, has_generator, make_people, paced
+    from streams.generator import EventGenerator, has_generator, make_people, mixed, paced
     from streams.producing import RawProducer
     from streams.topics import ProductTopics
 
@@ -330,7 +330,7 @@ def generate(
     settings = GeneratorSettings.model_validate(
         {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     )
-    pool = make_people(settings.people, settings.seed)
+    pool = make_people(settings.people, settings.seed, settings.activity_sigma)
     generators: list[tuple[str, EventGenerator]] = []
     for index, name in enumerate(_chosen_domains(domain or [])):
         for product in get_contract(name).products:
@@ -341,11 +341,13 @@ def generate(
         raise ContractError("none of the chosen domains has a synthetic event generator")
 
     def interleaved() -> Any:
-        produced = 0
-        while count is None or produced < count:
-            topic, gen = generators[produced % len(generators)]
+        # Products in proportion to their traffic shares (page views often, orders rarely).
+        for produced, (topic, gen) in enumerate(
+            mixed(generators, settings.seed, settings.shares())
+        ):
+            if count is not None and produced >= count:
+                return
             yield topic, gen.next_event()
-            produced += 1
 
     stop = False
 

@@ -102,7 +102,7 @@ def produce(
     topic = ProductTopics.of(domain, chosen).ingest
     if generate is not None:
         demo = GeneratorSettings()  # the same fake people as `privmesh generate`
-        people = make_people(demo.people, demo.seed)
+        people = make_people(demo.people, demo.seed, demo.activity_sigma)
         gen = EventGenerator(domain, chosen, people, bad_ratio, demo.seed)
         events: Iterator[tuple[bytes | None, bytes]] = gen.stream(generate)
     else:
