@@ -14,6 +14,7 @@ from dashboards_api.query_classes import QueryClass, load_query_classes
 from dashboards_api.releases import ReleaseService
 from dashboards_api.sensitivity import check_against_contracts, sensitivity
 from domains.registry import load_contracts
+from tests.dashboards_api.per_window import raised_policy, window_classes
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0
@@ -22,7 +23,8 @@ WINDOW = 1_795_427_040
 
 def service(tmp_path: Path, row: dict[str, object]) -> ReleaseService:
     return ReleaseService(
-        classes=load_query_classes(),
+        classes=window_classes(),
+        policy=raised_policy(),
         contracts=load_contracts(),
         sources={"shop": FakeWindowSource(rows={WINDOW: row})},
         ledger=SqliteLedger(tmp_path / "ledger.db"),
@@ -47,13 +49,13 @@ def shop_orders():  # type: ignore[no-untyped-def]
 
 
 def make_class(**changes: object) -> QueryClass:
-    base = load_query_classes()["shop.orders.revenue_cents"].model_dump()
+    base = window_classes()["shop.orders.revenue_cents"].model_dump()
     return QueryClass.model_validate({**base, **changes})
 
 
 def test_sensitivities_follow_contract_bounds_and_window_bound() -> None:
     """One subject moves a distinct count by 1, a record count by k, a sum by k * max|bound|."""
-    classes = load_query_classes()
+    classes = window_classes()
     product = shop_orders()
     assert sensitivity(classes["shop.orders.distinct_customers"], product, None) == 1
     assert sensitivity(classes["shop.orders.order_count"], product, 20) == 20
@@ -64,7 +66,7 @@ def test_sensitivities_follow_contract_bounds_and_window_bound() -> None:
 def test_bound_missing_from_the_window_refuses_instead_of_guessing() -> None:
     """Without the processor's bound a count of records is not released (503, no spend)."""
     with pytest.raises(NoDataYet, match="contribution bound"):
-        sensitivity(load_query_classes()["shop.orders.order_count"], shop_orders(), None)
+        sensitivity(window_classes()["shop.orders.order_count"], shop_orders(), None)
 
 
 def test_release_of_each_aggregate_uses_its_value_and_scale(tmp_path: Path) -> None:
@@ -108,4 +110,5 @@ def test_classes_must_fit_their_contracts(changes: dict[str, object], message: s
 
 def test_epsilon_is_exact_decimal() -> None:
     """Declared costs are decimals (no float drift in the ledger)."""
-    assert load_query_classes()["shop.orders.order_count"].epsilon_per_release == Decimal("1.0")
+    assert load_query_classes()["shop.orders.order_count"].epsilon_per_release == Decimal("0.5")
+    assert window_classes()["shop.orders.order_count"].epsilon_per_release == Decimal("1.0")

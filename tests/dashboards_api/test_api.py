@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 
 from dashboards_api.ledger import SqliteLedger
 from dashboards_api.main import check_safe, create_app
-from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings
 from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
+from tests.dashboards_api.per_window import raised_policy, window_classes
 from tests.fakes import FakeWindowSource
 
 CLASS = "shop.orders.distinct_customers"
@@ -27,7 +27,8 @@ def make_service(
     now: float = NOW,
 ) -> ReleaseService:
     return ReleaseService(
-        classes=load_query_classes(),
+        classes=window_classes(),
+        policy=raised_policy(),
         contracts=load_contracts(),
         sources={"shop": FakeWindowSource(windows)},
         ledger=ledger,
@@ -106,7 +107,7 @@ def test_bad_parameters_are_422(tmp_path: Path, path: str) -> None:
 def test_budget_exhausted_is_429(tmp_path: Path) -> None:
     """After the daily budget is spent, a fresh window gets 429 with the remaining budget."""
     client, ledger = make_client(tmp_path, {1_795_427_040: 5})
-    qc = load_query_classes()[CLASS]
+    qc = window_classes()[CLASS]
     for i in range(qc.budget_micro // qc.cost_micro):
         ledger.commit_release(
             CLASS, "2026-11-23", f"fill:{i}", qc.cost_micro, qc.budget_micro, {"value": 0}

@@ -10,10 +10,11 @@ from fastapi.testclient import TestClient
 
 from dashboards_api.ledger import SqliteLedger
 from dashboards_api.main import create_app
-from dashboards_api.query_classes import ProductBudget, load_query_classes
+from dashboards_api.query_classes import ProductBudget
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings, KeyGrant
 from domains.registry import load_contracts
+from tests.dashboards_api.per_window import raised_policy, window_classes
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0
@@ -43,7 +44,8 @@ def auth(key: str) -> dict[str, str]:
 def make(path: Path, total: str = "300") -> TestClient:
     row = {"distinct_subjects": 40, "events": 60, "contribution_bound": 20}
     service = ReleaseService(
-        classes=load_query_classes(),
+        classes=window_classes(),
+        policy=raised_policy(),
         contracts=load_contracts(),
         sources={"shop": FakeWindowSource(rows={WINDOW: row})},
         ledger=SqliteLedger(path / "ledger.db"),

@@ -10,11 +10,11 @@ import pytest
 
 from dashboards_api.errors import InvalidParameters
 from dashboards_api.ledger import SqliteLedger
-from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService, StoreEvents
 from domains.registry import load_contracts
 from feature_repo.events import event_schema, event_table
 from feature_repo.offline import append_part
+from tests.dashboards_api.per_window import raised_policy, window_classes
 
 MINUTE = 1_795_427_040 - 1_795_427_040 % 60  # a closed UTC minute
 METHODS = ["card", "paypal", "invoice", "gift_card"]
@@ -42,7 +42,8 @@ def make(tmp_path: Path, customers: int = 400, orders_each: int = 7) -> ReleaseS
     folder = tmp_path / "orders_events"
     append_part(folder, event_table(event_schema(product), events).to_pandas())
     return ReleaseService(
-        classes=load_query_classes(),
+        classes=window_classes(),
+        policy=raised_policy(),
         contracts=contracts,
         sources={},
         ledger=SqliteLedger(tmp_path / "ledger.db"),
@@ -87,7 +88,7 @@ def test_mean_and_median_are_near_the_truth(tmp_path: Path) -> None:
     truth = sum(1_000 + 100 * (c % 50) for c in range(2_000)) / 2_000
     assert abs(mean["value"] - truth) < 0.2 * truth
     median = service.release(MEDIAN)
-    assert median["value"] in load_query_classes()[MEDIAN].candidates  # type: ignore[operator]
+    assert median["value"] in window_classes()[MEDIAN].candidates  # type: ignore[operator]
     assert 2_500 <= median["value"] <= 5_000 and median["ci95"] is None
     assert median["rank_ci95_half_width"] > 0
 

@@ -16,11 +16,17 @@ from dashboards_api.ledger import SqliteLedger
 from dashboards_api.main import create_app
 from dashboards_api.mechanisms import DiscreteLaplaceCount, NonFiniteAccuracy
 from dashboards_api.policy import GovernancePolicy, PolicyCell, check_at_start
-from dashboards_api.query_classes import QueryClass, load_product_budgets, load_query_classes
+from dashboards_api.query_classes import QueryClass, load_query_classes
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings, KeyGrant
 from domains.contract import Bounds
 from domains.registry import load_contracts
+from tests.dashboards_api.per_window import (
+    RAISED_POLICY,
+    raised_policy,
+    window_budgets,
+    window_classes,
+)
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0
@@ -60,7 +66,8 @@ def auth(key: str) -> dict[str, str]:
 def service_at(path: Path, rows: dict[int, dict[str, Any]] | None = None) -> ReleaseService:
     source = FakeWindowSource(rows=rows if rows is not None else {WINDOW: ROW})
     return ReleaseService(
-        classes=load_query_classes(),
+        classes=window_classes(),
+        policy=raised_policy(),
         contracts=load_contracts(),
         sources={"shop": source, "jfk": source},
         ledger=SqliteLedger(path / "ledger.db"),
@@ -68,7 +75,7 @@ def service_at(path: Path, rows: dict[int, dict[str, Any]] | None = None) -> Rel
         grace_seconds=2,
         lookback_windows=3,
         clock=lambda: NOW,
-        product_budgets=load_product_budgets(),
+        product_budgets=window_budgets(),
     )
 
 
@@ -103,6 +110,16 @@ CONTINUAL_BASE = {
     "horizon_windows": 8,
     "privacy_unit": "subject_window",
 }
+DAILY_BASE = {**WINDOW_BASE, "release": "daily", "privacy_unit": "subject_day"}
+MEAN_BASE = {
+    **DAILY_BASE,
+    "aggregate": "mean",
+    "measure": "amount_cents",
+    "numerator": "shop.orders.revenue_cents",
+    "denominator": "shop.orders.order_count",
+    "epsilon_per_release": "0",
+    "budget_per_day": "0",
+}
 VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("aggregate", WINDOW_BASE, {"aggregate": "count_distinct_subjects"}),
     ("measure", QUANTILE_BASE, {"measure": "amount_cents", "candidates": [0, 1_000, 9_000]}),
@@ -118,11 +135,32 @@ VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("suppress_below", WINDOW_BASE, {"suppress_below": 10}),
     ("mechanism", WINDOW_BASE, {"mechanism": "discrete_laplace", "epsilon_per_release": "0.9"}),
     ("epsilon_per_release", WINDOW_BASE, {"epsilon_per_release": "0.5"}),
+    ("release", WINDOW_BASE, dict(DAILY_BASE)),
+    ("resolutions", DAILY_BASE, {"resolutions": ["1h", "today"]}),
+    ("accuracy", DAILY_BASE, {"accuracy": {"relative": 0.05, "resolution": "1h"}}),
+    ("numerator", MEAN_BASE, {"numerator": "shop.orders.other_sum"}),
+    ("denominator", MEAN_BASE, {"denominator": "shop.orders.other_count"}),
 ]
 
 
 def build(fields: dict[str, Any]) -> QueryClass:
     return QueryClass.model_validate({"title": "t", "budget_per_day": "50", **fields})
+
+
+def test_a_change_of_contribution_bounds_changes_the_definition_hash() -> None:
+    """The contract's per-day bounds and clamps shape every sensitivity: changing them is a
+    redefinition (an answer under the old bounds is never reused)."""
+    product = load_contracts()["shop"].product("orders")
+    assert product is not None
+    looser = product.model_copy(
+        update={
+            "contribution": product.contribution.model_copy(
+                update={"max_records_per_period": product.contribution.max_records_per_period + 1}
+            )
+        }
+    )
+    qc = build(DAILY_BASE)
+    assert qc.definition_hash(product) != qc.definition_hash(looser)
 
 
 @pytest.mark.parametrize(("field", "base", "change"), VARIANTS, ids=[v[0] for v in VARIANTS])
@@ -195,7 +233,10 @@ def test_redefined_class_never_serves_the_old_answer(tmp_path: Path) -> None:
         ("budget_per_day", "1e30", "less than or equal to 1000000"),
         ("epsilon_per_release", "1e-12", "6 decimal places"),
         ("epsilon_per_release", "NaN", "finite"),
-        ("budget_per_day", "-5", "greater than 0"),
+        ("budget_per_day", "-5", "greater than or equal to 0"),
+        # 0 passes the field (a daily mean costs 0) and is refused by the class's check
+        ("epsilon_per_release", "0", "must be > 0"),
+        ("budget_per_day", "0", "must be > 0"),
         ("epsilon_per_release", "lots", "valid decimal"),
     ],
 )
@@ -242,7 +283,7 @@ def test_governance_policy_is_versioned_and_applies_before_anything_is_committed
     nothing committed); another replica on the same ledger applies the same version."""
     client = make(tmp_path)
     assert put(client, COUNT).status_code == 200
-    tighter = {**GovernancePolicy().model_dump(mode="json"), "max_epsilon_per_release": "0.5"}
+    tighter = {**RAISED_POLICY.model_dump(mode="json"), "max_epsilon_per_release": "0.5"}
     assert client.put("/v1/policy", json=tighter, headers=auth("shop-owner")).status_code == 403
     stored = client.put("/v1/policy", json=tighter, headers=auth("gov"))
     assert stored.status_code == 200 and stored.json()["version"] == 1
@@ -258,7 +299,7 @@ def test_governance_policy_is_versioned_and_applies_before_anything_is_committed
 def test_policy_below_a_declared_total_is_refused(tmp_path: Path) -> None:
     """A policy whose product cap is below a total declared in the class files is refused."""
     client = make(tmp_path)
-    low = {**GovernancePolicy().model_dump(mode="json"), "max_product_budget_per_day": "50"}
+    low = {**RAISED_POLICY.model_dump(mode="json"), "max_product_budget_per_day": "50"}
     low["default_product_budget_per_day"] = "50"
     low["max_class_budget_per_day"] = "50"
     response = client.put("/v1/policy", json=low, headers=auth("gov"))

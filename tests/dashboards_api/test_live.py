@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from dashboards_api.ledger import SqliteLedger
 from dashboards_api.main import create_app
-from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings
 from domains.registry import load_contracts
+from tests.dashboards_api.per_window import raised_policy, window_classes
 from tests.fakes import FakeWindowSource
 
 CLASS = "shop.orders.distinct_customers"
@@ -45,7 +45,7 @@ def events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def make(tmp_path: Path, clock: Clock, budget_releases: int | None = None) -> TestClient:
-    classes = load_query_classes()
+    classes = window_classes()
     if budget_releases is not None:
         qc = classes[CLASS]
         classes = {
@@ -63,6 +63,7 @@ def make(tmp_path: Path, clock: Clock, budget_releases: int | None = None) -> Te
         grace_seconds=2,
         lookback_windows=3,
         clock=clock,
+        policy=raised_policy(),
     )
     settings = ApiSettings(live_poll_seconds=0.02, live_keepalive_seconds=0.2)
     return TestClient(create_app(service, None, settings))

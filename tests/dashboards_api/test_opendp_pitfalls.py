@@ -27,6 +27,7 @@ from dashboards_api.mechanisms import DiscreteLaplaceCount, discrete_laplace_cou
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
 from domains.registry import load_contracts
+from tests.dashboards_api.per_window import raised_policy
 from tests.fakes import FakeWindowSource
 
 NOW = 1_795_427_055.0  # 2026-11-23T09:44:15Z, 5 s into a 10 s window
@@ -81,6 +82,7 @@ def app(
         grace_seconds=2,
         lookback_windows=1,
         clock=clock or Clock(NOW),
+        policy=raised_policy(),
     )
     return TestClient(create_app(service)), ledger, service
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from dashboards_api.ledger import SqliteLedger
-from dashboards_api.query_classes import load_query_classes
 from dashboards_api.releases import ReleaseService
 from domains.registry import load_contracts
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
 from streams.pipeline import partition_for
+from tests.dashboards_api.per_window import raised_policy, window_classes
 from tests.streams.test_pipeline import T0
 from tests.streams.test_watermarks import WINDOW, per_window, produced, throttled_run
 
@@ -29,7 +29,8 @@ def store_with(tmp_path: Path, records: list[dict[str, Any]]) -> DomainFeatureSt
 
 def service(tmp_path: Path, store: DomainFeatureStore) -> ReleaseService:
     return ReleaseService(
-        classes=load_query_classes(),
+        classes=window_classes(),
+        policy=raised_policy(),
         contracts=load_contracts(),
         sources={"shop": store},
         ledger=SqliteLedger(tmp_path / "ledger.db"),
