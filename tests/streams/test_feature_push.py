@@ -6,19 +6,23 @@ import asyncio
 import json
 import random
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
+import pytest
 
+from dashboards_api.event_aggregates import EventQuery, exact_plan, plan_from_store, scan_events
 from domains.contract import FieldType
 from domains.registry import get_contract
 from feature_repo.events import event_schema
 from feature_repo.offline import part_files
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
+from streams import preaggregate
 from streams.batch_send import BatchSender
-from streams.feature_push import FeaturePusher
+from streams.feature_push import PREAGGREGATE_SETTLE_SECONDS, FeaturePusher
 from streams.generator import BUILDERS, make_people
 from streams.keys import derive_domain_key
 from streams.pipeline import ProductPipeline, build_pipelines, partition_for
@@ -145,3 +149,68 @@ def test_offline_task_writes_events_on_its_period(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert len(part_files(pusher.store.events_folder("orders"))) == 2
     assert stored(pusher).height == 2 and pusher.counters["offline_failures"] == 0
+
+
+def test_each_events_part_gets_its_pre_aggregate_and_a_day_file_once_over(
+    tmp_path: Path,
+) -> None:
+    """An offline write puts a pre-aggregate part (same name) next to the events part,
+    whose rows answer like the events; once the day is over and settled (not before)
+    the day's parts are merged into a day file; an erasure removes the subject from both."""
+    orders, pusher = setup(tmp_path)
+    accepted = [route(orders, i % 5, T0 + i * 7.5, i) for i in range(30)]
+    asyncio.run(pusher.write_offline())
+    events_folder = pusher.store.events_folder("orders")
+    [part] = part_files(events_folder)
+    layout = preaggregate.Layout.of(PRODUCT)
+    sub = preaggregate.layout_folder(preaggregate.preaggregate_folder(events_folder), layout)
+    [twin] = preaggregate.parts(sub)
+    assert twin.name == part.name
+    expected = preaggregate.preaggregate(pq.read_table(part), layout)
+    assert pl.read_parquet(twin).equals(expected)
+    day = T0 - T0 % preaggregate.DAY_SECONDS
+    assert preaggregate.day_file(sub, day).exists()  # that day is long over: merged
+    preaggregate.day_file(sub, day).unlink()
+    pusher._open_days["orders"] = {day}
+    pusher._merge_days("orders", day + preaggregate.DAY_SECONDS)  # not settled yet
+    assert not preaggregate.day_file(sub, day).exists()
+    pusher._merge_days("orders", day + preaggregate.DAY_SECONDS + PREAGGREGATE_SETTLE_SECONDS)
+    assert preaggregate.day_file(sub, day).exists()
+    q = EventQuery.for_product(
+        PRODUCT,
+        "histogram",
+        max_records_per_subject=3,
+        epsilon=Decimal(1),
+        group_by="payment_method",
+    )
+    start, end = (datetime.fromtimestamp(t, tz=UTC) for t in (day, day + preaggregate.DAY_SECONDS))
+    windows = preaggregate.scan_window(events_folder, day, day + preaggregate.DAY_SECONDS)
+    assert windows is not None and windows[0].day is not None
+    from_events = exact_plan(scan_events(events_folder), q, start, end).collect()
+    assert plan_from_store(events_folder, q, start, end).collect().equals(from_events)
+
+    gone = accepted[0].subject
+    asyncio.run(pusher.evict({gone}))
+    [gone_id] = preaggregate.subject_ids(pl.Series([gone])).to_list()
+    for path in sub.glob("*.parquet"):
+        assert gone_id not in pl.read_parquet(path)[preaggregate.SUBJECT_ID].to_list()
+
+
+def test_a_failed_pre_aggregate_leaves_the_events_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pre-aggregate part that cannot be written is counted; the events part stays, and
+    the DP API reads its events (no pre-aggregate for its windows)."""
+    orders, pusher = setup(tmp_path)
+    route(orders, 0, T0, 1)
+
+    def broken(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(preaggregate, "write_part", broken)
+    asyncio.run(pusher.write_offline())
+    events_folder = pusher.store.events_folder("orders")
+    assert len(part_files(events_folder)) == 1
+    assert pusher.counters["preaggregate_failures"] == 1
+    day = T0 - T0 % preaggregate.DAY_SECONDS
+    assert preaggregate.scan_window(events_folder, day, day + preaggregate.DAY_SECONDS) is None
