@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from dashboards_api.errors import BudgetExhausted, InvalidParameters
 from dashboards_api.ledger import SqliteLedger
+from dashboards_api.main import create_app
 from dashboards_api.policy import GovernancePolicy, PolicyCell
 from dashboards_api.query_classes import (
     ProductBudget,
@@ -21,7 +23,9 @@ from dashboards_api.query_classes import (
     load_query_classes,
 )
 from dashboards_api.releases import ReleaseService
+from dashboards_api.settings import ApiSettings
 from domains.registry import load_contracts
+from tests.dashboards_api.test_live import events
 from tests.fakes import FakeWindowSource
 
 DAY = 1_795_392_000  # 2026-11-23T00:00:00Z
@@ -322,3 +326,24 @@ def test_policy_defaults_cap_every_product_at_two() -> None:
         assert allocated <= total
     assert all(c.release != "continual" for c in classes.values())
     assert PolicyCell().current == policy
+
+
+def test_live_pushes_each_daily_value_per_new_window(tmp_path: Path) -> None:
+    """The live stream pushes a daily class's value at its default resolution once per newly
+    closed window, each free, after one payment for the day."""
+    clock = Clock(DAY + 5 * 3_600 + 15)
+    service = make(tmp_path, clock, window_rows(DAY))
+    settings = ApiSettings(live_poll_seconds=0.02, live_keepalive_seconds=0.2)
+    client = TestClient(create_app(service, None, settings))
+    seen = []
+    with client.stream("GET", f"/v1/live?classes={COUNT}") as response:
+        for name, data in events(response.iter_lines()):
+            assert name == "release" and data["class_id"] == COUNT
+            assert data["resolution"] == "1h" and data["epsilon_charged"] == "0"
+            seen.append(data["data_version"])
+            if len(seen) == 3:
+                break
+            clock.now += WINDOW
+    t_end = DAY + 5 * 3_600 + 10
+    assert seen == [f"day:{DAY}:auto:{t_end + WINDOW * i}" for i in range(3)]
+    assert service.ledger.spent(COUNT, iso(DAY)[:10]) == 500_000
