@@ -70,6 +70,7 @@ def plan_class(
         float | None,
         Query(
             ge=0,
+            le=1e15,
             description=(
                 "Typical value of the statistic per day, used only when no value of the "
                 "product was released yet (records, cents, subjects)."
@@ -81,6 +82,10 @@ def plan_class(
     what would meet its declared accuracy (nothing is stored, drawn or spent)."""
     if caller.authenticated and caller.role == "domain_owner" and body.domain not in caller.domains:
         raise Forbidden(f"this key does not own domain {body.domain!r}")
+    try:
+        check_class(body, service.contracts)
+    except InvalidQueryClasses as exc:
+        raise InvalidParameters(str(exc)) from exc
     return _plan(service, body, volume_per_day).to_dict()
 
 

@@ -242,6 +242,10 @@ def test_plan_endpoint_for_owners_and_governance(tmp_path: Path) -> None:
     assert given["meets"] is False and given["suggestion"]["epsilon"] is not None
     for key in ("web-owner", "reader"):
         assert client.post("/v1/classes/plan", json=DAILY, headers=auth(key)).status_code == 403
+    for bad in ({**DAILY, "product": "nothing"}, {**DAILY, "release": "per_window"}):
+        del bad["accuracy"]
+        refused = client.post("/v1/classes/plan", json=bad, headers=auth("shop-owner"))
+        assert refused.status_code == 422 and refused.json()["code"] == "invalid_parameters"
     assert service.ledger.entries() == []
 
 
