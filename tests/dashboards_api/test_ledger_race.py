@@ -27,7 +27,14 @@ import pytest
 
 from dashboards_api.budget import to_micro
 from tests.conftest import free_port
-from tests.dashboards_api.race_app import CLASS_IDS, EPSILON, PERIOD, closed_windows
+from tests.dashboards_api.race_app import (
+    CLASS_IDS,
+    DAILY_IDS,
+    DAILY_TOTAL,
+    EPSILON,
+    PERIOD,
+    closed_windows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -195,6 +202,22 @@ def ledger_rows(url: str, class_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def product_rows(url: str, product: str) -> list[dict[str, Any]]:
+    """Every ledger row of ``product`` (all its classes), read straight from Postgres."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, class_id, period, data_version, cost_micro FROM releases "
+            "WHERE product = %s",
+            (product,),
+        ).fetchall()
+    return [
+        {"id": r[0], "class_id": r[1], "period": r[2], "data_version": r[3], "cost_micro": r[4]}
+        for r in rows
+    ]
+
+
 def check_releases_are_ledgered(outcomes: list[Outcome], rows: list[dict[str, Any]]) -> None:
     """Every 200 is a fresh spend of its own window, with the ledger's id, value and version;
     no data version is ledgered twice."""
@@ -299,3 +322,48 @@ def test_killed_replica_loses_no_spend_and_releases_nothing_unledgered(
     spent = sum(row["cost_micro"] for row in rows)
     assert spent <= BUDGET_MICRO
     assert spent == BUDGET_MICRO, f"only {spent} of {BUDGET_MICRO} spent after the kill"
+
+
+def test_two_replicas_never_pass_a_product_total_with_daily_classes(
+    replicas: list[Replica], race_db: str
+) -> None:
+    """Four daily classes of one product, each paying epsilon 1 for its day, are asked for 50
+    windows each over two replicas at once: the product's total of 2 pays exactly two days;
+    every 200 is a free value of a paid class committed under the id the client got, and the
+    other two classes answer only 429s."""
+    windows = closed_windows(50)
+    asked = [(c, w) for w in windows for c in DAILY_IDS]
+
+    async def fire() -> list[tuple[str, Outcome]]:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            outcomes = await asyncio.gather(
+                *(ask(client, replicas[n % 2], n % 2, c, w) for n, (c, w) in enumerate(asked))
+            )
+        return [(c, o) for (c, _), o in zip(asked, outcomes, strict=True)]
+
+    outcomes = asyncio.run(fire())
+    assert {o.status for _, o in outcomes} <= {200, 429}, [
+        o.body for _, o in outcomes if o.status not in (200, 429)
+    ]
+    rows = product_rows(race_db, "web.page_views")
+    payments = [r for r in rows if r["cost_micro"] > 0]
+    assert sum(r["cost_micro"] for r in rows) == to_micro(DAILY_TOTAL)
+    assert len(payments) == 2 and all(r["data_version"].startswith("day:") for r in payments)
+    assert all(r["period"] == PERIOD for r in rows)
+    paid = {r["class_id"] for r in payments}
+    by_id = {r["id"]: r for r in rows}
+    for class_id, o in outcomes:
+        if o.status == 429:
+            assert o.body is not None and o.body["code"] == "budget_exhausted"
+            continue
+        assert o.body is not None and class_id in paid
+        assert o.body["epsilon_charged"] == "0" and o.body["privacy_unit"] == "subject_day"
+        row = by_id.get(o.body["ledger_entry"])
+        assert row is not None and row["cost_micro"] == 0 and row["class_id"] == class_id
+        assert (
+            row["data_version"].startswith("day:") and f":{o.window + 10}|" in row["data_version"]
+        )
+    statuses = {c: {o.status for k, o in outcomes if k == c} for c in DAILY_IDS}
+    assert sorted(c for c, s in statuses.items() if s == {200}) == sorted(paid)
+    assert all(s == {429} for c, s in statuses.items() if c not in paid)
