@@ -1,5 +1,12 @@
 // privmesh DP dashboards: live tiles and charts over /v1/queries and /v1/live.
 //
+// A daily class ("release: daily") is paid once per UTC day and answers every resolution
+// of its day's structure for free: its tile has a resolution selector (default auto: the
+// API picks the finest that meets the class's accuracy), shows the span the value covers,
+// says when a value is too noisy at its resolution (offering the coarser one), and when the
+// class's budget lasts until. A banner per product states the user-level guarantee (ε per
+// person per UTC day) and what is left of it today.
+//
 // Plain browser JavaScript, no build step, no external assets. The live stream is read
 // with fetch() + ReadableStream (EventSource cannot send an Authorization header) and the
 // SSE wire format is parsed here. Every value from the API is put in the page with
@@ -8,6 +15,17 @@
 
 (() => {
   const KEY_STORAGE = "privmesh.apiKey";
+  const RESOLUTION_STORAGE = "privmesh.resolution."; // + class id: the tile's choice
+  const META_REFRESH_MS = 30000; // products' spend and class budgets (free to read)
+  const META_AFTER_RELEASE_MS = 1500; // ...and again shortly after releases arrive
+  const RESOLUTION_LABEL = {
+    auto: "auto",
+    window: "last window",
+    "1m": "last minute",
+    "1h": "last hour",
+    today: "today so far",
+    "24h": "last 24 h",
+  };
   const HISTORY_LIMIT = 30;
   const MAX_POINTS = 60;
   const WATCHDOG_MS = 45000; // three missed keep-alives (sent every ~15 s): reconnect
@@ -27,6 +45,9 @@
     lastEventId: "",
     historySupported: true,
     streamed: false, // a stream was open before in this start(): a reconnect reloads history
+    products: new Map(), // "domain.product" -> user-level facts and today's spend
+    metaTimer: null,
+    metaSoon: null, // a re-read of the class list after a batch of releases
   };
 
   const $ = (id) => document.getElementById(id);
@@ -56,6 +77,15 @@
     return fmtNumber(n);
   }
 
+  // "23:59 UTC" today, else the date too.
+  function fmtUntil(iso) {
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return String(iso);
+    const today = new Date().toISOString().slice(0, 10);
+    const hm = `${d.toISOString().slice(11, 16)} UTC`;
+    return d.toISOString().slice(0, 10) === today ? hm : `${d.toISOString().slice(0, 10)} ${hm}`;
+  }
+
   function fmtCompact(v) {
     return Math.abs(v) < 1000 ? decFmt.format(v) : compactFmt.format(v);
   }
@@ -79,6 +109,30 @@
     if (min < 1) return "in < 1 min";
     if (min < 60) return `in ${min} min`;
     return `in ${Math.floor(min / 60)} h ${min % 60} min`;
+  }
+
+  // Epoch seconds or an ISO string, as a Date.
+  function toDate(t) {
+    return typeof t === "number" ? new Date(t * 1000) : new Date(t);
+  }
+
+  // The time span a release covers: a daily class's ``span`` or a window's.
+  function spanOf(release) {
+    const s = release && (release.span || release.window);
+    if (!s || s.start === undefined || s.end === undefined) return null;
+    const start = toDate(s.start);
+    const end = toDate(s.end);
+    return Number.isNaN(end.getTime()) ? null : { start, end };
+  }
+
+  function fmtSpan(span) {
+    const sameDay = span.start.toISOString().slice(0, 10) === span.end.toISOString().slice(0, 10);
+    const start = sameDay ? utcTime(span.start) : utcDateTime(span.start).replace(" UTC", "");
+    return `${start} → ${utcTime(span.end)} UTC`;
+  }
+
+  function isDaily(meta) {
+    return meta && meta.release === "daily";
   }
 
   function el(tag, cls, text) {
@@ -225,6 +279,9 @@
     state.controller = null;
     clearTimeout(state.retryTimer);
     clearTimeout(state.watchdog);
+    clearInterval(state.metaTimer);
+    clearTimeout(state.metaSoon);
+    state.metaSoon = null;
   }
 
   function start() {
@@ -273,8 +330,56 @@
     showGlobalProblem(null);
     const classes = Array.isArray(res.body.classes) ? res.body.classes : [];
     syncTiles(classes);
+    syncProducts(res.body, classes);
     await Promise.all(classes.map((c) => loadHistory(gen, c.id)));
-    if (gen === state.generation) connect(gen);
+    if (gen !== state.generation) return;
+    connect(gen);
+    // A tile showing a chosen resolution asks for it now (auto tiles get the live push).
+    for (const cls of state.classes.values()) {
+      if (isDaily(cls.meta) && cls.selected !== "auto") fetchResolution(gen, cls);
+    }
+    clearInterval(state.metaTimer);
+    state.metaTimer = setInterval(() => refreshMeta(gen), META_REFRESH_MS);
+  }
+
+  // Class budgets and products' spend, read again (free: no release is made).
+  async function refreshMeta(gen) {
+    let res;
+    try {
+      res = await getJson("/v1/queries");
+    } catch (_err) {
+      return;
+    }
+    if (gen !== state.generation || !res.ok) return;
+    const classes = Array.isArray(res.body.classes) ? res.body.classes : [];
+    syncTiles(classes);
+    syncProducts(res.body, classes);
+  }
+
+  // The value of a daily class at the tile's chosen resolution (post-processing of the
+  // day's paid structure: costs nothing once the day is paid). The newest request wins.
+  async function fetchResolution(gen, cls) {
+    const ticket = (cls.ticket = (cls.ticket || 0) + 1);
+    const resolution = cls.selected || "auto";
+    const path = `/v1/queries/${encodeURIComponent(cls.meta.id)}?resolution=${encodeURIComponent(resolution)}`;
+    let res;
+    try {
+      res = await getJson(path);
+    } catch (_err) {
+      return; // the next live event asks again
+    }
+    if (gen !== state.generation || ticket !== cls.ticket) return;
+    if (res.status === 401 || res.status === 403) {
+      showAuthError(res.status, res.body);
+      return;
+    }
+    if (!res.ok) {
+      cls.problem = { ...res.body, status: res.body.status || res.status };
+      if (res.body.budget) cls.budget = res.body.budget;
+      renderTile(cls);
+      return;
+    }
+    acceptRelease(cls, { class_id: cls.meta.id, ...res.body });
   }
 
   function historyItems(body) {
@@ -301,8 +406,13 @@
     if (!res.ok) return;
     const cls = state.classes.get(id);
     if (!cls) return;
+    // A daily class's history holds every resolution asked for: keep the tile's choice.
+    const daily = isDaily(cls.meta);
+    const wanted = `:${cls.selected}:`;
     for (const item of historyItems(res.body)) {
-      if (item && item.window) addRelease(cls, { class_id: id, ...item });
+      if (!item || !(item.window || item.span)) continue;
+      if (daily && !String(item.data_version || "").includes(wanted)) continue;
+      addRelease(cls, { class_id: id, ...item });
     }
     renderTile(cls);
   }
@@ -406,16 +516,21 @@
     return cls;
   }
 
-  // Keyed by where a window ends: a running total's windows all start at its horizon.
+  // Keyed by where a span ends: a running total's windows all start at its horizon.
   function windowKey(release) {
-    return release.window && release.window.end
-      ? new Date(release.window.end).getTime()
-      : Number.NaN;
+    const span = spanOf(release);
+    return span ? span.end.getTime() : Number.NaN;
   }
 
   function addRelease(cls, release) {
     const key = windowKey(release);
     if (Number.isNaN(key)) return;
+    // One chart shows one resolution: a daily value at another resolution starts afresh.
+    const newestShown = cls.series[cls.series.length - 1];
+    if (newestShown && (newestShown.resolution || null) !== (release.resolution || null)) {
+      cls.series = [];
+      cls.latest = null;
+    }
     cls.series = cls.series.filter((r) => windowKey(r) !== key);
     cls.series.push(release);
     cls.series.sort((a, b) => windowKey(a) - windowKey(b));
@@ -427,8 +542,33 @@
   function onRelease(release) {
     if (!release || !release.class_id) return;
     const cls = classState(release.class_id);
+    if (isDaily(cls.meta) && cls.selected !== "auto" && release.resolution !== cls.selected) {
+      // A window closed: read the chosen resolution again (free once the day is paid).
+      if (release.budget) cls.budget = release.budget;
+      if (release.budget_lasts_until) cls.lastsUntil = release.budget_lasts_until;
+      fetchResolution(state.generation, cls);
+      return;
+    }
+    acceptRelease(cls, release);
+  }
+
+  // Releases spend the products' budgets (a daily class: its first value of the day): the
+  // banner's "left today" is read again once a batch of them has arrived.
+  function refreshMetaSoon() {
+    if (state.metaSoon) return;
+    const gen = state.generation;
+    state.metaSoon = setTimeout(() => {
+      state.metaSoon = null;
+      if (gen === state.generation) refreshMeta(gen);
+    }, META_AFTER_RELEASE_MS);
+  }
+
+  function acceptRelease(cls, release) {
+    refreshMetaSoon();
     addRelease(cls, release);
     if (release.budget) cls.budget = release.budget;
+    if (release.budget_lasts_until) cls.lastsUntil = release.budget_lasts_until;
+    if (release.user_level) cls.userLevel = release.user_level;
     cls.problem = null;
     renderTile(cls);
   }
@@ -452,10 +592,98 @@
     renderTile(cls);
   }
 
+  // ---------------------------------------------------------------- products
+
+  // The list answer's per-product facts (``products``: a list or a map), else each class's
+  // ``product_budget`` and ``user_level``.
+  function syncProducts(body, classes) {
+    const found = new Map();
+    const listed = body && body.products;
+    const items = Array.isArray(listed)
+      ? listed
+      : listed && typeof listed === "object"
+        ? Object.entries(listed).map(([product, p]) => ({ product, ...p }))
+        : [];
+    for (const p of items) {
+      const key = p.product || p.id || (p.domain && p.name ? `${p.domain}.${p.name}` : null);
+      if (key) found.set(key, { ...p, product: key });
+    }
+    for (const meta of classes) {
+      const key = `${meta.domain}.${meta.product}`;
+      const fromClass = {
+        product: key,
+        ...(meta.product_budget || {}),
+        ...(meta.user_level ? { user_level: meta.user_level } : {}),
+      };
+      const known = found.get(key) || {};
+      const allocation = known.allocation || {};
+      if (!Array.isArray(allocation) && meta.budget) {
+        allocation[meta.id] = allocation[meta.id] || meta.budget.epsilon_budget;
+      }
+      found.set(key, { ...fromClass, ...known, allocation });
+    }
+    state.products = found;
+    renderProducts();
+  }
+
+  function productEpsilon(p) {
+    const level = p.user_level || {};
+    return p.epsilon_per_subject_per_day ?? level.product_total ?? p.epsilon_budget;
+  }
+
+  function renderProducts() {
+    const box = $("products");
+    box.replaceChildren();
+    for (const [key, p] of state.products) {
+      const eps = productEpsilon(p);
+      if (eps === undefined || eps === null) continue;
+      const row = el("div", "product-level");
+      row.dataset.product = key;
+      row.append(el("strong", "product-name", key));
+      const guarantee = el("span", "guarantee", `ε = ${eps} per person per UTC day (pure DP)`);
+      guarantee.title =
+        "the most all of this product's releases together can reveal about one " +
+        "pseudonymous subject's whole UTC day";
+      row.append(guarantee);
+      const spent = p.epsilon_spent_today ?? p.epsilon_spent;
+      const left = p.epsilon_left_today ?? p.epsilon_remaining;
+      if (left !== undefined && left !== null) {
+        const today = el("span", "product-left");
+        today.append(
+          el("span", "product-remaining", String(left)),
+          document.createTextNode(" ε left today"),
+        );
+        if (spent !== undefined && spent !== null) {
+          today.append(el("span", "muted", ` (${spent} spent)`));
+        }
+        row.append(today);
+      }
+      const shares = Array.isArray(p.allocation)
+        ? p.allocation.map((a) => [a.class_id || a.query_class, a.epsilon_per_day])
+        : Object.entries(p.allocation || {});
+      if (shares.length) {
+        const list = el("span", "allocation muted");
+        list.append(document.createTextNode("allocation (ε / day): "));
+        shares.forEach(([id, eps], i) => {
+          const item = el("span", "share", `${String(id).replace(`${key}.`, "")} ${eps}`);
+          item.dataset.classId = id;
+          item.dataset.epsilon = eps;
+          if (i) list.append(document.createTextNode(" · "));
+          list.append(item);
+        });
+        row.append(list);
+      }
+      box.append(row);
+    }
+    box.hidden = box.childElementCount === 0;
+  }
+
   // ---------------------------------------------------------------- tiles
 
   function clearTiles(message) {
     state.classes.clear();
+    state.products = new Map();
+    renderProducts();
     $("tiles").replaceChildren();
     const empty = $("empty");
     empty.textContent = message;
@@ -474,6 +702,8 @@
       }
       cls.meta = meta;
       if (meta.budget) cls.budget = meta.budget;
+      if (meta.budget_lasts_until) cls.lastsUntil = meta.budget_lasts_until;
+      syncResolutions(cls);
       renderTile(cls);
     }
     for (const [id, cls] of state.classes) {
@@ -518,7 +748,25 @@
     ci.hidden = true;
     const windowLine = el("div", "window muted");
     const eps = el("div", "eps muted");
-    valueBlock.append(valueLine, ci, windowLine, eps);
+    // Daily classes: the resolution (selector, default auto) and the span the value covers.
+    const resRow = el("div", "res-row");
+    const resLabel = el("label", "res-label", "resolution ");
+    const resSelect = el("select", "res-select");
+    resSelect.setAttribute("aria-label", "resolution");
+    resLabel.append(resSelect);
+    const resShown = el("span", "resolution");
+    resRow.append(resLabel, resShown);
+    resRow.hidden = true;
+    const spanLine = el("div", "span muted");
+    spanLine.hidden = true;
+    const noisy = el("div", "too-noisy");
+    noisy.setAttribute("role", "note");
+    const noisyText = el("span", "too-noisy-text", "too noisy at this resolution");
+    const coarser = el("button", "coarser ghost");
+    coarser.type = "button";
+    noisy.append(noisyText, coarser);
+    noisy.hidden = true;
+    valueBlock.append(resRow, valueLine, ci, noisy, spanLine, windowLine, eps);
 
     const budget = el("div", "budget-block");
     const gaugeLabel = el("div", "gauge-label");
@@ -527,7 +775,8 @@
     const budgetTotal = el("span", "budget-total", "—");
     const text = (t) => document.createTextNode(t);
     spentLine.append(budgetSpent, text(" / "), budgetTotal, text(" ε"));
-    gaugeLabel.append(el("span", "", "Budget spent"), spentLine);
+    const gaugeTitle = el("span", "gauge-title", "Budget spent");
+    gaugeLabel.append(gaugeTitle, spentLine);
     const gauge = el("div", "gauge");
     gauge.setAttribute("role", "meter");
     gauge.setAttribute("aria-label", "privacy budget spent");
@@ -536,8 +785,19 @@
     const gaugeFoot = el("div", "gauge-foot");
     const remaining = el("span", "budget-remaining", "—");
     const resets = el("time", "budget-resets");
-    gaugeFoot.append(remaining, text(" ε remaining · resets "), resets);
-    budget.append(gaugeLabel, gauge, gaugeFoot);
+    const remainingPart = el("span", "remaining-part");
+    remainingPart.append(remaining, text(" ε remaining · "));
+    // A daily class pays its whole day at its first value: what is left of it is nothing.
+    const paidNote = el("span", "paid-note", "paid for this UTC day: every value is free · ");
+    paidNote.hidden = true;
+    gaugeFoot.append(remainingPart, paidNote, text("resets "), resets);
+    const lasts = el("div", "lasts muted");
+    const lastsUntil = el("time", "lasts-until");
+    lasts.append(text("budget lasts until "), lastsUntil);
+    lasts.hidden = true;
+    const userLevel = el("div", "user-level muted");
+    userLevel.hidden = true;
+    budget.append(gaugeLabel, gauge, gaugeFoot, lasts, userLevel);
     budget.hidden = !meta.budget;
     body.append(valueBlock, budget);
 
@@ -547,18 +807,60 @@
     const foot = el("footer", "tile-foot");
     root.append(head, problem, body, chartWrap, groups, foot);
 
-    return {
+    const cls = {
       meta,
       budget: meta.budget || null,
+      lastsUntil: meta.budget_lasts_until || null,
+      userLevel: meta.user_level || null,
+      selected: sessionStorage.getItem(RESOLUTION_STORAGE + meta.id) || "auto",
+      ticket: 0,
       series: [],
       latest: null,
       problem: null,
       el: {
         root, title, chips, problem, problemTitle, problemDetail, problemCode, problemExtra,
         value, suppressed, ci, ciLo, ciHi, windowLine, eps, budget, budgetSpent, budgetTotal, gauge,
-        gaugeFill, remaining, resets, chartWrap, groups, foot,
+        gaugeFill, remaining, resets, chartWrap, groups, foot, resRow, resSelect, resShown,
+        gaugeTitle, remainingPart, paidNote,
+        spanLine, noisy, noisyText, coarser, lasts, lastsUntil, userLevel,
       },
     };
+    resSelect.addEventListener("change", () => choose(cls, resSelect.value));
+    coarser.addEventListener("click", () => {
+      if (coarser.dataset.resolution) choose(cls, coarser.dataset.resolution);
+    });
+    return cls;
+  }
+
+  // The resolutions a daily class answers (the list's ``resolutions``), auto first.
+  function syncResolutions(cls) {
+    const { meta, el: e } = cls;
+    e.resRow.hidden = !isDaily(meta);
+    if (!isDaily(meta)) return;
+    const offered = ["auto", ...(Array.isArray(meta.resolutions) ? meta.resolutions : [])];
+    if (!offered.includes(cls.selected)) cls.selected = "auto";
+    const current = Array.from(e.resSelect.options).map((o) => o.value);
+    if (current.join() !== offered.join()) {
+      e.resSelect.replaceChildren(
+        ...offered.map((r) => {
+          const option = el("option", "", RESOLUTION_LABEL[r] || r);
+          option.value = r;
+          return option;
+        }),
+      );
+    }
+    e.resSelect.value = cls.selected;
+  }
+
+  // The viewer picks a resolution (the selector or the "coarser" button): ask for it now.
+  function choose(cls, resolution) {
+    cls.selected = resolution;
+    sessionStorage.setItem(RESOLUTION_STORAGE + cls.meta.id, resolution);
+    cls.el.resSelect.value = resolution;
+    cls.series = [];
+    cls.latest = null;
+    renderTile(cls);
+    fetchResolution(state.generation, cls);
   }
 
   function renderTile(cls) {
@@ -567,13 +869,43 @@
     e.title.title = meta.id;
     const chips = [meta.id];
     if (meta.aggregate) chips.push([meta.aggregate, meta.mechanism].filter(Boolean).join(" · "));
-    if (meta.epsilon_per_release) chips.push(`ε ${meta.epsilon_per_release} / release`);
+    if (isDaily(meta)) {
+      if (meta.epsilon_per_release !== undefined) chips.push(`ε ${meta.epsilon_per_release} / day`);
+    } else if (meta.epsilon_per_release) chips.push(`ε ${meta.epsilon_per_release} / release`);
     e.chips.replaceChildren(...chips.map((c) => el("span", "chip", c)));
 
     renderProblem(cls);
     renderValue(cls);
+    renderResolution(cls);
     renderBudget(cls);
     renderChart(cls);
+  }
+
+  // Daily classes: the resolution shown, the span covered, and "too noisy" with the way out.
+  function renderResolution(cls) {
+    const { latest: r, el: e, meta } = cls;
+    const daily = isDaily(meta) || Boolean(r && r.resolution);
+    e.resRow.hidden = !daily;
+    const shown = r && r.resolution;
+    e.resShown.textContent = shown
+      ? `${RESOLUTION_LABEL[shown] || shown}${cls.selected === "auto" ? " (auto)" : ""}`
+      : "";
+    e.resShown.dataset.resolution = shown || "";
+    const span = r && r.span ? spanOf(r) : null;
+    e.spanLine.hidden = !span;
+    if (span) {
+      e.spanLine.textContent = `covers ${fmtSpan(span)}`;
+      e.spanLine.title = `${utcDateTime(span.start)} to ${utcDateTime(span.end)}`;
+    }
+    const noisy = Boolean(r && r.too_noisy);
+    e.noisy.hidden = !noisy;
+    e.root.dataset.tooNoisy = String(noisy);
+    if (noisy) {
+      e.noisyText.textContent = "too noisy at this resolution";
+      e.coarser.hidden = !r.coarser;
+      e.coarser.dataset.resolution = r.coarser || "";
+      e.coarser.textContent = r.coarser ? `show ${RESOLUTION_LABEL[r.coarser] || r.coarser}` : "";
+    }
   }
 
   function renderProblem(cls) {
@@ -634,7 +966,8 @@
         e.ciHi.textContent = fmtBound(ci[1], r.value, 1);
       }
     }
-    if (r.window) {
+    e.windowLine.hidden = !r.window || Boolean(r.span); // a daily value shows its span
+    if (r.window && !r.span) {
       e.windowLine.textContent = `window ${utcTime(r.window.start)} → ${utcTime(r.window.end)} UTC`;
       e.windowLine.title = `${utcDateTime(r.window.start)} to ${utcDateTime(r.window.end)}`;
     }
@@ -674,6 +1007,22 @@
     const { budget: b, el: e } = cls;
     e.budget.hidden = !b;
     if (!b) return;
+    e.lasts.hidden = !cls.lastsUntil;
+    if (cls.lastsUntil) {
+      e.lastsUntil.dateTime = cls.lastsUntil;
+      e.lastsUntil.textContent = fmtUntil(cls.lastsUntil);
+      e.lastsUntil.title = `${utcDateTime(cls.lastsUntil)} (${fmtIn(cls.lastsUntil)}) at the current cadence`;
+    }
+    const level = cls.userLevel;
+    e.userLevel.hidden = !level;
+    if (level) {
+      const mine = level.epsilon_per_subject_per_day;
+      e.userLevel.textContent =
+        mine === null || mine === undefined
+          ? "protects a person within one window only (not per UTC day)"
+          : `ε ${mine} of the product's ${level.product_total} ` +
+            `per person per ${level.period || "UTC day"}`;
+    }
     const spent = Number(b.epsilon_spent);
     const total = Number(b.epsilon_budget);
     const share = total > 0 ? Math.min(1, Math.max(0, spent / total)) : 0;
@@ -682,6 +1031,18 @@
     e.remaining.textContent = b.epsilon_remaining;
     e.gaugeFill.style.width = `${(share * 100).toFixed(1)}%`;
     e.gaugeFill.dataset.level = share >= 1 ? "full" : share >= 0.8 ? "high" : "ok";
+    // A daily class: spending its day is paying for it (not running out); one allotted
+    // nothing (a mean of two paid classes) is post-processing.
+    const daily = isDaily(cls.meta);
+    const paid = daily && total > 0 && spent >= total;
+    if (daily) e.gaugeFill.dataset.level = "paid";
+    e.gaugeTitle.textContent = !daily
+      ? "Budget spent"
+      : total > 0
+        ? "Paid per UTC day"
+        : "Spends nothing (post-processing)";
+    e.remainingPart.hidden = paid;
+    e.paidNote.hidden = !paid;
     e.gauge.setAttribute("aria-valuemin", "0");
     e.gauge.setAttribute("aria-valuemax", String(total));
     e.gauge.setAttribute("aria-valuenow", String(spent));
@@ -771,7 +1132,7 @@
     const y = yScale(ys.length ? ys : [0, 1], false);
     drawYAxis(root, y);
 
-    const times = series.map((r) => new Date(r.window.end).getTime());
+    const times = series.map((r) => windowKey(r));
     const t0 = Math.min(...times);
     const t1 = Math.max(...times);
     const x0 = CHART.left + 8;
@@ -795,7 +1156,7 @@
       const pts = part.map((r) => {
         const ci = Array.isArray(r.ci95) ? r.ci95 : [r.value, r.value];
         return {
-          x: px(new Date(r.window.end).getTime()),
+          x: px(windowKey(r)),
           y: y.scale(r.value),
           lo: y.scale(ci[0]),
           hi: y.scale(ci[1]),
@@ -819,8 +1180,9 @@
 
     const last = series[series.length - 1];
     for (const r of series) {
-      const x = px(new Date(r.window.end).getTime());
-      const label = `${utcTime(r.window.start)}–${utcTime(r.window.end)} UTC`;
+      const x = px(windowKey(r));
+      const span = spanOf(r);
+      const label = `${utcTime(span.start)}–${utcTime(span.end)} UTC`;
       if (r.suppressed || typeof r.value !== "number") {
         const cy = CHART.h - CHART.bottom - 5;
         const mark = svg("circle", { class: "point-suppressed", cx: x, cy, r: 4 });
