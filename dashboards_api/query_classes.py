@@ -204,6 +204,8 @@ class QueryClass(BaseModel):
     @property
     def source(self) -> Literal["windows", "events"]:
         """Where the exact statistic comes from: online window rows or offline events."""
+        if self.release == "daily":
+            return "windows"  # every daily class (a mean too: two paid structures) reads windows
         if (
             self.aggregate in WINDOW_AGGREGATES
             and self.group_by is None
