@@ -178,6 +178,7 @@ def health_report(processor: Processor, started: float) -> dict[str, Any]:
                 **dict(p.counters),
                 "late_events": p.late_events,
                 "capped_events": p.capped_events,
+                "truncated_events": p.truncated_events,
             }
             for p in processor.pipelines
         },

@@ -57,20 +57,17 @@ def day_tallies(
         .filter(pl.col("day").is_in(days))
         .group_by("day", "subject")
         .agg(
-            records=pl.len(),
-            windows=pl.col("window").n_unique(),
+            records=pl.len().clip(upper_bound=bounds.max_records_per_period),
+            windows=pl.col("window").n_unique().clip(upper_bound=bounds.max_windows_per_period),
             # the 24-bit mask of the day's hours with a record: sum of 2**hour, each once
             hours=pl.lit(2, pl.Int64).pow(hour.unique().cast(pl.UInt32)).sum(),
         )
         .collect()
     )
     out: dict[int, dict[str, DayTally]] = {}
-    for d, s, records, windows, hours in frame.iter_rows():
-        out.setdefault(int(d), {})[str(s)] = DayTally(
-            min(int(records), bounds.max_records_per_period),
-            min(int(windows), bounds.max_windows_per_period),
-            int(hours),
-        )
+    for (d,), part in frame.partition_by("day", as_dict=True).items():
+        columns = [part[c].to_list() for c in ("subject", "records", "windows", "hours")]
+        out[int(d)] = {s: DayTally(r, w, h) for s, r, w, h in zip(*columns, strict=True)}
     return out
 
 

@@ -152,6 +152,8 @@ class WindowAggregator:
         if window_seconds < 1 or grace_seconds < 0 or max_events_per_subject < 1:
             raise ValueError("window >= 1 s, grace >= 0 s and max events >= 1 are required")
         self.contribution = UNBOUNDED_PERIOD if contribution is None else contribution
+        self._max_records = self.contribution.max_records_per_period
+        self._max_windows = self.contribution.max_windows_per_period
         self._seeds = dict(seed or {})  # this aggregator's view: days are dropped from it
         # day start -> subject -> what the subject has counted that day (open days only)
         self._days: dict[int, dict[str, DayTally]] = {}
@@ -218,8 +220,9 @@ class WindowAggregator:
         """
         if not math.isfinite(event_time):
             raise ValueError("event time must be a finite number of epoch seconds")
-        if any(math.isnan(v) for v in measures.values()):
-            raise ValueError("a measure is NaN; it cannot be clamped")
+        for value in measures.values():
+            if math.isnan(value):
+                raise ValueError("a measure is NaN; it cannot be clamped")
         start = self.window_of(event_time)
         self._arrived = True
         self._recent.append(event_time)
@@ -240,11 +243,11 @@ class WindowAggregator:
             self.capped_events += 1
             return False
         day_start = start - start % DAY_SECONDS
-        day = self._day_tally(day_start, subject)
-        bounds = self.contribution
-        if day.records >= bounds.max_records_per_period or (
-            tally is None and day.windows >= bounds.max_windows_per_period
-        ):
+        tallies = self._days.get(day_start)
+        day = tallies.get(subject) if tallies is not None else None
+        if day is None:
+            day = self._new_day_tally(day_start, subject)
+        if day.records >= self._max_records or (tally is None and day.windows >= self._max_windows):
             self.truncated_events += 1
             self._truncated_by_window[start] = self._truncated_by_window.get(start, 0) + 1
             return False
@@ -264,15 +267,11 @@ class WindowAggregator:
         self._dirty.add((start, subject))
         return True
 
-    def _day_tally(self, day_start: int, subject: str) -> DayTally:
-        """The subject's tally of the day, created (from the restart seed) when new."""
-        tallies = self._days.setdefault(day_start, {})
-        day = tallies.get(subject)
-        if day is None:
-            seeded = self._seeds.get(day_start, {}).get(subject)
-            day = tallies[subject] = (
-                DayTally() if seeded is None else replace(seeded)  # a copy: seeds are shared
-            )
+    def _new_day_tally(self, day_start: int, subject: str) -> DayTally:
+        """A new tally of the subject's day: from the restart seed when it has one."""
+        seeded = self._seeds.get(day_start, {}).get(subject)
+        day = DayTally() if seeded is None else replace(seeded)  # a copy: seeds are shared
+        self._days.setdefault(day_start, {})[subject] = day
         return day
 
     @property
