@@ -225,11 +225,7 @@ def window_classes() -> dict[str, QueryClass]:
 
 def daily_classes() -> dict[str, QueryClass]:
     """The shipped daily classes (the mean among them), and one too noisy to read finely."""
-    classes = {
-        k: qc
-        for k, qc in load_query_classes().items()
-        if qc.release == "daily"
-    }
+    classes = {k: qc for k, qc in load_query_classes().items() if qc.release == "daily"}
     classes[NOISY] = QueryClass.model_validate(
         {
             "id": NOISY,
@@ -469,6 +465,14 @@ def test_live_tiles_charts_budgets_and_problems(dashboard: Dashboard, tmp_path: 
             assert tile["bands"] >= 1 and tile["points"] >= SEEDED // 2, tile  # history
     assert tiles[WITHHELD]["suppressed_points"] >= 1
     assert tiles[CAPPED]["spent"] == tiles[CAPPED]["total"] and tiles[CAPPED]["remaining"] == "0"
+    # "budget lasts until": at the class's spend rate so far today (the capped one: now).
+    for class_id in (PLAIN, CAPPED):
+        body = dashboard.api(f"/v1/queries/{class_id}").json()
+        shown = datetime.fromisoformat(tiles[class_id]["lasts_until"])
+        assert shown == datetime.fromisoformat(body["budget_lasts_until"]), (class_id, body)
+    assert datetime.fromisoformat(tiles[CAPPED]["lasts_until"]).timestamp() == pytest.approx(
+        dashboard.clock.now, abs=1
+    )
 
     # A window closes: new releases arrive on the open page, the capped class has a problem.
     driver.execute_script("window.__sameDocument = true;")
