@@ -347,3 +347,30 @@ def test_live_pushes_each_daily_value_per_new_window(tmp_path: Path) -> None:
     t_end = DAY + 5 * 3_600 + 10
     assert seen == [f"day:{DAY}:auto:{t_end + WINDOW * i}" for i in range(3)]
     assert service.ledger.spent(COUNT, iso(DAY)[:10]) == 500_000
+
+
+def test_the_class_list_shows_each_products_user_level_budget(tmp_path: Path) -> None:
+    """GET /v1/queries says per product the loss per subject per day (its total), the
+    allocation per class, and what is spent and left today after a daily class paid."""
+    clock = Clock(DAY + 5 * 3_600 + 15)
+    service = make(tmp_path, clock, window_rows(DAY))
+    client = TestClient(create_app(service))
+    client.get(f"/v1/queries/{COUNT}", params={"resolution": "today"})
+    listing = client.get("/v1/queries").json()
+    orders = next(p for p in listing["products"] if p["product"] == "shop.orders")
+    assert orders["privacy_unit"] == "subject_day"
+    assert orders["epsilon_per_subject_per_day"] == "2"
+    assert orders["allocation"] == {
+        COUNT: "0.5",
+        REVENUE: "0.5",
+        DISTINCT: "0.5",
+        MEAN: "0",
+        "shop.orders.payment_methods": "0.25",
+        "shop.orders.median_order_cents": "0.25",
+    }
+    assert (orders["epsilon_spent_today"], orders["epsilon_left_today"]) == ("0.5", "1.5")
+    count = next(c for c in listing["classes"] if c["id"] == COUNT)
+    assert count["resolutions"] == ["window", "1m", "1h", "today", "24h"]
+    assert count["accuracy"] == {"relative": 0.05, "resolution": "1h"}
+    refused = client.get(f"/v1/queries/{DISTINCT}", params={"resolution": "1m"})
+    assert refused.status_code == 422 and "distinct" in refused.json()["detail"]
