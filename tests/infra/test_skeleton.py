@@ -84,10 +84,17 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
                 break
             time.sleep(1)
         assert answer is not None, (tmp_path / "up.log").read_text()
-        assert answer["epsilon"] == "1" and isinstance(answer["value"], int)
-        assert answer["ledger_entry"] >= 1
+        # A daily class: its day's epsilon is one ledger entry, paid before this value,
+        # which is committed (at cost 0) under its own entry.
+        assert answer["privacy_unit"] == "subject_day" and isinstance(answer["value"], int)
+        assert answer["epsilon"] == "0" and answer["ledger_entry"] >= 1
+        paid = answer["daily_epsilon"]
+        assert paid["epsilon"] == "0.5" and paid["paid_by_ledger_entry"] < answer["ledger_entry"]
         ledger = httpx.get(f"{api}/v1/ledger", timeout=5).json()["entries"]
-        assert any(e["id"] == answer["ledger_entry"] and e["epsilon"] == "1" for e in ledger)
+        assert any(e["id"] == answer["ledger_entry"] and e["epsilon"] == "0" for e in ledger)
+        assert any(
+            e["id"] == paid["paid_by_ledger_entry"] and e["epsilon"] == "0.5" for e in ledger
+        )
         status = run_cli("status", env=env, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
         # The governance catalog of the running stack: every demo field, spend = ledger.
