@@ -28,7 +28,12 @@ from dashboards_api.errors import (
     UnknownQueryClass,
     WindowNotFound,
 )
-from dashboards_api.event_aggregates import EventQuery, exact_plan, mechanisms_for, scan_events
+from dashboards_api.event_aggregates import (
+    EventQuery,
+    mechanisms_for,
+    plan_from_store,
+    scan_events,
+)
 from dashboards_api.event_aggregates import release as release_events
 from dashboards_api.hierarchy import DAY_SECONDS, DailyHierarchy, NoisyValue, expected_half_width
 from dashboards_api.ledger import Commit, Ledger, period_of
@@ -77,6 +82,12 @@ class EventSource(Protocol):
         """A lazy scan of ``product``'s events (NoDataYet when none are stored)."""
         ...
 
+    def exact(
+        self, product: str, query: EventQuery, start: datetime, end: datetime
+    ) -> pl.LazyFrame:
+        """``query``'s bounded exact answer over ``[start, end)`` (``exact_plan``'s frame)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StoreEvents:
@@ -87,6 +98,12 @@ class StoreEvents:
     def events(self, product: str) -> pl.LazyFrame:
         """See :class:`EventSource`."""
         return scan_events(self.folder_of(product))
+
+    def exact(
+        self, product: str, query: EventQuery, start: datetime, end: datetime
+    ) -> pl.LazyFrame:
+        """From the processor's pre-aggregates when they can answer, else the events."""
+        return plan_from_store(self.folder_of(product), query, start, end)
 
 
 @dataclass(frozen=True)
@@ -405,8 +422,8 @@ class ReleaseService:
         if source is None:
             raise NoDataYet(f"no event store configured for domain {qc.domain!r}")
         query = event_query(qc, self.product_of(qc))
-        frame = exact_plan(
-            source.events(qc.product),
+        frame = source.exact(
+            qc.product,
             query,
             datetime.fromtimestamp(start, tz=UTC),
             datetime.fromtimestamp(end, tz=UTC),

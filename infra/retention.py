@@ -21,6 +21,8 @@ from typing import Any
 
 from domains.contract import DomainContract
 from feature_repo.store import DomainFeatureStore
+from streams.preaggregate import preaggregate_folder
+from streams.preaggregate import purge_before as purge_preaggregates
 from streams.producing import RawProducer
 from streams.records import append_record, read_records
 from streams.topics import ProductTopics
@@ -43,6 +45,9 @@ def run_retention(
     }
     for domain, contract in sorted(contracts.items()):
         purged = stores[domain].purge_expired(moment)
+        for rows in purged:  # the events' pre-aggregates (streams.preaggregate) go too
+            folder = preaggregate_folder(stores[domain].events_folder(rows.product))
+            purge_preaggregates(folder, datetime.fromisoformat(rows.cutoff).timestamp())
         tombstones = 0
         for rows in purged:
             product = contract.product(rows.product)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from domains.contract import DataProduct, DomainContract
 from feature_repo.store import DomainFeatureStore
+from streams import preaggregate
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
 from streams.records import append_record as append_jsonl
@@ -127,6 +128,10 @@ def erase_subject(
     producer.send(erasures_topic(domain), json.dumps(request).encode(), key=erasure_id.encode())
     producer.flush()
     erased = store.erase_subjects(token_set)
+    for product in contract.products:  # the events' pre-aggregates hold the subject's id
+        preaggregate.erase(
+            preaggregate.preaggregate_folder(store.events_folder(product)), token_set
+        )
     tombstones = 0
     for product in contract.products:
         topic = ProductTopics.of(domain, product).profiles
