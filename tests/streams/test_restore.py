@@ -8,6 +8,8 @@ from pathlib import Path
 from domains.registry import get_product
 from feature_repo.events import event_schema, event_table
 from feature_repo.offline import append_part
+from feature_repo.settings import FeatureStoreSettings
+from feature_repo.store import DomainFeatureStore
 from streams.restore import OfflineDayTallies, day_tallies
 from streams.windows import DayTally, WindowAggregator
 
@@ -55,10 +57,14 @@ def test_day_tallies_count_records_windows_and_hours_per_subject(tmp_path: Path)
 
 def test_a_restored_aggregator_does_not_give_the_day_afresh(tmp_path: Path) -> None:
     """After a restart, a subject that used its day's records before is truncated; the
-    restored counts are an upper bound (a subject's truncated events count as records)."""
-    folder = tmp_path / "orders_events"
-    write(folder, [event("a", DAY + 100 + i) for i in range(12)] + [event("b", DAY + 50)])
-    restore = OfflineDayTallies(lambda product: folder, 10)
+    restored counts are an upper bound (a subject's truncated events count as records). The
+    events are written where the processor's offline flush writes them (the store's events
+    folder), and read back from there."""
+    contract, _ = get_product("shop", "orders")
+    store = DomainFeatureStore(contract, tmp_path, FeatureStoreSettings())
+    events = [event("a", DAY + 100 + i) for i in range(12)] + [event("b", DAY + 50)]
+    store.append_events(ORDERS, event_table(event_schema(ORDERS), events))
+    restore = OfflineDayTallies(store.events_folder, 10)
     seed = restore(ORDERS, [DAY])
     agg = WindowAggregator(
         10,
