@@ -22,7 +22,7 @@ from dashboards_api.query_classes import (
     load_product_budgets,
     load_query_classes,
 )
-from dashboards_api.releases import ReleaseService
+from dashboards_api.releases import ReleaseService, event_query, privacy_unit_of
 from dashboards_api.settings import ApiSettings
 from domains.registry import load_contracts
 from tests.dashboards_api.test_live import events
@@ -374,3 +374,20 @@ def test_the_class_list_shows_each_products_user_level_budget(tmp_path: Path) ->
     assert count["accuracy"] == {"relative": 0.05, "resolution": "1h"}
     refused = client.get(f"/v1/queries/{DISTINCT}", params={"resolution": "1m"})
     assert refused.status_code == 422 and "distinct" in refused.json()["detail"]
+
+
+def test_shipped_distributions_are_user_level_over_yesterday() -> None:
+    """The shipped histogram and median read yesterday's whole UTC day, each subject's
+    records bounded by the contract's per-day bound (the class declares none), so one
+    release protects the subject-day."""
+    product = load_contracts()["shop"].product("orders")
+    assert product is not None
+    for class_id in ("shop.orders.payment_methods", "shop.orders.median_order_cents"):
+        qc = load_query_classes()[class_id]
+        assert (qc.window, qc.max_records_per_subject, privacy_unit_of(qc)) == (
+            "1d",
+            None,
+            "subject_day",
+        )
+        bound = event_query(qc, product).max_records_per_subject
+        assert bound == product.contribution.max_records_per_period == 10
