@@ -48,6 +48,7 @@ from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.ledger import Ledger, period_of
 from dashboards_api.policy import GovernancePolicy
 from dashboards_api.query_classes import ProductBudget, QueryClass
+from dashboards_api.releases import privacy_unit_of
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
 from domains.owners import OwnersDirectory
 from feature_repo.definitions import ProductFeatures, build_features
@@ -468,7 +469,7 @@ class _Builder:
                 source=source,
                 inputs=[entity_id("field", f"{fqn}.{n}") for n in inputs],
                 epsilon_per_release=str(qc.epsilon_per_release),
-                privacy_unit=qc.privacy_unit,
+                privacy_unit=privacy_unit_of(qc),
                 budget=self._budget(self._class_budget(qc), spent),
             )
             view = f"{product.name}_{'window_stats' if source == 'windows' else 'events'}"

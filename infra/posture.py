@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dashboards_api.budget import from_micro, to_micro
-from dashboards_api.releases import ReleaseService
+from dashboards_api.releases import ReleaseService, privacy_unit_of
 from domains.contract import DomainContract
 from federation.registry import ModelRegistry
 from infra.settings import PostureSettings
@@ -185,7 +185,7 @@ def budgets(service: ReleaseService) -> dict[str, Any]:
         row = {
             "class_id": qc.id,
             "product": f"{qc.domain}.{qc.product}",
-            "privacy_unit": qc.privacy_unit,
+            "privacy_unit": privacy_unit_of(qc),
             "allocation": state["epsilon_budget"],
             "spent": float(state["epsilon_spent"]),
             "remaining": float(state["epsilon_remaining"]),

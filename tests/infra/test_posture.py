@@ -249,6 +249,9 @@ def test_operations_metrics_on_the_api(client: TestClient) -> None:
     assert (
         found[("privmesh_model_mia_advantage", (("dp", "false"), ("task", "flight_delay")))] == 0.31
     )
+    total = float(load_product_budgets()["shop.orders"].budget_per_day)
+    per_subject = "privmesh_budget_product_epsilon_per_subject_per_day"
+    assert found[(per_subject, (("product", "shop.orders"),))] == total
     assert (
         "privmesh_federation_rounds_total",
         (("result", "released"), ("task", "flight_delay")),
