@@ -232,3 +232,22 @@ def test_day_tallies_stay_bounded_over_many_subjects() -> None:
     assert agg.tallied_days == {DAY: 100_000}
     close_all(agg, DAY + 86_410)
     assert agg.tallied_days == {}
+
+
+@pytest.mark.parametrize("windows", [60, 48, 30, 11, 1])
+def test_one_subject_is_new_once_a_day_and_at_most_once_an_hour(windows: int) -> None:
+    """One subject with records in two windows of every hour of the day: summed over the
+    day's windows it is new in the day exactly once, and new in an hour once per hour it
+    has a counted window, never more than min(24, max_windows)."""
+    agg = bounded(records=200, windows=windows)
+    for hour in range(24):
+        for minute in (5, 35):  # two windows an hour: only the first is new in the hour
+            agg.add("s", DAY + hour * HOUR + minute * 60, {"x": 1.0})
+            agg.add("s", DAY + hour * HOUR + minute * 60 + 1, {"x": 1.0})
+    stats = close_all(agg, DAY + 86_400)
+    used = min(windows, 48)
+    assert sum(1 for s in stats if s.distinct_subjects) == used
+    assert sum(s.new_subjects_period for s in stats) == 1
+    assert sum(s.new_subjects_hour for s in stats) == math.ceil(used / 2)
+    assert sum(s.new_subjects_hour for s in stats) <= min(24, windows)
+    assert sum(s.events for s in stats) == 2 * used
