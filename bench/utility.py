@@ -1,0 +1,791 @@
+"""Utility of the daily releases over one day of realistic demo traffic (issue 19, item 9).
+
+One UTC day of event time at the demo generator's traffic (its default people pool, activity
+tail, product shares and rate: ``streams.generator``) is replayed, compressed in wall time, in
+layers, each real code and each reported as run or not in the JSON (``layers``):
+
+1. **processor**: the day's ``shop.orders`` events (``EventGenerator``, event times uniform
+   over the day) go through the real stream processing path, ``ProductPipeline.route`` and
+   ``drain`` (contract transform, tokenisation, consent, per-subject per-day bounds of the
+   shipped contract, event-time windows closed by the watermark), partitioned by the Kafka
+   partitioner as the ingest topic would be. No broker and no Faust worker: the pure path
+   those workers run per record. The window rows are the ones ``window_records`` writes to
+   the feature store; the exact (bounded) truth of every span is summed from them.
+2. **dp**: every shipped ``release: daily`` class of ``shop.orders`` gets its day's
+   ``DailyHierarchy`` per stream (the API's sensitivities, epsilon split and hour structure:
+   ``dashboards_api.sensitivity``), and every tile is read at every resolution after every
+   window of the day (window, 1m, 1h, today; ``24h`` needs yesterday's structure, which a
+   one-day replay does not have). Values are clamped to the public bounds as the API does.
+3. **api** (when the API answers daily classes): the FastAPI app in-process with the shipped
+   classes, a real sqlite ledger and an injected clock, reading the processor's window rows
+   through the ``WindowSource`` seam, queried at every resolution once per simulated minute;
+   the user-level epsilon per subject per product is read back from its ledger.
+
+In the same run, for comparison: (a) the per-window design shipped before issue 19 (epsilon 1
+per 10-second release, 100 releases a day per class, the old per-window bound of 20 orders
+and the contract bound of 100,000 cents), (b) independent per-release noise at the same daily
+epsilon per class (split evenly over the resolutions, then over each resolution's releases
+of the day). The truncation bias (events and revenue the per-day bounds drop) is measured on
+the replay and set against the generator's expectation (``expected_truncation``).
+
+Traffic shapes: ``demo`` (the defaults) and a second shape with fewer people and a heavier
+tail, to show the figures are not tuned to one. ``BENCH_UTILITY_HOURS`` (default 24) shortens
+the replayed day; the JSON says so. Writes bench/results/utility.json; last line
+``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import opendp.prelude as dp
+
+from dashboards_api import daily
+from dashboards_api.continual import MemoryNodeStore
+from dashboards_api.errors import ResolutionUnavailable
+from dashboards_api.hierarchy import DailyHierarchy, mixed_half_width
+from dashboards_api.mechanisms import laplace_within
+from dashboards_api.query_classes import QueryClass, load_query_classes
+from dashboards_api.sensitivity import (
+    EVENTS,
+    NEW_HOUR,
+    NEW_PERIOD,
+    SUM,
+    daily_sensitivities,
+    split_epsilon,
+)
+from domains.contract import DataProduct
+from domains.registry import load_contracts
+from feature_repo.names import (
+    CONTRIBUTION_BOUND,
+    MAX_RECORDS_PER_PERIOD,
+    MAX_WINDOWS_PER_PERIOD,
+    NEW_SUBJECTS_HOUR,
+    NEW_SUBJECTS_PERIOD,
+    PARTITION_KEY,
+    TRUNCATED_EVENTS,
+    WINDOW_COMPLETE,
+    WINDOW_KEY,
+    sum_feature,
+)
+from infra.settings import GeneratorSettings
+from streams.generator import (
+    EventGenerator,
+    events_per_day,
+    expected_truncation,
+    make_people,
+)
+from streams.keys import derive_domain_key
+from streams.pipeline import build_pipelines, partition_for
+from streams.pseudonymise import Tokeniser
+from streams.settings import KafkaSettings, StreamSettings
+from streams.transform import Accepted
+
+dp.enable_features("contrib")
+
+RESULTS = Path(__file__).with_name("results") / "utility.json"
+DOMAIN, PRODUCT, MEASURE = "shop", "orders", "amount_cents"
+DAY = 86_400
+HOUR = 3_600
+DAY_START = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp())  # a fixed UTC day, replayed
+HOURS = int(os.environ.get("BENCH_UTILITY_HOURS", "24"))
+# The second shape replays the first hours of its day only: the replay runs at about 1,000
+# orders/s on the shared 2-core machine, and a second full day would double the wall time.
+SECOND_HOURS = int(os.environ.get("BENCH_UTILITY_SECOND_HOURS", "6"))
+SHAPES = os.environ.get("BENCH_UTILITY_SHAPES", "demo,fewer_people_heavier_tail").split(",")
+# Targets of issue 19 at the demo traffic: median relative error per (tile, resolution).
+TARGETS = {
+    ("order_count", "1h"): 0.05,
+    ("distinct_customers", "1h"): 0.05,
+    ("revenue_cents", "1h"): 0.10,
+    ("order_count", "today"): 0.01,
+    ("distinct_customers", "today"): 0.01,
+    ("revenue_cents", "today"): 0.01,
+}
+# The per-window design shipped before issue 19 (for comparison (a)).
+OLD_EPSILON = Decimal(1)
+OLD_RELEASES_PER_DAY = 100  # budget_per_day 100 at epsilon 1 a release
+OLD_WINDOW_BOUND = 20  # the processor's per-window bound (orders of one subject per window)
+OLD_REVENUE_BOUND = 100_000  # cents: the field's contract bound, the old clamp
+OLD_PRODUCT_TOTAL = 600
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A traffic shape: the generator's people pool and its rate (all products together)."""
+
+    name: str
+    people: int
+    activity_sigma: float
+    seed: int
+    rate: float
+    bad_ratio: float
+    hours: int  # of the UTC day replayed, from midnight
+
+
+def shapes() -> dict[str, Shape]:
+    """The demo defaults, and fewer people with a heavier tail at the same rate."""
+    demo = GeneratorSettings()
+    return {
+        "demo": Shape(
+            "demo", demo.people, demo.activity_sigma, demo.seed, demo.rate, demo.bad_ratio, HOURS
+        ),
+        "fewer_people_heavier_tail": Shape(
+            "fewer_people_heavier_tail",
+            20_000,
+            2.0,
+            demo.seed + 4,
+            demo.rate,
+            demo.bad_ratio,
+            SECOND_HOURS,
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- layer 1
+@dataclass
+class Replay:
+    """What the processor made of one day: per window the summed rows, and the raw truth."""
+
+    windows: dict[int, dict[str, float]]
+    rows: dict[tuple[int, int], dict[str, Any]]  # (window start, partition) -> written row
+    raw_events: np.ndarray  # accepted events per window before any bound
+    raw_revenue: np.ndarray  # their amounts, before the clamp
+    counters: dict[str, int]
+    incomplete_windows: int
+    events_sent: int
+    hours: int
+    wall_s: float
+    people_s: float
+    expected: dict[str, float] = field(default_factory=dict)
+
+
+def product_of() -> DataProduct:
+    product = load_contracts()[DOMAIN].product(PRODUCT)
+    assert product is not None
+    return product
+
+
+def replay(shape: Shape) -> Replay:  # noqa: PLR0915 - one linear replay, read top down
+    """One day of ``shape``'s shop orders through the real processing path (see layer 1)."""
+    began = time.perf_counter()
+    people = make_people(shape.people, shape.seed, shape.activity_sigma)
+    people_s = time.perf_counter() - began
+    contract = load_contracts()[DOMAIN]
+    streams = StreamSettings()
+    window, grace = streams.window_seconds, streams.grace_seconds
+    partitions = KafkaSettings().partitions
+    tokeniser = Tokeniser(derive_domain_key(secrets.token_bytes(32), DOMAIN, 1), 1)
+    pipeline = next(
+        p for p in build_pipelines(contract, tokeniser, streams) if p.product.name == PRODUCT
+    )
+    per_day = events_per_day(shape.rate, DOMAIN, PRODUCT, bad_ratio=shape.bad_ratio)
+    count = round(per_day * shape.hours / 24)
+    rng = np.random.default_rng(shape.seed)
+    times = np.sort(rng.uniform(0, shape.hours * HOUR, count)) + DAY_START
+    gen = EventGenerator(DOMAIN, pipeline.product, people, 0.0, shape.seed)
+    slots = DAY // window
+    raw_events = np.zeros(slots, dtype=np.int64)
+    raw_revenue = np.zeros(slots, dtype=np.float64)
+    windows: dict[int, dict[str, float]] = {}
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    incomplete = 0
+
+    def collect(now: float) -> None:
+        nonlocal incomplete
+        _, closed = pipeline.drain(now)
+        pipeline.take_events()  # the offline store's share: not needed here
+        for row in pipeline.window_records(closed):
+            start = int(row[WINDOW_KEY])  # type: ignore[call-overload]
+            if not DAY_START <= start < DAY_START + DAY:
+                continue
+            incomplete += not row[WINDOW_COMPLETE]
+            rows[(start, int(row[PARTITION_KEY]))] = row  # type: ignore[call-overload]
+            totals = windows.setdefault(start, {})
+            for name, value in row.items():
+                if isinstance(value, int | float) and name != WINDOW_KEY:
+                    totals[name] = totals.get(name, 0.0) + value
+
+    next_close = DAY_START + window + grace
+    began = time.perf_counter()
+    for t in times.tolist():
+        while t >= next_close:
+            collect(next_close)
+            next_close += window
+        key, value = gen.next_event(t)
+        assert key is not None
+        outcome = pipeline.route(value, partition_for(key, partitions), partitions, key, t + 0.2)
+        if isinstance(outcome, Accepted):
+            slot = (int(t) - DAY_START) // window
+            raw_events[slot] += 1
+            raw_revenue[slot] += outcome.measures[MEASURE]
+    end = DAY_START + shape.hours * HOUR + window + grace + 1
+    for partition in range(partitions):
+        pipeline.caught_up(partition, end)
+    while next_close <= end:
+        collect(next_close)
+        next_close += window
+    wall = time.perf_counter() - began
+    bounds = pipeline.product.contribution
+    bias = expected_truncation(
+        people, per_day, bounds.max_records_per_period, bounds.max_windows_per_period
+    )
+    return Replay(
+        windows=windows,
+        rows=rows,
+        raw_events=raw_events,
+        raw_revenue=raw_revenue,
+        counters=dict(pipeline.counters),
+        incomplete_windows=incomplete,
+        events_sent=count,
+        hours=shape.hours,
+        wall_s=wall,
+        people_s=people_s,
+        expected={
+            "events_dropped_share": round(bias.events_dropped_share, 4),
+            "people_truncated_share": round(bias.people_truncated_share, 4),
+            "median_person_orders_per_day": round(bias.median_person_events, 2),
+            "p99_person_orders_per_day": round(bias.top_percent_person_events, 1),
+        },
+    )
+
+
+COLUMN = {EVENTS: "events", SUM: sum_feature(MEASURE), NEW_HOUR: NEW_SUBJECTS_HOUR}
+COLUMN[NEW_PERIOD] = NEW_SUBJECTS_PERIOD
+
+
+def stream_values(day: Replay, stream: str, window: int) -> np.ndarray:
+    """The exact bounded value of every window of the day for one stream (0: no row)."""
+    values = np.zeros(DAY // window, dtype=np.int64)
+    for start, totals in day.windows.items():
+        values[(start - DAY_START) // window] = round(totals.get(COLUMN[stream], 0))
+    return values
+
+
+def truncation(day: Replay, window: int) -> dict[str, Any]:
+    """What the per-day bounds removed, measured on the replay (all day and by hour)."""
+    counted = stream_values(day, EVENTS, window)
+    revenue = stream_values(day, SUM, window)
+    truncated = np.zeros_like(counted)
+    for start, totals in day.windows.items():
+        truncated[(start - DAY_START) // window] = round(totals.get(TRUNCATED_EVENTS, 0))
+    per_hour = HOUR // window
+    hours = day.hours
+
+    def share(lost: float, total: float) -> float:
+        return round(lost / total, 4) if total else 0.0
+
+    by_hour = [
+        share(
+            float(day.raw_events[h * per_hour : (h + 1) * per_hour].sum())
+            - float(counted[h * per_hour : (h + 1) * per_hour].sum()),
+            float(day.raw_events[h * per_hour : (h + 1) * per_hour].sum()),
+        )
+        for h in range(hours)
+    ]
+    raw_revenue = float(day.raw_revenue.sum())
+    return {
+        "events_accepted": int(day.raw_events.sum()),
+        "events_counted": int(counted.sum()),
+        "events_truncated_reported": int(truncated.sum()),
+        "events_dropped_share": share(
+            float(day.raw_events.sum() - counted.sum()), float(day.raw_events.sum())
+        ),
+        "revenue_dropped_share": share(raw_revenue - float(revenue.sum()), raw_revenue),
+        "events_dropped_share_by_hour": by_hour,
+        "expected_by_generator": day.expected,
+        "note": "dropped = accepted events (or their raw amounts) not in the bounded windows: "
+        "per-day truncation, plus the clamp for revenue; distinct customers are not biased "
+        "(a truncated customer still counts once)",
+    }
+
+
+# --------------------------------------------------------------------------- layer 2
+@dataclass(frozen=True)
+class Tile:
+    """One dashboard tile: a class and the stream of it a resolution reads."""
+
+    name: str
+    class_id: str
+
+
+TILES = (
+    Tile("order_count", "shop.orders.order_count"),
+    Tile("revenue_cents", "shop.orders.revenue_cents"),
+    Tile("distinct_customers", "shop.orders.distinct_customers"),
+)
+LEVEL_RESOLUTIONS = ("window", "1m", "1h", "today")
+
+
+def stream_of(qc: QueryClass, resolution: str) -> str:
+    """The stream a resolution of a daily class reads (the API's choice)."""
+    if qc.aggregate == "count_records":
+        return EVENTS
+    if qc.aggregate == "bounded_sum":
+        return SUM
+    return NEW_HOUR if resolution == "1h" else NEW_PERIOD
+
+
+def span_truth(values: np.ndarray, window: int, resolution: str, t_in_day: int) -> int:
+    """The exact value a resolution releases when the newest closed window ends at
+    ``t_in_day`` seconds into the day (None-free: a one-day replay starts at 0)."""
+    end = t_in_day // window
+    if resolution == "window":
+        return int(values[end - 1])
+    if resolution == "today":
+        return int(values[:end].sum())
+    width = 60 if resolution == "1m" else HOUR
+    stop = (t_in_day - t_in_day % width) // window
+    return int(values[stop - width // window : stop].sum())
+
+
+@dataclass
+class Figures:
+    """Accumulated figures of one (tile, resolution, design)."""
+
+    errors: list[float] = field(default_factory=list)
+    covered: int = 0
+    values: int = 0
+    zero_truth: int = 0
+    too_noisy: int = 0
+    answerable_minutes: set[int] = field(default_factory=set)
+    chosen: Counter[str] = field(default_factory=Counter)  # the API's resolution (auto)
+
+    def add(self, bounded: daily.Bounded, truth: int) -> None:
+        self.values += 1
+        self.covered += bounded.low <= truth <= bounded.high
+        self.too_noisy += bounded.too_noisy
+        if truth == 0:
+            self.zero_truth += 1
+        else:
+            self.errors.append(abs(bounded.value - truth) / truth)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.values:
+            return {"answerable_minutes": 0, "values": 0}
+        return {
+            "median_relative_error": round(statistics.median(self.errors), 5)
+            if self.errors
+            else None,
+            "p90_relative_error": round(float(np.quantile(self.errors, 0.9)), 5)
+            if self.errors
+            else None,
+            "coverage_95": round(self.covered / self.values, 4),
+            "too_noisy_share": round(self.too_noisy / self.values, 4),
+            "answerable_minutes": len(self.answerable_minutes),
+            "values": self.values,
+            **({"resolution_chosen": dict(self.chosen)} if self.chosen else {}),
+            "zero_truth_values": self.zero_truth,
+        }
+
+
+def hierarchy_figures(
+    day: Replay, classes: dict[str, QueryClass], product: DataProduct, window: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Layer 2: each tile at each resolution after every window of the day, from the
+    shipped classes' daily structures (API parameters), clamped as the API clamps."""
+    out: dict[str, dict[str, Any]] = {}
+    spent: dict[str, str] = {}
+    store = MemoryNodeStore()
+    for tile in TILES:
+        qc = classes[tile.class_id]
+        deltas = daily_sensitivities(qc, product)
+        epsilons = split_epsilon(qc, list(deltas))
+        spent[qc.id] = str(qc.epsilon_per_release)
+        structures = {
+            stream: DailyHierarchy(
+                HOUR if stream == NEW_HOUR else window,
+                DAY_START,
+                epsilons[stream],
+                deltas[stream],
+                store,
+                f"{qc.id}|{stream}",
+            )
+            for stream in deltas
+        }
+        values = {stream: stream_values(day, stream, window) for stream in deltas}
+        if NEW_HOUR in values:  # the hour stream's structure reads hours, not windows
+            values[NEW_HOUR] = values[NEW_HOUR].reshape(-1, HOUR // window).sum(axis=1)
+        low, high = bounds_of(qc, product)
+        figures: dict[str, Figures] = {}
+        # The nodes are drawn once for the whole replay (the same independent noise per node
+        # as drawing each when its span completes, which the API does); values then only sum.
+        drawn: dict[str, bool] = {}
+        for resolution in qc.answered_resolutions:
+            if resolution not in LEVEL_RESOLUTIONS:
+                continue
+            stream = stream_of(qc, resolution)
+            structure, exact = structures[stream], values[stream]
+            width = structure.window_seconds
+
+            def read(start: int, exact: np.ndarray = exact, width: int = width) -> int:
+                return int(exact[(start - DAY_START) // width])
+
+            if not drawn.get(stream):  # every complete node of the replay, in one draw
+                complete = [
+                    (level, index)
+                    for level, span in enumerate(structure.levels)
+                    for index in range(day.hours * HOUR // span)
+                ]
+                structure.node_values(complete, read)
+                drawn[stream] = True
+            fig = figures.setdefault(resolution, Figures())
+            seen: set[tuple[int, int]] = set()
+            # Every window end for the per-window resolutions, every minute end otherwise.
+            step = window if resolution in ("window", "today") else 60
+            for t_in_day in range(step, day.hours * HOUR + 1, step):
+                t_end = DAY_START + t_in_day
+                if stream == NEW_HOUR:  # the newest complete hour
+                    t_end -= t_end % HOUR
+                    if t_end == DAY_START:
+                        continue  # needs yesterday's structure
+                try:
+                    noisy = structure.value("1h" if stream == NEW_HOUR else resolution, t_end, read)
+                except ResolutionUnavailable:
+                    continue
+                if t_in_day % 60 == 0:
+                    fig.answerable_minutes.add(t_in_day // 60 - 1)
+                if (noisy.start, noisy.end) in seen:
+                    continue
+                seen.add((noisy.start, noisy.end))
+                first, last = (noisy.start - DAY_START) // width, (noisy.end - DAY_START) // width
+                truth = int(exact[first:last].sum())
+                fig.add(daily.clamp(noisy.value, noisy.ci95_half_width, low, high), truth)
+        out[tile.name] = {r: f.summary() for r, f in figures.items()}
+    return out, spent
+
+
+def bounds_of(qc: QueryClass, product: DataProduct) -> tuple[float | None, float | None]:
+    """The public bounds the API clamps a class's values to."""
+    if qc.aggregate == "bounded_sum":
+        assert qc.measure is not None
+        clamp = product.clamp_of(qc.measure)
+        return (0.0 if clamp.min >= 0 else None), (0.0 if clamp.max <= 0 else None)
+    return 0.0, None
+
+
+# --------------------------------------------------------------------------- comparisons
+def noise(values: np.ndarray, sensitivity: int, epsilon: Decimal) -> tuple[np.ndarray, float]:
+    """``values`` with OpenDP discrete Laplace noise calibrated to ``epsilon`` at L1
+    ``sensitivity`` (one release per coordinate, as the per-release designs draw them)."""
+    # 64-bit integers: a day's revenue in cents passes 2**31.
+    domain = dp.vector_domain(dp.atom_domain(T="i64"))
+    measurement, scale = laplace_within(domain, dp.l1_distance(T="i64"), sensitivity, epsilon)
+    return np.asarray(measurement([int(v) for v in values]), dtype=np.int64), scale
+
+
+def design_figures(
+    truths: np.ndarray, noisy: np.ndarray, half_width: int, low: float | None, minutes: list[int]
+) -> dict[str, Any]:
+    fig = Figures()
+    for truth, value in zip(truths.tolist(), noisy.tolist(), strict=True):
+        fig.add(daily.clamp(int(value), half_width, low, None), int(truth))
+    fig.answerable_minutes.update(minutes)
+    return fig.summary()
+
+
+def per_window_design(day: Replay, window: int) -> dict[str, Any]:
+    """(a) Per-window releases at the old shipped epsilon 1 and 100 releases a class a day:
+    a dashboard reading every window spends a class's day in 100 windows."""
+    answerable = OLD_RELEASES_PER_DAY * window / 60
+    out: dict[str, Any] = {}
+    old = {
+        "order_count": (EVENTS, OLD_WINDOW_BOUND),
+        "revenue_cents": (SUM, OLD_WINDOW_BOUND * OLD_REVENUE_BOUND),
+        "distinct_customers": ("distinct_subjects", 1),
+    }
+    for name, (stream, delta) in old.items():
+        if stream == "distinct_subjects":
+            truths = np.zeros(DAY // window, dtype=np.int64)
+            for start, totals in day.windows.items():
+                truths[(start - DAY_START) // window] = round(totals.get("distinct_subjects", 0))
+        else:
+            truths = stream_values(day, stream, window)
+        truths = truths[: day.hours * HOUR // window]
+        noisy, scale = noise(truths, delta, OLD_EPSILON)
+        half = mixed_half_width(((scale, 1),))
+        released = OLD_RELEASES_PER_DAY
+        minutes = [i * window // 60 for i in range(released)]
+        figures = design_figures(truths[:released], noisy[:released], half, 0.0, minutes)
+        figures["answerable_minutes"] = round(answerable, 1)
+        out[name] = {
+            "window": figures,
+            "1m": "not offered (per-window classes only)",
+            "1h": "not offered (per-window classes only)",
+            "today": "not offered (orders only, as a binary-tree running total with a "
+            "per-window privacy unit)",
+        }
+    out["epsilon_per_release"] = str(OLD_EPSILON)
+    out["releases_per_class_per_day"] = OLD_RELEASES_PER_DAY
+    out["privacy_unit"] = "subject_window"
+    out["user_level_epsilon_per_subject_per_day_worst_case"] = OLD_PRODUCT_TOTAL
+    out["note"] = (
+        "a dashboard reading every 10 s window spends a class's 100 releases in 100 windows "
+        f"({answerable:.1f} minutes), then 429; a subject seen in k released windows is "
+        "protected at k x epsilon per class, up to the product's 600 a day"
+    )
+    return out
+
+
+def independent_design(
+    day: Replay, classes: dict[str, QueryClass], product: DataProduct, window: int
+) -> dict[str, Any]:
+    """(b) Independent noise per release at each class's daily epsilon: the epsilon split
+    evenly over the class's resolutions, then over that resolution's releases of the day,
+    each release protecting a subject's whole day (sensitivity: the day's bound)."""
+    out: dict[str, Any] = {}
+    span = day.hours * HOUR
+    for tile in TILES:
+        qc = classes[tile.class_id]
+        deltas = daily_sensitivities(qc, product)
+        resolutions = [r for r in qc.answered_resolutions if r in LEVEL_RESOLUTIONS]
+        low, _ = bounds_of(qc, product)
+        per_resolution = Decimal(qc.cost_micro) / 1_000_000 / len(resolutions)
+        figures: dict[str, Any] = {}
+        for resolution in resolutions:
+            stream = stream_of(qc, resolution)
+            exact = stream_values(day, stream, window)
+            step = {"window": window, "today": window, "1m": 60, "1h": HOUR}[resolution]
+            ends = list(range(step, span + 1, step))
+            if stream == NEW_HOUR:
+                truths = exact.reshape(-1, HOUR // window).sum(axis=1)[: len(ends)]
+            else:
+                truths = np.asarray(
+                    [span_truth(exact, window, resolution, t) for t in ends], dtype=np.int64
+                )
+            releases = DAY // step  # a day's releases at this resolution share its part
+            epsilon = (per_resolution / releases).quantize(Decimal("0.000000001"))
+            # Each release is a sum over a span: one subject's day moves it by at most the
+            # day's bound (the hour stream's bound is per hour, so min(24, windows) as well).
+            noisy, scale = noise(truths, deltas[stream], epsilon)
+            half = mixed_half_width(((scale, 1),))
+            figures[resolution] = design_figures(
+                truths, noisy, half, low, [(t - 1) // 60 for t in ends]
+            )
+            figures[resolution]["epsilon_per_release"] = str(epsilon)
+        out[tile.name] = figures
+    return out
+
+
+# --------------------------------------------------------------------------- layer 3
+API_EVERY = int(os.environ.get("BENCH_UTILITY_API_EVERY", "600"))  # simulated s between reads
+
+
+class ReplayWindows:
+    """The ``WindowSource`` seam of the API over the processor's window rows: the rows
+    summed over the partitions, None values while a partition has not reported (as the
+    feature store answers)."""
+
+    def __init__(self, day: Replay) -> None:
+        self.day = day
+
+    def window_stats(
+        self, product: str, window_starts: list[int], partitions: int = 1
+    ) -> list[dict[str, Any]]:
+        merged: list[dict[str, Any]] = []
+        for start in window_starts:
+            parts = [self.day.rows.get((start, p)) for p in range(partitions)]
+            if any(part is None for part in parts):
+                merged.append(
+                    {WINDOW_KEY: start, "partitions": partitions, "distinct_subjects": None}
+                )
+                continue
+            row: dict[str, Any] = {WINDOW_KEY: start, "partitions": partitions}
+            for part in parts:
+                assert part is not None
+                for name, value in part.items():
+                    if name in (WINDOW_KEY, PARTITION_KEY) or not isinstance(value, int | float):
+                        continue
+                    if name in (MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER_PERIOD, CONTRIBUTION_BOUND):
+                        row[name] = max(row.get(name, 0), value)
+                    else:
+                        row[name] = row.get(name, 0) + value
+            merged.append(row)
+        return merged
+
+
+def api_figures(day: Replay, window: int) -> dict[str, Any]:
+    """Layer 3: the FastAPI app in-process (shipped classes, a sqlite ledger, the clock set
+    to each simulated moment) asked every tile at every resolution each ``API_EVERY``
+    simulated seconds; the product's spend per day read back from the ledger."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from dashboards_api.ledger import open_ledger, period_of
+    from dashboards_api.main import build_service, create_app
+    from dashboards_api.settings import ApiSettings
+    from domains.runtime import RuntimeSettings
+
+    now = [float(DAY_START)]
+    figures: dict[str, dict[str, Figures]] = {}
+    statuses: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory(prefix="privmesh-utility-") as tmp:
+        runtime = RuntimeSettings(data_dir=Path(tmp))
+        api, streams = ApiSettings(), StreamSettings()
+        ledger = open_ledger("sqlite", Path(tmp))
+        service = build_service(
+            runtime,
+            api,
+            streams,
+            {DOMAIN: ReplayWindows(day)},
+            ledger,
+            load_contracts(),
+            KafkaSettings().partitions,
+        )
+        service = replace(service, clock=lambda: now[0])
+        classes = {t.name: service.query_class(t.class_id) for t in TILES}
+        values = {s: stream_values(day, s, window) for s in (EVENTS, SUM, NEW_HOUR, NEW_PERIOD)}
+        hourly = values[NEW_HOUR].reshape(-1, HOUR // window).sum(axis=1)
+        began = time.perf_counter()
+        with TestClient(create_app(service, None, api)) as client:
+            for t_in_day in range(API_EVERY, day.hours * HOUR + 1, API_EVERY):
+                t_end = DAY_START + t_in_day
+                now[0] = t_end + streams.grace_seconds + 1
+                for tile in TILES:
+                    qc = classes[tile.name]
+                    for resolution in (*qc.answered_resolutions, "auto"):
+                        response = client.get(
+                            f"/v1/queries/{qc.id}",
+                            params={"resolution": resolution, "window_start": t_end - window},
+                        )
+                        statuses[str(response.status_code)] += 1
+                        fig = figures.setdefault(tile.name, {}).setdefault(resolution, Figures())
+                        if response.status_code != 200:
+                            continue
+                        body = response.json()
+                        fig.answerable_minutes.add(t_in_day // 60 - 1)
+                        chosen = body["resolution"]
+                        stream = stream_of(qc, chosen)
+                        if stream == NEW_HOUR:
+                            truth = int(hourly[t_in_day // HOUR - 1])
+                        else:
+                            truth = span_truth(values[stream], window, chosen, t_in_day)
+                        lo, hi = body["ci95"]
+                        value = float(body["value"])
+                        fig.add(daily.Bounded(value, lo, hi, (hi - lo) / 2), truth)
+                        fig.chosen[chosen] += 1
+        wall = time.perf_counter() - began
+        period = period_of(datetime.fromtimestamp(DAY_START, tz=UTC))
+        spent = ledger.product_spent(f"{DOMAIN}.{PRODUCT}", period)
+        total = service.product_total(DOMAIN, PRODUCT)
+        ledger.close()
+    reads = (day.hours * HOUR) // API_EVERY
+    return {
+        "tiles": {
+            name: {r: {**f.summary(), "sampled_reads": reads} for r, f in by_res.items()}
+            for name, by_res in figures.items()
+        },
+        "statuses": dict(statuses),
+        "epsilon_spent_per_subject_per_day_from_ledger": str(Decimal(spent) / 1_000_000),
+        "product_total_per_day": None if total is None else str(Decimal(total) / 1_000_000),
+        "read_every_simulated_s": API_EVERY,
+        "wall_s": round(wall, 1),
+        "note": "answerable_minutes counts the sampled minutes (one read each "
+        f"{API_EVERY // 60} simulated minutes) that answered 200; windows come from the "
+        "processor's rows through the WindowSource seam (the Feast store is not in the loop)",
+    }
+
+
+# --------------------------------------------------------------------------- driver
+def targets_met(tiles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    met: dict[str, Any] = {}
+    for (tile, resolution), target in TARGETS.items():
+        figures = tiles.get(tile, {}).get(resolution, {})
+        error = figures.get("median_relative_error")
+        met[f"{tile}@{resolution}"] = {
+            "target": target,
+            "median_relative_error": error,
+            "met": error is not None and error <= target,
+        }
+    return met
+
+
+def run_shape(shape: Shape) -> dict[str, Any]:
+    product = product_of()
+    classes = {qc.id: qc for qc in load_query_classes().values() if qc.domain == DOMAIN}
+    window = StreamSettings().window_seconds
+    day = replay(shape)
+    began = time.perf_counter()
+    tiles, spent = hierarchy_figures(day, classes, product, window)
+    dp_wall = time.perf_counter() - began
+    try:
+        api: dict[str, Any] = api_figures(day, window)
+    except Exception as exc:  # the layer is reported as not run, with why
+        api = {"ran": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    bounds = product.contribution
+    daily_classes = [
+        qc for qc in classes.values() if qc.product == PRODUCT and qc.release == "daily"
+    ]
+    return {
+        "shape": shape.__dict__,
+        "orders_per_day": day.events_sent * 24 // day.hours,
+        "hours_replayed": day.hours,
+        "events_replayed": day.events_sent,
+        "processor": {
+            "wall_s": round(day.wall_s, 1),
+            "events_per_s": round(day.events_sent / day.wall_s),
+            "make_people_s": round(day.people_s, 2),
+            "counters": dict(sorted(day.counters.items())),
+            "windows": len(day.windows),
+            "incomplete_windows": day.incomplete_windows,
+            "contribution": bounds.model_dump(mode="json"),
+        },
+        "truncation_bias": truncation(day, window),
+        "daily_hierarchy": {
+            "tiles": tiles,
+            "wall_s": round(dp_wall, 1),
+            "epsilon_per_subject_per_day_by_class": spent,
+            "epsilon_per_subject_per_day_total": str(
+                sum(Decimal(qc.cost_micro) for qc in daily_classes) / 1_000_000
+            ),
+            "24h": "not measured: a one-day replay has no yesterday's structure",
+        },
+        "api": api,
+        "targets": targets_met(tiles),
+        "targets_via_api": targets_met(api["tiles"]) if "tiles" in api else None,
+        "per_window_design": per_window_design(day, window),
+        "independent_per_release": independent_design(day, classes, product, window),
+    }
+
+
+def main() -> None:
+    began = time.perf_counter()
+    known = shapes()
+    results = {name: run_shape(known[name]) for name in SHAPES}
+    result: dict[str, Any] = {
+        "benchmark": "utility",
+        "day": datetime.fromtimestamp(DAY_START, tz=UTC).date().isoformat(),
+        "hours_replayed": {name: r["hours_replayed"] for name, r in results.items()},
+        "layers": {
+            "processor": "ran: ProductPipeline.route/drain/window_records over the day "
+            "(no broker, no Faust worker)",
+            "dp": "ran: DailyHierarchy per shipped daily class and stream",
+            "api": {
+                name: "ran" if "tiles" in r["api"] else f"not run: {r['api'].get('error')}"
+                for name, r in results.items()
+            },
+        },
+        "shapes": results,
+        "wall_s": round(time.perf_counter() - began, 1),
+        "cores": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
