@@ -46,7 +46,12 @@ def day_tallies(
     day = window - window % DAY_SECONDS
     hour = (pl.col("window") - pl.col("day")) // HOUR_SECONDS
     frame = (
-        pl.scan_parquet([str(f) for f in files])
+        # only the two columns, whatever else a part file holds (contract versions differ)
+        pl.scan_parquet(
+            [str(f) for f in files],
+            schema={subject: pl.String, when: pl.Datetime("us", "UTC")},
+            extra_columns="ignore",
+        )
         .select(pl.col(subject).alias("subject"), pl.col(when))
         .filter(
             pl.col("subject").is_not_null(),

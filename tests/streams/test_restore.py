@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+
 from domains.registry import get_product
 from feature_repo.events import event_schema, event_table
 from feature_repo.offline import append_part
@@ -80,3 +82,13 @@ def test_a_restored_aggregator_does_not_give_the_day_afresh(tmp_path: Path) -> N
     [stats, _] = agg.close_ready(DAY + 520)
     assert (stats.events, stats.truncated_events, stats.new_subjects_period) == (1, 1, 0)
     assert stats.new_subjects_hour == 0  # b counted a record in hour 0 before the restart
+
+
+def test_part_files_of_different_contract_versions_are_read_together(tmp_path: Path) -> None:
+    """A part file with a column the others lack (a field added in a later contract version)
+    does not stop the restore: only the token and the event time are read."""
+    folder = tmp_path / "orders_events"
+    write(folder, [event("a", DAY + 1)])
+    table = event_table(event_schema(ORDERS), [event("a", DAY + 11)])
+    append_part(folder, table.append_column("coupon", pa.array(["x"])))
+    assert day_tallies(folder, ORDERS, 10, [DAY])[DAY]["a"] == DayTally(2, 2, 1)
