@@ -22,13 +22,15 @@ with N <= k records keeps them all; one with N > k keeps k, shared out over its
 categories in proportion to its records there (cell with n records: ``floor(k n / N)``,
 the slots left to the largest remainders ``k n mod N``, ties to the earlier category).
 A cell keeping c of its n records contributes c to counts and ``floor(s c / n)`` to sums
-(``s`` its clamped sum: its mean clamped value, c times, rounded down); a quantile ranks
-the cell's first c values by event time. The rule is a function of each subject's own
-records only, and of its per-(subject, category) totals only: so pre-aggregates over any
-split of the window into minutes and files give the same answer exactly. (It replaced
-"the subject's first k records by event time", which per-minute aggregates cannot
-reproduce when a subject's minute spans the k-th record; it is as sound, see below, and
-it keeps a heavy subject's mix of categories instead of its earliest records.)
+(``s`` its clamped sum: its mean clamped value, c times, rounded down). The rule is a
+function of each subject's own records only, and of its per-(subject, category) totals
+only: so pre-aggregates over any split of the window into minutes and files give the
+same answer exactly. (It replaced "the subject's first k records by event time", which
+per-minute aggregates cannot reproduce when a subject's minute spans the k-th record;
+it is as sound, see below, and keeps a heavy subject's mix of categories rather than its
+earliest records.) A quantile, read from the events only (it needs the values), keeps
+that first-k rule: each subject's first k records by event time, ties in storage order;
+also at most k records per subject.
 
 Sensitivities (adding or removing one subject; ``C`` = number of categories,
 ``r`` = ``max(|lo|, |hi|)``); a subject keeps c_g records in category g, sum c_g <= k:
@@ -278,19 +280,18 @@ def exact_plan(events: pl.LazyFrame, q: EventQuery, start: datetime, end: dateti
     t, g, m = q.time, q.group_by, q.measure
     columns = [q.subject, t, *([g] if g is not None else []), *([m] if m is not None else [])]
     rows = events.select(columns).filter((pl.col(t) >= start) & (pl.col(t) < end))
-    rows = rows.rename({q.subject: SUBJECT})
     if g is not None:
         rows = rows.filter(pl.col(g).is_in(q.categories))
     if m is not None:
         rows = rows.with_columns(_bounded(events, q)).filter(pl.col(m).is_not_null())
+    if q.aggregate == "quantile":
+        return _quantile_records(rows.rename({q.subject: SUBJECT}), q)
+    rows = rows.rename({q.subject: SUBJECT})
     cells = rows.group_by(SUBJECT, *([g] if g is not None else [])).agg(
         pl.len().cast(pl.Int64).alias(N),
         *([pl.col(m).sum().cast(pl.Int64).alias(S)] if m is not None else []),
     )
-    kept = _allocate(cells, q)
-    if q.aggregate == "quantile":
-        return _quantile_records(rows, kept, q)
-    return _finish(kept, q)
+    return _finish(_allocate(cells, q), q)
 
 
 def preaggregate_plan(windows: Sequence[Window], q: EventQuery) -> pl.LazyFrame | None:
@@ -474,19 +475,17 @@ def _names(aggs: list[pl.Expr]) -> set[str]:
     return {a.meta.output_name() for a in aggs}
 
 
-def _quantile_records(rows: pl.LazyFrame, kept: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
-    """The bounded measures a quantile ranks: of each subject's cell, its first kept
-    records by event time (ties in storage order)."""
-    g, m = q.group_by, q.measure
+def _quantile_records(rows: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
+    """The bounded measures a quantile ranks: each subject's first k records by event
+    time (ties in storage order), across all groups. Quantiles read only the events,
+    so they keep this rule, as sound as the shares (module docstring)."""
+    g, m, k = q.group_by, q.measure, q.max_records_per_subject
     assert m is not None
-    keys = [SUBJECT, *([g] if g is not None else [])]
-    ordered = rows.sort(q.time, maintain_order=True).with_columns(
-        pl.int_range(pl.len()).over(keys).alias("_rank")
-    )
-    chosen = ordered.join(kept.select(*keys, KEPT), on=keys, how="inner", nulls_equal=True)
-    records = chosen.filter(pl.col("_rank") < pl.col(KEPT))
+    firsts = rows.sort(q.time, maintain_order=True).group_by(SUBJECT)
     if g is None:
+        records = firsts.agg(pl.col(m).head(k)).explode(m)
         return records.select(pl.col(m).implode().alias(VALUES))
+    records = firsts.agg(pl.col(g).head(k), pl.col(m).head(k)).explode(g, m)
     return _every_category(records.group_by(g).agg(pl.col(m).alias(VALUES)), q)
 
 

@@ -206,36 +206,45 @@ def reference(rows: list[Row], q: EventQuery) -> dict[str | None, Any]:
     span = (END - START).total_seconds()
     lo, hi = q.bounds or (0, 0)
     groups: list[str | None] = list(q.categories) if q.grouped else [None]
-    cells: dict[str, dict[str | None, list[Row]]] = defaultdict(lambda: defaultdict(list))
-    for row in sorted(rows, key=lambda r: r[1]):  # stable: ties stay in storage order
-        subject, at, key, measure = row
-        if not 0 <= at < span or (q.grouped and key not in q.categories):
-            continue
-        if q.measure is not None and measure is None:
-            continue
-        cells[subject][key if q.grouped else None].append(row)
+    admitted = [  # stable: ties stay in storage order
+        r
+        for r in sorted(rows, key=lambda r: r[1])
+        if 0 <= r[1] < span
+        and not (q.grouped and r[2] not in q.categories)
+        and not (q.measure is not None and r[3] is None)
+    ]
+
+    def bounded(measure: float | None) -> int:
+        return 0 if measure is None else round(min(max(measure, lo), hi))
+
     out: dict[str | None, Any] = dict.fromkeys(groups, 0)
     if q.aggregate in {"mean", "quantile"}:
         out = {g: [] for g in groups}
+    if q.aggregate == "quantile":  # each subject's first k records by event time
+        taken: dict[str, int] = defaultdict(int)
+        for subject, _, key, measure in admitted:
+            if taken[subject] < q.max_records_per_subject:
+                taken[subject] += 1
+                out[key if q.grouped else None].append(bounded(measure))
+        return {g: sorted(v) for g, v in out.items()}
+    cells: dict[str, dict[str | None, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    for row in admitted:
+        cells[row[0]][row[2] if q.grouped else None].append(row)
     for per_cell in cells.values():
         kept = shares({g: len(r) for g, r in per_cell.items()}, q.max_records_per_subject, groups)
         for g, records in per_cell.items():
             c, n = kept[g], len(records)
-            values = [0 if r[3] is None else round(min(max(r[3], lo), hi)) for r in records]
+            values = [bounded(r[3]) for r in records]
             if q.aggregate == "count_distinct_subjects":
                 out[g] += c > 0
             elif q.aggregate == "bounded_sum":
                 out[g] += sum(values) * c // n
             elif q.aggregate == "mean":
                 out[g].append((sum(values) * c // n, c))
-            elif q.aggregate == "quantile":
-                out[g] += values[:c]
             else:
                 out[g] += c
     if q.aggregate == "mean":
         return {g: (sum(s for s, _ in v), sum(c for _, c in v)) for g, v in out.items()}
-    if q.aggregate == "quantile":
-        return {g: sorted(v) for g, v in out.items()}
     return out
 
 
