@@ -255,6 +255,8 @@ class IngestLoop:
                     self.kafka.partitions,
                 )
         now = time.time()
+        for topic in {tp.topic for tp in assigned if tp.topic in self.pipelines}:
+            await self.pipelines[topic].preload_day_tallies(now)  # the day so far, in a thread
         for tp in assigned:
             owner = self.pipelines.get(tp.topic)
             if owner is not None:

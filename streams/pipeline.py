@@ -22,6 +22,7 @@ dead-lettered, never aggregated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -138,22 +139,33 @@ class ProductPipeline:
         if self.restore is None:
             return {}
         if self._seeded_at is None or abs(now - self._seeded_at) > RESEED_SECONDS:
-            back = self.settings.window_seconds + self.settings.grace_seconds
-            ahead = self.product.event_time_window.max_future_seconds
-            days = {int(t) - int(t) % DAY_SECONDS for t in (now - back, now, now + ahead)}
-            try:
-                self._seeds = self.restore(self.product, days)
-                self.counters["day_tallies_restored"] += sum(map(len, self._seeds.values()))
-            except Exception as exc:  # the bound is then per process lifetime: counted, logged
-                self._seeds = {}
-                self.counters["day_tallies_restore_failed"] += 1
-                log.error(
-                    "day tallies of %s not restored (%s): subjects' per-day bounds restart",
-                    self.product.name,
-                    type(exc).__name__,
-                )
-            self._seeded_at = now
+            self._read_seeds(now)
         return self._seeds
+
+    def _read_seeds(self, now: float) -> None:
+        assert self.restore is not None
+        back = self.settings.window_seconds + self.settings.grace_seconds
+        ahead = self.product.event_time_window.max_future_seconds
+        days = {int(t) - int(t) % DAY_SECONDS for t in (now - back, now, now + ahead)}
+        try:
+            seeds = self.restore(self.product, days)
+            self.counters["day_tallies_restored"] += sum(map(len, seeds.values()))
+        except Exception as exc:  # the bound is then per process lifetime: counted, logged
+            seeds = {}
+            self.counters["day_tallies_restore_failed"] += 1
+            log.error(
+                "day tallies of %s not restored (%s): subjects' per-day bounds restart",
+                self.product.name,
+                type(exc).__name__,
+            )
+        self._seeded_at, self._seeds = now, seeds
+
+    async def preload_day_tallies(self, now: float) -> None:
+        """Read the restored tallies for the ``assign`` calls that follow at ``now`` in a
+        thread: a large day takes seconds to read, and the event loop keeps the consumer
+        group's heartbeats going meanwhile."""
+        if self.restore is not None:
+            await asyncio.to_thread(self._read_seeds, now)
 
     def caught_up(self, partition: int, now: float) -> None:
         """The consumer of ``partition`` has read to its log end at ``now`` (see
@@ -250,8 +262,8 @@ class ProductPipeline:
         """Subject rows changed since the last drain, and windows that closed by ``now``."""
         rows: list[SubjectRow] = []
         closed: list[PartitionStats] = []
-        if self._seeded_at is not None and now - self._seeded_at > RESEED_SECONDS:
-            self._seeds = {}  # the aggregators keep what they need
+        for day in [d for d in self._seeds if d + DAY_SECONDS + RESEED_SECONDS < now]:
+            del self._seeds[day]  # a day over: the aggregators dropped it too
         for partition, aggregator in self.aggregators.items():
             rows.extend(replace(r, partition=partition) for r in aggregator.drain_subject_rows())
             closed.extend(PartitionStats(partition, s) for s in aggregator.close_ready(now))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -315,3 +317,24 @@ def test_a_restarted_pipeline_starts_from_the_restored_day() -> None:
     assert fresh.counters["day_tallies_restore_failed"] == 1
     fresh.route(raw, partition, 4, key, T0)
     assert fresh.truncated_events == 0
+
+
+def test_day_tallies_are_preloaded_off_the_event_loop_and_read_once() -> None:
+    """On assignment the day's tallies are read once, in a thread (the event loop keeps the
+    consumer group's heartbeats), and every partition assigned at that time shares them."""
+    threads: list[int] = []
+
+    def restore(product: DataProduct, days: Iterable[int]) -> dict[int, dict[str, DayTally]]:
+        threads.append(threading.get_ident())
+        return {}
+
+    [orders] = build_pipelines(
+        CONTRACT, TOKENS, StreamSettings(window_seconds=WINDOW), restore=restore
+    )
+    asyncio.run(orders.preload_day_tallies(T0))
+    for partition in range(4):
+        orders.assign(partition, T0)
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    orders.revoke(3)
+    orders.assign(3, T0 + 60)  # a later rebalance reads what was written since
+    assert len(threads) == 2
