@@ -186,6 +186,7 @@ def budgets(service: ReleaseService) -> dict[str, Any]:
             "class_id": qc.id,
             "product": f"{qc.domain}.{qc.product}",
             "privacy_unit": privacy_unit_of(qc),
+            "release": qc.release,
             "allocation": state["epsilon_budget"],
             "spent": float(state["epsilon_spent"]),
             "remaining": float(state["epsilon_remaining"]),
@@ -221,6 +222,7 @@ def budgets(service: ReleaseService) -> dict[str, Any]:
                     for r in rows
                 ],
                 "allocated": from_micro(sum(to_micro(r["allocation"]) for r in rows)),
+                "still_needed": from_micro(sum(_still_needed(r) for r in rows)),
             }
         )
     return {"period": service.period(), "classes": classes, "products": totals}
@@ -333,9 +335,21 @@ def component_findings(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return found
 
 
+def _still_needed(row: dict[str, Any]) -> int:
+    """Micro-epsilon a class may still spend today: a daily class its whole allocation until
+    its day is paid (then nothing), any other class what is left of its budget."""
+    if row["release"] == "daily":
+        return 0 if row["spent"] > 0 else to_micro(row["allocation"])
+    return to_micro(str(row["remaining"]))
+
+
 def budget_findings(budgets: dict[str, Any], settings: PostureSettings) -> list[dict[str, str]]:
     """A class or product near its daily budget (warning), and a product whose daily total
-    does not bound some class's loss per person (a subject-within-a-window class)."""
+    does not bound some class's loss per person (a subject-within-a-window class).
+
+    A daily class pays its whole day at its first value: its budget spent is the normal
+    state, not an alert; a product fully spent by paid daily classes is not short either.
+    A product is nearly spent when its classes may still need more than is left."""
     found = []
     for product in budgets["products"]:
         if product["narrower_classes"]:
@@ -348,7 +362,14 @@ def budget_findings(budgets: dict[str, Any], settings: PostureSettings) -> list[
                     "within one window only: the daily total does not bound their loss per person",
                 }
             )
-    for item in budgets["classes"] + budgets["products"]:
+    short = {
+        p["product"]
+        for p in budgets["products"]
+        if to_micro(p["still_needed"]) > to_micro(str(p["remaining"]))
+    }
+    spenders = [c for c in budgets["classes"] if c["release"] != "daily"]
+    products = [p for p in budgets["products"] if p["product"] in short]
+    for item in spenders + products:
         if item["budget"] > 0 and item["spent"] >= settings.budget_alert_share * item["budget"]:
             found.append(
                 {

@@ -3,6 +3,7 @@ dashboard's series and the structured, masked logs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dashboards_api.ledger import SqliteLedger
 from dashboards_api.main import create_app
-from dashboards_api.query_classes import load_product_budgets, load_query_classes
+from dashboards_api.query_classes import ProductBudget, load_product_budgets, load_query_classes
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import ApiSettings, KeyGrant
 from domains.registry import load_contracts
@@ -26,7 +27,7 @@ from feature_repo.settings import FeatureStoreSettings
 from federation.registry import ModelRegistry
 from infra.api_app import with_catalog
 from infra.logs import JsonFormatter, mask_identifiers
-from infra.posture import PostureSources, assemble_posture, findings
+from infra.posture import PostureSources, assemble_posture, budget_findings, budgets, findings
 from infra.posture_api import mount
 from infra.settings import PostureSettings
 from streams.erasure import ErasureRecord, append_record
@@ -202,14 +203,17 @@ def test_posture_states_each_products_user_level_loss_allocation_and_what_is_lef
     assert shop["remaining"] == pytest.approx(shop["budget"] - shop["spent"])
     row = next(c for c in view["budgets"]["classes"] if c["class_id"] == qc.id)
     assert row["spent"] == shop["spent"] and row["product"] == "shop.orders"
-    # Alerts keep working: a settings share below the spent fraction raises the finding.
-    low = sources.settings.model_copy(
-        update={"budget_alert_share": shop["spent"] / shop["budget"] / 2}
+    # A paid daily class is not "nearly spent" (paying its day is its normal state), nor is a
+    # product whose classes need no more than is left ...
+    assert row["spent"] >= sources.settings.budget_alert_share * row["budget"]
+    assert not [f for f in findings(view, sources.settings) if f["code"] == "budget_nearly_spent"]
+    # ... but a product whose unpaid classes need more than is left is.
+    tight = dataclasses.replace(
+        service,
+        product_budgets={**declared, "shop.orders": ProductBudget(budget_per_day=Decimal("0.55"))},
     )
-    alerted = findings(view, low)
-    assert any(
-        f["code"] == "budget_nearly_spent" and f["subject"] == "shop.orders" for f in alerted
-    )
+    short = budget_findings(budgets(tight), sources.settings)
+    assert [(f["code"], f["subject"]) for f in short] == [("budget_nearly_spent", "shop.orders")]
 
 
 def test_posture_api_is_governance_only_and_the_page_is_served(client: TestClient) -> None:
