@@ -67,6 +67,14 @@ def fill_store(data_dir: Path, windows: list[int]) -> None:
             "distinct_subjects": 900 + w % 97,
             "events": 1_400 + w % 131,
             "contribution_bound": 20,
+            "new_subjects_period": 10 + w % 7,
+            "new_subjects_hour": 20 + w % 11,
+            "truncated_events": w % 5,
+            "max_records_per_period": 10,
+            "max_windows_per_period": 10,
+            "complete": 1,
+            "watermark": w + WINDOW + 2,
+            "late_events": 0,
             "amount_cents_sum": 5_000_000.0 + w % 1_000,
             "event_timestamp": datetime.fromtimestamp(w + WINDOW, tz=UTC),
         }
@@ -185,15 +193,16 @@ def api_part(tmp: Path) -> dict[str, Any]:
                 "domain": "shop",
                 "product": "orders",
                 "aggregate": "count_records",
-                "epsilon_per_release": "0.01",
-                "budget_per_day": "100",
+                "epsilon_per_release": "0.0001",
+                "budget_per_day": "2",  # the governance policy's class limit
             }
             put = client.put(
                 f"/v1/classes/{CLASS}",
                 json=bench_class,
                 headers={"Authorization": f"Bearer {OWNER}"},
             )
-            put.raise_for_status()
+            if put.status_code >= 400:
+                raise RuntimeError(f"class refused: {put.status_code} {put.text[:600]}")
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         timed(connection, ["/healthz"] * 200 + [f"/v1/queries/{CLASS}"] * 50)  # warm up
         health = timed(connection, ["/healthz"] * 2_000)
