@@ -341,6 +341,8 @@ def span_truth(values: np.ndarray, window: int, resolution: str, t_in_day: int) 
     """The exact value a resolution releases when the newest closed window ends at
     ``t_in_day`` seconds into the day (None-free: a one-day replay starts at 0)."""
     end = t_in_day // window
+    if resolution == "24h" and t_in_day == DAY:  # a one-day replay answers it at midnight only
+        resolution = "today"
     if resolution == "window":
         return int(values[end - 1])
     if resolution == "today":
