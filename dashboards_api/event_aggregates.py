@@ -90,6 +90,7 @@ from streams.preaggregate import (
     Window,
     bounded,
     count_column,
+    integer_clamp,
     scan_window,
     sum_column,
     total_column,
@@ -179,9 +180,10 @@ class EventQuery:
                 raise InvalidEventQuery(
                     f"measure {measure!r} is not a bounded numeric field of {product.name!r}"
                 )
-            # Integer bounds enclosing the contract's (equal for integral bounds); float
-            # measures are rounded to integers after clamping.
-            bounds = (math.floor(spec.bounds.min), math.ceil(spec.bounds.max))
+            # Integer bounds enclosing the contract's per-record clamp (its contribution
+            # clamp, else the field's bounds; equal for integral bounds), as the stream
+            # processor's windows clamp; float measures are rounded after clamping.
+            bounds = integer_clamp(product, measure)
         return cls(
             aggregate=aggregate,
             subject=product.subject_field,

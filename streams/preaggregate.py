@@ -61,6 +61,13 @@ FORMAT_VERSION = 1
 NULL_SUBJECT_ID = 0  # a record without a subject token (one subject, as in a group-by)
 
 
+def integer_clamp(product: DataProduct, measure: str) -> tuple[int, int]:
+    """Integer bounds enclosing ``measure``'s per-record clamp (``DataProduct.clamp_of``;
+    equal for integral bounds): what the pre-aggregates and the event path clamp to."""
+    clamp = product.clamp_of(measure)
+    return math.floor(clamp.min), math.ceil(clamp.max)
+
+
 def count_column(measure: str) -> str:
     """Records of a cell with a value of ``measure``."""
     return f"{measure}__n"
@@ -107,8 +114,9 @@ class Layout:
     @classmethod
     def of(cls, product: DataProduct) -> Layout:
         """The layout of ``product``'s events: fields kept in clear with ``allowed_values``
-        are keys; bounded numeric fields kept in clear are measures (bounds widened to
-        integers, as ``EventQuery.for_product`` does)."""
+        are keys; bounded numeric fields kept in clear are measures, clamped to the contract's
+        per-record clamp (``DataProduct.clamp_of``, widened to integers, as
+        ``EventQuery.for_product`` does)."""
         keys = tuple(
             (f.name, tuple(f.allowed_values))
             for f in product.fields
@@ -117,7 +125,7 @@ class Layout:
         measures = tuple(
             (
                 f.name,
-                (math.floor(f.bounds.min), math.ceil(f.bounds.max)),
+                integer_clamp(product, f.name),
                 f.type.value == "float",
             )
             for f in product.fields

@@ -322,12 +322,13 @@ def test_contradictory_queries_are_refused(change: dict[str, Any], message: str)
 
 
 def test_query_for_a_product_reads_its_contract() -> None:
-    """Subject, time, public categories and integer bounds come from the contract; a key
-    without allowed_values is refused."""
+    """Subject, time, public categories and integer bounds come from the contract (the
+    bounds: its per-record contribution clamp, 0..300000 ms, not the field's 0..600000); a
+    key without allowed_values is refused."""
     q = EventQuery.for_product(
         WEB, "mean", max_records_per_subject=5, epsilon=Decimal(1), group_by="country", measure=M
     )
-    assert (q.subject, q.time, q.bounds) == (S, T, (0, 600_000))
+    assert (q.subject, q.time, q.bounds) == (S, T, (0, 300_000))
     assert q.categories == ("DE", "FR", "NL", "ES", "IT", "GB", "US", "OTHER")
     with pytest.raises(InvalidEventQuery, match="allowed_values"):
         EventQuery.for_product(

@@ -233,10 +233,11 @@ def test_erasure_and_retention_remove_pre_aggregate_rows(tmp_path: Path) -> None
 
 
 def test_layout_of_a_contract_product() -> None:
-    """Keys are the clear fields with public values; measures the bounded numeric ones."""
+    """Keys are the clear fields with public values; measures the bounded numeric ones,
+    clamped to the contract's per-record clamp (0..20000 cents, not the field's 0..100000)."""
     layout = Layout.of(get_contract("shop").product("orders"))  # type: ignore[arg-type]
     assert layout.keys == (("payment_method", ("card", "paypal", "invoice", "gift_card")),)
-    assert layout.measures == (("amount_cents", (0, 100_000), False),)
+    assert layout.measures == (("amount_cents", (0, 20_000), False),)
     assert Layout.from_json(layout.to_json()) == layout
 
 
