@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -53,6 +54,9 @@ from streams.topics import ProductTopics, consent_dlq_topic, consent_topic
 log = logging.getLogger("privmesh.streams")
 
 MARKER_PREFIX = b"privmesh-sync/"
+# A worker's catch-up marker: a tombstone keyed MARKER_PREFIX + a uuid4's 32 hex digits. A
+# record that merely starts like one is a consent record like any other (dead-lettered).
+MARKER = re.compile(re.escape(MARKER_PREFIX) + rb"[0-9a-f]{32}")
 PROCESSING_ERROR = "processing_error"
 REREAD_SECONDS = 30.0
 WITHDRAWAL_BY = "consent-withdrawal"
@@ -186,7 +190,8 @@ class ConsentListener:
     async def _apply(self, record: ConsumerRecord) -> ConsentRecord | None:
         key: bytes | None = record.key
         value: bytes | None = record.value
-        if value is None and key is not None and key.startswith(MARKER_PREFIX):
+        if value is None and key is not None and MARKER.fullmatch(key):
+            self.counters["sync_markers"] += 1
             return None  # a worker's catch-up marker
         self.counters["records"] += 1
         try:

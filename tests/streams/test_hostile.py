@@ -27,7 +27,7 @@ from feature_repo.events import event_schema, event_table
 from feature_repo.store import ErasedRows
 from streams.batch_send import BatchSender
 from streams.consent import ConsentIndex, MalformedConsent, parse_consent
-from streams.consent_listener import ConsentListener
+from streams.consent_listener import MARKER, MARKER_PREFIX, ConsentListener
 from streams.erasure_listener import ErasureListener
 from streams.generator import BUILDERS, make_people
 from streams.ingest_loop import IngestLoop
@@ -238,8 +238,10 @@ async def _evict(tokens: set[str], products: Collection[str] | None = None) -> E
 def test_every_consent_record_is_applied_or_dead_lettered(
     values: list[tuple[Any, str]], keys: list[bytes | None]
 ) -> None:
-    """Each consent record is applied or dead-lettered with a reason; the listener never
-    raises, whatever the bytes (the lone-surrogate subject that stopped the mesh included)."""
+    """Each consent record is applied, dead-lettered with a reason, or counted as a
+    worker's catch-up marker (a tombstone keyed privmesh-sync/<32 hex digits>, and nothing
+    else); the listener never raises, whatever the bytes (the lone-surrogate subject that
+    stopped the mesh included)."""
     sender = RecordingSender()
     index = ConsentIndex(CONTRACT, b"c" * 32)
     listener = ConsentListener(
@@ -263,15 +265,44 @@ def test_every_consent_record_is_applied_or_dead_lettered(
         record = consumer_record(topic, offset, keys[offset], raw)
         applied_before = sum(v for k, v in listener.counters.items() if k.startswith("applied."))
         sent_before = len(sender.to(consent_dlq_topic("shop")))
+        markers_before = listener.counters["sync_markers"]
         asyncio.run(listener._apply_batches({cast(Any, 0): [record]}))
         applied = sum(v for k, v in listener.counters.items() if k.startswith("applied."))
         sent = len(sender.to(consent_dlq_topic("shop")))
-        assert (applied - applied_before) + (sent - sent_before) == 1
+        markers = listener.counters["sync_markers"] - markers_before
+        assert (applied - applied_before) + (sent - sent_before) + markers == 1
+        assert markers == 0 or (raw is None and MARKER.fullmatch(keys[offset] or b""))
         try:
             parse_consent(raw, index.purposes, NOW)
         except MalformedConsent as exc:
             assert exc.reason != "processing_error"
     assert listener.counters["processing_errors"] == 0
+
+
+def test_only_a_well_formed_marker_tombstone_is_skipped_as_a_marker() -> None:
+    """A tombstone keyed like a worker's catch-up marker is skipped (counted); one whose key
+    only starts like a marker, or a marker key with a value, is dead-lettered."""
+    sender = RecordingSender()
+    listener = ConsentListener(
+        CONTRACT,
+        KafkaSettings(),
+        ConsentIndex(CONTRACT, b"c" * 32),
+        None,
+        cast(BatchSender, sender),
+        _evict,
+        Path(tempfile.mkdtemp()),
+    )
+    records = [
+        (MARKER_PREFIX + b"0123456789abcdef0123456789abcdef", None),  # a marker
+        (MARKER_PREFIX, None),
+        (MARKER_PREFIX + b"0123456789ABCDEF0123456789ABCDEF", None),
+        (MARKER_PREFIX + b"0123456789abcdef0123456789abcdef", b"{}"),
+    ]
+    for offset, (key, value) in enumerate(records):
+        record = consumer_record(listener.topic, offset, key, value)
+        asyncio.run(listener._apply_batches({cast(Any, 0): [record]}))
+    assert listener.counters["sync_markers"] == 1
+    assert len(sender.to(consent_dlq_topic("shop"))) == 3
 
 
 @HOSTILE
