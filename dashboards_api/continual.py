@@ -167,7 +167,7 @@ def ci95_half_width(scale: float, nodes: int) -> float:
 
 
 @cache
-def _vector_laplace(sensitivity: int, epsilon: Decimal) -> tuple[Any, float]:
+def vector_laplace(sensitivity: int, epsilon: Decimal) -> tuple[Any, float]:
     """OpenDP discrete Laplace on i64 vectors (node sums may pass i32), checked by OpenDP's map:
     a vector of L1 sensitivity ``sensitivity`` costs at most ``epsilon``. Returns (it, scale)."""
     return laplace_within(
@@ -175,7 +175,7 @@ def _vector_laplace(sensitivity: int, epsilon: Decimal) -> tuple[Any, float]:
     )
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` as an int of at least ``minimum``, or a TypeError/ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -184,10 +184,10 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def _check_epsilon(epsilon: object) -> Decimal:
+def check_epsilon(epsilon: object) -> Decimal:
     """``epsilon`` if it is a finite positive Decimal, else a TypeError/ValueError."""
     if not isinstance(epsilon, Decimal):
-        raise TypeError(f"epsilon must be a Decimal such as Decimal('1'), got {epsilon!r}")
+        raise TypeError(f"epsilon must be a Decimal such as Decimal('0.5'), got {epsilon!r}")
     if not epsilon.is_finite() or epsilon <= 0:
         raise ValueError(f"epsilon must be a finite decimal > 0, got {epsilon}")
     return epsilon
@@ -218,15 +218,15 @@ class BinaryTreeCounter:
         store: NodeStore,
         stream_id: str,
     ) -> None:
-        self.horizon = _check_int("horizon", horizon, 1)
-        self.epsilon = _check_epsilon(epsilon)
-        self.sensitivity = _check_int("sensitivity", sensitivity, 1)
+        self.horizon = check_int("horizon", horizon, 1)
+        self.epsilon = check_epsilon(epsilon)
+        self.sensitivity = check_int("sensitivity", sensitivity, 1)
         if not isinstance(stream_id, str) or not stream_id:
             raise ValueError(f"stream_id must be a non-empty string, got {stream_id!r}")
         self.store = store
         self.stream_id = stream_id
         self.levels = levels(self.horizon)
-        self.measurement, self.scale = _vector_laplace(self.levels * self.sensitivity, self.epsilon)
+        self.measurement, self.scale = vector_laplace(self.levels * self.sensitivity, self.epsilon)
         fingerprint = self._fingerprint()
         if store.put(stream_id, PARAMETERS_LEVEL, 0, fingerprint) != fingerprint:
             raise ValueError(
@@ -246,7 +246,7 @@ class BinaryTreeCounter:
 
     def _check_t(self, t: int, values: Sequence[int]) -> int:
         """``t`` if ``1 <= t <= horizon`` and ``values`` covers windows ``1..t``."""
-        t = _check_int("t", t, 1)
+        t = check_int("t", t, 1)
         if t > self.horizon:
             raise ValueError(
                 f"t={t} is past the horizon of {self.horizon} windows; totals after the "
@@ -357,9 +357,9 @@ def error_comparison(horizon: int, epsilon: Decimal, sensitivity: int = 1) -> Er
     The tree's total at ``t`` sums ``popcount(t)`` independent node noises, so its mean
     squared error is ``popcount(t) * Var(tree_scale)``.
     """
-    horizon = _check_int("horizon", horizon, 1)
-    epsilon = _check_epsilon(epsilon)
-    sensitivity = _check_int("sensitivity", sensitivity, 1)
+    horizon = check_int("horizon", horizon, 1)
+    epsilon = check_epsilon(epsilon)
+    sensitivity = check_int("sensitivity", sensitivity, 1)
     node_var = discrete_laplace_variance(tree_scale(horizon, epsilon, sensitivity))
     mean_nodes = _total_bits(horizon) / horizon
     worst_nodes = max(horizon.bit_count(), levels(horizon) - 1)
@@ -417,11 +417,11 @@ def simulate(
     """
     started = time.perf_counter()
     theory = error_comparison(horizon, epsilon, sensitivity)
-    runs = _check_int("runs", runs, 1)
+    runs = check_int("runs", runs, 1)
     values = [(7 * i) % (sensitivity + 1) for i in range(horizon)]
     exact = list(accumulate(values))
-    naive, _ = _vector_laplace(horizon * sensitivity, epsilon)
-    per_window, _ = _vector_laplace(sensitivity, epsilon)
+    naive, _ = vector_laplace(horizon * sensitivity, epsilon)
+    per_window, _ = vector_laplace(sensitivity, epsilon)
     tree_sq = naive_sq = increments_sq = 0.0
     for run in range(runs):
         counter = BinaryTreeCounter(

@@ -42,14 +42,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
-from typing import Any
 
 import numpy as np
 import opendp.prelude as dp
 
-from dashboards_api.continual import PARAMETERS_LEVEL, NodeStore, ci95_half_width
+from dashboards_api.continual import (
+    PARAMETERS_LEVEL,
+    NodeStore,
+    check_epsilon,
+    check_int,
+    ci95_half_width,
+    vector_laplace,
+)
 from dashboards_api.errors import MissingWindow, ResolutionUnavailable
-from dashboards_api.mechanisms import CONFIDENCE, laplace_within
+from dashboards_api.mechanisms import CONFIDENCE
 
 dp.enable_features("contrib")
 
@@ -90,7 +96,7 @@ def level_widths(window_seconds: int) -> list[int]:
     Each width is a multiple of the previous one (so every node is a union of nodes of each
     finer level) and the last is the day.
     """
-    window_seconds = _check_int("window_seconds", window_seconds, 1)
+    window_seconds = check_int("window_seconds", window_seconds, 1)
     if DAY_SECONDS % window_seconds:
         raise ValueError(
             f"window_seconds={window_seconds} does not divide the day ({DAY_SECONDS} s); "
@@ -112,38 +118,11 @@ def resolutions_of(window_seconds: int) -> tuple[str, ...]:
     )
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int of at least ``minimum``, or a TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_epsilon(epsilon: object) -> Decimal:
-    """``epsilon`` if it is a finite positive Decimal, else a TypeError/ValueError."""
-    if not isinstance(epsilon, Decimal):
-        raise TypeError(f"epsilon must be a Decimal such as Decimal('0.5'), got {epsilon!r}")
-    if not epsilon.is_finite() or epsilon <= 0:
-        raise ValueError(f"epsilon must be a finite decimal > 0, got {epsilon}")
-    return epsilon
-
-
-@cache
-def _node_laplace(d_in: int, epsilon: Decimal) -> tuple[Any, float]:
-    """OpenDP discrete Laplace on i64 node vectors whose privacy map at L1 distance ``d_in``
-    (``levels * Δ``) is not above ``epsilon``; built once per (d_in, epsilon)."""
-    return laplace_within(
-        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), d_in, epsilon
-    )
-
-
 def node_scale(window_seconds: int, epsilon: Decimal, sensitivity: int) -> float:
     """The per-node discrete Laplace scale, ``levels * Δ / epsilon`` (or a few ulps more, as
     OpenDP's map requires)."""
-    d_in = len(level_widths(window_seconds)) * _check_int("sensitivity", sensitivity, 1)
-    return _node_laplace(d_in, _check_epsilon(epsilon))[1]
+    d_in = len(level_widths(window_seconds)) * check_int("sensitivity", sensitivity, 1)
+    return vector_laplace(d_in, check_epsilon(epsilon))[1]
 
 
 def _prefix_cover(widths: list[int], length: int) -> list[Node]:
@@ -220,7 +199,7 @@ def expected_half_width(
     if t_in_day is None:
         nodes = _most_nodes(resolution, window_seconds)
     else:
-        t_in_day = _check_int("t_in_day", t_in_day, window_seconds)
+        t_in_day = check_int("t_in_day", t_in_day, window_seconds)
         if t_in_day > DAY_SECONDS or t_in_day % window_seconds:
             raise ValueError(
                 f"t_in_day={t_in_day} must be a multiple of {window_seconds} in "
@@ -290,20 +269,20 @@ class DailyHierarchy:
         store: NodeStore,
         stream_id: str,
     ) -> None:
-        self.window_seconds = _check_int("window_seconds", window_seconds, 1)
+        self.window_seconds = check_int("window_seconds", window_seconds, 1)
         self.levels: list[int] = level_widths(self.window_seconds)
-        self.day_start = _check_int("day_start", day_start, 0)
+        self.day_start = check_int("day_start", day_start, 0)
         if self.day_start % DAY_SECONDS:
             raise ValueError(
                 f"day_start={day_start} is not the start of a UTC day (a multiple of 86400)"
             )
-        self.epsilon = _check_epsilon(epsilon)
-        self.sensitivity = _check_int("sensitivity", sensitivity, 1)
+        self.epsilon = check_epsilon(epsilon)
+        self.sensitivity = check_int("sensitivity", sensitivity, 1)
         if not isinstance(stream_id, str) or not stream_id:
             raise ValueError(f"stream_id must be a non-empty string, got {stream_id!r}")
         self.store = store
         self.stream_id = stream_id
-        self.measurement, self.scale = _node_laplace(
+        self.measurement, self.scale = vector_laplace(
             len(self.levels) * self.sensitivity, self.epsilon
         )
         fingerprint = self._fingerprint()
@@ -336,7 +315,7 @@ class DailyHierarchy:
 
     def _check_t_end(self, t_end: int) -> int:
         """``t_end`` if it ends a window of this day (``day_start < t_end <= day_end``)."""
-        t_end = _check_int("t_end", t_end, 0)
+        t_end = check_int("t_end", t_end, 0)
         if not self.day_start < t_end <= self.day_end or (t_end - self.day_start) % (
             self.window_seconds
         ):
@@ -489,7 +468,7 @@ class _ExactSums:
                 "spans it cannot be released until it is pushed",
                 window_start=start,
             )
-        return value if type(value) is int else _check_int("window value", value, -(2**62))
+        return value if type(value) is int else check_int("window value", value, -(2**62))
 
     def node(self, node: Node) -> int:
         """The exact sum of the windows in ``node``'s span."""
