@@ -370,27 +370,7 @@ class ReleaseService:
             return self._release_events(qc, window_start)
         if qc.release == "continual":
             return self._release_running(qc, window_start)
-        candidates = (
-            [window_start]
-            if window_start is not None
-            else [
-                self.last_closed() - self.window_seconds * i for i in range(self.lookback_windows)
-            ]
-        )
-        source = self.sources[qc.domain]
-        rows = source.window_stats(qc.product, candidates, self.partitions)
-        row = next((r for r in rows if r.get("distinct_subjects") is not None), None)
-        if row is None:
-            if window_start is not None:
-                raise WindowNotFound(
-                    f"window {_iso(window_start)} of {qc.domain}.{qc.product} has no complete "
-                    "aggregates (no events, or not every ingest partition reported it)"
-                )
-            raise NoDataYet(
-                f"no closed window of {qc.domain}.{qc.product} in the last "
-                f"{self.lookback_windows} windows; is the stream processor running?",
-                retry_after_seconds=self.window_seconds,
-            )
+        row = self._newest_row(qc, window_start)
         start = int(row["window_start"])
         bound = row.get(CONTRIBUTION_BOUND)
         sens = sensitivity(qc, self.product_of(qc), bound)
@@ -582,9 +562,9 @@ class ReleaseService:
             parts.append(part)
         return parts[0], parts[1]
 
-    def _daily_end(self, qc: QueryClass, window_start: int | None) -> tuple[int, dict[str, Any]]:
-        """End of the newest closed window with a complete row (``window_start``'s, when
-        given) and that row."""
+    def _newest_row(self, qc: QueryClass, window_start: int | None) -> dict[str, Any]:
+        """The window row of ``window_start`` or, when None, of the newest closed window of
+        the last ``lookback_windows`` that every ingest partition reported."""
         candidates = (
             [window_start]
             if window_start is not None
@@ -605,6 +585,12 @@ class ReleaseService:
                 f"{self.lookback_windows} windows; is the stream processor running?",
                 retry_after_seconds=self.window_seconds,
             )
+        return row
+
+    def _daily_end(self, qc: QueryClass, window_start: int | None) -> tuple[int, dict[str, Any]]:
+        """End of the newest closed window with a complete row (``window_start``'s, when
+        given) and that row."""
+        row = self._newest_row(qc, window_start)
         return int(row["window_start"]) + self.window_seconds, row
 
     def _check_row_bounds(self, qc: QueryClass, row: dict[str, Any]) -> None:
