@@ -193,6 +193,32 @@ def check_epsilon(epsilon: object) -> Decimal:
     return epsilon
 
 
+def noisy_nodes(
+    store: NodeStore,
+    stream_id: str,
+    measurement: Any,
+    nodes: Sequence[tuple[int, int]],
+    true_sum: Callable[[tuple[int, int]], int],
+) -> dict[tuple[int, int], int]:
+    """The stored noisy values of ``nodes`` of ``stream_id``; the ones never drawn are summed
+    with ``true_sum`` (complete nodes only: the caller's check), noised in ONE call of the
+    OpenDP vector ``measurement``, then stored write-once (a value another replica stored
+    first wins, and is the one returned)."""
+    found: dict[tuple[int, int], int] = {}
+    missing: list[tuple[int, int]] = []
+    for node in nodes:
+        value = store.get(stream_id, *node)
+        if value is None:
+            missing.append(node)
+        else:
+            found[node] = value
+    if missing:
+        drawn = measurement([int(true_sum(node)) for node in missing])
+        for node, noisy in zip(missing, drawn, strict=True):
+            found[node] = store.put(stream_id, *node, int(noisy))
+    return found
+
+
 class BinaryTreeCounter:
     """Running totals of one stream over a fixed horizon, every one released for ``epsilon``.
 
@@ -259,21 +285,10 @@ class BinaryTreeCounter:
     def _node_values(
         self, nodes: Sequence[tuple[int, int]], true_sum: Callable[[int, int], int]
     ) -> dict[tuple[int, int], int]:
-        """Stored values of ``nodes``; the missing ones are noised in ONE OpenDP call and stored
-        (write-once: a value another replica stored first wins)."""
-        found: dict[tuple[int, int], int] = {}
-        missing: list[tuple[int, int]] = []
-        for node in nodes:
-            value = self.store.get(self.stream_id, *node)
-            if value is None:
-                missing.append(node)
-            else:
-                found[node] = value
-        if missing:
-            drawn = self.measurement([int(true_sum(*node)) for node in missing])
-            for node, noisy in zip(missing, drawn, strict=True):
-                found[node] = self.store.put(self.stream_id, *node, int(noisy))
-        return found
+        """Stored values of ``nodes``; the missing ones are noised and stored (``noisy_nodes``)."""
+        return noisy_nodes(
+            self.store, self.stream_id, self.measurement, nodes, lambda node: true_sum(*node)
+        )
 
     def release(self, t: int, values: Sequence[int]) -> NoisyTotal:
         """The noisy total of windows ``1..t``; ``values[i]`` is window ``i + 1``'s true value.

@@ -52,6 +52,7 @@ from dashboards_api.continual import (
     check_epsilon,
     check_int,
     ci95_half_width,
+    noisy_nodes,
     vector_laplace,
 )
 from dashboards_api.errors import MissingWindow, ResolutionUnavailable
@@ -369,20 +370,8 @@ class DailyHierarchy:
         """The stored values of ``nodes``; the ones never drawn are summed from ``windows``
         (complete spans only, the caller's check) and noised in ONE OpenDP call, then stored
         write-once (a value another replica stored first wins)."""
-        found: dict[Node, int] = {}
-        missing: list[Node] = []
-        for node in nodes:
-            value = self.store.get(self.stream_id, *node)
-            if value is None:
-                missing.append(node)
-            else:
-                found[node] = value
-        if missing:
-            exact = _ExactSums(self, windows)
-            drawn = self.measurement([exact.node(node) for node in missing])
-            for node, noisy in zip(missing, drawn, strict=True):
-                found[node] = self.store.put(self.stream_id, *node, int(noisy))
-        return found
+        exact = _ExactSums(self, windows)
+        return noisy_nodes(self.store, self.stream_id, self.measurement, nodes, exact.node)
 
     def value(
         self,
