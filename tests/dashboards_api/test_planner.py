@@ -31,19 +31,14 @@ from dashboards_api.query_classes import (
     load_query_classes,
 )
 from dashboards_api.releases import ReleaseService
-from dashboards_api.settings import ApiSettings, KeyGrant
+from dashboards_api.settings import ApiSettings
 from domains.contract import DataProduct
 from domains.registry import load_contracts
+from tests.dashboards_api.test_classes import KEYS
 from tests.fakes import FakeWindowSource
 
 HALF = Decimal("0.5")
 NOW = 1_795_427_055.0
-KEYS = {
-    "shop-owner": KeyGrant(role="domain_owner", domains=frozenset({"shop"})),
-    "web-owner": KeyGrant(role="domain_owner", domains=frozenset({"web"})),
-    "reader": KeyGrant(role="consumer"),
-    "gov": KeyGrant(role="governance"),
-}
 DAILY = {
     "id": "shop.orders.hourly_orders",
     "title": "Orders, every resolution",

@@ -6,21 +6,10 @@ from pathlib import Path
 
 import yaml
 
+from tests.dashboards_api.test_planner import DAILY
 from tests.infra.test_cli import assert_one_line_error, run_cli
 
 WIDE = {"COLUMNS": "200"}
-DAILY = {
-    "id": "shop.orders.hourly_orders",
-    "title": "Orders, every resolution",
-    "domain": "shop",
-    "product": "orders",
-    "aggregate": "count_records",
-    "release": "daily",
-    "privacy_unit": "subject_day",
-    "epsilon_per_release": "0.5",
-    "budget_per_day": "0.5",
-    "accuracy": {"relative": 0.05, "resolution": "1h"},
-}
 
 
 def test_plan_prints_widths_and_what_would_meet_the_accuracy(tmp_path: Path) -> None:
