@@ -558,22 +558,17 @@ class _Builder:
 
     # ------------------------------------------------------------------ budget
     def _product_total(self, fqn: str) -> tuple[int, bool] | None:
-        """The product's daily total in micro-epsilon and whether it is declared, read as
-        the API's release path reads it (``ReleaseService.product_total``): the declared
-        total, else the policy's default, capped by the policy (None: neither)."""
-        policy = self.inputs.policy
+        """The product's daily total in micro-epsilon and whether it is declared, as the
+        API's release path reads it (``GovernancePolicy.product_total_micro``)."""
         declared = self.inputs.product_budgets.get(fqn)
-        if declared is not None:
-            total = declared.budget_micro
-        elif policy.default_product_budget_per_day is not None:
-            total = to_micro(policy.default_product_budget_per_day)
-        else:
-            return None
-        return min(total, policy.max_product_micro), declared is not None
+        total = self.inputs.policy.product_total_micro(
+            None if declared is None else declared.budget_micro
+        )
+        return None if total is None else (total, declared is not None)
 
     def _class_budget(self, qc: QueryClass) -> int:
         """The class's daily budget, capped by the policy (``ReleaseService.class_budget``)."""
-        return min(qc.budget_micro, self.inputs.policy.max_class_micro)
+        return self.inputs.policy.class_budget_micro(qc)
 
     def _user_level(
         self,

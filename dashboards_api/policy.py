@@ -93,6 +93,21 @@ class GovernancePolicy(BaseModel):
         """Cap on one product's day, micro-epsilon."""
         return to_micro(self.max_product_budget_per_day)
 
+    def class_budget_micro(self, qc: QueryClass) -> int:
+        """``qc``'s daily budget in micro-epsilon, capped by this policy."""
+        return min(qc.budget_micro, self.max_class_micro)
+
+    def product_total_micro(self, declared_micro: int | None) -> int | None:
+        """A data product's daily total in micro-epsilon: ``declared_micro`` (its declared
+        total), else this policy's default, capped by this policy (None: neither)."""
+        if declared_micro is not None:
+            total = declared_micro
+        elif self.default_product_budget_per_day is not None:
+            total = to_micro(self.default_product_budget_per_day)
+        else:
+            return None
+        return min(total, self.max_product_micro)
+
     def check_class(self, qc: QueryClass) -> None:
         """Refuse ``qc`` when its epsilon or daily budget is above this policy's caps."""
         if qc.cost_micro > self.max_epsilon_micro:

@@ -160,20 +160,15 @@ class ReleaseService:
 
     def class_budget(self, qc: QueryClass) -> int:
         """``qc``'s daily budget in micro-epsilon, capped by the governance policy."""
-        return min(qc.budget_micro, self.policy.current.max_class_micro)
+        return self.policy.current.class_budget_micro(qc)
 
     def product_total(self, domain: str, product: str) -> int | None:
         """A data product's daily total in micro-epsilon: the declared one, else the
         policy's default, capped by the policy (None: neither declares one)."""
-        policy = self.policy.current
         declared = self.product_budgets.get(f"{domain}.{product}")
-        if declared is not None:
-            total = declared.budget_micro
-        elif policy.default_product_budget_per_day is not None:
-            total = to_micro(policy.default_product_budget_per_day)
-        else:
-            return None
-        return min(total, policy.max_product_micro)
+        return self.policy.current.product_total_micro(
+            None if declared is None else declared.budget_micro
+        )
 
     def product_budget(self, domain: str, product: str) -> dict[str, Any] | None:
         """Total budget state of a data product in the current period (None: no total)."""
