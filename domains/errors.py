@@ -17,3 +17,21 @@ class InvalidContract(ContractError):
     """A contract file does not parse or contradicts itself."""
 
     code = "invalid_contract"
+
+
+class OdcsUnreadable(ContractError):
+    """An ODCS document cannot be read: missing, too large, not UTF-8 or not YAML."""
+
+    code = "odcs_unreadable"
+
+
+class OdcsInvalid(ContractError):
+    """A YAML file is not an ODCS v3 data contract (the standard's model refuses it)."""
+
+    code = "odcs_invalid"
+
+
+class OdcsUnmappable(ContractError):
+    """A valid ODCS document lacks a fact a privmesh contract needs, or contradicts one."""
+
+    code = "odcs_unmappable"
