@@ -28,6 +28,7 @@ import psutil
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from infra.ack_gate import AckGate
 from infra.errors import BrokerBinaryMissing, ComponentFailed, JournalError
 from infra.journal import Journal, Mirror, journal_path, journal_size, replay
 from infra.ports import wait_for_port
@@ -70,16 +71,16 @@ def tansu_command(port: int) -> list[str]:
     ]
 
 
-def proxy_command(port: int, origin_port: int) -> list[str]:
-    """Command line of a Tansu proxy on loopback ``port`` in front of ``origin_port``."""
-    url = f"tcp://127.0.0.1:{port}"
+def proxy_command(port: int, origin_port: int, advertised_port: int | None = None) -> list[str]:
+    """Command line of a Tansu proxy on loopback ``port`` in front of ``origin_port``,
+    telling clients (in Metadata) to come back on ``advertised_port`` (default ``port``)."""
     return [
         tansu_binary(),
         "proxy",
         "--listener-url",
-        url,
+        f"tcp://127.0.0.1:{port}",
         "--advertised-listener-url",
-        url,
+        f"tcp://127.0.0.1:{advertised_port or port}",
         "--origin-url",
         f"tcp://127.0.0.1:{origin_port}",
     ]
@@ -168,6 +169,9 @@ ROTATE_AFTER_SECONDS = 10.0
 # for at most ROTATE_WAIT_SECONDS (then the port closes and the journal catches up).
 ROTATE_LAG_RECORDS = 20_000
 ROTATE_WAIT_SECONDS = 20.0
+# With the ack gate the mirror's fetches wait at most this long (ms): a produce is answered
+# one fetch, one journal write and one probe after Tansu took it (50 ms without the gate).
+ACK_FETCH_WAIT_MS = 10
 
 
 def _die_with_parent() -> None:  # child, between fork and exec: Tansu dies with us
@@ -209,10 +213,13 @@ class JournaledBroker:
     """Tansu behind a proxy, with its topics journaled to disk and replayed at each start.
 
     Each *incarnation*: a Tansu broker on a private port, the journal replayed into it
-    (records at their offsets, group offsets), then the proxy on the public ``port`` and
-    the mirror. It ends when asked to stop (SIGTERM/SIGINT: proxy closed, the rest
-    journaled, clean exit), when Tansu dies (a new incarnation starts at once), or when
-    Tansu's resident size passes the memory limit (rotation: drained, then a new one).
+    (records at their offsets, group offsets), the mirror, then the public ``port``: the
+    ack gate (``infra.ack_gate``: a Produce is answered once the journal holds its
+    records) in front of a Tansu proxy on another private port, or with
+    ``embedded_ack_after_journal`` off the proxy itself. It ends when asked to stop
+    (SIGTERM/SIGINT: port closed, the rest journaled, clean exit), when Tansu dies (a new
+    incarnation starts at once), or when Tansu's resident size passes the memory limit
+    (rotation: drained, then a new one).
     """
 
     def __init__(self, port: int, data_dir: Path, kafka: KafkaSettings) -> None:
@@ -232,10 +239,14 @@ class JournaledBroker:
             "trimmed_records": 0,
             "broker_rss_bytes": 0,
             "broker_rss_peak_bytes": 0,
+            "acks_held": 0,
+            "acks_withheld": 0,
+            "gate_protocol_errors": 0,
         }
         self._warned_retention = False
         self._broker: subprocess.Popen[bytes] | None = None
         self._proxy: subprocess.Popen[bytes] | None = None
+        self._gate: AckGate | None = None
 
     async def run(self) -> None:
         """Serve until stopped."""
@@ -246,7 +257,7 @@ class JournaledBroker:
             while not self.stopping.is_set():
                 await self.incarnation()
         finally:
-            _end(self._proxy)
+            await self.close_port()
             _end(self._broker)
             self.write_status()
             self.journal.close()
@@ -275,24 +286,32 @@ class JournaledBroker:
         )
         self.counters["skipped_offsets"] += counts["skipped_offsets"]
         self.write_status()
-        mirror = Mirror(self.journal, bootstrap, lambda t: topic_configs(t, self.kafka))
+        mirror = Mirror(
+            self.journal,
+            bootstrap,
+            lambda t: topic_configs(t, self.kafka),
+            fetch_wait_ms=ACK_FETCH_WAIT_MS if self.kafka.embedded_ack_after_journal else 50,
+        )
         await mirror.start()
-        await self.open_port(internal)
+        await self.open_port(internal, mirror)
         log.info("embedded broker ready on port %d (journal %s)", self.port, self.journal.path)
         while True:
             reason = await self.mirror_until_done(mirror)
-            _end(self._proxy)  # no client writes from here on
-            self._proxy = None
+            self.pause_port()  # no client writes from here on
             if reason == "broker_died":
+                await self.close_port()
                 break
-            if await mirror.drain(within=300.0 if reason == "rotate" else 12.0):
+            # held acknowledgements go out as the drain journals their records
+            drained = await mirror.drain(within=300.0 if reason == "rotate" else 12.0)
+            await self.close_port()
+            if drained:
                 break
             if reason == "stop":
                 log.warning("the broker could not be fully journaled before it stopped")
                 break
             # a rotation now would drop what the journal has not caught up with yet
             log.info("rotation put off: the journal is still catching up")
-            await self.open_port(internal)
+            await self.open_port(internal, mirror)
         self.counters["journaled_records"] += mirror.journaled
         self.counters["group_snapshots"] += mirror.snapshots
         await mirror.stop()
@@ -305,11 +324,42 @@ class JournaledBroker:
             log.warning("the embedded broker exited; starting a new one from the journal")
         self.write_status()
 
-    async def open_port(self, internal: int) -> None:
-        """Start the proxy on the public port in front of Tansu's private ``internal``."""
-        self._proxy = _spawn(proxy_command(self.port, internal))
-        if not await asyncio.to_thread(wait_for_port, self.port, 20.0):
-            raise JournalError(f"the broker proxy did not listen on port {self.port}")
+    async def open_port(self, internal: int, mirror: Mirror) -> None:
+        """Open the public port in front of Tansu's private ``internal``: the ack gate
+        (Produce answered once ``mirror`` has journaled it) before a proxy on a private
+        port that advertises the public one, or the proxy alone."""
+        gated = self.kafka.embedded_ack_after_journal
+        proxy_port = _free_port() if gated else self.port
+        self._proxy = _spawn(proxy_command(proxy_port, internal, self.port))
+        if not await asyncio.to_thread(wait_for_port, proxy_port, 20.0):
+            raise JournalError(f"the broker proxy did not listen on port {proxy_port}")
+        if gated:
+            self._gate = AckGate(self.port, proxy_port, mirror.barrier)
+            await self._gate.start()
+
+    def pause_port(self) -> None:
+        """Take no more client requests: the gate stops reading them (its connections
+        stay, for the acknowledgements it holds), or the proxy ends."""
+        if self._gate is not None:
+            self._gate.pause()
+        else:
+            _end(self._proxy)
+            self._proxy = None
+
+    async def close_port(self) -> None:
+        """Close the public port and every client connection (a held acknowledgement is
+        never sent: the producer sends again)."""
+        if self._gate is not None:
+            gate, self._gate = self._gate, None
+            await gate.close()
+            for name, key in (
+                ("acks_held", "held"),
+                ("acks_withheld", "withheld"),
+                ("gate_protocol_errors", "protocol_errors"),
+            ):
+                self.counters[name] += gate.counters[key]
+        _end(self._proxy)
+        self._proxy = None
 
     async def mirror_until_done(self, mirror: Mirror) -> str:
         """Journal until stopped (``stop``), Tansu dies (``broker_died``) or is too big
@@ -324,7 +374,7 @@ class JournaledBroker:
             if self._broker.poll() is not None:
                 return "broker_died"
             if self._proxy is not None and self._proxy.poll() is not None:
-                self._proxy = _spawn(proxy_command(self.port, broker_port(self._broker)))
+                self._proxy = _spawn(respawned(self._proxy))
             try:
                 await mirror.step(timeout_ms=100)
             except (KafkaError, OSError) as exc:
@@ -388,6 +438,10 @@ class JournaledBroker:
         if mirror is not None:
             status["journaled_records"] += mirror.journaled
             status["group_snapshots"] += mirror.snapshots
+        if self._gate is not None:
+            status["acks_held"] += self._gate.counters["held"]
+            status["acks_withheld"] += self._gate.counters["withheld"]
+            status["gate_protocol_errors"] += self._gate.counters["protocol_errors"]
         status["journal_disk_bytes"] = journal_size(self.journal.path)
         status["updated_at"] = time.time()
         path = status_path(self.data_dir)
@@ -397,11 +451,9 @@ class JournaledBroker:
         tmp.replace(path)
 
 
-def broker_port(proc: subprocess.Popen[bytes]) -> int:
-    """The loopback port a Tansu broker process was started on."""
-    args = proc.args if isinstance(proc.args, list) else []
-    url = str(args[args.index("--listener-url") + 1])
-    return int(url.rsplit(":", 1)[1])
+def respawned(proc: subprocess.Popen[bytes]) -> list[str]:
+    """The command line ``proc`` was started with (to start it again)."""
+    return [str(a) for a in proc.args] if isinstance(proc.args, list) else []
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,3 +41,10 @@ class JournalError(InfraError):
     """The embedded broker's journal could not be replayed or written."""
 
     code = "journal_error"
+
+
+class GateProtocolError(InfraError):
+    """A connection to the embedded broker's public port sent bytes that are not Kafka
+    frames (the gate closes that connection only)."""
+
+    code = "gate_protocol_error"

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import OffsetAndMetadata
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -556,6 +558,11 @@ class Mirror:
     A snapshot taken at time t is saved once, for every partition, the journal reaches
     the high watermark that a fetch answered after t reported: every record appended
     before t (the outputs a processor delivered before committing) is then journaled.
+
+    ``barrier()`` is the same promise made strict, for producers' acknowledgements: it
+    returns once the journal holds, for every partition, the high watermark reported by a
+    fetch *sent* after the call (one probe serves every caller waiting for the next), so
+    every record the broker acknowledged before the call is on disk.
     """
 
     def __init__(
@@ -564,8 +571,10 @@ class Mirror:
         bootstrap: str,
         topic_configs: Callable[[str], dict[str, str]],
         snapshot_every: float = 0.5,
+        fetch_wait_ms: int = 50,
     ) -> None:
         self.journal = journal
+        self.fetch_wait_ms = fetch_wait_ms
         self.bootstrap = bootstrap
         self.topic_configs = topic_configs
         self.snapshot_every = snapshot_every
@@ -579,6 +588,13 @@ class Mirror:
         self._writing: asyncio.Task[None] | None = None
         self._writing_count = 0
         self.snapshots = 0
+        self._refreshing = asyncio.Lock()
+        self._cluster: ClusterMetadata | None = None  # as the last refresh read it
+        self._journaled_to: dict[TP, int] = {}  # next offset on disk, per partition
+        self._waiters: list[tuple[dict[TP, int], asyncio.Future[None]]] = []
+        self._next_probe: asyncio.Future[dict[TP, int]] | None = None
+        self._probing: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> None:
         """Connect and read from the journal's positions."""
@@ -588,7 +604,9 @@ class Mirror:
             client_id="privmesh-journal-mirror",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
+            # Tansu holds a fetch this long even when records arrive: the delay before a
+            # record is journaled (and, with the ack gate, acknowledged)
+            fetch_max_wait_ms=self.fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             retry_backoff_ms=100,
         )
@@ -597,12 +615,21 @@ class Mirror:
             bootstrap_servers=self.bootstrap, client_id="privmesh-journal-metadata"
         )
         await self.client.bootstrap()
+        self._journaled_to = self.journal.positions()
         await self.refresh()
 
     async def stop(self) -> None:
-        """Finish the write in flight and disconnect."""
+        """Finish the write in flight, fail the barriers still waiting, and disconnect."""
+        self._stopped = True
         with contextlib.suppress(Exception):
             await self.flush()
+        for _targets, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(JournalError("the mirror stopped"))
+                waiter.exception()  # retrieved: a caller may be gone
+        self._waiters.clear()
+        if self._probing is not None:
+            self._probing.cancel()
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
             with contextlib.suppress(BaseException):
@@ -617,9 +644,13 @@ class Mirror:
 
     async def refresh(self) -> None:
         """Follow topics created since the last call (from the journal's positions)."""
+        async with self._refreshing:  # the loop and barrier probes both call it
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         assert self.consumer is not None and self.client is not None
         # fresh metadata (the consumer's own is only of the topics it already knew)
-        cluster = await self.client.fetch_all_metadata()
+        cluster = self._cluster = await self.client.fetch_all_metadata()
         names = {t for t in cluster.topics() if not t.startswith("__")}
         known = self.journal.topics()
         wanted: set[TopicPartition] = set()
@@ -675,6 +706,10 @@ class Mirror:
             await self.flush()
             self._writing = asyncio.create_task(asyncio.to_thread(self.journal.append, rows, hws))
             self._writing_count = len(rows)
+            written: dict[TP, int] = {}
+            for r in rows:
+                written[(r.topic, r.partition)] = r.offset + 1
+            self._writing.add_done_callback(lambda task: self._journaled(task, written))
         await self._snapshot_step()
         return len(rows)
 
@@ -684,6 +719,83 @@ class Mirror:
             writing, self._writing = self._writing, None
             await writing
             self.journaled += self._writing_count
+
+    def _journaled(self, task: asyncio.Task[None], written: dict[TP, int]) -> None:
+        """A write ended: release the barriers it satisfies."""
+        if task.cancelled() or task.exception() is not None:
+            return  # flush() raises it to the mirror's loop
+        for tp, offset in written.items():
+            self._journaled_to[tp] = max(offset, self._journaled_to.get(tp, 0))
+        self._release()
+
+    def _release(self) -> None:
+        waiting = []
+        for targets, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if all(self._journaled_to.get(tp, 0) >= hw for tp, hw in targets.items()):
+                waiter.set_result(None)
+            else:
+                waiting.append((targets, waiter))
+        self._waiters = waiting
+
+    async def barrier(self) -> None:
+        """Return once the journal holds every record the broker acknowledged before this
+        call (see the class docstring); a probe that fails raises (KafkaError, OSError,
+        JournalError). Callers bound it with a timeout."""
+        if self._stopped:
+            raise JournalError("the mirror stopped")
+        targets = await self._probe_after_now()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((targets, waiter))
+        self._release()
+        await waiter
+
+    async def _probe_after_now(self) -> dict[TP, int]:
+        """The high watermarks reported to a probe sent after this call (shared)."""
+        if self._next_probe is None:
+            self._next_probe = asyncio.get_running_loop().create_future()
+            self._next_probe.add_done_callback(
+                lambda f: f.cancelled() or f.exception()  # retrieved: callers may be gone
+            )
+        probe = self._next_probe
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.create_task(self._probe_loop())
+        return await asyncio.shield(probe)
+
+    async def _probe_loop(self) -> None:
+        while self._next_probe is not None:
+            probe, self._next_probe = self._next_probe, None
+            try:
+                probe.set_result(await self._probe())
+            except asyncio.CancelledError:  # the mirror stops
+                probe.set_exception(JournalError("the mirror stopped"))
+                raise
+            except Exception as exc:  # every waiter gets the failure
+                probe.set_exception(exc)
+
+    async def _probe(self) -> dict[TP, int]:
+        """Ask the broker each partition's high watermark (a fetch from where the mirror
+        is, for 1 byte, waiting 1 ms: Tansu answers a 0 ms fetch with no partitions);
+        topics created since the last refresh are followed first."""
+        assert self.consumer is not None and self.client is not None
+        await self.refresh()
+        by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = {}
+        for tp in self._assigned:
+            node = self._cluster.leader_for_partition(tp) if self._cluster else None
+            if node is None or node < 0:
+                raise JournalError(f"no leader known for {tp.topic}/{tp.partition}")
+            at = max(self.consumer.highwater(tp) or 0, self._journaled_to.get(tuple(tp), 0))
+            by_node.setdefault(node, {}).setdefault(tp.topic, []).append((tp.partition, at, 1))
+        targets: dict[TP, int] = {}
+        for node, topics in by_node.items():
+            response = await self.client.send(node, FetchRequest(1, 0, 1, 0, list(topics.items())))
+            for topic, partitions in response.topics:
+                for partition, _error, highwater, *_rest in partitions:
+                    if highwater < 0:
+                        raise JournalError(f"no high watermark for {topic}/{partition}")
+                    targets[(topic, partition)] = int(highwater)
+        return targets
 
     def caught_up(self, since_ms: int) -> bool:
         """True when, for every partition, a fetch answered at or after ``since_ms`` (epoch

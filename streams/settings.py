@@ -52,6 +52,14 @@ class KafkaSettings(BaseSettings):
             "storage is memory only."
         ),
     )
+    embedded_ack_after_journal: bool = Field(
+        default=True,
+        description=(
+            "With the journal on, answer a Produce only once the journal holds its records "
+            "(a gate on the public port holds the response): a kill -9 of the broker then "
+            "loses no acknowledged record, at some latency per produce request."
+        ),
+    )
     embedded_memory_limit_mb: Annotated[int, Field(ge=64, le=1 << 20)] = Field(
         default=512,
         description=(
