@@ -100,9 +100,9 @@ def test_read_frame_on_any_bytes_returns_or_refuses(data: bytes) -> None:
 
 
 @pytest.fixture
-def tansu() -> Iterator[tuple[int, int]]:
+def tansu() -> Iterator[tuple[int, int, int]]:
     """A Tansu broker and, in front of it, a proxy that advertises the gate's port:
-    (the broker's port, the proxy's port); the gate's port is the proxy's + its own."""
+    (the broker's port, the proxy's port, the gate's port)."""
     try:
         broker_port, proxy_port, gate_port = free_port(), free_port(), free_port()
         broker = subprocess.Popen(tansu_command(broker_port), stderr=subprocess.DEVNULL)
