@@ -17,7 +17,6 @@ quasi-identifier without one is dropped unless its public ``enum`` values are de
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -311,8 +310,12 @@ class _Importer:
             "owner": custom.get("owner") or owner,
             "purpose": purpose,
             "retention_days": self.retention(obj.name, where),
-            "privacy_unit": custom.get("privacyUnit") or self.infer_unit(obj.name, fields),
-            "event_time": custom.get("eventTime") or self.infer_event_time(obj.name, fields),
+            "privacy_unit": custom.get("privacyUnit")
+            or self.infer(
+                obj.name, fields, "privacyUnit", "privacy unit", PrivacyTag.DIRECT_IDENTIFIER
+            ),
+            "event_time": custom.get("eventTime")
+            or self.infer(obj.name, fields, "eventTime", "event time", None),
             "fields": fields,
         }
         for key, name in (
@@ -441,26 +444,23 @@ class _Importer:
             raise self.fail(where, f"retention of {value!r} {sla.unit} is out of range")
         return int(value * per_unit)
 
-    def infer_unit(self, product: str, fields: Iterable[dict[str, Any]]) -> str:
+    def infer(
+        self, product: str, fields: list[dict[str, Any]], key: str, what: str, tag: str | None
+    ) -> str:
+        """The only required field of ``tag`` (or of type timestamp when None): the
+        product's ``what`` when the document does not name it in custom property ``key``."""
         found = [
-            f["name"] for f in fields if f["tag"] == PrivacyTag.DIRECT_IDENTIFIER and f["required"]
+            f["name"]
+            for f in fields
+            if f["required"] and (f["tag"] == tag if tag else f["type"] == FieldType.TIMESTAMP)
         ]
         if len(found) == 1:
             return str(found[0])
+        kind = f"{tag} fields" if tag else "timestamps"
         raise self.fail(
             product,
-            f"product {product!r}: name its privacy unit (customProperties privacyUnit); "
-            f"{len(found)} required direct identifiers could be it",
-        )
-
-    def infer_event_time(self, product: str, fields: Iterable[dict[str, Any]]) -> str:
-        found = [f["name"] for f in fields if f["type"] == FieldType.TIMESTAMP and f["required"]]
-        if len(found) == 1:
-            return str(found[0])
-        raise self.fail(
-            product,
-            f"product {product!r}: name its event time (customProperties eventTime); "
-            f"{len(found)} required timestamps could be it",
+            f"product {product!r}: name its {what} (customProperties {key}); "
+            f"{len(found)} required {kind} could be it",
         )
 
 

@@ -111,9 +111,14 @@ def _outside(**changes: Any) -> str:
     return yaml.safe_dump(document)
 
 
-def _without_classification() -> str:
+def _property_changed(index: int, key: str, value: object) -> str:
+    """The outside document with one key of property ``index`` replaced (None: removed)."""
     document = yaml.safe_load(OUTSIDE.read_text(encoding="utf-8"))
-    del document["schema"][0]["properties"][1]["classification"]
+    prop = document["schema"][0]["properties"][index]
+    if value is None:
+        del prop[key]
+    else:
+        prop[key] = value
     return yaml.safe_dump(document)
 
 
@@ -133,12 +138,27 @@ def _without_classification() -> str:
         (b"apiVersion: v3.0.2\nkind: DataContract\nname: x\n", OdcsUnmappable, "owner"),
         (_outside(slaProperties=None).encode(), OdcsUnmappable, "retention"),
         (_outside(team=[]).encode(), OdcsUnmappable, "owner"),
-        (_without_classification().encode(), OdcsUnmappable, "privacy tag"),
+        (_property_changed(1, "classification", None).encode(), OdcsUnmappable, "privacy tag"),
+        (_property_changed(2, "required", True).encode(), OdcsUnmappable, "privacy unit"),
+        (_property_changed(7, "required", False).encode(), OdcsUnmappable, "event time"),
+        (_property_changed(0, "logicalType", "boolean").encode(), OdcsUnmappable, "boolean"),
+        (
+            _property_changed(5, "logicalTypeOptions", {"minimum": 1}).encode(),
+            OdcsUnmappable,
+            "both minimum and maximum",
+        ),
+        (
+            _property_changed(6, "logicalTypeOptions", {}).encode(),
+            OdcsUnmappable,
+            "without bounds",
+        ),
         (_outside(domain="Library Loans", name=None).encode(), OdcsUnmappable, "domain"),
     ],
     ids=[
         "empty", "binary", "nul", "list", "bad-yaml", "alias", "deep", "v2", "unknown-key",
-        "schema-not-list", "no-owner", "no-retention", "empty-team", "no-tag", "bad-domain",
+        "schema-not-list", "no-owner", "no-retention", "empty-team", "no-tag", "two-units",
+        "no-time",
+        "boolean", "half-bounds", "no-bounds", "bad-domain",
     ],
 )  # fmt: skip
 def test_hostile_documents_raise_coded_errors(
