@@ -4,10 +4,13 @@ One pool of fake people is shared by every domain: the same person orders in the
 shop, browses the web site and writes to support, so cross-domain linkage would be
 possible in raw data, and the per-domain keys must make it impossible downstream.
 The pool is large (100,000 people by default) and its activity heavy-tailed: each person
-has a log-normal activity weight and is drawn in proportion to it, so most people send a
-few events a day and a few send hundreds, and per-subject daily contribution bounds bite
-as they would in production (:func:`expected_truncation` says how much they remove).
-Products get different shares of the traffic (page views often, orders rarely).
+has a log-normal activity weight, and each product draws its own weight per person from it
+(:func:`product_weights`: correlated with the shared one, with the product's own tail), so a
+heavy browser is not automatically a heavy buyer; a product's events are drawn in proportion
+to its weights. Most people order 0 or 1 times a day and a few order several; page views are
+many and heavier-tailed. Per-subject daily contribution bounds then bite as they would in
+production (:func:`expected_truncation` says how much they remove). Products get different
+shares of the traffic (page views often, orders rarely).
 A configurable share of events is deliberately malformed (derived from the
 contract, so every domain exercises every dead-letter reason). Events are keyed by
 their raw privacy-unit value, which keeps one subject on one partition of the
@@ -66,15 +69,48 @@ few events a day and a few send hundreds, as real traffic does."""
 
 PRODUCT_SHARES: dict[tuple[str, str], float] = {
     ("web", "page_views"): 0.66,
-    ("shop", "orders"): 0.03,
+    # Orders per page view, from published e-commerce benchmarks, not from any truncation
+    # figure: a conversion rate of about 2.5-3% of sessions (e.g. IRP Commerce's and
+    # Shopify's yearly benchmarks) at about 5 pages per session (Contentsquare's digital
+    # experience benchmark) is 0.005-0.006 orders per page view: 0.66 * 0.006 = 0.004.
+    ("shop", "orders"): 0.004,
     ("support", "tickets"): 0.01,
     ("ewr", "departures"): 0.10,
     ("jfk", "departures"): 0.10,
     ("lga", "departures"): 0.10,
 }
 """Share of the generator's events each product gets (relative; page views are frequent,
-orders rarer, tickets rarer still). At the demo's 200 events/s and 100,000 people a person
-of median activity orders about once a day."""
+orders rarer; tickets are not tied to orders in this demo). At the demo's 200 events/s and
+100,000 people that is about 70,000 orders a day, 0.7 per person (a compressed demo: a real
+shop's customers order a few times a year), most people 0 or 1, a few several."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProductActivity:
+    """How one product's per-person activity relates to the shared activity weight.
+
+    ``sigma``: the log-normal sigma of the product's weights at the default shared sigma
+    (scaled with the pool's own: a pool with a heavier tail has heavier tails everywhere);
+    ``correlation``: the correlation of a person's log weight for this product with their
+    shared log weight (1: the shared weight itself).
+    """
+
+    sigma: float
+    correlation: float
+
+
+PRODUCT_ACTIVITY: dict[tuple[str, str], ProductActivity] = {
+    # Purchase rates across customers follow a gamma mixture of Poissons (Ehrenberg's
+    # negative binomial model of repeat buying), with shape k about 0.5 in consumer panels:
+    # a coefficient of variation of 1/sqrt(k) = 1.41, which a log-normal matches at
+    # sigma = sqrt(ln(1 + 2)) = 1.05. Chosen from that, not fitted to any bias.
+    ("shop", "orders"): ProductActivity(sigma=1.05, correlation=0.5),
+    # Browsing is more skewed than buying (a few visitors view hundreds of pages): the
+    # shared sigma 1.5 itself, correlated with buying but far from identical (0.5 assumed).
+    ("web", "page_views"): ProductActivity(sigma=DEFAULT_ACTIVITY_SIGMA, correlation=0.5),
+}
+"""Per-product activity (see :class:`ProductActivity`); a product not listed uses the shared
+weight itself (as every product did before per-product activity)."""
 
 # Name parts and formats the pool is combined from: Faker's own lists, read once, so a pool
 # of 100,000 people takes about a second instead of a Faker call per field.
@@ -99,6 +135,29 @@ def activity_weights(count: int, seed: int, sigma: float = DEFAULT_ACTIVITY_SIGM
         raise ValueError(f"the activity sigma must be >= 0, got {sigma}")
     rng = np.random.default_rng([seed, 1])  # synthetic data, not security
     return list(rng.lognormal(0.0, sigma, count).tolist())
+
+
+def product_weights(people: Sequence[Person], domain: str, product: str, seed: int) -> np.ndarray:
+    """Each person's activity weight for ``domain``/``product``, reproducible for ``seed``.
+
+    ``log w = s (c z + sqrt(1 - c^2) e)``: ``z`` the person's shared log weight over the
+    pool's sigma, ``e`` a standard normal draw of the person for this product, ``c`` its
+    :class:`ProductActivity` correlation, ``s`` its sigma times the pool's sigma over the
+    default one (all 1 when the pool has no spread). A product not in
+    :data:`PRODUCT_ACTIVITY` gets the shared weights.
+    """
+    shared = np.fromiter((p.activity for p in people), dtype=float, count=len(people))
+    spec = PRODUCT_ACTIVITY.get((domain, product))
+    logs = np.log(shared)
+    spread = float(logs.std()) if len(people) > 1 else 0.0
+    if spec is None or not spread > 1e-12:
+        return shared
+    z = (logs - logs.mean()) / spread
+    rng = np.random.default_rng([seed, zlib.crc32(f"{domain}.{product}".encode())])
+    own = rng.standard_normal(len(people))  # synthetic data, not security
+    sigma = spec.sigma * spread / DEFAULT_ACTIVITY_SIGMA
+    c = spec.correlation
+    return np.exp(sigma * (c * z + math.sqrt(1.0 - c * c) * own))
 
 
 def make_people(
@@ -464,16 +523,20 @@ def expected_truncation(
     events_per_day: float,
     max_records_per_period: int,
     max_windows_per_period: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> TruncationBias:
     """The expected bias of per-subject, per-day truncation at this traffic (see
     :class:`TruncationBias`); a measure summed over records loses the same share of its total
-    as the count when, as here, a record's value does not depend on its rank in the day."""
+    as the count when, as here, a record's value does not depend on its rank in the day.
+    ``weights``: the product's per-person weights (``EventGenerator.weights``); default the
+    shared activity weights."""
     if not people:
         raise ValueError("at least one person is needed")
     if max_records_per_period < 1 or (max_windows_per_period or 1) < 1:
         raise ValueError("the contribution bounds must be >= 1")
     bound = min(max_records_per_period, max_windows_per_period or max_records_per_period)
-    weights = np.fromiter((p.activity for p in people), dtype=float, count=len(people))
+    if weights is None:
+        weights = np.fromiter((p.activity for p in people), dtype=float, count=len(people))
     lam = events_per_day * weights / weights.sum()
     pmf = np.exp(-lam)
     cdf = pmf.copy()
@@ -524,14 +587,15 @@ class EventGenerator:
         self._build = builder
         self._rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
         self._seq = 0
-        # Cumulative activity weights: a person is drawn in proportion to their weight
-        # (random.choices bisects them), so heavy users send most events.
-        self._cum_weights = list(itertools.accumulate(p.activity for p in people))
+        # Cumulative activity weights for this product: a person is drawn in proportion to
+        # their weight (random.choices bisects them), so heavy users send most events.
+        self.weights = product_weights(people, domain, product.name, seed)
+        self._cum_weights = np.cumsum(self.weights).tolist()
         if not self._cum_weights[-1] > 0:
             raise ValueError("the people's activity weights must add up to more than 0")
 
     def person(self) -> Person:
-        """The next acting person, drawn in proportion to the activity weights."""
+        """The next acting person, drawn in proportion to the product's activity weights."""
         return self._rng.choices(self.people, cum_weights=self._cum_weights)[0]
 
     def good(self, now: float | None = None) -> dict[str, object]:

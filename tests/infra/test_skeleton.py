@@ -58,6 +58,10 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         "PRIVMESH_GENERATOR_PEOPLE": str(PEOPLE),
         "PRIVMESH_GENERATOR_SEED": str(SEED),
         "PRIVMESH_GENERATOR_RATE": "300",
+        # orders often enough for dead letters within seconds (the default share is 0.4%)
+        "PRIVMESH_GENERATOR_PRODUCT_SHARES": '{"web.page_views": 0.66, "shop.orders": 0.03, '
+        '"support.tickets": 0.01, "ewr.departures": 0.1, "jfk.departures": 0.1, '
+        '"lga.departures": 0.1}',
         "PRIVMESH_STREAMS_WINDOW_SECONDS": "4",
         "PRIVMESH_STREAMS_GRACE_SECONDS": "1",
     }
@@ -130,7 +134,7 @@ def test_skeleton_end_to_end(tmp_path: Path) -> None:
         catalog_text += json.dumps(posture) + metrics
 
         # Up to 500 records a topic: the generator keeps producing (the read ends at the
-        # limit or after 2 s without a record), and orders are 3% of its traffic.
+        # limit or after 2 s without a record), and orders are 3% of its traffic (env above).
         product = asyncio.run(read_topic(bootstrap, "shop.orders.v1", 500))
         dlq = asyncio.run(read_topic(bootstrap, "shop.orders.dlq", 500))
         other_products = [

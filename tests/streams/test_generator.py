@@ -10,6 +10,7 @@ import statistics
 from collections import Counter
 from datetime import date
 
+import numpy as np
 import pytest
 
 from domains.registry import load_contracts
@@ -17,6 +18,7 @@ from infra.settings import GeneratorSettings
 from streams.errors import StreamError
 from streams.generator import (
     DEFAULT_ACTIVITY_SIGMA,
+    PRODUCT_ACTIVITY,
     PRODUCT_SHARES,
     SUBJECTS,
     EventGenerator,
@@ -25,6 +27,7 @@ from streams.generator import (
     has_generator,
     make_people,
     mixed,
+    product_weights,
 )
 from streams.keys import derive_domain_key
 from streams.pseudonymise import Tokeniser
@@ -116,7 +119,7 @@ def test_people_are_unique_reproducible_and_valid() -> None:
 
 def test_activity_is_heavy_tailed_and_events_follow_it() -> None:
     """Activity weights are log-normal (median 1, the top 1% of people about a fifth of all
-    activity at sigma 1.5), and events are drawn in proportion to them."""
+    activity at sigma 1.5), and a product's events are drawn in proportion to its weights."""
     people = make_people(20_000, 5)
     weights = sorted((p.activity for p in people), reverse=True)
     assert 0.9 < statistics.median(weights) < 1.1
@@ -124,12 +127,50 @@ def test_activity_is_heavy_tailed_and_events_follow_it() -> None:
     assert 0.12 < sum(top) / sum(weights) < 0.35
     assert all(p.activity == 1.0 for p in make_people(50, 5, activity_sigma=0))
     gen = EventGenerator("shop", load_contracts()["shop"].products[0], people, 0.0, 9)
-    heavy = {id(p) for p in people if p.activity >= top[-1]}
+    own = gen.weights
+    cut = np.quantile(own, 0.99)
+    heavy = {id(p) for p, w in zip(people, own, strict=True) if w >= cut}
     drawn = [gen.person() for _ in range(40_000)]
     share = sum(id(p) in heavy for p in drawn) / len(drawn)
-    expected = sum(top) / sum(weights)
-    # Binomial(40000, ~0.2): sd 0.002; 0.015 is over 7 sd (false failure < 1e-12).
+    expected = float(own[own >= cut].sum() / own.sum())
+    # Binomial(40000, ~0.1): sd 0.0015; 0.015 is over 9 sd (false failure < 1e-12).
     assert abs(share - expected) < 0.015
+
+
+def test_each_product_has_its_own_correlated_activity() -> None:
+    """Orders and page views get their own weights per person: reproducible, correlated with
+    the shared weight but not equal to it, page views heavier-tailed than orders; a product
+    without a profile, or a pool without spread, uses the shared weights."""
+    people = make_people(20_000, 5)
+    shared = np.log([p.activity for p in people])
+    orders = product_weights(people, "shop", "orders", 3)
+    views = product_weights(people, "web", "page_views", 3)
+    assert np.array_equal(orders, product_weights(people, "shop", "orders", 3))
+    assert not np.array_equal(orders, product_weights(people, "shop", "orders", 4))
+    profiles = (PRODUCT_ACTIVITY[("shop", "orders")], PRODUCT_ACTIVITY[("web", "page_views")])
+    for weights, spec in zip((orders, views), profiles, strict=True):
+        logs = np.log(weights)
+        # sd of a correlation estimate at n = 20,000 is < 0.01: 0.05 is over 5 sd.
+        assert abs(np.corrcoef(shared, logs)[0, 1] - spec.correlation) < 0.05
+        assert abs(logs.std() / shared.std() * DEFAULT_ACTIVITY_SIGMA - spec.sigma) < 0.05
+    assert np.log(views).std() > np.log(orders).std()
+    tickets = product_weights(people, "support", "tickets", 3)
+    assert np.array_equal(tickets, [p.activity for p in people])
+    flat = make_people(50, 5, activity_sigma=0)
+    assert np.all(product_weights(flat, "shop", "orders", 3) == 1.0)
+
+
+def test_orders_per_person_day_have_a_realistic_shape() -> None:
+    """At the demo defaults most people order 0 or 1 times a day and a few order several:
+    at least 80% of the person-days expect at most 1 order, the top 1% more than 3."""
+    settings = GeneratorSettings()
+    people = make_people(settings.people, settings.seed, settings.activity_sigma)
+    gen = EventGenerator("shop", load_contracts()["shop"].products[0], people, 0.0, 1)
+    per_day = events_per_day(settings.rate, "shop", "orders", bad_ratio=settings.bad_ratio)
+    lam = per_day * gen.weights / gen.weights.sum()
+    assert 0.3 < per_day / len(people) < 1.5
+    assert np.mean(lam <= 1) > 0.8
+    assert np.quantile(lam, 0.99) > 3
 
 
 def test_products_get_their_share_of_the_traffic() -> None:
@@ -154,7 +195,8 @@ def test_products_get_their_share_of_the_traffic() -> None:
 def test_events_per_day_splits_the_rate_by_share() -> None:
     """A product's daily events are the rate's share of it, net of malformed events."""
     orders = events_per_day(200, "shop", "orders", bad_ratio=0.02)
-    assert orders == pytest.approx(200 * 86_400 * 0.98 * PRODUCT_SHARES[("shop", "orders")])
+    share = PRODUCT_SHARES[("shop", "orders")] / sum(PRODUCT_SHARES.values())
+    assert orders == pytest.approx(200 * 86_400 * 0.98 * share)
     assert events_per_day(10, "shop", "orders", running=[("shop", "orders")]) == 864_000
     assert events_per_day(10, "shop", "orders", running=[("web", "page_views")]) == 0
 
@@ -166,7 +208,7 @@ def test_expected_truncation_matches_a_simulated_day() -> None:
     gen = EventGenerator("shop", load_contracts()["shop"].products[0], people, 0.0, 4)
     day = Counter(id(gen.person()) for _ in range(60_000))  # 12 events per person on average
     dropped = sum(max(0, n - 10) for n in day.values()) / 60_000
-    bias = expected_truncation(people, 60_000, 10, 10)
+    bias = expected_truncation(people, 60_000, 10, 10, weights=gen.weights)
     assert bias.bound == 10
     # The day's dropped share has sd about 0.004 here (dominated by the heaviest people).
     assert abs(bias.events_dropped_share - dropped) < 0.03
@@ -175,6 +217,8 @@ def test_expected_truncation_matches_a_simulated_day() -> None:
     none = expected_truncation(make_people(100, 1, activity_sigma=0), 100, 50)
     assert none.events_dropped_share < 1e-12 and none.people_truncated_share < 1e-12
     assert expected_truncation(people, 60_000, 10, 3).bound == 3
+    shared = expected_truncation(people, 60_000, 10, 10)
+    assert shared.events_dropped_share != bias.events_dropped_share  # the weights matter
 
 
 @pytest.mark.parametrize(("domain", "product"), PRODUCTS, ids=lambda v: getattr(v, "name", v))
