@@ -116,12 +116,12 @@ def configure(data_dir: Path, contracts_dir: Path, tasks_dir: Path) -> None:
 
 def write_contracts(folder: Path) -> None:
     """The airport contracts, and one contract per carrier (the departures product)."""
-    from domains.registry import CONTRACTS_DIR
+    from domains.runtime import DEMO_DOMAINS_DIR
 
     folder.mkdir(parents=True, exist_ok=True)
     for airport in AIRPORTS:
-        shutil.copy(CONTRACTS_DIR / f"{airport}.yaml", folder / f"{airport}.yaml")
-    template = yaml.safe_load((CONTRACTS_DIR / "ewr.yaml").read_text())
+        shutil.copy(DEMO_DOMAINS_DIR / airport / "contract.yaml", folder / f"{airport}.yaml")
+    template = yaml.safe_load((DEMO_DOMAINS_DIR / "ewr" / "contract.yaml").read_text())
     for carrier in CARRIERS:
         domain = f"carrier_{carrier.lower()}"
         raw = copy.deepcopy(template)
@@ -134,11 +134,13 @@ def write_contracts(folder: Path) -> None:
 
 def write_tasks(folder: Path) -> None:
     """The demo task, and the N=5 tasks (a 1.0M-parameter MLP, a small one)."""
-    from federation.tasks import TASKS_DIR
 
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(TASKS_DIR / "flight_delay.yaml", folder / "flight_delay.yaml")
-    base = yaml.safe_load((TASKS_DIR / "flight_delay.yaml").read_text())
+    from domains.runtime import DEMO_DOMAINS_DIR
+
+    demo_task = DEMO_DOMAINS_DIR / "ewr" / "tasks" / "flight_delay.yaml"
+    shutil.copy(demo_task, folder / "flight_delay.yaml")
+    base = yaml.safe_load(demo_task.read_text())
     for name, hidden in [("carriers_1m", BIG_HIDDEN), ("carriers_small", [64])]:
         raw = {
             **base,

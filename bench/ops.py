@@ -316,20 +316,20 @@ def purge_throughput(work: Path) -> dict[str, Any]:
 def mia(work: Path) -> dict[str, Any]:
     from bench.federation import configure, run_job
     from bench.flights import flights, load_into_stores
-    from domains.registry import CONTRACTS_DIR, load_contracts
+    from domains.registry import load_contracts
+    from domains.runtime import DEMO_DOMAINS_DIR
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from federation.audit import audit_version
     from federation.registry import open_registry
-    from federation.tasks import TASKS_DIR
 
     airports = ["ewr", "jfk", "lga"]
     contracts_dir, tasks_dir = work / "contracts", work / "tasks"
     contracts_dir.mkdir()
     tasks_dir.mkdir()
     for airport in airports:
-        shutil.copy(CONTRACTS_DIR / f"{airport}.yaml", contracts_dir / f"{airport}.yaml")
-    task = yaml.safe_load((TASKS_DIR / "flight_delay.yaml").read_text())
+        shutil.copy(DEMO_DOMAINS_DIR / airport / "contract.yaml", contracts_dir / f"{airport}.yaml")
+    task = yaml.safe_load((DEMO_DOMAINS_DIR / "ewr" / "tasks" / "flight_delay.yaml").read_text())
     task |= {"name": "flight_delay_mia", "model": {"kind": "mlp", "hidden": [256, 256]}}
     (tasks_dir / "flight_delay_mia.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     configure(work / "mia", contracts_dir, tasks_dir)

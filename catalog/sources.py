@@ -11,8 +11,9 @@ from dashboards_api.policy import GovernancePolicy
 from dashboards_api.query_classes import QueryClass, load_product_budgets, load_query_classes
 from dashboards_api.registry import current_classes
 from dashboards_api.settings import ApiSettings
-from domains.owners import load_owners, owners_file
-from domains.registry import contracts_dir, load_contracts
+from domains.folders import domain_set
+from domains.owners import load_owners
+from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
 from federation.registry import open_registry
 from federation.tasks import load_tasks
@@ -41,11 +42,10 @@ def system_inputs(
     if classes is None:
         classes = current_classes(ledger, load_query_classes(), contracts)
     registry = open_registry()
-    owners = owners_file(runtime.contracts_dir or contracts_dir())
     return CatalogInputs(
         contracts=contracts,
-        owners=load_owners(owners),
-        owners_source=str(owners),
+        owners=load_owners(),
+        owners_source=f"the owners.yaml of the domain folders in {domain_set().describe()}",
         classes=classes,
         product_budgets=load_product_budgets(),
         ledger=ledger,

@@ -1,4 +1,8 @@
-"""Pre-registered query classes: the only questions the API answers."""
+"""Pre-registered query classes: the only questions the API answers.
+
+Each domain folder declares its classes (``<domain>/query_classes.yaml`` or
+``<domain>/query_classes/*.yaml``, see ``domains.folders``); tests may load a flat folder.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dashboards_api.budget import to_micro
 from dashboards_api.errors import InvalidQueryClasses
 from domains.contract import DataProduct
-
-CLASSES_DIR = Path(__file__).with_name("query_classes")
-
+from domains.folders import domain_set
 
 Aggregate = Literal[
     "count_distinct_subjects", "count_records", "bounded_sum", "mean", "histogram", "quantile"
@@ -396,11 +398,28 @@ class ProductBudget(BaseModel):
         return to_micro(self.budget_per_day)
 
 
+def class_files(directory: Path | None = None) -> tuple[Path, ...]:
+    """The ``*.yaml`` files of ``directory``, else those of the configured domain folders."""
+    if directory is not None:
+        return tuple(sorted(directory.glob("*.yaml")))
+    return domain_set().class_files
+
+
+def load_query_classes(directory: Path | None = None) -> dict[str, QueryClass]:
+    """All query classes (of ``directory``, else of the configured domains) keyed by id."""
+    return _load_classes(class_files(directory))
+
+
+def load_product_budgets(directory: Path | None = None) -> dict[str, ProductBudget]:
+    """Per data product (``domain.product``) total budgets (of ``directory``, else of the
+    configured domains)."""
+    return _load_budgets(class_files(directory))
+
+
 @cache
-def load_query_classes(directory: Path = CLASSES_DIR) -> dict[str, QueryClass]:
-    """All query classes under ``directory`` keyed by id."""
+def _load_classes(paths: tuple[Path, ...]) -> dict[str, QueryClass]:
     classes: dict[str, QueryClass] = {}
-    for path, raw in _files(directory):
+    for path, raw in _files(paths):
         try:
             for item in raw.get("classes", []):
                 qc = QueryClass.model_validate(item)
@@ -413,10 +432,9 @@ def load_query_classes(directory: Path = CLASSES_DIR) -> dict[str, QueryClass]:
 
 
 @cache
-def load_product_budgets(directory: Path = CLASSES_DIR) -> dict[str, ProductBudget]:
-    """Per data product (``domain.product``) total budgets declared under ``directory``."""
+def _load_budgets(paths: tuple[Path, ...]) -> dict[str, ProductBudget]:
     budgets: dict[str, ProductBudget] = {}
-    for path, raw in _files(directory):
+    for path, raw in _files(paths):
         try:
             domain = raw.get("domain")
             for product, item in (raw.get("products") or {}).items():
@@ -428,9 +446,9 @@ def load_product_budgets(directory: Path = CLASSES_DIR) -> dict[str, ProductBudg
     return budgets
 
 
-def _files(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+def _files(paths: tuple[Path, ...]) -> list[tuple[Path, dict[str, Any]]]:
     out = []
-    for path in sorted(directory.glob("*.yaml")):
+    for path in paths:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:

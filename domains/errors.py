@@ -19,6 +19,18 @@ class InvalidContract(ContractError):
     code = "invalid_contract"
 
 
+class InvalidDomainFolder(ContractError):
+    """A domain folder lacks its contract, or a configured folder does not exist."""
+
+    code = "invalid_domain_folder"
+
+
+class DuplicateDomain(ContractError):
+    """Two configured folders declare the same domain."""
+
+    code = "duplicate_domain"
+
+
 class OdcsUnreadable(ContractError):
     """An ODCS document cannot be read: missing, too large, not UTF-8 or not YAML."""
 

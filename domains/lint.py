@@ -10,16 +10,17 @@ human decides.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from domains.contract import (
     DataProduct,
@@ -30,6 +31,7 @@ from domains.contract import (
     Protection,
 )
 from domains.pii_patterns import PHONE_KIND, value_kind
+from domains.yaml_files import Location, key_lines, line_of
 
 LONG_RETENTION_DAYS = 730
 DAY_SECONDS = 86_400
@@ -45,20 +47,22 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem: a stable ``code``, where it is, and what to do about it."""
+    """One problem: a stable ``code``, where it is (file, key path, line), and what to do."""
 
     severity: Severity
     code: str
     source: str
     location: str
     message: str
+    line: int | None = None
 
     def as_dict(self) -> dict[str, str]:
-        """JSON-ready form."""
-        return {k: str(v) for k, v in asdict(self).items()}
+        """JSON-ready form (``line`` only when known)."""
+        return {k: str(v) for k, v in asdict(self).items() if v is not None}
 
     def __str__(self) -> str:
-        where = f"{self.source}:{self.location}" if self.location else self.source
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        where = f"{where}:{self.location}" if self.location else where
         return f"{where}: {self.severity.value} [{self.code}] {self.message}"
 
 
@@ -91,30 +95,46 @@ _ISO_DATE = re.compile(r"^(19|20)\d\d-[01]\d-[0-3]\d$")
 
 def lint_contract_file(path: Path, window_seconds: int | None = None) -> list[Finding]:
     """Lint one contract file (``window_seconds``: see ``lint_contract``)."""
+    read = read_yaml(path)
+    if isinstance(read, Finding):
+        return [read]
+    raw, lines = read
+    return lint_contract(raw, str(path), window_seconds, lines)
+
+
+def read_yaml(path: Path) -> tuple[object, dict[Location, int]] | Finding:
+    """``path`` parsed, with the line of every key; an ``unreadable`` finding if it fails."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text), key_lines(text)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return [Finding(Severity.ERROR, "unreadable", str(path), "", message)]
-    return lint_contract(raw, str(path), window_seconds)
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        return Finding(
+            Severity.ERROR, "unreadable", str(path), "", message, None if line is None else line + 1
+        )
 
 
 def lint_contract(
-    raw: object, source: str = "<contract>", window_seconds: int | None = None
+    raw: object,
+    source: str = "<contract>",
+    window_seconds: int | None = None,
+    lines: dict[Location, int] | None = None,
 ) -> list[Finding]:
     """Errors from validating ``raw``; if it is valid, the checks against the stream
-    processor's ``window_seconds`` (None: skipped) and the warnings of the heuristics."""
+    processor's ``window_seconds`` (None: skipped) and the warnings of the heuristics.
+    ``lines`` (``domains.yaml_files.key_lines`` of the file) adds line numbers."""
     try:
         contract = DomainContract.model_validate(raw)
     except ValidationError as exc:
-        return [_finding_of(error, source) for error in exc.errors()]
-    settings_findings: list[Finding] = []
+        keys = known_keys(DomainContract)
+        return [schema_finding(error, source, lines, (), keys) for error in exc.errors()]
+    findings: list[Finding] = []
     if window_seconds is not None:
         for index, product in enumerate(contract.products):
-            settings_findings.extend(
-                _window_findings(product, window_seconds, source, f"products.{index}")
-            )
-    return settings_findings + list(_warnings(contract, source))
+            findings.extend(_window_findings(product, window_seconds, source, f"products.{index}"))
+    findings.extend(_warnings(contract, source))
+    return [_with_line(f, lines) for f in findings]
 
 
 def lint_paths(paths: Iterable[Path], window_seconds: int | None = None) -> list[Finding]:
@@ -146,8 +166,16 @@ def lint_paths(paths: Iterable[Path], window_seconds: int | None = None) -> list
     return findings
 
 
-def _finding_of(error: Any, source: str) -> Finding:
-    loc = tuple(error["loc"])
+def schema_finding(
+    error: Any,
+    source: str,
+    lines: dict[Location, int] | None = None,
+    prefix: Location = (),
+    keys: Iterable[str] = (),
+) -> Finding:
+    """A pydantic error as a finding; ``prefix`` is where the validated value sits in its
+    file, ``keys`` the keys the model knows (to suggest one for a misspelt key)."""
+    loc = (*prefix, *error["loc"])
     kind = str(error["type"])
     code = _SCHEMA_CODES.get(kind, kind)
     if kind == "missing" and loc and str(loc[-1]) in _REQUIRED_KEYS:
@@ -155,8 +183,44 @@ def _finding_of(error: Any, source: str) -> Finding:
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "missing":
         message = f"required key {loc[-1]!r} is missing" if loc else message
+    elif kind == "extra_forbidden" and loc:
+        message = f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), keys)}"
+    elif kind in ("enum", "literal_error"):
+        choices = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+        message += did_you_mean(str(error.get("input", "")), choices)
     location = ".".join(str(part) for part in loc)
-    return Finding(Severity.ERROR, code, source, location, message)
+    line = None if lines is None else line_of(lines, loc)
+    return Finding(Severity.ERROR, code, source, location, message, line)
+
+
+def _with_line(finding: Finding, lines: dict[Location, int] | None) -> Finding:
+    """``finding`` with the line of its location (a dotted key path) in its file."""
+    if lines is None or finding.line is not None:
+        return finding
+    where = tuple(int(p) if p.isdigit() else p for p in finding.location.split(".") if p)
+    return replace(finding, line=line_of(lines, where))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def known_keys(model: type[BaseModel]) -> frozenset[str]:
+    """Every key ``model`` and the models nested in it accept (from its JSON schema)."""
+    found: set[str] = set()
+    stack: list[object] = [model.model_json_schema()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                found.update(properties)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(found)
 
 
 def _window_findings(

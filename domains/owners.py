@@ -1,4 +1,8 @@
-"""The owners directory: the teams that contracts name as owners (``owners.yaml``)."""
+"""The owners directory: the teams that contracts name as owners.
+
+Each domain folder lists its teams in its ``owners.yaml``; the directory is their union
+(the same team listed identically by two domains is one entry).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from domains.errors import InvalidContract
+from domains.folders import domain_set
 from domains.yaml_files import load_yaml_model
-
-OWNERS_FILE = Path(__file__).with_name("owners.yaml")
 
 
 class Owner(BaseModel):
@@ -46,18 +49,31 @@ class OwnersDirectory(BaseModel):
         return next((o for o in self.owners if o.email == email), None)
 
 
-def owners_file(contracts_dir: Path | None = None) -> Path:
-    """``owners.yaml`` beside the contracts folder in use, else the packaged one."""
-    if contracts_dir is not None and (contracts_dir.parent / "owners.yaml").is_file():
-        return contracts_dir.parent / "owners.yaml"
-    return OWNERS_FILE
+def owners_files() -> tuple[Path, ...]:
+    """The owners files of the configured domain folders."""
+    return domain_set().owners_files
 
 
 def load_owners(path: Path | None = None) -> OwnersDirectory:
-    """Parse and validate the owners directory; errors name the file and the problem."""
-    return _load((path or OWNERS_FILE).resolve())
+    """The owners listed in ``path``, or the union of the configured domains' owners files;
+    errors name the file and the problem."""
+    paths = (path,) if path is not None else owners_files()
+    return _load(tuple(p.resolve() for p in paths))
 
 
 @cache
-def _load(path: Path) -> OwnersDirectory:
-    return load_yaml_model(path, OwnersDirectory, "the owners directory", InvalidContract)
+def _load(paths: tuple[Path, ...]) -> OwnersDirectory:
+    owners: dict[str, tuple[Owner, Path]] = {}
+    for path in paths:
+        for owner in load_yaml_model(path, OwnersDirectory, "owners", InvalidContract).owners:
+            seen = owners.get(owner.email)
+            if seen is not None and seen[0] != owner:
+                raise InvalidContract(
+                    f"{path}: owner {owner.email!r} is listed differently in {seen[1]}; "
+                    "list a team the same way everywhere"
+                )
+            owners.setdefault(owner.email, (owner, path))
+    try:
+        return OwnersDirectory(owners=[o for o, _ in owners.values()])
+    except ValueError as exc:
+        raise InvalidContract(f"owners of {', '.join(map(str, paths))}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Loading contracts from YAML files (the packaged demo contracts by default)."""
+"""Loading contracts from the configured domain folders (the packaged demo domains by default)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 
 from domains.contract import DataProduct, DomainContract
 from domains.errors import ContractNotFound, InvalidContract
-from domains.runtime import RuntimeSettings
+from domains.folders import DomainSet, domain_set
 from domains.yaml_files import load_yaml_model
-
-CONTRACTS_DIR = Path(__file__).with_name("contracts")
 
 
 def load_contract(path: Path) -> DomainContract:
@@ -18,14 +16,30 @@ def load_contract(path: Path) -> DomainContract:
     return load_yaml_model(path, DomainContract, "contract", InvalidContract)
 
 
-def contracts_dir() -> Path:
-    """The configured contracts folder (``PRIVMESH_CONTRACTS_DIR``), else the packaged one."""
-    return RuntimeSettings().contracts_dir or CONTRACTS_DIR
-
-
 def load_contracts(directory: Path | None = None) -> dict[str, DomainContract]:
-    """All contracts in ``directory`` (default: :func:`contracts_dir`) keyed by domain."""
-    return _load_directory((directory or contracts_dir()).resolve())
+    """All contracts keyed by domain: those of the configured domain folders
+    (``domains.folders``), or of the flat folder ``directory`` of contract files."""
+    if directory is not None:
+        return _load_directory(directory.resolve())
+    return _load_set(domain_set())
+
+
+@cache
+def _load_set(found: DomainSet) -> dict[str, DomainContract]:
+    contracts: dict[str, DomainContract] = {}
+    for name, folder in sorted(found.domains.items()):
+        contract = load_contract(folder.contract_file)
+        if contract.domain in contracts:
+            raise InvalidContract(
+                f"{folder.contract_file}: domain {contract.domain!r} is declared twice"
+            )
+        if not folder.flat and contract.domain != name:
+            raise InvalidContract(
+                f"{folder.contract_file}: declares domain {contract.domain!r} in the folder "
+                f"of domain {name!r}; rename the folder or the domain"
+            )
+        contracts[contract.domain] = contract
+    return contracts
 
 
 @cache

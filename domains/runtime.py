@@ -6,12 +6,16 @@ their own settings classes instead of reading the environment themselves.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_DOMAINS_DIR = Path(__file__).with_name("demo")
 
 
 class Environment(StrEnum):
@@ -31,10 +35,30 @@ class RuntimeSettings(BaseSettings):
         default=Path(".privmesh"),
         description="Where local state lives: broker-independent stores, ledger, logs, keys.",
     )
+    domain_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(DEMO_DOMAINS_DIR,),
+        description=(
+            "Folders of domain folders the mesh loads (os.pathsep- or comma-separated); each "
+            "<folder>/<domain>/ holds contract.yaml, query_classes, tasks and owners.yaml. "
+            "The packaged demo domains if unset; an empty value loads none."
+        ),
+    )
     contracts_dir: Path | None = Field(
         default=None,
-        description="Folder of domain contract YAML files; the packaged demo contracts if unset.",
+        description=(
+            "Deprecated: a flat folder of contract YAML files, loaded as well (each borrows "
+            "the query classes, tasks and owners of the packaged demo domain of its name). "
+            "Without PRIVMESH_DOMAIN_DIRS it replaces the demo domains."
+        ),
     )
+
+    @field_validator("domain_dirs", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = value.replace(os.pathsep, ",").split(",")
+            return tuple(Path(p.strip()) for p in parts if p.strip())
+        return value
 
     @property
     def is_production(self) -> bool:

@@ -1,7 +1,8 @@
 """Training tasks: which domains and data product, features, label, model, metric.
 
-Tasks are YAML files in ``federation/tasks`` (or ``PRIVMESH_FEDERATION_TASKS_DIR``),
-validated against :class:`TaskSpec`. A task names features by their contract field and
+Tasks are YAML files in the domain folders (``<domain>/tasks/*.yaml``, see
+``domains.folders``), or in the flat folder ``PRIVMESH_FEDERATION_TASKS_DIR`` when it is
+set, validated against :class:`TaskSpec`. A task names features by their contract field and
 how each is encoded; the encoding's categories and ranges come from the contracts
 (``federation.features``), so every domain turns its rows into the same columns.
 How long and how hard to train (rounds, epochs, secure aggregation, DP) is the run
@@ -17,11 +18,10 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from domains.folders import domain_set
 from domains.yaml_files import load_yaml_model
 from federation.errors import InvalidTask, UnknownTask
 from federation.task import ModelKind
-
-TASKS_DIR = Path(__file__).with_name("tasks")
 
 CalendarPart = Literal["month", "day", "weekday", "hour"]
 _DEFAULT_PARTS: list[CalendarPart] = ["month", "weekday", "hour"]
@@ -102,11 +102,11 @@ class TaskSpec(BaseModel):
         return self
 
 
-def tasks_dir() -> Path:
-    """The configured tasks folder, else the packaged one."""
+def tasks_dir() -> Path | None:
+    """The configured flat tasks folder (``PRIVMESH_FEDERATION_TASKS_DIR``), or None."""
     from federation.settings import get_federation_settings
 
-    return get_federation_settings().tasks_dir or TASKS_DIR
+    return get_federation_settings().tasks_dir
 
 
 def load_task_file(path: Path) -> TaskSpec:
@@ -115,16 +115,29 @@ def load_task_file(path: Path) -> TaskSpec:
 
 
 def load_tasks(directory: Path | None = None) -> dict[str, TaskSpec]:
-    """Every task in ``directory`` (default :func:`tasks_dir`) by name."""
-    return _load_directory((directory or tasks_dir()).resolve())
+    """Every task by name: of the flat folder ``directory`` (default :func:`tasks_dir`),
+    else of the configured domain folders."""
+    directory = directory or tasks_dir()
+    if directory is not None:
+        return _load_directory(directory.resolve())
+    return _load_files(domain_set().task_files)
 
 
 @cache
 def _load_directory(directory: Path) -> dict[str, TaskSpec]:
     if not directory.is_dir():
         raise UnknownTask(f"tasks folder {directory} does not exist")
+    return _read(tuple(sorted(directory.glob("*.yaml"))))
+
+
+@cache
+def _load_files(paths: tuple[Path, ...]) -> dict[str, TaskSpec]:
+    return _read(paths)
+
+
+def _read(paths: tuple[Path, ...]) -> dict[str, TaskSpec]:
     tasks: dict[str, TaskSpec] = {}
-    for path in sorted(directory.glob("*.yaml")):
+    for path in paths:
         task = load_task_file(path)
         if task.name in tasks:
             raise InvalidTask(f"{path}: task {task.name!r} is declared twice")

@@ -73,9 +73,20 @@ DomainsOpt = Annotated[
 
 @app.command()
 def up(domain: DomainsOpt = None) -> None:
-    """Start broker, stream processors, API and generator; Ctrl-C stops everything."""
+    """Start broker, stream processors, API and generator; Ctrl-C stops everything.
+
+    The configured domains are linted first: with errors nothing starts."""
     from dashboards_api.settings import ApiSettings
+    from domains.lint import Severity
     from infra.stack import RestartPolicy, Stack, build_components
+
+    lint_errors = [f for f in domains_commands.lint_configured() if f.severity is Severity.ERROR]
+    if domains_commands.print_findings(lint_errors):
+        err.print(
+            f"[red]privmesh up: {len(lint_errors)} error(s) in the domains; nothing started.[/] "
+            "Fix them (`privmesh domains lint` rechecks)."
+        )
+        raise typer.Exit(1)
 
     runtime, kafka, streams = _runtime(), KafkaSettings(), StreamSettings()
     api, stack_settings = ApiSettings(), StackSettings()

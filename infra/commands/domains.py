@@ -1,4 +1,4 @@
-"""``privmesh domains``: list, show, lint and export the schema of data-product contracts."""
+"""``privmesh domains``: list, show, lint, scaffold and export the schema of the domains."""
 
 from __future__ import annotations
 
@@ -8,12 +8,45 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from dashboards_api.query_classes import ProductBudget, QueryClass
 from domains.contract import DataProduct, contract_json_schema
-from domains.lint import Severity, lint_paths
-from domains.registry import contracts_dir, get_contract, load_contracts
+from domains.folders import (
+    CONTRACT_FILE,
+    DomainSet,
+    configured_folders,
+    domain_set,
+    read_domain_folder,
+)
+from domains.lint import Finding, Severity, lint_paths
+from domains.lint_folders import LintModels, lint_domain_set, lint_domains
+from domains.registry import get_contract, load_contracts
+from domains.scaffold import scaffold_domain
+from federation.tasks import TaskSpec
 from infra.console import console, err
 from streams.settings import get_stream_settings
+
+MODELS = LintModels(query_class=QueryClass, product_budget=ProductBudget, task=TaskSpec)
+
+
+def lint_configured() -> list[Finding]:
+    """Every finding of the configured domains (``PRIVMESH_DOMAIN_DIRS``): contracts,
+    owners, query classes, tasks and the references between them."""
+    folders, flat = configured_folders()
+    return lint_domains(folders, flat, get_stream_settings().window_seconds, MODELS)
+
+
+def print_findings(findings: list[Finding], as_json: bool = False) -> int:
+    """Print ``findings`` (red errors, yellow warnings); returns the number of errors."""
+    for finding in findings:
+        if as_json:
+            console.print_json(json.dumps(finding.as_dict()), indent=None)
+        else:
+            colour = "red" if finding.severity is Severity.ERROR else "yellow"
+            console.print(Text(str(finding), style=colour), soft_wrap=True)
+    return sum(f.severity is Severity.ERROR for f in findings)
+
 
 app = typer.Typer(help="Data-product contracts of the domains.", no_args_is_help=True)
 
@@ -34,7 +67,7 @@ def list_domains() -> None:
                 f"{product.retention_days} d",
             )
     console.print(table)
-    err.print(f"contracts from {contracts_dir()}")
+    err.print(f"domains from {domain_set().describe()}")
 
 
 @app.command()
@@ -101,32 +134,77 @@ def _product_table(product: DataProduct) -> Table:
 def lint(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Contract files or folders (default: the configured contracts)."),
+        typer.Argument(
+            help="Folders of domain folders, single domain folders, or (deprecated) contract "
+            "files and flat folders of them (default: the configured domains)."
+        ),
     ] = None,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Findings as JSON lines.")] = False,
 ) -> None:
-    """Refuse contradictions in contracts and warn on likely mistakes.
+    """Check contracts, owners, query classes and tasks, and the references between them.
 
     Exit status: 0 clean (or warnings only), 1 errors (or warnings with --strict).
     """
-    targets = paths or [contracts_dir()]
-    missing = [str(p) for p in targets if not p.exists()]
-    if missing:
-        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    findings = lint_paths(targets, get_stream_settings().window_seconds)
-    for finding in findings:
-        if as_json:
-            console.print_json(json.dumps(finding.as_dict()), indent=None)
-        else:
-            colour = "red" if finding.severity is Severity.ERROR else "yellow"
-            console.print(f"[{colour}]{finding}[/]")
-    errors = sum(f.severity is Severity.ERROR for f in findings)
+    if not paths:
+        findings = lint_configured()
+        what = f"the domains in {domain_set_description()}"
+    else:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+        findings = _lint_targets(paths)
+        what = ", ".join(str(p) for p in paths)
+    errors = print_findings(findings, as_json)
     warnings = len(findings) - errors
-    files = sum(len(list(p.glob("*.yaml"))) if p.is_dir() else 1 for p in targets)
-    err.print(f"linted {files} contract file(s): {errors} error(s), {warnings} warning(s)")
+    err.print(f"linted {what}: {errors} error(s), {warnings} warning(s)")
     if errors or (strict and warnings):
         raise typer.Exit(1)
+
+
+def domain_set_description() -> str:
+    """The configured folders, for messages."""
+    folders, flat = configured_folders()
+    return ", ".join(str(p) for p in (*folders, *([flat] if flat else []))) or "no folder"
+
+
+def _lint_targets(paths: list[Path]) -> list[Finding]:
+    """Folders of domain folders are linted together; a single domain folder alone;
+    anything else as contract files (the deprecated flat layout)."""
+    window = get_stream_settings().window_seconds
+    folders = [p for p in paths if p.is_dir() and any(p.glob(f"*/{CONTRACT_FILE}"))]
+    singles = [p for p in paths if (p / CONTRACT_FILE).is_file()]
+    flat = [p for p in paths if p not in folders and p not in singles]
+    findings = lint_domains(folders, None, window, MODELS) if folders else []
+    for single in singles:
+        found = read_domain_folder(single)
+        findings += lint_domain_set(DomainSet({found.domain: found}, (single,)), window, MODELS)
+    return findings + (lint_paths(flat, window) if flat else [])
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="The new domain's name (lower case, digits, _).")],
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Folder of domain folders to create it in.")
+    ] = Path(),
+    train_with: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--train-with",
+            help="Another domain publishing the same product: the scaffolded federated task "
+            "trains across both (repeatable; without it the task is commented out).",
+        ),
+    ] = None,
+) -> None:
+    """Scaffold a commented domain folder: contract, query class, task and owners entry."""
+    files = scaffold_domain(folder, name, tuple(train_with or ()))
+    for path in files:
+        console.print(str(path), highlight=False)
+    err.print(
+        f"created domain {name!r}; edit the files, then: PRIVMESH_DOMAIN_DIRS={folder.resolve()} "
+        "privmesh domains lint"
+    )
 
 
 @app.command()

@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from domains.contract import Bounds, ContributionBounds, DomainContract, PrivacyTag, Protection
 from domains.errors import ContractNotFound, InvalidContract
-from domains.registry import CONTRACTS_DIR, get_product, load_contract, load_contracts
+from domains.registry import get_product, load_contract, load_contracts
+from domains.runtime import DEMO_DOMAINS_DIR
 
-SHOP = yaml.safe_load((CONTRACTS_DIR / "shop.yaml").read_text(encoding="utf-8"))
+SHOP = yaml.safe_load((DEMO_DOMAINS_DIR / "shop" / "contract.yaml").read_text(encoding="utf-8"))
 
 
 def shop() -> dict[str, Any]:

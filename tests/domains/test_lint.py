@@ -12,9 +12,10 @@ import yaml
 
 from domains.contract import contract_json_schema
 from domains.lint import Severity, lint_contract, lint_paths, looks_personal
-from domains.registry import CONTRACTS_DIR
+from domains.runtime import DEMO_DOMAINS_DIR
 
-SHOP = yaml.safe_load((CONTRACTS_DIR / "shop.yaml").read_text(encoding="utf-8"))
+SHOP = yaml.safe_load((DEMO_DOMAINS_DIR / "shop" / "contract.yaml").read_text(encoding="utf-8"))
+DEMO_CONTRACTS = sorted(DEMO_DOMAINS_DIR.glob("*/contract.yaml"))
 
 
 def shop() -> dict[str, Any]:
@@ -35,7 +36,7 @@ def codes(raw: object, severity: Severity | None = None) -> list[str]:
 
 
 def test_packaged_contracts_are_clean() -> None:
-    assert lint_paths([CONTRACTS_DIR]) == []
+    assert lint_paths(DEMO_CONTRACTS) == []
 
 
 def test_direct_identifier_kept_in_clear() -> None:
@@ -184,7 +185,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_committed_json_schema_is_current() -> None:
-    committed = json.loads((CONTRACTS_DIR.parent / "contract.schema.json").read_text())
+    committed = json.loads((DEMO_DOMAINS_DIR.parent / "contract.schema.json").read_text())
     assert committed == contract_json_schema(), (
         "run: privmesh domains schema -o domains/contract.schema.json"
     )
@@ -193,7 +194,7 @@ def test_committed_json_schema_is_current() -> None:
 def test_json_schema_validates_the_packaged_contracts() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     schema = contract_json_schema()
-    for path in sorted(CONTRACTS_DIR.glob("*.yaml")):
+    for path in DEMO_CONTRACTS:
         document = json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))
         jsonschema.validate(document, schema)
 
@@ -226,5 +227,5 @@ def test_window_length_checks_need_the_settings() -> None:
     assert [(f.severity, f.code) for f in lint_contract(raw, window_seconds=32)] == [
         (Severity.WARNING, "window_straddles_hour")
     ]
-    assert lint_paths([CONTRACTS_DIR], window_seconds=10) == []
+    assert lint_paths(DEMO_CONTRACTS, window_seconds=10) == []
     assert [f.code for f in lint_contract(shop(), window_seconds=0)] == ["invalid_window_seconds"]

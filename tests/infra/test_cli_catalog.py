@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from domains.registry import CONTRACTS_DIR
+from domains.runtime import DEMO_DOMAINS_DIR
 from tests.conftest import free_port
 from tests.fakes import OpenMetadataTestServer
 from tests.infra.test_cli import assert_one_line_error, run_cli
@@ -46,14 +46,13 @@ def test_bad_input_is_one_line() -> None:
 
 def test_unknown_owner_names_the_product(tmp_path: Path) -> None:
     """A contract whose owner is not in the owners directory: one line naming both."""
-    contracts = tmp_path / "contracts"
-    shutil.copytree(CONTRACTS_DIR, contracts)
-    shutil.copy(CONTRACTS_DIR.parent / "owners.yaml", tmp_path / "owners.yaml")
-    path = contracts / "web.yaml"
+    domains = tmp_path / "domains"
+    shutil.copytree(DEMO_DOMAINS_DIR, domains)
+    path = domains / "web" / "contract.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["products"][0]["owner"] = "ghost@example.com"
     path.write_text(yaml.safe_dump(raw))
-    result = run_cli("catalog", "show", env={"PRIVMESH_CONTRACTS_DIR": str(contracts)})
+    result = run_cli("catalog", "show", env={"PRIVMESH_DOMAIN_DIRS": str(domains)})
     assert_one_line_error(result, "product:web.page_views", "ghost@example.com", "[unknown_owner]")
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
 
-from domains.registry import CONTRACTS_DIR
+from domains.runtime import DEMO_DOMAINS_DIR
 from tests.infra.test_cli import run_cli
 
 
@@ -35,7 +36,7 @@ def test_show_unknown_domain_is_one_line() -> None:
 
 def test_lint_exit_status(tmp_path: Path) -> None:
     assert run_cli("domains", "lint").returncode == 0
-    raw = yaml.safe_load((CONTRACTS_DIR / "shop.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load((DEMO_DOMAINS_DIR / "shop" / "contract.yaml").read_text(encoding="utf-8"))
     raw["products"][0]["fields"][1]["protection"] = "keep"  # customer_name in clear
     bad = tmp_path / "shop.yaml"
     bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -47,7 +48,7 @@ def test_lint_exit_status(tmp_path: Path) -> None:
 
 
 def test_lint_strict_fails_on_warnings(tmp_path: Path) -> None:
-    raw = yaml.safe_load((CONTRACTS_DIR / "web.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load((DEMO_DOMAINS_DIR / "web" / "contract.yaml").read_text(encoding="utf-8"))
     raw["products"][0]["retention_days"] = 5000
     path = tmp_path / "web.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -56,7 +57,7 @@ def test_lint_strict_fails_on_warnings(tmp_path: Path) -> None:
 
 
 def test_contracts_dir_setting(tmp_path: Path) -> None:
-    (tmp_path / "web.yaml").write_text((CONTRACTS_DIR / "web.yaml").read_text(), encoding="utf-8")
+    shutil.copy(DEMO_DOMAINS_DIR / "web" / "contract.yaml", tmp_path / "web.yaml")
     result = run_cli(
         "domains", "list", env={"PRIVMESH_CONTRACTS_DIR": str(tmp_path), "COLUMNS": "200"}
     )
