@@ -1,0 +1,428 @@
+"""The bound advisor: contribution bounds chosen from data, privately.
+
+A domain owner has to pick ``max_records_per_period`` and each measure's ``clamp`` without
+seeing raw per-person counts. :func:`advise` reads one UTC day of the product's offline
+event files (``event_aggregates.scan_events``: every accepted event, counted or not) and
+releases, through OpenDP only:
+
+* the 0.9, 0.95 and 0.99 quantiles of **records per subject-day** (over the subjects with
+  at least one record that day): OpenDP's private quantile (``make_private_quantile``, the
+  exponential mechanism over the quantile score) on one count per subject-day, so one
+  subject-day moves one element (symmetric distance 1);
+* the 0.99 quantile of **each bounded measure** per record, each subject keeping its first
+  ``k`` records of the day (``k``: the released 0.9 quantile of records, so most subjects
+  keep all of theirs while the noise, which grows with ``k``, stays small), as the
+  event-level quantile release does (``event_aggregates.exact_plan``; its map at ``k``);
+* the **truncation share** of each candidate bound ``b`` (the three quantiles and the
+  contract's current bound): a discrete Laplace vector of ``kept(b) = sum min(n, b)`` for
+  candidate and for a cap ``C`` (twice the largest candidate), L1 sensitivity
+  ``sum(b) + C`` per subject-day. The share is ``1 - kept(b) / kept(C)``: the records a
+  bound of ``b`` would drop, relative to the records counted up to ``C`` per subject-day.
+  Subject-days above ``C`` lose the same records from both, so this is a lower bound of
+  the true share (exact when no subject-day exceeds ``C``).
+
+The advisor's epsilon is one release of the product, paid from its daily total in the
+period of the day it reads (a subject's day is charged by every release that reads it),
+under the pseudo-class ``<domain>.<product>:bounds_advisor``. The ledger entry, with the
+answer, is committed before :func:`advise` returns anything; asking again for the same day
+and parameters returns the stored answer and spends nothing. Suggestion (post-processing):
+``max_records_per_period`` = the 0.99 quantile (at most about 1% of subject-days are
+truncated), each clamp = the measure's 0.99 quantile (about 1% of the kept records are
+clamped). Noise grows with the bound and bias falls with it: the shares say what each
+candidate costs in bias; ``planner.plan`` says what each costs in noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import opendp.prelude as dp
+import polars as pl
+
+from dashboards_api.budget import from_micro, to_micro
+from dashboards_api.errors import BudgetExhausted, InvalidParameters
+from dashboards_api.event_aggregates import (
+    CONFIDENCE,
+    EventQuery,
+    exact_plan,
+    mechanisms_for,
+    release,
+)
+from dashboards_api.ledger import Ledger, LedgerEntry, period_of
+from dashboards_api.mechanisms import finite_accuracy, laplace_within
+from domains.contract import DataProduct
+
+dp.enable_features("contrib")
+
+ADVISOR = "bounds_advisor"
+RECORD_ALPHAS = (0.9, 0.95, 0.99)
+"""Quantiles of records per subject-day released: the suggestion is the last."""
+MEASURE_ALPHA = 0.99
+"""The quantile of each measure per record released: the suggested clamp."""
+DEFAULT_EPSILON = Decimal("1")
+"""The advisor's epsilon per subject-day (pure DP) if none is given: what one run costs."""
+# Shares of the advisor's epsilon: the record quantiles (split evenly), the truncation
+# vector, the measure quantiles (split evenly); without measures the rest is rescaled.
+_SHARES = {"records": Decimal("0.45"), "truncation": Decimal("0.4"), "measures": Decimal("0.15")}
+# Records-per-subject-day candidates: every count up to 100, then coarser steps to 10,000.
+RECORD_CANDIDATES: tuple[int, ...] = (
+    *range(1, 101),
+    *range(110, 1_001, 10),
+    *range(1_100, 10_001, 100),
+)
+_MEASURE_CANDIDATES = 160  # geometric grid over the field's bounds
+
+
+def advisor_class(domain: str, product: str) -> str:
+    """The ledger's class id of ``domain.product``'s advisor (no query class has a colon)."""
+    return f"{domain}.{product}:{ADVISOR}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate ``max_records_per_period`` and what it would drop (see the module
+    docstring): ``dropped_share`` of the records, within ``ci95`` with 95% probability
+    (both noisy coordinates within their 97.5% bounds); ``source`` says where it comes
+    from (a quantile, the contract's current bound)."""
+
+    bound: int
+    dropped_share: float
+    ci95: float
+    source: str
+
+
+@dataclass(frozen=True)
+class MeasureAdvice:
+    """The released quantile of one measure (``value``; None: the field is not in the
+    files), the grid it was chosen from and its rank error (95%, in records)."""
+
+    measure: str
+    alpha: float
+    value: int | None
+    current_clamp: tuple[float, float]
+    rank_error: float | None
+    records_per_subject_day: int
+
+
+@dataclass(frozen=True)
+class BoundsAdvice:
+    """The advisor's released answer for one product and UTC day (JSON: ``to_dict``)."""
+
+    product: str
+    day: str
+    epsilon: Decimal
+    ledger_entry: int
+    reused: bool
+    record_quantiles: dict[str, int]
+    record_rank_error: float
+    candidates: list[Candidate]
+    cap: int
+    measures: list[MeasureAdvice]
+    current: dict[str, Any]
+    suggestion: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the epsilon as a string."""
+        body = asdict(self)
+        body["epsilon"] = str(self.epsilon)
+        return body
+
+    @classmethod
+    def from_entry(cls, entry: LedgerEntry, reused: bool) -> BoundsAdvice:
+        """The advice stored with a ledger entry (what was released, never recomputed)."""
+        body = dict(entry.answer)
+        body.update(ledger_entry=entry.id, reused=reused, epsilon=Decimal(body["epsilon"]))
+        body["candidates"] = [Candidate(**c) for c in body["candidates"]]
+        body["measures"] = [
+            MeasureAdvice(**{**m, "current_clamp": tuple(m["current_clamp"])})
+            for m in body["measures"]
+        ]
+        return cls(**body)
+
+
+def measures_of(product: DataProduct) -> list[str]:
+    """The product's bounded numeric fields: the measures the processor sums and clamps."""
+    return [f.name for f in product.fields if f.numeric and f.bounds is not None]
+
+
+def measure_candidates(lo: float, hi: float, count: int = _MEASURE_CANDIDATES) -> list[int]:
+    """Integer candidates over ``[lo, hi]``: 0 (when inside) and a geometric grid towards
+    each end, so small and large clamps are both resolved to a few percent."""
+    low, high = math.floor(lo), math.ceil(hi)
+    points = {low, high}
+    if low <= 0 <= high:
+        points.add(0)
+    for sign, end in ((1, high), (-1, -low)):
+        if end >= 1:
+            ratio = end ** (1 / count)
+            points.update(sign * round(ratio**i) for i in range(count + 1))
+    return sorted(p for p in points if low <= p <= high)
+
+
+def subject_day_counts(events: pl.LazyFrame, product: DataProduct, day: date) -> pl.LazyFrame:
+    """Records per subject on UTC ``day`` (column ``records``; subjects with at least one),
+    from the product's event files. Events without a subject or a time are not counted."""
+    start, end = _day_span(day)
+    subject, when = product.subject_field, product.event_time
+    return (
+        events.select(pl.col(subject).alias("subject"), pl.col(when))
+        .filter(
+            pl.col("subject").is_not_null(),
+            pl.col(when).is_not_null(),
+            pl.col(when) >= start,
+            pl.col(when) < end,
+        )
+        .group_by("subject")
+        .agg(records=pl.len().cast(pl.Int64))
+    )
+
+
+def _day_span(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def _split(epsilon: Decimal, measures: int) -> dict[str, Decimal]:
+    """Each part's epsilon (quantized down: the parts never add up to more)."""
+    shares = dict(_SHARES)
+    if not measures:
+        rest = shares.pop("measures")
+        scale = 1 / (1 - rest)
+        shares = {k: v * scale for k, v in shares.items()}
+    q = Decimal("0.000001")
+    out = {
+        "record_quantile": (epsilon * shares["records"] / len(RECORD_ALPHAS)).quantize(
+            q, rounding="ROUND_DOWN"
+        ),
+        "truncation": (epsilon * shares["truncation"]).quantize(q, rounding="ROUND_DOWN"),
+    }
+    if measures:
+        out["measure_quantile"] = (epsilon * shares["measures"] / measures).quantize(
+            q, rounding="ROUND_DOWN"
+        )
+    if min(out.values()) <= 0:
+        raise InvalidParameters(f"advisor epsilon {epsilon} is too small to split; use >= 0.001")
+    return out
+
+
+def _record_query(product: DataProduct, alpha: float, epsilon: Decimal) -> EventQuery:
+    """The records-per-subject-day quantile as an event query: one value per subject-day
+    (k = 1), so ``event_aggregates.mechanisms_for`` builds and calibrates OpenDP's quantile."""
+    return EventQuery(
+        aggregate="quantile",
+        subject=product.subject_field,
+        time=product.event_time,
+        max_records_per_subject=1,
+        epsilon=epsilon,
+        measure="records",
+        bounds=(RECORD_CANDIDATES[0], RECORD_CANDIDATES[-1]),
+        alpha=alpha,
+        candidates=RECORD_CANDIDATES,
+    )
+
+
+def _measure_query(
+    product: DataProduct, measure: str, k: int, epsilon: Decimal
+) -> EventQuery | None:
+    spec = product.field(measure)
+    if spec is None or spec.bounds is None:
+        return None
+    lo, hi = math.floor(spec.bounds.min), math.ceil(spec.bounds.max)
+    return EventQuery(
+        aggregate="quantile",
+        subject=product.subject_field,
+        time=product.event_time,
+        max_records_per_subject=k,
+        epsilon=epsilon,
+        measure=measure,
+        bounds=(lo, hi),  # the field's bounds, not the current clamp: the clamp is the question
+        alpha=MEASURE_ALPHA,
+        candidates=tuple(measure_candidates(lo, hi)),
+    )
+
+
+def _truncation(
+    counts: pl.Series, bounds: list[int], epsilon: Decimal
+) -> tuple[list[tuple[float, float]], Decimal]:
+    """Per bound but the last (the cap), the noisy dropped share relative to the cap and its
+    95% half-width (module docstring), and the epsilon OpenDP maps the vector release to."""
+    values = counts.cast(pl.Int64)
+    exact = [int(values.clip(upper_bound=b).sum()) for b in bounds]
+    sensitivity = sum(bounds)
+    domain = dp.vector_domain(dp.atom_domain(T="i64"))
+    measurement, scale = laplace_within(domain, dp.l1_distance(T="i64"), sensitivity, epsilon)
+    noisy = [int(v) for v in measurement(exact)]
+    accuracy = float(dp.discrete_laplacian_scale_to_accuracy(scale, (1 - CONFIDENCE) / 2))
+    finite_accuracy(accuracy, f"truncation shares at epsilon {epsilon}")
+    total = max(noisy[-1], 1)
+    out = []
+    for kept in noisy[:-1]:
+        share = min(max(1.0 - kept / total, 0.0), 1.0)  # post-processing: a share is in [0, 1]
+        out.append((share, 2 * accuracy / total))
+    return out, Decimal(measurement.map(sensitivity))
+
+
+def _version(product: DataProduct, day: date, epsilon: Decimal) -> str:
+    """The ledger's data version of one advisor run: same day and parameters, same entry."""
+    params = {
+        "alphas": RECORD_ALPHAS,
+        "measure_alpha": MEASURE_ALPHA,
+        "candidates": [RECORD_CANDIDATES[0], RECORD_CANDIDATES[-1], len(RECORD_CANDIDATES)],
+        "contribution": product.contribution.model_dump(mode="json"),
+        "epsilon": str(epsilon),
+    }
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return f"bounds:{day.isoformat()}:{digest}"
+
+
+def advise(
+    events: pl.LazyFrame,
+    domain: str,
+    product: DataProduct,
+    day: date,
+    ledger: Ledger,
+    *,
+    product_budget_micro: int | None,
+    epsilon: Decimal = DEFAULT_EPSILON,
+) -> BoundsAdvice:
+    """Release the bound advice for ``product`` on UTC ``day`` (module docstring), paying
+    ``epsilon`` from the product's daily total ``product_budget_micro`` in ``day``'s period.
+
+    Refuses (``InvalidParameters``) a product without a daily total or a non-positive
+    epsilon; the ledger refuses (``BudgetExhausted``) when the product's total has no room
+    left for the day. Nothing is returned before the entry is committed.
+    """
+    if not isinstance(epsilon, Decimal) or not epsilon.is_finite() or epsilon <= 0:
+        raise InvalidParameters(f"advisor epsilon must be a finite Decimal > 0, not {epsilon}")
+    if product_budget_micro is None:
+        raise InvalidParameters(
+            f"{domain}.{product.name} has no daily privacy total: declare budget_per_day for "
+            "it (or a policy default) before spending epsilon on bound advice"
+        )
+    key, class_id = f"{domain}.{product.name}", advisor_class(domain, product.name)
+    version = _version(product, day, epsilon)
+    stored = ledger.find(class_id, version)
+    if stored is not None:  # released before: the same answer again, for free
+        return BoundsAdvice.from_entry(stored, reused=True)
+    measures = [m for m in measures_of(product) if m in events.collect_schema()]
+    parts = _split(epsilon, len(measures))
+    answer, mapped = _release(events, product, day, parts, measures)
+    # The ledger charges the declared parts (micro-exact); OpenDP's maps are at most them.
+    charged = len(RECORD_ALPHAS) * parts["record_quantile"] + parts["truncation"]
+    charged += len(measures) * parts.get("measure_quantile", Decimal(0))
+    if mapped > charged:
+        raise AssertionError(f"OpenDP maps the advice to {mapped}, above its {charged}")
+    answer.update(product=key, epsilon=str(charged))
+    cost = to_micro(charged)
+    try:
+        commit = ledger.commit_release(
+            class_id,
+            period_of(_day_span(day)[0]),
+            version,
+            cost,
+            product_budget_micro,
+            answer,
+            product=key,
+            product_budget_micro=product_budget_micro,
+        )
+    except BudgetExhausted as exc:
+        raise BudgetExhausted(
+            f"{exc.detail}; the bound advisor needs {from_micro(cost)} of {key}'s daily "
+            f"total on {day}: run it for a day with room, or reserve part of the total for "
+            "it (lower a class's budget_per_day)",
+            **exc.extra,
+        ) from exc
+    return BoundsAdvice.from_entry(commit.entry, reused=commit.reused)
+
+
+def _release(
+    events: pl.LazyFrame,
+    product: DataProduct,
+    day: date,
+    parts: dict[str, Decimal],
+    measures: list[str],
+) -> tuple[dict[str, Any], Decimal]:
+    """The noisy answer (JSON) and the epsilon OpenDP maps its parts to, summed."""
+    counts = subject_day_counts(events, product, day).collect()["records"]
+    spent = Decimal(0)
+    quantiles: dict[str, int] = {}
+    rank_error = 0.0
+    for alpha in RECORD_ALPHAS:
+        mechanisms = mechanisms_for(_record_query(product, alpha, parts["record_quantile"]))
+        quantiles[str(alpha)] = int(mechanisms.primary(counts))  # type: ignore[arg-type]
+        rank_error = max(rank_error, getattr(mechanisms.primary, "rank_error", 0.0))
+        spent += mechanisms.spent
+    # Post-processing from here: the released quantiles are made monotone.
+    ordered = [quantiles[str(a)] for a in RECORD_ALPHAS]
+    for i in range(1, len(ordered)):
+        ordered[i] = max(ordered[i], ordered[i - 1])
+    quantiles = {str(a): v for a, v in zip(RECORD_ALPHAS, ordered, strict=True)}
+    current = product.contribution.max_records_per_period
+    sources: dict[int, list[str]] = {}
+    for alpha, value in zip(RECORD_ALPHAS, ordered, strict=True):
+        sources.setdefault(value, []).append(f"q{alpha}")
+    sources.setdefault(current, []).append("contract")
+    bounds = sorted(sources)
+    cap = 2 * bounds[-1]
+    shares, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
+    spent += truncation_spent
+    suggested, per_subject = ordered[-1], ordered[0]
+    start, end = _day_span(day)
+    measure_advice: list[dict[str, Any]] = []
+    for measure in measures:
+        q = _measure_query(product, measure, per_subject, parts["measure_quantile"])
+        assert q is not None  # measures_of lists bounded fields only
+        result = release(q, exact_plan(events, q, start, end))
+        chosen = result.groups[0].value
+        spent += result.epsilon_spent
+        clamp = product.clamp_of(measure)
+        measure_advice.append(
+            {
+                "measure": measure,
+                "alpha": MEASURE_ALPHA,
+                "value": None if chosen is None else int(chosen),
+                "current_clamp": [clamp.min, clamp.max],
+                "rank_error": result.groups[0].ci95_half_width,
+                "records_per_subject_day": per_subject,
+            }
+        )
+    answer: dict[str, Any] = {
+        "product": product.name,
+        "day": day.isoformat(),
+        "record_quantiles": quantiles,
+        "record_rank_error": rank_error,
+        "candidates": [
+            {"bound": b, "dropped_share": s, "ci95": c, "source": ", ".join(sources[b])}
+            for b, (s, c) in zip(bounds, shares, strict=True)
+        ],
+        "cap": cap,
+        "measures": measure_advice,
+        "current": {
+            "max_records_per_period": current,
+            "max_windows_per_period": product.contribution.max_windows_per_period,
+            "clamp": {m: [product.clamp_of(m).min, product.clamp_of(m).max] for m in measures},
+        },
+        "suggestion": {
+            "max_records_per_period": suggested,
+            "clamp": {
+                m["measure"]: [m["current_clamp"][0], max(m["value"], m["current_clamp"][0])]
+                for m in measure_advice
+                if m["value"] is not None
+            },
+        },
+        "notes": [
+            "quantiles are over the subjects with at least one record that day",
+            f"dropped shares are relative to the records counted up to {cap} per subject-day "
+            "(a lower bound of the true share when some subject-day has more)",
+            "max_windows_per_period is not advised: it should be at least the record bound "
+            "unless a product's windows are rare",
+        ],
+    }
+    return answer, spent
