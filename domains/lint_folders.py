@@ -74,6 +74,14 @@ class _Linter:
             )
         )
 
+    def read(self, path: Path) -> tuple[object, dict[Location, int]] | None:
+        """``path`` parsed with its key lines, or None after an ``unreadable`` finding."""
+        read = read_yaml(path)
+        if isinstance(read, Finding):
+            self.findings.append(read)
+            return None
+        return read
+
     def validate(
         self,
         model: type[BaseModel] | None,
@@ -132,9 +140,8 @@ def lint_domain_set(
 
 def _lint_contract(linter: _Linter, name: str, folder: DomainFolder) -> None:
     path = folder.contract_file
-    read = read_yaml(path)
-    if isinstance(read, Finding):
-        linter.findings.append(read)
+    read = linter.read(path)
+    if read is None:
         linter.broken.add(name)
         return
     raw, lines = read
@@ -169,9 +176,8 @@ def _lint_contract(linter: _Linter, name: str, folder: DomainFolder) -> None:
 
 
 def _lint_owners(linter: _Linter, path: Path) -> None:
-    read = read_yaml(path)
-    if isinstance(read, Finding):
-        linter.findings.append(read)
+    read = linter.read(path)
+    if read is None:
         return
     raw, lines = read
     if not linter.validate(OwnersDirectory, raw, path, lines, ()):
@@ -208,9 +214,8 @@ def _check_owners(linter: _Linter, name: str) -> None:
 
 
 def _lint_class_file(linter: _Linter, name: str, folder: DomainFolder, path: Path) -> None:
-    read = read_yaml(path)
-    if isinstance(read, Finding):
-        linter.findings.append(read)
+    read = linter.read(path)
+    if read is None:
         return
     raw, lines = read
     if raw is None:
@@ -364,9 +369,8 @@ def _check_field(
 
 
 def _lint_task_file(linter: _Linter, name: str, folder: DomainFolder, path: Path) -> None:
-    read = read_yaml(path)
-    if isinstance(read, Finding):
-        linter.findings.append(read)
+    read = linter.read(path)
+    if read is None:
         return
     raw, lines = read
     if raw is None:
@@ -400,6 +404,7 @@ def _lint_task_file(linter: _Linter, name: str, folder: DomainFolder, path: Path
     fields = [("label", "field")] + [
         ("features", i, "field") for i in range(len(raw.get("features") or []))
     ]
+    reported: set[Location] = set()  # a field missing in several domains is one finding
     for index, domain in enumerate(domains):
         product = _check_product(
             linter, path, lines, ("domains", index), domain, str(raw.get("product"))
@@ -410,4 +415,6 @@ def _lint_task_file(linter: _Linter, name: str, folder: DomainFolder, path: Path
             value: Any = raw
             for part in where:
                 value = value[part]
-            _check_field(linter, path, lines, where, domain, product, str(value))
+            if where not in reported and product.field(str(value)) is None:
+                reported.add(where)
+                _check_field(linter, path, lines, where, domain, product, str(value))

@@ -64,3 +64,12 @@ def line_of(lines: dict[Location, int], where: Location) -> int:
         if found is not None:
             return found
     return 1
+
+
+def is_empty_yaml(path: Path) -> bool:
+    """True if ``path`` holds no YAML document (blank, or comments only: a template that is
+    commented out); an unreadable file is not empty (its loader reports it)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) is None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False

@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from domains.folders import domain_set
-from domains.yaml_files import load_yaml_model
+from domains.yaml_files import is_empty_yaml, load_yaml_model
 from federation.errors import InvalidTask, UnknownTask
 from federation.task import ModelKind
 
@@ -138,6 +138,8 @@ def _load_files(paths: tuple[Path, ...]) -> dict[str, TaskSpec]:
 def _read(paths: tuple[Path, ...]) -> dict[str, TaskSpec]:
     tasks: dict[str, TaskSpec] = {}
     for path in paths:
+        if is_empty_yaml(path):
+            continue  # a commented-out task
         task = load_task_file(path)
         if task.name in tasks:
             raise InvalidTask(f"{path}: task {task.name!r} is declared twice")

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from domains.runtime import DEMO_DOMAINS_DIR
-from tests.infra.test_cli import run_cli
+from tests.infra.test_cli import assert_one_line_error, run_cli
 
 
 def test_list_shows_every_product() -> None:
@@ -69,3 +69,51 @@ def test_schema_to_file(tmp_path: Path) -> None:
     out = tmp_path / "schema.json"
     assert run_cli("domains", "schema", "-o", str(out)).returncode == 0
     assert json.loads(out.read_text())["title"] == "privmesh domain contract"
+
+
+def test_init_then_lint_a_folder_of_new_domains(tmp_path: Path) -> None:
+    """Two scaffolded domains lint clean and are the only ones listed when configured."""
+    folder = tmp_path / "mesh"
+    assert run_cli("domains", "init", "north", "--dir", str(folder)).returncode == 0
+    made = run_cli("domains", "init", "south", "--dir", str(folder), "--train-with", "north")
+    assert made.returncode == 0, made.stderr
+    assert str(folder / "south" / "contract.yaml") in made.stdout
+    env = {"PRIVMESH_DOMAIN_DIRS": str(folder), "COLUMNS": "200"}
+    result = run_cli("domains", "lint", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 error(s), 0 warning(s)" in result.stderr
+    listed = run_cli("domains", "list", env=env)
+    assert "north" in listed.stdout and "south" in listed.stdout and "shop" not in listed.stdout
+    again = run_cli("domains", "init", "north", "--dir", str(folder))
+    assert_one_line_error(again, "already exists", "[invalid_domain_folder]")
+
+
+def test_lint_names_file_line_and_a_suggestion(tmp_path: Path) -> None:
+    """A class naming a missing product: file:line:location, code and the likely name, for
+    the configured folders, a folder argument and a single domain folder argument."""
+    assert run_cli("domains", "init", "north", "--dir", str(tmp_path)).returncode == 0
+    path = tmp_path / "north" / "query_classes.yaml"
+    path.write_text(path.read_text().replace("    product: visits", "    product: visit"))
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.endswith("product: visit"))
+    expected = f"{path}:{line}:classes.0.product: error [unknown_product]"
+    env = {"PRIVMESH_DOMAIN_DIRS": str(tmp_path), "COLUMNS": "80"}
+    for args in ([], [str(tmp_path)], [str(tmp_path / "north")]):
+        result = run_cli("domains", "lint", *args, env=env)
+        assert result.returncode == 1, args
+        assert expected in result.stdout and "did you mean 'visits'?" in result.stdout
+        assert "1 error(s)" in result.stderr
+
+
+def test_up_lints_first_and_starts_nothing(tmp_path: Path, isolated_env: Path) -> None:
+    """``up`` with a broken domain prints the lint's findings and exits 1 before starting
+    anything (no data directory, no traceback)."""
+    assert run_cli("domains", "init", "north", "--dir", str(tmp_path)).returncode == 0
+    path = tmp_path / "north" / "contract.yaml"
+    path.write_text(path.read_text().replace("owner: north-team", "owner: nobody", 1))
+    result = run_cli("up", env={"PRIVMESH_DOMAIN_DIRS": str(tmp_path), "COLUMNS": "80"})
+    assert result.returncode == 1
+    assert f"{path}:" in result.stdout and "[unknown_owner]" in result.stdout
+    assert "nothing started" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not isolated_env.exists()
