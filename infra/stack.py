@@ -1,9 +1,16 @@
 """The local stack launcher: start, supervise and stop privmesh's processes.
 
 Children run in their own sessions (Ctrl-C reaches only the launcher, which then
-stops them in reverse order) and get SIGTERM from the kernel if the launcher dies
-(``PR_SET_PDEATHSIG``), so no orphan outlives it. State for ``privmesh status``,
-``privmesh down`` and the posture view is kept in ``<data_dir>/run/stack.json``.
+stops them in reverse order). They outlive a launcher that is killed outright
+(``kill -9``, OOM): the mesh keeps serving, and the next ``privmesh up`` on the same
+data dir *adopts* each component that is still the process the dead launcher started
+(pid and creation time), runs the same command with the same settings (a fingerprint)
+and answers its health check, then supervises it as its own; anything else it stops
+and starts afresh. So a launcher run under a restart policy (systemd ``Restart=always``,
+a Kubernetes pod) recovers in the time ``up`` takes to start, not the components'.
+``privmesh down`` stops the components whether or not their launcher is alive. State
+for ``privmesh status``, ``privmesh down`` and the posture view is kept in
+``<data_dir>/run/stack.json`` (pids, creation times, fingerprints; never a setting's value).
 
 Supervision is per component and never blocks on one of them: a component that exits
 (or is not healthy within its start timeout) is restarted after an exponential backoff
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import random
@@ -37,7 +45,7 @@ import psutil
 from infra.broker import embedded_broker_command, ensure_topics, stop_embedded_broker
 from infra.errors import ComponentFailed, InfraError, StackAlreadyRunning, StackNotRunning
 from infra.ports import port_is_free, require_free, wait_for_port
-from infra.zygote import PRELOAD, Zygote, ZygoteChild
+from infra.zygote import PRELOAD, PolledProcess, Zygote, ZygoteChild
 
 _PR_SET_PDEATHSIG = 1
 ZYGOTE_MAX_STARTS = 3  # then restarts stay cold spawns, as without the zygote
@@ -47,7 +55,7 @@ STARTING, RUNNING, BACKOFF, FAILED, STOPPED = "starting", "running", "backoff", 
 STATES = (STARTING, RUNNING, BACKOFF, FAILED, STOPPED)
 
 
-def die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the zygote between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -87,6 +95,36 @@ class RestartPolicy:
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
+EXIT_UNKNOWN = 255  # an adopted component's exit code: not its parent, nobody can tell
+
+
+class AdoptedProcess(PolledProcess):
+    """A component a previous launcher started, adopted by this one (not its child: its
+    exit code is unknown, its end is seen by polling, a zombie counts as ended)."""
+
+    def __init__(self, proc: psutil.Process) -> None:
+        super().__init__(proc.pid)
+        self._proc = proc
+
+    def poll(self) -> int | None:
+        """``EXIT_UNKNOWN`` once the process has ended, else None."""
+        if self.returncode is None:
+            try:
+                ended = not self._proc.is_running() or self._proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                ended = True
+            if ended:
+                self.returncode = EXIT_UNKNOWN
+        return self.returncode
+
+
+def fingerprint(command: list[str], env: dict[str, str]) -> str:
+    """What a component runs: its command and privmesh settings, hashed (the state file
+    never holds a setting's value, some are secrets)."""
+    settings = sorted((k, v) for k, v in env.items() if k.startswith("PRIVMESH_"))
+    return hashlib.sha256(json.dumps([command, settings]).encode()).hexdigest()[:32]
+
+
 @dataclass
 class Component:
     """One supervised child process and its supervision state."""
@@ -97,13 +135,15 @@ class Component:
     port: int | None = None
     ready_timeout: float = 60.0
     after_start: Callable[[], object] | None = None
-    process: subprocess.Popen[bytes] | ZygoteChild | None = None
+    process: subprocess.Popen[bytes] | PolledProcess | None = None
     start_first: bool = False
     forkable: bool = False  # a `python -m infra.cli` command the zygote can fork on restart
     critical: bool = False  # never marked failed: restarted at the capped backoff forever
     env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
     restarts: int = 0
     state: str = STOPPED
+    adopted: bool = False  # the running process was started by a previous launcher
+    created: float | None = None  # the process's creation time (wall), for adoption
     last_exit_code: int | None = None
     last_exit_at: float | None = None  # wall clock
     spawned_at: float = 0.0  # monotonic
@@ -154,29 +194,54 @@ def reap_stale(data_dir: Path, timeout: float) -> list[str]:
         return []
     if psutil.pid_exists(int(state.get("launcher_pid", -1))):
         return []
+    _stop_recorded_zygote(state, timeout)
     left = []
+    for name, info in state.get("components", {}).items():
+        proc = _recorded_process(info)
+        if proc is not None:
+            left.append(name)
+            terminate_tree(proc.pid, timeout)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return left
+
+
+def _stop_recorded_zygote(state: dict[str, Any], timeout: float) -> None:
+    """Stop a dead launcher's zygote (it dies with its launcher; this is for one that did
+    not), unless its pid now names a later process."""
     zygote, recorded = state.get("zygote_pid"), state.get("updated_at")
     with contextlib.suppress(psutil.NoSuchProcess):
-        # the zygote dies with its launcher (PDEATHSIG); this is for one that did not
         if zygote and (
             recorded is None or psutil.Process(int(zygote)).create_time() <= float(recorded) + 1
         ):
             terminate_tree(int(zygote), timeout)
-    for name, info in state.get("components", {}).items():
-        pid, since = info.get("pid"), info.get("spawned_at")
-        if not pid:
-            continue
-        try:
-            proc = psutil.Process(int(pid))
-            if since is not None and proc.create_time() > float(since) + 1:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        left.append(name)
-        terminate_tree(int(pid), timeout)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    return left
+
+
+def _recorded_process(info: dict[str, Any]) -> psutil.Process | None:
+    """The process a state record names, if it is still that process (not a reused pid:
+    its creation time is the recorded one, or it started before the recorded spawn)."""
+    pid, created, since = info.get("pid"), info.get("created"), info.get("spawned_at")
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(int(pid))
+        if created is not None:
+            return proc if abs(proc.create_time() - float(created)) < 0.05 else None
+        if since is not None and proc.create_time() > float(since) + 1:
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    return proc
+
+
+def _ports_of(comp: Component) -> set[int]:
+    """The ports a component listens on (its own and its health page's)."""
+    ports = {comp.port} if comp.port else set()
+    if comp.health_url:
+        port = httpx.URL(comp.health_url).port
+        if port:
+            ports.add(port)
+    return ports
 
 
 class Stack:
@@ -223,7 +288,8 @@ class Stack:
     def preflight(self, ports: dict[int, tuple[str, str]]) -> None:
         """Refuse to start over a running stack or on occupied ports.
 
-        What a killed launcher left behind is stopped first (its ports come free).
+        What a killed launcher left behind is adopted where it can be (``adopt``) and
+        stopped otherwise (its ports come free); an adopted component's ports are its own.
         """
         state = read_state(self.data_dir)
         if state is not None:
@@ -231,14 +297,67 @@ class Stack:
                 f"a stack is already running from {self.data_dir} (launcher pid "
                 f"{state['launcher_pid']}); stop it with `privmesh down`"
             )
-        left = reap_stale(self.data_dir, self.stop_timeout)
-        if left:
-            self.say(f"[yellow]stopped what a killed launcher left running: {', '.join(left)}[/]")
+        adopted, stopped = self.adopt()
+        if adopted:
+            self.say(f"[green]adopted[/] what a killed launcher left running: {', '.join(adopted)}")
+        if stopped:
+            self.say(
+                f"[yellow]stopped what a killed launcher left running: {', '.join(stopped)}[/]"
+            )
+        owned = {p for c in self.components if c.adopted for p in _ports_of(c)}
+        wanted = [p for p in ports if p not in owned]
+        if stopped:
             deadline = time.monotonic() + self.stop_timeout
-            while time.monotonic() < deadline and not all(port_is_free(p) for p in ports):
+            while time.monotonic() < deadline and not all(port_is_free(p) for p in wanted):
                 time.sleep(0.2)
-        for port, (what, setting) in ports.items():
-            require_free(port, what, setting)
+        for port in wanted:
+            require_free(port, *ports[port])
+        if adopted:
+            self.write_state()  # `status` and `down` see this launcher from now on
+
+    def adopt(self) -> tuple[list[str], list[str]]:
+        """Take over the components a killed launcher left running; stop the rest of them.
+
+        A recorded component is adopted when its process is the one the dead launcher
+        started (pid and creation time), this stack has a component of that name running
+        the same command with the same settings (``fingerprint``), and it is alive. It
+        then counts as starting: healthy within its start timeout, it is running, else it
+        is restarted as any component would be. Returns (adopted, stopped) names.
+        """
+        path = state_path(self.data_dir)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return [], []
+        if psutil.pid_exists(int(state.get("launcher_pid", -1))):
+            return [], []
+        _stop_recorded_zygote(state, self.stop_timeout)
+        mine = {c.name: c for c in self.components}
+        adopted, stopped = [], []
+        for name, info in state.get("components", {}).items():
+            proc = _recorded_process(info)
+            if proc is None:
+                continue
+            comp = mine.get(name)
+            if (
+                comp is None
+                or info.get("fingerprint") != self._fingerprint(comp)
+                or AdoptedProcess(proc).poll() is not None
+            ):
+                stopped.append(name)
+                terminate_tree(proc.pid, self.stop_timeout)
+                continue
+            comp.process = AdoptedProcess(proc)
+            comp.adopted, comp.created = True, proc.create_time()
+            comp.state, comp.spawned_at = STARTING, time.monotonic()
+            comp.restarts = int(info.get("restarts", 0))
+            adopted.append(name)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return adopted, stopped
+
+    def _fingerprint(self, comp: Component) -> str:
+        return fingerprint(comp.command, {**self.env, **comp.env})
 
     def _start_zygote(self) -> None:
         """Start (or restart, a few times) the zygote that forks restarted components."""
@@ -273,24 +392,30 @@ class Stack:
         )
 
     def _spawn(self, comp: Component) -> None:
+        """Start ``comp`` (forked from the zygote or cold) in a session of its own; it
+        outlives a killed launcher, for the next one to adopt."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if comp.log is None:
             comp.log = (self.log_dir / f"{comp.name}.log").open("ab")
         comp.state = STARTING
         comp.spawned_at = time.monotonic()
+        comp.adopted = False
         forked = self._fork(comp)
         if forked is not None:
             comp.process = forked
-            return
-        comp.process = subprocess.Popen(
-            comp.command,
-            stdin=subprocess.DEVNULL,
-            stdout=comp.log,
-            stderr=subprocess.STDOUT,
-            env={**self.env, **comp.env},
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe
-        )
+        else:
+            comp.process = subprocess.Popen(
+                comp.command,
+                stdin=subprocess.DEVNULL,
+                stdout=comp.log,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **comp.env},
+                start_new_session=True,
+            )
+        try:
+            comp.created = psutil.Process(comp.process.pid).create_time()
+        except psutil.NoSuchProcess:
+            comp.created = None
 
     def _log_hint(self, comp: Component) -> str:
         return f"see {self.log_dir / (comp.name + '.log')}"
@@ -328,16 +453,18 @@ class Stack:
         if any(c.forkable for c in together):
             self._start_zygote()
         for comp in ordered:
-            self.say(f"starting {comp.name} ...")
-            self._spawn(comp)
+            if not comp.adopted:
+                self.say(f"starting {comp.name} ...")
+                self._spawn(comp)
             self._wait_ready(comp)
             self._became_ready(comp, began)
-        if self.zygote is not None:
+        to_start = [c for c in together if not c.adopted]
+        if self.zygote is not None and any(c.forkable for c in to_start):
             deadline = time.monotonic() + ZYGOTE_READY_WAIT
             while not self.stop_requested and time.monotonic() < deadline:
                 if self.zygote.wait_ready(0.2) or self.zygote.gone:
                     break
-        for comp in together:
+        for comp in to_start:
             self.say(f"starting {comp.name} ...")
             self._spawn(comp)
         self.write_state()
@@ -349,7 +476,10 @@ class Stack:
         if comp.after_start is not None:
             comp.after_start()
         comp.state = RUNNING
-        if comp.restarts:
+        if comp.adopted:
+            took = time.monotonic() - comp.spawned_at
+            self.say(f"[green]ok[/] {comp.name} adopted, healthy in {took:.1f}s")
+        elif comp.restarts:
             took = time.monotonic() - comp.spawned_at
             self.say(
                 f"[green]ok[/] {comp.name} ready again (restart {comp.restarts}) in {took:.1f}s"
@@ -383,6 +513,8 @@ class Stack:
                     "spawned_at": (
                         _wall(c.spawned_at) if c.process and c.state != FAILED else None
                     ),
+                    "created": c.created if c.process and c.state != FAILED else None,
+                    "fingerprint": self._fingerprint(c),
                     "health_url": c.health_url,
                     "port": c.port,
                     "state": c.state,

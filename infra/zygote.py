@@ -4,8 +4,10 @@ A cold ``python -m infra.cli worker`` spends 10-20 s importing Feast, Faust, tor
 the rest before it does anything, so a component that dies would miss the 30 s recovery
 target under load. The launcher therefore starts one helper process that imports those
 settings-free modules once and then, on request, forks a child that takes its own
-environment, session, log file and ``PR_SET_PDEATHSIG`` and runs exactly what the cold
-start runs (``runpy.run_module("infra.cli", run_name="__main__")`` with ``sys.argv``).
+environment, session and log file and runs exactly what the cold start runs
+(``runpy.run_module("infra.cli", run_name="__main__")`` with ``sys.argv``). The zygote
+dies with the launcher (``PR_SET_PDEATHSIG``); its children do not, as a cold-started
+component does not: the next launcher adopts them (``infra.stack``).
 
 The zygote reaps its children and reports each exit to the launcher, which supervises a
 forked child as it does a spawned one (pid, exit code, ``kill -9``, ``terminate_tree``).
@@ -183,8 +185,7 @@ def _run_child(
     code = 1
     try:
         os.setsid()
-        _set_pdeathsig(signal.SIGTERM)
-        if os.getppid() != zygote_pid:  # the zygote died before the prctl
+        if os.getppid() != zygote_pid:  # the zygote died while forking: its launcher is gone
             os._exit(1)
         _become(request, private_fds, env_before)
         _set_name(Path(str(request["log"])).stem)
@@ -245,7 +246,7 @@ def serve(preload: tuple[str, ...] = PRELOAD) -> int:
             continue
         chunk = os.read(req_fd, 65536)
         if not chunk:
-            return 0  # the launcher is gone or closed us; the children get SIGTERM
+            return 0  # the launcher is gone or closed us; the children live on
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
@@ -267,19 +268,23 @@ def serve(preload: tuple[str, ...] = PRELOAD) -> int:
             _write(rep_fd, f"spawned {ident} {pid}")
 
 
-class ZygoteChild:
-    """A component forked by the zygote, with the part of ``Popen``'s API the launcher uses."""
+class PolledProcess:
+    """A process the launcher did not ``Popen``, with the part of ``Popen``'s API the
+    launcher uses; subclasses say how ``poll`` learns that it ended."""
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
-        self._zygote = zygote
+    def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        """The exit code once the zygote reported it (``-SIGTERM`` if the zygote died)."""
-        if self.returncode is None:
-            self.returncode = self._zygote.exit_code(self.pid)
-        return self.returncode
+        """The exit code once the process has ended, else None."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL the process, unless it has ended."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the exit code; ``subprocess.TimeoutExpired`` after ``timeout``."""
@@ -291,6 +296,21 @@ class ZygoteChild:
                 raise subprocess.TimeoutExpired(["zygote-child", str(self.pid)], timeout or 0.0)
             time.sleep(0.05)
         assert self.returncode is not None
+        return self.returncode
+
+
+class ZygoteChild(PolledProcess):
+    """A component forked by the zygote."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        super().__init__(pid)
+        self._zygote = zygote
+
+    def poll(self) -> int | None:
+        """The exit code once the zygote reported it (``-SIGTERM`` if the zygote died and
+        the child is gone)."""
+        if self.returncode is None:
+            self.returncode = self._zygote.exit_code(self.pid)
         return self.returncode
 
 
@@ -431,14 +451,14 @@ class Zygote:
                 return self._exits.pop(pid)
         if not self._gone.is_set():
             return None
-        # The zygote died: the kernel sent its children SIGTERM (PDEATHSIG) and nobody we
-        # can ask reaps them; the code is unknown, the process being gone is what counts.
+        # The zygote died (its children live on) and nobody we can ask reaps them; the code
+        # is unknown, the process being gone is what counts.
         if _pid_alive(pid):
             return None
         return -signal.SIGTERM
 
     def close(self, timeout: float) -> None:
-        """Stop the zygote (its children, if any are left, get SIGTERM from the kernel)."""
+        """Stop the zygote (children it forked live on: the launcher stops them first)."""
         from infra.stack import terminate_tree
 
         if self.process is not None:

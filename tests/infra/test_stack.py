@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from infra.stack import (
     reap_stale,
     state_path,
 )
+from tests.conftest import free_port
 
 FAST = RestartPolicy(max_restarts=3, window=60.0, initial=0.05, cap=0.2)
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -120,7 +122,7 @@ def test_restarts_outside_the_window_do_not_count(tmp_path: Path) -> None:
         [Component("crasher", CRASHER)],
         dict(os.environ),
         stop_timeout=5,
-        max_restarts=RestartPolicy(max_restarts=1, window=0.3, initial=0.4, cap=0.4),
+        max_restarts=RestartPolicy(max_restarts=1, window=0.3, initial=0.8, cap=0.8),
         say=lambda _: None,
     )
     try:
@@ -215,3 +217,107 @@ def test_reap_stale_stops_what_a_killed_launcher_left(tmp_path: Path) -> None:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+LAUNCHER = """
+import os, sys, time
+from pathlib import Path
+from infra.stack import Component, RestartPolicy, Stack
+port = int(sys.argv[2])
+stack = Stack(
+    Path(sys.argv[1]),
+    [
+        Component("steady", {sleeper!r}),
+        Component("server", [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
+                  port=port),
+        Component("changed", {sleeper!r} + ["v1"]),
+    ],
+    dict(os.environ), stop_timeout=5,
+    max_restarts=RestartPolicy(max_restarts=3, window=60.0, initial=0.05, cap=0.2),
+    say=print,
+)
+stack.start()
+print("started", flush=True)
+while True:
+    stack.supervise_once()
+    time.sleep(0.05)
+"""
+
+
+def test_a_killed_launchers_components_live_on_and_the_next_one_adopts_them(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the launcher leaves its components running (serving on their ports); the
+    next launcher on the same data dir adopts each one that runs the same command (same
+    pid, no restart, its port not refused as occupied), supervises it from then on (a
+    later kill -9 of it is a restart), and replaces one whose command changed."""
+    data, port = tmp_path / "data", free_port()
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER.format(sleeper=SLEEPER))
+    launcher = subprocess.Popen(
+        [sys.executable, str(script), str(data), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert _wait_line(launcher, "started")
+    before = json.loads(state_path(data).read_text())["components"]
+    launcher.kill()
+    launcher.wait(10)
+    time.sleep(0.5)
+    pids = {name: info["pid"] for name, info in before.items()}
+    assert all(psutil.pid_exists(p) for p in pids.values()), pids
+
+    said: list[str] = []
+    again = Stack(
+        data,
+        [
+            Component("steady", SLEEPER),
+            Component(
+                "server",
+                [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
+                port=port,
+            ),
+            Component("changed", [*SLEEPER, "v2"]),
+        ],
+        dict(os.environ),
+        stop_timeout=5,
+        max_restarts=FAST,
+        say=said.append,
+    )
+    try:
+        again.preflight({port: ("the test server", "PORT")})
+        again.start()
+        supervise_until(again, lambda: set(again.states().values()) == {RUNNING})
+        now = {c.name: c.process.pid for c in again.components if c.process is not None}
+        assert now["steady"] == pids["steady"] and now["server"] == pids["server"], said
+        assert now["changed"] != pids["changed"]
+        assert not psutil.pid_exists(pids["changed"]) or (
+            psutil.Process(pids["changed"]).status() == psutil.STATUS_ZOMBIE
+        )
+        recorded = json.loads(state_path(data).read_text())
+        assert recorded["launcher_pid"] == os.getpid()
+        steady = again.components[0]
+        os.kill(pids["steady"], 9)
+        supervise_until(again, lambda: steady.state == BACKOFF)
+        supervise_until(again, lambda: steady.state == RUNNING)
+        assert steady.process is not None and steady.process.pid != pids["steady"]
+        assert steady.restarts == 1
+    finally:
+        again.stop()
+        for pid in pids.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+
+
+def _wait_line(proc: subprocess.Popen[str], wanted: str, timeout: float = 60) -> bool:
+    """True once ``proc`` printed a line containing ``wanted``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if wanted in line:
+            return True
+        if not line and proc.poll() is not None:
+            return False
+    return False
