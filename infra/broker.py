@@ -169,9 +169,6 @@ ROTATE_AFTER_SECONDS = 10.0
 # for at most ROTATE_WAIT_SECONDS (then the port closes and the journal catches up).
 ROTATE_LAG_RECORDS = 20_000
 ROTATE_WAIT_SECONDS = 20.0
-# With the ack gate the mirror's fetches wait at most this long (ms): a produce is answered
-# one fetch, one journal write and one probe after Tansu took it (50 ms without the gate).
-ACK_FETCH_WAIT_MS = 10
 
 
 def _die_with_parent() -> None:  # child, between fork and exec: Tansu dies with us
@@ -286,12 +283,7 @@ class JournaledBroker:
         )
         self.counters["skipped_offsets"] += counts["skipped_offsets"]
         self.write_status()
-        mirror = Mirror(
-            self.journal,
-            bootstrap,
-            lambda t: topic_configs(t, self.kafka),
-            fetch_wait_ms=ACK_FETCH_WAIT_MS if self.kafka.embedded_ack_after_journal else 50,
-        )
+        mirror = Mirror(self.journal, bootstrap, lambda t: topic_configs(t, self.kafka))
         await mirror.start()
         await self.open_port(internal, mirror)
         log.info("embedded broker ready on port %d (journal %s)", self.port, self.journal.path)

@@ -57,6 +57,8 @@ _CRC_AT, _ATTRIBUTES_AT, _LAST_OFFSET_DELTA_AT = 17, 21, 23
 # Largest record batch the replay sends (bytes); a bigger record goes alone.
 REPLAY_BATCH_BYTES = 1024 * 1024
 REPLAY_PARTITIONS_AT_ONCE = 8
+# The mirror fetches with its short wait for this long after the last barrier.
+BUSY_SECONDS = 2.0
 
 
 def _is_ingest(topic: str) -> bool:
@@ -572,9 +574,12 @@ class Mirror:
         topic_configs: Callable[[str], dict[str, str]],
         snapshot_every: float = 0.5,
         fetch_wait_ms: int = 50,
+        busy_fetch_wait_ms: int = 10,
     ) -> None:
         self.journal = journal
         self.fetch_wait_ms = fetch_wait_ms
+        self.busy_fetch_wait_ms = busy_fetch_wait_ms
+        self._last_barrier = -BUSY_SECONDS
         self.bootstrap = bootstrap
         self.topic_configs = topic_configs
         self.snapshot_every = snapshot_every
@@ -605,7 +610,7 @@ class Mirror:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Tansu holds a fetch this long even when records arrive: the delay before a
-            # record is journaled (and, with the ack gate, acknowledged)
+            # record is journaled (shortened while barriers wait, see _pace)
             fetch_max_wait_ms=self.fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             retry_backoff_ms=100,
@@ -678,6 +683,7 @@ class Mirror:
     async def step(self, timeout_ms: int = 100) -> int:
         """Journal what the broker has appended since the last step; returns how many."""
         assert self.consumer is not None
+        self._pace()
         if not self._assigned:  # getmany would wait for an assignment
             await asyncio.sleep(timeout_ms / 1000)
             await self._snapshot_step()
@@ -739,12 +745,24 @@ class Mirror:
                 waiting.append((targets, waiter))
         self._waiters = waiting
 
+    def _pace(self) -> None:
+        """Fetch with the short wait while producers wait on barriers (within the last
+        BUSY_SECONDS), with the long one otherwise: a record is journaled sooner when an
+        acknowledgement waits for it, and an idle mirror costs less CPU (at 48 partitions
+        ~10% of a core at 50 ms, ~30% at 10 ms). aiokafka has no public setter: without
+        its fetcher's attribute the wait stays the long one (slower acks, still correct)."""
+        busy = time.monotonic() - self._last_barrier < BUSY_SECONDS
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = self.busy_fetch_wait_ms if busy else self.fetch_wait_ms
+
     async def barrier(self) -> None:
         """Return once the journal holds every record the broker acknowledged before this
         call (see the class docstring); a probe that fails raises (KafkaError, OSError,
         JournalError). Callers bound it with a timeout."""
         if self._stopped:
             raise JournalError("the mirror stopped")
+        self._last_barrier = time.monotonic()
         targets = await self._probe_after_now()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((targets, waiter))

@@ -129,7 +129,7 @@ async def gated(
     """The gate on its port, the mirror journaling (stepped as the broker component does)."""
     broker_port, proxy_port, gate_port = ports
     journal = Journal(tmp_path / "journal.sqlite3")
-    mirror = Mirror(journal, f"127.0.0.1:{broker_port}", lambda _t: {}, fetch_wait_ms=10)
+    mirror = Mirror(journal, f"127.0.0.1:{broker_port}", lambda _t: {})
     await mirror.start()
     gate = AckGate(gate_port, proxy_port, mirror.barrier, barrier_timeout=5.0)
     await gate.start()
