@@ -13,7 +13,7 @@ one the API loads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +38,23 @@ from domains.yaml_files import Location, line_of
 CLASS_FILE_KEYS = ("domain", "products", "classes")
 
 
+# A component's own start-up check of a parsed class or task against the loaded contracts;
+# it raises one of ``LintModels.refusals`` (with a ``code``) for what the component refuses.
+Check = Callable[[Any, dict[str, DomainContract]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class LintModels:
     """The models a class file's classes and product totals, and a task, must validate
-    as (None: only the cross-references of the raw YAML are checked)."""
+    as (None: only the cross-references of the raw YAML are checked), and the checks the
+    API and training run on them at start, so that what lints clean also starts."""
 
     query_class: type[BaseModel] | None = None
     product_budget: type[BaseModel] | None = None
     task: type[BaseModel] | None = None
+    check_class: Check | None = None
+    check_task: Check | None = None
+    refusals: tuple[type[Exception], ...] = ()
 
 
 @dataclass(slots=True)
@@ -81,6 +90,22 @@ class _Linter:
             self.findings.append(read)
             return None
         return read
+
+    def run_check(
+        self,
+        check: Check | None,
+        model: type[BaseModel] | None,
+        raw: object,
+        place: tuple[Path, dict[Location, int], Location],
+    ) -> None:
+        """A component's own check of ``raw`` (valid as ``model``); a refusal is a finding
+        with the refusal's code at ``place`` (file, lines, key path)."""
+        if check is None or model is None:
+            return
+        try:
+            check(model.model_validate(raw), self.contracts)
+        except self.models.refusals as exc:
+            self.error(getattr(exc, "code", "refused"), *place, str(exc))
 
     def validate(
         self,
@@ -306,10 +331,14 @@ def _check_class(
     spec = _check_product(linter, path, lines, (*where, "product"), str(domain), str(product))
     if spec is None:
         return
+    before = len(linter.findings)
     for role in ("measure", "group_by"):
         value = item.get(role)
         if value is not None:
             _check_field(linter, path, lines, (*where, role), str(domain), spec, str(value))
+    if len(linter.findings) == before:
+        models = linter.models
+        linter.run_check(models.check_class, models.query_class, item, (path, lines, where))
 
 
 def _check_product(
@@ -405,6 +434,7 @@ def _lint_task_file(linter: _Linter, name: str, folder: DomainFolder, path: Path
         ("features", i, "field") for i in range(len(raw.get("features") or []))
     ]
     reported: set[Location] = set()  # a field missing in several domains is one finding
+    before = len(linter.findings)
     for index, domain in enumerate(domains):
         product = _check_product(
             linter, path, lines, ("domains", index), domain, str(raw.get("product"))
@@ -418,3 +448,6 @@ def _lint_task_file(linter: _Linter, name: str, folder: DomainFolder, path: Path
             if where not in reported and product.field(str(value)) is None:
                 reported.add(where)
                 _check_field(linter, path, lines, where, domain, product, str(value))
+    if len(linter.findings) == before and all(d in linter.contracts for d in domains):
+        models = linter.models
+        linter.run_check(models.check_task, models.task, raw, (path, lines, ()))

@@ -10,8 +10,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dashboards_api.query_classes import ProductBudget, QueryClass
-from domains.contract import DataProduct, contract_json_schema
+from dashboards_api.errors import InvalidQueryClasses
+from dashboards_api.policy import check_at_start
+from dashboards_api.query_classes import (
+    ProductBudget,
+    QueryClass,
+    load_product_budgets,
+    load_query_classes,
+)
+from dashboards_api.sensitivity import check_class
+from dashboards_api.settings import ApiSettings
+from domains.contract import DataProduct, DomainContract, contract_json_schema
+from domains.errors import ContractError
 from domains.folders import (
     CONTRACT_FILE,
     DomainSet,
@@ -23,18 +33,44 @@ from domains.lint import Finding, Severity, lint_paths
 from domains.lint_folders import LintModels, lint_domain_set, lint_domains
 from domains.registry import get_contract, load_contracts
 from domains.scaffold import scaffold_domain
+from federation.errors import FederationError
+from federation.features import task_encoding
 from federation.tasks import TaskSpec
 from infra.console import console, err
 from streams.settings import get_stream_settings
 
-MODELS = LintModels(query_class=QueryClass, product_budget=ProductBudget, task=TaskSpec)
+
+def _check_task(task: TaskSpec, contracts: dict[str, DomainContract]) -> None:
+    task_encoding(task, contracts)  # every domain encodes the task's features the same way
+
+
+MODELS = LintModels(
+    query_class=QueryClass,
+    product_budget=ProductBudget,
+    task=TaskSpec,
+    check_class=check_class,
+    check_task=_check_task,
+    refusals=(InvalidQueryClasses, FederationError, ContractError),
+)
 
 
 def lint_configured() -> list[Finding]:
     """Every finding of the configured domains (``PRIVMESH_DOMAIN_DIRS``): contracts,
-    owners, query classes, tasks and the references between them."""
+    owners, query classes, tasks, the references between them, and (when those are clean)
+    the API's start-up checks of the product totals against the governance policy."""
     folders, flat = configured_folders()
-    return lint_domains(folders, flat, get_stream_settings().window_seconds, MODELS)
+    findings = lint_domains(folders, flat, get_stream_settings().window_seconds, MODELS)
+    if any(f.severity is Severity.ERROR for f in findings):
+        return findings
+    contracts = load_contracts()
+    products = [f"{d}.{p.name}" for d, c in contracts.items() for p in c.products]
+    totals = {k: b.budget_micro for k, b in load_product_budgets().items()}
+    try:
+        check_at_start(ApiSettings().policy, load_query_classes(), totals, products)
+    except InvalidQueryClasses as exc:
+        where = domain_set_description()
+        findings.append(Finding(Severity.ERROR, exc.code, where, "", str(exc)))
+    return findings
 
 
 def print_findings(findings: list[Finding], as_json: bool = False) -> int:

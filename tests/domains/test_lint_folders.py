@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dashboards_api.query_classes import ProductBudget, QueryClass
 from domains.lint import Finding, Severity
-from domains.lint_folders import LintModels, lint_domains
+from domains.lint_folders import lint_domains
 from domains.runtime import DEMO_DOMAINS_DIR
 from domains.scaffold import scaffold_domain
-from federation.tasks import TaskSpec
-
-MODELS = LintModels(query_class=QueryClass, product_budget=ProductBudget, task=TaskSpec)
+from infra.commands.domains import MODELS
 
 EXTRA_CLASS = """\
   - id: a.visits.minutes
@@ -201,3 +198,18 @@ def test_a_broken_contract_hides_the_references_to_it(mesh: Path) -> None:
     """A contract with errors is reported once; its classes are not also 'unknown'."""
     edit(mesh / "a" / "contract.yaml", "privacy_unit: subject_id", "privacy_unit: nobody")
     assert {f.source for f in lint(mesh)} == {str(mesh / "a" / "contract.yaml")}
+
+
+def test_what_the_api_and_training_refuse_is_a_finding(mesh: Path) -> None:
+    """A class measuring an unbounded field and a task one-hot encoding a field with no
+    public values lint as the API's and training's own refusals, at their lines."""
+    classes = mesh / "a" / "query_classes.yaml"
+    classes.write_text(classes.read_text() + EXTRA_CLASS.replace("duration", "kind"))
+    task = mesh / "b" / "tasks" / "b_long_visits.yaml"
+    edit(task, "{field: kind, encode: onehot}", "{field: duration_min, encode: onehot}")
+    edit(task, "label: {field: duration_min, above: 60}", "label: {field: kind, equals: urgent}")
+    found = {f.code: f for f in lint(mesh)}
+    assert set(found) == {"invalid_query_classes", "schema_mismatch"}
+    assert found["invalid_query_classes"].line == line_of(classes, "id: a.visits.minutes")
+    assert "not a bounded numeric field" in found["invalid_query_classes"].message
+    assert found["schema_mismatch"].source == str(task)

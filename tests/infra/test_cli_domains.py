@@ -117,3 +117,15 @@ def test_up_lints_first_and_starts_nothing(tmp_path: Path, isolated_env: Path) -
     assert "nothing started" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not isolated_env.exists()
+
+
+def test_lint_runs_the_apis_start_checks(tmp_path: Path) -> None:
+    """A product total above the governance policy's cap passes the file checks but the
+    API would refuse to start: lint reports it with the API's code."""
+    assert run_cli("domains", "init", "north", "--dir", str(tmp_path)).returncode == 0
+    path = tmp_path / "north" / "query_classes.yaml"
+    path.write_text(path.read_text().replace('budget_per_day: "1"', 'budget_per_day: "3"', 1))
+    result = run_cli("domains", "lint", env={"PRIVMESH_DOMAIN_DIRS": str(tmp_path)})
+    assert result.returncode == 1
+    assert "[invalid_query_classes]" in result.stdout
+    assert "max_product_budget_per_day" in result.stdout
