@@ -12,6 +12,9 @@ producer (acks=all):
   (linger 5 ms, 256 KiB batches, as the stream processors' producers), over 4 partitions:
   records/s, and p50/p99 of each record's time from ``send`` to its acknowledgement.
 
+The two alternate for ``--rounds`` rounds (off, on, off, on, ...) so that a busy machine
+weighs on both alike; each figure reported is the median over the rounds.
+
 Writes bench/results/broker_ack.json; the last line printed is ``RESULT {json}``.
 """
 
@@ -84,6 +87,14 @@ async def _throughput(bootstrap: str, count: int) -> dict[str, float]:
     return {"records_per_s": round(count / seconds), "seconds": round(seconds, 2), **_ms(took)}
 
 
+def _median(runs: list[Any]) -> Any:
+    """Each number of ``runs`` (nested alike), the median over the runs."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: _median([r[k] for r in runs]) for k in first}
+    return sorted(runs)[len(runs) // 2]
+
+
 def measure(gated: bool, records: int, singles: int) -> dict[str, Any]:
     """Start the broker component with the gate on or off and measure it."""
     root = Path(tempfile.mkdtemp(prefix="privmesh-broker-ack-"))
@@ -129,13 +140,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--singles", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     began_load = os.getloadavg()[0]
-    runs = {
-        "baseline_ack_before_journal": measure(False, args.records, args.singles),
-        "ack_after_journal": measure(True, args.records, args.singles),
-    }
-    base, gated = runs["baseline_ack_before_journal"], runs["ack_after_journal"]
+    rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _round in range(args.rounds):
+        rounds["off"].append(measure(False, args.records, args.singles))
+        rounds["on"].append(measure(True, args.records, args.singles))
+    base, gated = _median(rounds["off"]), _median(rounds["on"])
+    runs = {"baseline_ack_before_journal": base, "ack_after_journal": gated}
     result = {
         "benchmark": "broker_ack",
         "cores": os.cpu_count(),
@@ -148,6 +161,7 @@ def main() -> None:
             f"{PARTITIONS} partitions)"
         ),
         **runs,
+        "rounds": rounds,
         "single_send_p50_added_ms": round(
             gated["single_send"]["p50_ms"] - base["single_send"]["p50_ms"], 2
         ),

@@ -49,11 +49,11 @@ class RequestHeader:
     correlation_id: int
 
 
-def frame_size(prefix: bytes) -> int:
+def frame_size(prefix: bytes, largest: int = MAX_FRAME_BYTES) -> int:
     """The size announced by a frame's 4-byte prefix; GateProtocolError if out of bounds."""
     (size,) = _INT32.unpack(prefix)
-    if size < 4 or size > MAX_FRAME_BYTES:
-        raise GateProtocolError(f"frame size {size} outside 4..{MAX_FRAME_BYTES}")
+    if size < 4 or size > largest:
+        raise GateProtocolError(f"frame size {size} outside 4..{largest}")
     return int(size)
 
 
@@ -107,16 +107,16 @@ class PendingRequests:
         raise GateProtocolError(f"response {correlation_id} answers no pending request")
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """One frame (without its size prefix); None at a clean end of stream. A truncated or
-    oversized frame raises GateProtocolError."""
+async def read_frame(reader: asyncio.StreamReader, largest: int = MAX_FRAME_BYTES) -> bytes | None:
+    """One frame (without its size prefix); None at a clean end of stream. A truncated
+    frame, or one over ``largest`` bytes, raises GateProtocolError."""
     try:
         prefix = await reader.readexactly(4)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise GateProtocolError("truncated size prefix") from exc
         return None
-    size = frame_size(prefix)
+    size = frame_size(prefix, largest)
     try:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
@@ -157,9 +157,10 @@ class _Connection:
                 await asyncio.wait({sender})
                 done = {sender}
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
+                error = None if task.cancelled() else task.exception()
+                if isinstance(error, GateProtocolError):
                     self.gate.counters["protocol_errors"] += 1
-                    log.info("gate closed a connection: %s", task.exception())
+                    log.info("gate closed a connection: %s", error)
         finally:
             for task in (self.requests, responses, sender):
                 task.cancel()
@@ -183,12 +184,13 @@ class _Connection:
         while (frame := await read_frame(self.client_reader)) is not None:
             header = parse_request_header(frame)
             self.pending.sent(header)
-            self.upstream_writer.write(_INT32.pack(len(frame)) + frame)
+            self.upstream_writer.writelines((_INT32.pack(len(frame)), frame))
             await self.upstream_writer.drain()
 
     async def _pump_responses(self) -> None:
         try:
-            while (frame := await read_frame(self.upstream_reader)) is not None:
+            # a fetch response may be bigger than any request: the broker's are not bounded
+            while (frame := await read_frame(self.upstream_reader, 2**31 - 1)) is not None:
                 header = self.pending.answered(response_correlation_id(frame))
                 barrier = None
                 if header.api_key == PRODUCE:
@@ -212,7 +214,7 @@ class _Connection:
                         exc if isinstance(exc, InfraError) else "",
                     )
                     return
-            self.client_writer.write(_INT32.pack(len(frame)) + frame)
+            self.client_writer.writelines((_INT32.pack(len(frame)), frame))
             await self.client_writer.drain()
 
 
