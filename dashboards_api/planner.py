@@ -15,6 +15,10 @@ coarser resolution that does, the smallest epsilon that does (and whether the pr
 total still has room for it), and the largest contribution bound that does at the class's
 epsilon. The registry refuses such a class (``accuracy_unreachable``) with this suggestion.
 
+:func:`bound_options` sets the bias of each contribution bound the bound advisor
+(``dashboards_api.bounds``) proposes, its released truncation share, against its noise: the
+class's expected half-width per resolution at that bound (public parameters only).
+
 :func:`mechanism_comparison` measures the alternatives the hierarchy was chosen over (the
 binary tree over the day's windows; independent noise per release; zCDP Gaussian noise at
 the same daily (epsilon, delta)): the table in ``docs/continual-release.md`` comes from it.
@@ -32,6 +36,7 @@ from typing import Any
 
 import opendp.prelude as dp
 
+from dashboards_api.bounds import BoundsAdvice
 from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.continual import ci95_half_width, dyadic_nodes, levels, tree_scale
 from dashboards_api.errors import AccuracyUnreachable, InvalidParameters
@@ -456,6 +461,42 @@ def check_accuracy(the_plan: Plan) -> None:
             suggestion=the_plan.to_dict()["suggestion"],
             plan=the_plan.to_dict(),
         )
+
+
+@dataclass(frozen=True)
+class BoundOption:
+    """One candidate ``max_records_per_period`` for a class: its bias (the share of records
+    it drops, released by the bound advisor, within ``dropped_ci95``) and its noise (the
+    class's expected 95% half-width per resolution with that bound in the contract)."""
+
+    bound: int
+    source: str
+    dropped_share: float
+    dropped_ci95: float
+    half_widths: dict[str, int]
+
+
+def bound_options(
+    advice: BoundsAdvice, qc: QueryClass, product: DataProduct, window_seconds: int
+) -> list[BoundOption]:
+    """Each of ``advice``'s candidate bounds for daily ``qc`` of ``product`` (post-processing
+    of the advice; nothing is drawn or spent). The window bound is kept as the contract has
+    it; the record bound is the candidate."""
+    options = []
+    for candidate in advice.candidates:
+        bounds = product.contribution.model_copy(update={"max_records_per_period": candidate.bound})
+        changed = product.model_copy(update={"contribution": bounds})
+        widths = _half_widths(structures_of(qc, changed, window_seconds))
+        options.append(
+            BoundOption(
+                candidate.bound,
+                candidate.source,
+                candidate.dropped_share,
+                candidate.ci95,
+                {r: widths[r] for r in qc.answered_resolutions},
+            )
+        )
+    return options
 
 
 # --- the measured comparison (docs/continual-release.md) ---------------------------------

@@ -1,19 +1,32 @@
-"""``privmesh classes plan FILE``: a daily class's cost and expected precision, before it runs.
+"""``privmesh classes plan FILE``: a daily class's cost and expected precision, before it runs;
+``privmesh classes bounds DOMAIN.PRODUCT``: contribution bounds chosen from data, privately.
 
-The same planner as ``POST /v1/classes/plan`` (``dashboards_api/planner.py``), read from the
-shipped classes and product totals, the governance policy in force and the released values
-in the ledger (noisy values only, never raw counts). Nothing is drawn, stored or spent.
+``plan`` is the same planner as ``POST /v1/classes/plan`` (``dashboards_api/planner.py``), read
+from the shipped classes and product totals, the governance policy in force and the released
+values in the ledger (noisy values only, never raw counts). Nothing is drawn, stored or spent.
+
+``bounds`` runs the bound advisor (``dashboards_api/bounds.py``) on one UTC day of the
+product's offline event files: it SPENDS its epsilon from the product's daily total (committed
+to the ledger before anything is printed) and shows DP quantiles of records per subject-day and
+of each measure, the share of records each candidate bound would drop, and per daily class of
+the product the noise at each candidate (``planner.bound_options``).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from infra.console import console
+
+if TYPE_CHECKING:
+    from dashboards_api.ledger import Ledger
+    from dashboards_api.policy import GovernancePolicy
 
 app = typer.Typer(help="Query classes: plan one before registering it.", no_args_is_help=True)
 
@@ -48,11 +61,9 @@ def plan(
     ] = None,
 ) -> None:
     """Print each daily class's cost per day and expected 95% interval per resolution."""
-    from dashboards_api.budget import to_micro
     from dashboards_api.errors import ApiError
     from dashboards_api.ledger import open_ledger
     from dashboards_api.planner import plan_in_context
-    from dashboards_api.policy import GovernancePolicy
     from dashboards_api.query_classes import (
         ProductBudget,
         QueryClass,
@@ -74,22 +85,13 @@ def plan(
     runtime = RuntimeSettings()
     book = open_ledger(ApiSettings().ledger_url, runtime.data_dir.resolve())
     try:
-        versions = book.policy_versions()
-        policy = (
-            GovernancePolicy.model_validate_json(versions[-1].definition)
-            if versions
-            else GovernancePolicy()
-        )
+        policy = _policy(book)
         for qc in planned:
             if qc.release != "daily" or qc.derived_mean:
                 console.print(f"{qc.id}: not a paid daily class; the planner plans those")
                 continue
             key = f"{qc.domain}.{qc.product}"
-            total = totals.get(key)
-            if total is None and policy.default_product_budget_per_day is not None:
-                total = to_micro(policy.default_product_budget_per_day)
-            if total is not None:
-                total = min(total, policy.max_product_micro)
+            total = policy.product_total_micro(totals.get(key))
             try:
                 result = plan_in_context(
                     qc,
@@ -105,6 +107,143 @@ def plan(
             _show(result.to_dict())
     finally:
         book.close()
+
+
+def _policy(book: Ledger) -> GovernancePolicy:
+    """The governance policy in force: the ledger's newest version, else the default."""
+    from dashboards_api.policy import GovernancePolicy
+
+    versions = book.policy_versions()
+    if versions:
+        return GovernancePolicy.model_validate_json(versions[-1].definition)
+    return GovernancePolicy()
+
+
+@app.command("bounds")
+def bounds(
+    product_key: Annotated[str, typer.Argument(metavar="DOMAIN.PRODUCT", help="Data product.")],
+    day: Annotated[
+        str | None,
+        typer.Option(help="UTC day of the events to read, YYYY-MM-DD (default: yesterday)."),
+    ] = None,
+    epsilon: Annotated[
+        str,
+        typer.Option(help="Epsilon per subject-day this advice costs, from the product's total."),
+    ] = "1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
+) -> None:
+    """Suggest max_records_per_period and clamps from DP quantiles of the product's events
+    (SPENDS epsilon from the product's daily total; the ledger entry comes first)."""
+    import json
+    import sys
+
+    from dashboards_api.bounds import advise
+    from dashboards_api.errors import ApiError
+    from dashboards_api.event_aggregates import scan_events
+    from dashboards_api.ledger import open_ledger
+    from dashboards_api.planner import bound_options
+    from dashboards_api.query_classes import load_product_budgets, load_query_classes
+    from dashboards_api.settings import ApiSettings
+    from domains.registry import load_contracts
+    from domains.runtime import RuntimeSettings
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
+    from streams.settings import StreamSettings
+
+    domain, _, name = product_key.partition(".")
+    contracts = load_contracts()
+    contract = contracts.get(domain)
+    product = None if contract is None else contract.product(name)
+    if contract is None or product is None:
+        raise ValueError(f"no data product {product_key!r}; name it as DOMAIN.PRODUCT")
+    when = (
+        date.fromisoformat(day)
+        if day is not None
+        else (datetime.now(UTC) - timedelta(days=1)).date()
+    )
+    spend = _epsilon(epsilon)
+    runtime = RuntimeSettings()
+    store = DomainFeatureStore(contract, runtime.data_dir, FeatureStoreSettings())
+    declared = load_product_budgets().get(product_key)
+    book = open_ledger(ApiSettings().ledger_url, runtime.data_dir.resolve())
+    try:
+        events = scan_events(store.events_folder(product))
+        total = _policy(book).product_total_micro(
+            None if declared is None else declared.budget_micro
+        )
+        advice = advise(
+            events,
+            domain,
+            product,
+            when,
+            book,
+            product_budget_micro=total,
+            epsilon=spend,
+        )
+    except ApiError as exc:  # budget exhausted, no total, no events yet: said, not a trace
+        raise ValueError(f"{exc.code}: {exc.detail}") from exc
+    finally:
+        book.close()
+    classes = [
+        qc
+        for qc in load_query_classes().values()
+        if (qc.domain, qc.product) == (domain, name)
+        and qc.release == "daily"
+        and not qc.derived_mean
+    ]
+    window = StreamSettings().window_seconds
+    options = {qc.id: bound_options(advice, qc, product, window) for qc in classes}
+    if as_json:
+        body = advice.to_dict()
+        body["noise_by_class"] = {k: [o.__dict__ for o in v] for k, v in options.items()}
+        sys.stdout.write(json.dumps(body, indent=2, default=str) + "\n")
+        return
+    _show_bounds(advice.to_dict(), options)
+
+
+def _epsilon(text: str) -> Decimal:
+    """``--epsilon`` as a Decimal (a malformed one is a one-line error)."""
+    from decimal import InvalidOperation
+
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"--epsilon {text!r} is not a number; use e.g. --epsilon 0.5") from None
+
+
+def _show_bounds(advice: dict[str, Any], options: dict[str, Any]) -> None:
+    """The advice as a few lines and tables."""
+    paid = "reused, nothing spent" if advice["reused"] else "spent"
+    console.print(
+        f"[bold]{advice['product']}[/] on {advice['day']}: epsilon {advice['epsilon']} per "
+        f"subject-day ({paid}; ledger entry {advice['ledger_entry']})"
+    )
+    quantiles = ", ".join(f"q{a} = {v}" for a, v in advice["record_quantiles"].items())
+    console.print(
+        f"records per subject-day: {quantiles} (95% rank error ±{advice['record_rank_error']:.0f})"
+    )
+    table = Table("max_records_per_period", "from", "records dropped", "95% ±")
+    for c in advice["candidates"]:
+        table.add_row(str(c["bound"]), c["source"], f"{c['dropped_share']:.1%}", f"{c['ci95']:.1%}")
+    console.print(table)
+    for m in advice["measures"]:
+        console.print(
+            f"{m['measure']}: q{m['alpha']} = {m['value']} (clamp now {m['current_clamp']}; "
+            f"first {m['records_per_subject_day']} records per subject-day)"
+        )
+    for class_id, rows in options.items():
+        widths = Table("bound", *rows[0].half_widths, title=f"{class_id}: 95% ± per resolution")
+        for o in rows:
+            widths.add_row(str(o.bound), *(f"{w:,}" for w in o.half_widths.values()))
+        console.print(widths)
+    suggestion = advice["suggestion"]
+    console.print(
+        f"suggested: max_records_per_period {suggestion['max_records_per_period']}"
+        + "".join(f", clamp {k} {v}" for k, v in suggestion["clamp"].items())
+        + f" (contract now: {advice['current']['max_records_per_period']})"
+    )
+    for note in advice["notes"]:
+        console.print(f"note: {note}")
 
 
 def _show(plan: dict[str, Any]) -> None:

@@ -14,11 +14,13 @@ import opendp.prelude as dp
 import pytest
 from fastapi.testclient import TestClient
 
+from dashboards_api.bounds import BoundsAdvice, Candidate
 from dashboards_api.continual import ci95_half_width
 from dashboards_api.hierarchy import expected_half_width
 from dashboards_api.ledger import LedgerEntry, SqliteLedger
 from dashboards_api.main import create_app
 from dashboards_api.planner import (
+    bound_options,
     mechanism_comparison,
     plan,
     rho_for,
@@ -138,6 +140,45 @@ def test_suggestion_is_the_least_that_meets() -> None:
     assert expected_half_width("1h", 10, HALF, s.sensitivity + 1) > target
     assert s.max_records_per_period == s.sensitivity  # a count's Δ is its records bound
     assert "today" in s.text and str(s.epsilon) in s.text
+
+
+def test_bound_options_set_each_candidates_bias_against_its_noise() -> None:
+    """Each candidate bound of a bound advice keeps its released dropped share and gets the
+    class's half-widths with that bound: the contract's own bound gives the plan's widths,
+    and a count's widths scale with the bound (Δ = the record bound)."""
+    candidates = [
+        Candidate(2, 0.2, 0.01, "q0.9"),
+        Candidate(5, 0.05, 0.01, "q0.99"),
+        Candidate(10, 0.0, 0.01, "contract"),
+    ]
+    advice = BoundsAdvice(
+        "shop.orders",
+        "2026-12-01",
+        Decimal(1),
+        1,
+        False,
+        {"0.9": 2, "0.95": 3, "0.99": 5},
+        10.0,
+        candidates,
+        20,
+        [],
+        {},
+        {},
+    )
+    options = bound_options(advice, daily(), orders(), 10)
+    assert [(o.bound, o.dropped_share, o.source) for o in options] == [
+        (2, 0.2, "q0.9"),
+        (5, 0.05, "q0.99"),
+        (10, 0.0, "contract"),
+    ]
+    widths = {
+        r.resolution: r.half_width for r in plan(daily(), orders(), None, window_seconds=10).rows
+    }
+    assert options[-1].half_widths == widths
+    for option in options:
+        for resolution, width in option.half_widths.items():
+            expected = expected_half_width(resolution, 10, HALF, option.bound)
+            assert width == expected
 
 
 def test_volume_comes_from_released_values_of_the_same_statistic() -> None:

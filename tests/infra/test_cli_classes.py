@@ -1,11 +1,17 @@
-"""``privmesh classes plan FILE``: a readable plan per daily class; bad input is one line."""
+"""``privmesh classes plan FILE``: a readable plan per daily class; ``privmesh classes bounds``:
+the bound advisor spends first, then shows; bad input is one line."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import yaml
 
+from domains.registry import load_contracts
+from feature_repo.events import events_folder_name
 from tests.dashboards_api.test_planner import DAILY
 from tests.infra.test_cli import assert_one_line_error, run_cli
 
@@ -37,3 +43,49 @@ def test_plan_of_a_bad_class_is_one_line(tmp_path: Path) -> None:
         "classes", "plan", str(path), env={"PRIVMESH_DATA_DIR": str(tmp_path / "data")}
     )
     assert_one_line_error(result, "no data product shop.nothing")
+
+
+def write_orders_day(data_dir: Path) -> None:
+    """One day (2026-12-01) of shop.orders events where the processor writes them:
+    20,000 customers with 1 to 3 orders."""
+    product = load_contracts()["shop"].product("orders")
+    assert product is not None
+    folder = data_dir / "features" / "shop" / "offline" / events_folder_name(product.name)
+    folder.mkdir(parents=True)
+    counts = [1 + i % 3 for i in range(20_000)]
+    subjects = [f"s{i}" for i, n in enumerate(counts) for _ in range(n)]
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    pl.DataFrame(
+        {
+            product.subject_field: subjects,
+            product.event_time: [
+                start + timedelta(seconds=i * 86_400 // len(subjects)) for i in range(len(subjects))
+            ],
+            "amount_cents": [1_000 + 13 * i % 9_000 for i in range(len(subjects))],
+        }
+    ).write_parquet(folder / "part-00001.parquet")
+
+
+def test_bounds_spends_first_then_shows_the_advice(tmp_path: Path) -> None:
+    """`classes bounds` prints the DP quantiles, the candidates' dropped shares and the
+    suggestion with the epsilon it spent (a ledger entry); asked again for the same day it
+    reuses the entry; an epsilon beyond the product's total is refused in one line."""
+    data = tmp_path / "data"
+    write_orders_day(data)
+    env = {**WIDE, "PRIVMESH_DATA_DIR": str(data)}
+    args = ("classes", "bounds", "shop.orders", "--day", "2026-12-01")
+    first = run_cli(*args, "--json", env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    body = json.loads(first.stdout)
+    assert body["epsilon"] == "1.000000" and not body["reused"] and body["ledger_entry"] >= 1
+    assert 1 <= body["record_quantiles"]["0.9"] <= body["record_quantiles"]["0.99"] <= 100
+    assert {c["source"] for c in body["candidates"]} >= {"contract"}
+    assert body["noise_by_class"]["shop.orders.order_count"][0]["half_widths"]
+    table = run_cli(*args, env=env, timeout=120)
+    assert table.returncode == 0, table.stderr
+    for text in ("reused, nothing spent", "records dropped", "suggested: max_records_per_period"):
+        assert text in table.stdout, table.stdout
+    refused = run_cli(*args[:3], "--day", "2026-12-02", "--epsilon", "2.5", env=env, timeout=120)
+    assert_one_line_error(refused, "budget_exhausted", "bound advisor needs 2.5")
+    bad = run_cli(*args, "--epsilon", "lots", env=env, timeout=120)
+    assert_one_line_error(bad, "--epsilon 'lots' is not a number")
