@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import DURABILITY_WINDOW_S, FAULTS, RECOVERY_WAIT_S, chaos_run
+from bench.chaos import DURABILITY_WINDOW_S, FAULTS, RECOVERY_LIMIT_S, chaos_run
 from infra.broker import tansu_binary
 from infra.errors import BrokerBinaryMissing
 
@@ -15,12 +15,10 @@ from infra.errors import BrokerBinaryMissing
 def test_kill_nine_in_turn_loses_nothing_and_recovers(tmp_path: Path) -> None:
     """Under generated load, each of a worker, the API, the embedded broker and the launcher
     is killed with SIGKILL in turn: the mesh is whole again (every component running, DP
-    answers, each worker publishing) without manual action (besides starting `up` again
-    after the launcher's kill) within RECOVERY_WAIT_S (180 s) of each kill. The issue's
-    30 s target is not asserted here: workers and the API restart forked from the
-    pre-imported zygote (5-10 s), but a killed launcher means a fresh `up` whose imports
-    alone take 12+ s (45-100 s measured under CI load); bench.chaos reports each recovery
-    time against the target. Afterwards every record the
+    answers, each worker publishing) without manual action within RECOVERY_LIMIT_S (30 s)
+    of each kill: workers and the API restart forked from the pre-imported zygote, the
+    broker replays its journal, and the launcher, started again at once as a restart policy
+    would, adopts the components that outlived it. Afterwards every record the
     broker acknowledged is in the product topic or the dead-letter topic (opt-out products,
     no consent records: nothing is consent-dropped), except what the embedded broker
     documents it may lose at its own kill -9 (acknowledged in the last moment before it,
@@ -44,5 +42,9 @@ def test_kill_nine_in_turn_loses_nothing_and_recovers(tmp_path: Path) -> None:
     assert result["ledger_entries"] > 0
     assert result["ledger_spent_twice"] == [], result["ledger_spent_twice"]
     # last, so that a slow machine's failure says the accounting and the ledger held
-    late = {f: s for f, s in recoveries.items() if s is None or s > RECOVERY_WAIT_S}
-    assert not late, f"not whole again within {RECOVERY_WAIT_S:g} s: {late}"
+    late = {
+        f: (s, result["faults"][f]["phases_s"])
+        for f, s in recoveries.items()
+        if s is None or s > RECOVERY_LIMIT_S
+    }
+    assert not late, f"not whole again within {RECOVERY_LIMIT_S:g} s (phases): {late}"
