@@ -155,7 +155,8 @@ def main() -> None:
         "loadavg_1m_before": round(began_load, 2),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "how": (
-            f"python -m infra.broker with the ack gate off then on; {args.singles} single "
+            f"python -m infra.broker, ack gate off and on alternately ({args.rounds} rounds, "
+            f"medians); {args.singles} single "
             f"100-byte sends awaited one by one (linger 0), then {args.records} records sent "
             "as fast as one aiokafka producer goes (acks=all, linger 5 ms, 256 KiB batches, "
             f"{PARTITIONS} partitions)"
