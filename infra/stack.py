@@ -661,9 +661,15 @@ def stop_running_stack(data_dir: Path, timeout: float) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(launcher, signal.SIGTERM)
         _wait_gone(launcher, timeout + 10)
-    for info in state.get("components", {}).values():  # anything the launcher left
-        if info.get("pid"):
-            terminate_tree(int(info["pid"]), timeout)
+    # what a launcher killed outright left running, in reverse start order; the broker
+    # last and through its own shutdown (it drains into its journal first)
+    for name, info in reversed(state.get("components", {}).items()):
+        proc = _recorded_process(info)
+        if proc is None:
+            continue
+        if name == "broker":
+            stop_embedded_broker(proc.pid, timeout)
+        terminate_tree(proc.pid, timeout)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return names

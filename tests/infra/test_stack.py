@@ -28,6 +28,7 @@ from infra.stack import (
     component_health,
     reap_stale,
     state_path,
+    stop_running_stack,
 )
 from tests.conftest import free_port
 
@@ -215,6 +216,35 @@ def test_reap_stale_stops_what_a_killed_launcher_left(tmp_path: Path) -> None:
     finally:
         for proc in (orphan, later):
             if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_down_stops_what_a_killed_launcher_left(tmp_path: Path) -> None:
+    """`privmesh down` with the launcher gone stops the components it left running (they
+    outlive it) and leaves alone a pid that now names another process."""
+    orphan, later = subprocess.Popen(SLEEPER), subprocess.Popen(SLEEPER)
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        path = state_path(tmp_path)
+        path.parent.mkdir(parents=True)
+        created = {p.pid: psutil.Process(p.pid).create_time() for p in (orphan, later)}
+        state = {
+            "launcher_pid": dead.pid,
+            "components": {
+                "worker-x": {"pid": orphan.pid, "created": created[orphan.pid]},
+                "reused": {"pid": later.pid, "created": created[later.pid] - 5},
+            },
+        }
+        path.write_text(json.dumps(state))
+        assert stop_running_stack(tmp_path, 5) == ["worker-x", "reused"]
+        assert orphan.wait(5) is not None
+        assert later.poll() is None
+        assert not path.exists()
+    finally:
+        for proc in (orphan, later):
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait()
 
