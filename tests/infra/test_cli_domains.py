@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -129,3 +132,43 @@ def test_lint_runs_the_apis_start_checks(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "[invalid_query_classes]" in result.stdout
     assert "max_product_budget_per_day" in result.stdout
+
+
+GUIDE = Path(__file__).parents[2] / "docs" / "publish-a-data-product.md"
+_GUIDE_STEPS = ("mkdir ", "privmesh domains ", "export PRIVMESH_DOMAIN_DIRS=")
+
+
+def guide_blocks(kind: str) -> list[str]:
+    """The fenced ``kind`` blocks of the publishing guide, in order."""
+    parts = GUIDE.read_text(encoding="utf-8").split("```")
+    return [p.removeprefix(kind).strip() for p in parts[1::2] if p.startswith(kind + "\n")]
+
+
+def test_the_publishing_guide_runs(tmp_path: Path) -> None:
+    """The guide's scaffold and lint commands, run as written in an empty folder, lint
+    clean; its sample finding is what lint prints for the misspelling it shows."""
+    steps = [
+        line.split("  #")[0].strip()
+        for block in guide_blocks("bash")
+        for line in block.splitlines()
+        if line.startswith(_GUIDE_STEPS)
+    ]
+    assert any(s.startswith("privmesh domains init") for s in steps)
+    assert steps[-1] == "privmesh domains lint"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "300"}
+    script = "set -e\n" + "\n".join(steps)
+    ran = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "0 error(s), 0 warning(s)" in ran.stderr
+    [sample] = [b for b in guide_blocks("text") if "did you mean" in b]
+    classes = tmp_path / "my-domains" / "clinic_north" / "query_classes.yaml"
+    classes.write_text(classes.read_text().replace("product: visits", "product: visit"))
+    relint = "\n".join(s for s in steps if not s.startswith(("mkdir", "privmesh domains init")))
+    ran = subprocess.run(
+        ["bash", "-c", relint], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert ran.returncode != 0
+    assert f"{tmp_path}/{sample}" in ran.stdout.splitlines()
