@@ -28,6 +28,16 @@ epsilon per class (split evenly over the resolutions, then over each resolution'
 of the day). The truncation bias (events and revenue the per-day bounds drop) is measured on
 the replay and set against the generator's expectation (``expected_truncation``).
 
+**advisor**: the replay's accepted product events are written as the offline store writes
+them (``append_part`` of ``event_table``, one part per 20,000 events), and the bound advisor
+(``dashboards_api.bounds``) runs on them with a fresh sqlite ledger at its default epsilon,
+paid from the product's total. For each of its candidate bounds (its quantiles and the
+contract's bound) the exact bias is computed from the same events (each subject's first
+``b`` records of the day, amounts clamped to the suggested or the current clamp: what the
+processor's record bound keeps when the window bound does not bind first) and set against
+the advisor's released share, with the noise each bound gives the shipped daily classes
+(``planner.bound_options``).
+
 Traffic shapes: ``demo`` (the defaults) and a second shape with fewer people and a heavier
 tail, to show the figures are not tuned to one. ``BENCH_UTILITY_HOURS`` (default 24) shortens
 the replayed day; the JSON says so. Writes bench/results/utility.json; last line
@@ -50,13 +60,18 @@ from typing import Any
 
 import numpy as np
 import opendp.prelude as dp
+import polars as pl
 
 from dashboards_api import daily
+from dashboards_api.bounds import advise, advisor_class
 from dashboards_api.continual import MemoryNodeStore
 from dashboards_api.errors import ResolutionUnavailable
+from dashboards_api.event_aggregates import scan_events
 from dashboards_api.hierarchy import DailyHierarchy, mixed_half_width
+from dashboards_api.ledger import SqliteLedger
 from dashboards_api.mechanisms import laplace_within
-from dashboards_api.query_classes import QueryClass, load_query_classes
+from dashboards_api.planner import bound_options
+from dashboards_api.query_classes import QueryClass, load_product_budgets, load_query_classes
 from dashboards_api.sensitivity import (
     EVENTS,
     NEW_HOUR,
@@ -67,6 +82,7 @@ from dashboards_api.sensitivity import (
 )
 from domains.contract import DataProduct
 from domains.registry import load_contracts
+from feature_repo.events import event_schema, event_table
 from feature_repo.names import (
     CONTRIBUTION_BOUND,
     MAX_RECORDS_PER_PERIOD,
@@ -79,6 +95,7 @@ from feature_repo.names import (
     WINDOW_KEY,
     sum_feature,
 )
+from feature_repo.offline import append_part
 from infra.settings import GeneratorSettings
 from streams.generator import (
     EventGenerator,
@@ -169,6 +186,7 @@ class Replay:
     wall_s: float
     people_s: float
     expected: dict[str, float] = field(default_factory=dict)
+    events_folder: Path | None = None  # the accepted events as offline part files
 
 
 def product_of() -> DataProduct:
@@ -177,8 +195,9 @@ def product_of() -> DataProduct:
     return product
 
 
-def replay(shape: Shape) -> Replay:  # noqa: PLR0915 - one linear replay, read top down
-    """One day of ``shape``'s shop orders through the real processing path (see layer 1)."""
+def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read top down
+    """One day of ``shape``'s shop orders through the real processing path (see layer 1);
+    the accepted events are written to ``events_folder`` as the offline store writes them."""
     began = time.perf_counter()
     people = make_people(shape.people, shape.seed, shape.activity_sigma)
     people_s = time.perf_counter() - began
@@ -201,11 +220,19 @@ def replay(shape: Shape) -> Replay:  # noqa: PLR0915 - one linear replay, read t
     windows: dict[int, dict[str, float]] = {}
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     incomplete = 0
+    schema = event_schema(pipeline.product)
+    pending: list[dict[str, Any]] = []
+
+    def flush(at_least: int) -> None:
+        if len(pending) >= at_least:
+            append_part(events_folder, event_table(schema, pending))
+            pending.clear()
 
     def collect(now: float) -> None:
         nonlocal incomplete
         _, closed = pipeline.drain(now)
-        pipeline.take_events()  # the offline store's share: not needed here
+        pending.extend(pipeline.take_events())  # the offline store's share
+        flush(20_000)
         for row in pipeline.window_records(closed):
             start = int(row[WINDOW_KEY])  # type: ignore[call-overload]
             if not DAY_START <= start < DAY_START + DAY:
@@ -236,10 +263,16 @@ def replay(shape: Shape) -> Replay:  # noqa: PLR0915 - one linear replay, read t
     while next_close <= end:
         collect(next_close)
         next_close += window
+    pending.extend(pipeline.take_events())
+    flush(1)
     wall = time.perf_counter() - began
     bounds = pipeline.product.contribution
     bias = expected_truncation(
-        people, per_day, bounds.max_records_per_period, bounds.max_windows_per_period
+        people,
+        per_day,
+        bounds.max_records_per_period,
+        bounds.max_windows_per_period,
+        weights=gen.weights,
     )
     return Replay(
         windows=windows,
@@ -258,6 +291,7 @@ def replay(shape: Shape) -> Replay:  # noqa: PLR0915 - one linear replay, read t
             "median_person_orders_per_day": round(bias.median_person_events, 2),
             "p99_person_orders_per_day": round(bias.top_percent_person_events, 1),
         },
+        events_folder=events_folder,
     )
 
 
@@ -308,6 +342,106 @@ def truncation(day: Replay, window: int) -> dict[str, Any]:
         "note": "dropped = accepted events (or their raw amounts) not in the bounded windows: "
         "per-day truncation, plus the clamp for revenue; distinct customers are not biased "
         "(a truncated customer still counts once)",
+    }
+
+
+# --------------------------------------------------------------------------- advisor
+def exact_bias(
+    events: pl.LazyFrame, product: DataProduct, bound: int, clamp_max: float
+) -> dict[str, float]:
+    """What a record bound of ``bound`` and a clamp at ``clamp_max`` drop from the replayed
+    events, exactly: each subject's first ``bound`` records of the day (by event time, as
+    they arrive), amounts clamped to ``[clamp.min, clamp_max]`` (the bench reads raw truth;
+    no release)."""
+    subject, when = product.subject_field, product.event_time
+    low = product.clamp_of(MEASURE).min
+    frame = (
+        events.select(subject, when, MEASURE)
+        .filter(pl.col(subject).is_not_null())
+        .sort(when, maintain_order=True)
+        .with_columns(rank=pl.int_range(pl.len()).over(subject))
+        .select(
+            records=pl.len(),
+            kept=(pl.col("rank") < bound).sum(),
+            revenue=pl.col(MEASURE).sum(),
+            kept_revenue=pl.when(pl.col("rank") < bound)
+            .then(pl.col(MEASURE).clip(low, clamp_max))
+            .otherwise(0)
+            .sum(),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    records, revenue = frame["records"], float(frame["revenue"])
+    return {
+        "events_dropped_share": round(1 - frame["kept"] / records, 4) if records else 0.0,
+        "revenue_dropped_share": round(1 - float(frame["kept_revenue"]) / revenue, 4)
+        if revenue
+        else 0.0,
+    }
+
+
+def advisor_figures(
+    day: Replay, product: DataProduct, classes: dict[str, QueryClass], window: int
+) -> dict[str, Any]:
+    """The bound advisor on the replay's offline events (a fresh ledger, the product's shipped
+    total), and per candidate bound its released share against the exact bias and the
+    shipped daily classes' half-widths at that bound."""
+    assert day.events_folder is not None
+    events = scan_events(day.events_folder)
+    budget = load_product_budgets().get(f"{DOMAIN}.{PRODUCT}")
+    total = None if budget is None else budget.budget_micro
+    began = time.perf_counter()
+    ledger = SqliteLedger(day.events_folder.parent / "advisor-ledger.sqlite")
+    try:
+        advice = advise(
+            events,
+            DOMAIN,
+            product,
+            datetime.fromtimestamp(DAY_START, tz=UTC).date(),
+            ledger,
+            product_budget_micro=total,
+        )
+        (entry,) = ledger.entries(class_id=advisor_class(DOMAIN, PRODUCT))
+    finally:
+        ledger.close()
+    wall = time.perf_counter() - began
+    current_max = product.clamp_of(MEASURE).max
+    suggested_clamp = advice.suggestion["clamp"].get(MEASURE, [None, current_max])[1]
+    paid = [
+        qc
+        for qc in classes.values()
+        if qc.product == PRODUCT and qc.release == "daily" and not qc.derived_mean
+    ]
+    noise = {qc.id: bound_options(advice, qc, product, window) for qc in paid}
+    rows = []
+    for i, candidate in enumerate(advice.candidates):
+        rows.append(
+            {
+                "bound": candidate.bound,
+                "source": candidate.source,
+                "released_dropped_share": round(candidate.dropped_share, 4),
+                "released_ci95": round(candidate.ci95, 4),
+                "exact_at_current_clamp": exact_bias(events, product, candidate.bound, current_max),
+                "exact_at_suggested_clamp": exact_bias(
+                    events, product, candidate.bound, suggested_clamp
+                ),
+                "ci95_half_width_1h": {
+                    class_id: options[i].half_widths.get("1h")
+                    for class_id, options in noise.items()
+                },
+            }
+        )
+    return {
+        "advice": advice.to_dict(),
+        "ledger_entry_epsilon": str(Decimal(entry.cost_micro) / 1_000_000),
+        "wall_s": round(wall, 2),
+        "candidates": rows,
+        "note": "released_*: the advisor's DP figures (shares relative to the records counted "
+        f"up to {advice.cap} per subject-day); exact_*: the same replayed events read "
+        "directly (benchmark truth, the record bound alone: with a bound at most the "
+        "contract's window bound that is what the processor keeps); ci95_half_width_1h: the "
+        "shipped daily classes' expected hourly 95% half-width with that record bound",
     }
 
 
@@ -715,10 +849,15 @@ def targets_met(tiles: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_shape(shape: Shape) -> dict[str, Any]:
+    import tempfile
+
     product = product_of()
     classes = {qc.id: qc for qc in load_query_classes().values() if qc.domain == DOMAIN}
     window = StreamSettings().window_seconds
-    day = replay(shape)
+    with tempfile.TemporaryDirectory(prefix="privmesh-utility-events-") as tmp:
+        day = replay(shape, Path(tmp) / "events")
+        advisor = advisor_figures(day, product, classes, window)
+    day.events_folder = None
     began = time.perf_counter()
     tiles, spent = hierarchy_figures(day, classes, product, window)
     dp_wall = time.perf_counter() - began
@@ -745,6 +884,7 @@ def run_shape(shape: Shape) -> dict[str, Any]:
             "contribution": bounds.model_dump(mode="json"),
         },
         "truncation_bias": truncation(day, window),
+        "bound_advisor": advisor,
         "daily_hierarchy": {
             "tiles": tiles,
             "wall_s": round(dp_wall, 1),

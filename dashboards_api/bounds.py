@@ -19,7 +19,9 @@ releases, through OpenDP only:
   ``sum(b) + C`` per subject-day. The share is ``1 - kept(b) / kept(C)``: the records a
   bound of ``b`` would drop, relative to the records counted up to ``C`` per subject-day.
   Subject-days above ``C`` lose the same records from both, so this is a lower bound of
-  the true share (exact when no subject-day exceeds ``C``).
+  the true share (exact when no subject-day exceeds ``C``). The candidate 1 is always in
+  the vector: ``kept(1)`` is the number of subject-days, which says whether a quantile is
+  reliable.
 
 The advisor's epsilon is one release of the product, paid from its daily total in the
 period of the day it reads (a subject's day is charged by every release that reads it),
@@ -27,9 +29,15 @@ under the pseudo-class ``<domain>.<product>:bounds_advisor``. The ledger entry, 
 answer, is committed before :func:`advise` returns anything; asking again for the same day
 and parameters returns the stored answer and spends nothing. Suggestion (post-processing):
 ``max_records_per_period`` = the 0.99 quantile (at most about 1% of subject-days are
-truncated), each clamp = the measure's 0.99 quantile (about 1% of the kept records are
-clamped). Noise grows with the bound and bias falls with it: the shares say what each
-candidate costs in bias; ``planner.plan`` says what each costs in noise.
+truncated) when it is reliable (its 95% rank error within a third of the subject-days above
+it, from the noisy number of subject-days; at the default epsilon that needs about 30,000
+subject-days for the 0.99 quantile: every candidate above the largest count ties on the
+score, so with too few subject-days above the quantile, or a point mass at the largest
+count, a far too large candidate can win), else the highest reliable one, else the
+contract's bound; each clamp = the measure's 0.99 quantile (about
+1% of the kept records are clamped). Noise grows with the bound and bias falls with it: the
+shares say what each candidate costs in bias; ``planner.bound_options`` what each costs in
+noise.
 """
 
 from __future__ import annotations
@@ -70,12 +78,13 @@ DEFAULT_EPSILON = Decimal("1")
 # Shares of the advisor's epsilon: the record quantiles (split evenly), the truncation
 # vector, the measure quantiles (split evenly); without measures the rest is rescaled.
 _SHARES = {"records": Decimal("0.45"), "truncation": Decimal("0.4"), "measures": Decimal("0.15")}
-# Records-per-subject-day candidates: every count up to 100, then coarser steps to 10,000.
 RECORD_CANDIDATES: tuple[int, ...] = (
-    *range(1, 101),
-    *range(110, 1_001, 10),
-    *range(1_100, 10_001, 100),
+    *range(1, 30),
+    *sorted({min(round(30 * 1.1**i), 10_000) for i in range(62)}),
 )
+"""Records-per-subject-day candidates: every count below 30, then steps of 10% to 10,000.
+Few candidates matter: every candidate above the largest count ties on the quantile score,
+and their number (with the log of all candidates) sets how much data a 0.99 quantile needs."""
 _MEASURE_CANDIDATES = 160  # geometric grid over the field's bounds
 
 
@@ -121,6 +130,8 @@ class BoundsAdvice:
     reused: bool
     record_quantiles: dict[str, int]
     record_rank_error: float
+    subject_days: int
+    reliable: dict[str, bool]
     candidates: list[Candidate]
     cap: int
     measures: list[MeasureAdvice]
@@ -250,9 +261,10 @@ def _measure_query(
 
 def _truncation(
     counts: pl.Series, bounds: list[int], epsilon: Decimal
-) -> tuple[list[tuple[float, float]], Decimal]:
+) -> tuple[list[tuple[float, float]], list[int], Decimal]:
     """Per bound but the last (the cap), the noisy dropped share relative to the cap and its
-    95% half-width (module docstring), and the epsilon OpenDP maps the vector release to."""
+    95% half-width (module docstring); the noisy kept records per bound; the epsilon OpenDP
+    maps the vector release to."""
     values = counts.cast(pl.Int64)
     exact = [int(values.clip(upper_bound=b).sum()) for b in bounds]
     sensitivity = sum(bounds)
@@ -266,7 +278,7 @@ def _truncation(
     for kept in noisy[:-1]:
         share = min(max(1.0 - kept / total, 0.0), 1.0)  # post-processing: a share is in [0, 1]
         out.append((share, 2 * accuracy / total))
-    return out, Decimal(measurement.map(sensitivity))
+    return out, noisy, Decimal(measurement.map(sensitivity))
 
 
 def _version(product: DataProduct, day: date, epsilon: Decimal) -> str:
@@ -369,11 +381,19 @@ def _release(
     for alpha, value in zip(RECORD_ALPHAS, ordered, strict=True):
         sources.setdefault(value, []).append(f"q{alpha}")
     sources.setdefault(current, []).append("contract")
+    sources.setdefault(1, []).append("one a day")  # its kept(1) is the subject-days
     bounds = sorted(sources)
     cap = 2 * bounds[-1]
-    shares, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
+    shares, kept, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
     spent += truncation_spent
-    suggested, per_subject = ordered[-1], ordered[0]
+    subject_days = max(kept[0], 0)
+    # A quantile is reliable when its 95% rank error is within a third of the subject-days
+    # above it: else the candidates above the largest count, which all tie on the score,
+    # can outweigh it (a point mass at the largest count makes that worse).
+    reliable = {str(a): rank_error <= (1 - a) * subject_days / 3 for a in RECORD_ALPHAS}
+    trusted = [v for a, v in zip(RECORD_ALPHAS, ordered, strict=True) if reliable[str(a)]]
+    suggested = trusted[-1] if trusted else current
+    per_subject = ordered[0] if reliable[str(RECORD_ALPHAS[0])] else min(ordered[0], current)
     start, end = _day_span(day)
     measure_advice: list[dict[str, Any]] = []
     for measure in measures:
@@ -398,6 +418,8 @@ def _release(
         "day": day.isoformat(),
         "record_quantiles": quantiles,
         "record_rank_error": rank_error,
+        "subject_days": subject_days,
+        "reliable": reliable,
         "candidates": [
             {"bound": b, "dropped_share": s, "ci95": c, "source": ", ".join(sources[b])}
             for b, (s, c) in zip(bounds, shares, strict=True)
@@ -423,6 +445,8 @@ def _release(
             "(a lower bound of the true share when some subject-day has more)",
             "max_windows_per_period is not advised: it should be at least the record bound "
             "unless a product's windows are rare",
+            "the suggestion is the highest reliable quantile (its 95% rank error within a "
+            "third of the subject-days above it; else the contract's bound stays)",
         ],
     }
     return answer, spent

@@ -113,6 +113,8 @@ def test_advisor_recovers_known_quantiles_within_the_dp_error(
     low = np.quantile(amounts, 0.99 - m_slack)
     high = np.quantile(amounts, min(0.99 + m_slack, 1))
     assert low * 0.95 <= measure.value <= high * 1.05  # the grid's steps are under 10%
+    assert all(advice.reliable.values())
+    assert abs(advice.subject_days - n) < 0.05 * n  # over 20 noise scales
     assert advice.suggestion["max_records_per_period"] == advice.record_quantiles["0.99"]
     ledger.close()
 
@@ -204,4 +206,7 @@ def test_hostile_offline_data_does_not_crash_it(tmp_path: Path, orders: DataProd
     assert measure.value is not None
     assert field.bounds.min <= measure.value <= field.bounds.max
     assert all(0 <= c.dropped_share <= 1 and math.isfinite(c.ci95) for c in advice.candidates)
+    # five subject-days: no quantile is reliable, the contract's bound stays the suggestion
+    assert not advice.reliable["0.99"]
+    assert advice.suggestion["max_records_per_period"] == orders.contribution.max_records_per_period
     ledger.close()
