@@ -83,13 +83,16 @@ class _Linter:
             )
         )
 
-    def read(self, path: Path) -> tuple[object, dict[Location, int]] | None:
-        """``path`` parsed with its key lines, or None after an ``unreadable`` finding."""
+    def read(
+        self, path: Path, skip_empty: bool = False
+    ) -> tuple[object, dict[Location, int]] | None:
+        """``path`` parsed with its key lines, or None after an ``unreadable`` finding (or,
+        with ``skip_empty``, for a file of comments only: a commented-out template)."""
         read = read_yaml(path)
         if isinstance(read, Finding):
             self.findings.append(read)
             return None
-        return read
+        return None if skip_empty and read[0] is None else read
 
     def run_check(
         self,
@@ -239,12 +242,10 @@ def _check_owners(linter: _Linter, name: str) -> None:
 
 
 def _lint_class_file(linter: _Linter, name: str, folder: DomainFolder, path: Path) -> None:
-    read = linter.read(path)
+    read = linter.read(path, skip_empty=True)
     if read is None:
         return
     raw, lines = read
-    if raw is None:
-        return
     if not isinstance(raw, dict):
         linter.error("invalid_type", path, lines, (), "expected a mapping with 'classes'")
         return
@@ -398,12 +399,10 @@ def _check_field(
 
 
 def _lint_task_file(linter: _Linter, name: str, folder: DomainFolder, path: Path) -> None:
-    read = linter.read(path)
+    read = linter.read(path, skip_empty=True)
     if read is None:
         return
     raw, lines = read
-    if raw is None:
-        return  # a commented-out template
     if not linter.validate(linter.models.task, raw, path, lines, ()):
         return
     if not isinstance(raw, dict):

@@ -55,9 +55,7 @@ app.add_typer(dsr_commands.app, name="dsr")
 app.add_typer(retention_commands.app, name="retention")
 app.add_typer(consent_commands.app, name="consent")
 
-DomainOpt = Annotated[
-    str, typer.Option("--domain", "-d", help="Domain name from domains/contracts.")
-]
+DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="Name of a loaded domain.")]
 
 
 def _runtime() -> RuntimeSettings:
