@@ -6,22 +6,20 @@ event files (``event_aggregates.scan_events``: every accepted event, counted or 
 releases, through OpenDP only:
 
 * the 0.9, 0.95 and 0.99 quantiles of **records per subject-day** (over the subjects with
-  at least one record that day): OpenDP's private quantile (``make_private_quantile``, the
-  exponential mechanism over the quantile score) on one count per subject-day, so one
-  subject-day moves one element (symmetric distance 1);
-* the 0.99 quantile of **each bounded measure** per record, each subject keeping its first
-  ``k`` records of the day (``k``: the released 0.9 quantile of records, so most subjects
-  keep all of theirs while the noise, which grows with ``k``, stays small), as the
-  event-level quantile release does (``event_aggregates.exact_plan``; its map at ``k``);
+  at least one record that day), from one discrete Laplace histogram of the counts over
+  public candidates (one subject-day is one count: L1 sensitivity 1), read from the top
+  (:func:`tail_quantiles`; why not OpenDP's exponential-mechanism quantile is said there);
+* the 0.99 quantile of **each bounded measure** per record, the same way, each subject
+  keeping its first ``k`` records of the day (``k``: the released 0.9 quantile of records,
+  so most subjects keep all of theirs while the noise, which grows with ``k``, stays small;
+  the records are the event-level quantile's, ``event_aggregates.exact_plan``), L1 ``k``;
 * the **truncation share** of each candidate bound ``b`` (the three quantiles and the
   contract's current bound): a discrete Laplace vector of ``kept(b) = sum min(n, b)`` for
-  candidate and for a cap ``C`` (twice the largest candidate), L1 sensitivity
+  every candidate and for a cap ``C`` (twice the largest candidate), L1 sensitivity
   ``sum(b) + C`` per subject-day. The share is ``1 - kept(b) / kept(C)``: the records a
   bound of ``b`` would drop, relative to the records counted up to ``C`` per subject-day.
   Subject-days above ``C`` lose the same records from both, so this is a lower bound of
-  the true share (exact when no subject-day exceeds ``C``). The candidate 1 is always in
-  the vector: ``kept(1)`` is the number of subject-days, which says whether a quantile is
-  reliable.
+  the true share (exact when no subject-day exceeds ``C``).
 
 The advisor's epsilon is one release of the product, paid from its daily total in the
 period of the day it reads (a subject's day is charged by every release that reads it),
@@ -29,15 +27,12 @@ under the pseudo-class ``<domain>.<product>:bounds_advisor``. The ledger entry, 
 answer, is committed before :func:`advise` returns anything; asking again for the same day
 and parameters returns the stored answer and spends nothing. Suggestion (post-processing):
 ``max_records_per_period`` = the 0.99 quantile (at most about 1% of subject-days are
-truncated) when it is reliable (its 95% rank error within a third of the subject-days above
-it, from the noisy number of subject-days; at the default epsilon that needs about 30,000
-subject-days for the 0.99 quantile: every candidate above the largest count ties on the
-score, so with too few subject-days above the quantile, or a point mass at the largest
-count, a far too large candidate can win), else the highest reliable one, else the
-contract's bound; each clamp = the measure's 0.99 quantile (about
-1% of the kept records are clamped). Noise grows with the bound and bias falls with it: the
-shares say what each candidate costs in bias; ``planner.bound_options`` what each costs in
-noise.
+truncated) when it is reliable (the 95% error of its noisy tail count within half the
+subject-days expected above it: the true share above it is 0.5 to 1.5 times 1%), else
+the highest reliable one, else the contract's bound; each clamp = the measure's 0.99
+quantile when reliable (about 1% of the kept records are clamped). Noise grows with the
+bound and bias falls with it: the shares say what each candidate costs in bias;
+``planner.bound_options`` what each costs in noise.
 """
 
 from __future__ import annotations
@@ -45,23 +40,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import opendp.prelude as dp
 import polars as pl
 
 from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.errors import BudgetExhausted, InvalidParameters
-from dashboards_api.event_aggregates import (
-    CONFIDENCE,
-    EventQuery,
-    exact_plan,
-    mechanisms_for,
-    release,
-)
+from dashboards_api.event_aggregates import CONFIDENCE, VALUES, EventQuery, exact_plan
 from dashboards_api.ledger import Ledger, LedgerEntry, period_of
 from dashboards_api.mechanisms import finite_accuracy, laplace_within
 from domains.contract import DataProduct
@@ -75,16 +66,15 @@ MEASURE_ALPHA = 0.99
 """The quantile of each measure per record released: the suggested clamp."""
 DEFAULT_EPSILON = Decimal("1")
 """The advisor's epsilon per subject-day (pure DP) if none is given: what one run costs."""
-# Shares of the advisor's epsilon: the record quantiles (split evenly), the truncation
+# Shares of the advisor's epsilon: the record quantiles (one histogram), the truncation
 # vector, the measure quantiles (split evenly); without measures the rest is rescaled.
-_SHARES = {"records": Decimal("0.45"), "truncation": Decimal("0.4"), "measures": Decimal("0.15")}
+_SHARES = {"records": Decimal("0.25"), "truncation": Decimal("0.45"), "measures": Decimal("0.3")}
 RECORD_CANDIDATES: tuple[int, ...] = (
     *range(1, 30),
     *sorted({min(round(30 * 1.1**i), 10_000) for i in range(62)}),
 )
-"""Records-per-subject-day candidates: every count below 30, then steps of 10% to 10,000.
-Few candidates matter: every candidate above the largest count ties on the quantile score,
-and their number (with the log of all candidates) sets how much data a 0.99 quantile needs."""
+"""Records-per-subject-day candidates: every count below 30, then steps of 10% to 10,000
+(the histogram's bins: few bins keep the noise of a tail count small)."""
 _MEASURE_CANDIDATES = 160  # geometric grid over the field's bounds
 
 
@@ -108,14 +98,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class MeasureAdvice:
-    """The released quantile of one measure (``value``; None: the field is not in the
-    files), the grid it was chosen from and its rank error (95%, in records)."""
+    """The released quantile of one measure (``value``), the current clamp, the 95% error of
+    the noisy count of records above a candidate (``error``, in records) and whether that
+    is small enough for the quantile (``reliable``)."""
 
     measure: str
     alpha: float
     value: int | None
     current_clamp: tuple[float, float]
-    rank_error: float | None
+    error: float
+    reliable: bool
     records_per_subject_day: int
 
 
@@ -129,7 +121,7 @@ class BoundsAdvice:
     ledger_entry: int
     reused: bool
     record_quantiles: dict[str, int]
-    record_rank_error: float
+    record_errors: dict[str, float]
     subject_days: int
     reliable: dict[str, bool]
     candidates: list[Candidate]
@@ -209,9 +201,7 @@ def _split(epsilon: Decimal, measures: int) -> dict[str, Decimal]:
         shares = {k: v * scale for k, v in shares.items()}
     q = Decimal("0.000001")
     out = {
-        "record_quantile": (epsilon * shares["records"] / len(RECORD_ALPHAS)).quantize(
-            q, rounding="ROUND_DOWN"
-        ),
+        "record_quantiles": (epsilon * shares["records"]).quantize(q, rounding="ROUND_DOWN"),
         "truncation": (epsilon * shares["truncation"]).quantize(q, rounding="ROUND_DOWN"),
     }
     if measures:
@@ -223,20 +213,61 @@ def _split(epsilon: Decimal, measures: int) -> dict[str, Decimal]:
     return out
 
 
-def _record_query(product: DataProduct, alpha: float, epsilon: Decimal) -> EventQuery:
-    """The records-per-subject-day quantile as an event query: one value per subject-day
-    (k = 1), so ``event_aggregates.mechanisms_for`` builds and calibrates OpenDP's quantile."""
-    return EventQuery(
-        aggregate="quantile",
-        subject=product.subject_field,
-        time=product.event_time,
-        max_records_per_subject=1,
-        epsilon=epsilon,
-        measure="records",
-        bounds=(RECORD_CANDIDATES[0], RECORD_CANDIDATES[-1]),
-        alpha=alpha,
-        candidates=RECORD_CANDIDATES,
-    )
+@dataclass(frozen=True)
+class TailQuantiles:
+    """Quantiles read from one noisy histogram (:func:`tail_quantiles`): per alpha the
+    candidate, and the 95% error of the noisy count of values above it (in values:
+    subject-days or records); ``total``: the noisy number of values; ``spent``: OpenDP's map
+    of the histogram."""
+
+    values: dict[float, int]
+    errors: dict[float, float]
+    total: int
+    spent: Decimal
+
+    def reliable(self, alpha: float) -> bool:
+        """Whether the ``alpha`` quantile's tail count is known well: its 95% error within
+        half the values expected above it, so the true share above the released quantile is
+        within 0.5 to 1.5 times ``1 - alpha`` (with 95% probability)."""
+        return self.errors[alpha] <= (1 - alpha) * self.total / 2
+
+
+def tail_quantiles(
+    values: pl.Series,
+    candidates: Sequence[int],
+    alphas: Sequence[float],
+    epsilon: Decimal,
+    per_subject: int,
+) -> TailQuantiles:
+    """DP quantiles of ``values``: OpenDP's discrete Laplace on their histogram over the
+    ``candidates`` (bins ``(c[j-1], c[j]]``, one below the first, one above the last), L1
+    sensitivity ``per_subject`` (the most values one subject-day adds); then, by
+    post-processing, each alpha's quantile is the smallest candidate with a noisy count of
+    values above it of at most ``(1 - alpha)`` times the noisy total.
+
+    Not OpenDP's exponential-mechanism quantile (``make_private_quantile``): every candidate
+    above the largest value ties on its score, so with a coarse grid (or a point mass at the
+    largest value) it returns any of them (measured: 86,596 for a true 0.99 quantile of
+    24,751). Counts from the top keep the tail's error at a few noise scales instead.
+    """
+    grid = np.asarray(candidates, dtype=np.int64)
+    raw = values.cast(pl.Int64).drop_nulls().to_numpy()
+    exact = np.bincount(np.searchsorted(grid, raw, side="left"), minlength=len(grid) + 1)
+    domain = dp.vector_domain(dp.atom_domain(T="i64"))
+    measurement, scale = laplace_within(domain, dp.l1_distance(T="i64"), per_subject, epsilon)
+    noisy = np.asarray(measurement([int(v) for v in exact]), dtype=np.int64)
+    total = max(int(noisy.sum()), 0)
+    above = np.cumsum(noisy[::-1])[::-1]  # above[j]: noisy count in bins j and later
+    chosen, errors = {}, {}
+    for alpha in alphas:
+        # values above candidate j are the bins after j: above[j + 1]
+        fits = [j for j in range(len(grid)) if above[j + 1] <= (1 - alpha) * total]
+        j = fits[0] if fits else len(grid) - 1
+        chosen[alpha] = int(grid[j])
+        # discrete Laplace has variance about 2 scale^2: a sum of n bins about 2 n scale^2
+        errors[alpha] = 1.96 * scale * math.sqrt(2 * (len(grid) - j))
+        finite_accuracy(errors[alpha], f"quantiles at epsilon {epsilon}")
+    return TailQuantiles(chosen, errors, total, Decimal(measurement.map(per_subject)))
 
 
 def _measure_query(
@@ -261,10 +292,9 @@ def _measure_query(
 
 def _truncation(
     counts: pl.Series, bounds: list[int], epsilon: Decimal
-) -> tuple[list[tuple[float, float]], list[int], Decimal]:
+) -> tuple[list[tuple[float, float]], Decimal]:
     """Per bound but the last (the cap), the noisy dropped share relative to the cap and its
-    95% half-width (module docstring); the noisy kept records per bound; the epsilon OpenDP
-    maps the vector release to."""
+    95% half-width (module docstring), and the epsilon OpenDP maps the vector release to."""
     values = counts.cast(pl.Int64)
     exact = [int(values.clip(upper_bound=b).sum()) for b in bounds]
     sensitivity = sum(bounds)
@@ -278,7 +308,7 @@ def _truncation(
     for kept in noisy[:-1]:
         share = min(max(1.0 - kept / total, 0.0), 1.0)  # post-processing: a share is in [0, 1]
         out.append((share, 2 * accuracy / total))
-    return out, noisy, Decimal(measurement.map(sensitivity))
+    return out, Decimal(measurement.map(sensitivity))
 
 
 def _version(product: DataProduct, day: date, epsilon: Decimal) -> str:
@@ -327,7 +357,7 @@ def advise(
     parts = _split(epsilon, len(measures))
     answer, mapped = _release(events, product, day, parts, measures)
     # The ledger charges the declared parts (micro-exact); OpenDP's maps are at most them.
-    charged = len(RECORD_ALPHAS) * parts["record_quantile"] + parts["truncation"]
+    charged = parts["record_quantiles"] + parts["truncation"]
     charged += len(measures) * parts.get("measure_quantile", Decimal(0))
     if mapped > charged:
         raise AssertionError(f"OpenDP maps the advice to {mapped}, above its {charged}")
@@ -363,34 +393,23 @@ def _release(
 ) -> tuple[dict[str, Any], Decimal]:
     """The noisy answer (JSON) and the epsilon OpenDP maps its parts to, summed."""
     counts = subject_day_counts(events, product, day).collect()["records"]
-    spent = Decimal(0)
-    quantiles: dict[str, int] = {}
-    rank_error = 0.0
-    for alpha in RECORD_ALPHAS:
-        mechanisms = mechanisms_for(_record_query(product, alpha, parts["record_quantile"]))
-        quantiles[str(alpha)] = int(mechanisms.primary(counts))  # type: ignore[arg-type]
-        rank_error = max(rank_error, getattr(mechanisms.primary, "rank_error", 0.0))
-        spent += mechanisms.spent
-    # Post-processing from here: the released quantiles are made monotone.
-    ordered = [quantiles[str(a)] for a in RECORD_ALPHAS]
-    for i in range(1, len(ordered)):
-        ordered[i] = max(ordered[i], ordered[i - 1])
+    records = tail_quantiles(
+        counts, RECORD_CANDIDATES, RECORD_ALPHAS, parts["record_quantiles"], per_subject=1
+    )
+    spent = records.spent
+    ordered = [records.values[a] for a in RECORD_ALPHAS]  # increasing by construction
     quantiles = {str(a): v for a, v in zip(RECORD_ALPHAS, ordered, strict=True)}
     current = product.contribution.max_records_per_period
     sources: dict[int, list[str]] = {}
     for alpha, value in zip(RECORD_ALPHAS, ordered, strict=True):
         sources.setdefault(value, []).append(f"q{alpha}")
     sources.setdefault(current, []).append("contract")
-    sources.setdefault(1, []).append("one a day")  # its kept(1) is the subject-days
     bounds = sorted(sources)
     cap = 2 * bounds[-1]
-    shares, kept, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
+    shares, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
     spent += truncation_spent
-    subject_days = max(kept[0], 0)
-    # A quantile is reliable when its 95% rank error is within a third of the subject-days
-    # above it: else the candidates above the largest count, which all tie on the score,
-    # can outweigh it (a point mass at the largest count makes that worse).
-    reliable = {str(a): rank_error <= (1 - a) * subject_days / 3 for a in RECORD_ALPHAS}
+    subject_days = records.total
+    reliable = {str(a): records.reliable(a) for a in RECORD_ALPHAS}
     trusted = [v for a, v in zip(RECORD_ALPHAS, ordered, strict=True) if reliable[str(a)]]
     suggested = trusted[-1] if trusted else current
     per_subject = ordered[0] if reliable[str(RECORD_ALPHAS[0])] else min(ordered[0], current)
@@ -399,17 +418,22 @@ def _release(
     for measure in measures:
         q = _measure_query(product, measure, per_subject, parts["measure_quantile"])
         assert q is not None  # measures_of lists bounded fields only
-        result = release(q, exact_plan(events, q, start, end))
-        chosen = result.groups[0].value
-        spent += result.epsilon_spent
+        # each subject's first k records of the day, clamped to the field's bounds, NaN
+        # dropped: the event-level quantile's exact part
+        kept_values = exact_plan(events, q, start, end).collect()[VALUES][0]
+        result = tail_quantiles(
+            kept_values, q.candidates, (MEASURE_ALPHA,), q.epsilon, per_subject=per_subject
+        )
+        spent += result.spent
         clamp = product.clamp_of(measure)
         measure_advice.append(
             {
                 "measure": measure,
                 "alpha": MEASURE_ALPHA,
-                "value": None if chosen is None else int(chosen),
+                "value": result.values[MEASURE_ALPHA],
                 "current_clamp": [clamp.min, clamp.max],
-                "rank_error": result.groups[0].ci95_half_width,
+                "error": result.errors[MEASURE_ALPHA],
+                "reliable": result.reliable(MEASURE_ALPHA),
                 "records_per_subject_day": per_subject,
             }
         )
@@ -417,7 +441,7 @@ def _release(
         "product": product.name,
         "day": day.isoformat(),
         "record_quantiles": quantiles,
-        "record_rank_error": rank_error,
+        "record_errors": {str(a): records.errors[a] for a in RECORD_ALPHAS},
         "subject_days": subject_days,
         "reliable": reliable,
         "candidates": [
@@ -436,7 +460,7 @@ def _release(
             "clamp": {
                 m["measure"]: [m["current_clamp"][0], max(m["value"], m["current_clamp"][0])]
                 for m in measure_advice
-                if m["value"] is not None
+                if m["reliable"]
             },
         },
         "notes": [
@@ -445,8 +469,8 @@ def _release(
             "(a lower bound of the true share when some subject-day has more)",
             "max_windows_per_period is not advised: it should be at least the record bound "
             "unless a product's windows are rare",
-            "the suggestion is the highest reliable quantile (its 95% rank error within a "
-            "third of the subject-days above it; else the contract's bound stays)",
+            "the suggestion is the highest reliable quantile (the 95% error of its tail count "
+            "within half the subject-days above it; else the contract's bound stays)",
         ],
     }
     return answer, spent

@@ -218,9 +218,13 @@ def _show_bounds(advice: dict[str, Any], options: dict[str, Any]) -> None:
         f"[bold]{advice['product']}[/] on {advice['day']}: epsilon {advice['epsilon']} per "
         f"subject-day ({paid}; ledger entry {advice['ledger_entry']})"
     )
-    quantiles = ", ".join(f"q{a} = {v}" for a, v in advice["record_quantiles"].items())
+    quantiles = ", ".join(
+        f"q{a} = {v}" + ("" if advice["reliable"][a] else " (not reliable)")
+        for a, v in advice["record_quantiles"].items()
+    )
     console.print(
-        f"records per subject-day: {quantiles} (95% rank error ±{advice['record_rank_error']:.0f})"
+        f"records per subject-day: {quantiles}, over {advice['subject_days']:,} subject-days "
+        "(noisy)"
     )
     table = Table("max_records_per_period", "from", "records dropped", "95% ±")
     for c in advice["candidates"]:
@@ -228,8 +232,10 @@ def _show_bounds(advice: dict[str, Any], options: dict[str, Any]) -> None:
     console.print(table)
     for m in advice["measures"]:
         console.print(
-            f"{m['measure']}: q{m['alpha']} = {m['value']} (clamp now {m['current_clamp']}; "
-            f"first {m['records_per_subject_day']} records per subject-day)"
+            f"{m['measure']}: q{m['alpha']} = {m['value']}"
+            + ("" if m["reliable"] else " (not reliable)")
+            + f" (clamp now {m['current_clamp']}; first {m['records_per_subject_day']} records "
+            "per subject-day)"
         )
     for class_id, rows in options.items():
         widths = Table("bound", *rows[0].half_widths, title=f"{class_id}: 95% ± per resolution")

@@ -158,7 +158,7 @@ def test_bound_options_set_each_candidates_bias_against_its_noise() -> None:
         1,
         False,
         {"0.9": 2, "0.95": 3, "0.99": 5},
-        10.0,
+        {"0.9": 10.0, "0.95": 10.0, "0.99": 10.0},
         40_000,
         {"0.9": True, "0.95": True, "0.99": True},
         candidates,
