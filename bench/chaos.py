@@ -782,7 +782,8 @@ def main() -> None:
 
     ``CHAOS_ONLY`` names the phases to run, comma-separated (``faults``, ``hostile``,
     ``memory``; ``restarts``: the zygote-against-cold restart comparison, ``restarts_ab``),
-    and keeps what the results file holds of the others; ``CHAOS_RUNS`` (2) the fault runs.
+    and keeps what the results file holds of the others; ``CHAOS_RUNS`` (2) the fault runs;
+    ``CHAOS_MEMORY_RATE`` the memory run's events/s (``MEMORY_RUN_RATE``).
     """
     import tempfile
 
@@ -816,7 +817,8 @@ def main() -> None:
         if "memory" in phases:
             result["load_before_memory"] = os.getloadavg()
             try:
-                result["broker_memory"] = broker_memory_run(Path(tmp) / "memory")
+                rate = float(os.environ.get("CHAOS_MEMORY_RATE", MEMORY_RUN_RATE))
+                result["broker_memory"] = broker_memory_run(Path(tmp) / "memory", rate=rate)
             except RuntimeError as exc:
                 result["broker_memory"] = {"error": str(exc), "final_rss_mb": None}
             save()
