@@ -13,8 +13,8 @@ releases, through OpenDP only:
   keeping its first ``k`` records of the day (``k``: the released 0.9 quantile of records,
   so most subjects keep all of theirs while the noise, which grows with ``k``, stays small;
   the records are the event-level quantile's, ``event_aggregates.exact_plan``), L1 ``k``;
-* the **truncation share** of each candidate bound ``b`` (the three quantiles and the
-  contract's current bound): a discrete Laplace vector of ``kept(b) = sum min(n, b)`` for
+* the **truncation share** of each candidate bound ``b`` (the reliable quantiles, below,
+  and the contract's current bound): a discrete Laplace vector of ``kept(b) = sum min(n, b)`` for
   every candidate and for a cap ``C`` (twice the largest candidate), L1 sensitivity
   ``sum(b) + C`` per subject-day. The share is ``1 - kept(b) / kept(C)``: the records a
   bound of ``b`` would drop, relative to the records counted up to ``C`` per subject-day.
@@ -400,16 +400,19 @@ def _release(
     ordered = [records.values[a] for a in RECORD_ALPHAS]  # increasing by construction
     quantiles = {str(a): v for a, v in zip(RECORD_ALPHAS, ordered, strict=True)}
     current = product.contribution.max_records_per_period
+    subject_days = records.total
+    reliable = {str(a): records.reliable(a) for a in RECORD_ALPHAS}
+    # Candidates: the reliable quantiles and the contract's bound (an unreliable quantile
+    # would only widen the truncation vector's noise, which grows with the candidates).
     sources: dict[int, list[str]] = {}
     for alpha, value in zip(RECORD_ALPHAS, ordered, strict=True):
-        sources.setdefault(value, []).append(f"q{alpha}")
+        if reliable[str(alpha)]:
+            sources.setdefault(value, []).append(f"q{alpha}")
     sources.setdefault(current, []).append("contract")
     bounds = sorted(sources)
     cap = 2 * bounds[-1]
     shares, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
     spent += truncation_spent
-    subject_days = records.total
-    reliable = {str(a): records.reliable(a) for a in RECORD_ALPHAS}
     trusted = [v for a, v in zip(RECORD_ALPHAS, ordered, strict=True) if reliable[str(a)]]
     suggested = trusted[-1] if trusted else current
     per_subject = ordered[0] if reliable[str(RECORD_ALPHAS[0])] else min(ordered[0], current)

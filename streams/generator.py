@@ -44,8 +44,9 @@ from streams.pseudonymise import normalise
 class Person:
     """A fake person (every field synthetic).
 
-    ``activity`` is the person's relative activity weight (median 1): how often the person
-    acts compared with others, the same in every domain (a heavy shopper browses a lot too).
+    ``activity`` is the person's shared relative activity weight (median 1); each product
+    derives its own weight from it (:func:`product_weights`), correlated but not equal, so a
+    heavy browser tends to order more without ordering as often as they browse.
     """
 
     name: str
