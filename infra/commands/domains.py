@@ -36,6 +36,7 @@ from domains.scaffold import scaffold_domain
 from federation.errors import FederationError
 from federation.features import task_encoding
 from federation.tasks import TaskSpec
+from infra.commands.odcs import export_domain, import_contract
 from infra.console import console, err
 from streams.settings import get_stream_settings
 
@@ -85,6 +86,8 @@ def print_findings(findings: list[Finding], as_json: bool = False) -> int:
 
 
 app = typer.Typer(help="Data-product contracts of the domains.", no_args_is_help=True)
+app.command("import")(import_contract)
+app.command("export")(export_domain)
 
 
 @app.command("list")

@@ -33,7 +33,11 @@ def import_contract(
     file: Annotated[Path, typer.Argument(help="ODCS v3 document (YAML).")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Contract file or folder (default: ./<domain>.yaml)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Domains folder (writes <folder>/<domain>/contract.yaml; default: .) or a file.",
+        ),
     ] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -43,7 +47,13 @@ def import_contract(
     findings = lint_contract(raw, str(file))
     for finding in findings:  # warnings only: from_odcs returned a valid contract
         err.print(str(finding), markup=False)
-    path = _target(out, f"{contract.domain}.yaml", force)
+    # A domain is a folder: <out>/<domain>/contract.yaml unless ``out`` names a file.
+    folder = Path.cwd() if out is None else out if out.is_dir() or not out.suffix else None
+    if folder is not None:
+        (folder / contract.domain).mkdir(parents=True, exist_ok=True)
+        path = _target(folder / contract.domain, "contract.yaml", force)
+    else:
+        path = _target(out, f"{contract.domain}.yaml", force)
     header = (
         f"# Imported from the ODCS document {file.name} by `privmesh domains import`.\n"
         "# Review every field's privacy tag and protection before publishing.\n"
@@ -52,6 +62,11 @@ def import_contract(
     path.write_text(header + body, encoding="utf-8")
     products = ", ".join(p.name for p in contract.products)
     err.print(f"wrote contract of domain {contract.domain!r} ({products}) to {path}", markup=False)
+    err.print(
+        "next: add its owners.yaml and query classes (see `privmesh domains init --help`), "
+        "then `privmesh domains lint`",
+        markup=False,
+    )
 
 
 def export_domain(
@@ -64,7 +79,7 @@ def export_domain(
     ] = None,
     force: ForceOpt = False,
 ) -> None:
-    """Write a domain's contract as an ODCS v3 document (``<domain>.odcs.yaml``)."""
+    """Write a domain's contract as an ODCS v3 document (<domain>.odcs.yaml)."""
     contract = get_contract(domain)
     path = _target(out, f"{domain}.odcs.yaml", force)
     path.write_text(odcs_yaml(contract), encoding="utf-8")

@@ -8,7 +8,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import typer
 import yaml
 from open_data_contract_standard.model import OpenDataContractStandard
 from typer.testing import CliRunner
@@ -18,7 +17,7 @@ from domains.errors import ContractError, OdcsInvalid, OdcsUnmappable, OdcsUnrea
 from domains.lint import Severity, lint_contract
 from domains.odcs import from_odcs, odcs_yaml, parse_odcs, read_odcs, to_odcs
 from domains.registry import get_contract, load_contract, load_contracts
-from infra.commands.odcs import export_domain, import_contract
+from infra.commands.domains import app as domains_cli
 
 DATA = Path(__file__).with_name("data")
 OUTSIDE = DATA / "library_loans.odcs.yaml"
@@ -191,14 +190,13 @@ def test_surrogates_refused(tmp_path: Path) -> None:
         from_odcs(read_odcs(path))
 
 
-# ------------------------------------------------------------------------ CLI functions
-CLI = typer.Typer()
-CLI.command("import")(import_contract)
-CLI.command("export")(export_domain)
+# ------------------------------------------------------------------------ CLI commands
+CLI = domains_cli  # privmesh domains: import and export are registered there
 
 
 def test_cli_export_then_import(tmp_path: Path) -> None:
-    """export writes <domain>.odcs.yaml; import writes a contract equal to the original."""
+    """export writes <domain>.odcs.yaml; import writes <folder>/<domain>/contract.yaml (a
+    domain folder), equal to the original, or a named file."""
     runner = CliRunner()
     exported = runner.invoke(CLI, ["export", "shop", "--out", str(tmp_path)])
     assert exported.exit_code == 0, exported.output
@@ -208,10 +206,14 @@ def test_cli_export_then_import(tmp_path: Path) -> None:
     out.mkdir()
     imported = runner.invoke(CLI, ["import", str(document), "--out", str(out)])
     assert imported.exit_code == 0, imported.output
-    assert str(out / "shop.yaml") in imported.output
-    assert load_contract(out / "shop.yaml") == get_contract("shop")
+    written = out / "shop" / "contract.yaml"
+    assert str(written) in " ".join(imported.output.split())
+    assert load_contract(written) == get_contract("shop")
     again = runner.invoke(CLI, ["import", str(document), "--out", str(out)])
     assert again.exit_code != 0 and "--force" in again.output
+    named = runner.invoke(CLI, ["import", str(document), "--out", str(tmp_path / "s.yaml")])
+    assert named.exit_code == 0, named.output
+    assert load_contract(tmp_path / "s.yaml") == get_contract("shop")
 
 
 def test_cli_import_of_a_hostile_file_is_a_coded_error(tmp_path: Path) -> None:
