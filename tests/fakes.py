@@ -286,12 +286,12 @@ class OpenMetadataTestServer:
                     self._send(200, {"version": server.VERSION, "revision": "test"})
                     return
                 if path.startswith("lineage/"):
-                    _, kind, entity_id = path.split("/", 2)
+                    _, entity_type, entity_id = path.split("/", 2)
                     edges = [e for (a, _b), e in server.lineage.items() if a == entity_id]
                     ref = server.by_id.get(entity_id, {})
                     self._send(
                         200,
-                        {"entity": {"id": entity_id, "type": kind, "name": ref.get("name")},
+                        {"entity": {"id": entity_id, "type": entity_type, "name": ref.get("name")},
                          "nodes": [], "upstreamEdges": [], "downstreamEdges": edges},
                     )  # fmt: skip
                     return
