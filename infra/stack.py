@@ -6,8 +6,8 @@ stops them in reverse order). They outlive a launcher that is killed outright
 data dir *adopts* each component that is still the process the dead launcher started
 (pid and creation time), runs the same command with the same settings (a fingerprint)
 and answers its health check, then supervises it as its own; anything else it stops
-and starts afresh. So a launcher run under a restart policy (systemd ``Restart=always``,
-a Kubernetes pod) recovers in the time ``up`` takes to start, not the components'.
+and starts afresh. So a launcher run under a restart policy (systemd ``Restart=always``
+with ``KillMode=process``) recovers in the time ``up`` takes to start, not the components'.
 ``privmesh down`` stops the components whether or not their launcher is alive. State
 for ``privmesh status``, ``privmesh down`` and the posture view is kept in
 ``<data_dir>/run/stack.json`` (pids, creation times, fingerprints; never a setting's value).
@@ -345,7 +345,7 @@ class Stack:
                 or AdoptedProcess(proc).poll() is not None
             ):
                 stopped.append(name)
-                terminate_tree(proc.pid, self.stop_timeout)
+                stop_component(name, proc.pid, self.stop_timeout)
                 continue
             comp.process = AdoptedProcess(proc)
             comp.adopted, comp.created = True, proc.create_time()
@@ -611,9 +611,7 @@ class Stack:
                 comp.state = STOPPED
                 continue
             self.say(f"stopping {comp.name} ...")
-            if comp.name == "broker":  # the journaled broker drains into its journal first
-                stop_embedded_broker(proc.pid, self.stop_timeout)
-            terminate_tree(proc.pid, self.stop_timeout)
+            stop_component(comp.name, proc.pid, self.stop_timeout)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
             comp.state = STOPPED
@@ -629,6 +627,14 @@ class Stack:
 def _wall(monotonic_at: float) -> float:
     """The wall-clock time of a ``time.monotonic()`` reading."""
     return time.time() - (time.monotonic() - monotonic_at)
+
+
+def stop_component(name: str, pid: int, timeout: float) -> None:
+    """Stop one component's process tree; the journaled broker drains into its journal
+    first (SIGTERM to its own process only)."""
+    if name == "broker":
+        stop_embedded_broker(pid, timeout)
+    terminate_tree(pid, timeout)
 
 
 def terminate_tree(pid: int, timeout: float) -> None:
@@ -665,11 +671,8 @@ def stop_running_stack(data_dir: Path, timeout: float) -> list[str]:
     # last and through its own shutdown (it drains into its journal first)
     for name, info in reversed(state.get("components", {}).items()):
         proc = _recorded_process(info)
-        if proc is None:
-            continue
-        if name == "broker":
-            stop_embedded_broker(proc.pid, timeout)
-        terminate_tree(proc.pid, timeout)
+        if proc is not None:
+            stop_component(name, proc.pid, timeout)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return names
