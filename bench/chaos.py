@@ -224,6 +224,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.up.pid, signal.SIGKILL)
                 self.up.wait(10)
+                self.cli("down", timeout=90)  # its components outlive it (forked ones too)
         for proc in psutil.process_iter(["cmdline"]):
             if str(self.data_dir) in " ".join(proc.info["cmdline"] or []):
                 proc.kill()
