@@ -24,18 +24,14 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench.common import free_port, percentile
+from bench.common import journaled_broker, percentile
 from infra.broker import ensure_topics, status_path
-from infra.ports import wait_for_port
 
 RESULTS = Path(__file__).with_name("results") / "broker_ack.json"
 TOPIC = "bench.ack.ingest"
@@ -97,36 +93,14 @@ def _median(runs: list[Any]) -> Any:
 
 def measure(gated: bool, records: int, singles: int) -> dict[str, Any]:
     """Start the broker component with the gate on or off and measure it."""
-    root = Path(tempfile.mkdtemp(prefix="privmesh-broker-ack-"))
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVMESH_")}
-    env["PRIVMESH_DATA_DIR"] = str(data_dir)
-    env["PRIVMESH_KAFKA_EMBEDDED_ACK_AFTER_JOURNAL"] = "true" if gated else "false"
-    with (root / "broker.log").open("ab") as log:
-        component = subprocess.Popen(
-            [sys.executable, "-m", "infra.broker", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        if not wait_for_port(port, 30):
-            raise SystemExit("the journaled broker did not start")
-        bootstrap = f"127.0.0.1:{port}"
-        ensure_topics(bootstrap, [TOPIC], PARTITIONS, 1)
+    flag = {"PRIVMESH_KAFKA_EMBEDDED_ACK_AFTER_JOURNAL": "true" if gated else "false"}
+    with journaled_broker("privmesh-broker-ack-", flag) as broker:
+        ensure_topics(broker.bootstrap, [TOPIC], PARTITIONS, 1)
         time.sleep(2.5)  # the mirror follows the new topic (its 2 s refresh)
-        latency = asyncio.run(_latency(bootstrap, singles))
-        throughput = asyncio.run(_throughput(bootstrap, records))
+        latency = asyncio.run(_latency(broker.bootstrap, singles))
+        throughput = asyncio.run(_throughput(broker.bootstrap, records))
         time.sleep(2.5)
-        status = json.loads(status_path(data_dir).read_text(encoding="utf-8"))
-    finally:
-        component.terminate()
-        try:
-            component.wait(30)
-        except subprocess.TimeoutExpired:
-            component.kill()
+        status = json.loads(status_path(broker.data_dir).read_text(encoding="utf-8"))
     return {
         "single_send": latency,
         "max_throughput": throughput,

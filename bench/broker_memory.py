@@ -21,9 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +28,9 @@ from typing import Any
 import psutil
 from aiokafka import AIOKafkaProducer
 
-from bench.common import free_port
+from bench.common import journaled_broker
 from infra.broker import ensure_topics, status_path
 from infra.journal import journal_path, journal_size
-from infra.ports import wait_for_port
 
 RESULTS = Path(__file__).with_name("results") / "broker_memory.json"
 DEMO_RATE = 1200  # events/s over the six demo domains
@@ -168,24 +164,9 @@ def main() -> None:
     from streams.settings import KafkaSettings
     from streams.topics import domain_topics
 
-    root = Path(tempfile.mkdtemp(prefix="privmesh-broker-memory-"))
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVMESH_")}
-    env["PRIVMESH_DATA_DIR"] = str(data_dir)
-    log = (root / "broker.log").open("ab")
-    component = subprocess.Popen(
-        [sys.executable, "-m", "infra.broker", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     samples: list[dict[str, Any]] = []
-    try:
-        if not wait_for_port(port, 30):
-            raise SystemExit("the journaled broker did not start")
-        bootstrap = f"127.0.0.1:{port}"
+    with journaled_broker("privmesh-broker-memory-") as broker:
+        bootstrap, data_dir, component = broker.bootstrap, broker.data_dir, broker.process
         topics = [t for c in load_contracts().values() for t in domain_topics(c)]
         ensure_topics(bootstrap, topics, 4, 1)
         proc = psutil.Process(component.pid)
@@ -229,13 +210,6 @@ def main() -> None:
             ),
             "samples": samples,
         }
-    finally:
-        component.terminate()
-        try:
-            component.wait(30)
-        except subprocess.TimeoutExpired:
-            component.kill()
-        log.close()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "samples"}))
