@@ -165,6 +165,21 @@ def ensure_topics(
 _PR_SET_PDEATHSIG = 1
 # A broker incarnation runs at least this long before a rotation (replays stay rare).
 ROTATE_AFTER_SECONDS = 10.0
+# A fresh Tansu given back what retention keeps holds ~1.4 bytes per byte of records, on top
+# of its own few tens of MiB.
+TANSU_BASE_RSS = 64 * 1024 * 1024
+
+
+def rotation_pays(rss: int, retained: int, limit: int) -> bool:
+    """Whether rotating a broker at ``rss`` bytes frees memory: it comes back at about
+    1.5 bytes per ``retained`` byte plus its base. True when that is well under ``limit``
+    (two thirds), or, when retention keeps too much for ``limit``, once the broker holds
+    twice what it would come back to: its memory then stays within about twice the
+    retained set instead of growing without bound."""
+    comes_back = retained * 3 // 2 + TANSU_BASE_RSS
+    return retained * 3 < limit * 2 or rss > 2 * comes_back
+
+
 # A due rotation waits (port open) while the journal trails the broker by more records,
 # for at most ROTATE_WAIT_SECONDS (then the port closes and the journal catches up).
 ROTATE_LAG_RECORDS = 20_000
@@ -395,7 +410,7 @@ class JournaledBroker:
                     behind = due and mirror.lag() > ROTATE_LAG_RECORDS
                     if behind and due_since is not None and now - due_since < ROTATE_WAIT_SECONDS:
                         continue
-                    if due and await self.rotation_helps(limit):
+                    if due and await self.rotation_helps(rss, limit):
                         log.info(
                             "embedded broker at %d MiB (limit %d MiB): rotating",
                             rss >> 20,
@@ -406,23 +421,22 @@ class JournaledBroker:
                         next_try = now + 60.0
         return "stop"
 
-    async def rotation_helps(self, limit: int) -> bool:
-        """True when what retention keeps is well under ``limit``: otherwise a rotation
-        would come back as big (warned once: lower the retention or raise the limit)."""
+    async def rotation_helps(self, rss: int, limit: int) -> bool:
+        """True when a rotation frees memory (:func:`rotation_pays`); warned once when
+        retention keeps too much for ``limit`` (lower the retention or raise the limit)."""
         self.counters["trimmed_records"] += await asyncio.to_thread(self.journal.trim)
         retained = await asyncio.to_thread(self.journal.retained_bytes)
-        if retained * 3 < limit * 2:  # Tansu holds ~1.4 bytes per byte of records
-            return True
-        if not self._warned_retention:
+        if retained * 3 >= limit * 2 and not self._warned_retention:
             self._warned_retention = True
             log.warning(
                 "retention keeps %d MiB, too much for the embedded broker's %d MiB limit: "
-                "lower PRIVMESH_KAFKA_RETENTION_BYTES/_RETENTION_MS or raise "
+                "it is rotated at about twice what it comes back to instead; lower "
+                "PRIVMESH_KAFKA_RETENTION_BYTES/_RETENTION_MS or raise "
                 "PRIVMESH_KAFKA_EMBEDDED_MEMORY_LIMIT_MB",
                 retained >> 20,
                 limit >> 20,
             )
-        return False
+        return rotation_pays(rss, retained, limit)
 
     def write_status(self, mirror: Mirror | None = None) -> None:
         """Counters for ``privmesh status``, benchmarks and tests."""

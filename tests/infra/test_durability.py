@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
-from infra.broker import ensure_topics, status_path
+from infra.broker import ensure_topics, rotation_pays, status_path
 from infra.journal import Journal, journal_path
 from infra.ports import wait_for_port
 from streams.keyring import KeyRing, keyring_path
@@ -484,3 +484,26 @@ def test_kill_9_under_load_loses_no_acknowledged_record(journaled: Broker) -> No
     }
     lost = [r for r in load.acked if r not in present]
     assert lost == [], f"{len(lost)} of {len(load.acked)} acknowledged records lost"
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("rss_mb", "retained_mb", "limit_mb", "pays"),
+    [
+        (600, 100, 512, True),  # retention fits the limit: rotate
+        (600, 349, 512, False),  # too much retained: it would come back at ~590 MiB
+        (1300, 349, 512, True),  # but past twice that, rotating frees half the memory
+        (2400, 349, 512, True),
+        (1100, 349, 512, False),
+        (520, 0, 512, True),
+    ],
+)
+def test_rotation_pays_off_within_about_twice_the_retained_set(
+    rss_mb: int, retained_mb: int, limit_mb: int, pays: bool
+) -> None:
+    """A rotation is due when retention fits the limit, or, when it does not, once the
+    broker holds twice what a rotation brings back (1.5 bytes per retained byte + base):
+    memory stays within ~2x the retained set instead of growing without bound."""
+    assert rotation_pays(rss_mb * MIB, retained_mb * MIB, limit_mb * MIB) is pays
