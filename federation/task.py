@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -18,8 +17,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from federation.errors import InvalidModelConfig, InvalidTrainingData
-
-ModelKind = Literal["logistic_regression", "mlp"]
+from federation.tasks import ModelKind
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from domains.folders import domain_set
 from domains.yaml_files import is_empty_yaml, load_yaml_model
 from federation.errors import InvalidTask, UnknownTask
-from federation.task import ModelKind
+
+# The model kinds build_model (federation.task) builds; named here so that reading and
+# linting task files does not import torch.
+ModelKind = Literal["logistic_regression", "mlp"]
 
 CalendarPart = Literal["month", "day", "weekday", "hour"]
 _DEFAULT_PARTS: list[CalendarPart] = ["month", "weekday", "hour"]
