@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -251,15 +252,24 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Health of each component of the running stack (exit 1 if any is unhealthy)."""
-    from infra.stack import component_health, read_state
+    from infra.stack import component_health, read_state, state_path
 
     runtime = _runtime()
     state = read_state(runtime.data_dir)
-    if state is None:
-        raise StackNotRunning(
-            f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
-        )
-    rows = component_health(state)
+    orphaned = False
+    if state is None:  # no launcher: components a killed one left may still serve
+        try:
+            state = json.loads(state_path(runtime.data_dir).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        rows = component_health(state) if isinstance(state, dict) else []
+        if not any(r["alive"] for r in rows):
+            raise StackNotRunning(
+                f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
+            )
+        orphaned = True
+    else:
+        rows = component_health(state)
     table = Table("component", "state", "pid", "alive", "healthy", "restarts", "endpoint")
     for r in rows:
         exit_code = "" if r["last_exit_code"] is None else f" (last exit {r['last_exit_code']})"
@@ -279,6 +289,12 @@ def status() -> None:
             f"[red]failed[/] (past the restart limit, left down): {', '.join(failed)}; "
             "see their logs, fix, then restart the stack"
         )
+    if orphaned:
+        console.print(
+            "[yellow]no launcher[/]: these components outlived it and nothing restarts them; "
+            "`privmesh up` adopts them, `privmesh down` stops them"
+        )
+        raise typer.Exit(1)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 

@@ -31,6 +31,7 @@ from infra.stack import (
     stop_running_stack,
 )
 from tests.conftest import free_port
+from tests.infra.test_cli import run_cli
 
 FAST = RestartPolicy(max_restarts=3, window=60.0, initial=0.05, cap=0.2)
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -297,6 +298,10 @@ def test_a_killed_launchers_components_live_on_and_the_next_one_adopts_them(
     time.sleep(0.5)
     pids = {name: info["pid"] for name, info in before.items()}
     assert all(psutil.pid_exists(p) for p in pids.values()), pids
+    # status shows what still serves and that nothing supervises it (exit 1)
+    shown = run_cli("status", env={"PRIVMESH_DATA_DIR": str(data)})
+    assert shown.returncode == 1 and "no launcher" in shown.stdout, shown.stdout + shown.stderr
+    assert all(name in shown.stdout for name in pids), shown.stdout
 
     said: list[str] = []
     again = Stack(
