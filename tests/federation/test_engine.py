@@ -30,7 +30,7 @@ def free_run(count: int) -> int:
 
 @pytest.fixture
 def settings() -> FederationSettings:
-    base = free_run(8)
+    base = free_run(9)  # the three domains, the SuperLink and an intruder SuperNode (+8)
     return FederationSettings(
         serverappio_port=base,
         fleet_port=base + 1,
