@@ -53,9 +53,6 @@ RECOVERY_LIMIT_S = 30.0  # the issue's target (#18), per fault; the chaos test a
 # How long a fault waits for the mesh to be whole again before it counts as not recovered
 # (past the target, so that a miss says by how much)
 RECOVERY_WAIT_S = 6 * RECOVERY_LIMIT_S
-# what a kill -9 of the journaled broker may lose: the records it acknowledged in the last
-# fetch interval of its journal's mirror (~50-100 ms documented; 1 s allowed here)
-DURABILITY_WINDOW_S = 1.0
 FAULTS = ("worker-shop", "api", "broker", "launcher")
 DEMO_RATE = 1200.0  # events/s: the demo's six domains at the generator's default rate
 DEMO_HOUR_EVENTS = int(DEMO_RATE * 3600)
@@ -330,15 +327,12 @@ async def _read(bootstrap: str, topic: str) -> list[Any]:
 def account(
     bootstrap: str,
     acked: list[tuple[str, int, int, str | None, float]],
-    broker_killed_at: float | None = None,
 ) -> dict[str, Any]:
     """Each acknowledged ingest record's end: published, dead-lettered or lost.
 
-    The embedded broker documents one loss (README, "What the embedded broker keeps"): a
-    ``kill -9`` of the broker component loses what it acknowledged in the last fetch
-    interval before the kill, which its journal had not yet copied. Lost records sent
-    within ``DURABILITY_WINDOW_S`` before ``broker_killed_at`` and absent from the ingest
-    topic are counted apart, as ``lost_in_documented_window``.
+    The embedded broker acknowledges a record only once its journal holds it (README,
+    "What the embedded broker keeps"), so a ``kill -9`` of the broker loses no
+    acknowledged record: any that is neither published nor dead-lettered is lost.
     """
     from domains.registry import get_contract
     from streams.topics import REASON_HEADER, SOURCE_HEADER, ProductTopics
@@ -364,18 +358,12 @@ def account(
             ingest_held.add(f"{rec.topic}/{rec.partition}/{rec.offset}")
     lost = []
     ends: Counter[str] = Counter()
-    for topic, partition, offset, ident, sent_at in acked:
+    for topic, partition, offset, ident, _sent_at in acked:
         source = f"{topic}/{partition}/{offset}"
         if ident is not None and ident in published:
             ends["published"] += 1
         elif source in dead:
             ends["dead_lettered"] += 1
-        elif (
-            broker_killed_at is not None
-            and broker_killed_at - DURABILITY_WINDOW_S <= sent_at <= broker_killed_at
-            and source not in ingest_held
-        ):
-            ends["lost_in_documented_window"] += 1
         else:
             lost.append(source)
     return {
@@ -384,7 +372,6 @@ def account(
         "dead_lettered": ends["dead_lettered"],
         "consent_dropped": 0,  # opt-out products, no consent record sent
         "lost": len(lost),
-        "lost_in_documented_window": ends["lost_in_documented_window"],
         "lost_examples": lost[:5],
         "ingest_records_missing": sum(
             1 for t, p, o, _, _ in acked if f"{t}/{p}/{o}" not in ingest_held
@@ -402,7 +389,7 @@ def ledger_spent_twice(entries: list[dict[str, Any]]) -> list[str]:
 
 
 def inject(
-    stack: LocalStack, fault: str, classes: Iterable[str], killed: dict[str, float] | None = None
+    stack: LocalStack, fault: str, classes: Iterable[str]
 ) -> tuple[float | None, dict[str, float]]:
     """``kill -9`` the fault's process; seconds until the mesh is whole again (None: not
     within ``RECOVERY_WAIT_S``) and when each part of "whole" first held after the kill.
@@ -420,8 +407,6 @@ def inject(
     pid = stack.pid_of(fault)
     began = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    if killed is not None:
-        killed[fault] = began
     phases: dict[str, float] = {}
 
     def mark(name: str) -> None:
@@ -474,7 +459,6 @@ def chaos_run(
     stack = LocalStack(root, stack_env(root, env))
     stack.start()
     out: dict[str, Any] = {"faults": {}, "rate_events_per_s": rate}
-    killed: dict[str, float] = {}
     load = Load(stack.bootstrap, rate)
     try:
         first = stack.wait_answers(CLASSES, 180)
@@ -484,7 +468,7 @@ def chaos_run(
         out["first_answers_s"] = round(first, 2)
         time.sleep(settle)
         for fault in faults:
-            recovery, phases = inject(stack, fault, CLASSES, killed)
+            recovery, phases = inject(stack, fault, CLASSES)
             say(f"chaos: kill -9 {fault}: whole again after {recovery} s ({phases})")
             out["faults"][fault] = {
                 "recovery_s": None if recovery is None else round(recovery, 2),
@@ -495,7 +479,7 @@ def chaos_run(
                 break
             time.sleep(settle)
         load.stop()
-        out["accounting"] = _settled_account(stack, load, killed.get("broker"))
+        out["accounting"] = _settled_account(stack, load)
         out["ledger_entries"] = len(entries := stack.ledger())
         out["ledger_spent_twice"] = ledger_spent_twice(entries)
         out["producer_refused"] = load.refused
@@ -505,15 +489,13 @@ def chaos_run(
     return out
 
 
-def _settled_account(
-    stack: LocalStack, load: Load, broker_killed_at: float | None, timeout: float = 60
-) -> dict[str, Any]:
+def _settled_account(stack: LocalStack, load: Load, timeout: float = 60) -> dict[str, Any]:
     """The accounting once the workers have caught up (or the timeout passed)."""
     deadline = time.monotonic() + timeout
-    result = account(stack.bootstrap, load.acked, broker_killed_at)
+    result = account(stack.bootstrap, load.acked)
     while result["lost"] and time.monotonic() < deadline:
         time.sleep(3)
-        result = account(stack.bootstrap, load.acked, broker_killed_at)
+        result = account(stack.bootstrap, load.acked)
     return result
 
 
@@ -774,9 +756,6 @@ def _recovery_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             1 for r in runs for i in r["faults"].values() if i["recovery_s"] is not None
         ),
         "records_lost": sum(r["accounting"]["lost"] for r in runs),
-        "records_lost_in_documented_window": sum(
-            r["accounting"]["lost_in_documented_window"] for r in runs
-        ),
         "recovery_s": recovery,
         "recovery_target_s": RECOVERY_LIMIT_S,
         "recovery_target_met": {
@@ -837,7 +816,6 @@ def main() -> None:
             "faults_injected",
             "faults_survived",
             "records_lost",
-            "records_lost_in_documented_window",
             "recovery_s",
             "recovery_target_met",
             "restarts_ab",
