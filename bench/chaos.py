@@ -606,6 +606,28 @@ def _end_of(
     return "tombstone_ignored" if rec.value is None else "lost"
 
 
+async def _process_ingest(bootstrap: str, topics: list[str], done: threading.Event) -> None:
+    """Read ``topics`` in one consumer group, committing every second, until ``done``: the
+    processors' part in the memory run (without it the journal keeps every ingest record,
+    as it does for a worker that is down)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id="privmesh-bench-processors",
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        auto_commit_interval_ms=1000,
+    )
+    await consumer.start()
+    try:
+        while not done.is_set():
+            await consumer.getmany(timeout_ms=200, max_records=20_000)
+    finally:
+        await consumer.stop()
+
+
 def broker_memory_run(
     root: Path,
     events: int = DEMO_HOUR_EVENTS,
@@ -642,6 +664,7 @@ def broker_memory_run(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     samples: list[dict[str, Any]] = []
+    done = threading.Event()
     try:
         if not wait_for_port(port, 60):
             raise RuntimeError("the broker did not start: " + log_path.read_text()[-1500:])
@@ -669,6 +692,11 @@ def broker_memory_run(
                 sample(sent)
 
         sample(0)
+        threading.Thread(
+            target=asyncio.run,
+            args=(_process_ingest(bootstrap, [t for t in topics if t.endswith(".ingest")], done),),
+            daemon=True,
+        ).start()
         sent, errors = asyncio.run(_produce(bootstrap, events, 3 * events / rate, rate, progress))
         took = time.monotonic() - began
         time.sleep(10)  # the journal catches up, a due rotation happens
@@ -676,6 +704,7 @@ def broker_memory_run(
     finally:
         from infra.stack import terminate_tree
 
+        done.set()
         terminate_tree(broker.pid, 20)
         log.close()
     return {
@@ -694,6 +723,8 @@ def broker_memory_run(
             f"{sent / took / DEMO_RATE:.1f}x by sending prebuilt record batches at {rate:g} "
             "events/s (bench.broker_memory's producer) to the six domains' ingest and product "
             "topics (2 records per event) through the broker component `privmesh up` runs, "
+            "one consumer group reading the ingest topics and committing as the processors do "
+            "(the journal keeps ingest records no group has processed), "
             "with the product's retention settings, retention.ms compressed as time is "
             f"({retention_ms} ms); rss_mb is the component's process tree (Tansu, journal "
             "mirror, proxy), sampled every ~5 s"
