@@ -78,7 +78,7 @@ class CatalogInputs:
     models: list[ModelVersion] = field(default_factory=list)
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     now: datetime | None = None
-    owners_source: str = "domains/owners.yaml"
+    owners_source: str = "the domain folders' owners.yaml"
     """Where the owners directory was read from (named in errors)."""
 
 
