@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -252,24 +251,18 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Health of each component of the running stack (exit 1 if any is unhealthy)."""
-    from infra.stack import component_health, read_state, state_path
+    from infra.stack import component_health, orphaned_state, read_state
 
     runtime = _runtime()
     state = read_state(runtime.data_dir)
-    orphaned = False
-    if state is None:  # no launcher: components a killed one left may still serve
-        try:
-            state = json.loads(state_path(runtime.data_dir).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            state = None
-        rows = component_health(state) if isinstance(state, dict) else []
-        if not any(r["alive"] for r in rows):
-            raise StackNotRunning(
-                f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
-            )
-        orphaned = True
-    else:
-        rows = component_health(state)
+    orphaned = state is None  # no launcher: the components a killed one left may still serve
+    if orphaned:
+        state = orphaned_state(runtime.data_dir)
+    rows = component_health(state) if state is not None else []
+    if state is None or (orphaned and not any(r["alive"] for r in rows)):
+        raise StackNotRunning(
+            f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
+        )
     table = Table("component", "state", "pid", "alive", "healthy", "restarts", "endpoint")
     for r in rows:
         exit_code = "" if r["last_exit_code"] is None else f" (last exit {r['last_exit_code']})"

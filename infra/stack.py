@@ -167,16 +167,30 @@ def state_path(data_dir: Path) -> Path:
     return data_dir / "run" / "stack.json"
 
 
-def read_state(data_dir: Path) -> dict[str, Any] | None:
-    """The recorded state if its launcher is still alive, else None."""
-    path = state_path(data_dir)
+def recorded_state(data_dir: Path) -> dict[str, Any] | None:
+    """The state a launcher recorded under ``data_dir``, alive or not (None: none readable)."""
     try:
-        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(state_path(data_dir).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not psutil.pid_exists(int(state.get("launcher_pid", -1))):
-        return None
-    return state
+    return state if isinstance(state, dict) else None
+
+
+def _launcher_alive(state: dict[str, Any]) -> bool:
+    return psutil.pid_exists(int(state.get("launcher_pid", -1)))
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """The recorded state if its launcher is still alive, else None."""
+    state = recorded_state(data_dir)
+    return state if state is not None and _launcher_alive(state) else None
+
+
+def orphaned_state(data_dir: Path) -> dict[str, Any] | None:
+    """The recorded state of a launcher that died without stopping (``kill -9``), else None:
+    what it started may still run."""
+    state = recorded_state(data_dir)
+    return state if state is not None and not _launcher_alive(state) else None
 
 
 def reap_stale(data_dir: Path, timeout: float) -> list[str]:
@@ -187,12 +201,8 @@ def reap_stale(data_dir: Path, timeout: float) -> list[str]:
     if that process started before the state was written (not a reused pid). Returns the
     components that were still running.
     """
-    path = state_path(data_dir)
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    if psutil.pid_exists(int(state.get("launcher_pid", -1))):
+    state = orphaned_state(data_dir)
+    if state is None:
         return []
     _stop_recorded_zygote(state, timeout)
     left = []
@@ -202,7 +212,7 @@ def reap_stale(data_dir: Path, timeout: float) -> list[str]:
             left.append(name)
             terminate_tree(proc.pid, timeout)
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        state_path(data_dir).unlink()
     return left
 
 
@@ -324,12 +334,8 @@ class Stack:
         then counts as starting: healthy within its start timeout, it is running, else it
         is restarted as any component would be. Returns (adopted, stopped) names.
         """
-        path = state_path(self.data_dir)
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return [], []
-        if psutil.pid_exists(int(state.get("launcher_pid", -1))):
+        state = orphaned_state(self.data_dir)
+        if state is None:
             return [], []
         _stop_recorded_zygote(state, self.stop_timeout)
         mine = {c.name: c for c in self.components}
@@ -353,7 +359,7 @@ class Stack:
             comp.restarts = int(info.get("restarts", 0))
             adopted.append(name)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            state_path(self.data_dir).unlink()
         return adopted, stopped
 
     def _fingerprint(self, comp: Component) -> str:
@@ -656,11 +662,9 @@ def terminate_tree(pid: int, timeout: float) -> None:
 
 def stop_running_stack(data_dir: Path, timeout: float) -> list[str]:
     """Stop the stack recorded under ``data_dir``; returns the stopped components."""
-    path = state_path(data_dir)
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StackNotRunning(f"no stack is running from {data_dir} (no {path})") from exc
+    state = recorded_state(data_dir)
+    if state is None:
+        raise StackNotRunning(f"no stack is running from {data_dir} (no {state_path(data_dir)})")
     launcher = int(state.get("launcher_pid", -1))
     names = list(state.get("components", {}))
     if psutil.pid_exists(launcher):
@@ -674,7 +678,7 @@ def stop_running_stack(data_dir: Path, timeout: float) -> list[str]:
         if proc is not None:
             stop_component(name, proc.pid, timeout)
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        state_path(data_dir).unlink()
     return names
 
 
