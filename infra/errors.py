@@ -48,3 +48,10 @@ class GateProtocolError(InfraError):
     frames (the gate closes that connection only)."""
 
     code = "gate_protocol_error"
+
+
+class InvalidDeployValue(InfraError):
+    """``privmesh deploy render`` was given a value (an option, a domain or file name) that
+    cannot become the Kubernetes object or field it names."""
+
+    code = "invalid_deploy_value"
