@@ -91,9 +91,9 @@ def make_app(
         store="memory://",
         datadir=str(faust_dir),
         web_enabled=True,
-        web_host="127.0.0.1",
+        web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.worker_web_bind,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
     )
@@ -179,6 +179,7 @@ def health_report(processor: Processor, started: float) -> dict[str, Any]:
                 "late_events": p.late_events,
                 "capped_events": p.capped_events,
                 "truncated_events": p.truncated_events,
+                "truncated_sums": p.truncated_sums,
             }
             for p in processor.pipelines
         },

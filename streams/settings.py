@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import cache
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+# Addresses that listen on every interface, and where a local client reaches them.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - a lookup, not a bind
+
+
+def refuse(code: str, message: str) -> PydanticCustomError:
+    """A validation error whose ``type`` is the machine-readable ``code``."""
+    return PydanticCustomError(code, message.replace("{", "{{").replace("}", "}}"))
+
+
+def checked_bind_address(value: str) -> str:
+    """``value`` if it is an IP address or a host name (at most 253 characters), else a
+    ``bad_bind_address`` validation error."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) <= 253 and _HOSTNAME.fullmatch(value):
+        return value
+    raise refuse(
+        "bad_bind_address",
+        f"bind address {value[:40]!r} is neither an IP address nor a host name "
+        "(use 127.0.0.1 for this machine only, 0.0.0.0 or :: for every interface)",
+    )
+
+
+def connect_host(bind: str) -> str:
+    """Where a client on this machine connects to a server bound to ``bind``."""
+    return _WILDCARDS.get(bind, bind)
 
 
 class KafkaSettings(BaseSettings):
@@ -134,6 +168,26 @@ class StreamSettings(BaseSettings):
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
     producer_batch_bytes: Annotated[int, Field(ge=16_384, le=16_777_216)] = 262_144
     worker_web_port: Annotated[int, Field(ge=1024, le=65535)] = 6066
+    worker_web_bind: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Address the worker's health and metrics pages listen on: loopback in "
+            "development; 0.0.0.0 (or ::) where Prometheus or the posture page reach the "
+            "worker from another host or pod (the Kubernetes manifests set it so). An IP "
+            "address or a host name."
+        ),
+    )
+
+    @field_validator("worker_web_bind")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        return checked_bind_address(value)
+
+    @property
+    def worker_web_host(self) -> str:
+        """The address a local client reaches the worker's pages on (the bind address,
+        or loopback when it binds every interface)."""
+        return connect_host(self.worker_web_bind)
 
 
 @cache
