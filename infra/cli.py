@@ -20,6 +20,7 @@ from infra.commands import catalog as catalog_commands
 from infra.commands import classes as classes_commands
 from infra.commands import consent as consent_commands
 from infra.commands import data as data_commands
+from infra.commands import deploy as deploy_commands
 from infra.commands import domains as domains_commands
 from infra.commands import dsr as dsr_commands
 from infra.commands import federation as federation_commands
@@ -54,6 +55,7 @@ app.add_typer(classes_commands.app, name="classes")
 app.add_typer(dsr_commands.app, name="dsr")
 app.add_typer(retention_commands.app, name="retention")
 app.add_typer(consent_commands.app, name="consent")
+app.add_typer(deploy_commands.app, name="deploy")
 
 DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="Name of a loaded domain.")]
 
