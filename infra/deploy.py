@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -73,6 +73,16 @@ _IMAGE = re.compile(
 )
 _HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9.-]{1,253}):(?P<port>[0-9]{1,5})")
 ACCESS_MODES = ("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod")
+
+
+def _choices(annotation: object) -> tuple[str, ...]:
+    """The strings of a ``Literal[...]`` (or ``Literal[...] | None``) annotation."""
+    found: list[str] = []
+    for arg in get_args(annotation):
+        found += [a for a in get_args(arg) if isinstance(a, str)] or (
+            [arg] if isinstance(arg, str) else []
+        )
+    return tuple(found)
 
 
 def _package_version() -> str:
@@ -157,6 +167,9 @@ class DeployOptions:
     store_ports: tuple[int, ...] = (5432, 6379, 6380)
     retention_schedule: str = "17 * * * *"
     demo_generator: bool = False
+    kafka_security: str = "SASL_SSL"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_ca_secret: str | None = None
 
     def __post_init__(self) -> None:
         dns_label(self.namespace, "--namespace")
@@ -187,6 +200,7 @@ class DeployOptions:
         for port in self.store_ports:
             _count(port, "--store-port", 1, 65535)
         self._check_schedule()
+        self._check_kafka_security()
 
     def kafka_ports(self) -> list[int]:
         """The distinct ports of the bootstrap servers (the brokers' egress rule)."""
@@ -202,6 +216,18 @@ class DeployOptions:
         if not ports:
             raise _refuse("--kafka-bootstrap", self.kafka_bootstrap, "name at least one broker")
         return sorted(set(ports))
+
+    def _check_kafka_security(self) -> None:
+        fields = kafka_fields()
+        for option, name, value in (
+            ("--kafka-security", "security_protocol", self.kafka_security),
+            ("--kafka-sasl-mechanism", "sasl_mechanism", self.kafka_sasl_mechanism),
+        ):
+            allowed = _choices(fields[name].annotation) if name in fields else ()
+            if allowed and value not in allowed:
+                raise _refuse(option, value, f"one of {', '.join(allowed)}")
+        if self.kafka_ca_secret is not None:
+            dns_subdomain(self.kafka_ca_secret, "--kafka-ca-secret")
 
     def _check_schedule(self) -> None:
         value = self.retention_schedule
@@ -395,20 +421,24 @@ def _domains_volume(mesh: list[MeshDomain]) -> dict[str, Any]:
     }
 
 
-def _base_mounts() -> list[dict[str, Any]]:
-    return [
+def _base_mounts(kafka: DeployOptions | None = None) -> list[dict[str, Any]]:
+    """Data, domain folders and /tmp; with ``kafka`` also its CA bundle, if any."""
+    mounts: list[dict[str, Any]] = [
         {"name": "data", "mountPath": DATA_DIR},
         {"name": "domains", "mountPath": DOMAINS_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the container's own emptyDir
     ]
+    return mounts + (_kafka_ca(kafka)[1] if kafka else [])
 
 
-def _domain_volumes(mesh: list[MeshDomain], d: MeshDomain) -> list[dict[str, Any]]:
+def _domain_volumes(
+    mesh: list[MeshDomain], d: MeshDomain, kafka: DeployOptions | None = None
+) -> list[dict[str, Any]]:
     return [
         {"name": "data", "persistentVolumeClaim": {"claimName": f"privmesh-data-{d.name}"}},
         _domains_volume(mesh),
         {"name": "tmp", "emptyDir": {}},
-    ]
+    ] + (_kafka_ca(kafka)[0] if kafka else [])
 
 
 def _scrape(port: int) -> dict[str, str]:
@@ -537,13 +567,14 @@ def domain_objects(mesh: list[MeshDomain], d: MeshDomain, o: DeployOptions) -> l
         "worker",
         o,
         ["worker", "--domain", d.domain],
-        _secret_env("PRIVMESH_STREAMS_MASTER_KEY", "PRIVMESH_FEATURES_ONLINE_STORE") + kafka_env(d),
+        _secret_env("PRIVMESH_STREAMS_MASTER_KEY", "PRIVMESH_FEATURES_ONLINE_STORE")
+        + kafka_env(o, d.name),
         ports=[web],
         startupProbe=_http_probe("/privmesh/health", "web", 5, 36),
         readinessProbe=_http_probe("/privmesh/health", "web", 10, 3),
         livenessProbe=_http_probe("/privmesh/health", "web", 20, 3),
         resources=_resources("250m", "512Mi", "1Gi"),
-        volumeMounts=_base_mounts(),
+        volumeMounts=_base_mounts(o),
     )
     objects.append(
         _deployment(
@@ -552,7 +583,7 @@ def domain_objects(mesh: list[MeshDomain], d: MeshDomain, o: DeployOptions) -> l
             _labels("worker", d),
             _selector("worker", d),
             o.worker_replicas,
-            _pod_spec([worker], _domain_volumes(mesh, d), terminationGracePeriodSeconds=30),
+            _pod_spec([worker], _domain_volumes(mesh, d, o), terminationGracePeriodSeconds=30),
             _scrape(WEB_PORT),
         )
     )
@@ -572,26 +603,59 @@ def domain_objects(mesh: list[MeshDomain], d: MeshDomain, o: DeployOptions) -> l
     return objects
 
 
-def kafka_env(d: MeshDomain) -> list[dict[str, Any]]:
-    """The Kafka credentials of ``d``'s pods, from the domain's own Secret (so the broker's
-    ACLs can keep each domain's topics to its principal): every security setting of
-    ``KafkaSettings`` that exists, optional so a PLAINTEXT cluster needs no Secret."""
+KAFKA_CA_DIR = "/etc/privmesh/kafka-ca"
+
+
+def kafka_fields() -> dict[str, Any]:
+    """The security settings ``KafkaSettings`` has (none on a version without them)."""
     from streams.settings import KafkaSettings
 
-    names = [
-        f"PRIVMESH_KAFKA_{f.upper()}"
-        for f in KafkaSettings.model_fields
-        if f.startswith(("security_", "sasl_", "ssl_", "tls_"))
-    ]
-    return [
-        {
-            "name": n,
-            "valueFrom": {
-                "secretKeyRef": {"name": f"privmesh-kafka-{d.name}", "key": n, "optional": True}
-            },
-        }
-        for n in names
-    ]
+    return {
+        f: info
+        for f, info in KafkaSettings.model_fields.items()
+        if f in ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password")
+        or f == "ssl_cafile"
+    }
+
+
+def kafka_env(o: DeployOptions, principal: str) -> list[dict[str, Any]]:
+    """Kafka security of a pod that talks to the brokers, as ``principal``: the protocol
+    and mechanism as values, the SASL user and password from ``privmesh-kafka-<principal>``
+    (one principal per domain, so the brokers' ACLs can keep each domain's topics to its
+    own pods), the CA bundle from ``--kafka-ca-secret``. Only on the pods that use Kafka:
+    the API's settings would refuse SASL without credentials."""
+    fields = kafka_fields()
+    if "security_protocol" not in fields or o.kafka_security == "PLAINTEXT":
+        return []
+    values = {"PRIVMESH_KAFKA_SECURITY_PROTOCOL": o.kafka_security}
+    sasl = o.kafka_security.startswith("SASL_")
+    if sasl and "sasl_mechanism" in fields:
+        values["PRIVMESH_KAFKA_SASL_MECHANISM"] = o.kafka_sasl_mechanism
+    if (
+        o.kafka_ca_secret is not None
+        and o.kafka_security.endswith("SSL")
+        and "ssl_cafile" in fields
+    ):
+        values["PRIVMESH_KAFKA_SSL_CAFILE"] = f"{KAFKA_CA_DIR}/ca.pem"
+    env = _value_env(values)
+    if sasl and "sasl_username" in fields and "sasl_password" in fields:
+        env += _secret_env(
+            "PRIVMESH_KAFKA_SASL_USERNAME",
+            "PRIVMESH_KAFKA_SASL_PASSWORD",
+            secret=f"privmesh-kafka-{principal}",
+        )
+    return env
+
+
+def _kafka_ca(o: DeployOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The CA bundle's volume and mount (both empty without ``--kafka-ca-secret``)."""
+    if not any(e["name"] == "PRIVMESH_KAFKA_SSL_CAFILE" for e in kafka_env(o, "x")):
+        return [], []
+    volume = {
+        "name": "kafka-ca",
+        "secret": {"secretName": o.kafka_ca_secret, "items": [{"key": "ca.pem", "path": "ca.pem"}]},
+    }
+    return [volume], [{"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}]
 
 
 def _retention(mesh: list[MeshDomain], d: MeshDomain, o: DeployOptions) -> dict[str, Any]:
@@ -599,11 +663,11 @@ def _retention(mesh: list[MeshDomain], d: MeshDomain, o: DeployOptions) -> dict[
         "retention",
         o,
         ["retention", "run", "--domain", d.domain],
-        _secret_env("PRIVMESH_FEATURES_ONLINE_STORE") + kafka_env(d),
+        _secret_env("PRIVMESH_FEATURES_ONLINE_STORE") + kafka_env(o, d.name),
         resources=_resources("100m", "512Mi", "1Gi"),
-        volumeMounts=_base_mounts(),
+        volumeMounts=_base_mounts(o),
     )
-    pod = _pod_spec([container], _domain_volumes(mesh, d), restartPolicy="OnFailure")
+    pod = _pod_spec([container], _domain_volumes(mesh, d, o), restartPolicy="OnFailure")
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -926,14 +990,15 @@ def generator_objects(mesh: list[MeshDomain], o: DeployOptions) -> list[dict[str
         "generator",
         o,
         args,
-        [],
+        kafka_env(o, "generator"),
         resources=_resources("100m", "256Mi", "512Mi"),
-        volumeMounts=_base_mounts(),
+        volumeMounts=_base_mounts(o),
     )
     volumes = [
         {"name": "data", "emptyDir": {}},
         _domains_volume(mesh),
         {"name": "tmp", "emptyDir": {}},
+        *_kafka_ca(o)[0],
     ]
     return [
         _deployment(
@@ -1048,11 +1113,13 @@ def secret_templates(mesh: list[MeshDomain], o: DeployOptions) -> list[dict[str,
         ),
         secret(o.tls_secret, {"tls.crt": PLACEHOLDER, "tls.key": PLACEHOLDER}, "kubernetes.io/tls"),
     ]
-    names = [e["name"] for e in kafka_env(mesh[0])] if mesh else []
-    if names:
-        objects += [
-            secret(f"privmesh-kafka-{d.name}", dict.fromkeys(names, PLACEHOLDER)) for d in mesh
-        ]
+    principals = [d.name for d in mesh] + (["generator"] if any(d.generator for d in mesh) else [])
+    for principal in principals:
+        names = [e["name"] for e in kafka_env(o, principal) if "valueFrom" in e]
+        if names:  # SASL: each domain its own principal, which the brokers' ACLs confine
+            objects.append(secret(f"privmesh-kafka-{principal}", dict.fromkeys(names, PLACEHOLDER)))
+    if o.kafka_ca_secret is not None and _kafka_ca(o)[0]:
+        objects.append(secret(o.kafka_ca_secret, {"ca.pem": PLACEHOLDER}))
     if any(d.supernode for d in mesh):
         objects += [
             secret(

@@ -55,6 +55,22 @@ def render(
     kafka_bootstrap: Annotated[
         str | None, typer.Option(help="Kafka bootstrap servers, host:port[,host:port].")
     ] = None,
+    kafka_partitions: Annotated[
+        int, typer.Option(help="Partitions of the topics privmesh creates.")
+    ] = 6,
+    kafka_replication: Annotated[
+        int, typer.Option(help="Replication factor of the topics privmesh creates.")
+    ] = 3,
+    kafka_security: Annotated[
+        str, typer.Option(help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    ] = "SASL_SSL",
+    kafka_sasl_mechanism: Annotated[
+        str, typer.Option(help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    ] = "SCRAM-SHA-512",
+    kafka_ca_secret: Annotated[
+        str | None,
+        typer.Option(help="Secret whose ca.pem signs the brokers (default: system CAs)."),
+    ] = None,
     egress_cidr: Annotated[
         str, typer.Option(help="Where Kafka, Redis and Postgres are (egress allowed there).")
     ] = "0.0.0.0/0",
@@ -93,6 +109,11 @@ def render(
         "ingress_namespace": ingress_namespace,
         "monitoring_namespace": monitoring_namespace,
         "egress_cidr": egress_cidr,
+        "kafka_partitions": kafka_partitions,
+        "kafka_replication": kafka_replication,
+        "kafka_security": kafka_security,
+        "kafka_sasl_mechanism": kafka_sasl_mechanism,
+        "kafka_ca_secret": kafka_ca_secret,
         "retention_schedule": retention_schedule,
         "demo_generator": demo_generator,
     }
