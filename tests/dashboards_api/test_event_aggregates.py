@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from dashboards_api.errors import NoDataYet
 from dashboards_api.event_aggregates import (
+    FILTERED_SUMS_UP_TO,
     EventQuery,
     InvalidEventQuery,
     exact_plan,
@@ -282,6 +283,36 @@ def test_exact_plan_matches_the_reference(
     if aggregate == "quantile":
         values = [sorted(v) for v in values]
     assert dict(zip(keys, values, strict=True)) == expected
+
+
+MANY = tuple(f"page{i}" for i in range(FILTERED_SUMS_UP_TO + 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", None]),
+            st.integers(-5, 3610),
+            st.sampled_from([*CATEGORIES, *MANY[:3], None]),
+            st.one_of(st.none(), st.integers(-5, 30).map(float)),
+        ),
+        max_size=40,
+    ),
+    aggregate=st.sampled_from(["count_records", "count_distinct_subjects", "bounded_sum", "mean"]),
+    many=st.booleans(),
+    k=st.integers(1, 4),
+)
+def test_grouped_sums_of_few_or_many_categories_and_null_subjects_match_the_reference(
+    rows: list[Row], aggregate: str, many: bool, k: int
+) -> None:
+    """The grouped answer is the reference's whether its categories are summed in one
+    filtered pass each (few) or by a group-by (more than FILTERED_SUMS_UP_TO), and records
+    without a subject token are bounded together as one subject."""
+    q = replace(query(aggregate, k=k), categories=MANY if many else CATEGORIES)
+    found = exact(rows, q, float_measure=True)
+    values = [r[1:] if aggregate == "mean" else r[1] for r in found]
+    assert dict(zip([r[0] for r in found], values, strict=True)) == reference(rows, q)
 
 
 def test_scan_events_reads_part_files_and_refuses_an_empty_folder(tmp_path: Path) -> None:
