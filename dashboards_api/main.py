@@ -30,6 +30,7 @@ from dashboards_api.releases import EventSource, ReleaseService, StoreEvents, Wi
 from dashboards_api.routes import (
     classes,
     dashboard,
+    docs,
     health,
     ledger,
     live,
@@ -98,6 +99,10 @@ def create_app(
         title="privmesh dashboards API",
         version="0.1.0",
         description="Differentially-private aggregates from pre-registered query classes.",
+        # The document and its pages come from routes.docs (assets served here, no CDN).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings or ApiSettings()
@@ -139,6 +144,7 @@ def create_app(
     app.include_router(policy.router)
     app.include_router(live.router)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
     return app
 
 

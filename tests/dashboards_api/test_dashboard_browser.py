@@ -325,8 +325,9 @@ def require_browser() -> None:
         )
 
 
-def browser() -> WebDriver:
-    """Headless Debian chromium through its chromedriver."""
+def browser(*extra: str, logs: tuple[str, ...] = ()) -> WebDriver:
+    """Headless Debian chromium through its chromedriver (``extra`` arguments; ``logs``:
+    the log types to keep, e.g. performance for the network requests)."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in (
@@ -336,8 +337,11 @@ def browser() -> WebDriver:
         "--disable-gpu",
         "--window-size=1400,1000",
         "--lang=en-US",
+        *extra,
     ):
         options.add_argument(arg)
+    if logs:
+        options.set_capability("goog:loggingPrefs", dict.fromkeys(logs, "ALL"))
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
 
