@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import journaled_broker, percentile
 from infra.broker import ensure_topics, status_path
+from streams.kafka_clients import aiokafka_config
 
 RESULTS = Path(__file__).with_name("results") / "broker_ack.json"
 TOPIC = "bench.ack.ingest"
@@ -47,7 +48,7 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 async def _latency(bootstrap: str, count: int) -> dict[str, float]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(**aiokafka_config(bootstrap=bootstrap), acks="all", linger_ms=0)
     await producer.start()
     try:
         took = []
@@ -63,7 +64,7 @@ async def _latency(bootstrap: str, count: int) -> dict[str, float]:
 
 async def _throughput(bootstrap: str, count: int) -> dict[str, float]:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262_144
+        **aiokafka_config(bootstrap=bootstrap), acks="all", linger_ms=5, max_batch_size=262_144
     )
     await producer.start()
     took: list[float] = []

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from bench.common import journaled_broker
 from infra.broker import ensure_topics, status_path
 from infra.journal import journal_path, journal_size
+from streams.kafka_clients import aiokafka_config
 
 RESULTS = Path(__file__).with_name("results") / "broker_memory.json"
 DEMO_RATE = 1200  # events/s over the six demo domains
@@ -95,7 +96,7 @@ async def _produce(
     would otherwise be the bottleneck, not the broker), round-robin over partitions."""
     products = _events()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **aiokafka_config(bootstrap=bootstrap),
         acks=1,
         max_batch_size=4 * 1024 * 1024,
         max_request_size=8 * 1024 * 1024,

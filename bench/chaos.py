@@ -44,6 +44,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from bench.common import free_port, percentile
+from streams.kafka_clients import aiokafka_config, kafka_python_config
 
 RESULTS = Path(__file__).with_name("results") / "chaos.json"
 DOMAINS = ("shop", "support")
@@ -265,7 +266,7 @@ class Load:
             gens.append((topic, f"{domain}.{product.name}", EventGenerator(
                 domain, product, people, self.bad_ratio, 100 + index)))  # fmt: skip
         producer = KafkaProducer(
-            bootstrap_servers=[self.bootstrap],
+            **kafka_python_config(bootstrap=self.bootstrap),
             client_id="chaos-load",
             acks=1,
             linger_ms=5,
@@ -534,7 +535,9 @@ def hostile_run(root: Path, say: Callable[[str], None] = print) -> dict[str, Any
             raise RuntimeError("no DP answer within 180 s:\n" + stack.log()[-3000:])
         restarts_before = {n: c["restarts"] for n, c in stack.state()["components"].items()}
         producer = KafkaProducer(
-            bootstrap_servers=[stack.bootstrap], acks=1, max_request_size=8 * 1024 * 1024
+            **kafka_python_config(bootstrap=stack.bootstrap),
+            acks=1,
+            max_request_size=8 * 1024 * 1024,
         )
         where: dict[str, tuple[str, int, int]] = {}
         refused: dict[str, str] = {}
@@ -614,7 +617,7 @@ async def _process_ingest(bootstrap: str, topics: list[str], done: threading.Eve
 
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=bootstrap,
+        **aiokafka_config(bootstrap=bootstrap),
         group_id="privmesh-bench-processors",
         auto_offset_reset="earliest",
         enable_auto_commit=True,

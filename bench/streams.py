@@ -47,6 +47,7 @@ from infra.broker import ensure_topics, tansu_command
 from infra.ports import wait_for_port
 from streams.consent import ConsentStatus, consent_key, consent_value
 from streams.generator import EventGenerator, make_people
+from streams.kafka_clients import aiokafka_config
 from streams.keyring import load_domain_tokens
 from streams.producing import RawProducer
 from streams.pseudonymise import TokenSource, normalise
@@ -129,7 +130,7 @@ async def raw_loop(
     """A baseline: consume -> ``work`` -> produce -> commit, nothing else."""
     consumer = AIOKafkaConsumer(
         ingest,
-        bootstrap_servers=bootstrap,
+        **aiokafka_config(bootstrap=bootstrap),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -139,7 +140,7 @@ async def raw_loop(
         heartbeat_interval_ms=2000,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=262_144, acks=1
+        **aiokafka_config(bootstrap=bootstrap), linger_ms=5, max_batch_size=262_144, acks=1
     )
     await consumer.start()
     await producer.start()

@@ -321,8 +321,9 @@ async def _topics(bootstrap: str) -> set[str]:
     from aiokafka.errors import KafkaError
 
     from streams.errors import BrokerUnavailable
+    from streams.kafka_clients import aiokafka_config
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="privmesh-lint")
+    consumer = AIOKafkaConsumer(**aiokafka_config(bootstrap=bootstrap), client_id="privmesh-lint")
     try:
         await consumer.start()
         return set(await consumer.topics())

@@ -14,6 +14,11 @@ embedded broker keeps" for what a retry means).
 
 Client bytes are hostile input: a frame too short, too big or truncated closes that one
 connection; the gate and the other connections go on.
+
+With an ``ssl_context`` the gate also terminates TLS (and checks client certificates
+when the context requires them): the embedded broker then offers a TLS listener
+(``PRIVMESH_KAFKA_EMBEDDED_TLS_*``, docs/kafka-security.md). A gate with no barrier
+forwards responses at once (TLS without the journal's acknowledgement hold).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -38,6 +44,8 @@ _REQUEST_HEADER = struct.Struct(">hhi")
 _INT32 = struct.Struct(">i")
 # How long a held Produce response waits for the journal before its connection is closed.
 BARRIER_TIMEOUT_SECONDS = 25.0
+# How long a client may take over its TLS handshake before the gate drops it.
+TLS_HANDSHAKE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +201,7 @@ class _Connection:
             while (frame := await read_frame(self.upstream_reader, 2**31 - 1)) is not None:
                 header = self.pending.answered(response_correlation_id(frame))
                 barrier = None
-                if header.api_key == PRODUCE:
+                if header.api_key == PRODUCE and self.gate.barrier is not None:
                     self.gate.counters["held"] += 1
                     barrier = asyncio.create_task(self.gate.wait_for_journal())
                 await self.outbox.put((frame, barrier))
@@ -220,15 +228,17 @@ class _Connection:
 
 class AckGate:
     """The public port: connections forwarded to ``upstream_port``, Produce responses held
-    until ``barrier()`` returns (at most ``barrier_timeout`` seconds)."""
+    until ``barrier()`` returns (at most ``barrier_timeout`` seconds; not held without a
+    barrier), TLS terminated with ``ssl_context`` when given."""
 
     def __init__(
         self,
         port: int,
         upstream_port: int,
-        barrier: Barrier,
+        barrier: Barrier | None,
         barrier_timeout: float = BARRIER_TIMEOUT_SECONDS,
         host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if barrier_timeout <= 0:
             raise ValueError(f"barrier_timeout must be positive, got {barrier_timeout}")
@@ -237,6 +247,7 @@ class AckGate:
         self.barrier = barrier
         self.barrier_timeout = barrier_timeout
         self.host = host
+        self.ssl_context = ssl_context
         self.counters = {"connections": 0, "held": 0, "withheld": 0, "protocol_errors": 0}
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -245,11 +256,17 @@ class AckGate:
     async def start(self) -> None:
         """Listen on the public port."""
         self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, reuse_address=True
+            self._accept,
+            self.host,
+            self.port,
+            reuse_address=True,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if self.ssl_context else None,
         )
 
     async def wait_for_journal(self) -> None:
         """The barrier, bounded by the timeout."""
+        assert self.barrier is not None
         await asyncio.wait_for(self.barrier(), self.barrier_timeout)
 
     def pause(self) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from infra.ack_gate import AckGate
 from infra.errors import BrokerBinaryMissing, ComponentFailed, JournalError
 from infra.journal import Journal, Mirror, journal_path, journal_size, replay
 from infra.ports import wait_for_port
+from streams.kafka_clients import kafka_python_config
 from streams.settings import KafkaSettings, get_kafka_settings
 from streams.topics import topic_configs
 
@@ -122,7 +124,7 @@ def ensure_topics(
     while time.monotonic() < deadline:
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap.split(","),
+                **kafka_python_config(bootstrap=bootstrap),
                 client_id="privmesh-admin",
                 request_timeout_ms=5000,
             )
@@ -158,6 +160,22 @@ def ensure_topics(
     raise ComponentFailed(
         f"could not create topics on {bootstrap} within {timeout:.0f}s: {last_error}"
     )
+
+
+def embedded_tls_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The server TLS context of the embedded broker's public port, None without
+    ``embedded_tls_certfile``: TLS 1.2 or later, and with ``embedded_tls_cafile`` a
+    client certificate signed by one of its CAs required (mTLS). The settings have
+    checked the files load."""
+    if kafka.embedded_tls_certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(kafka.embedded_tls_certfile, kafka.embedded_tls_keyfile)
+    if kafka.embedded_tls_cafile is not None:
+        context.load_verify_locations(cafile=kafka.embedded_tls_cafile)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 # -- the journaled broker process ---------------------------------------------------------
@@ -333,15 +351,19 @@ class JournaledBroker:
 
     async def open_port(self, internal: int, mirror: Mirror) -> None:
         """Open the public port in front of Tansu's private ``internal``: the ack gate
-        (Produce answered once ``mirror`` has journaled it) before a proxy on a private
-        port that advertises the public one, or the proxy alone."""
+        (Produce answered once ``mirror`` has journaled it; TLS terminated when the
+        embedded TLS settings are set) before a proxy on a private port that advertises
+        the public one, or the proxy alone."""
         gated = self.kafka.embedded_ack_after_journal
-        proxy_port = _free_port() if gated else self.port
+        tls = embedded_tls_context(self.kafka)
+        fronted = gated or tls is not None
+        proxy_port = _free_port() if fronted else self.port
         self._proxy = _spawn(proxy_command(proxy_port, internal, self.port))
         if not await asyncio.to_thread(wait_for_port, proxy_port, 20.0):
             raise JournalError(f"the broker proxy did not listen on port {proxy_port}")
-        if gated:
-            self._gate = AckGate(self.port, proxy_port, mirror.barrier)
+        if fronted:
+            barrier = mirror.barrier if gated else None
+            self._gate = AckGate(self.port, proxy_port, barrier, ssl_context=tls)
             await self._gate.start()
 
     def pause_port(self) -> None:

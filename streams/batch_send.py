@@ -28,6 +28,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from streams.kafka_clients import aiokafka_config
 from streams.settings import KafkaSettings, StreamSettings
 from streams.topics import (
     DETAIL_HEADER,
@@ -119,7 +120,7 @@ class BatchSender:
 
     def __init__(self, kafka: KafkaSettings, settings: StreamSettings, client_id: str) -> None:
         self._config: dict[str, Any] = {
-            "bootstrap_servers": kafka.bootstrap,
+            **aiokafka_config(kafka),
             "client_id": client_id,
             "acks": 1,
             "linger_ms": settings.producer_linger_ms,

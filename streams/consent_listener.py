@@ -44,6 +44,7 @@ from feature_repo.store import ErasedRows
 from streams.batch_send import BatchSender, Output, dead_letter
 from streams.consent import Change, ConsentIndex, ConsentRecord, MalformedConsent, parse_consent
 from streams.erasure import ErasureRecord, append_record, read_erasure_log, subject_tokens
+from streams.kafka_clients import aiokafka_config
 from streams.keyring import DomainTokens
 from streams.reading import assign_from_beginning
 from streams.records import append_record as append_jsonl
@@ -98,7 +99,7 @@ class ConsentListener:
     async def run(self) -> None:
         """Catch up, then listen until cancelled."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap,
+            **aiokafka_config(self.kafka),
             group_id=None,
             client_id=f"privmesh-{self.domain}-consent",
             enable_auto_commit=False,

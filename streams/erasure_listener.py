@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.batch_send import BatchSender, dead_letter
 from streams.erasure import MalformedErasureRequest, parse_erasure_request
+from streams.kafka_clients import aiokafka_config
 from streams.reading import assign_from_beginning
 from streams.settings import KafkaSettings
 from streams.topics import erasures_dlq_topic, erasures_topic
@@ -59,7 +60,7 @@ class ErasureListener:
     async def run(self) -> None:
         """Listen until cancelled."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap,
+            **aiokafka_config(self.kafka),
             group_id=None,
             client_id=f"privmesh-{self.domain}-erasures",
             enable_auto_commit=False,

@@ -29,6 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.batch_send import BatchSender, Output, dead_letter
+from streams.kafka_clients import aiokafka_config
 from streams.pipeline import PROCESSING_ERROR, ProductPipeline
 from streams.settings import KafkaSettings, StreamSettings
 from streams.transform import Accepted, Rejected
@@ -71,7 +72,7 @@ class IngestLoop:
         """The aiokafka consumer, tuned for batches on a Tansu or Kafka broker."""
         session_ms = int(self.settings.session_timeout_seconds * 1000)
         return AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap,
+            **aiokafka_config(self.kafka),
             group_id=self.group_id,
             client_id=f"{self.group_id}-consumer",
             enable_auto_commit=False,

@@ -38,6 +38,7 @@ from streams.consent_listener import ConsentListener
 from streams.erasure_listener import ErasureListener
 from streams.feature_push import FeaturePusher
 from streams.ingest_loop import IngestLoop
+from streams.kafka_clients import faust_config
 from streams.keyring import DomainTokens, KeyRingWatcher, keyring_path
 from streams.metrics import metrics_registry, render
 from streams.pipeline import ProductPipeline, build_pipelines
@@ -74,11 +75,6 @@ class Processor:
     tokens: TokenSource
 
 
-def faust_broker_url(bootstrap: str) -> list[str]:
-    """Faust broker URLs for a ``host:port[,host:port]`` bootstrap string."""
-    return [f"kafka://{hostport.strip()}" for hostport in bootstrap.split(",") if hostport.strip()]
-
-
 def make_app(
     domain: str, kafka: KafkaSettings, settings: StreamSettings, data_dir: Path
 ) -> faust.App:
@@ -87,7 +83,7 @@ def make_app(
     faust_dir.parent.mkdir(parents=True, exist_ok=True)
     return ProcessorApp(
         f"privmesh-{domain}",
-        broker=faust_broker_url(kafka.bootstrap),
+        **faust_config(kafka),
         store="memory://",
         datadir=str(faust_dir),
         web_enabled=True,

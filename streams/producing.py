@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from streams.errors import BrokerUnavailable
+from streams.kafka_clients import kafka_python_config
 from streams.settings import KafkaSettings
 
 
@@ -22,7 +23,7 @@ class RawProducer:
     def __init__(self, kafka: KafkaSettings, client_id: str, *, linger_ms: int = 5) -> None:
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=kafka.bootstrap.split(","),
+                **kafka_python_config(kafka),
                 client_id=client_id,
                 linger_ms=linger_ms,
                 acks=1,

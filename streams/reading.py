@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.errors import BrokerUnavailable
+from streams.kafka_clients import aiokafka_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ async def read_records(
     (unless ``follow``). Uses manual assignment: no consumer group, no committed offsets.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **aiokafka_config(bootstrap=bootstrap),
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",

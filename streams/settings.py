@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
+import unicodedata
 from functools import cache
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -43,6 +46,62 @@ def connect_host(bind: str) -> str:
     return _WILDCARDS.get(bind, bind)
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+# Longest SASL user name or password accepted (Kafka brokers take far less in practice).
+MAX_CREDENTIAL_CHARS = 1024
+
+
+def checked_credential(name: str, value: str) -> str:
+    """``value`` if it can travel in a SASL exchange: non-empty, at most
+    MAX_CREDENTIAL_CHARS, UTF-8 encodable, without control characters (PLAIN separates
+    its fields with NUL). The message never repeats the value."""
+    bad = (
+        not value
+        or len(value) > MAX_CREDENTIAL_CHARS
+        or any(unicodedata.category(c) in {"Cc", "Cs"} for c in value)
+    )
+    if bad:
+        raise refuse(
+            "kafka_sasl_bad_credential",
+            f"PRIVMESH_KAFKA_{name.upper()} must be 1-{MAX_CREDENTIAL_CHARS} printable "
+            "characters (no control characters, valid Unicode)",
+        )
+    return value
+
+
+def check_tls_files(ca: Path | None, cert: Path | None, key: Path | None, prefix: str) -> None:
+    """Refuse TLS files that are missing, unreadable or not PEM that Python's ssl loads
+    (``kafka_tls_file_unreadable``, ``kafka_tls_file_invalid``)."""
+    for suffix, path in (("CAFILE", ca), ("CERTFILE", cert), ("KEYFILE", key)):
+        if path is None:
+            continue
+        try:
+            if not path.is_file():
+                raise OSError("not a file")
+            with path.open("rb") as handle:
+                handle.read(1)
+        except (OSError, ValueError) as exc:
+            raise refuse(
+                "kafka_tls_file_unreadable",
+                f"{prefix}_{suffix} ({str(path)[:200]!r}) cannot be read: "
+                f"{type(exc).__name__}; give the path of a readable PEM file",
+            ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise refuse(
+            "kafka_tls_file_invalid",
+            f"{prefix}_* files do not load as PEM certificates and key ({exc.__class__.__name__}: "
+            f"{str(exc)[:120]}); check that the key matches the certificate and is not "
+            "encrypted",
+        ) from None
+
+
 class KafkaSettings(BaseSettings):
     """Where the Kafka-protocol broker is (env prefix ``PRIVMESH_KAFKA_``).
 
@@ -51,7 +110,10 @@ class KafkaSettings(BaseSettings):
     to use any Apache Kafka compatible cluster instead.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PRIVMESH_KAFKA_", extra="ignore")
+    # hide_input_in_errors: a refused setting may be the SASL password
+    model_config = SettingsConfigDict(
+        env_prefix="PRIVMESH_KAFKA_", extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap_servers: str | None = None
     embedded_port: Annotated[int, Field(ge=1024, le=65535)] = 19092
@@ -101,6 +163,138 @@ class KafkaSettings(BaseSettings):
             "journal, restarted, and given back only what retention keeps (same offsets)."
         ),
     )
+
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        description=(
+            "How every Kafka client of privmesh connects: PLAINTEXT, SSL (TLS, with a client "
+            "certificate for mTLS), SASL_PLAINTEXT or SASL_SSL (user name and password, over "
+            "TLS for SASL_SSL). docs/kafka-security.md says which are tested end to end."
+        ),
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        default=None,
+        description="SASL mechanism of the SASL_* protocols: PLAIN (the default), "
+        "SCRAM-SHA-256 or SCRAM-SHA-512.",
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None, repr=False, description="SASL password (never logged nor shown)."
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that sign the brokers' certificates "
+        "(the system's CAs when unset).",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate (mTLS), with its key or without."
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of ssl_certfile (unencrypted)."
+    )
+    ssl_check_hostname: bool = Field(
+        default=True,
+        description="Check that the broker's certificate names the host connected to.",
+    )
+    embedded_tls_certfile: Path | None = Field(
+        default=None,
+        description=(
+            "PEM server certificate: the embedded broker's public port speaks TLS (clients "
+            "then need PRIVMESH_KAFKA_SECURITY_PROTOCOL=SSL and a CA that signed it)."
+        ),
+    )
+    embedded_tls_keyfile: Path | None = Field(
+        default=None, description="PEM private key of embedded_tls_certfile."
+    )
+    embedded_tls_cafile: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set the embedded broker accepts only clients "
+        "presenting a certificate it signed (mTLS).",
+    )
+
+    @field_validator("sasl_username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        return None if value is None else checked_credential("sasl_username", value)
+
+    @field_validator("sasl_password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            checked_credential("sasl_password", value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> Self:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise refuse(
+                "kafka_sasl_unused",
+                f"SASL settings are set but PRIVMESH_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.security_protocol}: set it to SASL_SSL (or SASL_PLAINTEXT), or unset "
+                "PRIVMESH_KAFKA_SASL_*",
+            )
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise refuse(
+                "kafka_sasl_credentials_missing",
+                f"{self.security_protocol} needs PRIVMESH_KAFKA_SASL_USERNAME and "
+                "PRIVMESH_KAFKA_SASL_PASSWORD",
+            )
+        client_files = {
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        if not tls and any(client_files.values()):
+            raise refuse(
+                "kafka_tls_unused",
+                f"PRIVMESH_KAFKA_SSL_* files are set but the security protocol is "
+                f"{self.security_protocol}: set it to SSL (or SASL_SSL), or unset them",
+            )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise refuse(
+                "kafka_tls_key_without_cert",
+                "PRIVMESH_KAFKA_SSL_KEYFILE is set without PRIVMESH_KAFKA_SSL_CERTFILE",
+            )
+        check_tls_files(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, "PRIVMESH_KAFKA_SSL")
+        self._check_embedded_tls()
+        return self
+
+    def _check_embedded_tls(self) -> None:
+        cert, key, ca = (
+            self.embedded_tls_certfile,
+            self.embedded_tls_keyfile,
+            self.embedded_tls_cafile,
+        )
+        if not (cert or key or ca):
+            if self.embedded and self.security_protocol != "PLAINTEXT":
+                raise refuse(
+                    "kafka_embedded_plaintext",
+                    f"the embedded broker speaks PLAINTEXT but clients are set to "
+                    f"{self.security_protocol}: set PRIVMESH_KAFKA_EMBEDDED_TLS_CERTFILE and "
+                    "_KEYFILE (TLS), or PRIVMESH_KAFKA_BOOTSTRAP_SERVERS (an external Kafka)",
+                )
+            return
+        if not (cert and key):
+            raise refuse(
+                "kafka_embedded_tls_incomplete",
+                "the embedded broker's TLS needs both PRIVMESH_KAFKA_EMBEDDED_TLS_CERTFILE "
+                "and PRIVMESH_KAFKA_EMBEDDED_TLS_KEYFILE",
+            )
+        if not self.embedded_journal:
+            raise refuse(
+                "kafka_embedded_tls_unjournaled",
+                "the embedded broker terminates TLS in its journaled mode only: unset "
+                "PRIVMESH_KAFKA_EMBEDDED_JOURNAL=false or the EMBEDDED_TLS_* settings",
+            )
+        if self.embedded and self.security_protocol != "SSL":
+            raise refuse(
+                "kafka_embedded_tls_mismatch",
+                f"the embedded broker speaks TLS without SASL but clients are set to "
+                f"{self.security_protocol}: set PRIVMESH_KAFKA_SECURITY_PROTOCOL=SSL",
+            )
+        check_tls_files(ca, cert, key, "PRIVMESH_KAFKA_EMBEDDED_TLS")
 
     @property
     def embedded(self) -> bool:
