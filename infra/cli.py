@@ -26,7 +26,7 @@ from infra.commands import dsr as dsr_commands
 from infra.commands import federation as federation_commands
 from infra.commands import privacy as privacy_commands
 from infra.commands import retention as retention_commands
-from infra.console import console, err
+from infra.console import console, err, print_json
 from infra.errors import InfraError, StackNotRunning
 from infra.settings import GeneratorSettings, StackSettings
 from streams.errors import StreamError
@@ -58,6 +58,37 @@ app.add_typer(consent_commands.app, name="consent")
 app.add_typer(deploy_commands.app, name="deploy")
 
 DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="Name of a loaded domain.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (stable keys, no markup) instead of a table.")
+]
+
+
+def package_version() -> str:
+    """The installed privmesh package's version (``0+unknown`` when run from a bare tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("privmesh")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.out(f"privmesh {package_version()}", highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Streaming data-mesh analytics whose every output is private."""
 
 
 def _runtime() -> RuntimeSettings:
@@ -251,8 +282,11 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Health of each component of the running stack (exit 1 if any is unhealthy)."""
+def status(as_json: JsonOpt = False) -> None:
+    """Health of each component of the running stack.
+
+    Exit status: 0 every component healthy, 1 one is not (or no launcher, or, with
+    ``--json``, no stack), 2 no stack is running."""
     from infra.stack import component_health, orphaned_state, read_state
 
     runtime = _runtime()
@@ -261,7 +295,21 @@ def status() -> None:
     if orphaned:
         state = orphaned_state(runtime.data_dir)
     rows = component_health(state) if state is not None else []
-    if state is None or (orphaned and not any(r["alive"] for r in rows)):
+    running = not (state is None or (orphaned and not any(r["alive"] for r in rows)))
+    if as_json:
+        print_json(
+            {
+                "data_dir": str(runtime.data_dir),
+                "running": running,
+                "launcher": running and not orphaned,
+                "healthy": running and all(r["healthy"] for r in rows),
+                "components": rows,
+            }
+        )
+        if not running or orphaned or not all(r["healthy"] for r in rows):
+            raise typer.Exit(1)
+        return
+    if not running:
         raise StackNotRunning(
             f"no stack is running from {runtime.data_dir}; start one with `privmesh up`"
         )
@@ -440,30 +488,49 @@ def features_apply(domain: DomainOpt) -> None:
 @app.command()
 def ledger(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show the most recent privacy-ledger entries."""
+    """Show the most recent privacy-ledger entries, newest first."""
     from dashboards_api.budget import from_micro
     from dashboards_api.ledger import open_ledger
     from dashboards_api.settings import ApiSettings
 
-    book = open_ledger(ApiSettings().ledger_url, _runtime().data_dir)
+    settings = ApiSettings()
+    book = open_ledger(settings.ledger_url, _runtime().data_dir)
     try:
-        table = Table(
-            "id", "class", "period", "data version", "epsilon", "released value", "created"
-        )
-        for e in book.entries(limit=limit):
-            table.add_row(
-                str(e.id),
-                e.class_id,
-                e.period,
-                e.data_version,
-                str(from_micro(e.cost_micro)),
-                str(e.answer.get("value")),
-                e.created_at,
-            )
-        console.print(table)
+        entries = book.entries(limit=limit)
     finally:
         book.close()
+    rows = [
+        {
+            "id": e.id,
+            "class_id": e.class_id,
+            "product": e.product,
+            "period": e.period,
+            "data_version": e.data_version,
+            "epsilon": str(from_micro(e.cost_micro)),
+            "released_value": e.answer.get("value"),
+            "created_at": e.created_at,
+        }
+        for e in entries
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        err.print(
+            "no releases in the ledger yet: start the stack (`privmesh up`) and ask a query "
+            f"class (`curl http://{settings.host}:{settings.port}/v1/queries`); each answer is "
+            "recorded here"
+        )
+        return
+    table = Table("id", "class", "period", "data version", "epsilon", "released value", "created")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["class_id"], r["period"], r["data_version"], r["epsilon"],
+            str(r["released_value"]), r["created_at"],
+        )  # fmt: skip
+    console.print(table)
 
 
 EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError, OSError)

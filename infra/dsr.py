@@ -26,6 +26,7 @@ from domains.contract import DomainContract
 from feature_repo.offline import part_files
 from feature_repo.store import DomainFeatureStore
 from federation.registry import ModelRegistry
+from infra.inputs import check_subject
 from streams.erasure import erase_subject, subject_tokens
 from streams.keyring import DomainTokens
 from streams.producing import RawProducer
@@ -43,19 +44,6 @@ class DsrRecord:
     seconds: float = 0.0
     requested_by: str = ""
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def check_subject(subject: str) -> None:
-    """Refuse a subject no domain could hold: empty, or holding NUL or text UTF-8 cannot
-    encode (a lone surrogate, as a non-UTF-8 argument gives). The error never quotes it."""
-    if not subject.strip():
-        raise ValueError("the subject is empty: give the raw privacy-unit value")
-    if "\x00" in subject:
-        raise ValueError("the subject holds a NUL character")
-    try:
-        subject.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the subject holds text UTF-8 cannot encode (not UTF-8 input)") from None
 
 
 def subject_access(

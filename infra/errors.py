@@ -55,3 +55,10 @@ class InvalidDeployValue(InfraError):
     cannot become the Kubernetes object or field it names."""
 
     code = "invalid_deploy_value"
+
+
+class InvalidCliValue(InfraError):
+    """A command-line value (a subject, a tag, an entity id, ...) that no command could
+    use; refused before anything slow is imported, with the accepted values."""
+
+    code = "invalid_cli_value"

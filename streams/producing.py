@@ -6,15 +6,21 @@ embedded Tansu, and needs no event loop.
 
 from __future__ import annotations
 
+import warnings
 from types import TracebackType
 from typing import Self
-
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from streams.errors import BrokerUnavailable
 from streams.kafka_clients import kafka_python_config
 from streams.settings import KafkaSettings
+
+with warnings.catch_warnings():
+    # kafka-python loads its protocol schemas at import through importlib.resources'
+    # deprecated read_text: a DeprecationWarning on every CLI command that imported Feast
+    # first (Feast turns them on). Only this import is quieted.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
 
 class RawProducer:

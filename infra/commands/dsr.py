@@ -9,7 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from infra.console import console, err
+from infra.console import console, err, print_json
+from infra.errors import InvalidCliValue
+from infra.imports import preload_feast
+from infra.inputs import subject_option
 
 app = typer.Typer(
     help="Data-subject requests: access and erasure across domains.", no_args_is_help=True
@@ -48,17 +51,6 @@ def _system() -> dict[str, Any]:
     }
 
 
-def _check(subject: str) -> None:
-    from infra.dsr import check_subject
-
-    if not subject.strip():
-        raise typer.BadParameter("--subject is empty")
-    try:
-        check_subject(subject)
-    except ValueError as exc:  # the message never quotes the subject
-        raise typer.BadParameter(f"--subject: {exc}") from None
-
-
 @app.command("access")
 def access(
     subject: SubjectOpt,
@@ -66,31 +58,34 @@ def access(
     requested_by: ByOpt = None,
 ) -> None:
     """Everything privmesh holds about a subject, per domain, as JSON."""
+    subject_option("--subject", subject)  # before Feast and the stores load (seconds)
+    if out is not None and out.is_dir():
+        raise InvalidCliValue(f"--out {out} is a folder; name a file to write the export to")
+    preload_feast()
     from federation.registry import open_registry
     from infra.dsr import subject_access
 
-    _check(subject)
     s = _system()
     export = subject_access(
         s["contracts"], s["tokens"], s["stores"], open_registry(), subject, s["log"],
         requested_by or getpass.getuser(),
     )  # fmt: skip
-    text = json.dumps(export, indent=2, default=str)
     if out is None:
-        console.print_json(text)
+        print_json(export)
     else:
-        out.write_text(text + "\n", encoding="utf-8")
+        out.write_text(json.dumps(export, indent=2, default=str) + "\n", encoding="utf-8")
         err.print(f"wrote {export['request_id']} to {out}")
 
 
 @app.command("erase")
 def erase(subject: SubjectOpt, requested_by: ByOpt = None) -> None:
     """Erase a subject from every domain's stores and compacted topics, and record it."""
+    subject_option("--subject", subject)
+    preload_feast()
     from infra.dsr import subject_erase
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings
 
-    _check(subject)
     s = _system()
     with RawProducer(KafkaSettings(), client_id="privmesh-dsr") as producer:
         record = subject_erase(

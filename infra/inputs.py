@@ -1,0 +1,86 @@
+"""Checks of command-line values, run before a command imports anything slow.
+
+A value no command could use (an empty or non-UTF-8 subject, a tag that is not a privacy
+tag, an entity id with no kind) is refused here in milliseconds with ``InvalidCliValue``
+(code ``invalid_cli_value``), instead of after Feast or the catalog took seconds to load.
+Messages never quote a subject: it is a personal identifier.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from infra.errors import InvalidCliValue
+
+MAX_SUBJECT_CHARS = 1_024  # longer than any privacy-unit value (e-mail <= 254, ids, tails)
+MAX_TEXT_CHARS = 1_024  # entity ids, search text: longer is a mistake, not a name
+
+
+def check_subject(subject: str) -> None:
+    """Refuse a subject no domain could hold: empty, holding NUL, longer than
+    ``MAX_SUBJECT_CHARS``, or text UTF-8 cannot encode (a lone surrogate, as a non-UTF-8
+    argument gives). Raises ``ValueError``; the message never quotes the subject."""
+    if not subject.strip():
+        raise ValueError("the subject is empty: give the raw privacy-unit value")
+    if "\x00" in subject:
+        raise ValueError("the subject holds a NUL character")
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise ValueError(
+            f"the subject is {len(subject)} characters long; a privacy-unit value has at "
+            f"most {MAX_SUBJECT_CHARS}"
+        )
+    try:
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the subject holds text UTF-8 cannot encode (not UTF-8 input)") from None
+
+
+def subject_option(option: str, subject: str) -> str:
+    """``subject`` when ``check_subject`` accepts it, else ``InvalidCliValue`` naming
+    ``option`` (never the value)."""
+    try:
+        check_subject(subject)
+    except ValueError as exc:
+        raise InvalidCliValue(f"{option}: {exc}") from None
+    return subject
+
+
+def text_option(option: str, value: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """``value`` when it is non-empty printable UTF-8 text of at most ``max_chars``."""
+    if not value.strip():
+        raise InvalidCliValue(f"{option} is empty")
+    if len(value) > max_chars:
+        raise InvalidCliValue(f"{option} is {len(value)} characters long; at most {max_chars}")
+    if any(not ch.isprintable() for ch in value):
+        raise InvalidCliValue(f"{option} holds a control character (NUL, newline, ...)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidCliValue(f"{option} holds text UTF-8 cannot encode") from None
+    return value
+
+
+def one_of(option: str, value: str, choices: Iterable[str]) -> str:
+    """``value`` when it is one of ``choices``; else the choices and the closest ones."""
+    known = list(choices)
+    if value in known:
+        return value
+    shown = text_option(option, value, 200)  # a long or binary value is not echoed
+    close = difflib.get_close_matches(shown.lower(), known, n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise InvalidCliValue(f"{option} {shown!r} is not one of {', '.join(known)}{hint}")
+
+
+def entity_ref(option: str, value: str, kinds: Iterable[str]) -> str:
+    """A catalog reference ``kind:name`` (or ``kind:name#column``) whose kind is one of
+    ``kinds``: malformed ones are refused before the catalog is assembled."""
+    text_option(option, value)
+    kind, sep, name = value.partition(":")
+    if not sep or not name.strip() or name.startswith("#") or name.endswith("#"):
+        raise InvalidCliValue(
+            f"{option} {value!r} is not an entity id: write KIND:NAME, e.g. "
+            "product:shop.orders or field:shop.orders.zip_code"
+        )
+    one_of(f"{option}'s kind", kind, kinds)
+    return value
