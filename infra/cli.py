@@ -501,7 +501,7 @@ def ledger(
         entries = book.entries(limit=limit)
     finally:
         book.close()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": e.id,
             "class_id": e.class_id,

@@ -33,11 +33,11 @@ def preload_feast() -> None:
     def identity(target: Any = None, **_options: Any) -> Any:
         return (lambda actual: actual) if target is None else target
 
-    typeguard.typechecked = identity  # type: ignore[assignment]
+    typeguard.typechecked = identity
     if block_torch:
         sys.modules[_TORCH] = None  # type: ignore[assignment]  # import fails: Feast skips it
     try:
-        import feast  # noqa: F401
+        import feast
         import feast.feature_store  # noqa: F401  (the store and its providers)
     finally:
         typeguard.typechecked = original
