@@ -43,10 +43,11 @@ from dashboards_api.errors import AccuracyUnreachable, InvalidParameters
 from dashboards_api.hierarchy import (
     DAY_SECONDS,
     RESOLUTIONS,
+    VERSION,
     cover_sizes,
     expected_half_width,
+    half_width_profile,
     level_widths,
-    node_scale,
 )
 from dashboards_api.ledger import LedgerEntry
 from dashboards_api.query_classes import QueryClass
@@ -563,17 +564,17 @@ def mechanism_comparison(
     window_seconds: int, epsilon: Decimal, sensitivity: int, delta: float = 1e-6
 ) -> list[dict[str, Any]]:
     """Per resolution, the 95% half-widths (mean over the day's window ends, and worst) of:
-    the daily hierarchy; the binary tree over the day's windows (ranges as differences of
-    prefixes); independent noise per release (the day's epsilon split over the releases of
-    that one resolution); and the same three with Gaussian noise at the zCDP ``rho`` whose
-    OpenDP (epsilon, delta) conversion is the same daily epsilon. Discrete Laplace widths are
-    exact quantiles; Gaussian ones ``1.96 * sigma * sqrt(nodes)``."""
+    the daily hierarchy (and its version 1, uniform over four levels); the binary tree over
+    the day's windows (ranges as differences of prefixes); independent noise per release (the
+    day's epsilon split over the releases of that one resolution); and the same three with
+    Gaussian noise at the zCDP ``rho`` whose OpenDP (epsilon, delta) conversion is the same
+    daily epsilon (the hierarchy's Gaussian uniform over its levels). Discrete Laplace widths
+    are exact quantiles; Gaussian ones ``1.96 * sigma * sqrt(nodes)``."""
     eps = float(epsilon)
     rho = rho_for(eps, delta)
     hierarchy_levels = len(level_widths(window_seconds))
     horizon = DAY_SECONDS // window_seconds
     tree_levels = levels(horizon)
-    h_scale = node_scale(window_seconds, epsilon, sensitivity)
     t_scale = tree_scale(horizon, epsilon, sensitivity)
     h_sigma = sensitivity * math.sqrt(hierarchy_levels / (2 * rho))
     t_sigma = sensitivity * math.sqrt(tree_levels / (2 * rho))
@@ -595,7 +596,12 @@ def mechanism_comparison(
         rows.append(
             {
                 "resolution": resolution,
-                "hierarchy": laplace(h_scale, by_t),
+                "hierarchy": half_width_profile(
+                    resolution, window_seconds, epsilon, sensitivity, VERSION
+                ),
+                "hierarchy_v1": half_width_profile(
+                    resolution, window_seconds, epsilon, sensitivity, 1
+                ),
                 "tree": laplace(t_scale, tree_counts),
                 "independent": laplace(naive_scale, [1]),
                 "hierarchy_gaussian": gaussian(h_sigma, by_t),

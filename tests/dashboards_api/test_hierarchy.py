@@ -8,6 +8,7 @@ module's false-failure rate stays below 1e-6. The privacy audit is exact (no sam
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from itertools import pairwise
@@ -22,12 +23,16 @@ from dashboards_api.errors import MissingWindow, ResolutionUnavailable
 from dashboards_api.hierarchy import (
     DAY_SECONDS,
     RESOLUTIONS,
+    VERSION,
     DailyHierarchy,
+    _exact_mixed_half_width,
     cover_sizes,
     expected_half_width,
+    level_epsilons,
+    level_scales,
     level_widths,
+    mean_level_counts,
     mixed_half_width,
-    node_scale,
     resolutions_of,
 )
 
@@ -44,6 +49,7 @@ def hierarchy(
     store: MemoryNodeStore | None = None,
     stream_id: str | None = None,
     window_seconds: int = 10,
+    version: int = VERSION,
 ) -> DailyHierarchy:
     """A structure on a fresh in-memory store unless one is given."""
     return DailyHierarchy(
@@ -53,6 +59,7 @@ def hierarchy(
         sensitivity,
         store if store is not None else MemoryNodeStore(),
         stream_id or f"orders:day:{day_start}",
+        version,
     )
 
 
@@ -66,16 +73,22 @@ def exact(start: int, end: int, step: int = 10) -> int:
     return sum(window_value(at) for at in range(start, end, step))
 
 
-def test_levels_nest_and_end_with_the_day() -> None:
-    """Each level's width is a multiple of the previous one; widths that cannot nest drop."""
-    assert level_widths(10) == [10, 60, 3600, 86400]
-    assert level_widths(60) == [60, 3600, 86400]
-    assert level_widths(300) == [300, 3600, 86400]
-    assert level_widths(5400) == [5400, 86400]
+def test_levels_nest_and_end_below_the_day() -> None:
+    """Each level's width is a multiple of the previous one; widths that cannot nest drop;
+    version 2 has no day level, version 1 ends with it."""
+    assert level_widths(10) == [10, 60, 3600]
+    assert level_widths(60) == [60, 3600]
+    assert level_widths(300) == [300, 3600]
+    assert level_widths(5400) == [5400]
+    assert level_widths(10, 1) == [10, 60, 3600, 86400]
+    assert level_widths(5400, 1) == [5400, 86400]
     assert resolutions_of(300) == ("window", "1h", "today", "24h")
     assert resolutions_of(10) == RESOLUTIONS
     with pytest.raises(ValueError, match="does not divide the day"):
         level_widths(7)
+    for bad in (0, 3, True, "2", None, 2.0, -(2**70)):
+        with pytest.raises(ValueError, match="version must be one of"):
+            level_widths(10, bad)  # type: ignore[arg-type]
 
 
 def test_each_level_partitions_the_day() -> None:
@@ -99,9 +112,7 @@ def test_today_cover_is_exact_and_largest_first(window_seconds: int) -> None:
         assert spans[0][0] == DAY and spans[-1][1] == DAY + t
         assert all(a[1] == b[0] for a, b in pairwise(spans))
         assert [level for level, _ in nodes] == sorted((lv for lv, _ in nodes), reverse=True)
-        if t == DAY_SECONDS:
-            assert nodes == [(len(h.levels) - 1, 0)]
-        elif minute:
+        if minute:
             hours, rest = divmod(t, 3600)
             minutes, seconds = divmod(rest, 60)
             assert len(nodes) == hours + minutes + seconds // window_seconds
@@ -156,7 +167,9 @@ def test_values_are_sums_of_stored_nodes() -> None:
                 total += stored
                 nodes = [*nodes, node]
         assert value.value == total and value.nodes == len(nodes)
-        assert value.ci95_half_width == mixed_half_width(((h.scale, value.nodes),))
+        levels = Counter(level for level, _ in nodes)
+        terms = tuple(sorted((h.scales[level], n) for level, n in levels.items()))
+        assert value.ci95_half_width == mixed_half_width(terms)
 
 
 def test_nodes_are_drawn_only_when_complete() -> None:
@@ -187,7 +200,7 @@ def test_first_minute_and_hour_of_the_day_come_from_yesterday() -> None:
     assert caught.value.code == "resolution_unavailable"
     with pytest.raises(ResolutionUnavailable):
         h.value("1m", DAY + 10, window_value)
-    assert h.value("24h", DAY + DAY_SECONDS, window_value).nodes == 1
+    assert h.value("24h", DAY + DAY_SECONDS, window_value).nodes == 24
 
 
 def test_a_value_read_again_reuses_its_nodes() -> None:
@@ -271,11 +284,75 @@ def test_parameters_are_validated() -> None:
         hierarchy(window_seconds=300).value("1m", DAY + 3600, window_value)
 
 
-def test_scale_is_levels_times_sensitivity_over_epsilon() -> None:
-    """The node scale is levels * Δ / ε (OpenDP may add a few ulps), and the planner's
-    half-width of one node is its 95% quantile."""
-    scale = node_scale(10, HALF, 10)
-    assert scale == pytest.approx(4 * 10 / 0.5, rel=1e-12) and scale >= 80.0
+def test_level_epsilons_add_up_and_each_map_is_checked() -> None:
+    """The levels' epsilons add up to the day's exactly, each level's scale is Δ / ε_l (OpenDP
+    may add a few ulps) and OpenDP's map of each level at Δ is at most its ε_l, so the maps
+    add up to at most ε (basic composition); version 1 is one map at levels * Δ."""
+    for window, epsilon, delta in ((10, HALF, 10), (60, Decimal("0.25"), 1), (3600, HALF, 10)):
+        h = hierarchy(epsilon=epsilon, sensitivity=delta, window_seconds=window)
+        assert sum(h.epsilons) == epsilon and all(part > 0 for part in h.epsilons)
+        assert len(h.epsilons) == len(h.scales) == len(h.measurements) == len(h.levels)
+        maps = [Decimal(str(m.map(delta))) for m in h.measurements]
+        assert all(m <= part for m, part in zip(maps, h.epsilons, strict=True))
+        assert sum(maps) <= epsilon
+        for scale, part in zip(h.scales, h.epsilons, strict=True):
+            assert scale == pytest.approx(delta / float(part), rel=1e-12)
+            assert scale >= delta / float(part)
+    old = hierarchy(version=1)
+    assert old.scales == (old.scales[0],) * 4
+    assert old.scales[0] == pytest.approx(4 * 10 / 0.5, rel=1e-12)
+    assert float(old.measurements[0].map(4 * 10)) <= 0.5
+    with pytest.raises(ValueError, match="too small to split"):
+        level_epsilons(10, Decimal("1e-9"))
+
+
+def test_allocation_is_the_cube_root_rule_and_minimises_the_variance() -> None:
+    """n_l is the per-level node count of each resolution's cover, averaged over the day's
+    window ends (counted from the covers themselves) and added over the resolutions; ε_l is
+    proportional to n_l ** (1/3); and moving budget between any two levels raises the
+    objective sum_l n_l * 2 (Δ / ε_l) ** 2."""
+    window = 60
+    h = hierarchy(window_seconds=window)
+    ends = range(window, DAY_SECONDS + 1, window)
+    counts = np.zeros(len(h.levels))
+    assert resolutions_of(window) == RESOLUTIONS
+    for t in ends:
+        today = h.cover("today", DAY + t)
+        covers = {
+            "window": [(0, 0)],
+            "1m": [(0, 0)],  # a 1-minute window is the minute
+            "1h": [(1, 0)],
+            "today": today,
+            "24h": today + ([] if t == DAY_SECONDS else h.suffix_cover(DAY + t)),
+        }
+        for cover in covers.values():
+            for level, _ in cover:
+                counts[level] += 1
+    n = counts / len(ends)
+    assert mean_level_counts(window) == pytest.approx(tuple(n), rel=1e-12)
+    parts = np.array([float(e) for e in level_epsilons(window, HALF)])
+    assert parts / parts.sum() == pytest.approx(np.cbrt(n) / np.cbrt(n).sum(), abs=1e-8)
+
+    def objective(eps: np.ndarray) -> float:
+        return float(np.sum(n * 2 * (10 / eps) ** 2))
+
+    best = objective(parts)
+    for shift in (1e-3, -1e-3):
+        moved = parts + np.array([shift, -shift])
+        assert objective(moved) > best
+    assert mean_level_counts(10) == pytest.approx((8.5, 89.5, 35.50556), rel=1e-5)
+
+
+def test_expected_half_width_is_the_worst_time_of_the_day() -> None:
+    """With no time given, the planner's half-width is the largest over every window end of
+    the day (checked against each one), and one node's is its level's 95% quantile."""
+    for resolution in resolutions_of(300):
+        each = [
+            expected_half_width(resolution, 300, HALF, 10, t_in_day=t)
+            for t in range(300, DAY_SECONDS + 1, 300)
+        ]
+        assert expected_half_width(resolution, 300, HALF, 10) == max(each)
+    scale = level_scales(10, HALF, 10)[2]
     q = math.exp(-1 / scale)
     h = expected_half_width("1h", 10, HALF, 10)
     # P(|X| > h) = 2 q^(h+1) / (1 + q) for discrete Laplace: <= 5% at h, > 5% at h - 1.
@@ -285,11 +362,67 @@ def test_scale_is_levels_times_sensitivity_over_epsilon() -> None:
     )
 
 
+def test_mixed_half_width_is_exact_and_its_rescaling_conservative() -> None:
+    """Against direct convolution of the pmfs, the mixed half-width is the exact 95%
+    quantile; above MIXED_EXACT_MAX_SCALE it is never narrower than the exact one and wider
+    by under 0.2%."""
+    terms = ((3.0, 2), (5.5, 3), (9.0, 1))
+    support = np.arange(-2000, 2001)
+    pmf = np.zeros(1)
+    pmf[0] = 1.0
+    for scale, count in terms:
+        q = math.exp(-1 / scale)
+        one = (1 - q) / (1 + q) * q ** np.abs(support)
+        for _ in range(count):
+            pmf = np.convolve(pmf, one)
+    centre = len(pmf) // 2
+    coverage = [pmf[centre - h : centre + h + 1].sum() for h in range(200)]
+    exact_h = next(h for h, c in enumerate(coverage) if c >= 0.95)
+    assert mixed_half_width(terms) == exact_h
+    for big in (((1500.0, 5), (3000.0, 20), (2200.0, 9)), ((800.0, 1), (2000.0, 1))):
+        exact_big = _exact_mixed_half_width(big)
+        assert exact_big <= mixed_half_width(big) <= exact_big * 1.002
+
+
+def test_a_day_begun_under_version_1_finishes_under_it() -> None:
+    """A stream id whose day began under version 1 (same parameters) is opened at version 1
+    by the new code: its levels, scales and already drawn nodes stay, so its values are the
+    ones version 1 released; other parameters are still refused, a version-2 day cannot be
+    reopened as version 1, and the next day gets version 2."""
+    store = MemoryNodeStore()
+    old = hierarchy(store=store, stream_id="s", version=1)
+    released = old.value("today", DAY + 7300, window_value)
+    upgraded = hierarchy(store=store, stream_id="s")
+    assert upgraded.version == 1 and upgraded.levels == [10, 60, 3600, 86400]
+    assert upgraded.scales == old.scales
+    assert upgraded.value("today", DAY + 7300, window_value) == released
+    with pytest.raises(ValueError, match="other parameters"):
+        hierarchy(store=store, stream_id="s", epsilon=Decimal(1))
+    tomorrow = hierarchy(DAY + DAY_SECONDS, store=store, stream_id="t")
+    assert tomorrow.version == 2 and tomorrow.levels == [10, 60, 3600]
+    with pytest.raises(ValueError, match="structure version"):
+        hierarchy(DAY + DAY_SECONDS, store=store, stream_id="t", version=1)
+    # The first 24h value of the new day mixes both days' scales.
+    value = tomorrow.value("24h", DAY + DAY_SECONDS + 3600, window_value, upgraded)
+    assert value.ci95_half_width == mixed_half_width(
+        tuple(sorted({upgraded.scales[0]: 23, tomorrow.scales[2]: 1}.items()))
+    )
+
+
 @pytest.mark.parametrize(
-    ("resolution", "window_seconds"),
-    [("window", 10), ("1m", 10), ("1h", 60), ("today", 60), ("24h", 300)],
+    ("resolution", "window_seconds", "yesterday_version"),
+    [
+        ("window", 10, VERSION),
+        ("1m", 10, VERSION),
+        ("1h", 60, VERSION),
+        ("today", 60, VERSION),
+        ("24h", 300, VERSION),
+        ("24h", 300, 1),
+    ],
 )
-def test_the_95_interval_covers_at_every_resolution(resolution: str, window_seconds: int) -> None:
+def test_the_95_interval_covers_at_every_resolution(
+    resolution: str, window_seconds: int, yesterday_version: int
+) -> None:
     """Over 3000 independent structures the stated 95% interval covers the exact value at
     least 95% of the time and the interval one narrower does not cover much more often.
 
@@ -300,8 +433,9 @@ def test_the_95_interval_covers_at_every_resolution(resolution: str, window_seco
     ε = 1 the node scale is 150 or 200, where one unit changes the coverage by under 0.1%.
     Longer windows keep the exact sums cheap where a value spans many windows (each draw is
     a fresh structure, so it reads them all): '1h' and 'today' on 1-minute windows ('today'
-    at 02:03 sums 2 hours and 3 minutes), '24h' on 5-minute windows (35 nodes of 3 levels
-    from both days).
+    at 02:03 sums 2 hours and 3 minutes), '24h' on 5-minute windows (35 nodes from both
+    days; also with yesterday at version 1: the first day after an upgrade, scales mixed).
+    Six tests: the module's false-failure rate stays below 1e-6.
     """
     draws = 3000
     step = window_seconds
@@ -319,7 +453,9 @@ def test_the_95_interval_covers_at_every_resolution(resolution: str, window_seco
     for draw in range(draws):
         previous = None
         if resolution == "24h":
-            previous = hierarchy(DAY - DAY_SECONDS, Decimal(1), 50, store, f"y{draw}", step)
+            previous = hierarchy(
+                DAY - DAY_SECONDS, Decimal(1), 50, store, f"y{draw}", step, yesterday_version
+            )
         h = hierarchy(DAY, Decimal(1), 50, store, f"d{draw}", step)
         value = h.value(resolution, t_end, window_value, previous)
         errors[draw] = value.value - truth
@@ -340,7 +476,8 @@ def test_the_95_interval_covers_at_every_resolution(resolution: str, window_seco
 def test_privacy_audit_whole_day_neighbours(spread: list[int], first: int, stride: int) -> None:
     """One subject's whole day (at most Δ = 10 records, spread over many windows of the day)
     added to a day: the exact log-likelihood ratio of the released vector of ALL the day's
-    nodes, for every output, is at most ε (discrete Laplace: it is sum |x - x'| / scale).
+    nodes, for every output, is at most ε (discrete Laplace: it is the sum over the levels of
+    the level's |x - x'|_1 / scale_l, and each level moves by at most Δ).
 
     Also checked on the node vector this structure actually drew: its log-likelihood ratio is
     within the bound. Exact, no sampling: no false failures.
@@ -374,14 +511,18 @@ def test_privacy_audit_whole_day_neighbours(spread: list[int], first: int, strid
         ).astype(np.int64)
 
     x, x_prime = node_sums(without), node_sums(with_subject)
-    l1 = int(np.abs(x - x_prime).sum())
-    assert l1 <= len(h.levels) * sensitivity
-    assert l1 == len(h.levels) * sum(contribution.values())
-    # sup over outputs y of log p(y | x) - log p(y | x') is ||x - x'||_1 / scale (at y = x).
-    assert l1 / h.scale <= float(epsilon) + 1e-12
-    assert float(h.measurement.map(len(h.levels) * sensitivity)) <= float(epsilon)
+    scale = np.concatenate(
+        [np.full(DAY_SECONDS // width, s) for width, s in zip(h.levels, h.scales, strict=True)]
+    )
+    level = np.concatenate([np.full(DAY_SECONDS // width, i) for i, width in enumerate(h.levels)])
+    moved = np.abs(x - x_prime)
+    for i in range(len(h.levels)):  # each level partitions the day
+        assert int(moved[level == i].sum()) == sum(contribution.values()) <= sensitivity
+    # sup over outputs y of log p(y | x) - log p(y | x') is sum |x - x'| / scale (at y = x).
+    assert float(np.sum(moved / scale)) <= float(epsilon) + 1e-12
+    assert sum(float(m.map(sensitivity)) for m in h.measurements) <= float(epsilon) + 1e-12
     # The vector actually drawn (every node of the day, as released by the day's end).
     released = h.node_values(nodes, with_subject)
     y = np.array([released[n] for n in nodes], dtype=np.int64)
-    llr = float((np.abs(y - x).sum() - np.abs(y - x_prime).sum()) / h.scale)
+    llr = float(np.sum((np.abs(y - x) - np.abs(y - x_prime)) / scale))
     assert abs(llr) <= float(epsilon) + 1e-12

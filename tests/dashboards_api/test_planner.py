@@ -97,18 +97,18 @@ def test_unknown_volume_gives_absolute_widths_only() -> None:
     assert [(r.resolution, r.half_width) for r in p.rows] == [
         (r, expected_half_width(r, 10, HALF, 10)) for r in ("window", "1m", "1h", "today", "24h")
     ]
-    assert p.rows[0].half_width == 240 and p.rows[3].half_width == 2071
+    assert p.rows[0].half_width == 288 and p.rows[3].half_width == 1364
     assert all(r.relative is None and r.meets is None for r in p.rows)
     assert p.meets is None and p.suggestion is None and p.volume_source == "unknown"
     assert p.to_dict()["epsilon_per_day"] == "0.5"
 
 
 def test_met_accuracy_needs_no_suggestion() -> None:
-    """At 200,000 orders a day an hour holds 8,333 and ±240 is 2.9%: within 5%."""
+    """At 200,000 orders a day an hour holds 8,333 and ±179 is 2.1%: within 5%."""
     p = plan(daily(), orders(), (200_000.0, "given"), window_seconds=10)
     hour = next(r for r in p.rows if r.resolution == "1h")
     assert hour.typical_value == pytest.approx(200_000 / 24)
-    assert hour.relative == pytest.approx(240 / (200_000 / 24))
+    assert hour.relative == pytest.approx(179 / (200_000 / 24))
     assert hour.meets is True and p.meets is True and p.suggestion is None
 
 
@@ -205,13 +205,18 @@ def test_volume_comes_from_released_values_of_the_same_statistic() -> None:
 def test_comparison_matches_the_mechanisms() -> None:
     """The comparison's hierarchy widths are the planner's, its independent hourly releases
     get epsilon / 24 each, and (measured) the hierarchy is narrower than the binary tree at
-    every resolution, on average and at worst."""
+    every resolution, on average and at worst, and than its version 1 at every resolution
+    but the window."""
     rows = {r["resolution"]: r for r in mechanism_comparison(10, HALF, 10)}
-    assert rows["1h"]["hierarchy"] == (240, 240)
+    one_hour = expected_half_width("1h", 10, HALF, 10)
+    assert rows["1h"]["hierarchy"] == (one_hour, one_hour)
+    assert rows["1h"]["hierarchy_v1"] == (240, 240)
     assert rows["today"]["hierarchy"][1] == expected_half_width("today", 10, HALF, 10)
     assert rows["1h"]["independent"][0] == ci95_half_width(24 * 10 / 0.5, 1)
     for row in rows.values():
         assert row["hierarchy"][0] < row["tree"][0] and row["hierarchy"][1] < row["tree"][1]
+    for resolution in ("1m", "1h", "today", "24h"):  # version 2 narrower than version 1
+        assert rows[resolution]["hierarchy"] < rows[resolution]["hierarchy_v1"]
 
 
 def test_rho_converts_back_to_the_daily_epsilon() -> None:
@@ -290,7 +295,7 @@ def test_plan_endpoint_for_owners_and_governance(tmp_path: Path) -> None:
 def test_registry_refuses_an_unreachable_accuracy(tmp_path: Path) -> None:
     """With 2,000 orders a day released, a class promising 5% at 1h for epsilon 0.5 is
     refused (422 accuracy_unreachable) with the planner's suggestion (an epsilon of about
-    26, which the product's total of 2, fully allocated, has no room for); the same class is
+    19.5, which the product's total of 2, fully allocated, has no room for); the same class is
     accepted when 200,000 orders a day were released, and when nothing was released yet."""
     for volume, status in ((2_000, 422), (200_000, 200), (None, 200)):
         where = tmp_path / str(volume)
@@ -305,7 +310,7 @@ def test_registry_refuses_an_unreachable_accuracy(tmp_path: Path) -> None:
             assert body["code"] == "accuracy_unreachable"
             suggestion = body["suggestion"]
             assert suggestion["coarser"] is None and suggestion["epsilon_fits"] is False
-            assert 26 < float(suggestion["epsilon"]) < 27
+            assert 19 < float(suggestion["epsilon"]) < 20
             assert body["plan"]["product_room"] == "0"
             assert body["plan"]["volume_source"].startswith(
                 "released 24h value of shop.orders.order_count"
