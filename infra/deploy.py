@@ -1023,7 +1023,18 @@ def shared_policies(mesh: list[MeshDomain], o: DeployOptions) -> list[dict[str, 
             o,
             everything,
             None,
-            [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}],
+            [
+                {
+                    # The cluster DNS (CoreDNS and kube-dns both carry k8s-app=kube-dns).
+                    "to": [
+                        {
+                            **_namespace_peer("kube-system"),
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }
+            ],
         ),
         _policy(
             "api",
