@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -244,6 +245,6 @@ def test_tls_without_the_journal_hold(tmp_path: Path, pki: Pki) -> None:
         broker.close()
 
 
-def _lower(env: dict[str, str]) -> dict[str, str]:
+def _lower(env: dict[str, str]) -> dict[str, Any]:
     """PRIVMESH_KAFKA_* variables as KafkaSettings keyword arguments."""
     return {k.removeprefix("PRIVMESH_KAFKA_").lower(): v for k, v in env.items()}

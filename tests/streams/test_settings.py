@@ -1,4 +1,4 @@
-"""Stream settings: the worker's web bind address."""
+"""Stream and Kafka settings: the worker's web bind address, the Kafka security settings."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
+from federation.engine.pki import server_pki
 from streams.processor import make_app
 from streams.settings import KafkaSettings, StreamSettings
 from tests.conftest import free_port
@@ -94,3 +95,119 @@ def test_worker_pages_listen_on_the_bind_address(bind: str, tmp_path: Path) -> N
         assert remote is not None and remote.endswith(b'{"ok":true}')
     else:
         assert remote is None
+
+
+# ---------------------------------------------------------------- Kafka security settings
+@pytest.fixture
+def pem(tmp_path: Path) -> dict[str, Path]:
+    """A CA certificate, a certificate and its key (PEM files)."""
+    pki = server_pki(tmp_path / "pki", ["127.0.0.1"])
+    return {"ca": pki.ca_certificate, "cert": pki.certificate, "key": pki.key}
+
+
+def refused_code(**settings: Any) -> str:
+    """The code of the first error KafkaSettings gives for ``settings``."""
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(**settings)
+    return str(caught.value.errors()[0]["type"])
+
+
+EXTERNAL: dict[str, Any] = {"bootstrap_servers": "kafka:9093"}
+SASL: dict[str, Any] = {
+    **EXTERNAL,
+    "security_protocol": "SASL_SSL",
+    "sasl_username": "u",
+    "sasl_password": "p",
+}
+
+
+@pytest.mark.parametrize(
+    ("settings", "code"),
+    [
+        ({**EXTERNAL, "security_protocol": "TLS"}, "literal_error"),
+        ({**SASL, "sasl_mechanism": "GSSAPI"}, "literal_error"),
+        ({**EXTERNAL, "security_protocol": "SASL_SSL"}, "kafka_sasl_credentials_missing"),
+        ({**SASL, "sasl_password": None}, "kafka_sasl_credentials_missing"),
+        ({**EXTERNAL, "sasl_mechanism": "PLAIN"}, "kafka_sasl_unused"),
+        ({**EXTERNAL, "security_protocol": "SSL", "sasl_username": "u"}, "kafka_sasl_unused"),
+        ({**SASL, "sasl_username": ""}, "kafka_sasl_bad_credential"),
+        ({**SASL, "sasl_username": "a\x00b"}, "kafka_sasl_bad_credential"),
+        ({**SASL, "sasl_password": "p\ud800"}, "kafka_sasl_bad_credential"),
+        ({**SASL, "sasl_password": "p" * 5000}, "kafka_sasl_bad_credential"),
+        ({**SASL, "sasl_username": "line\nbreak"}, "kafka_sasl_bad_credential"),
+        ({"security_protocol": "SSL"}, "kafka_embedded_plaintext"),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "p"},
+         "kafka_embedded_plaintext"),
+    ],
+)  # fmt: skip
+def test_kafka_security_refuses_nonsense(settings: dict[str, Any], code: str) -> None:
+    """Protocol, mechanism and credentials that cannot work together are refused by code."""
+    assert refused_code(**settings) == code
+
+
+def test_kafka_tls_files_are_checked(pem: dict[str, Path], tmp_path: Path) -> None:
+    """Missing, unreadable, non-PEM or mismatched TLS files are refused by code."""
+    ssl_on: dict[str, Any] = {**EXTERNAL, "security_protocol": "SSL"}
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\n\xff\x00\n")
+    other = server_pki(tmp_path / "other", ["127.0.0.1"])
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"ssl_cafile": tmp_path / "missing.pem"}, "kafka_tls_file_unreadable"),
+        ({"ssl_cafile": "/tmp/nul\x00.pem"}, "kafka_tls_file_unreadable"),
+        ({"ssl_cafile": tmp_path}, "kafka_tls_file_unreadable"),
+        ({"ssl_cafile": garbage}, "kafka_tls_file_invalid"),
+        ({"ssl_certfile": pem["cert"], "ssl_keyfile": other.key}, "kafka_tls_file_invalid"),
+        ({"ssl_keyfile": pem["key"]}, "kafka_tls_key_without_cert"),
+    ]
+    for extra, code in cases:
+        assert refused_code(**ssl_on, **extra) == code, extra
+    assert refused_code(**EXTERNAL, ssl_cafile=pem["ca"]) == "kafka_tls_unused"
+    fine = KafkaSettings(
+        **ssl_on, ssl_cafile=pem["ca"], ssl_certfile=pem["cert"], ssl_keyfile=pem["key"]
+    )
+    assert fine.ssl_certfile == pem["cert"]
+
+
+def test_embedded_tls_settings(pem: dict[str, Path]) -> None:
+    """The embedded broker's TLS needs a certificate and its key, the journaled broker, and
+    clients set to SSL; then it is accepted."""
+    server: dict[str, Any] = {
+        "embedded_tls_certfile": pem["cert"],
+        "embedded_tls_keyfile": pem["key"],
+    }
+    clients: dict[str, Any] = {"security_protocol": "SSL", "ssl_cafile": pem["ca"]}
+    assert (
+        refused_code(embedded_tls_certfile=pem["cert"], **clients)
+        == "kafka_embedded_tls_incomplete"
+    )
+    assert (
+        refused_code(**server, **clients, embedded_journal=False)
+        == "kafka_embedded_tls_unjournaled"
+    )
+    assert refused_code(**server) == "kafka_embedded_tls_mismatch"
+    assert (
+        refused_code(**server, **clients, embedded_tls_cafile=pem["key"])
+        == "kafka_tls_file_invalid"
+    )
+    kafka = KafkaSettings(**server, **clients, embedded_tls_cafile=pem["ca"])
+    assert kafka.embedded and kafka.embedded_tls_cafile == pem["ca"]
+
+
+def test_kafka_security_from_environment(
+    monkeypatch: pytest.MonkeyPatch, pem: dict[str, Path]
+) -> None:
+    """The settings read PRIVMESH_KAFKA_* variables; the password stays a secret."""
+    for name, value in {
+        "BOOTSTRAP_SERVERS": "kafka:9093",
+        "SECURITY_PROTOCOL": "SASL_SSL",
+        "SASL_MECHANISM": "SCRAM-SHA-512",
+        "SASL_USERNAME": "privmesh",
+        "SASL_PASSWORD": "s3cret-pw",
+        "SSL_CAFILE": str(pem["ca"]),
+        "SSL_CHECK_HOSTNAME": "false",
+    }.items():
+        monkeypatch.setenv(f"PRIVMESH_KAFKA_{name}", value)
+    kafka = KafkaSettings()
+    assert kafka.sasl_mechanism == "SCRAM-SHA-512" and not kafka.ssl_check_hostname
+    assert kafka.sasl_password is not None and kafka.sasl_password.get_secret_value() == "s3cret-pw"
+    assert "s3cret-pw" not in repr(kafka)
