@@ -3,64 +3,68 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from dashboards_api.errors import InvalidQueryClasses
-from dashboards_api.policy import check_at_start
-from dashboards_api.query_classes import (
-    ProductBudget,
-    QueryClass,
-    load_product_budgets,
-    load_query_classes,
-)
-from dashboards_api.sensitivity import check_class
-from dashboards_api.settings import ApiSettings
-from domains.contract import DataProduct, DomainContract, contract_json_schema
-from domains.errors import ContractError
-from domains.folders import (
-    CONTRACT_FILE,
-    DomainSet,
-    configured_folders,
-    domain_set,
-    read_domain_folder,
-)
-from domains.lint import Finding, Severity, lint_paths
-from domains.lint_folders import LintModels, lint_domain_set, lint_domains
+from domains.contract import contract_json_schema
+from domains.folders import CONTRACT_FILE, configured_folders, domain_set
+from domains.lint import Finding, Severity
 from domains.registry import get_contract, load_contracts
-from domains.scaffold import scaffold_domain
-from federation.errors import FederationError
-from federation.features import task_encoding
-from federation.tasks import TaskSpec
 from infra.commands.odcs import export_domain, import_contract
-from infra.console import console, err
+from infra.console import console, err, print_json
 from streams.settings import get_stream_settings
+
+if TYPE_CHECKING:
+    from domains.contract import DataProduct, DomainContract
+    from domains.lint_folders import LintModels
+    from federation.tasks import TaskSpec
 
 
 def _check_task(task: TaskSpec, contracts: dict[str, DomainContract]) -> None:
+    from federation.features import task_encoding  # pandas: only when a task is linted
+
     task_encoding(task, contracts)  # every domain encodes the task's features the same way
 
 
-MODELS = LintModels(
-    query_class=QueryClass,
-    product_budget=ProductBudget,
-    task=TaskSpec,
-    check_class=check_class,
-    check_task=_check_task,
-    refusals=(InvalidQueryClasses, FederationError, ContractError),
-)
+@cache
+def lint_models() -> LintModels:
+    """The models and checks the folder linter validates query classes and tasks with
+    (imported on first use: they pull in the API's and federation's modules)."""
+    from dashboards_api.errors import InvalidQueryClasses
+    from dashboards_api.query_classes import ProductBudget, QueryClass
+    from dashboards_api.sensitivity import check_class
+    from domains.errors import ContractError
+    from domains.lint_folders import LintModels
+    from federation.errors import FederationError
+    from federation.tasks import TaskSpec
+
+    return LintModels(
+        query_class=QueryClass,
+        product_budget=ProductBudget,
+        task=TaskSpec,
+        check_class=check_class,
+        check_task=_check_task,
+        refusals=(InvalidQueryClasses, FederationError, ContractError),
+    )
 
 
 def lint_configured() -> list[Finding]:
     """Every finding of the configured domains (``PRIVMESH_DOMAIN_DIRS``): contracts,
     owners, query classes, tasks, the references between them, and (when those are clean)
     the API's start-up checks of the product totals against the governance policy."""
+    from dashboards_api.errors import InvalidQueryClasses
+    from dashboards_api.policy import check_at_start
+    from dashboards_api.query_classes import load_product_budgets, load_query_classes
+    from dashboards_api.settings import ApiSettings
+    from domains.lint_folders import lint_domains
+
     folders, flat = configured_folders()
-    findings = lint_domains(folders, flat, get_stream_settings().window_seconds, MODELS)
+    findings = lint_domains(folders, flat, get_stream_settings().window_seconds, lint_models())
     if any(f.severity is Severity.ERROR for f in findings):
         return findings
     contracts = load_contracts()
@@ -91,22 +95,36 @@ app.command("export")(export_domain)
 
 
 @app.command("list")
-def list_domains() -> None:
+def list_domains(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """One line per data product: domain, product, version, owner, privacy unit."""
+    rows: list[dict[str, Any]] = [
+        {
+            "domain": domain,
+            "product": product.name,
+            "version": product.version,
+            "owner": product.owner,
+            "privacy_unit": product.privacy_unit,
+            "fields": len(product.fields),
+            "retention_days": product.retention_days,
+        }
+        for domain, contract in sorted(load_contracts().items())
+        for product in contract.products
+    ]
+    if as_json:
+        print_json(rows)
+        return
     table = Table("domain", "product", "version", "owner", "privacy unit", "fields", "retention")
-    for domain, contract in sorted(load_contracts().items()):
-        for product in contract.products:
-            table.add_row(
-                domain,
-                product.name,
-                f"v{product.version}",
-                product.owner,
-                product.privacy_unit,
-                str(len(product.fields)),
-                f"{product.retention_days} d",
-            )
+    for r in rows:
+        table.add_row(
+            r["domain"], r["product"], f"v{r['version']}", r["owner"], r["privacy_unit"],
+            str(r["fields"]), f"{r['retention_days']} d",
+        )  # fmt: skip
     console.print(table)
     err.print(f"domains from {domain_set().describe()}")
+    if not rows:
+        err.print("no domains yet: scaffold one with `privmesh domains init NAME`")
 
 
 @app.command()
@@ -210,14 +228,19 @@ def domain_set_description() -> str:
 def _lint_targets(paths: list[Path]) -> list[Finding]:
     """Folders of domain folders are linted together; a single domain folder alone;
     anything else as contract files (the deprecated flat layout)."""
+    from domains.folders import DomainSet, read_domain_folder
+    from domains.lint import lint_paths
+    from domains.lint_folders import lint_domain_set, lint_domains
+
     window = get_stream_settings().window_seconds
+    models = lint_models()
     folders = [p for p in paths if p.is_dir() and any(p.glob(f"*/{CONTRACT_FILE}"))]
     singles = [p for p in paths if (p / CONTRACT_FILE).is_file()]
     flat = [p for p in paths if p not in folders and p not in singles]
-    findings = lint_domains(folders, None, window, MODELS) if folders else []
+    findings = lint_domains(folders, None, window, models) if folders else []
     for single in singles:
         found = read_domain_folder(single)
-        findings += lint_domain_set(DomainSet({found.domain: found}, (single,)), window, MODELS)
+        findings += lint_domain_set(DomainSet({found.domain: found}, (single,)), window, models)
     return findings + (lint_paths(flat, window) if flat else [])
 
 
@@ -237,6 +260,8 @@ def init(
     ] = None,
 ) -> None:
     """Scaffold a commented domain folder: contract, query class, task and owners entry."""
+    from domains.scaffold import scaffold_domain
+
     files = scaffold_domain(folder, name, tuple(train_with or ()))
     for path in files:
         console.print(str(path), highlight=False)

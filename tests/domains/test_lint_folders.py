@@ -11,7 +11,7 @@ from domains.lint import Finding, Severity
 from domains.lint_folders import lint_domains
 from domains.runtime import DEMO_DOMAINS_DIR
 from domains.scaffold import scaffold_domain
-from infra.commands.domains import MODELS
+from infra.commands.domains import lint_models
 
 EXTRA_CLASS = """\
   - id: a.visits.minutes
@@ -36,7 +36,7 @@ def mesh(tmp_path: Path) -> Path:
 
 
 def lint(folder: Path) -> list[Finding]:
-    return lint_domains([folder], window_seconds=10, models=MODELS)
+    return lint_domains([folder], window_seconds=10, models=lint_models())
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -185,7 +185,7 @@ def test_duplicate_domains_and_unreadable_files(tmp_path: Path) -> None:
     """Two folders with one domain: one duplicate_domain finding; broken YAML: its line."""
     scaffold_domain(tmp_path / "one", "a")
     scaffold_domain(tmp_path / "two", "a")
-    [finding] = lint_domains([tmp_path / "one", tmp_path / "two"], models=MODELS)
+    [finding] = lint_domains([tmp_path / "one", tmp_path / "two"], models=lint_models())
     assert finding.code == "duplicate_domain"
     path = tmp_path / "one" / "a" / "query_classes.yaml"
     path.write_text("domain: a\nclasses: [\n  - oops: [\n", encoding="utf-8")
