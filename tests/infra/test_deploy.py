@@ -428,3 +428,25 @@ def test_cli_refuses_a_bad_value_in_one_line() -> None:
     """A bad option is one line with its code, before the domains are read."""
     result = run_cli("deploy", "render", "--namespace", "Not_A_Name", "--out", "/nonexistent/x")
     assert_one_line_error(result, "--namespace", "invalid_deploy_value")
+
+
+def test_kubernetes_scrape_config_reads_the_rendered_annotations(
+    demo_files: dict[str, str],
+) -> None:
+    """The Prometheus configuration for Kubernetes keeps pods by the annotations the
+    generator writes, in the namespace it renders."""
+    config = yaml.safe_load(
+        (COMMITTED.parent / "observability" / "prometheus-kubernetes.yml").read_text("utf-8")
+    )
+    job = config["scrape_configs"][0]
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [DeployOptions().namespace]
+    sources = {s for rule in job["relabel_configs"] for s in rule["source_labels"]}
+    annotated = {
+        key
+        for _, template in pod_templates(objects(demo_files))
+        for key in template["metadata"].get("annotations", {})
+    }
+    assert annotated
+    for key in annotated:
+        meta = "__meta_kubernetes_pod_annotation_" + key.replace(".", "_").replace("/", "_")
+        assert meta in sources, key
