@@ -30,7 +30,7 @@ from infra.console import console, err, print_json
 from infra.errors import InfraError, StackNotRunning
 from infra.settings import GeneratorSettings, StackSettings
 from streams.errors import StreamError
-from streams.settings import KafkaSettings, StreamSettings
+from streams.settings import KafkaSettings, StreamSettings, connect_host
 
 app = typer.Typer(
     name="privmesh",
@@ -63,19 +63,11 @@ JsonOpt = Annotated[
 ]
 
 
-def package_version() -> str:
-    """The installed privmesh package's version (``0+unknown`` when run from a bare tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("privmesh")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def _print_version(value: bool) -> None:
     if value:
-        console.out(f"privmesh {package_version()}", highlight=False)
+        from federation.registry import privmesh_version  # the model lineage's version too
+
+        console.out(f"privmesh {privmesh_version()}", highlight=False)
         raise typer.Exit
 
 
@@ -135,6 +127,8 @@ def up(domain: DomainsOpt = None) -> None:
         api_port=api.port,
         start_timeout=stack_settings.start_timeout_seconds,
         retention_every=stack_settings.retention_every_seconds,
+        web_host=streams.worker_web_host,
+        api_host=connect_host(api.host),
     )
     names = [c.name for c in components]
     for comp in components:
@@ -183,7 +177,7 @@ def up(domain: DomainsOpt = None) -> None:
     )
     try:
         stack.start()
-        base = f"http://{api.host}:{api.port}"
+        base = f"http://{connect_host(api.host)}:{api.port}"
         console.print(
             f"\n[bold green]privmesh is running[/] (ready in "
             f"{time.monotonic() - began:.1f}s). Look at:"
@@ -200,7 +194,9 @@ def up(domain: DomainsOpt = None) -> None:
         console.print(f"  API docs      {base}/docs")
         for d, port in web_ports.items():
             label = f"{d} stream"
-            console.print(f"  {label:<13} curl http://127.0.0.1:{port}/privmesh/health")
+            console.print(
+                f"  {label:<13} curl http://{streams.worker_web_host}:{port}/privmesh/health"
+            )
         console.print(f"  logs          {runtime.data_dir / 'logs'}")
         console.print(
             f"The first DP answer appears once a {streams.window_seconds}s window "

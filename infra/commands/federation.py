@@ -14,9 +14,11 @@ from rich.table import Table
 
 from domains.runtime import RuntimeSettings
 from federation.errors import EngineError
-from infra.console import console, err
+from infra.console import console, err, print_json
+from infra.inputs import text_option
 
 models_app = typer.Typer(help="Trained model versions and their lineage.", no_args_is_help=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _data_dir() -> Path:
@@ -262,24 +264,47 @@ def _required(path: Path | None, name: str) -> Path:
 @models_app.command("list")
 def models_list(
     task: Annotated[str | None, typer.Option(help="Only this task's versions.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Registered model versions, newest first."""
     from federation.registry import open_registry
 
-    table = Table("version", "status", "created", "domains", "rounds", "pooled AUC", "DP epsilon")
+    if task is not None:
+        text_option("--task", task, 200)
+    rows: list[dict[str, Any]] = []
     for v in open_registry().versions(task):
         lineage = v.lineage
-        auc = lineage["metrics"]["global"].get("pooled_auc")
-        eps = lineage["dp"].get("epsilon_total")
-        table.add_row(
-            v.version,
-            v.status,
-            v.created_at,
-            ", ".join(sorted(lineage["domains"])),
-            f"{lineage['rounds']['completed']}/{lineage['rounds']['planned']}",
-            f"{auc:.4f}" if auc is not None else "-",
-            f"{eps:.3f}" if eps is not None else "-",
+        rows.append(
+            {
+                "version": v.version,
+                "task": v.task,
+                "status": v.status,
+                "created_at": v.created_at,
+                "domains": sorted(lineage["domains"]),
+                "rounds_completed": lineage["rounds"]["completed"],
+                "rounds_planned": lineage["rounds"]["planned"],
+                "pooled_auc": lineage["metrics"]["global"].get("pooled_auc"),
+                "dp_epsilon": lineage["dp"].get("epsilon_total"),
+            }
         )
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        which = f" of task {task!r}" if task else ""
+        err.print(
+            f"no models{which} yet: train one with `privmesh train --task flight_delay` "
+            "(tasks are in the domain folders' tasks.yaml)"
+        )
+        return
+    table = Table("version", "status", "created", "domains", "rounds", "pooled AUC", "DP epsilon")
+    for r in rows:
+        auc, eps = r["pooled_auc"], r["dp_epsilon"]
+        table.add_row(
+            r["version"], r["status"], r["created_at"], ", ".join(r["domains"]),
+            f"{r['rounds_completed']}/{r['rounds_planned']}",
+            f"{auc:.4f}" if auc is not None else "-", f"{eps:.3f}" if eps is not None else "-",
+        )  # fmt: skip
     console.print(table)
 
 
@@ -288,7 +313,7 @@ def models_show(version: Annotated[str, typer.Argument(help="e.g. flight_delay-v
     """The full lineage of one version, as JSON."""
     from federation.registry import open_registry
 
-    console.print_json(json.dumps(open_registry().get(version).lineage))
+    print_json(open_registry().get(version).lineage)
 
 
 @models_app.command("audit")
@@ -419,11 +444,17 @@ def models_rollback(
 @models_app.command("serving")
 def models_serving(
     task: Annotated[str, typer.Option(help="Task.")] = "flight_delay",
+    as_json: JsonOpt = False,
 ) -> None:
     """Which version each domain is served, and every change with its validation AUC."""
     from federation.registry import open_registry
 
+    text_option("--task", task, 200)
     history = open_registry().serving_history(task)
+    current = {h["domain"]: h["version"] for h in history}
+    if as_json:
+        print_json({"task": task, "served": dict(sorted(current.items())), "changes": history})
+        return
     table = Table(title=f"{task}: serving changes, oldest first")
     for column in ("domain", "at", "action", "version", "validation AUC", "by"):
         table.add_column(column)
@@ -434,10 +465,11 @@ def models_serving(
             f"{auc:.4f}" if auc is not None else "-", h["changed_by"],
         )  # fmt: skip
     console.print(table)
-    current = {h["domain"]: h["version"] for h in history}
     console.print(
         "served now: " + (", ".join(f"{d} {v}" for d, v in sorted(current.items())) or "none")
     )
+    if not history:
+        err.print(f"nothing served yet: `privmesh models promote VERSION --domain D` ({task})")
 
 
 @models_app.command("export")

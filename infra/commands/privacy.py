@@ -5,14 +5,16 @@ from __future__ import annotations
 import getpass
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from domains.registry import get_contract
 from domains.runtime import RuntimeSettings
-from infra.console import console, err
+from infra.console import console, err, print_json
+from infra.imports import preload_feast
+from infra.inputs import subject_option
 from streams.settings import StreamSettings
 
 keys_app = typer.Typer(help="Pseudonymisation key versions and rotation.", no_args_is_help=True)
@@ -39,6 +41,9 @@ def erase(
     ] = None,
 ) -> None:
     """Erase a subject from the domain's stores and compacted topics, and record it."""
+    subject_option("--subject", subject)  # before Feast loads (seconds)
+    contract = get_contract(domain)
+    preload_feast()
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from streams.erasure import erase_subject
@@ -47,9 +52,6 @@ def erase(
     from streams.settings import KafkaSettings
 
     runtime, streams = _data_dir(), StreamSettings()
-    contract = get_contract(domain)
-    if not subject.strip():
-        raise typer.BadParameter("--subject is empty")
     tokens = load_domain_tokens(domain, runtime, streams)
     store = DomainFeatureStore(contract, runtime.data_dir, FeatureStoreSettings())
     with RawProducer(KafkaSettings(), client_id=f"privmesh-erase-{domain}") as producer:
@@ -70,30 +72,45 @@ def erase(
 
 
 @keys_app.command("status")
-def keys_status() -> None:
+def keys_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """Key versions of every domain and when each took (or takes) effect."""
     from domains.registry import load_contracts
     from streams.keyring import KeyRing, keyring_path
 
     runtime, streams = _data_dir(), StreamSettings()
     ring = KeyRing.load(keyring_path(runtime.data_dir), streams.key_version)
-    table = Table("domain", "version", "effective from (event time, UTC)", "state")
     now = time.time()
+    rows: list[dict[str, Any]] = []
     for domain in sorted(load_contracts()):
-        epochs = ring.epochs(domain)
         active = ring.version_at(domain, now)
-        for epoch in epochs:
+        for epoch in ring.epochs(domain):
             state = (
                 "active"
                 if epoch.version == active
                 else ("scheduled" if epoch.effective_from > now else "retired")
             )
             since = (
-                "the beginning"
+                None
                 if epoch.effective_from == 0
                 else datetime.fromtimestamp(epoch.effective_from, tz=UTC).isoformat()
             )
-            table.add_row(domain, f"k{epoch.version}", since, state)
+            rows.append(
+                {
+                    "domain": domain,
+                    "version": epoch.version,
+                    "effective_from": since,
+                    "state": state,
+                }
+            )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("domain", "version", "effective from (event time, UTC)", "state")
+    for r in rows:
+        since_text = r["effective_from"] or "the beginning"
+        table.add_row(r["domain"], f"k{r['version']}", since_text, r["state"])
     console.print(table)
 
 

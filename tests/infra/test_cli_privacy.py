@@ -16,7 +16,8 @@ def test_produce_missing_file(tmp_path: Path) -> None:
 def test_erase_empty_subject() -> None:
     result = run_cli("erase", "--domain", "shop", "--subject", "  ")
     assert result.returncode == 2
-    assert "--subject is empty" in result.stderr and "Traceback" not in result.stderr
+    assert "--subject: the subject is empty" in result.stderr and "[invalid_cli_value]" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_keys_rotate_unknown_domain() -> None:
