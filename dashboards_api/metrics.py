@@ -1,8 +1,11 @@
-"""Prometheus metrics: request counts and latency per route, budget per query class.
+"""Prometheus metrics: request counts and latency per route, budget per query class, and
+the process's own (CPU, memory, file descriptors, garbage collection).
 
-Never a data value: labels are route templates, methods, status codes and class ids;
-budget gauges are read from the ledger at scrape time, so every API replica sharing a
-Postgres ledger reports the same spend.
+Never a data value: labels are route templates, methods, status codes and class ids, each
+from a bounded set (a path no route serves is ``unmatched``, a method outside HTTP's
+usual ones ``other``), so hostile requests cannot grow the series. Budget gauges are read
+from the ledger at scrape time, so every API replica sharing a Postgres ledger reports
+the same spend.
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +28,32 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dashboards_api.releases import ReleaseService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+UNMATCHED = "unmatched"  # the route label of a request no route serves (a 404, a refused path)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
+def register_process_collectors(registry: CollectorRegistry) -> None:
+    """The process's CPU, memory, open files and start time, the Python version, and
+    garbage collection, on ``registry`` (each /metrics the project serves has them)."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route that served ``scope`` (a mount's as ``/prefix/{path}``),
+    never the raw path; ``unmatched`` when no route did."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else UNMATCHED
+
+
+def method_label(scope: Scope) -> str:
+    """The request method, or ``other`` for one outside HTTP's usual set (any token is a
+    valid method on the wire)."""
+    method = scope.get("method")
+    return method if method in METHODS else OTHER_METHOD
 
 
 class BudgetCollector(Collector):
@@ -66,6 +102,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(BudgetCollector(service))
+        register_process_collectors(self.registry)
 
 
 class MetricsMiddleware:
@@ -92,6 +129,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            template = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            template = route_label(scope)
+            self.metrics.requests.labels(template, method_label(scope), str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - began)

@@ -1,7 +1,9 @@
 """Prometheus metrics of one domain's processor (``/metrics`` on its web port).
 
 Read from the processor's counters at scrape time; labels are domain, product,
-purpose, reason codes and key versions, never a value, token or digest.
+purpose, reason codes and key versions, never a value, token or digest. Counts since
+the worker started are counters (``_total``), levels are gauges; the process's own
+CPU, memory, file descriptors and garbage collection are on the same page.
 """
 
 from __future__ import annotations
@@ -10,17 +12,31 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streams.keyring import DomainTokens
+from streams.pipeline import REVOKED
 
 if TYPE_CHECKING:
+    from streams.pipeline import ProductPipeline
     from streams.processor import Processor
 
 REJECTED = "rejected."
 CONSENT_DROPPED = "consent_dropped."
+
+
+def since_start(pipeline: ProductPipeline, tally: str) -> int:
+    """The pipeline's ``tally`` (late, capped or truncated events) since the worker started:
+    its owned partitions' plus those of the partitions it gave up (monotonic)."""
+    return int(getattr(pipeline, tally)) + pipeline.counters[REVOKED + tally]
 
 
 class ProcessorCollector(Collector):
@@ -60,20 +76,20 @@ class ProcessorCollector(Collector):
             "Per-subject feature rows written to the domain's online store",
             labels=["domain", "product"],
         )
-        late = GaugeMetricFamily(
+        late = CounterMetricFamily(
             "privmesh_stream_late_events",
-            "Events whose window had closed (partitions owned now)",
+            "Events whose window had closed when they arrived",
             labels=["domain", "product"],
         )
-        capped = GaugeMetricFamily(
+        capped = CounterMetricFamily(
             "privmesh_stream_capped_events",
-            "Events beyond the per-subject contribution bound (partitions owned now)",
+            "Events beyond the per-subject per-window contribution bound",
             labels=["domain", "product"],
         )
-        truncated = GaugeMetricFamily(
+        truncated = CounterMetricFamily(
             "privmesh_stream_truncated_events",
             "Events not counted because their subject had reached a per-day contribution "
-            "bound, records or windows (partitions owned now)",
+            "bound, records or windows",
             labels=["domain", "product"],
         )
         for pipeline in p.pipelines:
@@ -87,9 +103,9 @@ class ProcessorCollector(Collector):
                 elif name.startswith(CONSENT_DROPPED):
                     dropped.add_metric([domain, product, name.removeprefix(CONSENT_DROPPED)], value)
             pushed.add_metric([domain, product], counts["subject_rows_pushed"])
-            late.add_metric([domain, product], pipeline.late_events)
-            capped.add_metric([domain, product], pipeline.capped_events)
-            truncated.add_metric([domain, product], pipeline.truncated_events)
+            late.add_metric([domain, product], since_start(pipeline, "late_events"))
+            capped.add_metric([domain, product], since_start(pipeline, "capped_events"))
+            truncated.add_metric([domain, product], since_start(pipeline, "truncated_events"))
         yield from (consumed, events, dead, dropped, pushed, late, capped, truncated)
         yield from self._consent(domain)
         erasures = CounterMetricFamily(
@@ -103,11 +119,13 @@ class ProcessorCollector(Collector):
         )
         yield erasures
         yield self._key_versions(domain)
-        uptime = GaugeMetricFamily(
-            "privmesh_stream_uptime_seconds", "Seconds since the worker started", labels=["domain"]
+        started = GaugeMetricFamily(
+            "privmesh_stream_start_time_seconds",
+            "When the domain's worker started, in seconds since the Unix epoch",
+            labels=["domain"],
         )
-        uptime.add_metric([domain], time.time() - self._started)
-        yield uptime
+        started.add_metric([domain], self._started)
+        yield started
 
     def _consent(self, domain: str) -> Iterator[Metric]:
         listener = self._processor.consent
@@ -157,9 +175,12 @@ class ProcessorCollector(Collector):
 
 
 def metrics_registry(processor: Processor, started: float) -> CollectorRegistry:
-    """A registry of this processor alone (tests run several in one process)."""
+    """A registry of this processor and its process (tests run several in one process)."""
     registry = CollectorRegistry()
     registry.register(ProcessorCollector(processor, started))
+    ProcessCollector(registry=registry)  # CPU, memory, open files, start time
+    PlatformCollector(registry=registry)  # python_info
+    GCCollector(registry=registry)
     return registry
 
 

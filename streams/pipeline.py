@@ -74,6 +74,10 @@ log = logging.getLogger("privmesh.streams")
 PROCESSING_ERROR = "processing_error"
 _PARTITION_CACHE_MAX = 200_000
 RESEED_SECONDS = 5.0  # restored day tallies are re-read when older (one read per rebalance)
+# counters["revoked.<tally>"]: the late, capped and truncated events of partitions given up,
+# so the worker's totals (its metrics' counters) never go down at a rebalance
+REVOKED = "revoked."
+REVOKED_TALLIES = ("late_events", "capped_events", "truncated_events")
 
 # (product, day starts) -> day start -> subject token -> tally: what was counted before
 DayRestore = Callable[[DataProduct, Iterable[int]], dict[int, dict[str, DayTally]]]
@@ -183,6 +187,8 @@ class ProductPipeline:
         aggregator = self.aggregators.pop(partition, None)
         if aggregator is None:
             return []
+        for tally in REVOKED_TALLIES:
+            self.counters[REVOKED + tally] += getattr(aggregator, tally)
         if aggregator.open_windows:
             self.counters["windows_cut_by_rebalance"] += aggregator.open_windows
         return [replace(r, partition=partition) for r in aggregator.drain_subject_rows()]

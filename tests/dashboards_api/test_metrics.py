@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from starlette.routing import BaseRoute
+
+from dashboards_api.metrics import METHODS
 from tests.dashboards_api.test_api import CLASS, make_client
 
 WINDOW = 1_795_427_040
@@ -58,3 +66,92 @@ def test_metrics_need_the_governance_role(tmp_path: Path) -> None:
     assert denied.status_code == 403 and "privmesh_" not in denied.text
     allowed = client.get("/metrics", headers={"Authorization": "Bearer g-key"})
     assert allowed.status_code == 200 and "privmesh_budget_epsilon" in allowed.text
+
+
+def families(text: str) -> dict[str, tuple[str, list[Sample]]]:
+    """Family name -> (type, samples), parsed as Prometheus parses the exposition."""
+    return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
+
+
+def served_routes(app: FastAPI) -> list[BaseRoute]:
+    """Every route the app serves, through its included routers."""
+    found: list[BaseRoute] = []
+    for route in app.routes:
+        inner = getattr(route, "original_router", None)
+        found.extend(inner.routes if inner is not None else [route])
+    return found
+
+
+def series(text: str, counter: str) -> set[tuple[tuple[str, str], ...]]:
+    """The label sets of ``counter``'s ``_total`` samples."""
+    samples = families(text)[counter][1]
+    return {tuple(sorted(s.labels.items())) for s in samples if s.name == f"{counter}_total"}
+
+
+def test_metrics_follow_prometheus_conventions(tmp_path: Path) -> None:
+    """Request counts are a counter (_total), latency a histogram in seconds, budgets
+    gauges; the process and Python collectors are on the same page."""
+    client, _ = make_client(tmp_path, {WINDOW: 10})
+    client.get("/healthz")
+    found = families(client.get("/metrics").text)
+    kinds = {name: kind for name, (kind, _) in found.items()}
+    assert kinds["privmesh_api_requests"] == "counter"
+    assert kinds["privmesh_api_request_seconds"] == "histogram"
+    for gauge in ("spent_epsilon", "remaining_epsilon", "epsilon"):
+        assert kinds[f"privmesh_budget_{gauge}"] == "gauge"
+    assert kinds["process_cpu_seconds"] == "counter"
+    assert kinds["process_resident_memory_bytes"] == kinds["process_start_time_seconds"] == "gauge"
+    assert kinds["python_info"] == "gauge" and kinds["python_gc_collections"] == "counter"
+    for name, (kind, samples) in found.items():
+        for s in samples:
+            if kind == "counter":
+                assert s.name in (f"{name}_total", f"{name}_created"), s.name
+            elif kind == "gauge":
+                assert not s.name.endswith("_total"), s.name
+
+
+def test_every_served_route_is_counted_under_its_template(tmp_path: Path) -> None:
+    """Each route of the app, the docs pages, the OpenAPI document and the page assets
+    included, is labelled with its own template; only a path no route serves is unmatched."""
+    client, _ = make_client(tmp_path, {WINDOW: 10}, {"g-key": "governance"})
+    app: FastAPI = client.app  # type: ignore[assignment]
+    routes = [r for r in served_routes(app) if isinstance(r, APIRoute)]
+    templates = {r.path_format for r in routes}
+    assert {"/docs", "/redoc", "/openapi.json", "/docs/assets/redoc.standalone.js"} <= templates
+    for route in routes:  # no key: a protected route answers 401 without doing anything
+        path = re.sub(r"\{[^}]+\}", "x", route.path_format)
+        client.request(sorted(route.methods or {"GET"})[0], path)
+    client.get("/no/such/route")
+    headers = {"Authorization": "Bearer g-key"}
+    labels = {
+        dict(s)["route"]
+        for s in series(client.get("/metrics", headers=headers).text, "privmesh_api_requests")
+    }
+    assert labels == templates | {"unmatched"}
+
+
+def test_hostile_paths_and_methods_do_not_grow_the_series(tmp_path: Path) -> None:
+    """Hundreds of distinct unknown paths (NUL, lone surrogates, huge, dot segments) and
+    invented methods add at most a fixed few series, and no raw path becomes a label."""
+    client, _ = make_client(tmp_path, {WINDOW: 10})
+    client.get("/nothing-here")
+    client.request("BREW", "/healthz")
+    before = client.get("/metrics").text
+    hostile = [
+        *(f"/probe-{i}" for i in range(200)),
+        "/%00",
+        "/%ED%A0%80",
+        "/" + "a" * 20_000,
+        "/v1/../metrics",
+        "/v1/queries/shop.orders.distinct_customers/../../x",
+        "/docs/assets/" + "z" * 300,
+    ]
+    for i, path in enumerate(hostile):
+        client.get(path)
+        client.request(f"M{i}", path)
+    text = client.get("/metrics").text
+    grown = series(text, "privmesh_api_requests") - series(before, "privmesh_api_requests")
+    assert len(grown) <= 3, grown  # (unmatched, other, 400/404/405) at most
+    methods = {dict(s)["method"] for s in series(text, "privmesh_api_requests")}
+    assert methods <= METHODS | {"other"}
+    assert "probe-" not in text and "zzz" not in text and "aaaa" not in text

@@ -1,4 +1,6 @@
-"""The processor's /metrics: the per-day contribution bounds' truncation is exported."""
+"""The processor's /metrics: Prometheus conventions (counts since start are counters that
+never go down at a rebalance, levels are gauges, the process's own metrics beside them)
+and the per-day contribution bounds' truncation exported per product."""
 
 from __future__ import annotations
 
@@ -6,34 +8,129 @@ import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from streams.metrics import metrics_registry, render
-from streams.pipeline import partition_for
+from streams.pipeline import ProductPipeline, partition_for
+from streams.processor import Processor
 from streams.settings import KafkaSettings, StreamSettings
 from streams.transform import Accepted
 from streams.worker import build_domain_processor
 from tests.streams.test_pipeline import T0, order
 
+# The type of every family the worker exports; a new one must be added here.
+TYPES = {
+    "privmesh_stream_consumed_events": "counter",
+    "privmesh_stream_events": "counter",
+    "privmesh_stream_dead_letters": "counter",
+    "privmesh_stream_consent_dropped_events": "counter",
+    "privmesh_stream_subject_rows_pushed": "counter",
+    "privmesh_stream_late_events": "counter",
+    "privmesh_stream_capped_events": "counter",
+    "privmesh_stream_truncated_events": "counter",
+    "privmesh_consent_subjects": "gauge",
+    "privmesh_consent_records": "counter",
+    "privmesh_consent_index_ready": "gauge",
+    "privmesh_stream_erasures_applied": "counter",
+    "privmesh_pseudonymisation_key_version": "gauge",
+    "privmesh_stream_start_time_seconds": "gauge",
+}
+PROCESS = {
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_start_time_seconds": "gauge",
+    "python_info": "gauge",
+    "python_gc_objects_collected": "counter",
+}
+
+
+def shop(max_events_per_subject: int = 20) -> Processor:
+    settings = StreamSettings(max_events_per_subject=max_events_per_subject)
+    return build_domain_processor(
+        "shop", RuntimeSettings(), KafkaSettings(), settings, FeatureStoreSettings()
+    )
+
+
+def scrape(processor: Processor, started: float = 0.0) -> dict[str, tuple[str, list[Sample]]]:
+    """Family name -> (type, samples) of the processor's exposition, parsed as Prometheus does."""
+    text = render(metrics_registry(processor, started)).decode()
+    return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
+
+
+def by_product(families: dict[str, tuple[str, list[Sample]]], name: str) -> dict[str, float]:
+    return {s.labels["product"]: s.value for s in families[name][1]}
+
+
+def orders_of(processor: Processor) -> ProductPipeline:
+    [orders] = [p for p in processor.pipelines if p.product.name == "orders"]
+    return orders
+
+
+def test_families_follow_prometheus_conventions(isolated_env: Path) -> None:
+    """Counts since start are counters whose samples end in _total, levels are gauges with
+    no _total, times are in seconds; process and Python collectors are on the page."""
+    families = scrape(shop(), started=1_795_000_000.0)
+    own = {name: kind for name, (kind, _) in families.items() if name.startswith("privmesh_")}
+    assert own == TYPES
+    assert {n: families[n][0] for n in PROCESS} == PROCESS
+    for name, (kind, samples) in families.items():
+        for sample in samples:
+            if kind == "counter":
+                assert sample.name in (f"{name}_total", f"{name}_created"), sample.name
+            elif kind == "gauge":
+                assert not sample.name.endswith("_total"), sample.name
+    [started] = families["privmesh_stream_start_time_seconds"][1]
+    assert (started.labels, started.value) == ({"domain": "shop"}, 1_795_000_000.0)
+
+
+def test_late_and_capped_events_are_counters_that_survive_a_rebalance(
+    isolated_env: Path,
+) -> None:
+    """One late order and 3 over the per-window cap of 2 are counted; giving the partitions
+    up keeps the counters (the owned-partition tallies drop to 0); more events add on."""
+    processor = shop(max_events_per_subject=2)
+    orders = orders_of(processor)
+    late_key, _ = order(1, T0)
+    late_partition = partition_for(late_key, 4)
+    capped = next(i for i in range(2, 60) if partition_for(order(i, T0)[0], 4) != late_partition)
+    capped_key, _ = order(capped, T0)
+    capped_partition = partition_for(capped_key, 4)
+    orders.assign(late_partition, T0 + 60)  # opened a minute later: T0's window is closed
+    _, raw = order(1, T0 + 1)
+    assert orders.route(raw, late_partition, 4, late_key, T0 + 61) is not None
+    for seq in range(1, 6):
+        _, raw = order(capped, T0 + 1, seq)
+        assert isinstance(orders.route(raw, capped_partition, 4, capped_key, T0 + 2), Accepted)
+    before = scrape(processor)
+    assert by_product(before, "privmesh_stream_late_events")["orders"] == 1 == orders.late_events
+    assert by_product(before, "privmesh_stream_capped_events")["orders"] == 3
+    orders.revoke(late_partition)
+    orders.revoke(capped_partition)
+    assert orders.late_events == orders.capped_events == 0  # the owned partitions' tallies
+    after = scrape(processor)
+    assert by_product(after, "privmesh_stream_late_events")["orders"] == 1
+    assert by_product(after, "privmesh_stream_capped_events")["orders"] == 3
+    for seq in range(6, 9):  # the partition comes back: a fresh window, 1 over the cap
+        _, raw = order(capped, T0 + 11, seq)
+        orders.route(raw, capped_partition, 4, capped_key, T0 + 12)
+    again = scrape(processor)
+    assert by_product(again, "privmesh_stream_capped_events")["orders"] == 4
+    assert by_product(again, "privmesh_stream_late_events")["orders"] == 1
+
 
 def test_truncated_events_are_exported_per_product(isolated_env: Path) -> None:
     """A customer's 13 orders of one day: the 3 beyond shop.orders' 10 records a day appear
-    as privmesh_stream_truncated_events for shop/orders."""
-    processor = build_domain_processor(
-        "shop", RuntimeSettings(), KafkaSettings(), StreamSettings(), FeatureStoreSettings()
-    )
-    [orders] = [p for p in processor.pipelines if p.product.name == "orders"]
+    as privmesh_stream_truncated_events_total for shop/orders."""
+    processor = shop()
+    orders = orders_of(processor)
     key, _ = order(0, T0)
     partition = partition_for(key, 4)
     for seq in range(1, 14):
         _, raw = order(0, T0 + 1, seq)
         assert isinstance(orders.route(raw, partition, 4, key, T0), Accepted)
-    text = render(metrics_registry(processor, time.time())).decode()
-    [family] = [
-        f
-        for f in text_string_to_metric_families(text)
-        if f.name == "privmesh_stream_truncated_events"
-    ]
-    values = {s.labels["product"]: s.value for s in family.samples}
-    assert values["orders"] == 3 == orders.truncated_events
+    families = scrape(processor, time.time())
+    assert by_product(families, "privmesh_stream_truncated_events")["orders"] == 3
+    assert orders.truncated_events == 3
