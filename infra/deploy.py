@@ -308,11 +308,16 @@ def mesh_domains(domains: DomainSet, demo_generator: bool = False) -> list[MeshD
                 trained.update(load_task_file(path).domains)
     generated: set[str] = set()
     if demo_generator:
-        from domains.registry import get_contract
+        from domains.registry import load_contract
         from streams.generator import has_generator
 
         generated = {
-            d for d in names if any(has_generator(d, p.name) for p in get_contract(d).products)
+            d
+            for d in names
+            if any(
+                has_generator(d, p.name)
+                for p in load_contract(domains.domains[d].contract_file).products
+            )
         }
     return [
         MeshDomain(
@@ -1183,6 +1188,20 @@ def _text(header: str, objects: list[dict[str, Any]]) -> str:
     return f"{GENERATED}\n# {header}\n{body}"
 
 
+def _refuse_collisions(objects: list[dict[str, Any]]) -> None:
+    """Two objects of one kind and name would overwrite each other (a domain named like a
+    shared object, ``--tls-secret privmesh-secrets``): refuse, naming both."""
+    seen: set[tuple[str, str]] = set()
+    for obj in objects:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in seen:
+            raise InvalidDeployValue(
+                f"two objects would be the {key[0]} {key[1]!r}: choose another name for the "
+                "option that names it, or rename the domain"
+            )
+        seen.add(key)
+
+
 def render(domains: DomainSet, options: DeployOptions | None = None) -> dict[str, str]:
     """File name -> YAML text of the kustomize base for ``domains``."""
     o = options or DeployOptions()
@@ -1205,6 +1224,8 @@ def render(domains: DomainSet, options: DeployOptions | None = None) -> dict[str
     if generator:
         files["generator.yaml"] = generator
     files["network.yaml"] = shared_policies(mesh, o)
+    secrets = secret_templates(mesh, o)
+    _refuse_collisions([obj for objs in files.values() for obj in objs] + secrets)
     texts = {
         name: _text(
             _HEADERS.get(
@@ -1226,7 +1247,7 @@ def render(domains: DomainSet, options: DeployOptions | None = None) -> dict[str
         f"({SECRETS_FILE} lists them).\n"
         + yaml.dump(kustomization, Dumper=_Dumper, sort_keys=False)
     )
-    texts[SECRETS_FILE] = _text(_HEADERS[SECRETS_FILE], secret_templates(mesh, o))
+    texts[SECRETS_FILE] = _text(_HEADERS[SECRETS_FILE], secrets)
     return dict(sorted(texts.items()))
 
 

@@ -98,13 +98,25 @@ def test_committed_manifests_are_the_demo_render(demo_files: dict[str, str]) -> 
     assert not stale, f"rerun `privmesh deploy render --out {COMMITTED}`: {stale} differ"
 
 
-@pytest.mark.parametrize("which", ["demo", "team"])
+OTHER_OPTIONS = DeployOptions(
+    demo_generator=True,
+    kafka_ca_secret="kafka-ca",
+    kafka_security="SSL",
+    storage_class="fast-rwx",
+    access_mode="ReadWriteOnce",
+    api_replicas=1,
+    namespace="mesh-prod",
+)
+
+
+@pytest.mark.parametrize("which", ["demo", "team", "other options"])
 def test_every_object_is_valid_kubernetes(
     which: str, demo_files: dict[str, str], team_files: dict[str, str]
 ) -> None:
     """Every rendered object, Secret templates included, validates against the Kubernetes
     API schemas of the oldest and newest supported minor (strict: no unknown field)."""
-    objs = objects(demo_files if which == "demo" else team_files)
+    chosen = {"demo": demo_files, "team": team_files}.get(which)
+    objs = objects(chosen if chosen is not None else render(demo(), OTHER_OPTIONS))
     assert len(objs) > 10
     for obj in objs:
         for version in KUBERNETES_VERSIONS:
@@ -376,6 +388,36 @@ def test_domain_names_that_cannot_be_kubernetes_names_are_refused(domain: str) -
     is refused with a coded error naming the fix."""
     with pytest.raises(InvalidDeployValue, match="rename"):
         k8s_name(domain)
+
+
+@pytest.mark.parametrize(
+    ("options", "domain"),
+    [
+        ({"tls_secret": "privmesh-secrets"}, "north"),
+        ({"kafka_ca_secret": "privmesh-flower-ca"}, "north"),
+        ({"demo_generator": True}, "generator"),
+    ],
+)
+def test_objects_that_would_share_a_name_are_refused(
+    tmp_path: Path, options: dict[str, Any], domain: str
+) -> None:
+    """An option or domain naming an object another one already is is refused."""
+    folder = tmp_path / "mesh"
+    scaffold_domain(folder, domain, ("other",))
+    scaffold_domain(folder, "other", (domain,))
+    found = scan((folder,))
+    if domain == "generator":  # the scaffolded domain has no demo generator: give it one
+        from streams import generator as demo_events
+
+        demo_events.BUILDERS[("generator", "visits")] = demo_events.BUILDERS[("shop", "orders")]
+        try:
+            with pytest.raises(InvalidDeployValue, match="two objects would be"):
+                render(found, DeployOptions(**options))
+        finally:
+            del demo_events.BUILDERS[("generator", "visits")]
+        return
+    with pytest.raises(InvalidDeployValue, match="two objects would be"):
+        render(found, DeployOptions(**options))
 
 
 def test_unmappable_domain_folder_is_refused(tmp_path: Path) -> None:
