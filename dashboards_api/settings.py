@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dashboards_api.policy import GovernancePolicy
+from streams.settings import checked_bind_address
 
 Role = Literal["consumer", "domain_owner", "governance"]
 
@@ -42,7 +43,11 @@ class ApiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PRIVMESH_API_", extra="ignore")
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the API (and the posture page) listens on: loopback in "
+        "development, 0.0.0.0 or :: to be reached from other hosts (the manifests set it).",
+    )
     port: Annotated[int, Field(ge=1024, le=65535)] = 8000
     ledger_url: str = "sqlite"
     keys: dict[str, Role | KeyGrant] = Field(default_factory=dict, repr=False)
@@ -68,6 +73,11 @@ class ApiSettings(BaseSettings):
             "epsilon per release, per class and per product per day, default product total)."
         ),
     )
+
+    @field_validator("host")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        return checked_bind_address(value)
 
 
 @cache

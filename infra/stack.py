@@ -740,11 +740,15 @@ def build_components(
     api_port: int,
     start_timeout: float,
     retention_every: float = 0.0,
+    web_host: str = "127.0.0.1",
+    api_host: str = "127.0.0.1",
 ) -> list[Component]:
     """The components of the demo stack, in start order.
 
     ``domains`` maps each domain to its worker's health-page port; ``generated`` lists
     the domains the synthetic generator feeds (one generator process for all).
+    ``web_host`` and ``api_host`` are where the health probes (and the posture page)
+    reach the workers and the API (``connect_host`` of their bind addresses).
     """
     cli = [sys.executable, "-m", "infra.cli"]
     components: list[Component] = []
@@ -769,7 +773,7 @@ def build_components(
             Component(
                 f"worker-{domain}",
                 [*cli, "worker", "--domain", domain, "--web-port", str(web_port)],
-                health_url=f"http://127.0.0.1:{web_port}/privmesh/health",
+                health_url=f"http://{web_host}:{web_port}/privmesh/health",
                 ready_timeout=start_timeout,
                 forkable=True,
                 after_start=create_topics if index == 0 and not embedded_broker else None,
@@ -779,7 +783,7 @@ def build_components(
         Component(
             "api",
             [*cli, "api"],
-            health_url=f"http://127.0.0.1:{api_port}/healthz",
+            health_url=f"http://{api_host}:{api_port}/healthz",
             ready_timeout=start_timeout,
             forkable=True,
         )

@@ -42,8 +42,10 @@ def checked_bind_address(value: str) -> str:
 
 
 def connect_host(bind: str) -> str:
-    """Where a client on this machine connects to a server bound to ``bind``."""
-    return _WILDCARDS.get(bind, bind)
+    """The host part of a URL by which a client on this machine reaches a server bound to
+    ``bind`` (loopback for a wildcard address; an IPv6 address in brackets)."""
+    host = _WILDCARDS.get(bind, bind)
+    return f"[{host}]" if ":" in host else host
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
