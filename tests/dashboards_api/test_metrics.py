@@ -7,12 +7,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 from starlette.routing import BaseRoute
 
 from dashboards_api.metrics import METHODS
 from tests.dashboards_api.test_api import CLASS, make_client
+from tests.streams.test_metrics import assert_conventional, families
 
 WINDOW = 1_795_427_040
 
@@ -68,11 +67,6 @@ def test_metrics_need_the_governance_role(tmp_path: Path) -> None:
     assert allowed.status_code == 200 and "privmesh_budget_epsilon" in allowed.text
 
 
-def families(text: str) -> dict[str, tuple[str, list[Sample]]]:
-    """Family name -> (type, samples), parsed as Prometheus parses the exposition."""
-    return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
-
-
 def served_routes(app: FastAPI) -> list[BaseRoute]:
     """Every route the app serves, through its included routers."""
     found: list[BaseRoute] = []
@@ -99,15 +93,7 @@ def test_metrics_follow_prometheus_conventions(tmp_path: Path) -> None:
     assert kinds["privmesh_api_request_seconds"] == "histogram"
     for gauge in ("spent_epsilon", "remaining_epsilon", "epsilon"):
         assert kinds[f"privmesh_budget_{gauge}"] == "gauge"
-    assert kinds["process_cpu_seconds"] == "counter"
-    assert kinds["process_resident_memory_bytes"] == kinds["process_start_time_seconds"] == "gauge"
-    assert kinds["python_info"] == "gauge" and kinds["python_gc_collections"] == "counter"
-    for name, (kind, samples) in found.items():
-        for s in samples:
-            if kind == "counter":
-                assert s.name in (f"{name}_total", f"{name}_created"), s.name
-            elif kind == "gauge":
-                assert not s.name.endswith("_total"), s.name
+    assert_conventional(found)
 
 
 def test_every_served_route_is_counted_under_its_template(tmp_path: Path) -> None:

@@ -54,14 +54,33 @@ def shop(max_events_per_subject: int = 20) -> Processor:
     )
 
 
-def scrape(processor: Processor, started: float = 0.0) -> dict[str, tuple[str, list[Sample]]]:
-    """Family name -> (type, samples) of the processor's exposition, parsed as Prometheus does."""
-    text = render(metrics_registry(processor, started)).decode()
+Families = dict[str, tuple[str, list[Sample]]]
+
+
+def families(text: str) -> Families:
+    """Family name -> (type, samples) of an exposition, parsed as Prometheus parses it."""
     return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
 
 
-def by_product(families: dict[str, tuple[str, list[Sample]]], name: str) -> dict[str, float]:
-    return {s.labels["product"]: s.value for s in families[name][1]}
+def assert_conventional(found: Families) -> None:
+    """Counter samples end in _total, gauges' never do; the process and Python collectors'
+    families are there with their types."""
+    assert {n: found[n][0] for n in PROCESS} == PROCESS
+    for name, (kind, samples) in found.items():
+        for sample in samples:
+            if kind == "counter":
+                assert sample.name in (f"{name}_total", f"{name}_created"), sample.name
+            elif kind == "gauge":
+                assert not sample.name.endswith("_total"), sample.name
+
+
+def scrape(processor: Processor, started: float = 0.0) -> Families:
+    """The families of the processor's exposition."""
+    return families(render(metrics_registry(processor, started)).decode())
+
+
+def by_product(found: Families, name: str) -> dict[str, float]:
+    return {s.labels["product"]: s.value for s in found[name][1]}
 
 
 def orders_of(processor: Processor) -> ProductPipeline:
@@ -72,17 +91,11 @@ def orders_of(processor: Processor) -> ProductPipeline:
 def test_families_follow_prometheus_conventions(isolated_env: Path) -> None:
     """Counts since start are counters whose samples end in _total, levels are gauges with
     no _total, times are in seconds; process and Python collectors are on the page."""
-    families = scrape(shop(), started=1_795_000_000.0)
-    own = {name: kind for name, (kind, _) in families.items() if name.startswith("privmesh_")}
+    found = scrape(shop(), started=1_795_000_000.0)
+    own = {name: kind for name, (kind, _) in found.items() if name.startswith("privmesh_")}
     assert own == TYPES
-    assert {n: families[n][0] for n in PROCESS} == PROCESS
-    for name, (kind, samples) in families.items():
-        for sample in samples:
-            if kind == "counter":
-                assert sample.name in (f"{name}_total", f"{name}_created"), sample.name
-            elif kind == "gauge":
-                assert not sample.name.endswith("_total"), sample.name
-    [started] = families["privmesh_stream_start_time_seconds"][1]
+    assert_conventional(found)
+    [started] = found["privmesh_stream_start_time_seconds"][1]
     assert (started.labels, started.value) == ({"domain": "shop"}, 1_795_000_000.0)
 
 
@@ -131,6 +144,6 @@ def test_truncated_events_are_exported_per_product(isolated_env: Path) -> None:
     for seq in range(1, 14):
         _, raw = order(0, T0 + 1, seq)
         assert isinstance(orders.route(raw, partition, 4, key, T0), Accepted)
-    families = scrape(processor, time.time())
-    assert by_product(families, "privmesh_stream_truncated_events")["orders"] == 3
+    found = scrape(processor, time.time())
+    assert by_product(found, "privmesh_stream_truncated_events")["orders"] == 3
     assert orders.truncated_events == 3
