@@ -116,7 +116,7 @@ def split_epsilon(qc: QueryClass, streams: list[str]) -> dict[str, Decimal]:
     """The class's day epsilon split over the structures of ``streams`` (sequential
     composition: the parts add up to it exactly, in micro-epsilon). A distinct count's two
     structures get half each (the hour stream's larger sensitivity is paid by its shorter
-    hierarchy: 2 levels against the day stream's 4)."""
+    hierarchy: 1 level, all its epsilon on the hour nodes, against the day stream's 3)."""
     micro = qc.cost_micro
     if len(streams) == 1:
         return {streams[0]: qc.epsilon_per_release}
