@@ -5,11 +5,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dashboards_api.policy import GovernancePolicy
-from streams.settings import checked_bind_address
+from streams.settings import BindAddress
 
 Role = Literal["consumer", "domain_owner", "governance"]
 
@@ -43,7 +43,7 @@ class ApiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PRIVMESH_API_", extra="ignore")
 
-    host: str = Field(
+    host: BindAddress = Field(
         default="127.0.0.1",
         description="Address the API (and the posture page) listens on: loopback in "
         "development, 0.0.0.0 or :: to be reached from other hosts (the manifests set it).",
@@ -73,11 +73,6 @@ class ApiSettings(BaseSettings):
             "epsilon per release, per class and per product per day, default product total)."
         ),
     )
-
-    @field_validator("host")
-    @classmethod
-    def _bind_address(cls, value: str) -> str:
-        return checked_bind_address(value)
 
 
 @cache

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -39,6 +39,10 @@ def checked_bind_address(value: str) -> str:
         f"bind address {value[:40]!r} is neither an IP address nor a host name "
         "(use 127.0.0.1 for this machine only, 0.0.0.0 or :: for every interface)",
     )
+
+
+# A listening address setting: an IP address or a host name (``bad_bind_address``).
+BindAddress = Annotated[str, AfterValidator(checked_bind_address)]
 
 
 def connect_host(bind: str) -> str:
@@ -364,7 +368,7 @@ class StreamSettings(BaseSettings):
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
     producer_batch_bytes: Annotated[int, Field(ge=16_384, le=16_777_216)] = 262_144
     worker_web_port: Annotated[int, Field(ge=1024, le=65535)] = 6066
-    worker_web_bind: str = Field(
+    worker_web_bind: BindAddress = Field(
         default="127.0.0.1",
         description=(
             "Address the worker's health and metrics pages listen on: loopback in "
@@ -373,11 +377,6 @@ class StreamSettings(BaseSettings):
             "address or a host name."
         ),
     )
-
-    @field_validator("worker_web_bind")
-    @classmethod
-    def _bind_address(cls, value: str) -> str:
-        return checked_bind_address(value)
 
     @property
     def worker_web_host(self) -> str:
