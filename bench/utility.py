@@ -1,8 +1,11 @@
-"""Utility of the daily releases over one day of realistic demo traffic (issue 19, item 9).
+"""Utility of the daily releases over consecutive days of realistic demo traffic (issue 19,
+item 9).
 
-One UTC day of event time at the demo generator's traffic (its default people pool, activity
-tail, product shares and rate: ``streams.generator``) is replayed, compressed in wall time, in
-layers, each real code and each reported as run or not in the JSON (``layers``):
+``BENCH_UTILITY_DAYS`` (default 3) consecutive UTC days of event time at the demo generator's
+traffic (its default people pool, activity tail, product shares and rate:
+``streams.generator``; the same people every day, other event times and draws) are replayed,
+compressed in wall time, in layers, each real code and each reported as run or not in the JSON
+(``layers``):
 
 1. **processor**: the day's ``shop.orders`` events (``EventGenerator``, event times uniform
    over the day) go through the real stream processing path, ``ProductPipeline.route`` and
@@ -11,22 +14,28 @@ layers, each real code and each reported as run or not in the JSON (``layers``):
    partitioner as the ingest topic would be. No broker and no Faust worker: the pure path
    those workers run per record. The window rows are the ones ``window_records`` writes to
    the feature store; the exact (bounded) truth of every span is summed from them.
-2. **dp**: every shipped ``release: daily`` class of ``shop.orders`` gets its day's
+2. **dp**: every shipped ``release: daily`` class of ``shop.orders`` gets each day's
    ``DailyHierarchy`` per stream (the API's sensitivities, epsilon split and hour structure:
-   ``dashboards_api.sensitivity``), and every tile is read at every resolution after every
-   window of the day (window, 1m, 1h, today; ``24h`` needs yesterday's structure, which a
-   one-day replay does not have). Values are clamped to the public bounds as the API does.
-3. **api** (when the API answers daily classes): the FastAPI app in-process with the shipped
-   classes, a real sqlite ledger and an injected clock, reading the processor's window rows
-   through the ``WindowSource`` seam, queried at every resolution once per simulated minute;
-   the user-level epsilon per subject per product is read back from its ledger.
+   ``dashboards_api.sensitivity``), yesterday's as ``previous``, and every tile is read at
+   every resolution (``read_times``: window at every window end, 1m and 1h at every minute
+   end, today and 24h once a minute; ``24h`` from the second day). Values are clamped to the
+   public bounds as the API does. In the same run, on the same days, the same for the
+   structure's version 1 (uniform over four levels with the day: the baseline), so the
+   allocation's gain is measured, with coverage and its Wilson interval (72 independent
+   hours over 3 days).
+3. **api** (when the API answers daily classes; the first day): the FastAPI app in-process
+   with the shipped classes, a real sqlite ledger and an injected clock, reading the
+   processor's window rows through the ``WindowSource`` seam, queried at every resolution
+   once per ``BENCH_UTILITY_API_EVERY`` simulated seconds (default 600); the user-level
+   epsilon per subject per product is read back from its ledger.
 
 In the same run, for comparison: (a) the per-window design shipped before issue 19 (epsilon 1
 per 10-second release, 100 releases a day per class, the old per-window bound of 20 orders
 and the contract bound of 100,000 cents), (b) independent per-release noise at the same daily
 epsilon per class (split evenly over the resolutions, then over each resolution's releases
-of the day). The truncation bias (events and revenue the per-day bounds drop) is measured on
-the replay and set against the generator's expectation (``expected_truncation``).
+of the day), both on the first day. The truncation bias (events and revenue the per-day
+bounds drop) is measured on the first day's replay and set against the generator's
+expectation (``expected_truncation``).
 
 **advisor**: the replay's accepted product events are written as the offline store writes
 them (``append_part`` of ``event_table``, one part per 20,000 events), and the bound advisor
@@ -40,13 +49,14 @@ the advisor's released share, with the noise each bound gives the shipped daily 
 
 Traffic shapes: ``demo`` (the defaults) and a second shape with fewer people and a heavier
 tail, to show the figures are not tuned to one. ``BENCH_UTILITY_HOURS`` (default 24) shortens
-the replayed day; the JSON says so. Writes bench/results/utility.json; last line
-``RESULT {json}``.
+the replayed day (a day shorter than 24 h replays one day only); the JSON says so. Writes
+bench/results/utility.json; last line ``RESULT {json}``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import statistics
@@ -67,7 +77,7 @@ from dashboards_api.bounds import advise, advisor_class
 from dashboards_api.continual import MemoryNodeStore
 from dashboards_api.errors import ResolutionUnavailable
 from dashboards_api.event_aggregates import scan_events
-from dashboards_api.hierarchy import DailyHierarchy, mixed_half_width
+from dashboards_api.hierarchy import VERSION, DailyHierarchy, mixed_half_width
 from dashboards_api.ledger import SqliteLedger
 from dashboards_api.mechanisms import laplace_within
 from dashboards_api.planner import bound_options
@@ -117,9 +127,10 @@ DAY = 86_400
 HOUR = 3_600
 DAY_START = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp())  # a fixed UTC day, replayed
 HOURS = int(os.environ.get("BENCH_UTILITY_HOURS", "24"))
-# The second shape replays the first hours of its day only: the replay runs at about 1,000
-# orders/s on the shared 2-core machine, and a second full day would double the wall time.
-SECOND_HOURS = int(os.environ.get("BENCH_UTILITY_SECOND_HOURS", "6"))
+SECOND_HOURS = int(os.environ.get("BENCH_UTILITY_SECOND_HOURS", "24"))
+# Consecutive UTC days replayed: the 24h tile needs yesterday's structure, and the hourly
+# coverage wants at least 70 independent hours (3 days: 72).
+DAYS = int(os.environ.get("BENCH_UTILITY_DAYS", "3"))
 SHAPES = os.environ.get("BENCH_UTILITY_SHAPES", "demo,fewer_people_heavier_tail").split(",")
 # Targets of issue 19 at the demo traffic: median relative error per (tile, resolution).
 TARGETS = {
@@ -175,6 +186,7 @@ def shapes() -> dict[str, Shape]:
 class Replay:
     """What the processor made of one day: per window the summed rows, and the raw truth."""
 
+    day_start: int
     windows: dict[int, dict[str, float]]
     rows: dict[tuple[int, int], dict[str, Any]]  # (window start, partition) -> written row
     raw_events: np.ndarray  # accepted events per window before any bound
@@ -195,12 +207,18 @@ def product_of() -> DataProduct:
     return product
 
 
-def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read top down
-    """One day of ``shape``'s shop orders through the real processing path (see layer 1);
-    the accepted events are written to ``events_folder`` as the offline store writes them."""
+def replay(  # noqa: PLR0915 - read top down
+    shape: Shape, events_folder: Path | None, day_index: int = 0, people: Any = None
+) -> Replay:
+    """Day ``day_index`` (from ``DAY_START``) of ``shape``'s shop orders through the real
+    processing path (see layer 1), the same people every day, other event times and draws;
+    the accepted events are written to ``events_folder`` (if any) as the offline store
+    writes them."""
     began = time.perf_counter()
-    people = make_people(shape.people, shape.seed, shape.activity_sigma)
+    if people is None:
+        people = make_people(shape.people, shape.seed, shape.activity_sigma)
     people_s = time.perf_counter() - began
+    day_start = DAY_START + day_index * DAY
     contract = load_contracts()[DOMAIN]
     streams = StreamSettings()
     window, grace = streams.window_seconds, streams.grace_seconds
@@ -211,9 +229,9 @@ def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read
     )
     per_day = events_per_day(shape.rate, DOMAIN, PRODUCT, bad_ratio=shape.bad_ratio)
     count = round(per_day * shape.hours / 24)
-    rng = np.random.default_rng(shape.seed)
-    times = np.sort(rng.uniform(0, shape.hours * HOUR, count)) + DAY_START
-    gen = EventGenerator(DOMAIN, pipeline.product, people, 0.0, shape.seed)
+    rng = np.random.default_rng((shape.seed, day_index))
+    times = np.sort(rng.uniform(0, shape.hours * HOUR, count)) + day_start
+    gen = EventGenerator(DOMAIN, pipeline.product, people, 0.0, shape.seed + 1000 * day_index)
     slots = DAY // window
     raw_events = np.zeros(slots, dtype=np.int64)
     raw_revenue = np.zeros(slots, dtype=np.float64)
@@ -224,7 +242,9 @@ def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read
     pending: list[dict[str, Any]] = []
 
     def flush(at_least: int) -> None:
-        if len(pending) >= at_least:
+        if events_folder is None:
+            pending.clear()
+        elif len(pending) >= at_least:
             append_part(events_folder, event_table(schema, pending))
             pending.clear()
 
@@ -235,7 +255,7 @@ def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read
         flush(20_000)
         for row in pipeline.window_records(closed):
             start = int(row[WINDOW_KEY])  # type: ignore[call-overload]
-            if not DAY_START <= start < DAY_START + DAY:
+            if not day_start <= start < day_start + DAY:
                 continue
             incomplete += not row[WINDOW_COMPLETE]
             rows[(start, int(row[PARTITION_KEY]))] = row  # type: ignore[call-overload]
@@ -244,7 +264,7 @@ def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read
                 if isinstance(value, int | float) and name != WINDOW_KEY:
                     totals[name] = totals.get(name, 0.0) + value
 
-    next_close = DAY_START + window + grace
+    next_close = day_start + window + grace
     began = time.perf_counter()
     for t in times.tolist():
         while t >= next_close:
@@ -254,10 +274,10 @@ def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read
         assert key is not None
         outcome = pipeline.route(value, partition_for(key, partitions), partitions, key, t + 0.2)
         if isinstance(outcome, Accepted):
-            slot = (int(t) - DAY_START) // window
+            slot = (int(t) - day_start) // window
             raw_events[slot] += 1
             raw_revenue[slot] += outcome.measures[MEASURE]
-    end = DAY_START + shape.hours * HOUR + window + grace + 1
+    end = day_start + shape.hours * HOUR + window + grace + 1
     for partition in range(partitions):
         pipeline.caught_up(partition, end)
     while next_close <= end:
@@ -275,6 +295,7 @@ def replay(shape: Shape, events_folder: Path) -> Replay:  # noqa: PLR0915 - read
         weights=gen.weights,
     )
     return Replay(
+        day_start=day_start,
         windows=windows,
         rows=rows,
         raw_events=raw_events,
@@ -303,7 +324,7 @@ def stream_values(day: Replay, stream: str, window: int) -> np.ndarray:
     """The exact bounded value of every window of the day for one stream (0: no row)."""
     values = np.zeros(DAY // window, dtype=np.int64)
     for start, totals in day.windows.items():
-        values[(start - DAY_START) // window] = round(totals.get(COLUMN[stream], 0))
+        values[(start - day.day_start) // window] = round(totals.get(COLUMN[stream], 0))
     return values
 
 
@@ -313,7 +334,7 @@ def truncation(day: Replay, window: int) -> dict[str, Any]:
     revenue = stream_values(day, SUM, window)
     truncated = np.zeros_like(counted)
     for start, totals in day.windows.items():
-        truncated[(start - DAY_START) // window] = round(totals.get(TRUNCATED_EVENTS, 0))
+        truncated[(start - day.day_start) // window] = round(totals.get(TRUNCATED_EVENTS, 0))
     per_hour = HOUR // window
     hours = day.hours
 
@@ -518,6 +539,7 @@ class Figures:
             if self.errors
             else None,
             "coverage_95": round(self.covered / self.values, 4),
+            "coverage_95_interval": wilson(self.covered, self.values),
             "too_noisy_share": round(self.too_noisy / self.values, 4),
             "answerable_minutes": len(self.answerable_minutes),
             "values": self.values,
@@ -526,80 +548,133 @@ class Figures:
         }
 
 
+def wilson(successes: int, trials: int) -> list[float]:
+    """The Wilson score 95% interval of a binomial proportion (valid for independent trials
+    only: values that share noisy nodes, 'today' and '24h', make it too narrow)."""
+    z = 1.959964
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = (
+        z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    )
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+# When each resolution is read, seconds into the day: every window end, every minute end,
+# and for 'today' / '24h' one window end per minute, cycling through the minute's windows
+# (60k - 10 (k mod 6)) so each count of trailing window nodes is read as often; a read at
+# every window end would compute 8,640 new half-widths a day per tile (the bench's cost, not
+# the API's: the API computes one per read).
+def read_times(resolution: str, window: int) -> list[int]:
+    if resolution == "window":
+        return list(range(window, DAY + 1, window))
+    if resolution in ("today", "24h"):
+        per = 60 // window
+        return [60 * k - window * (k % per) for k in range(1, DAY // 60 + 1)]
+    return list(range(60, DAY + 1, 60))
+
+
+RESOLUTIONS_MEASURED = ("window", "1m", "1h", "today", "24h")
+
+
 def hierarchy_figures(
-    day: Replay, classes: dict[str, QueryClass], product: DataProduct, window: int
+    days: list[Replay],
+    classes: dict[str, QueryClass],
+    product: DataProduct,
+    window: int,
+    version: int,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Layer 2: each tile at each resolution after every window of the day, from the
-    shipped classes' daily structures (API parameters), clamped as the API clamps."""
+    """Layer 2: each tile at each resolution over the consecutive replayed days (each day a
+    structure of ``version`` with yesterday's as ``previous``), from the shipped classes'
+    parameters, clamped as the API clamps; a span read twice counts once."""
     out: dict[str, dict[str, Any]] = {}
     spent: dict[str, str] = {}
     store = MemoryNodeStore()
+    first = days[0].day_start
     for tile in TILES:
         qc = classes[tile.class_id]
         deltas = daily_sensitivities(qc, product)
         epsilons = split_epsilon(qc, list(deltas))
         spent[qc.id] = str(qc.epsilon_per_release)
-        structures = {
-            stream: DailyHierarchy(
-                HOUR if stream == NEW_HOUR else window,
-                DAY_START,
-                epsilons[stream],
-                deltas[stream],
-                store,
-                f"{qc.id}|{stream}",
-            )
-            for stream in deltas
-        }
-        values = {stream: stream_values(day, stream, window) for stream in deltas}
-        if NEW_HOUR in values:  # the hour stream's structure reads hours, not windows
-            values[NEW_HOUR] = values[NEW_HOUR].reshape(-1, HOUR // window).sum(axis=1)
         low, high = bounds_of(qc, product)
         figures: dict[str, Figures] = {}
-        # The nodes are drawn once for the whole replay (the same independent noise per node
-        # as drawing each when its span completes, which the API does); values then only sum.
-        drawn: dict[str, bool] = {}
-        for resolution in qc.answered_resolutions:
-            if resolution not in LEVEL_RESOLUTIONS:
-                continue
-            stream = stream_of(qc, resolution)
-            structure, exact = structures[stream], values[stream]
-            width = structure.window_seconds
+        for stream in deltas:
+            width = HOUR if stream == NEW_HOUR else window
+            exact = np.concatenate([stream_values(day, stream, window) for day in days])
+            if stream == NEW_HOUR:  # the hour stream's structure reads hours, not windows
+                exact = exact.reshape(-1, HOUR // window).sum(axis=1)
 
             def read(start: int, exact: np.ndarray = exact, width: int = width) -> int:
-                return int(exact[(start - DAY_START) // width])
+                return int(exact[(start - first) // width])
 
-            if not drawn.get(stream):  # every complete node of the replay, in one draw
-                complete = [
-                    (level, index)
-                    for level, span in enumerate(structure.levels)
-                    for index in range(day.hours * HOUR // span)
-                ]
-                structure.node_values(complete, read)
-                drawn[stream] = True
-            fig = figures.setdefault(resolution, Figures())
-            seen: set[tuple[int, int]] = set()
-            # Every window end for the per-window resolutions, every minute end otherwise.
-            step = window if resolution in ("window", "today") else 60
-            for t_in_day in range(step, day.hours * HOUR + 1, step):
-                t_end = DAY_START + t_in_day
-                if stream == NEW_HOUR:  # the newest complete hour
-                    t_end -= t_end % HOUR
-                    if t_end == DAY_START:
-                        continue  # needs yesterday's structure
-                try:
-                    noisy = structure.value("1h" if stream == NEW_HOUR else resolution, t_end, read)
-                except ResolutionUnavailable:
-                    continue
-                if t_in_day % 60 == 0:
-                    fig.answerable_minutes.add(t_in_day // 60 - 1)
-                if (noisy.start, noisy.end) in seen:
-                    continue
-                seen.add((noisy.start, noisy.end))
-                first, last = (noisy.start - DAY_START) // width, (noisy.end - DAY_START) // width
-                truth = int(exact[first:last].sum())
-                fig.add(daily.clamp(noisy.value, noisy.ci95_half_width, low, high), truth)
-        out[tile.name] = {r: f.summary() for r, f in figures.items()}
+            resolutions = [
+                r
+                for r in qc.answered_resolutions
+                if r in RESOLUTIONS_MEASURED and stream_of(qc, r) == stream
+            ]
+            seen: dict[str, set[tuple[int, int]]] = {r: set() for r in resolutions}
+            previous: DailyHierarchy | None = None
+            for d, day in enumerate(days):
+                structure = DailyHierarchy(
+                    width,
+                    day.day_start,
+                    epsilons[stream],
+                    deltas[stream],
+                    store,
+                    f"{qc.id}|{stream}|{d}",
+                    version,
+                )
+                # Every node of the day in one draw per level (the same independent noise
+                # per node as drawing each when its span completes, which the API does).
+                structure.node_values(
+                    [
+                        (level, index)
+                        for level, span in enumerate(structure.levels)
+                        for index in range(DAY // span)
+                    ],
+                    read,
+                )
+                for resolution in resolutions:
+                    fig = figures.setdefault(resolution, Figures())
+                    for t_in_day in read_times(resolution, window):
+                        noisy = read_value(structure, previous, stream, resolution, t_in_day, read)
+                        if noisy is None:
+                            continue
+                        fig.answerable_minutes.add(d * 1440 + (t_in_day - 1) // 60)
+                        if (noisy.start, noisy.end) in seen[resolution]:
+                            continue
+                        seen[resolution].add((noisy.start, noisy.end))
+                        begin, stop = (noisy.start - first) // width, (noisy.end - first) // width
+                        truth = int(exact[begin:stop].sum())
+                        fig.add(daily.clamp(noisy.value, noisy.ci95_half_width, low, high), truth)
+                previous = structure
+        out[tile.name] = {
+            r: {**f.summary(), "values_share_noise": r in ("today", "24h")}
+            for r, f in figures.items()
+        }
     return out, spent
+
+
+def read_value(
+    structure: DailyHierarchy,
+    previous: DailyHierarchy | None,
+    stream: str,
+    resolution: str,
+    t_in_day: int,
+    read: Any,
+) -> Any:
+    """The value the API releases at ``resolution`` when the newest closed window ends
+    ``t_in_day`` into ``structure``'s day (None: not answerable, no yesterday)."""
+    t_end = structure.day_start + t_in_day
+    if stream == NEW_HOUR:  # the newest complete hour of the hour stream
+        t_end -= t_end % HOUR
+        if t_end == structure.day_start:
+            return None if previous is None else previous.value("1h", t_end, read)
+        return structure.value("1h", t_end, read)
+    try:
+        return structure.value(resolution, t_end, read, previous)
+    except ResolutionUnavailable:
+        return None
 
 
 def bounds_of(qc: QueryClass, product: DataProduct) -> tuple[float | None, float | None]:
@@ -645,7 +720,9 @@ def per_window_design(day: Replay, window: int) -> dict[str, Any]:
         if stream == "distinct_subjects":
             truths = np.zeros(DAY // window, dtype=np.int64)
             for start, totals in day.windows.items():
-                truths[(start - DAY_START) // window] = round(totals.get("distinct_subjects", 0))
+                truths[(start - day.day_start) // window] = round(
+                    totals.get("distinct_subjects", 0)
+                )
         else:
             truths = stream_values(day, stream, window)
         truths = truths[: day.hours * HOUR // window]
@@ -858,9 +935,16 @@ def run_shape(shape: Shape) -> dict[str, Any]:
         day = replay(shape, Path(tmp) / "events")
         advisor = advisor_figures(day, product, classes, window)
     day.events_folder = None
+    # Later days: the same people, full days only (a partial day has no 'today' to follow).
+    people = make_people(shape.people, shape.seed, shape.activity_sigma)
+    count = DAYS if shape.hours == 24 else 1
+    days = [day] + [replay(shape, None, d, people) for d in range(1, count)]
     began = time.perf_counter()
-    tiles, spent = hierarchy_figures(day, classes, product, window)
+    tiles, spent = hierarchy_figures(days, classes, product, window, VERSION)
     dp_wall = time.perf_counter() - began
+    began = time.perf_counter()
+    baseline, _ = hierarchy_figures(days, classes, product, window, 1)
+    baseline_wall = time.perf_counter() - began
     try:
         api: dict[str, Any] = api_figures(day, window)
     except Exception as exc:  # the layer is reported as not run, with why
@@ -869,14 +953,17 @@ def run_shape(shape: Shape) -> dict[str, Any]:
     daily_classes = [
         qc for qc in classes.values() if qc.product == PRODUCT and qc.release == "daily"
     ]
+    events = sum(d.events_sent for d in days)
     return {
         "shape": shape.__dict__,
         "orders_per_day": day.events_sent * 24 // day.hours,
+        "orders_per_replayed_day": [d.events_sent for d in days],
+        "days_replayed": len(days),
         "hours_replayed": day.hours,
-        "events_replayed": day.events_sent,
+        "events_replayed": events,
         "processor": {
-            "wall_s": round(day.wall_s, 1),
-            "events_per_s": round(day.events_sent / day.wall_s),
+            "wall_s": round(sum(d.wall_s for d in days), 1),
+            "events_per_s": round(events / sum(d.wall_s for d in days)),
             "make_people_s": round(day.people_s, 2),
             "counters": dict(sorted(day.counters.items())),
             "windows": len(day.windows),
@@ -886,16 +973,37 @@ def run_shape(shape: Shape) -> dict[str, Any]:
         "truncation_bias": truncation(day, window),
         "bound_advisor": advisor,
         "daily_hierarchy": {
+            "version": VERSION,
+            "structure": "levels [window, 1m, 1h], epsilon split by the cube-root rule",
             "tiles": tiles,
             "wall_s": round(dp_wall, 1),
             "epsilon_per_subject_per_day_by_class": spent,
             "epsilon_per_subject_per_day_total": str(
                 sum(Decimal(qc.cost_micro) for qc in daily_classes) / 1_000_000
             ),
-            "24h": "not measured: a one-day replay has no yesterday's structure",
+            "minutes_replayed": len(days) * 1440,
+            "note": f"{len(days)} consecutive days, each day's structure with yesterday's as "
+            "previous: '24h' and the first minute/hour of a day from the second day on; "
+            "epsilon per subject per day is the classes' (the structure does not change it)",
+        },
+        "baseline_uniform_v1": {
+            "version": 1,
+            "structure": "levels [window, 1m, 1h, day], one scale levels x delta / epsilon",
+            "tiles": baseline,
+            "wall_s": round(baseline_wall, 1),
+            "note": "the same days, classes, epsilon and sensitivities; other noise draws",
+        },
+        "median_error_v1_over_v2": {
+            tile: {
+                r: round(b["median_relative_error"] / tiles[tile][r]["median_relative_error"], 2)
+                for r, b in by_res.items()
+                if b.get("median_relative_error") and tiles[tile][r].get("median_relative_error")
+            }
+            for tile, by_res in baseline.items()
         },
         "api": api,
         "targets": targets_met(tiles),
+        "targets_baseline_v1": targets_met(baseline),
         "targets_via_api": targets_met(api["tiles"]) if "tiles" in api else None,
         "per_window_design": per_window_design(day, window),
         "independent_per_release": independent_design(day, classes, product, window),
@@ -904,12 +1012,14 @@ def run_shape(shape: Shape) -> dict[str, Any]:
 
 def main() -> None:
     began = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 1)
     known = shapes()
     results = {name: run_shape(known[name]) for name in SHAPES}
     result: dict[str, Any] = {
         "benchmark": "utility",
         "day": datetime.fromtimestamp(DAY_START, tz=UTC).date().isoformat(),
         "hours_replayed": {name: r["hours_replayed"] for name, r in results.items()},
+        "days_replayed": {name: r["days_replayed"] for name, r in results.items()},
         "layers": {
             "processor": "ran: ProductPipeline.route/drain/window_records over the day "
             "(no broker, no Faust worker)",
@@ -922,7 +1032,8 @@ def main() -> None:
         "shapes": results,
         "wall_s": round(time.perf_counter() - began, 1),
         "cores": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "load_avg_1m_start": load_start,
+        "load_avg_1m_end": round(os.getloadavg()[0], 1),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
