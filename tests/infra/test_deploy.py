@@ -492,3 +492,15 @@ def test_kubernetes_scrape_config_reads_the_rendered_annotations(
     for key in annotated:
         meta = "__meta_kubernetes_pod_annotation_" + key.replace(".", "_").replace("/", "_")
         assert meta in sources, key
+
+
+def test_flat_contracts_folder_is_refused(tmp_path: Path) -> None:
+    """Contracts of the deprecated flat folder borrow the demo domains' files, which no
+    ConfigMap can reproduce: refused, naming the domain folders to use instead."""
+    flat = tmp_path / "contracts"
+    flat.mkdir()
+    (flat / "shop.yaml").write_text(
+        (DEMO_DOMAINS_DIR / "shop" / "contract.yaml").read_text("utf-8"), encoding="utf-8"
+    )
+    with pytest.raises(InvalidDeployValue, match="PRIVMESH_DOMAIN_DIRS"):
+        render(scan((), flat))
