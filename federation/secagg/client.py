@@ -45,7 +45,13 @@ from flwr.supercore.primitives.asymmetric import (
 from numpy.typing import NDArray
 
 from federation.errors import SecAggProtocolError
-from federation.secagg.protocol import apply_mask, mask_stream, pairwise_key, pairwise_sign
+from federation.secagg.protocol import (
+    RING,
+    apply_mask,
+    mask_stream,
+    pairwise_key,
+    pairwise_sign,
+)
 
 KEYED = "keyed"
 SHARED = "shared"
@@ -245,17 +251,20 @@ class SecAggClient:
         secrets.stage = RECEIVED
         self.store[round_] = secrets
 
-    def mask(self, round_: int, vector: NDArray[np.uint64]) -> NDArray[np.uint64]:
-        """``vector`` plus the private mask and the pairwise masks of this round."""
+    def mask(self, round_: int, vector: NDArray[np.uint32]) -> NDArray[np.uint32]:
+        """``vector`` plus the private mask and the pairwise masks of this round (a new
+        array; ``vector`` is left as it was)."""
         secrets = self._round(round_, RECEIVED)
-        masked = apply_mask(vector, mask_stream(secrets.seed, len(vector)), +1)
+        if vector.dtype != RING:
+            raise SecAggProtocolError(f"round {round_}: ring elements are {RING.__name__}")
+        masked = apply_mask(vector.copy(), mask_stream(secrets.seed, len(vector)), +1)
         sk1 = bytes_to_private_key(secrets.sk1)
         for nid in sorted(secrets.seed_shares):
             if nid == self.node_id:
                 continue
             shared = generate_shared_key(sk1, bytes_to_public_key(secrets.pk1_of[nid]))
             stream = mask_stream(pairwise_key(shared), len(vector))
-            masked = apply_mask(masked, stream, pairwise_sign(self.node_id, nid))
+            apply_mask(masked, stream, pairwise_sign(self.node_id, nid))
         secrets.stage = MASKED
         self.store[round_] = secrets
         return masked

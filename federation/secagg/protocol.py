@@ -1,16 +1,25 @@
 """The arithmetic of privmesh's SecAgg+: exact integer quantisation, masks, neighbourhoods.
 
-Each domain's update (a flat float vector) becomes signed integers ``round(x * scale)``,
-multiplied by the domain's integer weight and masked with uint64 streams, so every sum
-is taken modulo 2**64 (numpy's uint64 wraps). Signed values live in two's complement:
-once the masks cancel, the total reads back as an int64, exactly the weighted sum of the
-quantised updates. The only error is rounding, at most ``0.5 / scale`` per element and
-client, and nothing is ever clipped here: a value beyond the declared bound is refused
-(:class:`~federation.errors.QuantisationRangeExceeded`), never saturated.
+Each domain's update (a flat float vector) is multiplied by the domain's share of the
+round's weight, ``w_i / W`` (``W``: the weights of the nodes that shared keys), and
+becomes signed integers ``round(x * (w_i / W) * scale)`` masked with uint32 streams, so
+every sum is taken modulo 2**32 (numpy's uint32 wraps). Signed values live in two's
+complement: once the masks cancel, the total reads back as an int32. The shares add up
+to at most 1 and every element is at most ``bound``, so the sum of ``n`` contributions is
+at most ``bound * scale + n / 2`` in magnitude; :func:`choose_scale` keeps that below
+2**31, so the sum cannot wrap. The only error is rounding, at most ``0.5 / scale`` per
+element and contributor, and nothing is ever clipped here: a value beyond the declared
+bound is refused (:class:`~federation.errors.QuantisationRangeExceeded`), never saturated.
 
-Masks are AES-256-CTR keystreams. Flower's SecAgg+ derives its masks from
-``numpy.random.RandomState`` seeded with 32 bits folded out of the seed, which a server
-could search exhaustively; a block cipher keyed with the full 256-bit secret cannot be.
+Why 32 bits: ring elements travel as 4 bytes (a float32 update's size) instead of 8, and
+masks cost half the keystream. Weights as fractions rather than integer example counts
+are what make 32 bits enough: with integer weights, the sum's range grows with the
+total example count and the scale (the precision) shrinks by as much.
+
+Masks are AES-256-CTR keystreams (AES-NI: ~4 ms per million elements here). Flower's
+SecAgg+ derives its masks from ``numpy.random.RandomState`` seeded with 32 bits folded out
+of the seed, which a server could search exhaustively; a block cipher keyed with the full
+256-bit secret cannot be, and it is as fast as numpy's own counter-based generators.
 """
 
 from __future__ import annotations
@@ -26,14 +35,14 @@ from numpy.typing import NDArray
 
 from federation.errors import InvalidSecAggConfig, QuantisationRangeExceeded
 
-MODULUS_BITS = 64
-"""Masked vectors and their sums are taken modulo 2**64 (uint64 arithmetic)."""
+MODULUS_BITS = 32
+"""Masked vectors and their sums are taken modulo 2**32 (uint32 arithmetic)."""
 
-_SUM_BITS = 62
-"""Weighted quantised sums stay below 2**62 in magnitude: far from int64's sign bit."""
+RING = np.uint32
+"""The ring elements' dtype."""
 
-_EXACT_BITS = 52
-"""A quantised element is at most 2**52: float64 holds every such integer exactly."""
+_SUM_LIMIT = 2.0**31
+"""A decoded sum is an int32: its magnitude stays below 2**31."""
 
 _ZERO_NONCE = bytes(16)
 
@@ -62,30 +71,49 @@ def unflatten(
     return out
 
 
-def choose_scale(bound: float, total_weight: int) -> float:
-    """The largest power-of-two scale whose weighted sums cannot overflow.
+def choose_scale(bound: float, contributors: int) -> float:
+    """The largest power-of-two scale at which the sum of ``contributors`` vectors cannot
+    wrap around the ring.
 
-    Every element is at most ``bound`` in magnitude and every weight is a positive
-    integer adding up to at most ``total_weight``: then ``|sum(w_i * round(x_i * s))|
-    <= total_weight * (bound * s + 1) < 2**62``. The scale is also capped so that a
-    quantised element stays an exact float64 integer.
+    Every element is at most ``bound`` in magnitude and is multiplied by its node's
+    share of the weight (the shares add up to at most 1) before rounding, so
+    ``|sum_i round(x_i * s_i * scale)| <= bound * scale + contributors / 2``; the scale
+    keeps that below 2**31 (the int32 a sum decodes to), with a margin for the float
+    shares' rounding.
     """
     if not bound > 0 or not math.isfinite(bound):
         raise InvalidSecAggConfig(f"the value bound must be a positive number, got {bound}")
-    if total_weight < 1:
-        raise InvalidSecAggConfig(f"total weight must be >= 1, got {total_weight}")
-    headroom = 2.0**_SUM_BITS / (2.0 * total_weight)  # room for bound*s and the +1
-    limit = min(headroom, 2.0**_EXACT_BITS) / bound
-    if limit < 1.0:
+    if contributors < 1:
+        raise InvalidSecAggConfig(f"contributors must be >= 1, got {contributors}")
+    room = _SUM_LIMIT - contributors - 1.0
+    limit = room / (bound * (1.0 + 1e-9))
+    if not limit >= 1.0:
         raise InvalidSecAggConfig(
-            f"bound {bound} with total weight {total_weight} leaves no integer precision; "
-            "lower the clipping norm or the example weights"
+            f"bound {bound} with {contributors} contributors leaves no integer precision in "
+            "a 32-bit ring; lower the clipping norm"
         )
     return float(2.0 ** math.floor(math.log2(limit)))
 
 
-def quantise(vector: NDArray[np.floating], scale: float, bound: float) -> NDArray[np.int64]:
-    """Round ``vector * scale`` to int64; refuses (never clips) values beyond ``bound``."""
+def weight_share(weight: int, total: int) -> float:
+    """A node's share ``weight / total`` of the round's weight (both positive integers)."""
+    if isinstance(weight, bool) or isinstance(total, bool):
+        raise InvalidSecAggConfig("weights are integers, not booleans")
+    if not 1 <= weight <= total:
+        raise InvalidSecAggConfig(
+            f"a weight must be a positive integer no larger than the round's total weight, "
+            f"got {weight} of {total}"
+        )
+    return weight / total
+
+
+def quantise(
+    vector: NDArray[np.floating], scale: float, bound: float, share: float = 1.0
+) -> NDArray[np.uint32]:
+    """``round(vector * share * scale)`` as ring elements (two's complement); refuses, never
+    clips, values beyond ``bound`` (or NaN and infinities)."""
+    if not 0.0 < share <= 1.0:
+        raise InvalidSecAggConfig(f"a weight share is in (0, 1], got {share}")
     values = np.asarray(vector, dtype=np.float64)
     if not np.isfinite(values).all():
         raise QuantisationRangeExceeded("the update holds NaN or infinite values")
@@ -95,28 +123,36 @@ def quantise(vector: NDArray[np.floating], scale: float, bound: float) -> NDArra
             f"an update element of magnitude {largest:.6g} exceeds the secure-aggregation "
             f"bound {bound:.6g}; it would have to be clipped, so the update is refused"
         )
-    return np.rint(values * scale).astype(np.int64)
+    scaled = np.multiply(values, share * scale)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int32).view(RING)
 
 
-def weighted(quantised: NDArray[np.int64], weight: int) -> NDArray[np.uint64]:
-    """``weight * quantised`` modulo 2**64 (two's complement for negative values)."""
-    if weight < 1:
-        raise InvalidSecAggConfig(f"weights must be positive integers, got {weight}")
-    return quantised.view(np.uint64) * np.uint64(weight)
+def decode_sum(
+    total: NDArray[np.uint32], scale: float, fraction: float = 1.0
+) -> NDArray[np.float64]:
+    """The weighted mean from the unmasked sum modulo 2**32.
+
+    ``fraction``: the arrived vectors' share of the weight the nodes quantised with (1
+    when every node that shared keys sent its vector); dividing by it makes the result
+    the weighted mean of the arrived vectors alone.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise InvalidSecAggConfig(f"the arrived weight fraction is in (0, 1], got {fraction}")
+    return total.view(np.int32).astype(np.float64) / (scale * fraction)
 
 
-def decode_sum(total: NDArray[np.uint64], scale: float, total_weight: int) -> NDArray[np.float64]:
-    """The weighted mean from the unmasked sum ``sum(w_i * q_i)`` modulo 2**64."""
-    return total.view(np.int64).astype(np.float64) / (scale * total_weight)
-
-
-def mask_stream(key: bytes, length: int) -> NDArray[np.uint64]:
-    """``length`` uint64 words of AES-256-CTR keystream under the 32-byte ``key``."""
+def mask_stream(key: bytes, length: int) -> NDArray[np.uint32]:
+    """``length`` ring elements of AES-256-CTR keystream under the 32-byte ``key``."""
     if len(key) != 32:
         raise InvalidSecAggConfig(f"mask keys are 32 bytes, got {len(key)}")
     encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
-    stream = encryptor.update(bytes(8 * length)) + encryptor.finalize()
-    return np.frombuffer(stream, dtype=np.uint64).copy()
+    size = RING().itemsize * length
+    buffer = bytearray(size + 15)  # update_into wants room for a block
+    written = encryptor.update_into(bytes(size), buffer)
+    if written != size:
+        raise InvalidSecAggConfig(f"keystream of {written} bytes, wanted {size}")
+    return np.frombuffer(buffer, dtype=RING, count=length)
 
 
 def pairwise_key(shared_key: bytes) -> bytes:
@@ -133,10 +169,14 @@ def pairwise_sign(own: int, other: int) -> int:
 
 
 def apply_mask(
-    vector: NDArray[np.uint64], mask: NDArray[np.uint64], sign: int
-) -> NDArray[np.uint64]:
-    """``vector + sign * mask`` modulo 2**64."""
-    return vector + mask if sign > 0 else vector - mask
+    vector: NDArray[np.uint32], mask: NDArray[np.uint32], sign: int
+) -> NDArray[np.uint32]:
+    """``vector + sign * mask`` modulo 2**32, in place (``vector`` is returned)."""
+    if sign > 0:
+        np.add(vector, mask, out=vector)
+    else:
+        np.subtract(vector, mask, out=vector)
+    return vector
 
 
 def neighbourhoods(

@@ -8,8 +8,8 @@ A round moves through three exchanges with the nodes (the orchestration in
    node that died before or during this step is simply out of the round: nobody holds
    its shares, so nobody masks with it.
 2. *collect*: each shared node gets the shares addressed to it and returns its masked,
-   weighted, quantised update (``masked``). A shared node whose vector never arrives
-   is ``dead``: its neighbours did mask with it.
+   quantised update, scaled by its share of the weight (``masked``). A shared node whose
+   vector never arrives is ``dead``: its neighbours did mask with it.
 3. *unmask*: each masked node that is still alive reveals, for its neighbours, the
    share of the mask seed (masked ones) or of the mask key (dead ones). With at least
    ``threshold`` shares per secret, the server removes every mask and is left with the
@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from federation.errors import NotEnoughParticipants, SecAggProtocolError
 from federation.secagg.protocol import (
+    RING,
     apply_mask,
     check_threshold,
     mask_stream,
@@ -57,7 +58,10 @@ class SecAggRound:
     shared: set[int] = field(default_factory=set)
     _mailbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
     weights: dict[int, int] = field(default_factory=dict)
-    _total: NDArray[np.uint64] | None = None
+    quantised_weight: int = 0
+    """The total weight of the nodes that shared keys, which they quantised their shares
+    of (set by the coordinator when it asks for the vectors)."""
+    _total: NDArray[np.uint32] | None = None
     _reveals: dict[int, dict[int, bytes]] = field(default_factory=dict)
     revealers: set[int] = field(default_factory=set)
 
@@ -107,7 +111,7 @@ class SecAggRound:
         inbox = [(src, c) for src, c in self._mailbox.get(nid, []) if src in self.shared]
         return [src for src, _ in inbox], [c for _, c in inbox]
 
-    def record_masked(self, nid: int, vector: NDArray[np.uint64], weight: int) -> None:
+    def record_masked(self, nid: int, vector: NDArray[np.uint32], weight: int) -> None:
         """Add ``nid``'s masked vector (its weight is public, from the census)."""
         if nid not in self.shared:
             raise SecAggProtocolError(
@@ -116,9 +120,12 @@ class SecAggRound:
         if nid in self.weights:
             raise SecAggProtocolError(f"round {self.round}: a second vector from node {nid}")
         wrong_length = self._total is not None and len(vector) != len(self._total)
-        if vector.dtype != np.uint64 or wrong_length:
+        if vector.dtype != RING or vector.ndim != 1 or wrong_length:
             raise SecAggProtocolError(f"round {self.round}: node {nid} sent a malformed vector")
-        self._total = vector.copy() if self._total is None else self._total + vector
+        if self._total is None:
+            self._total = vector.copy()
+        else:
+            np.add(self._total, vector, out=self._total)
         self.weights[nid] = weight
 
     @property
@@ -160,8 +167,8 @@ class SecAggRound:
             self._reveals.setdefault(owner, {})[nid] = share
         self.revealers.add(nid)
 
-    def aggregate(self) -> tuple[NDArray[np.uint64], int]:
-        """The unmasked sum of the masked nodes' weighted vectors, and their total weight."""
+    def aggregate(self) -> tuple[NDArray[np.uint32], int]:
+        """The unmasked sum of the masked nodes' vectors, and their total weight."""
         if self._total is None:
             raise NotEnoughParticipants(f"round {self.round}: no vector to unmask")
         total = self._total.copy()
@@ -175,7 +182,7 @@ class SecAggRound:
                 )
             secret = combine_shares(shares[: self.threshold])
             if owner in self.masked:
-                total = apply_mask(total, mask_stream(secret, length), -1)
+                apply_mask(total, mask_stream(secret, length), -1)
                 continue
             sk1 = bytes_to_private_key(secret)
             for nid in self.graph[owner]:
@@ -183,7 +190,7 @@ class SecAggRound:
                     continue  # only masked neighbours carry a pairwise mask with ``owner``
                 key = generate_shared_key(sk1, bytes_to_public_key(self.public_keys[nid][0]))
                 stream = mask_stream(pairwise_key(key), length)
-                total = apply_mask(total, stream, -pairwise_sign(nid, owner))
+                apply_mask(total, stream, -pairwise_sign(nid, owner))
         return total, sum(self.weights.values())
 
     # ---------------------------------------------------------------- checks

@@ -20,7 +20,7 @@ from federation.secagg.protocol import (
     neighbourhoods,
     quantise,
     unflatten,
-    weighted,
+    weight_share,
 )
 
 
@@ -31,46 +31,73 @@ from federation.secagg.protocol import (
         min_size=1,
         max_size=8,
     ),
-    weights=st.lists(st.integers(1, 1_000_000), min_size=8, max_size=8),
+    weights=st.lists(st.integers(1, 10_000_000), min_size=8, max_size=8),
 )
 def test_weighted_sum_decodes_to_the_plain_weighted_mean(
     vectors: list[list[float]], weights: list[int]
 ) -> None:
-    """sum(w_i * q_i) modulo 2**64 decodes to the weighted mean within 0.5/scale."""
+    """sum(q(x_i * w_i / W)) modulo 2**32 decodes to the weighted mean within n * 0.5/scale."""
     weights = weights[: len(vectors)]
-    scale = choose_scale(10.0, sum(weights))
-    total = np.zeros(6, dtype=np.uint64)
+    scale = choose_scale(10.0, len(vectors))
+    total = np.zeros(6, dtype=np.uint32)
     for vector, weight in zip(vectors, weights, strict=True):
-        total = total + weighted(quantise(np.array(vector), scale, 10.0), weight)
-    mean = decode_sum(total, scale, sum(weights))
+        share = weight_share(weight, sum(weights))
+        total = apply_mask(total, quantise(np.array(vector), scale, 10.0, share), +1)
+    mean = decode_sum(total, scale)
     plain = np.average(np.array(vectors), axis=0, weights=weights)
-    assert np.max(np.abs(mean - plain)) <= 0.5 / scale + 1e-12 * np.max(np.abs(plain), initial=1)
+    assert np.max(np.abs(mean - plain)) <= len(vectors) * 0.5 / scale + 1e-12 * 10
+
+
+def test_the_sum_at_the_bound_does_not_wrap() -> None:
+    """Every contributor at +bound (and at -bound), with the largest shares the weights
+    allow, sums without wrapping around the 32-bit ring: N x clip x scale < 2**31."""
+    for contributors in (1, 2, 5, 100):
+        scale = choose_scale(10.0, contributors)
+        assert 10.0 * scale + contributors / 2 < 2**31
+        for sign in (1.0, -1.0):
+            total = np.zeros(3, dtype=np.uint32)
+            for _ in range(contributors):
+                q = quantise(np.full(3, sign * 10.0), scale, 10.0, 1 / contributors)
+                total = apply_mask(total, q, +1)
+            assert np.allclose(decode_sum(total, scale), sign * 10.0, rtol=1e-6)
 
 
 def test_values_beyond_flowers_clipping_range_survive() -> None:
     """Flower clips full parameters to +-8 silently; here a bound of 100 carries 50 exactly."""
-    scale = choose_scale(100.0, 3)
-    q = quantise(np.array([50.0, -99.5, 8.000001]), scale, 100.0)
-    total = weighted(q, 1) + weighted(q, 2)
-    assert np.allclose(decode_sum(total, scale, 3), [50.0, -99.5, 8.000001], atol=1e-9)
+    scale = choose_scale(100.0, 2)
+    values = np.array([50.0, -99.5, 8.000001])
+    total = quantise(values, scale, 100.0, 1 / 3)
+    total = apply_mask(total, quantise(values, scale, 100.0, 2 / 3), +1)
+    assert np.allclose(decode_sum(total, scale), values, atol=1e-6)
 
 
 def test_a_value_beyond_the_bound_is_refused_not_clipped() -> None:
-    """Quantisation never saturates: it raises, naming the magnitude and the bound."""
+    """Quantisation never saturates: it raises, naming the magnitude and the bound; bad
+    shares and weights are refused too."""
     with pytest.raises(QuantisationRangeExceeded, match=r"exceeds the secure-aggregation bound"):
         quantise(np.array([0.5, 10.5]), choose_scale(10.0, 1), 10.0)
-    with pytest.raises(QuantisationRangeExceeded, match="NaN"):
-        quantise(np.array([np.nan]), 1.0, 10.0)
+    for evil in (np.nan, np.inf, -np.inf, 1e308):
+        with pytest.raises(QuantisationRangeExceeded):
+            quantise(np.array([0.0, evil]), 1.0, 10.0)
+    for share in (0.0, -0.5, 1.5, np.nan):
+        with pytest.raises(InvalidSecAggConfig):
+            quantise(np.zeros(2), 1.0, 10.0, share)
+    for weight, total in [(0, 5), (6, 5), (True, 5), (-1, 5)]:
+        with pytest.raises(InvalidSecAggConfig):
+            weight_share(weight, total)
+    with pytest.raises(InvalidSecAggConfig):
+        decode_sum(np.zeros(2, dtype=np.uint32), 1.0, 0.0)
 
 
 def test_scale_leaves_no_room_for_overflow() -> None:
-    """The largest weighted sum at the chosen scale stays below 2**62 in magnitude."""
-    for bound, total in [(1.0, 1), (10.0, 336_776), (1e-3, 10**9), (1e6, 17)]:
-        scale = choose_scale(bound, total)
-        assert total * (bound * scale + 1) < 2**62
-        assert bound * scale <= 2**52
-    with pytest.raises(InvalidSecAggConfig):
-        choose_scale(1e40, 2**40)
+    """The largest sum at the chosen scale stays below 2**31 in magnitude."""
+    for bound, count in [(1.0, 1), (10.0, 5), (1e-3, 10_000), (1e6, 17)]:
+        scale = choose_scale(bound, count)
+        assert bound * scale + count / 2 < 2**31
+        assert bound * scale >= 2**29  # and the power of two below the limit is taken
+    for bound, count in [(1e40, 2), (float("nan"), 2), (0.0, 2), (1.0, 0)]:
+        with pytest.raises(InvalidSecAggConfig):
+            choose_scale(bound, count)
 
 
 def test_masks_cancel_and_hide() -> None:
@@ -79,11 +106,11 @@ def test_masks_cancel_and_hide() -> None:
     stream = mask_stream(key, 100_000)
     assert np.array_equal(stream, mask_stream(key, 100_000))
     assert not np.array_equal(stream, mask_stream(bytes(32), 100_000))
-    secret = np.zeros(100_000, dtype=np.uint64)
-    masked = apply_mask(secret, stream, +1)
-    assert np.array_equal(apply_mask(masked, stream, -1), secret)
+    secret = np.zeros(100_000, dtype=np.uint32)
+    masked = apply_mask(secret.copy(), stream, +1)
+    assert np.array_equal(apply_mask(masked.copy(), stream, -1), secret)
     # The top bit of a masked zero vector is a fair coin (4-sigma bounds: ~6e-5 false failures).
-    ones = int((masked >> np.uint64(63)).sum())
+    ones = int((masked >> np.uint32(31)).sum())
     assert abs(ones - 50_000) < 4 * np.sqrt(25_000)
     with pytest.raises(InvalidSecAggConfig):
         mask_stream(b"short", 1)

@@ -9,7 +9,7 @@ import pytest
 
 from federation.errors import NotEnoughParticipants, SecAggProtocolError
 from federation.secagg.client import RoundSecrets, SecAggClient
-from federation.secagg.protocol import choose_scale, decode_sum, quantise, weighted
+from federation.secagg.protocol import choose_scale, decode_sum, quantise, weight_share
 from federation.secagg.server import SecAggRound
 
 NODES = [101, 202, 303, 404, 505]
@@ -46,24 +46,26 @@ class Federation:
                 continue
             rnd.record_shares(n, *self.clients[n].share_keys(1, rnd.threshold, rnd.keys_for(n)))
         shared = rnd.close_sharing()
-        scale = choose_scale(bound, sum(self.weights[n] for n in shared))
+        scale = choose_scale(bound, len(shared))
+        rnd.quantised_weight = sum(self.weights[n] for n in shared)
         for n in shared:
             if n in die.get("collect", set()):
                 continue
             self.clients[n].receive_shares(1, *rnd.shares_for(n))
-            q = weighted(quantise(self.updates[n], scale, bound), self.weights[n])
+            share = weight_share(self.weights[n], rnd.quantised_weight)
+            q = quantise(self.updates[n], scale, bound, share)
             rnd.record_masked(n, self.clients[n].mask(1, q), self.weights[n])
         for n in rnd.close_collect(2):
             if n in die.get("unmask", set()):
                 continue
             rnd.record_reveal(n, *self.clients[n].reveal(1, *rnd.unmask_lists(n)))
         total, weight = rnd.aggregate()
-        return decode_sum(total, scale, weight), rnd.masked
+        return decode_sum(total, scale, weight / rnd.quantised_weight), rnd.masked
 
     def plain(self, senders: set[int]) -> np.ndarray:
         """Plaintext FedAvg of the senders' updates."""
         total = sum(self.weights[n] for n in senders)
-        return sum(self.updates[n] * (self.weights[n] / total) for n in senders)
+        return np.sum([self.updates[n] * (self.weights[n] / total) for n in senders], axis=0)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -93,7 +95,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 )
 def test_a_round_survives_dropouts_and_equals_plain_fedavg(die: dict[str, set[int]]) -> None:
     """Whoever dies at whichever step, the survivors' secure mean equals plain FedAvg of
-    the vectors that arrived to within 1e-5 relative error (it is ~1e-12)."""
+    the vectors that arrived to within 1e-5 relative error (it is ~1e-8 in the 32-bit ring)."""
     federation = Federation.make()
     mean, senders = federation.run(die)
     expected_senders = set(NODES) - set().union(
@@ -126,8 +128,8 @@ def test_one_masked_vector_reveals_nothing_alone() -> None:
     n = NODES[0]
     federation.clients[n].receive_shares(1, *rnd.shares_for(n))
     scale = choose_scale(1.0, 1)
-    masked = federation.clients[n].mask(1, weighted(quantise(federation.updates[n], scale, 1.0), 1))
-    as_float = masked.view(np.int64).astype(np.float64)
+    masked = federation.clients[n].mask(1, quantise(federation.updates[n], scale, 1.0))
+    as_float = masked.view(np.int32).astype(np.float64)
     assert abs(np.corrcoef(as_float, federation.updates[n])[0, 1]) < 0.06
 
 
@@ -141,7 +143,7 @@ def test_a_node_never_reveals_both_secrets_of_a_neighbour() -> None:
         rnd.record_shares(n, *clients[n].share_keys(1, 3, rnd.keys_for(n)))
     n = NODES[0]
     clients[n].receive_shares(1, *rnd.shares_for(n))
-    clients[n].mask(1, np.zeros(3, dtype=np.uint64))
+    clients[n].mask(1, np.zeros(3, dtype=np.uint32))
     with pytest.raises(SecAggProtocolError, match="both active and dead"):
         clients[n].reveal(1, [101, 202, 303], [202])
     clients[n].reveal(1, [101, 202, 303], [404])
@@ -184,9 +186,35 @@ def test_the_server_refuses_out_of_protocol_messages() -> None:
         rnd.record_shares(n, *clients[n].share_keys(1, 3, rnd.keys_for(n)))
     rnd.close_sharing()
     with pytest.raises(SecAggProtocolError, match="did not share keys"):
-        rnd.record_masked(505, np.zeros(3, dtype=np.uint64), 1)
-    rnd.record_masked(101, np.zeros(3, dtype=np.uint64), 1)
+        rnd.record_masked(505, np.zeros(3, dtype=np.uint32), 1)
+    rnd.record_masked(101, np.zeros(3, dtype=np.uint32), 1)
     with pytest.raises(SecAggProtocolError, match="second vector"):
-        rnd.record_masked(101, np.zeros(3, dtype=np.uint64), 1)
+        rnd.record_masked(101, np.zeros(3, dtype=np.uint32), 1)
     with pytest.raises(SecAggProtocolError, match="unexpected reveal"):
         rnd.record_reveal(202, [], [])
+
+
+def test_a_vector_outside_the_ring_is_refused() -> None:
+    """A node refuses to mask, and the server to add, anything but uint32 ring elements."""
+    clients = {n: SecAggClient(n, {}) for n in NODES}
+    keys = {n: clients[n].keygen(1) for n in NODES}
+    rnd = SecAggRound(1, keys, 5, 3, seed=6)
+    for n in NODES:
+        rnd.record_shares(n, *clients[n].share_keys(1, 3, rnd.keys_for(n)))
+    rnd.close_sharing()
+    clients[101].receive_shares(1, *rnd.shares_for(101))
+    with pytest.raises(SecAggProtocolError, match="ring elements"):
+        clients[101].mask(1, np.zeros(3, dtype=np.uint64))
+    bad_vectors: list[np.ndarray] = [np.zeros(3, dtype=np.uint64), np.zeros((1, 3), np.uint32)]
+    for bad in bad_vectors:
+        with pytest.raises(SecAggProtocolError, match="malformed"):
+            rnd.record_masked(101, bad, 1)
+
+
+def test_the_secure_mean_of_large_weights_keeps_its_precision() -> None:
+    """Example counts in the millions do not cost precision (weights enter as fractions):
+    the 5-node secure mean equals plain FedAvg within 1e-5 relative error."""
+    federation = Federation.make(seed=9)
+    federation.weights = {n: 3_000_000 + 7 * n for n in NODES}
+    mean, senders = federation.run({"collect": {202}})
+    assert relative_error(mean, federation.plain(senders)) < 1e-5
