@@ -52,12 +52,14 @@ def text_option(option: str, value: str, max_chars: int = MAX_TEXT_CHARS) -> str
         raise InvalidCliValue(f"{option} is empty")
     if len(value) > max_chars:
         raise InvalidCliValue(f"{option} is {len(value)} characters long; at most {max_chars}")
-    if any(not ch.isprintable() for ch in value):
-        raise InvalidCliValue(f"{option} holds a control character (NUL, newline, ...)")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidCliValue(f"{option} holds text UTF-8 cannot encode") from None
+        raise InvalidCliValue(
+            f"{option} holds text UTF-8 cannot encode (not UTF-8 input)"
+        ) from None
+    if any(not ch.isprintable() for ch in value):
+        raise InvalidCliValue(f"{option} holds a control character (NUL, newline, ...)")
     return value
 
 

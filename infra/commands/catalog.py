@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from infra.console import console, err
+from infra.console import console, err, print_json
+from infra.imports import preload_feast, preload_opendp
+from infra.inputs import entity_ref, one_of, text_option
 
 if TYPE_CHECKING:
     from catalog.graph import Catalog
@@ -24,13 +25,26 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _catalog() -> Catalog:
-    from catalog.sources import system_catalog
+    """The configured deployment's catalog. Assembling it loads Feast (the feature views
+    are derived with its definitions) and OpenDP: seconds on a small host, shown by a
+    progress line on a terminal's stderr (none when stderr is piped: scripts read one
+    error line there)."""
+    with err.status("catalog: loading Feast and OpenDP, assembling from the contracts ..."):
+        preload_feast()
+        preload_opendp()
+        from catalog.sources import system_catalog
 
-    return system_catalog()
+        return system_catalog()
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+def _tag_and_protection(tag: str | None, protection: str | None) -> None:
+    """Refuse a tag or protection that is not one of the contract's closed sets."""
+    from domains.contract import PrivacyTag, Protection
+
+    if tag is not None:
+        one_of("--tag", tag, [t.value for t in PrivacyTag])
+    if protection is not None:
+        one_of("--protection", protection, [p.value for p in Protection])
 
 
 @app.command("show")
@@ -41,12 +55,16 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """The catalog's overview (products, tags, budget), or one entity in full."""
+    from catalog.model import KINDS
+
+    if entity is not None:
+        entity_ref("ENTITY", entity, KINDS)
     catalog = _catalog()
     if entity is not None:
         found = catalog.get(entity)
         body = {"kind": found.kind, **found.model_dump(mode="json")}
         if as_json:
-            _print_json(body)
+            print_json(body)
             return
         table = Table(title=found.id, show_header=False)
         for key, value in body.items():
@@ -55,7 +73,7 @@ def show(
         console.print(table)
         return
     if as_json:
-        _print_json({
+        print_json({
             "summary": catalog.summary(),
             "products": [e.model_dump(mode="json") for e in catalog.of_kind("product")],
         })  # fmt: skip
@@ -101,16 +119,24 @@ def search(
 ) -> None:
     """Entities matching every filter (e.g. --tag quasi_identifier, --budget-above 0.8)."""
     from catalog.model import KINDS
+    from domains.registry import load_contracts
 
     if kind is not None and kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+    _tag_and_protection(tag, protection)
+    if text is not None:
+        text_option("--text", text)
+    if domain is not None:
+        one_of("--domain", domain, sorted(load_contracts()))
     found = _catalog().search(
         kind=kind,  # type: ignore[arg-type]
         tag=tag, protection=protection, text=text, domain=domain, budget_above=budget_above,
     )  # fmt: skip
     if as_json:
-        _print_json([{"kind": e.kind, **e.model_dump(mode="json")} for e in found])
+        print_json([{"kind": e.kind, **e.model_dump(mode="json")} for e in found])
         return
+    if not found:
+        err.print("no entity matches every filter: drop one, or list the kinds with --help")
     table = Table(title=f"{len(found)} entities")
     for column in ("id", "tag / protection / budget", "description"):
         table.add_column(column)
@@ -131,12 +157,14 @@ def lineage(
     as_json: JsonOpt = False,
 ) -> None:
     """Where ``entity``'s data comes from and flows to, down to columns."""
-    if direction not in ("upstream", "downstream", "both"):
-        raise typer.BadParameter("--direction must be upstream, downstream or both")
+    from catalog.model import KINDS
+
+    entity_ref("ENTITY", entity, KINDS)
+    one_of("--direction", direction, ("upstream", "downstream", "both"))
     way: Literal["upstream", "downstream", "both"] = direction  # type: ignore[assignment]
     graph = _catalog().lineage(entity, way, depth)
     if as_json:
-        _print_json(graph)
+        print_json(graph)
         return
     forward = way != "upstream"
     nexts: dict[str, list[tuple[str, str | None]]] = {}
@@ -175,7 +203,7 @@ def lint(
     if sample:
         findings += scan_product_topics(sample)
     if as_json:
-        _print_json([f.as_dict() for f in findings])
+        print_json([f.as_dict() for f in findings])
     else:
         for finding in findings:
             console.print(str(finding))
@@ -229,7 +257,7 @@ def push_(
     client = connect(url, secret, settings.push_timeout_seconds)
     report = push(build_requests(catalog, settings), client, url)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "server": url,
                 "counts": report.counts(),

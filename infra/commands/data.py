@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import math
@@ -23,7 +24,7 @@ import typer
 
 from domains.contract import DataProduct, DomainContract, FieldType
 from domains.registry import get_contract
-from infra.console import console, err
+from infra.console import err
 from streams.pseudonymise import Tokeniser, normalise
 from streams.settings import KafkaSettings
 from streams.topics import ProductTopics
@@ -95,6 +96,7 @@ _SUFFIXES = {
     ".pq": FileFormat.PARQUET,
 }
 MAX_REPORTED = 20  # bad records listed one by one; the rest are counted by reason
+DEFAULT_TAIL = 20  # records ``privmesh tail`` prints without --limit or --follow
 
 
 class UnreadableFile(ValueError):
@@ -389,8 +391,15 @@ def tail(
     domain: DomainArg,
     product: ProductArg = None,
     dlq: Annotated[bool, typer.Option("--dlq", help="Read the dead-letter topic.")] = False,
-    limit: Annotated[int, typer.Option(help="Stop after this many records.", min=1)] = 20,
-    follow: Annotated[bool, typer.Option("--follow", help="Keep waiting for new records.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop after this many records (default: 20; with --follow: none).", min=1
+        ),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep printing new records until Ctrl-C.")
+    ] = False,
     latest: Annotated[bool, typer.Option("--latest", help="Only records from now on.")] = False,
     show_raw: Annotated[
         bool,
@@ -399,7 +408,11 @@ def tail(
         ),
     ] = False,
 ) -> None:
-    """Print records of a product topic (pseudonymised) or DLQ (reasons), as JSON lines."""
+    """Print records of a product topic (pseudonymised) or DLQ (reasons), as JSON lines.
+
+    Without ``--follow`` it stops after ``--limit`` records (20) or once the topic is
+    quiet for 2 s; with ``--follow`` it prints records as they arrive until Ctrl-C
+    (exit status 0) or ``--limit``."""
     from streams.reading import read_records
     from streams.topics import DETAIL_HEADER, REASON_HEADER
 
@@ -408,13 +421,15 @@ def tail(
     topics = ProductTopics.of(domain, chosen)
     topic = topics.dlq if dlq else topics.product
 
-    async def run() -> int:
-        count = 0
+    count = 0
+
+    async def run() -> None:
+        nonlocal count
         async for record in read_records(
             KafkaSettings().bootstrap,
             topic,
             from_beginning=not latest,
-            limit=limit,
+            limit=limit if limit is not None or follow else DEFAULT_TAIL,
             follow=follow,
         ):
             count += 1
@@ -428,10 +443,11 @@ def tail(
             else:
                 row["key"] = (record.key or b"").decode(errors="replace")
                 row["event"] = _json_or_text(record.value)
-            console.print_json(json.dumps(row), indent=None)
-        return count
+            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.flush()  # a follower piped into another program sees each record
 
-    count = asyncio.run(run())
+    with contextlib.suppress(KeyboardInterrupt):  # how --follow ends
+        asyncio.run(run())
     err.print(f"{count} record(s) from {topic}")
 
 

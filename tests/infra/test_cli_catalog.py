@@ -83,7 +83,10 @@ def test_push_reports_and_refuses_clearly() -> None:
         assert [line for line in progress if "connecting to OpenMetadata" not in line] == []
         assert last.startswith("privmesh: error:") and "rejects the token" in last
         assert "[openmetadata_token_rejected]" in last
-    gone = run_cli("catalog", "push", "--server", f"http://127.0.0.1:{free_port()}", "--token", "x")
+    gone = run_cli(
+        "catalog", "push", "--server", f"http://127.0.0.1:{free_port()}", "--token", "x",
+        timeout=180,
+    )  # fmt: skip
     assert gone.returncode == 2 and "Traceback" not in gone.stderr
     last = [line for line in gone.stderr.splitlines() if line.strip()][-1]
     assert "does not answer" in last and "[openmetadata_unreachable]" in last

@@ -14,9 +14,11 @@ def test_produce_missing_file(tmp_path: Path) -> None:
 
 
 def test_erase_empty_subject() -> None:
+    """A blank --subject is refused with the invalid_cli_value code, no traceback."""
     result = run_cli("erase", "--domain", "shop", "--subject", "  ")
     assert result.returncode == 2
-    assert "--subject: the subject is empty" in result.stderr and "[invalid_cli_value]" in result.stderr
+    assert "--subject: the subject is empty" in result.stderr
+    assert "[invalid_cli_value]" in result.stderr
     assert "Traceback" not in result.stderr
 
 
