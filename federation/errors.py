@@ -81,6 +81,12 @@ class InvalidDPConfig(FederationError):
     code = "invalid_dp_config"
 
 
+class NoiseDrownsSignal(InvalidDPConfig):
+    """The DP noise would leave the trained model useless (``--force`` overrides)."""
+
+    code = "dp_noise_drowns_signal"
+
+
 class UnknownModelVersion(FederationError):
     """The model registry holds no version of that name."""
 
