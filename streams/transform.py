@@ -31,6 +31,7 @@ from domains.contract import (
     token_field_name,
 )
 from domains.pii_patterns import embedded_kind
+from streams.compiled import compile_accept
 from streams.pseudonymise import TokenSource, generalise, is_ipv4, normalise
 
 # Reason codes carried in the dead-letter header ``privmesh-reason``.
@@ -87,8 +88,11 @@ class _Invalid(Exception):
 class ProductTransform:
     """The contract-driven transform of one data product.
 
-    Each field's parser and protection are chosen once, from the contract, so the
-    per-event work is a loop over prepared steps (about 25 us per shop order).
+    Each field's parser and protection are chosen once, from the contract. ``apply``
+    first tries the product's compiled accept function (``streams.compiled``: one
+    generated function, msgspec decoding); what it does not accept goes through the
+    reference path (``apply_reference``: a loop over the prepared steps), which gives
+    every rejection its reason. Both accept the same events with the same output.
     """
 
     def __init__(self, product: DataProduct, tokens: TokenSource) -> None:
@@ -105,6 +109,7 @@ class ProductTransform:
             for f in product.fields
             if f.type in {FieldType.INT, FieldType.FLOAT} and f.bounds is not None
         ]
+        self._fast = compile_accept(product, tokens, Accepted, _parse_timestamp)
 
     def _check_window(self, at: float, now: float) -> None:
         product = self.product
@@ -133,6 +138,18 @@ class ProductTransform:
         The event time must lie in the contract's window around ``now``; without an
         arrival time (a replay of history, such as a benchmark loader) that check is
         skipped. The stream processor always gives one."""
+        if len(raw) > self.product.max_event_bytes:
+            return Rejected(
+                TOO_LARGE, f"event is {len(raw)} bytes; limit is {self.product.max_event_bytes}"
+            )
+        try:
+            accepted = self._fast(raw, now)
+        except Exception:
+            accepted = None
+        return accepted if accepted is not None else self.apply_reference(raw, now)
+
+    def apply_reference(self, raw: bytes, now: float | None = None) -> Accepted | Rejected:
+        """``apply`` without the compiled path: the reference semantics, field by field."""
         if len(raw) > self.product.max_event_bytes:
             return Rejected(
                 TOO_LARGE, f"event is {len(raw)} bytes; limit is {self.product.max_event_bytes}"
