@@ -8,10 +8,14 @@ exactly: no float drift.
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 MICRO = 1_000_000
 
 
+# Pure and called a few times per answer with a handful of distinct values: remembered
+# (typed, so True is not taken for 1).
+@lru_cache(maxsize=4_096, typed=True)
 def to_micro(value: str | int | Decimal) -> int:
     """Integer micro-epsilon of a decimal epsilon; refuses more than 6 decimal places."""
     try:
@@ -26,6 +30,7 @@ def to_micro(value: str | int | Decimal) -> int:
     return int(scaled)
 
 
+@lru_cache(maxsize=4_096)
 def from_micro(units: int) -> str:
     """Decimal epsilon of integer micro-epsilon units, as an exact plain string ("0.1")."""
     text = format(Decimal(units) / MICRO, "f")

@@ -65,7 +65,12 @@ _SCHEMA = [
 _APPEND_ONLY = ("releases", "class_versions", "policy_versions", "continual_nodes")
 # Ledgers created before per-product totals lack the column (dev data only).
 _MIGRATIONS = [("product", "ALTER TABLE releases ADD COLUMN product TEXT NOT NULL DEFAULT ''")]
-_INDEXES = ["CREATE INDEX IF NOT EXISTS releases_by_product ON releases (product, period)"]
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS releases_by_product ON releases (product, period)",
+    # A class's spend read from the entries after a known id, from the index alone
+    # (``spent_after``: what an API replica's cache reads on each answer).
+    "CREATE INDEX IF NOT EXISTS releases_spend ON releases (class_id, period, id, cost_micro)",
+]
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,16 @@ class Ledger(Protocol):
 
     def spent(self, class_id: str, period: str) -> int:
         """Micro-epsilon spent by ``class_id`` in ``period``."""
+        ...
+
+    def spent_after(self, class_id: str, period: str, after_id: int) -> tuple[int, int]:
+        """Micro-epsilon spent by ``class_id`` in ``period`` in entries with an id above
+        ``after_id``, and the largest id among them (``after_id`` when none).
+
+        A class's entries become visible in id order (its commits are serialised and each
+        draws its id inside), so adding these to the spend up to ``after_id`` gives the
+        spend now, reading only the entries committed since.
+        """
         ...
 
     def product_spent(self, product: str, period: str) -> int:
@@ -308,6 +323,11 @@ class _SqlLedger(ABC):
         rows = self._read(self._sql(_SPENT), (class_id, period))
         return int(rows[0][0]) if rows else 0
 
+    def spent_after(self, class_id: str, period: str, after_id: int) -> tuple[int, int]:
+        """See :class:`Ledger`."""
+        rows = self._read(self._sql(_SPENT_AFTER), (after_id, class_id, period, after_id))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, after_id)
+
     def product_spent(self, product: str, period: str) -> int:
         """See :class:`Ledger`."""
         rows = self._read(self._sql(_PRODUCT_SPENT), (product, period))
@@ -411,6 +431,10 @@ class _SqlLedger(ABC):
 
 
 _SPENT = "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE class_id = ? AND period = ?"
+_SPENT_AFTER = (
+    "SELECT COALESCE(SUM(cost_micro), 0), COALESCE(MAX(id), ?) FROM releases "
+    "WHERE class_id = ? AND period = ? AND id > ?"
+)
 _NODE = "SELECT value FROM continual_nodes WHERE stream_id = ? AND level = ? AND idx = ?"
 _PRODUCT_SPENT = (
     "SELECT COALESCE(SUM(cost_micro), 0) FROM releases WHERE product = ? AND period = ?"

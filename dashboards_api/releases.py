@@ -16,6 +16,7 @@ import polars as pl
 
 from dashboards_api import daily
 from dashboards_api.budget import from_micro, to_micro
+from dashboards_api.cache import CommittedReleases
 from dashboards_api.continual import BinaryTreeCounter, ci95_half_width, levels, tree_scale
 from dashboards_api.errors import (
     BudgetExhausted,
@@ -136,10 +137,13 @@ class ReleaseService:
     )
     # Daily structures built on this replica, by stream id (their nodes live in the ledger).
     _structures: dict[str, DailyHierarchy] = field(default_factory=dict, init=False, repr=False)
+    # Releases this replica knows are committed, and each class's spend (see cache.py).
+    committed: CommittedReleases = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Own the dict: domain owners' changes must not leak into a caller's (cached) one.
         object.__setattr__(self, "classes", dict(self.classes))
+        object.__setattr__(self, "committed", CommittedReleases(self.ledger))
 
     def query_class(self, class_id: str) -> QueryClass:
         """The registered class, or UnknownQueryClass naming the known ones."""
@@ -156,7 +160,7 @@ class ReleaseService:
     def budget(self, qc: QueryClass) -> dict[str, Any]:
         """Budget state of ``qc`` in the current period."""
         period = self.period()
-        return budget_view(qc, period, self.ledger.spent(qc.id, period), self.class_budget(qc))
+        return budget_view(qc, period, self.committed.spent(qc.id, period), self.class_budget(qc))
 
     def class_budget(self, qc: QueryClass) -> int:
         """``qc``'s daily budget in micro-epsilon, capped by the governance policy."""
@@ -267,17 +271,18 @@ class ReleaseService:
     def cached(
         self, class_id: str, window_start: int | None = None, resolution: str | None = None
     ) -> dict[str, Any] | None:
-        """The stored answer when this release was already made, else None (ledger reads only:
-        cheap enough for the event loop)."""
+        """The stored answer when this release was already made, else None: the committed
+        release this replica remembers or, failing that, the ledger's (index reads only:
+        cheap enough for the event loop). Nothing uncommitted is ever remembered."""
         qc = self.query_class(class_id)
         resolution = self._check_resolution(qc, resolution)
         if window_start is not None:
             self._check_window(qc, window_start)
         version = self.data_version(qc, window_start, resolution)
-        hit = self.ledger.find(qc.id, self.ledger_key(qc, version))
+        hit = self.committed.find(qc.id, self.ledger_key(qc, version))
         if hit is None:
             return None
-        spent = self.ledger.spent(qc.id, hit.period)
+        spent = self.committed.spent(qc.id, hit.period)
         body = response_of(qc, Commit(hit, True, spent), hit.period, self.class_budget(qc))
         return self.with_user_level(qc, body)
 
@@ -619,14 +624,14 @@ class ReleaseService:
             "epsilon": from_micro(qc.cost_micro),
             "sensitivity": daily_sensitivities(qc, self.product_of(qc)),
         }
-        found = self.ledger.find(qc.id, self.ledger_key(qc, f"day:{day_start}"))
+        found = self.committed.find(qc.id, self.ledger_key(qc, f"day:{day_start}"))
         if found is not None:  # paid already: read back without a write transaction
             return {**found.answer, "ledger_entry": found.id}
         return self._commit(qc, f"day:{day_start}", paid, day_start)
 
     def _paid(self, qc: QueryClass, day_start: int) -> bool:
         """Whether ``qc`` (this definition) paid for the day starting at ``day_start``."""
-        return self.ledger.find(qc.id, self.ledger_key(qc, f"day:{day_start}")) is not None
+        return self.committed.find(qc.id, self.ledger_key(qc, f"day:{day_start}")) is not None
 
     def _stream_id(self, qc: QueryClass, stream: str, day_start: int) -> str:
         """The node-store name of one stream's structure of ``qc`` for one day."""
@@ -922,6 +927,7 @@ class ReleaseService:
                 retry_after_seconds=max(1, math.ceil(resets - self.clock())),
             )
             raise
+        self.committed.committed(commit.entry)  # its transaction is over: committed
         return response_of(qc, commit, period, budget)
 
     def product_of(self, qc: QueryClass) -> DataProduct:
