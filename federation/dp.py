@@ -306,7 +306,10 @@ class NoiseOutlook:
     """What a DP configuration will do to a run, computed before it starts."""
 
     participants: int
-    """Domains expected in each round (the noise is sized for them)."""
+    """Domains expected in each round."""
+    sized_for: int
+    """The domain count each domain's noise is sized for (``participants``, or
+    ``min-domains`` where the noise is still sized for the worst case)."""
     floor: int
     """The fewest domains a released sum can hold (:func:`noise_floor`)."""
     parameters: int
@@ -314,7 +317,7 @@ class NoiseOutlook:
     update_noise_multiplier: float
     per_round: float
     """Noise norm over the largest signal norm (C) of one round's mean update:
-    ``z_u * sqrt(d) / n``."""
+    ``z_u * sqrt(d / (n * sized_for))``."""
     final_model: float
     """The same over R rounds: noise grows as sqrt(R), the signal at most as R."""
     epsilon: float
@@ -330,9 +333,10 @@ class NoiseOutlook:
     def describe(self) -> str:
         """One paragraph for the CLI, before a run."""
         return (
-            f"DP: noise sized for {self.participants} domains (a released sum holds at least "
-            f"{self.floor}); {self.parameters:,} parameters, {self.rounds} rounds, update noise "
-            f"multiplier {self.update_noise_multiplier:.3g}. Expected noise-to-signal: "
+            f"DP: noise sized for {self.sized_for} of {self.participants} domains "
+            f"(a released sum holds at least {self.floor}); {self.parameters:,} parameters, "
+            f"{self.rounds} rounds, update noise multiplier "
+            f"{self.update_noise_multiplier:.3g}. Expected noise-to-signal: "
             f"{self.per_round:.3g} per round, {self.final_model:.3g} in the final model "
             f"(limit {NOISE_TO_SIGNAL_LIMIT:g}); epsilon {self.epsilon:.3g} "
             f"(worst case with dropouts {self.epsilon_worst:.3g})."
@@ -346,27 +350,32 @@ def outlook(
     parameters: int,
     rounds: int,
     adaptive: AdaptiveClipping | None = None,
+    sized_for: int | None = None,
 ) -> NoiseOutlook:
     """The expected noise-to-signal and privacy loss of a DP run.
 
     The signal of a round's mean update is at most C (a mean of vectors no longer than C);
-    its noise has ``z_u * C / n`` per coordinate, so a norm near ``z_u * C * sqrt(d) / n``.
+    its noise has ``z_u * C / n`` per coordinate when each of the ``n`` domains' noise is
+    sized for ``n`` (``sqrt(n / sized_for)`` times that when sized for fewer), so a norm
+    near ``z_u * C * sqrt(d) / n``.
     Over R rounds the noise adds up to ``sqrt(R)`` times that and the signal to at most
     ``R * C``. Both ratios are lower bounds: with a fixed C far above the real update
     norms the signal is smaller still (adaptive clipping keeps C near them).
     """
     if not config.enabled:
         raise InvalidDPConfig("the noise outlook needs dp-noise-multiplier > 0")
-    if not 1 <= floor <= participants or parameters < 1 or rounds < 1:
+    sized = participants if sized_for is None else sized_for
+    if not 1 <= floor <= participants or sized < 1 or parameters < 1 or rounds < 1:
         raise InvalidDPConfig(
             f"need 1 <= floor <= participants, parameters >= 1 and rounds >= 1, got floor "
             f"{floor}, participants {participants}, parameters {parameters}, rounds {rounds}"
         )
     z = adaptive.update_noise_multiplier if adaptive else config.noise_multiplier
-    per_round = z * math.sqrt(parameters) / participants
+    per_round = z * math.sqrt(parameters / (participants * sized))
     accountant = Accountant(config)
     return NoiseOutlook(
         participants=participants,
+        sized_for=sized,
         floor=floor,
         parameters=parameters,
         rounds=rounds,

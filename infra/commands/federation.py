@@ -15,7 +15,7 @@ from rich.table import Table
 from domains.runtime import RuntimeSettings
 from federation.errors import EngineError
 from infra.console import console, err, print_json
-from infra.inputs import text_option
+from infra.inputs import one_of, text_option
 
 models_app = typer.Typer(help="Trained model versions and their lineage.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -49,6 +49,39 @@ def _overrides(
     return values
 
 
+def _dp_preflight(values: dict[str, Any], force: bool) -> None:
+    """With DP on, print the expected noise-to-signal and epsilon; refuse a run whose
+    noise would drown any signal (``federation.dp.refuse_useless``) unless ``force``."""
+    from domains.registry import load_contracts
+    from federation.dp import noise_floor, outlook, refuse_useless
+    from federation.features import task_encoding
+    from federation.run_config import RunConfig
+    from federation.secagg.protocol import neighbourhood_size
+    from federation.task import build_model, parameter_count
+    from federation.tasks import get_task
+
+    config = RunConfig.from_flower(values)
+    if not config.dp.enabled:
+        return
+    spec = get_task(config.task)
+    encoding = task_encoding(spec, load_contracts())
+    model = build_model(spec.model.kind, encoding.width, spec.model.hidden)
+    domains = len(spec.domains)
+    threshold = 1
+    if config.secure_aggregation:
+        threshold = config.threshold_for(neighbourhood_size(config.num_shares, domains))
+    expected = outlook(
+        config.dp,
+        participants=domains,
+        floor=min(domains, noise_floor(threshold, config.dp.min_domains)),
+        parameters=parameter_count(model),
+        rounds=config.rounds,
+        sized_for=min(domains, config.dp.min_domains),  # participants size it for min-domains
+    )
+    err.print(expected.describe())
+    refuse_useless(expected, force)
+
+
 def train(
     task: Annotated[str, typer.Option("--task", "-t", help="Task name (federation/tasks).")],
     rounds: Annotated[int | None, typer.Option(help="Training rounds (num-server-rounds).")] = None,
@@ -76,6 +109,9 @@ def train(
             help="DOMAIN=STEP:ROUND: kill that domain there (development only).", hidden=True
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Train even if the DP noise would leave the model useless.")
+    ] = False,
 ) -> None:
     """Train one model across the task's domains (SecAgg+ on), then register it."""
     from federation.settings import get_federation_settings
@@ -84,6 +120,7 @@ def train(
 
     spec = get_task(task)
     values = _overrides(task, rounds, secagg, dp_noise, set_ or [])
+    _dp_preflight(values, force)
     values["code-version"] = code_version(app_dir())
     settings = get_federation_settings()
     data_dir = _data_dir()
@@ -261,6 +298,14 @@ def _required(path: Path | None, name: str) -> Path:
     return path
 
 
+def _known_task(task: str) -> None:
+    """Refuse a ``--task`` that no task file defines, with the closest names."""
+    from federation.tasks import load_tasks
+
+    text_option("--task", task, 200)
+    one_of("--task", task, sorted(load_tasks()))
+
+
 @models_app.command("list")
 def models_list(
     task: Annotated[str | None, typer.Option(help="Only this task's versions.")] = None,
@@ -270,7 +315,7 @@ def models_list(
     from federation.registry import open_registry
 
     if task is not None:
-        text_option("--task", task, 200)
+        _known_task(task)
     rows: list[dict[str, Any]] = []
     for v in open_registry().versions(task):
         lineage = v.lineage
@@ -449,7 +494,7 @@ def models_serving(
     """Which version each domain is served, and every change with its validation AUC."""
     from federation.registry import open_registry
 
-    text_option("--task", task, 200)
+    _known_task(task)
     history = open_registry().serving_history(task)
     current = {h["domain"]: h["version"] for h in history}
     if as_json:

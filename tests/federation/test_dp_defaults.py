@@ -142,6 +142,8 @@ def test_a_small_model_over_six_domains_passes() -> None:
     assert expected.update_noise_multiplier == pytest.approx(1.5 * 2 / math.sqrt(3))
     assert expected.final_model < NOISE_TO_SIGNAL_LIMIT and not expected.useless
     refuse_useless(expected, force=False)
-    assert "noise sized for 6 domains" in expected.describe()
+    assert "noise sized for 6 of 6 domains" in expected.describe()
+    oversized = outlook(CONFIG, 6, 3, 50, 30, adaptive, sized_for=2)
+    assert oversized.per_round == pytest.approx(math.sqrt(3) * expected.per_round)
     with pytest.raises(InvalidDPConfig):
         outlook(CONFIG, 6, 7, 50, 30)
