@@ -17,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 
-def _refuse(code: str, message: str) -> PydanticCustomError:
-    """A validation error whose ``type`` is the machine-readable ``code`` (see the linter)."""
-    return PydanticCustomError(code, message.replace("{", "{{").replace("}", "}}"))
+def _refuse(code: str, message: str, at: str | None = None) -> PydanticCustomError:
+    """A validation error whose ``type`` is the machine-readable ``code`` (see the linter);
+    ``at``: the dotted key under the validated model the error is about (the linter adds it
+    to the location, so a cross-field refusal points at its own key and line)."""
+    context = None if at is None else {"at": at}
+    return PydanticCustomError(code, message.replace("{", "{{").replace("}", "}}"), context)
 
 
 class PrivacyTag(StrEnum):
@@ -160,6 +163,8 @@ class EventTimeWindow(BaseModel):
 RECORDS_PER_PERIOD_LIMIT = 1_000_000  # a larger per-day bound protects no one in practice
 WINDOWS_PER_PERIOD_LIMIT = 86_400  # windows of the shortest length (1 s) in one UTC day
 PERIOD_SECONDS = {"day": 86_400}  # length of each supported privacy period
+# Largest per-period sum cap: beyond 2**53 a float sum no longer holds every integer.
+SUM_PER_PERIOD_LIMIT = float(2**53)
 
 
 class ContributionBounds(BaseModel):
@@ -168,10 +173,11 @@ class ContributionBounds(BaseModel):
     The privacy unit of every release is the pseudonymous subject over the period (the
     UTC day): the stream processor counts at most ``max_records_per_period`` of a
     subject's records per period, in at most ``max_windows_per_period`` distinct windows,
-    each numeric measure clamped to ``clamp`` (default: the field's bounds). Records
-    beyond the bounds are truncated (not counted) and reported per window, so a subject's
-    whole day moves a day's statistics by a bounded, published amount (docs/
-    contribution-bounds.md).
+    each numeric measure clamped to ``clamp`` (default: the field's bounds), and the
+    subject's total of a measure over the period capped at ``max_sum_per_period`` (a record
+    that would pass the cap counts only the remainder). Records beyond the bounds are
+    truncated (not counted) and reported per window, so a subject's whole day moves a day's
+    statistics by a bounded, published amount (docs/contribution-bounds.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -200,6 +206,15 @@ class ContributionBounds(BaseModel):
         description=(
             "Per-record clamp of numeric measures (field name -> bounds inside the field's "
             "bounds); a measure without one is clamped to its field's bounds."
+        ),
+    )
+    max_sum_per_period: dict[str, Annotated[float, Field(strict=True)]] = Field(
+        default_factory=dict,
+        description=(
+            "Per-subject cap on a measure's total per period (field name -> cap, in the "
+            "measure's unit): the user-level L1 bound of every sum of the measure, which is "
+            "then min(max_records_per_period x max|clamp|, cap). A counted record that would "
+            "pass the cap adds only the remainder; the amount cut is reported."
         ),
     )
 
@@ -232,6 +247,22 @@ class ContributionBounds(BaseModel):
                 f"contribution max_windows_per_period {self.max_windows_per_period} exceeds "
                 f"the {WINDOWS_PER_PERIOD_LIMIT} one-second windows of a day; lower it",
             )
+        for name, cap in self.max_sum_per_period.items():
+            at = f"max_sum_per_period.{name}"
+            if not math.isfinite(cap) or cap <= 0:
+                raise _refuse(
+                    "sum_cap_not_positive",
+                    f"contribution max_sum_per_period of {name!r} is {cap}; it must be a finite "
+                    "number above 0 (a cap of 0 would count no amount at all)",
+                    at,
+                )
+            if cap > SUM_PER_PERIOD_LIMIT:
+                raise _refuse(
+                    "sum_cap_too_large",
+                    f"contribution max_sum_per_period of {name!r} is {cap:g}, above 2**53; "
+                    "a cap that large bounds nothing: lower it or remove it",
+                    at,
+                )
         return self
 
     @property
@@ -409,6 +440,7 @@ class DataProduct(BaseModel):
                 "timestamp field",
             )
         self._check_clamps()
+        self._check_sum_caps()
         return self
 
     def _check_clamps(self) -> None:
@@ -437,6 +469,62 @@ class DataProduct(BaseModel):
                     f"product {self.name!r}: clamp [{clamp.min:g}, {clamp.max:g}] of {name!r} "
                     f"is not inside its bounds [{spec.bounds.min:g}, {spec.bounds.max:g}]",
                 )
+
+    def _check_sum_caps(self) -> None:
+        for name, cap in self.contribution.max_sum_per_period.items():
+            at = f"contribution.max_sum_per_period.{name}"
+            spec = self.field(name)
+            if spec is None or not spec.numeric or spec.bounds is None:
+                raise _refuse(
+                    "sum_cap_unknown_measure",
+                    f"product {self.name!r}: max_sum_per_period names {name!r}, which is not a "
+                    "bounded int/float field (a measure); cap a measure the product sums",
+                    at,
+                )
+            clamp = self.contribution.clamp.get(name)
+            if clamp is None:
+                raise _refuse(
+                    "sum_cap_without_clamp",
+                    f"product {self.name!r}: max_sum_per_period caps {name!r}, which has no "
+                    "contribution clamp; declare clamp.{name} first (the cap is chosen "
+                    "against the per-record clamp)",
+                    at,
+                )
+            if clamp.min < 0:
+                raise _refuse(
+                    "sum_cap_negative_measure",
+                    f"product {self.name!r}: clamp of {name!r} admits negative values "
+                    f"({clamp.min:g}); a per-period cap bounds non-negative measures only",
+                    at,
+                )
+            if cap < clamp.min:
+                raise _refuse(
+                    "sum_cap_below_clamp",
+                    f"product {self.name!r}: max_sum_per_period of {name!r} ({cap:g}) is below "
+                    f"its clamp's min {clamp.min:g}: even one counted record would pass it; "
+                    "raise the cap or lower clamp.min",
+                    at,
+                )
+            if spec.type is FieldType.INT and cap != math.floor(cap):
+                raise _refuse(
+                    "sum_cap_not_integral",
+                    f"product {self.name!r}: max_sum_per_period of int measure {name!r} is "
+                    f"{cap:g}; use a whole number (sums of an int measure stay integers)",
+                    at,
+                )
+
+    def sum_cap_of(self, name: str) -> float | None:
+        """The per-subject, per-period cap on measure ``name``'s total (None: no cap)."""
+        return self.contribution.max_sum_per_period.get(name)
+
+    def period_sum_bound(self, name: str) -> float:
+        """The most one subject's period adds to a sum of measure ``name`` (its L1 bound):
+        ``min(max_records_per_period * max(|clamp.min|, |clamp.max|), max_sum_per_period)``."""
+        clamp = self.clamp_of(name)
+        largest = max(abs(clamp.min), abs(clamp.max))
+        bound = self.contribution.max_records_per_period * largest
+        cap = self.sum_cap_of(name)
+        return bound if cap is None else min(bound, cap)
 
     def clamp_of(self, name: str) -> Bounds:
         """The per-record clamp of measure ``name``: the contribution clamp, else the

@@ -4,8 +4,10 @@ Errors are what the contract models refuse (a direct identifier kept in clear, a
 numeric field reaching the product without bounds, a product without a privacy
 unit, ...), reported with a stable ``code`` and the location in the file rather than
 as one exception. Warnings flag fields tagged ``non_personal`` whose names or sample
-values look personal, free text tagged sensitive but kept, and long retention: a
-human decides.
+values look personal, free text tagged sensitive but kept, long retention, and a
+per-day sum cap that never binds (``max_sum_per_period`` at or above
+``max_records_per_period`` x the clamp: accepted, it only fails to lower the sum's
+sensitivity; a cap that contradicts the clamp is an error): a human decides.
 """
 
 from __future__ import annotations
@@ -175,7 +177,9 @@ def schema_finding(
 ) -> Finding:
     """A pydantic error as a finding; ``prefix`` is where the validated value sits in its
     file, ``keys`` the keys the model knows (to suggest one for a misspelt key)."""
-    loc = (*prefix, *error["loc"])
+    at = (error.get("ctx") or {}).get("at")  # a model's refusal about one of its keys
+    keys_at = tuple(int(p) if p.isdigit() else p for p in str(at).split(".")) if at else ()
+    loc = (*prefix, *error["loc"], *keys_at)
     kind = str(error["type"])
     code = _SCHEMA_CODES.get(kind, kind)
     if kind == "missing" and loc and str(loc[-1]) in _REQUIRED_KEYS:
@@ -282,6 +286,30 @@ def _warnings(contract: DomainContract, source: str) -> Iterable[Finding]:
             )
         for f_index, spec in enumerate(product.fields):
             yield from _field_warnings(spec, source, f"{where}.fields.{f_index}")
+        yield from _sum_cap_warnings(product, source, f"{where}.contribution.max_sum_per_period")
+
+
+def _sum_cap_warnings(product: DataProduct, source: str, where: str) -> Iterable[Finding]:
+    """A per-day sum cap at or above ``max_records_per_period`` x the clamp's largest value
+    never binds (the records and the clamp already bound the day's total): accepted, since it
+    is no contradiction and harms no one, but said, because its author expected it to lower
+    the sum's sensitivity and it does not."""
+    records = product.contribution.max_records_per_period
+    for name, cap in product.contribution.max_sum_per_period.items():
+        clamp = product.clamp_of(name)
+        bound = records * max(abs(clamp.min), abs(clamp.max))
+        if cap >= bound:
+            yield Finding(
+                Severity.WARNING,
+                "sum_cap_never_binds",
+                source,
+                f"{where}.{name}",
+                f"product {product.name!r}: max_sum_per_period of {name!r} ({cap:g}) is at "
+                f"least max_records_per_period x its clamp ({records} x "
+                f"{max(abs(clamp.min), abs(clamp.max)):g} = {bound:g}), so it never cuts "
+                f"anything and the sum's bound stays {bound:g}; lower it below {bound:g} or "
+                "remove it",
+            )
 
 
 def _field_warnings(spec: FieldSpec, source: str, where: str) -> Iterable[Finding]:

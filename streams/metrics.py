@@ -92,6 +92,12 @@ class ProcessorCollector(Collector):
             "bound, records or windows",
             labels=["domain", "product"],
         )
+        cut = CounterMetricFamily(
+            "privmesh_stream_truncated_sum",
+            "Amount of counted records' measure cut because their subject's day total reached "
+            "the measure's per-day cap (max_sum_per_period), in the measure's unit",
+            labels=["domain", "product", "measure"],
+        )
         for pipeline in p.pipelines:
             product, counts = pipeline.product.name, pipeline.counters
             events.add_metric([domain, product, "published"], counts["accepted"])
@@ -106,7 +112,9 @@ class ProcessorCollector(Collector):
             late.add_metric([domain, product], since_start(pipeline, "late_events"))
             capped.add_metric([domain, product], since_start(pipeline, "capped_events"))
             truncated.add_metric([domain, product], since_start(pipeline, "truncated_events"))
-        yield from (consumed, events, dead, dropped, pushed, late, capped, truncated)
+            for measure, amount in sorted(pipeline.truncated_sums_since_start().items()):
+                cut.add_metric([domain, product, measure], amount)
+        yield from (consumed, events, dead, dropped, pushed, late, capped, truncated, cut)
         yield from self._consent(domain)
         erasures = CounterMetricFamily(
             "privmesh_stream_erasures_applied",

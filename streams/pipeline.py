@@ -108,6 +108,9 @@ class ProductPipeline:
     consent: ConsentIndex
     aggregators: dict[int, WindowAggregator] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
+    # per capped measure: the amount cut by its per-day cap on partitions given up (as the
+    # "revoked.<tally>" counters: the worker's total never goes down at a rebalance)
+    revoked_sums: dict[str, float] = field(default_factory=dict)
     # (partition count, normalised unit) -> the unit's partition; process memory only
     _partition_of: dict[tuple[int, bytes], int] = field(default_factory=dict, repr=False)
     # accepted product events (the published dicts) not yet taken for the offline store
@@ -189,6 +192,8 @@ class ProductPipeline:
             return []
         for tally in REVOKED_TALLIES:
             self.counters[REVOKED + tally] += getattr(aggregator, tally)
+        for name, cut in aggregator.truncated_sums.items():
+            self.revoked_sums[name] = self.revoked_sums.get(name, 0.0) + cut
         if aggregator.open_windows:
             self.counters["windows_cut_by_rebalance"] += aggregator.open_windows
         return [replace(r, partition=partition) for r in aggregator.drain_subject_rows()]
@@ -309,6 +314,23 @@ class ProductPipeline:
         """Events not counted because their subject had reached a per-day bound (records
         or windows), on partitions owned now."""
         return sum(a.truncated_events for a in self.aggregators.values())
+
+    @property
+    def truncated_sums(self) -> dict[str, float]:
+        """Per measure with a per-day cap: the amount of counted records cut by the cap
+        (``max_sum_per_period``), on partitions owned now."""
+        out = dict.fromkeys(self.product.contribution.max_sum_per_period, 0.0)
+        for aggregator in self.aggregators.values():
+            for name, cut in aggregator.truncated_sums.items():
+                out[name] = out.get(name, 0.0) + cut
+        return out
+
+    def truncated_sums_since_start(self) -> dict[str, float]:
+        """:attr:`truncated_sums` plus what partitions given up had cut (monotonic)."""
+        out = self.truncated_sums
+        for name, cut in self.revoked_sums.items():
+            out[name] = out.get(name, 0.0) + cut
+        return out
 
     # ------------------------------------------------------------ rows for Feast
     def subject_records(self, rows: list[SubjectRow]) -> list[dict[str, object]]:

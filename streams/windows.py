@@ -6,16 +6,20 @@ day (the day of the record's window start, in event time) at most
 ``max_records_per_period`` are counted, in at most ``max_windows_per_period`` distinct
 windows (a record in a window the subject already appears in uses no new window), and at
 most ``max_events_per_subject`` in any one window; every measure is clamped to the
-contract's ``clamp_of(measure)``. A record beyond a per-day bound is *truncated*: not
-counted, but counted per window (``truncated_events``); one beyond the per-window bound is
-*capped* (``capped_events``). So a subject's whole day moves the day's released statistics
-by a bounded amount when it is added or removed: the DP layer only adds noise.
+contract's ``clamp_of(measure)``, and a measure with a ``max_sum_per_period`` adds at most
+that much per subject and day (a counted record that would pass it adds only the remainder;
+the amount cut is counted per window, ``truncated_sums``). A record beyond a per-day bound
+is *truncated*: not counted, but counted per window (``truncated_events``); one beyond the
+per-window bound is *capped* (``capped_events``). So a subject's whole day moves the day's
+released statistics by a bounded amount when it is added or removed: the DP layer only adds
+noise.
 
 Each closed window also says how many subjects had their first counted record of the day
 (``new_subjects_period``) and of the UTC hour (``new_subjects_hour``) in it: summed over a
 day's windows, one subject contributes at most 1 to the first and at most
 ``min(24, max_windows_per_period)`` to the second, which is what a distinct count over a
-day or an hour needs. The per-day tallies (three integers per subject) of a day are
+day or an hour needs. The per-day tallies (three integers per subject, plus the day's total
+of each capped measure) of a day are
 dropped once every window of that day has closed: a late event is never counted, so it
 cannot need them.
 
@@ -76,12 +80,14 @@ class SubjectTally:
 
 @dataclass(slots=True)
 class DayTally:
-    """One subject's counted contribution to one UTC day: records, distinct windows, and
-    the hours of the day (bit ``h`` set: a record of hour ``h`` was counted)."""
+    """One subject's counted contribution to one UTC day: records, distinct windows, the
+    hours of the day (bit ``h`` set: a record of hour ``h`` was counted), and the counted
+    total of each measure with a per-day cap (``max_sum_per_period``)."""
 
     records: int = 0
     windows: int = 0
     hours: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
 
 
 # Day start -> subject -> what a restarted processor knows of the subject's day so far (an
@@ -125,6 +131,8 @@ class WindowStats:
     new_subjects_hour: int = 0
     # Records of this window not counted because a per-subject per-day bound was hit.
     truncated_events: int = 0
+    # Per capped measure: the amount of this window's counted records cut by the cap.
+    truncated_sums: dict[str, float] = field(default_factory=dict)
     # The per-subject per-day bounds applied when counting this window.
     max_records_per_period: int = 0
     max_windows_per_period: int = 0
@@ -159,6 +167,9 @@ class WindowAggregator:
         self._days: dict[int, dict[str, DayTally]] = {}
         self._truncated_by_window: dict[int, int] = {}
         self.truncated_events = 0
+        self._caps = dict(self.contribution.max_sum_per_period)
+        self._cut_by_window: dict[int, dict[str, float]] = {}
+        self.truncated_sums: dict[str, float] = dict.fromkeys(self._caps, 0.0)
         if idle_seconds is not None and idle_seconds <= 0:
             raise ValueError("idle_seconds must be > 0 (or None: one window plus the grace)")
         # Wall-clock seconds without any event after which windows close by the wall clock
@@ -260,17 +271,38 @@ class WindowAggregator:
         day.records += 1
         day.hours |= hour
         tally.events += 1
+        self._count_measures(start, day, tally, measures)
+        self._dirty.add((start, subject))
+        return True
+
+    def _count_measures(
+        self, start: int, day: DayTally, tally: SubjectTally, measures: dict[str, float]
+    ) -> None:
+        """Add a counted record's measures: each clamped, a capped one within the cap."""
         for name, value in measures.items():
             bound = self.bounds.get(name)
             clamped = min(max(value, bound.min), bound.max) if bound else value
+            if name in self._caps:
+                clamped = self._capped(start, day, name, clamped)
             tally.sums[name] = tally.sums.get(name, 0.0) + clamped
-        self._dirty.add((start, subject))
-        return True
+
+    def _capped(self, start: int, day: DayTally, name: str, value: float) -> float:
+        """What ``value`` adds to the day's total of capped measure ``name``: at most the
+        room left under the cap; the rest is counted as cut (per window and in total)."""
+        counted = day.sums.get(name, 0.0)
+        kept = min(value, max(self._caps[name] - counted, 0.0))
+        day.sums[name] = counted + kept
+        if kept < value:
+            cut = self._cut_by_window.setdefault(start, {})
+            cut[name] = cut.get(name, 0.0) + (value - kept)
+            self.truncated_sums[name] += value - kept
+        return kept
 
     def _new_day_tally(self, day_start: int, subject: str) -> DayTally:
         """A new tally of the subject's day: from the restart seed when it has one."""
         seeded = self._seeds.get(day_start, {}).get(subject)
-        day = DayTally() if seeded is None else replace(seeded)  # a copy: seeds are shared
+        # a copy: seeds are shared
+        day = DayTally() if seeded is None else replace(seeded, sums=dict(seeded.sums))
         self._days.setdefault(day_start, {})[subject] = day
         return day
 
@@ -343,6 +375,7 @@ class WindowAggregator:
                 new_subjects_period=sum(t.first_of_day for t in tallies.values()),
                 new_subjects_hour=sum(t.first_of_hour for t in tallies.values()),
                 truncated_events=self._truncated_by_window.pop(start, 0),
+                truncated_sums=self._cut_by_window.pop(start, {}),
                 max_records_per_period=self.contribution.max_records_per_period,
                 max_windows_per_period=self.contribution.max_windows_per_period,
             )

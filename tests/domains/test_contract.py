@@ -274,3 +274,82 @@ def test_a_clamp_inside_the_bounds_is_accepted() -> None:
         )
     ).products[0]
     assert product.clamp_of("amount_cents") == Bounds(min=100, max=100)
+
+
+def with_cap(cap: Any, **block: Any) -> dict[str, Any]:
+    """The shop contract with ``amount_cents`` clamped to 0..20000 and capped at ``cap``."""
+    clamp = block.pop("clamp", {"amount_cents": {"min": 0, "max": 20_000}})
+    return with_contribution(clamp=clamp, max_sum_per_period={"amount_cents": cap}, **block)
+
+
+@pytest.mark.parametrize(
+    ("cap", "code"),
+    [
+        (0, "sum_cap_not_positive"),
+        (-5, "sum_cap_not_positive"),
+        (float("nan"), "sum_cap_not_positive"),
+        (float("inf"), "sum_cap_not_positive"),
+        (float("-inf"), "sum_cap_not_positive"),
+        (1e300, "sum_cap_too_large"),
+        (2**53 + 2, "sum_cap_too_large"),
+        ("5000", "float_type"),  # a string is no number, even a numeric one
+        ("", "float_type"),
+        ("\x00", "float_type"),
+        ("\ud800", "float_type"),
+        (True, "float_type"),
+        (None, "float_type"),
+        ([1], "float_type"),
+        (100.5, "sum_cap_not_integral"),  # amount_cents is an int measure
+    ],
+)
+def test_hostile_sum_caps_are_refused(cap: Any, code: str) -> None:
+    """A per-day sum cap must be a finite number above 0, at most 2**53, and whole for an int
+    measure; anything else is refused with its own code."""
+    assert refused_code(with_cap(cap)) == code
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (with_contribution(max_sum_per_period={"nope": 5}), "sum_cap_unknown_measure"),
+        (with_contribution(max_sum_per_period={"payment_method": 5}), "sum_cap_unknown_measure"),
+        (with_contribution(max_sum_per_period={"occurred_at": 5}), "sum_cap_unknown_measure"),
+        (with_contribution(max_sum_per_period={"amount_cents": 50_000}), "sum_cap_without_clamp"),
+        (with_cap(99, clamp={"amount_cents": {"min": 100, "max": 200}}), "sum_cap_below_clamp"),
+    ],
+)
+def test_contradictory_sum_caps_are_refused(raw: dict[str, Any], code: str) -> None:
+    """A cap names a bounded numeric measure with a clamp, and is at least the clamp's min (a
+    counted record would otherwise pass it on its own)."""
+    assert refused_code(raw) == code
+
+
+def test_a_cap_on_a_measure_that_can_be_negative_is_refused() -> None:
+    """A per-day cap bounds a non-negative total: a clamp admitting negatives is refused."""
+    raw = with_cap(500, clamp={"amount_cents": {"min": 0, "max": 20_000}})
+    field(raw, "amount_cents")["bounds"] = {"min": -100, "max": 100_000}
+    raw["products"][0]["contribution"]["clamp"] = {"amount_cents": {"min": -100, "max": 100}}
+    assert refused_code(raw) == "sum_cap_negative_measure"
+
+
+def test_a_cap_bounds_the_period_sum_of_its_measure() -> None:
+    """A cap lowers a measure's per-day L1 bound to min(records x max|clamp|, cap); without a
+    cap the bound is records x max|clamp|."""
+    product = DomainContract.model_validate(with_cap(50_000)).products[0]
+    assert product.sum_cap_of("amount_cents") == 50_000
+    assert product.period_sum_bound("amount_cents") == 50_000
+    loose = DomainContract.model_validate(with_cap(1_000_000)).products[0]
+    assert loose.period_sum_bound("amount_cents") == 10 * 20_000
+    uncapped = DomainContract.model_validate(with_contribution()).products[0]
+    assert uncapped.sum_cap_of("amount_cents") is None
+    assert uncapped.period_sum_bound("amount_cents") == 10 * 100_000
+
+
+def test_shipped_shop_caps_a_customers_day_of_revenue() -> None:
+    """shop.orders caps a customer's day of revenue below its records x clamp bound (the
+    cap the bound advisor suggested on the demo day)."""
+    orders = load_contracts()["shop"].product("orders")
+    assert orders is not None
+    cap = orders.sum_cap_of("amount_cents")
+    assert cap is not None and cap < 10 * 20_000
+    assert orders.period_sum_bound("amount_cents") == cap

@@ -13,6 +13,7 @@ import yaml
 from domains.contract import contract_json_schema
 from domains.lint import Severity, lint_contract, lint_paths, looks_personal
 from domains.runtime import DEMO_DOMAINS_DIR
+from domains.yaml_files import key_lines
 
 SHOP = yaml.safe_load((DEMO_DOMAINS_DIR / "shop" / "contract.yaml").read_text(encoding="utf-8"))
 DEMO_CONTRACTS = sorted(DEMO_DOMAINS_DIR.glob("*/contract.yaml"))
@@ -229,3 +230,29 @@ def test_window_length_checks_need_the_settings() -> None:
     ]
     assert lint_paths(DEMO_CONTRACTS, window_seconds=10) == []
     assert [f.code for f in lint_contract(shop(), window_seconds=0)] == ["invalid_window_seconds"]
+
+
+def test_a_sum_cap_refusal_points_at_its_own_key_and_line() -> None:
+    """A cap refused by a cross-field check (no clamp) is reported at its own key path and
+    line in the file, not at the product."""
+    text = (DEMO_DOMAINS_DIR / "shop" / "contract.yaml").read_text(encoding="utf-8")
+    text = text.replace("max_sum_per_period: {amount_cents: 100658}", "max_sum_per_period: {x: 1}")
+    [finding] = lint_contract(yaml.safe_load(text), "shop.yaml", None, key_lines(text))
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "max_sum_per_period: {x" in t)
+    assert (finding.code, finding.line) == ("sum_cap_unknown_measure", line)
+    assert finding.location == "products.0.contribution.max_sum_per_period.x"
+    assert str(finding).startswith(f"shop.yaml:{line}:products.0.contribution.max_sum_per_period")
+
+
+@pytest.mark.parametrize(("cap", "warned"), [(100_658, False), (199_999, False), (200_000, True)])
+def test_a_sum_cap_that_never_binds_warns(cap: int, warned: bool) -> None:
+    """A cap at or above max_records_per_period x the clamp (10 x 20000 for shop.orders)
+    never cuts anything: a warning at the cap's key, not an error (the contract is valid)."""
+    raw = shop()
+    raw["products"][0]["contribution"]["max_sum_per_period"] = {"amount_cents": cap}
+    assert codes(raw, Severity.ERROR) == []
+    assert ("sum_cap_never_binds" in codes(raw, Severity.WARNING)) is warned
+    if warned:
+        [finding] = [f for f in lint_contract(raw) if f.code == "sum_cap_never_binds"]
+        assert finding.location == "products.0.contribution.max_sum_per_period.amount_cents"
+        assert "10 x 20000 = 200000" in finding.message

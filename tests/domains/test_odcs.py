@@ -226,3 +226,24 @@ def test_cli_import_of_a_hostile_file_is_a_coded_error(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, OdcsUnreadable)
     assert not list(out.iterdir())
+
+
+def test_the_sum_cap_travels_in_custom_properties() -> None:
+    """shop.orders' max_sum_per_period is exported in the product's contribution custom
+    property and comes back unchanged."""
+    document = yaml.safe_load(odcs_yaml(get_contract("shop")))
+    custom = {c["property"]: c["value"] for c in document["schema"][0]["customProperties"]}
+    assert custom["contribution"]["max_sum_per_period"] == {"amount_cents": 100658.0}
+    back = from_odcs(parse_odcs(yaml.safe_dump(document)))
+    orders = back.product("orders")
+    assert orders is not None and orders.sum_cap_of("amount_cents") == 100658
+
+
+@pytest.mark.parametrize("cap", [-1, 0, ".nan", "1e400", "'5000'", "[]", "'\\0'", "1e300"])
+def test_a_hostile_sum_cap_in_an_odcs_document_is_a_coded_error(cap: str) -> None:
+    """A cap that the contract refuses, arriving through ODCS, is an odcs_ coded error."""
+    text = odcs_yaml(get_contract("shop")).replace("amount_cents: 100658.0", f"amount_cents: {cap}")
+    assert f"amount_cents: {cap}" in text
+    with pytest.raises(ContractError) as caught:
+        from_odcs(parse_odcs(text))
+    assert caught.value.code.startswith("odcs_")

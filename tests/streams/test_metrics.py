@@ -4,6 +4,7 @@ and the per-day contribution bounds' truncation exported per product."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ TYPES = {
     "privmesh_stream_late_events": "counter",
     "privmesh_stream_capped_events": "counter",
     "privmesh_stream_truncated_events": "counter",
+    "privmesh_stream_truncated_sum": "counter",
     "privmesh_consent_subjects": "gauge",
     "privmesh_consent_records": "counter",
     "privmesh_consent_index_ready": "gauge",
@@ -147,3 +149,31 @@ def test_truncated_events_are_exported_per_product(isolated_env: Path) -> None:
     found = scrape(processor, time.time())
     assert by_product(found, "privmesh_stream_truncated_events")["orders"] == 3
     assert orders.truncated_events == 3
+
+
+def test_amounts_cut_by_the_day_cap_are_a_counter_that_survives_a_rebalance(
+    isolated_env: Path,
+) -> None:
+    """A customer's 10 orders of 200.00 in one day add 10 x 20000 cents, above shop.orders'
+    day cap: what the cap cut is privmesh_stream_truncated_sum_total for shop/orders/
+    amount_cents, and giving the partition up keeps it."""
+    processor = shop()
+    orders = orders_of(processor)
+    cap = orders.product.sum_cap_of("amount_cents")
+    assert cap is not None and cap < 10 * 20_000
+    key, _ = order(0, T0)
+    partition = partition_for(key, 4)
+    for seq in range(1, 11):
+        _, raw = order(0, T0 + seq, seq)
+        event = {**json.loads(raw), "amount_cents": 20_000}
+        outcome = orders.route(json.dumps(event).encode(), partition, 4, key, T0)
+        assert isinstance(outcome, Accepted)
+
+    def cut() -> dict[tuple[str, str], float]:
+        found = scrape(processor, time.time())["privmesh_stream_truncated_sum"][1]
+        return {(s.labels["product"], s.labels["measure"]): s.value for s in found}
+
+    assert cut() == {("orders", "amount_cents"): 10 * 20_000 - cap}
+    orders.revoke(partition)
+    assert orders.truncated_sums == {"amount_cents": 0.0}  # the owned partitions' tally
+    assert cut() == {("orders", "amount_cents"): 10 * 20_000 - cap}

@@ -34,6 +34,11 @@ def event(subject: str, at: float) -> dict[str, object]:
     }
 
 
+def cents(total: float) -> dict[str, float]:
+    """A restored day total of amount_cents (shop.orders caps it a day)."""
+    return {"amount_cents": total}
+
+
 def write(folder: Path, events: list[dict[str, object]]) -> None:
     append_part(folder, event_table(event_schema(ORDERS), events))
 
@@ -48,13 +53,14 @@ def test_day_tallies_count_records_windows_and_hours_per_subject(tmp_path: Path)
     write(folder, [event("heavy", DAY + 20 * i) for i in range(40)])
     tallies = day_tallies(folder, ORDERS, 10, [DAY])
     assert set(tallies) == {DAY}
-    assert tallies[DAY]["a"] == DayTally(records=3, windows=2, hours=0b11)
-    assert tallies[DAY]["b"] == DayTally(records=1, windows=1, hours=0b100)
+    # shop.orders caps amount_cents a day: the clamped day total (1000 an event) is restored
+    assert tallies[DAY]["a"] == DayTally(records=3, windows=2, hours=0b11, sums=cents(3_000))
+    assert tallies[DAY]["b"] == DayTally(records=1, windows=1, hours=0b100, sums=cents(1_000))
     assert "c" not in tallies[DAY]  # its events are on the days before and after
     # 40 records in 40 windows: capped at shop.orders' 10 and 10 (more is never needed)
-    assert tallies[DAY]["heavy"] == DayTally(records=10, windows=10, hours=1)
+    assert tallies[DAY]["heavy"] == DayTally(records=10, windows=10, hours=1, sums=cents(40_000))
     both = day_tallies(folder, ORDERS, 10, [DAY, DAY + 86_400])
-    assert both[DAY + 86_400] == {"c": DayTally(records=1, windows=1, hours=1)}
+    assert both[DAY + 86_400] == {"c": DayTally(records=1, windows=1, hours=1, sums=cents(1_000))}
 
 
 def test_a_restored_aggregator_does_not_give_the_day_afresh(tmp_path: Path) -> None:
@@ -91,4 +97,22 @@ def test_part_files_of_different_contract_versions_are_read_together(tmp_path: P
     write(folder, [event("a", DAY + 1)])
     table = event_table(event_schema(ORDERS), [event("a", DAY + 11)])
     append_part(folder, table.append_column("coupon", pa.array(["x"])))
-    assert day_tallies(folder, ORDERS, 10, [DAY])[DAY]["a"] == DayTally(2, 2, 1)
+    assert day_tallies(folder, ORDERS, 10, [DAY])[DAY]["a"] == DayTally(2, 2, 1, cents(2_000))
+
+
+def test_restored_day_totals_are_clamped_capped_and_survive_a_missing_column(
+    tmp_path: Path,
+) -> None:
+    """A capped measure's restored day total sums the clamped values (an amount above the
+    clamp counts as the clamp), stops at the day cap, and a part file written before the
+    measure existed adds nothing rather than failing the restore."""
+    folder = tmp_path / "orders_events"
+    clamp, cap = ORDERS.clamp_of("amount_cents").max, ORDERS.sum_cap_of("amount_cents")
+    assert cap is not None
+    write(folder, [{**event("big", DAY + 1), "amount_cents": 90_000}])
+    write(folder, [{**event("heavy", DAY + 10 * i), "amount_cents": 20_000} for i in range(9)])
+    old = event_table(event_schema(ORDERS), [event("big", DAY + 21)]).drop_columns(["amount_cents"])
+    append_part(folder, old)
+    tallies = day_tallies(folder, ORDERS, 10, [DAY])[DAY]
+    assert tallies["big"].records == 2 and tallies["big"].sums == cents(clamp)
+    assert tallies["heavy"].sums == cents(min(9 * 20_000, cap))

@@ -251,3 +251,92 @@ def test_one_subject_is_new_once_a_day_and_at_most_once_an_hour(windows: int) ->
     assert sum(s.new_subjects_hour for s in stats) == math.ceil(used / 2)
     assert sum(s.new_subjects_hour for s in stats) <= min(24, windows)
     assert sum(s.events for s in stats) == 2 * used
+
+
+def capped(
+    cap: float, records: int = 10, seed: dict[int, dict[str, DayTally]] | None = None
+) -> WindowAggregator:
+    """A 10-second aggregator whose ``x`` (clamped to 0..100) is capped at ``cap`` a day."""
+    return WindowAggregator(
+        10,
+        0,
+        20,
+        {"x": Bounds(min=0, max=100)},
+        contribution=ContributionBounds(
+            max_records_per_period=records,
+            max_windows_per_period=records,
+            clamp={"x": Bounds(min=0, max=100)},
+            max_sum_per_period={"x": cap},
+        ),
+        seed=seed,
+    )
+
+
+def test_a_sum_cap_counts_the_remainder_across_windows_and_records_the_cut() -> None:
+    """A subject's day total of a capped measure stops at the cap across windows: the record
+    that passes it adds the remainder, later ones add 0 but still count as records; the
+    amount cut is reported per window and in total."""
+    agg = capped(250)
+    for i, value in enumerate([100, 90, 80, 70, 1e9]):  # clamped to 100 each: 100, 90, 80, ...
+        assert agg.add("s", DAY + 10 * i + 1, {"x": value})
+    assert agg.add("t", DAY + 1, {"x": 100})  # another subject has its own cap
+    stats = {s.window_start: s for s in close_all(agg, DAY + 100)}
+    assert [stats[DAY + 10 * i].sums["x"] for i in range(5)] == [200, 90, 60, 0, 0]
+    assert [stats[DAY + 10 * i].truncated_sums.get("x", 0) for i in range(5)] == [0, 0, 20, 70, 100]
+    assert sum(s.events for s in stats.values()) == 6  # capped amounts, not dropped records
+    assert agg.truncated_sums == {"x": 190}
+
+
+def test_a_seeded_day_total_counts_towards_the_cap_and_the_seed_stays_unchanged() -> None:
+    """After a restart the restored day total counts towards the cap (the seed is shared,
+    so it is copied, not changed)."""
+    seed = {DAY: {"s": DayTally(records=1, windows=1, hours=1, sums={"x": 240.0})}}
+    agg = capped(250, seed=seed)
+    assert agg.add("s", DAY + 1, {"x": 100})
+    [stats] = close_all(agg, DAY + 10)
+    assert (stats.sums["x"], stats.truncated_sums) == (10, {"x": 90})
+    assert seed[DAY]["s"].sums == {"x": 240.0}
+
+
+def test_a_new_day_gives_the_cap_back() -> None:
+    """The cap is per UTC day: the next day's first record counts in full."""
+    agg = capped(50)
+    agg.add("s", DAY + 1, {"x": 100})
+    agg.add("s", DAY + 86_400 + 1, {"x": 100})
+    stats = close_all(agg, DAY + 86_420)
+    assert [s.sums["x"] for s in stats if s.events] == [50, 50]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cap=st.floats(1, 1_000),
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 4),
+            st.integers(0, 86_399),
+            st.floats(allow_nan=False) | st.sampled_from([math.inf, -math.inf, 1e308]),
+        ),
+        min_size=1,
+        max_size=200,
+    ),
+)
+def test_no_subject_day_passes_the_sum_cap(
+    cap: float, events: list[tuple[int, int, float]]
+) -> None:
+    """Whatever the values (huge, infinite, negative): per subject and day the counted total
+    is at most the cap, and counted plus cut is what the clamp let through."""
+    agg = capped(cap, records=40)
+    clamped: Counter[str] = Counter()
+    for subject, offset, value in sorted(events, key=lambda e: e[1]):
+        if agg.add(f"s{subject}", DAY + offset, {"x": value}):
+            clamped[f"s{subject}"] += min(max(value, 0), 100)  # type: ignore[assignment]
+    per_subject: Counter[str] = Counter()
+    for row in agg.drain_subject_rows():
+        per_subject[row.subject] += row.sums.get("x", 0.0)  # type: ignore[assignment]
+    assert all(0 <= v <= cap + 1e-6 for v in per_subject.values())
+    stats = close_all(agg, DAY + 86_400)
+    total = sum(s.sums["x"] for s in stats)
+    assert math.isclose(total, sum(per_subject.values()), abs_tol=1e-6)
+    assert math.isclose(total + agg.truncated_sums["x"], sum(clamped.values()), abs_tol=1e-6)
+    cut = sum(sum(s.truncated_sums.values()) for s in stats)
+    assert math.isclose(cut, agg.truncated_sums["x"], abs_tol=1e-6)
