@@ -32,6 +32,11 @@ earliest records.) A quantile, read from the events only (it needs the values), 
 that first-k rule: each subject's first k records by event time, ties in storage order;
 also at most k records per subject.
 
+A measure with a per-period cap ``M`` (the contract's ``max_sum_per_period``, floored to an
+integer; ``max_sum_per_subject``) bounds a subject's kept sum over the window as well: a
+subject whose kept cells add up to ``T > M`` keeps ``floor(s' M / T)`` of each cell's kept sum
+``s'`` (at most ``M`` in all; again a function of its per-category totals only).
+
 Sensitivities (adding or removing one subject; ``C`` = number of categories,
 ``r`` = ``max(|lo|, |hi|)``); a subject keeps c_g records in category g, sum c_g <= k:
 
@@ -39,11 +44,14 @@ Sensitivities (adding or removing one subject; ``C`` = number of categories,
 * ``count_distinct_subjects``: ``min(k, C)`` grouped (it counts in the categories with
   c_g > 0), 1 ungrouped;
 * ``bounded_sum``: ``k * r`` (cell g moves by ``floor(s c_g / n)``, within
-  ``[c_g lo, c_g hi]`` since ``s`` is within ``[n lo, n hi]``);
+  ``[c_g lo, c_g hi]`` since ``s`` is within ``[n lo, n hi]``); ``min(k * r, M)`` with a cap
+  (which the contract allows only for ``lo >= 0``);
 * ``mean``: ``k * max(hi - mid, mid - lo)`` for the sum of ``x - mid`` (``mid`` the integer
   midpoint of the bounds, which halves the noise for bounds such as ``[0, hi]``:
   ``floor(s c / n) - mid c = floor((s - mid n) c / n)`` is within
-  ``[c (lo - mid), c (hi - mid)]``) and ``k`` for the count, each with half of epsilon;
+  ``[c (lo - mid), c (hi - mid)]``) and ``k`` for the count, each with half of epsilon; with a
+  cap a kept sum lies in ``[0, min(c hi, M)]``, so the sum of ``x - mid`` moves by at most
+  ``max(k mid, min(k (hi - mid), M))``, and ``mid`` is 0 when that is smaller;
 * ``quantile``: OpenDP's quantile score changes by at most ``k * max(alpha, 1 - alpha)`` per
   candidate. Grouped, the groups hold disjoint records: by group privacy a group where d
   of the subject's records change costs at most ``d * map(1)``, so all groups together
@@ -103,6 +111,7 @@ Aggregate = Literal[
 ]
 AGGREGATES: frozenset[str] = frozenset(get_args(Aggregate))
 MEASURED = frozenset({"bounded_sum", "mean", "quantile"})
+CAPPED = frozenset({"bounded_sum", "mean"})  # the aggregates a per-subject sum cap bounds
 CONFIDENCE = 0.95
 # Output columns of ``exact_plan`` (the group key keeps its own name).
 VALUE, SUM, COUNT, VALUES = "value", "sum", "count", "values"
@@ -143,6 +152,7 @@ class EventQuery:
     bounds: tuple[int, int] | None = None
     alpha: float | None = None
     candidates: tuple[int, ...] = ()
+    max_sum_per_subject: int | None = None
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -173,7 +183,7 @@ class EventQuery:
                     "allowed_values; only public categories can be group keys"
                 )
             categories = tuple(key.allowed_values)
-        bounds = None
+        bounds, cap = None, None
         if measure is not None:
             spec = product.field(measure)
             if spec is None or spec.bounds is None or not spec.numeric:
@@ -184,6 +194,9 @@ class EventQuery:
             # clamp, else the field's bounds; equal for integral bounds), as the stream
             # processor's windows clamp; float measures are rounded after clamping.
             bounds = integer_clamp(product, measure)
+            declared = product.sum_cap_of(measure)
+            if declared is not None and aggregate in CAPPED:
+                cap = math.floor(declared)  # the event path's sums are integers
         return cls(
             aggregate=aggregate,
             subject=product.subject_field,
@@ -196,6 +209,7 @@ class EventQuery:
             bounds=bounds,
             alpha=alpha,
             candidates=tuple(candidates),
+            max_sum_per_subject=cap,
         )
 
     @property
@@ -243,6 +257,14 @@ def _measure_problems(q: EventQuery) -> list[str]:
             problems.append("a quantile needs candidates: distinct integers, increasing")
     elif q.alpha is not None or q.candidates:
         problems.append("alpha and candidates are for quantiles only")
+    cap = q.max_sum_per_subject
+    if cap is not None:
+        if q.aggregate not in CAPPED:
+            problems.append(f"max_sum_per_subject caps sums; {q.aggregate} takes none")
+        elif not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            problems.append("max_sum_per_subject must be an integer >= 0 (or None: no cap)")
+        elif q.bounds is not None and q.bounds[0] < 0:
+            problems.append("max_sum_per_subject needs bounds with lo >= 0 (a non-negative sum)")
     return problems
 
 
@@ -425,12 +447,22 @@ def _allocate(cells: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
 
 
 def _with_kept_sums(cells: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
-    """A cell keeping c of its n records keeps ``floor(s c / n)`` of its clamped sum."""
+    """A cell keeping c of its n records keeps ``floor(s c / n)`` of its clamped sum; with a
+    cap ``M``, a subject whose kept sums add up to ``T > M`` keeps ``floor(s' M / T)`` of
+    each (``s'`` the cell's kept sum)."""
     if q.measure is None:
         return cells
     s, n, c = pl.col(S), pl.col(N), pl.col(KEPT)
     scaled = (s // n) * c + ((s % n) * c) // n  # floor(s * c / n) without overflow
-    return cells.with_columns(pl.when(c == n).then(s).otherwise(scaled).alias(KEPT_SUM))
+    kept = cells.with_columns(pl.when(c == n).then(s).otherwise(scaled).alias(KEPT_SUM))
+    cap = q.max_sum_per_subject
+    if cap is None:
+        return kept
+    total = pl.col(KEPT_SUM).sum().over(SUBJECT)
+    share = (pl.col(KEPT_SUM).cast(pl.Int128) * cap // total.cast(pl.Int128)).cast(pl.Int64)
+    return kept.with_columns(
+        pl.when(total > cap).then(share).otherwise(pl.col(KEPT_SUM)).alias(KEPT_SUM)
+    )
 
 
 def _shares(heavy: pl.LazyFrame, q: EventQuery, g: str) -> pl.LazyFrame:
@@ -460,12 +492,6 @@ def _shares(heavy: pl.LazyFrame, q: EventQuery, g: str) -> pl.LazyFrame:
     )
     extra = (pl.col("_rank") <= pl.col("_left")).cast(pl.Int64)
     return ranked.with_columns((pl.col(KEPT) + extra).alias(KEPT)).drop("_order", "_left", "_rank")
-
-
-# Up to this many categories a grouped answer sums each category in its own filtered
-# pass (a string comparison per row and category); above it one hash group-by on the key
-# costs less. On 2e5 kept cells: about 0.2 ms a category against 3 ms for the group-by.
-FILTERED_SUMS_UP_TO = 8
 
 
 # Up to this many categories a grouped answer sums each category in its own filtered
@@ -679,12 +705,39 @@ def sensitivity(q: EventQuery) -> int:
         return min(k, len(q.categories)) if q.grouped else 1
     assert q.bounds is not None
     lo, hi = q.bounds
+    cap = q.max_sum_per_subject
     if q.aggregate == "bounded_sum":
-        return k * max(abs(lo), abs(hi))
+        return k * max(abs(lo), abs(hi)) if cap is None else min(k * max(abs(lo), abs(hi)), cap)
     if q.aggregate == "mean":
-        mid = (lo + hi) // 2
-        return k * max(hi - mid, mid - lo)
+        return _mean_sensitivity(q, mean_shift(q))
     raise InvalidEventQuery(f"{q.aggregate} has no L1 sensitivity (it is not additive noise)")
+
+
+def mean_shift(q: EventQuery) -> int:
+    """The ``mid`` a mean's sum is shifted by: the integer midpoint of the bounds, or 0
+    when a cap makes that the smaller sensitivity (module docstring)."""
+    assert q.bounds is not None
+    mid = (q.bounds[0] + q.bounds[1]) // 2
+    if q.max_sum_per_subject is None:
+        return mid
+    return min((mid, 0), key=lambda m: _mean_sensitivity(q, m))
+
+
+def _mean_sensitivity(q: EventQuery, mid: int) -> int:
+    """L1 sensitivity of a mean's sums of ``x - mid`` (module docstring)."""
+    assert q.bounds is not None
+    k, (lo, hi), cap = q.max_records_per_subject, q.bounds, q.max_sum_per_subject
+    if cap is None:
+        return k * max(hi - mid, mid - lo)
+    return max(k * mid, min(k * max(hi - mid, 0), cap))
+
+
+def _mean_radius(q: EventQuery, mid: int) -> int:
+    """A bound on ``|true mean - mid|``: a capped subject's mean may fall below ``lo``."""
+    assert q.bounds is not None
+    lo, hi = q.bounds
+    floor = lo if q.max_sum_per_subject is None else min(lo, 0)
+    return max(hi - mid, mid - floor)
 
 
 @cache
@@ -698,8 +751,7 @@ def mechanisms_for(q: EventQuery) -> _Mechanisms:
         half = q.epsilon / 2
         sums = _VectorLaplace(half, max(sensitivity(q), 1))
         counts = _VectorLaplace(half, q.max_records_per_subject)
-        mid = (q.bounds[0] + q.bounds[1]) // 2
-        return _Mechanisms(sums, counts, mid, sums.mapped + counts.mapped)
+        return _Mechanisms(sums, counts, mean_shift(q), sums.mapped + counts.mapped)
     noise = _VectorLaplace(q.epsilon, max(sensitivity(q), 1))
     return _Mechanisms(primary=noise, spent=noise.mapped)
 
@@ -788,7 +840,7 @@ def _means(
     shifted = [s - mid * n for s, n in zip(frame[SUM].to_list(), exact_counts, strict=True)]
     noisy_sums, noisy_counts = sums(shifted), counts(exact_counts)
     a_s, a_n = sums.ci975, counts.ci975
-    r = max(hi - mid, mid - lo)
+    r = _mean_radius(q, mid)
     groups = []
     for key, noisy_sum, noisy_count in zip(keys, noisy_sums, noisy_counts, strict=True):
         if noisy_count >= 1:

@@ -6,8 +6,10 @@ the processor did not enforce). Adding or removing one pseudonymous subject chan
 
 * ``count_distinct_subjects`` by at most 1;
 * ``count_records`` by at most the bound ``k`` (events per subject and window);
-* ``bounded_sum`` of a measure clamped to ``[lo, hi]`` by at most ``k * max(|lo|, |hi|)``,
-  plus 1 for a non-integer measure, whose sum is rounded before integer noise is added.
+* ``bounded_sum`` of a measure clamped to ``[lo, hi]`` by at most ``k * max(|lo|, |hi|)``
+  (at most the measure's per-day cap ``max_sum_per_period`` when the contract declares one:
+  a subject's window is part of its day), plus 1 for a non-integer measure, whose sum is
+  rounded before integer noise is added.
 
 A ``release: daily`` class protects a subject's whole UTC day (``daily_sensitivities``):
 its sensitivity is what one subject's day can add to the sum of the day's window values,
@@ -16,8 +18,9 @@ across windows and partitions (``k`` = ``max_records_per_period``, ``W`` =
 ``max_windows_per_period``, ``[lo, hi]`` = ``clamp_of(measure)``):
 
 * ``count_records`` (the windows' ``events``): ``k``;
-* ``bounded_sum``: ``ceil(k * max(|lo|, |hi|))``, plus ``W`` for a non-integer measure (each
-  window's sum is rounded once, and the subject is in at most ``W`` windows);
+* ``bounded_sum``: ``ceil(min(k * max(|lo|, |hi|), C))`` (``C`` the measure's per-day cap
+  ``max_sum_per_period``, none: no min), plus ``W`` for a non-integer measure (each window's
+  sum is rounded once, and the subject is in at most ``W`` windows);
 * ``count_distinct_subjects``: two streams. ``new_subjects_period`` (subjects whose first
   counted record of the day is in the window) moves by 1; ``new_subjects_hour`` (first of
   the hour) by ``min(24, W)``: one per hour the subject is active in, at most one per window.
@@ -85,7 +88,9 @@ def sensitivity(qc: QueryClass, product: DataProduct, contribution_bound: int | 
     assert spec is not None and spec.bounds is not None  # check_against_contracts
     largest = max(abs(spec.bounds.min), abs(spec.bounds.max))
     integral = spec.type is FieldType.INT
-    return math.ceil(contribution_bound * largest) + (0 if integral else 1)
+    bound = contribution_bound * largest
+    cap = product.sum_cap_of(qc.measure)
+    return math.ceil(bound if cap is None else min(bound, cap)) + (0 if integral else 1)
 
 
 # The window-row streams a daily class reads: the windows' counted events, a measure's
@@ -101,12 +106,10 @@ def daily_sensitivities(qc: QueryClass, product: DataProduct) -> dict[str, int]:
         return {EVENTS: bounds.max_records_per_period}
     if qc.aggregate == "bounded_sum":
         assert qc.measure is not None  # validated when the class was loaded
-        clamp = product.clamp_of(qc.measure)
-        largest = max(abs(clamp.min), abs(clamp.max))
         spec = product.field(qc.measure)
         integral = spec is not None and spec.type is FieldType.INT
         rounding = 0 if integral else bounds.max_windows_per_period
-        return {SUM: max(1, math.ceil(bounds.max_records_per_period * largest) + rounding)}
+        return {SUM: max(1, math.ceil(product.period_sum_bound(qc.measure)) + rounding)}
     if qc.aggregate == "count_distinct_subjects":
         return {NEW_HOUR: min(24, bounds.max_windows_per_period), NEW_PERIOD: 1}
     raise ValueError(f"class {qc.id!r}: a daily {qc.aggregate} reads no stream of its own")

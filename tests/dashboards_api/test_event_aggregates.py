@@ -392,6 +392,8 @@ ALL_QUERIES = [
     query("bounded_sum", epsilon="2"),
     query("mean", epsilon="0.9"),
     query("quantile", k=5, alpha=0.9, candidates=(0, 2, 4, 6, 8, 10), epsilon="0.33"),
+    query("bounded_sum", k=4, epsilon="0.6", max_sum_per_subject=15),
+    query("mean", k=4, epsilon="0.8", max_sum_per_subject=12),
 ]
 
 
@@ -591,3 +593,115 @@ def test_naive_context_path_gives_similar_answers(tmp_path: Path) -> None:
                     value,
                     expected,
                 )
+
+
+# ------------------------------------------------------------------- per-subject sum cap
+def capped_reference(rows: list[Row], q: EventQuery) -> dict[str | None, Any]:
+    """The reference with a per-subject cap M: a subject whose kept cell sums add up to
+    T > M keeps floor(s M / T) of each cell's kept sum s (its counts unchanged)."""
+    cap = q.max_sum_per_subject
+    assert cap is not None
+    one = dict.fromkeys(q.categories if q.grouped else (None,), 0)
+    out: dict[str | None, Any] = dict(one)
+    if q.aggregate == "mean":
+        out = dict.fromkeys(one, (0, 0))
+    for subject in sorted({r[0] for r in rows}, key=str):
+        kept = reference([r for r in rows if r[0] == subject], q)
+        sums = {g: v[0] if q.aggregate == "mean" else v for g, v in kept.items()}
+        total = sum(sums.values())
+        for g, v in kept.items():
+            s = sums[g] * cap // total if total > cap else sums[g]
+            out[g] = (out[g][0] + s, out[g][1] + v[1]) if q.aggregate == "mean" else out[g] + s
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.integers(0, 3599),
+            st.sampled_from([*CATEGORIES, "zzz"]),
+            st.one_of(st.none(), st.integers(-5, 30).map(float)),
+        ),
+        max_size=40,
+    ),
+    aggregate=st.sampled_from(["bounded_sum", "mean"]),
+    grouped=st.booleans(),
+    k=st.integers(1, 6),
+    cap=st.integers(0, 40),
+)
+def test_a_sum_cap_bounds_each_subjects_kept_sum(
+    rows: list[Row], aggregate: str, grouped: bool, k: int, cap: int
+) -> None:
+    """With a cap M, each subject's kept sum over the window is at most M, shared over its
+    cells in proportion (rounded down): the plan equals the capped reference."""
+    q = replace(query(aggregate, k=k, grouped=grouped), max_sum_per_subject=cap)
+    found = exact(rows, q, float_measure=True)
+    keys = [r[0] for r in found] if grouped else [None]
+    payloads = [r[1:] if grouped else r for r in found]
+    values = [tuple(p) if aggregate == "mean" else p[0] for p in payloads]
+    assert dict(zip(keys, values, strict=True)) == capped_reference(rows, q)
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "cap", "expected"),
+    [
+        ("bounded_sum", 25, 25),  # min(k * 10, 25)
+        ("bounded_sum", 500, 70),  # the cap does not bind
+        ("mean", 25, 25),  # mid 0: min(k * 10, 25) beats max(k * 5, min(k * 5, 25)) = 35
+        ("mean", 500, 35),  # mid 5: max(7 * 5, min(7 * 5, 500))
+    ],
+)
+def test_a_sum_cap_lowers_sum_and_mean_sensitivities(
+    aggregate: str, cap: int, expected: int
+) -> None:
+    """A capped sum's L1 sensitivity is min(k r, M); a capped mean shifts by 0 or the
+    midpoint, whichever gives the smaller sensitivity (k = 7, bounds [0, 10])."""
+    assert sensitivity(replace(query(aggregate, k=7), max_sum_per_subject=cap)) == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max_sum_per_subject": -1}, "integer >= 0"),
+        ({"max_sum_per_subject": True}, "integer >= 0"),
+        ({"max_sum_per_subject": 2.5}, "integer >= 0"),
+        ({"max_sum_per_subject": "9"}, "integer >= 0"),
+        ({"bounds": (-3, 10), "max_sum_per_subject": 5}, "lo >= 0"),
+    ],
+)
+def test_hostile_sum_caps_are_refused_in_queries(change: dict[str, Any], message: str) -> None:
+    """A cap is an integer >= 0 over a non-negative measure, for sums and means only."""
+    with pytest.raises(InvalidEventQuery, match=message):
+        replace(query("bounded_sum"), **change)
+    with pytest.raises(InvalidEventQuery, match="takes none"):
+        replace(query("histogram"), max_sum_per_subject=5)
+
+
+def test_a_product_cap_reaches_its_sum_and_mean_queries_only() -> None:
+    """shop.orders' max_sum_per_period caps its event-level sums and means (floored to an
+    integer), not its quantiles; the sum's sensitivity is the cap."""
+    orders = get_contract("shop").products[0]
+    cap = orders.sum_cap_of("amount_cents")
+    assert cap is not None
+    for aggregate in ("bounded_sum", "mean"):
+        q = EventQuery.for_product(
+            orders,
+            aggregate,
+            max_records_per_subject=10,
+            epsilon=Decimal(1),
+            measure="amount_cents",
+        )
+        assert q.max_sum_per_subject == math.floor(cap)
+    assert sensitivity(replace(q, aggregate="bounded_sum")) == math.floor(cap)
+    median = EventQuery.for_product(
+        orders,
+        "quantile",
+        max_records_per_subject=10,
+        epsilon=Decimal(1),
+        measure="amount_cents",
+        alpha=0.5,
+        candidates=(0, 10_000, 20_000),
+    )
+    assert median.max_sum_per_subject is None
