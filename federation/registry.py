@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,39 @@ def weights_from_bytes(blob: bytes) -> list[NDArray[np.float32]]:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]
 
 
+def _pooled_auc(lineage: dict[str, Any]) -> float | None:
+    auc = lineage.get("metrics", {}).get("global", {}).get("pooled_auc")
+    return float(auc) if isinstance(auc, int | float) and math.isfinite(auc) else None
+
+
+def dp_utility(
+    lineage: dict[str, Any], earlier: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """A DP version's utility loss: its pooled AUC against the newest non-DP version of
+    the same task in ``earlier`` (newest first), with the epsilon it was bought for."""
+    auc = _pooled_auc(lineage)
+    epsilon = lineage.get("dp", {}).get("epsilon_total")
+    for version, baseline in earlier:
+        base_auc = _pooled_auc(baseline)
+        if baseline.get("dp", {}).get("enabled") or base_auc is None:
+            continue
+        return {
+            "epsilon": epsilon,
+            "baseline_version": version,
+            "baseline_pooled_auc": base_auc,
+            "pooled_auc": auc,
+            "auc_loss": None if auc is None else base_auc - auc,
+        }
+    return {
+        "epsilon": epsilon,
+        "baseline_version": None,
+        "pooled_auc": auc,
+        "auc_loss": None,
+        "reason": "no non-DP version of this task is registered: train one with --dp-noise 0 "
+        "to measure what DP costs",
+    }
+
+
 class ModelRegistry:
     """Append-only model versions in SQLite or Postgres."""
 
@@ -136,6 +170,14 @@ class ModelRegistry:
             version = f"{task}-v{seq}"
             created = datetime.now(UTC).isoformat(timespec="seconds")
             document = {**lineage, "version": version, "registered_at": created}
+            if document.get("dp", {}).get("enabled"):
+                earlier = conn.execute(
+                    f"SELECT version, lineage FROM model_versions WHERE task = {m} "
+                    "ORDER BY seq DESC",
+                    (task,),
+                ).fetchall()
+                baselines = [(v, json.loads(doc)) for v, doc in earlier]
+                document["dp"] = {**document["dp"], "utility": dp_utility(document, baselines)}
             conn.execute(
                 "INSERT INTO model_versions (version, task, seq, status, created_at, lineage, "
                 f"weights) VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m})",
