@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Sequence
+import struct
+import threading
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,9 +18,11 @@ import yaml
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _redis_key
+from feast.infra.online_stores.helpers import _redis_key, compute_table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.protos.feast.types.Value_pb2 import ValueType
+from feast.type_map import feast_value_type_to_python_type
 
 from domains.contract import (
     DataProduct,
@@ -120,6 +124,9 @@ class DomainFeatureStore:
         }
         self._config_dict = config
         self.store = FeatureStore(config=RepoConfig(**config))
+        # Direct online reads (``online_features``): one connection per reading thread.
+        self._sqlite_path = online["path"] if online["type"] == "sqlite" else None
+        self._readers = threading.local()
         self.features = {
             p.name: build_features(p, self.directory / "offline") for p in contract.products
         }
@@ -176,6 +183,65 @@ class DomainFeatureStore:
         ]
         self.store.provider.online_write_batch(self.store.config, view, data, progress=None)
 
+    def online_features(
+        self, view: FeatureView, entity_rows: Sequence[dict[str, Any]]
+    ) -> dict[str, list[Any]]:
+        """Every feature of ``view`` for ``entity_rows``, as Feast's
+        ``get_online_features(...).to_dict()`` gives them (entity columns, then features;
+        None for an entity or feature with no online value).
+
+        On the sqlite store this is one indexed query on the view's online table, read
+        directly: Feast's API spends about 10 ms of Python on 100 entities around its own
+        single query (registry lookups, request and response protos). Other stores, and a
+        table that does not exist yet, go through Feast's API.
+        ``tests/feature_repo/test_online_reads.py`` checks both give the same answer.
+        """
+        if self._sqlite_path is not None and entity_rows:
+            try:
+                return self._read_sqlite(view, entity_rows)
+            except sqlite3.OperationalError:  # no table yet: Feast says what is wrong
+                pass
+        refs = [f"{view.name}:{f.name}" for f in view.features]
+        return dict(
+            self.store.get_online_features(features=refs, entity_rows=list(entity_rows)).to_dict()
+        )
+
+    def _read_sqlite(
+        self, view: FeatureView, entity_rows: Sequence[dict[str, Any]]
+    ) -> dict[str, list[Any]]:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self._sqlite_path), timeout=5.0)
+            self._readers.conn = conn
+        table = compute_table_id(
+            self.store.config.project,
+            view,
+            self.store.config.registry.enable_online_feature_view_versioning,
+        )
+        join_keys = list(entity_rows[0])
+        encode = entity_key_encoder(join_keys)
+        keys = [encode([row[k] for k in join_keys]) for row in entity_rows]
+        names = [f.name for f in view.features]
+        wanted = set(names)
+        found: dict[bytes, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _SQLITE_CHUNK):
+            chunk = unique[start : start + _SQLITE_CHUNK]
+            rows = conn.execute(
+                f'SELECT entity_key, feature_name, value FROM "{table}" '  # noqa: S608 - our names
+                f"WHERE entity_key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for key, feature, blob in rows:
+                if feature in wanted:
+                    found.setdefault(key, {})[feature] = _python_value(blob)
+        out: dict[str, list[Any]] = {k: [row[k] for row in entity_rows] for k in join_keys}
+        empty: dict[str, Any] = {}
+        values = [found.get(key, empty) for key in keys]
+        for name in names:
+            out[name] = [v.get(name) for v in values]
+        return out
+
     def window_stats(
         self, product: str, window_starts: list[int], partitions: int = 1
     ) -> list[dict[str, Any]]:
@@ -205,14 +271,11 @@ class DomainFeatureStore:
             MAX_WINDOWS_PER_PERIOD,
             *features.measure_features,
         ]
-        refs = [f"{features.window_view.name}:{n}" for n in names]
         entity_rows = [
             {WINDOW_KEY: w, PARTITION_KEY: p} for w in window_starts for p in range(partitions)
         ]
         try:
-            response = self.store.get_online_features(
-                features=refs, entity_rows=entity_rows
-            ).to_dict()
+            response = self.online_features(features.window_view, entity_rows)
         except Exception as exc:  # Feast raises several unrelated types when unapplied
             if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
                 raise StoreNotApplied(
@@ -231,12 +294,8 @@ class DomainFeatureStore:
 
     def subject_features(self, product: str, subjects: list[str]) -> list[dict[str, Any]]:
         """Online per-subject features (None values for unknown subjects)."""
-        features = self.product_features(product)
-        view = features.subject_view
-        refs = [f"{view.name}:{f.name}" for f in view.features]
-        response = self.store.get_online_features(
-            features=refs, entity_rows=[{SUBJECT_KEY: s} for s in subjects]
-        ).to_dict()
+        view = self.product_features(product).subject_view
+        response = self.online_features(view, [{SUBJECT_KEY: s} for s in subjects])
         names = [f.name for f in view.features]
         return [
             {SUBJECT_KEY: s, **{n: response[n][i] for n in names}} for i, s in enumerate(subjects)
@@ -411,6 +470,54 @@ def _merge(
         else:  # a feature added after a row was written reads back as None
             merged[name] = sum(v for v in values if v is not None)
     return merged
+
+
+def entity_key_encoder(join_keys: list[str]) -> Callable[[list[object]], bytes]:
+    """``serialize_entity_key`` (version 3) of ``join_keys`` with the given values.
+
+    Strings and integers are packed directly (the join-key header once), a fifth of the
+    cost of building the proto; other values go through Feast's own function.
+    """
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
+    header = struct.pack("<I", len(join_keys)) + b"".join(
+        struct.pack("<II", ValueType.STRING, len(encoded)) + encoded
+        for encoded in (join_keys[i].encode() for i in order)
+    )
+    string_tag, int_tag = (
+        struct.pack("<I", ValueType.STRING),
+        struct.pack("<II", ValueType.INT64, 8),
+    )
+
+    def encode(values: list[object]) -> bytes:
+        out = [header]
+        for i in order:
+            value = values[i]
+            if type(value) is str:
+                encoded = value.encode()
+                out += [string_tag, struct.pack("<I", len(encoded)), encoded]
+            elif type(value) is int:
+                out += [int_tag, struct.pack("<q", value)]
+            else:
+                proto = EntityKeyProto(
+                    join_keys=join_keys, entity_values=[_value_proto(v) for v in values]
+                )
+                return serialize_entity_key(proto, entity_key_serialization_version=3)
+        return b"".join(out)
+
+    return encode
+
+
+_SQLITE_CHUNK = 900  # bound parameters per query (sqlite builds before 3.32 allow 999)
+_SCALARS = frozenset({"int64_val", "double_val", "string_val", "bool_val", "int32_val"})
+
+
+def _python_value(blob: bytes) -> Any:
+    """A stored ``ValueProto`` as Feast's ``to_dict`` gives it."""
+    proto = ValueProto.FromString(blob)
+    kind = proto.WhichOneof("val")
+    if kind in _SCALARS:
+        return getattr(proto, kind)
+    return feast_value_type_to_python_type(proto)
 
 
 def _value_proto(value: object) -> ValueProto:
