@@ -72,14 +72,16 @@ def unflatten(
 
 
 def choose_scale(bound: float, contributors: int) -> float:
-    """The largest power-of-two scale at which the sum of ``contributors`` vectors cannot
-    wrap around the ring.
+    """The largest scale at which the sum of ``contributors`` vectors cannot wrap around
+    the ring.
 
     Every element is at most ``bound`` in magnitude and is multiplied by its node's
     share of the weight (the shares add up to at most 1) before rounding, so
     ``|sum_i round(x_i * s_i * scale)| <= bound * scale + contributors / 2``; the scale
     keeps that below 2**31 (the int32 a sum decodes to), with a margin for the float
-    shares' rounding.
+    shares' rounding. It is not rounded down to a power of two (that would cost up to
+    half the precision): each element of the decoded mean is then off by at most
+    ``contributors * 0.5 / scale``, about ``contributors * bound / 2**32``.
     """
     if not bound > 0 or not math.isfinite(bound):
         raise InvalidSecAggConfig(f"the value bound must be a positive number, got {bound}")
@@ -92,7 +94,7 @@ def choose_scale(bound: float, contributors: int) -> float:
             f"bound {bound} with {contributors} contributors leaves no integer precision in "
             "a 32-bit ring; lower the clipping norm"
         )
-    return float(2.0 ** math.floor(math.log2(limit)))
+    return float(limit)
 
 
 def weight_share(weight: int, total: int) -> float:
@@ -140,6 +142,19 @@ def decode_sum(
     if not 0.0 < fraction <= 1.0:
         raise InvalidSecAggConfig(f"the arrived weight fraction is in (0, 1], got {fraction}")
     return total.view(np.int32).astype(np.float64) / (scale * fraction)
+
+
+def decode_error_bound(scale: float, contributors: int, fraction: float = 1.0) -> float:
+    """The largest error of any element of :func:`decode_sum`'s mean: each contributor's
+    rounding is at most 0.5 at ``scale``. Relative to the mean's L2 norm the typical error
+    is about ``0.29 * sqrt(contributors * length) / (scale * fraction * norm)``: 1e-5 at
+    5 contributors, 1M elements and a mean 33 times shorter than the bound."""
+    if contributors < 1 or not scale > 0 or not 0.0 < fraction <= 1.0:
+        raise InvalidSecAggConfig(
+            f"need contributors >= 1, scale > 0 and fraction in (0, 1], got {contributors}, "
+            f"{scale} and {fraction}"
+        )
+    return contributors * 0.5 / (scale * fraction)
 
 
 def mask_stream(key: bytes, length: int) -> NDArray[np.uint32]:
