@@ -46,7 +46,7 @@ from catalog.model import (
 from catalog.protection import describe_protection, published_name
 from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.ledger import Ledger, period_of
-from dashboards_api.policy import GovernancePolicy
+from dashboards_api.policy import GovernancePolicy, reserve_micro
 from dashboards_api.query_classes import ProductBudget, QueryClass
 from dashboards_api.releases import privacy_unit_of
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
@@ -214,7 +214,7 @@ class _Builder:
                 self._budget(total[0], self._product_spent(fqn)) if total is not None else None
             ),
             user_level=(
-                self._user_level(product, total, [classes[c] for c in own_classes])
+                self._user_level(product, total, [classes[c] for c in own_classes], fqn)
                 if total is not None
                 else None
             ),
@@ -575,8 +575,11 @@ class _Builder:
         product: DataProduct,
         total: tuple[int, bool],
         classes: list[QueryClassEntity],
+        fqn: str,
     ) -> UserLevelGuarantee:
         micro, declared = total
+        budget = self.inputs.product_budgets.get(fqn)
+        reserve = reserve_micro(self.inputs.policy, budget, micro)
         epsilon = from_micro(micro)
         narrower = [c.id for c in classes if c.privacy_unit == "subject_window"]
         allocation = [
@@ -600,6 +603,7 @@ class _Builder:
             total_source="declared" if declared else "policy_default",
             statement=statement,
             allocation=allocation,
+            reserve_per_day=from_micro(reserve),
             narrower_classes=narrower,
         )
 
@@ -641,6 +645,7 @@ def _contribution(product: DataProduct) -> ContributionFacts:
         max_records_per_period=bounds.max_records_per_period,
         max_windows_per_period=bounds.max_windows_per_period,
         clamp=clamp,
+        max_sum_per_period=dict(bounds.max_sum_per_period),
     )
 
 

@@ -125,6 +125,11 @@ class UserLevelGuarantee(BaseModel):
     )
     statement: str = Field(description="The guarantee in one sentence.")
     allocation: list[ClassAllocation]
+    reserve_per_day: str = Field(
+        default="0",
+        description="Epsilon per subject per UTC day of the total that no class may be "
+        "allocated: kept for planning releases (the bound advisor).",
+    )
     narrower_classes: list[str] = Field(
         default_factory=list,
         description="Classes whose privacy unit is narrower than the subject-day (a "
@@ -143,6 +148,11 @@ class ContributionFacts(BaseModel):
     max_windows_per_period: int
     clamp: dict[str, tuple[float, float]] = Field(
         description="Per-record clamp of each numeric measure (min, max)."
+    )
+    max_sum_per_period: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-subject cap on a measure's total per period (the measure's unit): "
+        "a subject's day adds at most this much to any sum or mean of the measure.",
     )
 
 

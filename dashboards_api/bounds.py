@@ -13,6 +13,13 @@ releases, through OpenDP only:
   keeping its first ``k`` records of the day (``k``: the released 0.9 quantile of records,
   so most subjects keep all of theirs while the noise, which grows with ``k``, stays small;
   the records are the event-level quantile's, ``event_aggregates.exact_plan``), L1 ``k``;
+* the 0.9, 0.95 and 0.99 quantiles of **each measure's total per subject-day** (the
+  candidate ``max_sum_per_period``): one discrete Laplace histogram per measure of each
+  subject-day's total over its first ``k`` records of the day (``k`` the suggested record
+  bound), each value clamped to the suggested clamp (else the contract's), over a geometric
+  grid up to ``k`` times the clamp's max; one subject-day is one total (L1 sensitivity 1).
+  ``k`` and the clamp are earlier parts of the same release (adaptive sequential
+  composition: the parts' epsilons add up);
 * the **truncation share** of each candidate bound ``b`` (the reliable quantiles, below,
   and the contract's current bound): a discrete Laplace vector of ``kept(b) = sum min(n, b)`` for
   every candidate and for a cap ``C`` (twice the largest candidate), L1 sensitivity
@@ -23,14 +30,21 @@ releases, through OpenDP only:
 
 The advisor's epsilon is one release of the product, paid from its daily total in the
 period of the day it reads (a subject's day is charged by every release that reads it),
-under the pseudo-class ``<domain>.<product>:bounds_advisor``. The ledger entry, with the
+under the pseudo-class ``<domain>.<product>:bounds_advisor``, whose daily budget is the
+product's **planning room**: its total less what its classes are allocated (at least the
+product's ``reserve_per_day``, which no class may be allocated), so the advisor never takes
+what a class may still spend that day. The ledger entry, with the
 answer, is committed before :func:`advise` returns anything; asking again for the same day
 and parameters returns the stored answer and spends nothing. Suggestion (post-processing):
 ``max_records_per_period`` = the 0.99 quantile (at most about 1% of subject-days are
 truncated) when it is reliable (the 95% error of its noisy tail count within half the
 subject-days expected above it: the true share above it is 0.5 to 1.5 times 1%), else
-the highest reliable one, else the contract's bound; each clamp = the measure's 0.99
-quantile when reliable (about 1% of the kept records are clamped). Noise grows with the
+the contract's bound, raised to any reliable quantile above it (a tail the release cannot
+resolve never lowers a bound: ``suggest``); each clamp = the measure's 0.99 quantile when
+reliable (about 1% of the kept records are clamped); each ``max_sum_per_period`` = the
+0.99 quantile of the measure's subject-day totals when reliable (about 1% of subject-days
+give up part of their total), else the contract's cap by the same rule (no cap when it has
+none: the record bound times the clamp stays the sum's bound). Noise grows with the
 bound and bias falls with it: the shares say what each candidate costs in bias;
 ``planner.bound_options`` what each costs in noise.
 """
@@ -65,10 +79,20 @@ RECORD_ALPHAS = (0.9, 0.95, 0.99)
 MEASURE_ALPHA = 0.99
 """The quantile of each measure per record released: the suggested clamp."""
 DEFAULT_EPSILON = Decimal("1")
-"""The advisor's epsilon per subject-day (pure DP) if none is given: what one run costs."""
+"""The advisor's epsilon per subject-day (pure DP) if none is given and the product's
+planning room has that much: what one run costs (else the room)."""
+SUM_ALPHAS = (0.9, 0.95, 0.99)
+"""Quantiles of each measure's total per subject-day released: the suggested cap is the
+last when reliable (``suggest``)."""
 # Shares of the advisor's epsilon: the record quantiles (one histogram), the truncation
-# vector, the measure quantiles (split evenly); without measures the rest is rescaled.
-_SHARES = {"records": Decimal("0.25"), "truncation": Decimal("0.45"), "measures": Decimal("0.3")}
+# vector, the measure quantiles and the subject-day totals (each split evenly over the
+# measures); without measures the rest is rescaled.
+_SHARES = {
+    "records": Decimal("0.2"),
+    "truncation": Decimal("0.35"),
+    "measures": Decimal("0.25"),
+    "sums": Decimal("0.2"),
+}
 RECORD_CANDIDATES: tuple[int, ...] = (
     *range(1, 30),
     *sorted({min(round(30 * 1.1**i), 10_000) for i in range(62)}),
@@ -112,6 +136,21 @@ class MeasureAdvice:
 
 
 @dataclass(frozen=True)
+class SumCapAdvice:
+    """The released quantiles of one measure's total per subject-day (``values``, by alpha),
+    the 95% error of each one's noisy tail count (``errors``, in subject-days), which are
+    ``reliable``, and what the totals were taken over: each subject-day's first
+    ``records_per_subject_day`` records, each clamped to ``clamp``."""
+
+    measure: str
+    values: dict[str, int]
+    errors: dict[str, float]
+    reliable: dict[str, bool]
+    clamp: tuple[float, float]
+    records_per_subject_day: int
+
+
+@dataclass(frozen=True)
 class BoundsAdvice:
     """The advisor's released answer for one product and UTC day (JSON: ``to_dict``)."""
 
@@ -130,6 +169,7 @@ class BoundsAdvice:
     current: dict[str, Any]
     suggestion: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    sum_caps: list[SumCapAdvice] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the epsilon as a string."""
@@ -146,6 +186,9 @@ class BoundsAdvice:
         body["measures"] = [
             MeasureAdvice(**{**m, "current_clamp": tuple(m["current_clamp"])})
             for m in body["measures"]
+        ]
+        body["sum_caps"] = [
+            SumCapAdvice(**{**c, "clamp": tuple(c["clamp"])}) for c in body.get("sum_caps", [])
         ]
         return cls(**body)
 
@@ -187,6 +230,37 @@ def subject_day_counts(events: pl.LazyFrame, product: DataProduct, day: date) ->
     )
 
 
+def subject_day_totals(
+    events: pl.LazyFrame,
+    product: DataProduct,
+    day: date,
+    measure: str,
+    records: int,
+    clamp: tuple[float, float],
+) -> pl.Series:
+    """Per subject with a value of ``measure`` on UTC ``day``: the total of its first
+    ``records`` values by event time (ties in storage order), each clamped to ``clamp``
+    (rounded to an integer; NaN and missing values skipped). What the processor would count
+    towards a per-day cap with those bounds (Int64)."""
+    start, end = _day_span(day)
+    subject, when = product.subject_field, product.event_time
+    lo, hi = clamp
+    value = pl.col(measure).cast(pl.Float64).fill_nan(None).clip(lo, hi).round()
+    return (
+        events.select(pl.col(subject).alias("subject"), pl.col(when), value.alias("value"))
+        .filter(
+            pl.col("subject").is_not_null(),
+            pl.col("value").is_not_null(),
+            pl.col(when) >= start,
+            pl.col(when) < end,
+        )
+        .sort(when, maintain_order=True)
+        .group_by("subject")
+        .agg(pl.col("value").head(records).sum().cast(pl.Int64).alias("total"))
+        .collect()["total"]
+    )
+
+
 def _day_span(day: date) -> tuple[datetime, datetime]:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
@@ -196,7 +270,7 @@ def _split(epsilon: Decimal, measures: int) -> dict[str, Decimal]:
     """Each part's epsilon (quantized down: the parts never add up to more)."""
     shares = dict(_SHARES)
     if not measures:
-        rest = shares.pop("measures")
+        rest = shares.pop("measures") + shares.pop("sums")
         scale = 1 / (1 - rest)
         shares = {k: v * scale for k, v in shares.items()}
     q = Decimal("0.000001")
@@ -206,6 +280,9 @@ def _split(epsilon: Decimal, measures: int) -> dict[str, Decimal]:
     }
     if measures:
         out["measure_quantile"] = (epsilon * shares["measures"] / measures).quantize(
+            q, rounding="ROUND_DOWN"
+        )
+        out["sum_quantiles"] = (epsilon * shares["sums"] / measures).quantize(
             q, rounding="ROUND_DOWN"
         )
     if min(out.values()) <= 0:
@@ -290,6 +367,22 @@ def _measure_query(
     )
 
 
+def suggest(
+    values: dict[str, int], reliable: dict[str, bool], current: float | None
+) -> float | None:
+    """The suggested bound from released quantiles (by alpha; post-processing): the highest
+    alpha's quantile when it is reliable; else ``current`` (None: no bound), raised to the
+    highest reliable quantile above it. A tail the release cannot resolve never lowers a
+    bound (that could truncate far more than 1% of subject-days), while a reliable lower
+    quantile above the bound shows that more than its share is cut now."""
+    top = max(values, key=float)
+    if reliable[top]:
+        return values[top]
+    if current is None:
+        return None
+    return max([current, *(v for a, v in values.items() if reliable[a])])
+
+
 def _truncation(
     counts: pl.Series, bounds: list[int], epsilon: Decimal
 ) -> tuple[list[tuple[float, float]], Decimal]:
@@ -316,6 +409,7 @@ def _version(product: DataProduct, day: date, epsilon: Decimal) -> str:
     params = {
         "alphas": RECORD_ALPHAS,
         "measure_alpha": MEASURE_ALPHA,
+        "sum_alphas": SUM_ALPHAS,
         "candidates": [RECORD_CANDIDATES[0], RECORD_CANDIDATES[-1], len(RECORD_CANDIDATES)],
         "contribution": product.contribution.model_dump(mode="json"),
         "epsilon": str(epsilon),
@@ -332,22 +426,35 @@ def advise(
     ledger: Ledger,
     *,
     product_budget_micro: int | None,
-    epsilon: Decimal = DEFAULT_EPSILON,
+    epsilon: Decimal | None = None,
+    planning_budget_micro: int | None = None,
 ) -> BoundsAdvice:
     """Release the bound advice for ``product`` on UTC ``day`` (module docstring), paying
-    ``epsilon`` from the product's daily total ``product_budget_micro`` in ``day``'s period.
+    ``epsilon`` (None: ``DEFAULT_EPSILON``, or the planning room when smaller) from the
+    product's planning room ``planning_budget_micro`` (its daily total less its classes'
+    allocations; None: the whole total) and its daily total ``product_budget_micro`` in
+    ``day``'s period.
 
     Refuses (``InvalidParameters``) a product without a daily total or a non-positive
-    epsilon; the ledger refuses (``BudgetExhausted``) when the product's total has no room
-    left for the day. Nothing is returned before the entry is committed.
+    epsilon; the ledger refuses (``BudgetExhausted``) when the planning room or the product's
+    total has no room left for the day. Nothing is returned before the entry is committed.
     """
-    if not isinstance(epsilon, Decimal) or not epsilon.is_finite() or epsilon <= 0:
-        raise InvalidParameters(f"advisor epsilon must be a finite Decimal > 0, not {epsilon}")
     if product_budget_micro is None:
         raise InvalidParameters(
             f"{domain}.{product.name} has no daily privacy total: declare budget_per_day for "
             "it (or a policy default) before spending epsilon on bound advice"
         )
+    room = product_budget_micro if planning_budget_micro is None else planning_budget_micro
+    if epsilon is None:
+        epsilon = min(DEFAULT_EPSILON, Decimal(from_micro(max(room, 0))))
+        if epsilon <= 0:
+            raise BudgetExhausted(
+                f"{domain}.{product.name} leaves no planning room: its classes are allocated "
+                "its whole daily total; declare a reserve_per_day for the product (and lower "
+                "a class's budget_per_day to fit it)"
+            )
+    if not isinstance(epsilon, Decimal) or not epsilon.is_finite() or epsilon <= 0:
+        raise InvalidParameters(f"advisor epsilon must be a finite Decimal > 0, not {epsilon}")
     key, class_id = f"{domain}.{product.name}", advisor_class(domain, product.name)
     version = _version(product, day, epsilon)
     stored = ledger.find(class_id, version)
@@ -359,6 +466,7 @@ def advise(
     # The ledger charges the declared parts (micro-exact); OpenDP's maps are at most them.
     charged = parts["record_quantiles"] + parts["truncation"]
     charged += len(measures) * parts.get("measure_quantile", Decimal(0))
+    charged += len(measures) * parts.get("sum_quantiles", Decimal(0))
     if mapped > charged:
         raise AssertionError(f"OpenDP maps the advice to {mapped}, above its {charged}")
     answer.update(product=key, epsilon=str(charged))
@@ -369,16 +477,17 @@ def advise(
             period_of(_day_span(day)[0]),
             version,
             cost,
-            product_budget_micro,
+            room,
             answer,
             product=key,
             product_budget_micro=product_budget_micro,
         )
     except BudgetExhausted as exc:
         raise BudgetExhausted(
-            f"{exc.detail}; the bound advisor needs {from_micro(cost)} of {key}'s daily "
-            f"total on {day}: run it for a day with room, or reserve part of the total for "
-            "it (lower a class's budget_per_day)",
+            f"{exc.detail}; the bound advisor needs {from_micro(cost)} of {key}'s planning "
+            f"room on {day} ({from_micro(max(room, 0))} a day: the total less the classes' "
+            "allocations): run it with a smaller --epsilon, for a day with room, or raise the "
+            "product's reserve_per_day",
             **exc.extra,
         ) from exc
     return BoundsAdvice.from_entry(commit.entry, reused=commit.reused)
@@ -413,8 +522,7 @@ def _release(
     cap = 2 * bounds[-1]
     shares, truncation_spent = _truncation(counts, [*bounds, cap], parts["truncation"])
     spent += truncation_spent
-    trusted = [v for a, v in zip(RECORD_ALPHAS, ordered, strict=True) if reliable[str(a)]]
-    suggested = trusted[-1] if trusted else current
+    suggested = int(suggest(quantiles, reliable, current) or current)
     per_subject = ordered[0] if reliable[str(RECORD_ALPHAS[0])] else min(ordered[0], current)
     start, end = _day_span(day)
     measure_advice: list[dict[str, Any]] = []
@@ -440,6 +548,37 @@ def _release(
                 "records_per_subject_day": per_subject,
             }
         )
+    suggested_clamps = {
+        m["measure"]: [m["current_clamp"][0], max(m["value"], m["current_clamp"][0])]
+        for m in measure_advice
+        if m["reliable"]
+    }
+    sum_caps: list[dict[str, Any]] = []
+    for measure in measures:
+        current_clamp = product.clamp_of(measure)
+        lo, hi = suggested_clamps.get(measure, [current_clamp.min, current_clamp.max])
+        totals = subject_day_totals(events, product, day, measure, suggested, (lo, hi))
+        grid = measure_candidates(0, max(suggested * hi, 1))
+        result = tail_quantiles(totals, grid, SUM_ALPHAS, parts["sum_quantiles"], per_subject=1)
+        spent += result.spent
+        sum_caps.append(
+            {
+                "measure": measure,
+                "values": {str(a): result.values[a] for a in SUM_ALPHAS},
+                "errors": {str(a): result.errors[a] for a in SUM_ALPHAS},
+                "reliable": {str(a): result.reliable(a) for a in SUM_ALPHAS},
+                "clamp": [lo, hi],
+                "records_per_subject_day": suggested,
+            }
+        )
+    suggested_caps: dict[str, float] = {}
+    for cap_advice in sum_caps:
+        now = product.sum_cap_of(cap_advice["measure"])
+        day_cap = suggest(cap_advice["values"], cap_advice["reliable"], now)
+        if day_cap is not None and cap_advice["clamp"][0] >= 0:  # caps bound non-negative sums
+            # at least clamp.min and 1: a lower cap contradicts the clamp (the linter says so)
+            low = max(math.ceil(cap_advice["clamp"][0]), 1)
+            suggested_caps[cap_advice["measure"]] = max(day_cap, low)
     answer: dict[str, Any] = {
         "product": product.name,
         "day": day.isoformat(),
@@ -457,23 +596,26 @@ def _release(
             "max_records_per_period": current,
             "max_windows_per_period": product.contribution.max_windows_per_period,
             "clamp": {m: [product.clamp_of(m).min, product.clamp_of(m).max] for m in measures},
+            "max_sum_per_period": dict(product.contribution.max_sum_per_period),
         },
         "suggestion": {
             "max_records_per_period": suggested,
-            "clamp": {
-                m["measure"]: [m["current_clamp"][0], max(m["value"], m["current_clamp"][0])]
-                for m in measure_advice
-                if m["reliable"]
-            },
+            "clamp": suggested_clamps,
+            "max_sum_per_period": suggested_caps,
         },
+        "sum_caps": sum_caps,
         "notes": [
             "quantiles are over the subjects with at least one record that day",
             f"dropped shares are relative to the records counted up to {cap} per subject-day "
             "(a lower bound of the true share when some subject-day has more)",
             "max_windows_per_period is not advised: it should be at least the record bound "
             "unless a product's windows are rare",
-            "the suggestion is the highest reliable quantile (the 95% error of its tail count "
-            "within half the subject-days above it; else the contract's bound stays)",
+            "the suggestion is the 0.99 quantile when reliable (the 95% error of its tail count "
+            "within half the subject-days above it); else the contract's bound, raised to a "
+            "reliable quantile above it, never lowered",
+            "max_sum_per_period: the same rule over each measure's total per subject-day "
+            "(first k records, each clamped); no cap when the contract has none and the 0.99 "
+            "quantile is not reliable",
         ],
     }
     return answer, spent

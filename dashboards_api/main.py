@@ -164,7 +164,13 @@ def build_service(
     check_against_contracts(classes, contracts)
     budgets = load_product_budgets()
     products = [f"{d}.{p.name}" for d, c in contracts.items() for p in c.products]
-    check_at_start(api.policy, classes, {k: b.budget_micro for k, b in budgets.items()}, products)
+    check_at_start(
+        api.policy,
+        classes,
+        {k: b.budget_micro for k, b in budgets.items()},
+        products,
+        {k: b.reserve_micro for k, b in budgets.items()},
+    )
     return ReleaseService(
         classes=classes,
         contracts=contracts,

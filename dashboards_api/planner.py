@@ -409,7 +409,10 @@ def _suggest(
             bound += f", e.g. max_records_per_period {records}"
         elif qc.aggregate == "bounded_sum":
             most = product.contribution.max_records_per_period
-            bound += f", e.g. a clamp of at most {delta // most} per record at {most} records"
+            bound += (
+                f", e.g. a clamp of at most {delta // most} per record at {most} records, "
+                f"or max_sum_per_period {delta}"
+            )
         parts.append(f"{bound} would meet it, at the cost of truncating more")
     return Suggestion(coarser, epsilon, fits, delta, records, "; ".join(parts))
 
@@ -422,10 +425,12 @@ def plan_in_context(
     entries: Iterable[LedgerEntry],
     window_seconds: int,
     volume_per_day: float | None = None,
+    reserve_micro: int = 0,
 ) -> Plan:
     """:func:`plan` with its inputs gathered: ``qc``'s product contract, the room its
-    product's daily total leaves next to the product's other ``classes``, and the typical
-    volume from released values in ``entries`` (else ``volume_per_day``, else unknown)."""
+    product's daily total leaves next to the product's other ``classes`` and its planning
+    reserve ``reserve_micro`` (which no class may be allocated), and the typical volume from
+    released values in ``entries`` (else ``volume_per_day``, else unknown)."""
     contract = contracts.get(qc.domain)
     product = None if contract is None else contract.product(qc.product)
     if product is None:
@@ -433,7 +438,7 @@ def plan_in_context(
     volume = volume_from_releases(qc, entries, classes)
     if volume is None and volume_per_day is not None:
         volume = (float(volume_per_day), "given volume_per_day (no released value yet)")
-    allocated = sum(
+    allocated = reserve_micro + sum(
         other.budget_micro
         for other in classes.values()
         if (other.domain, other.product) == (qc.domain, qc.product) and other.id != qc.id

@@ -10,7 +10,11 @@ the run-time classes). Until governance stores one, the policy of the API settin
 * ``max_class_budget_per_day``: what any one class may spend in a UTC day;
 * ``max_product_budget_per_day``: the daily total of every data product (over its classes);
 * ``default_product_budget_per_day``: the total of a product whose query-class file
-  declares none (None: such a product is refused at start-up).
+  declares none (None: such a product is refused at start-up);
+* ``default_product_reserve_per_day``: the part of a product's total that no class may be
+  allocated, kept for planning releases (the bound advisor), where the query-class file
+  declares no ``reserve_per_day``: the classes of a product with a reserve are refused
+  together above its total minus its reserve (default 0: no reserve, no such check).
 
 The defaults are what a privacy officer signs for every product: epsilon 2 per subject per
 UTC day (pure DP), no class and no release above it; a governance ``PUT`` may raise them.
@@ -29,9 +33,15 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dashboards_api.budget import to_micro
+from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.errors import InvalidQueryClasses, PolicyLimitExceeded
-from dashboards_api.query_classes import BudgetPerDay, EpsilonPerRelease, QueryClass
+from dashboards_api.query_classes import (
+    BudgetPerDay,
+    ClassBudget,
+    EpsilonPerRelease,
+    ProductBudget,
+    QueryClass,
+)
 
 
 class GovernancePolicy(BaseModel):
@@ -61,6 +71,15 @@ class GovernancePolicy(BaseModel):
         description=(
             "Daily total of a data product whose query-class file declares none "
             "(None: start-up refuses such a product)."
+        ),
+    )
+
+    default_product_reserve_per_day: ClassBudget = Field(
+        default=Decimal(0),
+        description=(
+            "Epsilon per subject per UTC day of a product's total kept for planning releases "
+            "(the bound advisor) where its query-class file declares no reserve_per_day; "
+            "classes are allocated at most the total minus the reserve."
         ),
     )
 
@@ -107,6 +126,32 @@ class GovernancePolicy(BaseModel):
         else:
             return None
         return min(total, self.max_product_micro)
+
+    def product_reserve_micro(self, declared_micro: int | None, total_micro: int) -> int:
+        """A product's planning reserve in micro-epsilon: ``declared_micro``, else this
+        policy's default, at most the product's total ``total_micro``."""
+        reserve = (
+            to_micro(self.default_product_reserve_per_day)
+            if declared_micro is None
+            else declared_micro
+        )
+        return min(reserve, total_micro)
+
+    def check_allocation(
+        self, product: str, total_micro: int, reserve_micro: int, allocated_micro: int
+    ) -> None:
+        """Refuse class allocations of ``product`` above its total minus its reserve, when
+        it has one (without a reserve the product's total alone bounds what its classes
+        spend together, however much they are allocated)."""
+        if reserve_micro > 0 and allocated_micro > total_micro - reserve_micro:
+            raise PolicyLimitExceeded(
+                f"data product {product!r}: its classes are allocated "
+                f"{from_micro(allocated_micro)} a day, above its total {from_micro(total_micro)} "
+                f"minus the {from_micro(reserve_micro)} reserved for planning (the bound "
+                "advisor); lower a class's budget_per_day or the product's reserve_per_day",
+                limit="product_reserve_per_day",
+                limit_value=str(from_micro(total_micro - reserve_micro)),
+            )
 
     def check_class(self, qc: QueryClass) -> None:
         """Refuse ``qc`` when its epsilon or daily budget is above this policy's caps."""
@@ -157,9 +202,12 @@ def check_at_start(
     classes: dict[str, QueryClass],
     product_totals: dict[str, int],
     products: list[str],
+    product_reserves: dict[str, int | None] | None = None,
 ) -> None:
     """Refuse to start when a data product has no daily total (neither declared nor a policy
-    default), a declared total or a class is above the policy's caps."""
+    default), a declared total or a class is above the policy's caps, or a product's classes
+    are allocated more than its total minus its planning reserve (``product_reserves``: the
+    declared ones; the policy's default for the others)."""
     for key in products:
         if key not in product_totals and policy.default_product_budget_per_day is None:
             raise InvalidQueryClasses(
@@ -172,5 +220,38 @@ def check_at_start(
             policy.check_product_total(key, micro)
         for qc in classes.values():
             policy.check_class(qc)
+        for key in products:
+            total = policy.product_total_micro(product_totals.get(key))
+            if total is None:
+                continue
+            reserve = policy.product_reserve_micro((product_reserves or {}).get(key), total)
+            allocated = allocated_micro(policy, classes, key)
+            policy.check_allocation(key, total, reserve, allocated)
     except PolicyLimitExceeded as exc:
         raise InvalidQueryClasses(exc.detail) from exc
+
+
+def reserve_micro(
+    policy: GovernancePolicy, budget: ProductBudget | None, total_micro: int | None
+) -> int:
+    """A product's planning reserve, micro-epsilon: its declared ``reserve_per_day``, else
+    ``policy``'s default, at most its total (0 without a total)."""
+    if total_micro is None:
+        return 0
+    declared = None if budget is None else budget.reserve_micro
+    return policy.product_reserve_micro(declared, total_micro)
+
+
+def allocated_micro(
+    policy: GovernancePolicy,
+    classes: dict[str, QueryClass],
+    product: str,
+    leave_out: str | None = None,
+) -> int:
+    """What ``product``'s classes (but ``leave_out``) are allocated a day, micro-epsilon
+    (each class's budget_per_day, capped by ``policy``)."""
+    return sum(
+        policy.class_budget_micro(qc)
+        for qc in classes.values()
+        if f"{qc.domain}.{qc.product}" == product and qc.id != leave_out
+    )

@@ -386,16 +386,39 @@ class QueryClass(BaseModel):
 
 
 class ProductBudget(BaseModel):
-    """The total daily budget of one data product, over all its classes together."""
+    """The total daily budget of one data product, over all its classes together, and the
+    part of it no class may be allocated (``reserve_per_day``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     budget_per_day: BudgetPerDay
+    reserve_per_day: ClassBudget | None = Field(
+        default=None,
+        description=(
+            "Epsilon per subject per UTC day of the total kept for planning releases (the "
+            "bound advisor): the product's classes together may be allocated at most the "
+            "total minus it (None: the governance policy's default reserve)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _reserve_within_total(self) -> Self:
+        if self.reserve_per_day is not None and self.reserve_per_day > self.budget_per_day:
+            raise ValueError(
+                f"reserve_per_day {self.reserve_per_day} exceeds budget_per_day "
+                f"{self.budget_per_day}: the reserve is part of the total"
+            )
+        return self
 
     @property
     def budget_micro(self) -> int:
         """Daily total, micro-epsilon."""
         return to_micro(self.budget_per_day)
+
+    @property
+    def reserve_micro(self) -> int | None:
+        """Declared planning reserve, micro-epsilon (None: the policy's default)."""
+        return None if self.reserve_per_day is None else to_micro(self.reserve_per_day)
 
 
 def class_files(directory: Path | None = None) -> tuple[Path, ...]:

@@ -6,7 +6,8 @@ ledger database's ``class_versions`` table (who, when, the full definition), so 
 history is auditable and every replica converges on the newest version within
 ``registry_sync_seconds``. A change is checked against the contracts, the governance
 policy (``policy.py``: caps on epsilon and budgets, also reloaded here), the data
-product's total budget and the mechanism's accuracy before it is stored. A class id
+product's total budget less its planning reserve (over all its classes) and the mechanism's
+accuracy before it is stored. A class id
 starts with its domain's name and stays with that domain for good: its ledger history
 is never attached to another owner, even after a withdrawal.
 """
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from dashboards_api.budget import from_micro
 from dashboards_api.errors import Forbidden, InvalidParameters, InvalidQueryClasses
 from dashboards_api.ledger import ClassVersion, Ledger, PolicyVersion
-from dashboards_api.policy import GovernancePolicy
+from dashboards_api.policy import GovernancePolicy, allocated_micro, reserve_micro
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
 from dashboards_api.sensitivity import check_class
@@ -77,6 +78,11 @@ class ClassRegistry:
                 limit="product_budget_per_day",
                 limit_value=from_micro(total),
             )
+        if total is not None:  # the product's classes together leave its planning reserve
+            key, policy = f"{qc.domain}.{qc.product}", self.service.policy.current
+            reserve = reserve_micro(policy, self.service.product_budgets.get(key), total)
+            others = allocated_micro(policy, self.service.classes, key, leave_out=qc.id)
+            policy.check_allocation(key, total, reserve, others + policy.class_budget_micro(qc))
         self.service.check_mechanism(qc)
         self.ledger.save_class_version(
             qc.id, qc.domain, qc.model_dump_json(exclude_none=True), True, changed_by

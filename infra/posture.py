@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dashboards_api.budget import from_micro, to_micro
+from dashboards_api.policy import reserve_micro
 from dashboards_api.releases import ReleaseService, privacy_unit_of
 from domains.contract import DomainContract
 from federation.registry import ModelRegistry
@@ -222,6 +223,14 @@ def budgets(service: ReleaseService) -> dict[str, Any]:
                     for r in rows
                 ],
                 "allocated": from_micro(sum(to_micro(r["allocation"]) for r in rows)),
+                # kept from every class's allocation for planning (the bound advisor)
+                "reserve": from_micro(
+                    reserve_micro(
+                        service.policy.current,
+                        service.product_budgets.get(total["product"]),
+                        to_micro(epsilon),
+                    )
+                ),
                 "still_needed": from_micro(sum(_still_needed(r) for r in rows)),
             }
         )

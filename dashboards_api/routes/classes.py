@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from dashboards_api.deps import Caller, CallerDep, ServiceDep, require
 from dashboards_api.errors import Forbidden, InvalidParameters, InvalidQueryClasses
 from dashboards_api.planner import Plan, check_accuracy, plan_in_context
+from dashboards_api.policy import reserve_micro
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.registry import ClassRegistry
 from dashboards_api.releases import ReleaseService
@@ -38,14 +39,16 @@ def _owned(caller: Caller) -> frozenset[str] | None:
 def _plan(service: ReleaseService, qc: QueryClass, volume_per_day: float | None = None) -> Plan:
     """The planner's view of ``qc`` next to the classes served now (released values of its
     product from the ledger give the typical volume; never raw counts)."""
+    key, total = f"{qc.domain}.{qc.product}", service.product_total(qc.domain, qc.product)
     return plan_in_context(
         qc,
         service.contracts,
         service.classes,
-        service.product_total(qc.domain, qc.product),
-        service.ledger.entries(limit=1_000, product=f"{qc.domain}.{qc.product}"),
+        total,
+        service.ledger.entries(limit=1_000, product=key),
         service.window_seconds,
         volume_per_day,
+        reserve_micro(service.policy.current, service.product_budgets.get(key), total),
     )
 
 

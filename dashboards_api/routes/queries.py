@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dashboards_api.budget import from_micro
 from dashboards_api.deps import ServiceDep, require
+from dashboards_api.policy import reserve_micro
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService, privacy_unit_of
 from dashboards_api.routes.problems import problems
@@ -62,6 +63,16 @@ def products(service: ReleaseService, classes: list[QueryClass]) -> list[dict[st
                 "privacy_unit": "subject_day",
                 "epsilon_per_subject_per_day": None if state is None else state["epsilon_budget"],
                 "allocation": {qc.id: from_micro(service.class_budget(qc)) for qc in mine},
+                # kept from every class's allocation for planning (the bound advisor)
+                "reserve_per_day": None
+                if state is None
+                else from_micro(
+                    reserve_micro(
+                        service.policy.current,
+                        service.product_budgets.get(key),
+                        service.product_total(domain, product),
+                    )
+                ),
                 "epsilon_spent_today": None if state is None else state["epsilon_spent"],
                 "epsilon_left_today": None if state is None else state["epsilon_remaining"],
                 "period": service.period(),

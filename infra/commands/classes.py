@@ -64,6 +64,7 @@ def plan(
     from dashboards_api.errors import ApiError
     from dashboards_api.ledger import open_ledger
     from dashboards_api.planner import plan_in_context
+    from dashboards_api.policy import reserve_micro
     from dashboards_api.query_classes import (
         ProductBudget,
         QueryClass,
@@ -79,9 +80,9 @@ def plan(
     planned = [QueryClass.model_validate(item) for item in items]
     classes = dict(load_query_classes())
     classes.update({qc.id: qc for qc in planned})
-    totals = {key: b.budget_micro for key, b in load_product_budgets().items()}
+    budgets = dict(load_product_budgets())
     for name, item in products.items():
-        totals[f"{domain}.{name}"] = ProductBudget.model_validate(item).budget_micro
+        budgets[f"{domain}.{name}"] = ProductBudget.model_validate(item)
     runtime = RuntimeSettings()
     book = open_ledger(ApiSettings().ledger_url, runtime.data_dir.resolve())
     try:
@@ -91,7 +92,8 @@ def plan(
                 console.print(f"{qc.id}: not a paid daily class; the planner plans those")
                 continue
             key = f"{qc.domain}.{qc.product}"
-            total = policy.product_total_micro(totals.get(key))
+            declared = budgets.get(key)
+            total = policy.product_total_micro(None if declared is None else declared.budget_micro)
             try:
                 result = plan_in_context(
                     qc,
@@ -101,6 +103,7 @@ def plan(
                     book.entries(limit=1_000, product=key),
                     StreamSettings().window_seconds,
                     volume_per_day,
+                    reserve_micro(policy, declared, total),
                 )
             except ApiError as exc:
                 raise ValueError(exc.detail) from exc
@@ -127,13 +130,17 @@ def bounds(
         typer.Option(help="UTC day of the events to read, YYYY-MM-DD (default: yesterday)."),
     ] = None,
     epsilon: Annotated[
-        str,
-        typer.Option(help="Epsilon per subject-day this advice costs, from the product's total."),
-    ] = "1",
+        str | None,
+        typer.Option(
+            help="Epsilon per subject-day this advice costs, from the product's planning room "
+            "(its total less its classes' allocations; default: 1, or the room when smaller)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
 ) -> None:
-    """Suggest max_records_per_period and clamps from DP quantiles of the product's events
-    (SPENDS epsilon from the product's daily total; the ledger entry comes first)."""
+    """Suggest max_records_per_period, clamps and max_sum_per_period from DP quantiles of the
+    product's events (SPENDS epsilon from the product's planning reserve; the ledger entry
+    comes first)."""
     import json
     import sys
 
@@ -142,7 +149,9 @@ def bounds(
     from dashboards_api.event_aggregates import scan_events
     from dashboards_api.ledger import open_ledger
     from dashboards_api.planner import bound_options
+    from dashboards_api.policy import allocated_micro
     from dashboards_api.query_classes import load_product_budgets, load_query_classes
+    from dashboards_api.registry import current_classes
     from dashboards_api.settings import ApiSettings
     from domains.registry import load_contracts
     from domains.runtime import RuntimeSettings
@@ -161,16 +170,17 @@ def bounds(
         if day is not None
         else (datetime.now(UTC) - timedelta(days=1)).date()
     )
-    spend = _epsilon(epsilon)
+    spend = None if epsilon is None else _epsilon(epsilon)
     runtime = RuntimeSettings()
     store = DomainFeatureStore(contract, runtime.data_dir, FeatureStoreSettings())
     declared = load_product_budgets().get(product_key)
     book = open_ledger(ApiSettings().ledger_url, runtime.data_dir.resolve())
     try:
         events = scan_events(store.events_folder(product))
-        total = _policy(book).product_total_micro(
-            None if declared is None else declared.budget_micro
-        )
+        policy = _policy(book)
+        total = policy.product_total_micro(None if declared is None else declared.budget_micro)
+        served = current_classes(book, load_query_classes(), contracts)
+        allocated = allocated_micro(policy, served, product_key)
         advice = advise(
             events,
             domain,
@@ -179,6 +189,7 @@ def bounds(
             book,
             product_budget_micro=total,
             epsilon=spend,
+            planning_budget_micro=None if total is None else total - allocated,
         )
     except ApiError as exc:  # budget exhausted, no total, no events yet: said, not a trace
         raise ValueError(f"{exc.code}: {exc.detail}") from exc
@@ -237,6 +248,15 @@ def _show_bounds(advice: dict[str, Any], options: dict[str, Any]) -> None:
             + f" (clamp now {m['current_clamp']}; first {m['records_per_subject_day']} records "
             "per subject-day)"
         )
+    for c in advice.get("sum_caps", []):
+        totals = ", ".join(
+            f"q{a} = {v:,}" + ("" if c["reliable"][a] else " (not reliable)")
+            for a, v in c["values"].items()
+        )
+        console.print(
+            f"{c['measure']} per subject-day: {totals} (first {c['records_per_subject_day']} "
+            f"records, each clamped to {c['clamp']})"
+        )
     for class_id, rows in options.items():
         widths = Table("bound", *rows[0].half_widths, title=f"{class_id}: 95% ± per resolution")
         for o in rows:
@@ -246,6 +266,10 @@ def _show_bounds(advice: dict[str, Any], options: dict[str, Any]) -> None:
     console.print(
         f"suggested: max_records_per_period {suggestion['max_records_per_period']}"
         + "".join(f", clamp {k} {v}" for k, v in suggestion["clamp"].items())
+        + "".join(
+            f", max_sum_per_period {k} {v}"
+            for k, v in suggestion.get("max_sum_per_period", {}).items()
+        )
         + f" (contract now: {advice['current']['max_records_per_period']})"
     )
     for note in advice["notes"]:
@@ -259,7 +283,11 @@ def _show(plan: dict[str, Any]) -> None:
         f"[bold]{plan['class_id']}[/] ({plan['product']}): epsilon {plan['epsilon_per_day']} "
         f"per subject per UTC day, paid once for every resolution; product total "
         f"{plan['product_total'] or 'none'}"
-        + ("" if room is None else f", {room} not allocated to its other classes")
+        + (
+            ""
+            if room is None
+            else f", {room} not allocated to its other classes or its planning reserve"
+        )
     )
     volume = plan["volume_per_day"]
     console.print(

@@ -69,9 +69,11 @@ def lint_configured() -> list[Finding]:
         return findings
     contracts = load_contracts()
     products = [f"{d}.{p.name}" for d, c in contracts.items() for p in c.products]
-    totals = {k: b.budget_micro for k, b in load_product_budgets().items()}
+    budgets = load_product_budgets()
+    totals = {k: b.budget_micro for k, b in budgets.items()}
+    reserves = {k: b.reserve_micro for k, b in budgets.items()}
     try:
-        check_at_start(ApiSettings().policy, load_query_classes(), totals, products)
+        check_at_start(ApiSettings().policy, load_query_classes(), totals, products, reserves)
     except InvalidQueryClasses as exc:
         where = domain_set_description()
         findings.append(Finding(Severity.ERROR, exc.code, where, "", str(exc)))

@@ -94,7 +94,8 @@
       const today = el("p", "today");
       today.append(el("span", "left", `${num(prod.remaining)} ε left today`),
         el("span", "muted", ` (${num(prod.spent)} of ${num(prod.budget)} spent; `
-          + `allocations sum to ${prod.allocated})`), bar(prod.spent, prod.budget));
+          + `allocations sum to ${prod.allocated}; ${prod.reserve} reserved for planning)`),
+        bar(prod.spent, prod.budget));
       section.append(today);
       if (prod.narrower_classes.length) {
         section.append(el("p", "bad", `Not covered by the daily guarantee (subject within one `

@@ -267,6 +267,12 @@ def test_products_carry_the_user_level_guarantee_allocation_and_bounds(
     assert isinstance(shop, ProductEntity) and shop.user_level is not None
     assert shop.user_level.total_source == "declared"
     assert "amount_cents" in shop.contribution.clamp  # type: ignore[union-attr]
+    # the per-day revenue cap and the planning reserve, as the contract and the file declare
+    assert shop.contribution.max_sum_per_period == {"amount_cents": 100658}  # type: ignore[union-attr]
+    assert shop.user_level.reserve_per_day == "0.3"
+    web = catalog.get("product:web.page_views")
+    assert isinstance(web, ProductEntity) and web.user_level is not None
+    assert web.user_level.reserve_per_day == "0"  # no reserve declared, the policy's default
     for share in shop.user_level.allocation:
         qc = catalog.get(share.query_class)
         assert isinstance(qc, QueryClassEntity)

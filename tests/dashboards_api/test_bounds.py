@@ -26,6 +26,7 @@ from dashboards_api.bounds import (
     advisor_class,
     measure_candidates,
     subject_day_counts,
+    suggest,
 )
 from dashboards_api.errors import BudgetExhausted, InvalidParameters
 from dashboards_api.event_aggregates import scan_events
@@ -208,4 +209,76 @@ def test_hostile_offline_data_does_not_crash_it(tmp_path: Path, orders: DataProd
     # five subject-days: no quantile is reliable, the contract's bound stays the suggestion
     assert not advice.reliable["0.99"]
     assert advice.suggestion["max_records_per_period"] == orders.contribution.max_records_per_period
+    ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("reliable", "current", "expected"),
+    [
+        ((True, True, True), 10, 8),  # a reliable 0.99 quantile is the suggestion
+        ((True, True, False), 10, 10),  # the tail is not resolved: never lowered
+        ((True, True, False), 3, 5),  # a reliable 0.95 quantile above the bound raises it
+        ((False, False, False), 7, 7),
+        ((True, True, False), None, None),  # no bound now and no reliable 0.99: none
+        ((False, False, True), None, 8),
+    ],
+)
+def test_suggest_lowers_only_on_a_reliable_top_quantile(
+    reliable: tuple[bool, ...], current: int | None, expected: int | None
+) -> None:
+    """The suggested bound is the 0.99 quantile when reliable; else the current bound,
+    raised to a reliable quantile above it (quantiles 4, 5, 8)."""
+    values = {"0.9": 4, "0.95": 5, "0.99": 8}
+    flags = dict(zip(values, reliable, strict=True))
+    assert suggest(values, flags, current) == expected
+
+
+def test_advisor_suggests_a_cap_from_subject_day_totals(
+    tmp_path: Path, orders: DataProduct
+) -> None:
+    """On 40,000 subject-days whose records all have their subject's amount, the released
+    quantiles of the day totals (first k records, each clamped) lie between the true ones at
+    alpha -/+ 5 times their tail error (a tail below 1e-6 each, as above), and the
+    suggested cap is the reliable 0.99 quantile."""
+    rng = np.random.default_rng(7)
+    counts = np.minimum(rng.geometric(0.5, 40_000), 50)
+    per_subject = np.round(rng.uniform(100, 30_000, len(counts)))
+    folder = write_day(tmp_path / "events", orders, counts, np.repeat(per_subject, counts))
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    advice = advise(scan_events(folder), "shop", orders, DAY, ledger, product_budget_micro=TOTAL)
+    ledger.close()
+    (caps,) = advice.sum_caps
+    k, (lo, hi) = caps.records_per_subject_day, caps.clamp
+    assert k == advice.suggestion["max_records_per_period"]
+    totals = np.minimum(counts, k) * np.clip(per_subject, lo, hi)
+    grid_step = 1.08  # the candidates' geometric steps are under 8%
+    for alpha, released in caps.values.items():
+        slack = 5 * caps.errors[alpha] / len(counts) + 0.001
+        low = np.quantile(totals, max(float(alpha) - slack, 0), method="inverted_cdf")
+        high = np.quantile(totals, min(float(alpha) + slack, 1), method="inverted_cdf")
+        assert low / grid_step <= released <= high * grid_step, (alpha, released, low, high)
+    assert caps.reliable["0.99"]
+    assert advice.suggestion["max_sum_per_period"] == {"amount_cents": caps.values["0.99"]}
+    assert BoundsAdvice.to_dict(advice)["sum_caps"][0]["measure"] == "amount_cents"
+
+
+def test_the_advisor_pays_from_the_planning_room(tmp_path: Path, orders: DataProduct) -> None:
+    """Without an epsilon the advisor spends the planning room (the product's total less its
+    classes' allocations) when it is below 1; more than the room is refused, and so is a
+    product whose classes are allocated its whole total."""
+    folder = write_day(tmp_path / "events", orders, np.full(500, 2), np.full(1_000, 50.0))
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    events = scan_events(folder)
+    with pytest.raises(BudgetExhausted, match="no planning room"):
+        advise(events, "shop", orders, DAY, ledger, product_budget_micro=TOTAL,
+               planning_budget_micro=0)  # fmt: skip
+    with pytest.raises(BudgetExhausted, match="planning room"):
+        advise(events, "shop", orders, DAY, ledger, product_budget_micro=TOTAL,
+               planning_budget_micro=300_000, epsilon=Decimal("0.5"))  # fmt: skip
+    advice = advise(
+        events, "shop", orders, DAY, ledger, product_budget_micro=TOTAL,
+        planning_budget_micro=300_000,
+    )  # fmt: skip
+    assert advice.epsilon == Decimal("0.3")
+    assert ledger.spent(advisor_class("shop", "orders"), PERIOD) == 300_000
     ledger.close()

@@ -84,7 +84,7 @@ def make(
         grace_seconds=2,
         lookback_windows=3,
         clock=clock,
-        product_budgets=load_product_budgets(),
+        product_budgets=dict(load_product_budgets()),  # a copy: tests change theirs
     )
 
 
@@ -365,9 +365,10 @@ def test_the_class_list_shows_each_products_user_level_budget(tmp_path: Path) ->
         REVENUE: "0.5",
         DISTINCT: "0.5",
         MEAN: "0",
-        "shop.orders.payment_methods": "0.25",
-        "shop.orders.median_order_cents": "0.25",
+        "shop.orders.payment_methods": "0.1",
+        "shop.orders.median_order_cents": "0.1",
     }
+    assert orders["reserve_per_day"] == "0.3"  # shop.orders keeps 0.3 for planning
     assert (orders["epsilon_spent_today"], orders["epsilon_left_today"]) == ("0.5", "1.5")
     count = next(c for c in listing["classes"] if c["id"] == COUNT)
     assert count["resolutions"] == ["window", "1m", "1h", "today", "24h"]

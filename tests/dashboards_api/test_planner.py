@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from dashboards_api.bounds import BoundsAdvice, Candidate
 from dashboards_api.continual import ci95_half_width
+from dashboards_api.errors import InvalidQueryClasses
 from dashboards_api.hierarchy import expected_half_width
 from dashboards_api.ledger import LedgerEntry, SqliteLedger
 from dashboards_api.main import create_app
@@ -27,6 +28,7 @@ from dashboards_api.planner import (
     structures_of,
     volume_from_releases,
 )
+from dashboards_api.policy import GovernancePolicy, check_at_start
 from dashboards_api.query_classes import (
     ProductBudget,
     QueryClass,
@@ -295,7 +297,7 @@ def test_plan_endpoint_for_owners_and_governance(tmp_path: Path) -> None:
 def test_registry_refuses_an_unreachable_accuracy(tmp_path: Path) -> None:
     """With 2,000 orders a day released, a class promising 5% at 1h for epsilon 0.5 is
     refused (422 accuracy_unreachable) with the planner's suggestion (an epsilon of about
-    19.5, which the product's total of 2, fully allocated, has no room for); the same class is
+    19.5, which the product's total of 2, 1.7 allocated, has no room for); the same class is
     accepted when 200,000 orders a day were released, and when nothing was released yet."""
     for volume, status in ((2_000, 422), (200_000, 200), (None, 200)):
         where = tmp_path / str(volume)
@@ -311,7 +313,55 @@ def test_registry_refuses_an_unreachable_accuracy(tmp_path: Path) -> None:
             suggestion = body["suggestion"]
             assert suggestion["coarser"] is None and suggestion["epsilon_fits"] is False
             assert 19 < float(suggestion["epsilon"]) < 20
-            assert body["plan"]["product_room"] == "0"
+            assert body["plan"]["product_room"] == "0.3"  # this service declares no reserve
             assert body["plan"]["volume_source"].startswith(
                 "released 24h value of shop.orders.order_count"
             )
+
+
+def test_the_registry_keeps_the_planning_reserve_out_of_every_allocation(tmp_path: Path) -> None:
+    """shop.orders' classes are allocated 1.7 of its 2 with 0.3 reserved: a further class,
+    however small, is refused (422 policy_limit_exceeded at product_reserve_per_day, nothing
+    stored); replacing a class with a smaller budget is accepted; the plan counts the reserve
+    as spoken for (no room)."""
+    client, service = make(tmp_path)
+    service.product_budgets["shop.orders"] = ProductBudget(
+        budget_per_day=Decimal(2), reserve_per_day=Decimal("0.3")
+    )
+    extra = {**DAILY, "epsilon_per_release": "0.01", "budget_per_day": "0.01"}
+    del extra["accuracy"]
+    refused = client.put(f"/v1/classes/{DAILY['id']}", json=extra, headers=auth("shop-owner"))
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["code"] == "policy_limit_exceeded"
+    assert (body["limit"], body["limit_value"]) == ("product_reserve_per_day", "1.7")
+    assert DAILY["id"] not in service.classes
+    smaller = service.classes["shop.orders.payment_methods"].model_dump(mode="json")
+    smaller.update(epsilon_per_release="0.05", budget_per_day="0.05")
+    accepted = client.put(
+        "/v1/classes/shop.orders.payment_methods", json=smaller, headers=auth("shop-owner")
+    )
+    assert accepted.status_code == 200, accepted.text
+    planned = client.post("/v1/classes/plan", json=DAILY, headers=auth("shop-owner")).json()
+    assert planned["product_room"] == "0.05"  # 2 - 0.3 reserved - 1.65 allocated
+
+
+def test_start_up_refuses_classes_allocated_into_the_reserve() -> None:
+    """The API refuses to start when a product's classes are allocated more than its total
+    less its declared reserve (the shipped 1.7 fits 2 - 0.3, not 2 - 0.4); a reserve above
+    the total is refused when the file is read."""
+    classes = load_query_classes()
+    policy = GovernancePolicy()
+    totals, products = {"shop.orders": 2_000_000}, ["shop.orders"]
+    check_at_start(policy, classes, totals, products, {"shop.orders": 300_000})
+    with pytest.raises(InvalidQueryClasses, match="reserved for planning"):
+        check_at_start(policy, classes, totals, products, {"shop.orders": 400_000})
+    with pytest.raises(InvalidQueryClasses, match="reserved for planning"):  # a policy default
+        check_at_start(
+            GovernancePolicy(default_product_reserve_per_day=Decimal("0.4")),
+            classes,
+            totals,
+            products,
+        )
+    with pytest.raises(ValueError, match="reserve_per_day 3 exceeds budget_per_day 2"):
+        ProductBudget(budget_per_day=Decimal(2), reserve_per_day=Decimal(3))

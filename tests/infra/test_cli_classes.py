@@ -21,7 +21,8 @@ WIDE = {"COLUMNS": "200"}
 
 def test_plan_prints_widths_and_what_would_meet_the_accuracy(tmp_path: Path) -> None:
     """With a given volume the table has every resolution's 95% half-width and relative
-    width, the verdict on the declared accuracy and the suggestion; without one, the
+    width, the verdict on the declared accuracy and the suggestion (shop.orders has no room
+    left: 1.7 allocated to its classes and 0.3 reserved for planning); without one, the
     absolute widths only."""
     path = tmp_path / "class.yaml"
     path.write_text(yaml.safe_dump(DAILY))
@@ -29,7 +30,15 @@ def test_plan_prints_widths_and_what_would_meet_the_accuracy(tmp_path: Path) -> 
     given = run_cli("classes", "plan", str(path), "--volume-per-day", "20000", env=env)
     assert given.returncode == 0, given.stderr
     out = given.stdout
-    for text in ("1h (declared)", "240", "2,071", "28.8%", "NOT met", "epsilon 2.886826"):
+    for text in (
+        "1h (declared)",
+        "288",
+        "1,364",
+        "21.5%",
+        "NOT met",
+        "epsilon 2.152041",
+        "0 not allocated to its other classes or its planning reserve",
+    ):
         assert text in out, out
     unknown = run_cli("classes", "plan", str(path), env=env)
     assert unknown.returncode == 0, unknown.stderr
@@ -68,9 +77,11 @@ def write_orders_day(data_dir: Path) -> None:
 
 
 def test_bounds_spends_first_then_shows_the_advice(tmp_path: Path) -> None:
-    """`classes bounds` prints the DP quantiles, the candidates' dropped shares and the
-    suggestion with the epsilon it spent (a ledger entry); asked again for the same day it
-    reuses the entry; an epsilon beyond the product's total is refused in one line."""
+    """`classes bounds` prints the DP quantiles, the candidates' dropped shares, each
+    measure's day-total quantiles and the suggestion with the epsilon it spent (a ledger
+    entry; by default shop.orders' planning room, 0.3: its total less its classes'
+    allocations); asked again for the same day it reuses the entry; an epsilon beyond the
+    room is refused in one line."""
     data = tmp_path / "data"
     write_orders_day(data)
     env = {**WIDE, "PRIVMESH_DATA_DIR": str(data)}
@@ -78,7 +89,9 @@ def test_bounds_spends_first_then_shows_the_advice(tmp_path: Path) -> None:
     first = run_cli(*args, "--json", env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     body = json.loads(first.stdout)
-    assert body["epsilon"] == "1.000000" and not body["reused"] and body["ledger_entry"] >= 1
+    assert body["epsilon"] == "0.300000" and not body["reused"] and body["ledger_entry"] >= 1
+    [caps] = body["sum_caps"]
+    assert caps["measure"] == "amount_cents" and set(caps["values"]) == {"0.9", "0.95", "0.99"}
     assert 1 <= body["record_quantiles"]["0.9"] <= body["record_quantiles"]["0.99"]
     assert body["suggestion"]["max_records_per_period"] <= 100
     # a candidate's source lists every origin of its bound ("q0.99, contract" when the noisy
@@ -88,9 +101,14 @@ def test_bounds_spends_first_then_shows_the_advice(tmp_path: Path) -> None:
     assert body["noise_by_class"]["shop.orders.order_count"][0]["half_widths"]
     table = run_cli(*args, env=env, timeout=120)
     assert table.returncode == 0, table.stderr
-    for text in ("reused, nothing spent", "records dropped", "suggested: max_records_per_period"):
+    for text in (
+        "reused, nothing spent",
+        "records dropped",
+        "amount_cents per subject-day: q0.9 = ",
+        "suggested: max_records_per_period",
+    ):
         assert text in table.stdout, table.stdout
-    refused = run_cli(*args[:3], "--day", "2026-12-02", "--epsilon", "2.5", env=env, timeout=120)
-    assert_one_line_error(refused, "budget_exhausted", "bound advisor needs 2.5")
+    refused = run_cli(*args[:3], "--day", "2026-12-02", "--epsilon", "0.5", env=env, timeout=120)
+    assert_one_line_error(refused, "budget_exhausted", "bound advisor needs 0.5")
     bad = run_cli(*args, "--epsilon", "lots", env=env, timeout=120)
     assert_one_line_error(bad, "--epsilon 'lots' is not a number")
