@@ -14,7 +14,13 @@ One run, on a fresh embedded Tansu broker:
 4. Freshness: with the processor caught up, orders arrive at a steady ``FRESH_RATE``/s;
    every tenth is a probe with a new subject, and a poller reads the online store until
    the probe's row appears (latency from just before the send).
-5. ``get_online_features`` latency for 1 and 100 subjects, through Feast's public API.
+5. Online read latency for 1 and 100 subjects: privmesh's read (``online_features``: one
+   direct query on the sqlite store) and Feast's public ``get_online_features`` in the same
+   run; with a Redis server on 127.0.0.1:6379, the same reads from a Redis online store.
+6. The contract transform's cost per event, compiled path and reference path, in-process.
+
+The machine's load (``uptime``) is recorded before and after: other processes share the
+two cores, and every rate above depends on it.
 
 Writes bench/results/streams.json; the last line printed is ``RESULT {json}``.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +118,29 @@ def contract_work(transform: ProductTransform) -> Callable[[bytes], tuple[bytes,
     return work
 
 
-def transform_cost_us(transform: ProductTransform, generator: EventGenerator) -> float:
-    """In-process cost of the contract transform alone, microseconds per event."""
+def transform_cost_us(transform: ProductTransform, generator: EventGenerator) -> dict[str, float]:
+    """In-process CPU cost of the contract transform alone, microseconds per event (best
+    of 3): ``apply`` (compiled path, reference for what it does not accept) and
+    ``apply_reference`` alone, on the same 20,000 events (1% malformed)."""
     events = [generator.next_event()[1] for _ in range(20_000)]
-    began = time.perf_counter()
-    for raw in events:
-        transform.apply(raw)
-    return (time.perf_counter() - began) / len(events) * 1e6
+    now = time.time()
+    best: dict[str, float] = {}
+    for _ in range(3):
+        for name, apply in (
+            ("compiled", transform.apply),
+            ("reference", transform.apply_reference),
+        ):
+            began = time.process_time()
+            for raw in events:
+                apply(raw, now)
+            cost = (time.process_time() - began) / len(events) * 1e6
+            best[name] = round(min(best.get(name, cost), cost), 1)
+    return best
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (what ``uptime`` prints)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 async def raw_loop(
@@ -272,11 +296,11 @@ def freshness(  # noqa: PLR0915 - producer and poller side by side
             if i % 10 == 0:
                 event = generator.good(now)
                 event[unit] = f"probe-{i}@bench.example"
-                key = normalise(str(event[unit]), FieldType.EMAIL).encode()
+                probe_key = normalise(str(event[unit]), FieldType.EMAIL).encode()
                 token = tokens.at(now).token(str(event[unit]), FieldType.EMAIL)
                 with lock:
                     pending[token] = time.perf_counter()
-                producer.send(ingest, json.dumps(event).encode(), key=key)
+                producer.send(ingest, json.dumps(event).encode(), key=probe_key)
             else:
                 key, value = generator.next_event(now)
                 producer.send(ingest, value, key=key)
@@ -286,23 +310,59 @@ def freshness(  # noqa: PLR0915 - producer and poller side by side
     return latencies, found
 
 
-def online_reads(store: DomainFeatureStore, subjects: list[str]) -> dict[str, dict[str, float]]:
+def online_reads(
+    store: DomainFeatureStore, subjects: list[str], feast_api: bool = False
+) -> dict[str, dict[str, float]]:
+    """Latency of reading 1 and 100 subjects' features: privmesh's ``online_features``, or
+    (``feast_api``) Feast's ``get_online_features(...).to_dict()``. The 1 and 100 reads
+    alternate, so both see the same machine load."""
     view = store.product_features(PRODUCT).subject_view
     refs = [f"{view.name}:{f.name}" for f in view.features]
-    out: dict[str, dict[str, float]] = {}
-    for n in (1, 100):
-        rows = [{"subject": s} for s in subjects[:n]]
-        timings = []
-        for i in range(READS + 100):
+    rows = {n: [{"subject": s} for s in subjects[:n]] for n in (1, 100)}
+    timings: dict[int, list[float]] = {1: [], 100: []}
+    for i in range(READS + 100):
+        for n in (1, 100):
             began = time.perf_counter()
-            store.store.get_online_features(features=refs, entity_rows=rows).to_dict()
+            if feast_api:
+                store.store.get_online_features(features=refs, entity_rows=rows[n]).to_dict()
+            else:
+                store.online_features(view, rows[n])
             if i >= 100:  # the first calls warm Feast's registry cache
-                timings.append((time.perf_counter() - began) * 1000)
-        out[str(n)] = {
-            "p50_ms": round(statistics.median(timings), 3),
-            "p99_ms": round(percentile(timings, 0.99), 3),
+                timings[n].append((time.perf_counter() - began) * 1000)
+    return {
+        str(n): {
+            "p50_ms": round(statistics.median(t), 3),
+            "p99_ms": round(percentile(t, 0.99), 3),
         }
-    return out
+        for n, t in timings.items()
+    }
+
+
+def redis_reads(
+    contract: Any, data_dir: Path, sqlite: DomainFeatureStore, subjects: list[str]
+) -> dict[str, Any] | None:
+    """The same reads from a Redis online store holding the same rows (None: no Redis
+    server on 127.0.0.1:6379). Its database 13 is used, and the rows written are erased."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            pass
+    except OSError:
+        return None
+    store = DomainFeatureStore(
+        contract, data_dir, FeatureStoreSettings(online_store="redis://127.0.0.1:6379/13")
+    )
+    store.apply()
+    view = store.product_features(PRODUCT).subject_view
+    found = sqlite.subject_features(PRODUCT, subjects[:100])
+    now = datetime.now(UTC)
+    store.write_online(view, [{**row, "event_timestamp": now} for row in found])
+    try:
+        return {
+            "privmesh": online_reads(store, subjects),
+            "feast_api": online_reads(store, subjects, feast_api=True),
+        }
+    finally:
+        store.erase_subjects(set(subjects[:100]))
 
 
 def main() -> None:  # noqa: PLR0915 - one linear script
@@ -310,6 +370,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     product = contract.product(PRODUCT)
     assert product is not None
     topics = ProductTopics.of(DOMAIN, product)
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="privmesh-bench-streams-") as tmp:
         port = free_port()
         broker = subprocess.Popen(
@@ -401,6 +462,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             sent_probes = FRESH_RATE * FRESH_SECONDS // 10
             print(f"freshness: {len(latencies)} of {sent_probes} probes seen", flush=True)
             reads = online_reads(store, probes)
+            reads_feast = online_reads(store, probes, feast_api=True)
+            reads_redis = redis_reads(contract, Path(tmp) / "redis", store, probes)
+            print(f"online reads: {reads} (Feast's API {reads_feast})", flush=True)
             health_after = worker_health(web_port)
         finally:
             if worker is not None:
@@ -424,7 +488,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             "hmac_only = the same loop tokenising one field and dropping one"
         ),
         "raw_hmac_only_events_per_s": round(hmac_rate),
-        "transform_us_per_event": round(transform_us, 1),
+        "transform_us_per_event": transform_us["compiled"],
+        "transform_reference_us_per_event": transform_us["reference"],
+        "transform_note": "CPU time per event, best of 3; compiled = apply(), reference = "
+        "apply_reference() (the transform before issue 22), same events, same run",
         "processor_events_per_s": round(processor_rate),
         "ratio": round(ratio, 3),
         "outputs_counted": {"raw": len(raw_stamps), "processor": len(out_stamps)},
@@ -439,6 +506,11 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             "max": round(max(latencies), 1),
         },
         "online_read_ms": reads,
+        "online_read_feast_api_ms": reads_feast,
+        "online_read_redis_ms": reads_redis,
+        "online_read_note": "sqlite store; online_read_ms = DomainFeatureStore.online_features "
+        "(one direct query), feast_api = get_online_features().to_dict(); same rows, same run",
+        "load_average": {"before": load_before, "after": load_average()},
         "feature_pushes": health_after.get("features", {}),
         "targets": TARGETS,
         "met": {
