@@ -1,7 +1,8 @@
 """Combining the domains' updates into the next global model, and pooled metrics.
 
 Under SecAgg+ the coordinator only ever holds the (weighted) mean update, so the server
-step is FedAvg or FedAvg with server momentum (FedAvgM), applied to that mean. Robust
+step is FedAvg, FedAvg with server momentum (FedAvgM) or an adaptive optimiser (FedAdam,
+FedYogi), applied to that mean. Robust
 aggregators (coordinate-wise median, trimmed mean) need each update in clear and are
 only offered without secure aggregation (``federation.run_config`` refuses the rest).
 """
@@ -25,24 +26,53 @@ Noise = Callable[[NDArray[np.float64], float], NDArray[np.float64]]
 """Adds Gaussian noise of a standard deviation to a vector (OpenDP's, for a release)."""
 
 
-class ServerOptimizer:
-    """``w += lr * v`` with ``v = momentum * v + mean_update`` (plain FedAvg: lr 1, no
-    momentum)."""
+ADAPTIVE_BETAS = (0.9, 0.99)
+"""FedAdam/FedYogi's moment decays (Reddi et al., 2021, and Flower's strategies)."""
+ADAPTIVE_TAU = 1e-3
+"""Their adaptivity floor: the smallest square-root second moment a step divides by."""
 
-    def __init__(self, learning_rate: float, momentum: float) -> None:
+
+class ServerOptimizer:
+    """The server step from the round's mean update ``d``.
+
+    ``fedavg``: ``w += lr * d``; ``fedavgm``: ``v = momentum * v + d``, ``w += lr * v``
+    (plain FedAvg: lr 1, no momentum). ``fedadam`` / ``fedyogi`` (Reddi et al., 2021,
+    "Adaptive Federated Optimization"): ``m = b1 m + (1 - b1) d``, the second moment
+    ``v = b2 v + (1 - b2) d**2`` (Adam) or ``v = v - (1 - b2) d**2 sign(v - d**2)`` (Yogi),
+    ``w += lr * m / (sqrt(v) + tau)``. Each needs only the mean update, so all of them
+    work under SecAgg+.
+    """
+
+    def __init__(self, learning_rate: float, momentum: float, kind: str = "fedavg") -> None:
         self.learning_rate = learning_rate
         self.momentum = momentum
+        self.kind = kind
         self._velocity: NDArray[np.float64] | None = None
+        self._second: NDArray[np.float64] | None = None
 
     def step(
         self, weights: NDArray[np.float64], mean_update: NDArray[np.float64]
     ) -> NDArray[np.float64]:
         """The next global weights (flat)."""
+        if self.kind in ("fedadam", "fedyogi"):
+            return weights + self.learning_rate * self._adaptive(mean_update)
         if self.momentum > 0:
             previous = self._velocity if self._velocity is not None else np.zeros_like(mean_update)
             self._velocity = self.momentum * previous + mean_update
             mean_update = self._velocity
         return weights + self.learning_rate * mean_update
+
+    def _adaptive(self, update: NDArray[np.float64]) -> NDArray[np.float64]:
+        beta1, beta2 = ADAPTIVE_BETAS
+        first = self._velocity if self._velocity is not None else np.zeros_like(update)
+        second = self._second if self._second is not None else np.zeros_like(update)
+        self._velocity = beta1 * first + (1 - beta1) * update
+        square = update**2
+        if self.kind == "fedadam":
+            self._second = beta2 * second + (1 - beta2) * square
+        else:
+            self._second = second - (1 - beta2) * square * np.sign(second - square)
+        return self._velocity / (np.sqrt(self._second) + ADAPTIVE_TAU)
 
 
 def weighted_mean(

@@ -35,12 +35,12 @@ from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
 from federation import wire
-from federation.aggregation import ServerOptimizer, combine, pooled_auc
+from federation.aggregation import ServerOptimizer, combine, pooled_auc, weighted_mean
 from federation.dp import Accountant
 from federation.errors import FederationError, NotEnoughParticipants, SecAggProtocolError
 from federation.features import Encoding, task_encoding
 from federation.messenger import Messenger, Request
-from federation.run_config import DEFAULTS, RunConfig
+from federation.run_config import DEFAULTS, SERVER_STEPS, RunConfig
 from federation.secagg.protocol import (
     choose_scale,
     decode_sum,
@@ -48,6 +48,7 @@ from federation.secagg.protocol import (
     neighbourhood_size,
 )
 from federation.secagg.server import SecAggRound, public_keys_from
+from federation.standardise import MOMENTS_BOUND, Standardisation
 from federation.task import build_model, get_weights, parameter_count
 from federation.tasks import TaskSpec, get_task
 
@@ -128,9 +129,12 @@ class Coordinator:
         self.shapes = [tuple(w.shape) for w in initial]
         self.parameters = parameter_count(model)
         self.weights: NDArray[np.float64] = flatten(initial)
+        step = self.config.aggregator if self.config.aggregator in SERVER_STEPS else "fedavg"
         self.optimizer = ServerOptimizer(
-            self.config.server_learning_rate, self.config.server_momentum
+            self.config.server_learning_rate, self.config.server_momentum, step
         )
+        self.standardisation: Standardisation | None = None
+        self.stopping = Stopping(self.config.patience)
         self.accountant = Accountant(self.config.dp) if self.config.dp.enabled else None
         self.members: dict[int, Member] = {}
         self._asked: set[int] = set()
@@ -158,9 +162,64 @@ class Coordinator:
         if self.config.secure_aggregation:
             self._secure_rounds(keys)
         else:
+            if self.config.standardises:
+                self._plain_statistics()
             self._plain_rounds()
         self._final_evaluation()
+        best = self.stopping.best
+        if best is not None and best[0] < self.released:
+            self.weights = best[1]  # an earlier round's model was better on held-out rows
+            self._final_evaluation()
+        self.weights = self._raw_weights(self.weights)
         return self.lineage()
+
+    # ------------------------------------------------------------------ standardisation
+    def _model_arrays(self, weights: NDArray[np.float64]) -> dict[str, list[NDArray[Any]]]:
+        """A model message's arrays: the weights, and the run's standardisation if any."""
+        arrays: dict[str, list[NDArray[Any]]] = {wire.MODEL_RECORD: [weights.astype(np.float32)]}
+        if self.standardisation is not None:
+            arrays[wire.STANDARD_RECORD] = self.standardisation.arrays()
+        return arrays
+
+    def _raw_weights(self, weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``weights`` rewritten to take the raw encoded columns (the registry's form)."""
+        if self.standardisation is None:
+            return weights
+        first = 1 if self.task.model.kind == "logistic_regression" else self.task.model.hidden[0]
+        return self.standardisation.fold(weights, self.encoding.width, first)
+
+    def _standardised(self, moments: NDArray[np.float64], record: RoundLog) -> None:
+        """Round 0's outcome: the pooled column statistics every later message carries."""
+        self.standardisation = Standardisation.from_moments(moments)
+        emit(
+            "standardised",
+            columns=len(self.standardisation.mean),
+            participants=record.participants,
+            seconds=round(record.seconds, 3),
+        )
+
+    def _plain_statistics(self) -> None:
+        """Without SecAgg+, the domains' moments are averaged in clear, like their updates."""
+        began = time.monotonic()
+        record = RoundLog(0)
+        nodes = self._idle_online(set())
+        step = {wire.COLLECT: {"round": 0, "secure": False, "statistics": True}}
+        outcome, _ = self.messenger.exchange(
+            {n: Request(MessageType.TRAIN, wire.request(step)) for n in nodes},
+            quorum=_majority(len(nodes)),
+            timeout=self.config.stage_timeout,
+            group="0",
+        )
+        vectors, weights = [], []
+        for node, reply in outcome.replies.items():
+            (vector,) = wire.arrays_of(reply, wire.UPDATE_RECORD)
+            if len(vector) == 2 * self.encoding.width and np.isfinite(vector).all():
+                vectors.append(np.asarray(vector, dtype=np.float64))
+                weights.append(self.members[node].train_examples)
+                record.participants.append(self._domain(node))
+        record.seconds = time.monotonic() - began
+        if len(vectors) >= self.config.min_domains:
+            self._standardised(weighted_mean(vectors, weights), record)
 
     def _weight(self, node: int) -> int:
         return 1 if self.config.dp.enabled else self.members[node].train_examples
@@ -175,7 +234,7 @@ class Coordinator:
         self._asked.update(nodes)
         steps = self._census_step()
         if self.config.secure_aggregation:
-            steps[wire.KEYGEN] = {"round": 1}
+            steps[wire.KEYGEN] = {"round": self._first_round()}
         requests = {n: Request(MessageType.QUERY, wire.request(steps)) for n in nodes}
         outcome, _ = self.messenger.exchange(
             requests,
@@ -233,9 +292,15 @@ class Coordinator:
         return sorted(nodes)
 
     # ------------------------------------------------------------------ secure rounds
+    def _first_round(self) -> int:
+        """Round 0 is the statistics round of a standardising secure run."""
+        return 0 if self.config.secure_aggregation and self.config.standardises else 1
+
     def _secure_rounds(self, keys: dict[int, tuple[bytes, bytes]]) -> None:
         pending: tuple[SecAggRound, RoundLog, float, float] | None = None
-        for r in range(1, self.config.rounds + 1):
+        for r in range(self._first_round(), self.config.rounds + 1):
+            if self.stopping.stop:
+                break
             began = time.monotonic()
             record = RoundLog(r)
             current = self._open_round(r, keys, record)
@@ -262,6 +327,8 @@ class Coordinator:
                 self._lose(record, began)
                 continue
             record.seconds = time.monotonic() - began
+            if r == 0:
+                record.participants = sorted(self._domain(n) for n in current.masked)
             pending = (current, record, scale, bound)
         if pending is not None:
             self._exchange_a(self.config.rounds + 1, None, pending, None)
@@ -346,8 +413,12 @@ class Coordinator:
         bound = dp.clipping_norm
         if dp.enabled:
             bound += NOISE_BOUND_SIGMAS * dp.domain_noise_scale
-        scale = choose_scale(bound, sum(self._weight(n) for n in shared))
-        model = [self.weights.astype(np.float32)]
+        if r == 0:
+            bound = MOMENTS_BOUND
+        scale = choose_scale(bound, len(shared))
+        current.quantised_weight = sum(self._weight(n) for n in shared)
+        sent = self.weights.copy()
+        arrays = {} if r == 0 else self._model_arrays(sent)
         requests: dict[int, Request] = {}
         for node in shared:
             sources, ciphertexts = current.shares_for(node)
@@ -359,13 +430,13 @@ class Coordinator:
                     "ciphertexts": ciphertexts,
                     "scale": scale,
                     "bound": bound,
-                    "evaluate": self.config.evaluates_before(r),
+                    "weight_total": current.quantised_weight,
+                    "evaluate": r > 0 and self.config.evaluates_before(r),
+                    "statistics": r == 0,
                 },
                 wire.KEYGEN: {"round": r + 1},
             }
-            requests[node] = Request(
-                MessageType.TRAIN, wire.request(steps, {wire.MODEL_RECORD: model})
-            )
+            requests[node] = Request(MessageType.TRAIN, wire.request(steps, arrays))
         others = self._idle_online(set(shared))
         optional = {
             n: Request(MessageType.TRAIN, wire.request({wire.KEYGEN: {"round": r + 1}}))
@@ -402,6 +473,7 @@ class Coordinator:
         for node, reason in outcome.failures.items():
             record.dropped[self._domain(node)] = reason
         record.train_loss = _weighted_loss(losses)
+        self.stopping.observe(self.released, sent, record.pooled_auc)
         return public_keys_from(keys), scale, bound
 
     def _finish_secure(
@@ -414,8 +486,11 @@ class Coordinator:
             record.lost_reason = f"unmasking failed: {exc}"
             self._report(record)
             return
-        mean = decode_sum(total, scale, weight)
+        mean = decode_sum(total, scale, weight / current.quantised_weight)
         record.compute["server_unmask"] = time.perf_counter() - began
+        if record.round == 0:
+            self._standardised(mean, record)
+            return
         self._apply(mean, record)
 
     def _keygen_only(self, r: int) -> dict[int, tuple[bytes, bytes]]:
@@ -467,11 +542,13 @@ class Coordinator:
     # ------------------------------------------------------------------ plain rounds
     def _plain_rounds(self) -> None:
         for r in range(1, self.config.rounds + 1):
+            if self.stopping.stop:
+                break
             began = time.monotonic()
             record = RoundLog(r)
             self._admit_newcomers()
             nodes = self._idle_online(set())
-            model = [self.weights.astype(np.float32)]
+            sent = self.weights.copy()
             content: dict[str, dict[str, Any]] = {
                 wire.COLLECT: {
                     "round": r,
@@ -480,7 +557,7 @@ class Coordinator:
                 },
             }
             requests = {
-                n: Request(MessageType.TRAIN, wire.request(content, {wire.MODEL_RECORD: model}))
+                n: Request(MessageType.TRAIN, wire.request(content, self._model_arrays(sent)))
                 for n in nodes
             }
             outcome, _ = self.messenger.exchange(
@@ -507,6 +584,7 @@ class Coordinator:
                 record.dropped[self._domain(node)] = reason
             record.train_loss = _weighted_loss(losses)
             record.seconds = time.monotonic() - began
+            self.stopping.observe(self.released, sent, record.pooled_auc)
             if len(updates) < self.config.min_domains:
                 record.lost_reason = (
                     f"{len(updates)} updates arrived, min-domains is {self.config.min_domains}"
@@ -592,12 +670,10 @@ class Coordinator:
         )
 
     def _final_evaluation(self) -> None:
-        model = [self.weights.astype(np.float32)]
+        """Evaluate ``self.weights`` on every domain's held-out rows (the final metrics)."""
+        arrays = self._model_arrays(self.weights)
         requests = {
-            n: Request(
-                MessageType.EVALUATE,
-                wire.request({wire.EVALUATE: {}}, {wire.MODEL_RECORD: model}),
-            )
+            n: Request(MessageType.EVALUATE, wire.request({wire.EVALUATE: {}}, arrays))
             for n in self._idle_online(set())
         }
         outcome, _ = self.messenger.exchange(
@@ -614,6 +690,7 @@ class Coordinator:
             self.final[self._domain(node)] = _metrics(answer)
             totals.add_histograms(answer)
         self.final_auc = totals.pooled_auc
+        self.stopping.observe(self.released, self.weights, self.final_auc)
         emit("evaluated", pooled_auc=self.final_auc, domains=self.final)
 
     def lineage(self) -> dict[str, Any]:
@@ -671,8 +748,8 @@ class Coordinator:
             },
             "secure_aggregation": {
                 "enabled": self.config.secure_aggregation,
-                "protocol": "SecAgg+ (privmesh: AES-CTR masks, 64-bit modulus, exact integer "
-                "weights, no clipping at quantisation)",
+                "protocol": "SecAgg+ (privmesh: AES-CTR masks, 32-bit modulus, weights as "
+                "fractions, no clipping at quantisation)",
                 "num_shares": self.config.num_shares,
                 "reconstruction_threshold": self.config.reconstruction_threshold,
                 "min_domains": self.config.min_domains,
@@ -693,6 +770,17 @@ class Coordinator:
                 "epsilon_total": spent.epsilon if spent else None,
             },
             "run_config": {**DEFAULTS, **dict(self.context.run_config)},
+            "standardisation": {
+                "enabled": self.standardisation is not None,
+                "how": "pooled column mean and std of every domain's training rows, from "
+                "their moments under secure aggregation; folded into the first layer",
+            },
+            "stopping": {
+                "patience": self.config.patience,
+                "best_round": self.stopping.best[0] if self.stopping.best else None,
+                "best_pooled_auc": self.stopping.best_auc,
+                "stopped_early": self.stopping.stop,
+            },
             "training": {
                 "aggregator": self.config.aggregator,
                 "server_learning_rate": self.config.server_learning_rate,
@@ -723,6 +811,36 @@ class Coordinator:
             "started_at": self.started.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+
+class Stopping:
+    """Validation-based stopping: the best model by pooled held-out AUC so far, and
+    whether ``patience`` evaluations in a row failed to beat it (0: never stop).
+
+    A round's training request evaluates the model it carries (``released`` rounds
+    applied so far), so a model's AUC is known one exchange after it was built."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best: tuple[int, NDArray[np.float64]] | None = None
+        self.best_auc: float | None = None
+        self.stale = 0
+        self.seen: set[int] = set()
+
+    @property
+    def stop(self) -> bool:
+        """Whether training should end now."""
+        return bool(self.patience) and self.stale >= self.patience
+
+    def observe(self, released: int, weights: NDArray[np.float64], auc: float | None) -> None:
+        """The pooled AUC of the model after ``released`` rounds (None: not evaluated)."""
+        if auc is None or math.isnan(auc) or released in self.seen:
+            return
+        self.seen.add(released)
+        if self.best_auc is None or auc > self.best_auc:
+            self.best, self.best_auc, self.stale = (released, weights.copy()), auc, 0
+        else:
+            self.stale += 1
 
 
 def _unmask_and_share_steps(

@@ -26,7 +26,8 @@ from federation.features import Dataset, Encoding, load_dataset
 from federation.rounds import local_update
 from federation.run_config import RunConfig
 from federation.secagg.client import RoundSecrets, SecAggClient
-from federation.secagg.protocol import quantise, unflatten, weighted
+from federation.secagg.protocol import quantise, unflatten, weight_share
+from federation.standardise import MOMENTS_BOUND, Standardisation, local_moments
 from federation.task import (
     build_model,
     check_data,
@@ -50,6 +51,28 @@ class RunData:
     task: TaskSpec
     encoding: Encoding
     dataset: Dataset
+    scaled: tuple[bytes, Dataset] | None = None
+    """The dataset standardised by the run's statistics (their bytes as the key)."""
+
+    def rows(self, message: Message) -> Dataset:
+        """The dataset as the message's model reads it: standardised by the pooled
+        statistics the message carries, or as encoded."""
+        if wire.STANDARD_RECORD not in message.content.array_records:
+            return self.dataset
+        arrays = wire.arrays_of(message.content, wire.STANDARD_RECORD)
+        key = b"".join(np.asarray(a, dtype=np.float64).tobytes() for a in arrays)
+        if self.scaled is None or self.scaled[0] != key:
+            scaling = Standardisation.from_arrays(arrays, self.encoding.width)
+            d = self.dataset
+            scaled = Dataset(
+                scaling.apply(d.x_train),
+                d.y_train,
+                scaling.apply(d.x_test),
+                d.y_test,
+                d.without_label,
+            )
+            self.scaled = (key, scaled)
+        return self.scaled[1]
 
 
 _RUNS: dict[tuple[int, int], RunData] = {}
@@ -198,13 +221,16 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
         client.receive_shares(
             round_, cast(list[int], request["sources"]), cast(list[bytes], request["ciphertexts"])
         )
+    if bool(request.get("statistics", False)):
+        return _statistics(client, data, request, round_, secure)
     model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
     global_weights = _model_weights(message, model)
     set_weights(model, global_weights)
     answer: dict[str, Any] = {"round": round_}
+    rows = data.rows(message)
     if bool(request["evaluate"]):
-        answer.update(_evaluation(model, data.dataset))
-    update = local_update(model, data.dataset.x_train, data.dataset.y_train, config, round_, domain)
+        answer.update(_evaluation(model, rows))
+    update = local_update(model, rows.x_train, rows.y_train, config, round_, domain)
     # With DP, nothing computed from the domain's rows leaves but the noised update: its
     # training loss and whether clipping bound are withheld (NaN / False).
     answer["train_loss"] = float("nan") if config.dp.enabled else update.loss
@@ -212,9 +238,25 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     answer["weight"] = update.weight
     if not secure:
         return answer, {wire.UPDATE_RECORD: [update.delta.astype(np.float32)]}
-    quantised = quantise(update.delta, float(request["scale"]), float(request["bound"]))
-    masked = client.mask(round_, weighted(quantised, update.weight))
+    share = weight_share(update.weight, int(request["weight_total"]))
+    quantised = quantise(update.delta, float(request["scale"]), float(request["bound"]), share)
+    masked = client.mask(round_, quantised)
     return answer, {wire.UPDATE_RECORD: [masked]}
+
+
+def _statistics(
+    client: SecAggClient, data: RunData, request: dict[str, Any], round_: int, secure: bool
+) -> Answer:
+    """The domain's column moments over its training rows, weighted by its row count:
+    masked under SecAgg+, so that only their pooled mean is ever learnt."""
+    moments = local_moments(data.dataset.x_train)
+    weight = data.dataset.train_examples
+    answer = {"round": round_, "train_loss": float("nan"), "clipped": False, "weight": weight}
+    if not secure:
+        return answer, {wire.UPDATE_RECORD: [moments]}
+    share = weight_share(weight, int(request["weight_total"]))
+    quantised = quantise(moments, float(request["scale"]), MOMENTS_BOUND, share)
+    return answer, {wire.UPDATE_RECORD: [client.mask(round_, quantised)]}
 
 
 def _unmask(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
@@ -231,7 +273,7 @@ def _evaluate(message: Message, context: Context, domain: str, config: RunConfig
     data = _run_data(context)
     model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
     set_weights(model, _model_weights(message, model))
-    return _evaluation(model, data.dataset), {}
+    return _evaluation(model, data.rows(message)), {}
 
 
 def _model_weights(message: Message, model: Any) -> list[Any]:

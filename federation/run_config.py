@@ -16,12 +16,18 @@ from federation.dp import DPConfig
 from federation.errors import IncompatibleWithSecAgg, InvalidModelConfig, InvalidSecAggConfig
 from federation.task import TrainConfig
 
-Aggregator = Literal["fedavg", "fedavgm", "median", "trimmed_mean"]
+Aggregator = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "median", "trimmed_mean"]
+SERVER_STEPS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+ADAPTIVE = ("fedadam", "fedyogi")
+ADAPTIVE_MAX_LEARNING_RATE = 0.5
+"""An adaptive server step moves every weight by about ``server-learning-rate`` per round
+whatever the update's size; above this it jumps past any optimum (Reddi et al. use 0.001
+to 0.3)."""
 ROBUST = ("median", "trimmed_mean")
 
 DEFAULTS: dict[str, bool | int | float | str] = {
     "task": "flight_delay",
-    "num-server-rounds": 10,
+    "num-server-rounds": 30,
     "local-epochs": 1,
     "learning-rate": 0.05,
     "learning-rate-final": 0.0,
@@ -46,6 +52,8 @@ DEFAULTS: dict[str, bool | int | float | str] = {
     "straggler-factor": 1.0,
     "node-wait-timeout": 60.0,
     "evaluate-every": 1,
+    "standardise": True,
+    "patience": 3,
     "code-version": "",
 }
 
@@ -74,6 +82,13 @@ class RunConfig:
     node_wait_timeout: float
     evaluate_every: int
     code_version: str
+    standardise: bool = True
+    """Standardise every column to the pooled mean and std of all domains' training rows,
+    computed under secure aggregation before round 1 (``federation.standardise``); off
+    with DP (the statistics round carries no noise)."""
+    patience: int = 0
+    """Stop once the pooled held-out AUC has not improved for this many evaluated rounds
+    and keep the best round's model (0: train every round, keep the last)."""
 
     @classmethod
     def from_flower(cls, raw: Mapping[str, object]) -> RunConfig:
@@ -107,11 +122,13 @@ class RunConfig:
                 )
             return str(value)
 
-        secure = values["secure-aggregation"]
-        if not isinstance(secure, bool):
-            raise InvalidModelConfig(
-                f"run-config secure-aggregation must be true or false, got {secure!r}"
-            )
+        def flag(key: str) -> bool:
+            value = values[key]
+            if not isinstance(value, bool):
+                raise InvalidModelConfig(f"run-config {key} must be true or false, got {value!r}")
+            return value
+
+        secure = flag("secure-aggregation")
         min_domains = integer("min-domains", 1, 10_000)
         dp = DPConfig(
             noise_multiplier=number("dp-noise-multiplier"),
@@ -136,7 +153,7 @@ class RunConfig:
             reconstruction_threshold=number("reconstruction-threshold"),
             min_domains=min_domains,
             dp=dp,
-            aggregator=cast(Aggregator, choice("aggregator", ("fedavg", "fedavgm", *ROBUST))),
+            aggregator=cast(Aggregator, choice("aggregator", (*SERVER_STEPS, *ROBUST))),
             server_learning_rate=number("server-learning-rate"),
             server_momentum=number("server-momentum"),
             trimmed_fraction=number("trimmed-fraction"),
@@ -147,6 +164,8 @@ class RunConfig:
             node_wait_timeout=number("node-wait-timeout"),
             evaluate_every=integer("evaluate-every", 0, 100_000),
             code_version=str(values["code-version"]),
+            standardise=flag("standardise"),
+            patience=integer("patience", 0, 100_000),
         )
         config.check()
         return config
@@ -157,7 +176,7 @@ class RunConfig:
             self._check_secure()
         if self.dp.enabled and self.aggregator in ROBUST:
             raise InvalidModelConfig(
-                f"aggregator {self.aggregator!r} has no DP analysis here; use fedavg or fedavgm"
+                f"aggregator {self.aggregator!r} has no DP analysis here; use one of {SERVER_STEPS}"
             )
         self._check_server()
 
@@ -165,8 +184,8 @@ class RunConfig:
         if self.aggregator in ROBUST:
             raise IncompatibleWithSecAgg(
                 f"aggregator {self.aggregator!r} needs every domain's update in clear, but "
-                "under SecAgg+ the coordinator only learns their sum; use fedavg or fedavgm, "
-                "or turn secure-aggregation off"
+                f"under SecAgg+ the coordinator only learns their sum; use one of "
+                f"{SERVER_STEPS}, or turn secure-aggregation off"
             )
         if self.dp.enabled and self.dp.clipping == "server":
             raise IncompatibleWithSecAgg(
@@ -192,6 +211,15 @@ class RunConfig:
         if not 0 <= self.server_momentum < 1:
             raise InvalidModelConfig(
                 f"server-momentum must be in [0, 1), got {self.server_momentum}"
+            )
+        if self.patience and not self.evaluate_every:
+            raise InvalidModelConfig("patience needs evaluate-every > 0 (it stops on evaluations)")
+        if self.aggregator in ADAPTIVE and self.server_learning_rate > ADAPTIVE_MAX_LEARNING_RATE:
+            raise InvalidModelConfig(
+                f"aggregator {self.aggregator!r} moves each weight by about "
+                f"server-learning-rate per round; set it to at most "
+                f"{ADAPTIVE_MAX_LEARNING_RATE} (0.01 to 0.1 is typical), got "
+                f"{self.server_learning_rate}"
             )
         if self.server_momentum > 0 and self.aggregator != "fedavgm":
             raise InvalidModelConfig("server-momentum needs aggregator = 'fedavgm'")
@@ -224,6 +252,11 @@ class RunConfig:
             return start
         progress = min(1.0, (round_ - 1) / (self.rounds - 1))
         return final + (start - final) * (1 + math.cos(math.pi * progress)) / 2
+
+    @property
+    def standardises(self) -> bool:
+        """Whether this run standardises its columns (never with DP: see ``standardise``)."""
+        return self.standardise and not self.dp.enabled
 
     def evaluates_before(self, round_: int) -> bool:
         """Whether round ``round_``'s training request also evaluates the model it carries

@@ -32,11 +32,12 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from federation.aggregation import ServerOptimizer, combine
+from federation.aggregation import ServerOptimizer, combine, weighted_mean
 from federation.errors import InvalidAuditConfig, InvalidTrainingData
 from federation.rounds import local_update
-from federation.run_config import RunConfig
+from federation.run_config import SERVER_STEPS, RunConfig
 from federation.secagg.protocol import flatten, unflatten
+from federation.standardise import Standardisation, local_moments
 from federation.task import get_weights, set_weights, true_class_logits
 
 ATTACKS = ("shadow_model", "shadow_calibrated")
@@ -113,7 +114,17 @@ def replay(
     model = make_model()
     shapes = [tuple(w.shape) for w in get_weights(model)]
     weights = flatten(get_weights(model))
-    optimizer = ServerOptimizer(config.server_learning_rate, config.server_momentum)
+    step = config.aggregator if config.aggregator in SERVER_STEPS else "fedavg"
+    optimizer = ServerOptimizer(config.server_learning_rate, config.server_momentum, step)
+    scaling = None
+    if config.standardises:  # the pooled statistics round 0 computes under SecAgg+
+        ordered = sorted(data.items())
+        scaling = Standardisation.from_moments(
+            weighted_mean(
+                [local_moments(x) for _, (x, _) in ordered], [len(y) for _, (_, y) in ordered]
+            )
+        )
+        data = {d: (scaling.apply(x), y) for d, (x, y) in data.items()}
     for round_ in range(1, config.rounds + 1):
         if round_ in lost_rounds:
             continue
@@ -124,6 +135,9 @@ def replay(
             updates.append(update.delta)
             counts.append(update.weight)
         weights = optimizer.step(weights, combine(config, updates, counts, noise))
+    if scaling is not None:
+        first = next(iter(model.parameters())).shape
+        weights = scaling.fold(weights, int(first[1]), int(first[0]))
     set_weights(model, unflatten(weights, shapes))
     return model
 

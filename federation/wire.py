@@ -30,6 +30,8 @@ RECORD = "privmesh"
 ERROR_RECORD = "privmesh.error"
 MODEL_RECORD = "privmesh.model"
 UPDATE_RECORD = "privmesh.update"
+STANDARD_RECORD = "privmesh.standardisation"
+"""The pooled column means and standard deviations the model's inputs are scaled by."""
 
 CENSUS = "census"
 KEYGEN = "keygen"

@@ -31,7 +31,7 @@ FAST = {
 
 
 def job(
-    data_dir: Path, grid_config: dict[str, Any] | None = None, **config: Any
+    data_dir: Path, *, grid_config: Any = None, **config: Any
 ) -> tuple[Coordinator, InProcessGrid]:
     run_config = {**FAST, **config}
     grid = InProcessGrid(grid_config or NODES, run_config, str(data_dir))
@@ -149,8 +149,10 @@ def test_too_few_domains_stop_before_training_with_every_reason(tmp_path: Path) 
 
 def test_a_huge_update_is_clipped_and_the_model_moves_at_most_the_norm(airport_data: Path) -> None:
     """A domain that trains with a learning rate of 10 sends a huge update; clipping
-    bounds it, so the global model moves at most clipping-norm per round."""
-    coordinator, grid = job(airport_data, **{"num-server-rounds": 1, "clipping-norm": 0.5})
+    bounds it, so the global model moves at most clipping-norm per round (in the space it
+    trains in: without standardisation, whose folding rewrites the first layer)."""
+    config = {"num-server-rounds": 1, "clipping-norm": 0.5, "standardise": False}
+    coordinator, grid = job(airport_data, **config)
     grid.contexts[22].run_config["learning-rate"] = 10.0
     before = coordinator.weights.copy()
     coordinator.run()
@@ -169,7 +171,8 @@ def test_an_unclipped_update_is_caught_in_the_aggregate(airport_data: Path) -> N
             content.array_records[wire.UPDATE_RECORD] = wire.arrays_record([delta * 1e6 + 1.0])
         return reply
 
-    coordinator, grid = job(airport_data, **{"num-server-rounds": 1, "secure-aggregation": False})
+    config = {"num-server-rounds": 1, "secure-aggregation": False, "standardise": False}
+    coordinator, grid = job(airport_data, **config)
     grid.tamper[33] = inflate
     before = coordinator.weights.copy()
     coordinator.run()
@@ -198,3 +201,72 @@ def test_robust_aggregation_runs_without_secure_aggregation(airport_data: Path) 
     )
     coordinator.run()
     assert released(coordinator) == [1, 2]
+
+
+def union_of_training_rows(data_dir: Path) -> np.ndarray:
+    """Every airport's encoded training rows, read from its store as its ClientApp does."""
+    from domains.registry import load_contracts
+    from feature_repo.settings import FeatureStoreSettings
+    from feature_repo.store import DomainFeatureStore
+    from federation.features import load_dataset, task_encoding
+    from federation.tasks import get_task
+
+    task, contracts = get_task("flight_delay"), load_contracts()
+    encoding = task_encoding(task, contracts)
+    return np.vstack(
+        [
+            load_dataset(
+                DomainFeatureStore(contracts[d], data_dir, FeatureStoreSettings()), task, encoding
+            ).x_train
+            for d in AIRPORTS
+        ]
+    )
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["secagg", "plain"])
+def test_the_statistics_round_gives_the_centralised_standardisation(
+    airport_data: Path, secure: bool
+) -> None:
+    """Round 0 (SecAgg+ or plain) yields the union's column means and standard deviations;
+    the registered weights are folded back onto the raw columns."""
+    coordinator, _ = job(airport_data, **{"num-server-rounds": 2, "secure-aggregation": secure})
+    lineage = coordinator.run()
+    assert lineage["standardisation"]["enabled"] and released(coordinator) == [1, 2]
+    union = union_of_training_rows(airport_data)
+    scaling = coordinator.standardisation
+    assert scaling is not None
+    assert np.allclose(scaling.mean, union.mean(axis=0), atol=1e-6)
+    varying = union.std(axis=0) > 1e-3
+    assert np.allclose(scaling.std[varying], union.std(axis=0)[varying], rtol=1e-4, atol=1e-6)
+    assert lineage["metrics"]["global"]["pooled_auc"] > 0.6
+
+
+def test_validation_stopping_keeps_the_best_round(airport_data: Path) -> None:
+    """With patience 1 and a learning rate far too high, training stops once the pooled
+    held-out AUC fails to improve, and the registered model is the best round's: its
+    final pooled AUC equals the best one seen."""
+    config = {"num-server-rounds": 8, "patience": 1, "learning-rate": 3.0, "local-epochs": 1}
+    coordinator, _ = job(airport_data, **config)
+    lineage = coordinator.run()
+    stopping = lineage["stopping"]
+    assert stopping["best_round"] is not None
+    assert lineage["metrics"]["global"]["pooled_auc"] == pytest.approx(
+        stopping["best_pooled_auc"], abs=1e-9
+    )
+    if stopping["stopped_early"]:
+        assert len(released(coordinator)) < 8
+
+
+def test_stopping_counts_evaluations_without_improvement() -> None:
+    """The rule itself: the best model is kept, a worse or equal AUC adds to the count,
+    an unevaluated round (None) or a repeated one does not, 0 never stops."""
+    from federation.coordinator import Stopping
+
+    rule = Stopping(2)
+    for released_, auc in [(0, 0.5), (1, 0.6), (1, 0.1), (2, None), (2, 0.55), (3, 0.6)]:
+        rule.observe(released_, np.full(3, float(released_)), auc)
+    assert rule.stop and rule.best is not None and rule.best[0] == 1 and rule.best_auc == 0.6
+    never = Stopping(0)
+    for released_ in range(10):
+        never.observe(released_, np.zeros(1), 0.5)
+    assert not never.stop

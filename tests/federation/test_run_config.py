@@ -19,7 +19,8 @@ def test_pyproject_declares_every_key_with_the_same_default() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert config == DEFAULTS
     parsed = RunConfig.from_flower(config)
-    assert parsed.secure_aggregation and not parsed.dp.enabled and parsed.rounds == 10
+    assert parsed.secure_aggregation and not parsed.dp.enabled and parsed.rounds == 30
+    assert parsed.standardises and parsed.patience == 3 and parsed.aggregator == "fedavg"
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,26 @@ def test_pyproject_declares_every_key_with_the_same_default() -> None:
         ({"server-momentum": 0.9}, InvalidModelConfig, "fedavgm"),
         ({"stage-timeout": 0.0}, InvalidModelConfig, "stage-timeout"),
         ({"rounds": 3}, InvalidModelConfig, "unknown run-config keys"),
+        ({"standardise": "yes"}, InvalidModelConfig, "standardise must be true or false"),
+        ({"standardise": 1}, InvalidModelConfig, "standardise must be true or false"),
+        ({"patience": -1}, InvalidModelConfig, "patience must be an int"),
+        ({"patience": 2.5}, InvalidModelConfig, "patience must be an int"),
+        ({"patience": True}, InvalidModelConfig, "patience must be an int"),
+        ({"patience": 10**9}, InvalidModelConfig, "patience must be an int"),
+        ({"patience": 3, "evaluate-every": 0}, InvalidModelConfig, "patience needs evaluate"),
+        ({"aggregator": "fedadam"}, InvalidModelConfig, "at most 0.5"),
+        ({"aggregator": "fedyogi", "server-learning-rate": 5.0}, InvalidModelConfig, "at most"),
+        (
+            {"aggregator": "fedadam", "server-learning-rate": 0.05, "server-momentum": 0.9},
+            InvalidModelConfig,
+            "fedavgm",
+        ),
+        ({"aggregator": "adam"}, InvalidModelConfig, "aggregator"),
+        (
+            {"aggregator": "fedadam", "server-learning-rate": 0.0},
+            InvalidModelConfig,
+            "server-learning",
+        ),
     ],
 )
 def test_impossible_runs_are_refused_before_they_start(
@@ -60,6 +81,28 @@ def test_robust_aggregation_and_server_dp_need_plain_aggregation() -> None:
         RunConfig.from_flower(
             {"secure-aggregation": False, "aggregator": "median", "dp-noise-multiplier": 1.0}
         )
+
+
+def test_refusals_carry_a_stable_code() -> None:
+    """A hostile new option is refused with the package's machine-readable code."""
+    for changes in ({"patience": -5}, {"standardise": "off"}, {"aggregator": "fedyogi"}):
+        with pytest.raises(InvalidModelConfig) as refused:
+            RunConfig.from_flower(changes)
+        assert refused.value.code == "invalid_model_config"
+
+
+def test_adaptive_optimisers_work_under_secagg_and_dp() -> None:
+    """FedAdam and FedYogi need only the mean update, so SecAgg+ and DP accept them;
+    with DP the statistics round is off (it carries no noise)."""
+    for kind in ("fedadam", "fedyogi"):
+        config = RunConfig.from_flower({"aggregator": kind, "server-learning-rate": 0.05})
+        assert config.secure_aggregation and config.standardises
+        private = RunConfig.from_flower(
+            {"aggregator": kind, "server-learning-rate": 0.05, "dp-noise-multiplier": 1.0}
+        )
+        assert private.dp.enabled and not private.standardises
+    assert not RunConfig.from_flower({"standardise": False}).standardises
+    assert RunConfig.from_flower({"patience": 0, "evaluate-every": 0}).patience == 0
 
 
 @pytest.mark.parametrize(
