@@ -6,8 +6,9 @@ import os
 import signal
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.markup import escape
@@ -27,7 +28,7 @@ from infra.commands import federation as federation_commands
 from infra.commands import privacy as privacy_commands
 from infra.commands import retention as retention_commands
 from infra.console import console, err, print_json
-from infra.errors import InfraError, StackNotRunning
+from infra.errors import InfraError, InvalidCliValue, StackNotRunning
 from infra.settings import GeneratorSettings, StackSettings
 from streams.errors import StreamError
 from streams.settings import KafkaSettings, StreamSettings, connect_host
@@ -529,6 +530,8 @@ def ledger(
     console.print(table)
 
 
+MAX_ERROR_CHARS = 400  # an error line quotes at most this much (a pasted megabyte is cut)
+MAX_WORD_CHARS = 80  # a longer word in a usage error (a huge value) is shown as its ends
 EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError, OSError)
 
 
@@ -539,11 +542,36 @@ def main() -> None:
     from federation.errors import FederationError
 
     try:
-        app()
+        # not standalone: click's usage errors come here, to be one coded line as well
+        code = app(prog_name="privmesh", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(2)  # the help was printed
+    except click.UsageError as exc:
+        _fail(_usage_line(exc))
     except (*EXPECTED, FeatureStoreError, FederationError, CatalogError) as exc:
-        # escaped: the message's "[code]" and any [..] in it are text, not rich markup
-        err.print(f"[red]privmesh: error:[/] {escape(_one_line(exc))}")
-        sys.exit(2)
+        _fail(_one_line(exc))
+    except click.Abort:
+        sys.exit(130)  # Ctrl-C at a prompt
+    if isinstance(code, int):  # typer.Exit(n) and --help (0)
+        sys.exit(code)
+
+
+def _fail(line: str) -> NoReturn:
+    # escaped: the message's "[code]" and any [..] in it are text, not rich markup
+    err.print(f"[red]privmesh: error:[/] {escape(line)}")
+    sys.exit(2)
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """A wrong option, value or command as one line: what is wrong (a huge value cut
+    short), where the help is, and the ``invalid_cli_value`` code."""
+    words = exc.format_message().split()
+    text = " ".join(w if len(w) <= MAX_WORD_CHARS else f"{w[:40]}…{w[-8:]}" for w in words)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    ctx = exc.ctx  # click suggests the closest command or option itself
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"{text}{where} [{InvalidCliValue.code}]"
 
 
 def _one_line(exc: Exception) -> str:

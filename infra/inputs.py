@@ -9,6 +9,7 @@ Messages never quote a subject: it is a personal identifier.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 from infra.errors import InvalidCliValue
@@ -69,7 +70,7 @@ def one_of(option: str, value: str, choices: Iterable[str]) -> str:
     if value in known:
         return value
     shown = text_option(option, value, 200)  # a long or binary value is not echoed
-    close = difflib.get_close_matches(shown.lower(), known, n=2, cutoff=0.5)
+    close = difflib.get_close_matches(shown.lower(), known, n=2, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise InvalidCliValue(f"{option} {shown!r} is not one of {', '.join(known)}{hint}")
 
@@ -85,4 +86,12 @@ def entity_ref(option: str, value: str, kinds: Iterable[str]) -> str:
             "product:shop.orders or field:shop.orders.zip_code"
         )
     one_of(f"{option}'s kind", kind, kinds)
+    return value
+
+
+def finite(option: str, value: float, low: float, high: float) -> float:
+    """``value`` when it is a number in [``low``, ``high``]: ``nan`` and ``inf``, which
+    click's ranges let through, are refused."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidCliValue(f"{option} must be a number from {low:g} to {high:g}")
     return value

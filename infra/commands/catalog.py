@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -10,9 +11,9 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from infra.console import console, err, print_json
+from infra.console import console, err, print_json, progress
 from infra.imports import preload_feast, preload_opendp
-from infra.inputs import entity_ref, one_of, text_option
+from infra.inputs import entity_ref, finite, one_of, text_option
 
 if TYPE_CHECKING:
     from catalog.graph import Catalog
@@ -21,15 +22,15 @@ app = typer.Typer(
     help="The governance catalog: products, fields, tags, lineage, budget use.",
     no_args_is_help=True,
 )
+MAX_BUDGET_FRACTION = 1.0  # --budget-above, as the catalog API: the ledger never spends more
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
-def _catalog() -> Catalog:
+def _catalog(*, piped: bool = False) -> Catalog:
     """The configured deployment's catalog. Assembling it loads Feast (the feature views
     are derived with its definitions) and OpenDP: seconds on a small host, shown by a
-    progress line on a terminal's stderr (none when stderr is piped: scripts read one
-    error line there)."""
-    with err.status("catalog: loading Feast and OpenDP, assembling from the contracts ..."):
+    progress line on a terminal's stderr (when stderr is piped, only if ``piped``)."""
+    with progress("catalog: loading Feast and OpenDP, assembling from the contracts", piped=piped):
         preload_feast()
         preload_opendp()
         from catalog.sources import system_catalog
@@ -121,9 +122,11 @@ def search(
     from catalog.model import KINDS
     from domains.registry import load_contracts
 
-    if kind is not None and kind not in KINDS:
-        raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+    if kind is not None:
+        one_of("--kind", kind, KINDS)
     _tag_and_protection(tag, protection)
+    if budget_above is not None:
+        finite("--budget-above", budget_above, 0.0, MAX_BUDGET_FRACTION)
     if text is not None:
         text_option("--text", text)
     if domain is not None:
@@ -137,6 +140,7 @@ def search(
         return
     if not found:
         err.print("no entity matches every filter: drop one, or list the kinds with --help")
+        return
     table = Table(title=f"{len(found)} entities")
     for column in ("id", "tag / protection / budget", "description"):
         table.add_column(column)
@@ -215,14 +219,21 @@ def lint(
 @app.command("export")
 def export(directory: Annotated[Path, typer.Argument(help="Folder to write into.")]) -> None:
     """Write the catalog as OpenMetadata create-requests (validated by the SDK's models)."""
-    from catalog.openmetadata import build_requests, write_export
+    start = time.monotonic()
+    catalog = _catalog(piped=True)
+    with progress(
+        f"catalog export: {len(catalog.entities)} entities to OpenMetadata requests "
+        "(importing the OpenMetadata SDK takes ~20 s)",
+        piped=True,
+    ):
+        from catalog.openmetadata import build_requests, write_export
 
-    catalog = _catalog()
-    err.print("building OpenMetadata requests (the SDK takes ~20 s to import) ...")
-    counts = write_export(build_requests(catalog), directory)
+        requests = build_requests(catalog)
+    with progress(f"catalog export: writing {len(requests)} requests", piped=True):
+        counts = write_export(requests, directory)
     console.print(
-        f"wrote {sum(counts.values())} requests to {directory}: "
-        + ", ".join(f"{n} {k}" for k, n in counts.items())
+        f"wrote {sum(counts.values())} requests to {directory} in "
+        f"{time.monotonic() - start:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items())
     )
 
 
@@ -255,7 +266,9 @@ def push_(
     catalog = _catalog()
     err.print(f"connecting to OpenMetadata at {url} ...")
     client = connect(url, secret, settings.push_timeout_seconds)
-    report = push(build_requests(catalog, settings), client, url)
+    with progress("catalog push: building the requests with the OpenMetadata SDK", piped=False):
+        requests = build_requests(catalog, settings)
+    report = push(requests, client, url)
     if as_json:
         print_json(
             {

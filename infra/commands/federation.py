@@ -15,7 +15,8 @@ from rich.table import Table
 from domains.runtime import RuntimeSettings
 from federation.errors import EngineError
 from infra.console import console, err, print_json
-from infra.inputs import one_of, text_option
+from infra.imports import preload_feast
+from infra.inputs import finite, one_of, text_option
 
 models_app = typer.Typer(help="Trained model versions and their lineage.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -425,11 +426,16 @@ def _attack_table(title: str, first: str, results: dict[str, Any]) -> Table:
 
 
 def _domain_store(domain: str) -> Any:
+    """``domain``'s feature store: the domain is checked first (milliseconds), then Feast
+    is imported the CLI's fast way (``infra.imports``)."""
     from domains.registry import get_contract
+
+    contract = get_contract(domain)
+    preload_feast()
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
 
-    return DomainFeatureStore(get_contract(domain), _data_dir(), FeatureStoreSettings())
+    return DomainFeatureStore(contract, _data_dir(), FeatureStoreSettings())
 
 
 def _operator() -> str:
@@ -462,8 +468,11 @@ def models_promote(
     from federation.registry import open_registry
     from federation.serving import promote
 
+    finite("--max-regression", max_regression, 0.0, 1.0)
+    registry = open_registry()
+    registry.get(version)  # an unknown version is refused before the store loads
     change = promote(
-        open_registry(), version, domain, _domain_store(domain), _operator(), max_regression, force
+        registry, version, domain, _domain_store(domain), _operator(), max_regression, force
     )
     _print_change(change)
 

@@ -39,7 +39,7 @@ def test_bad_input_is_one_line() -> None:
         "no catalog entity", "field:shop.orders.zip_code", "[entity_not_found]",
     )  # fmt: skip
     wrong_kind = run_cli("catalog", "search", "--kind", "column")
-    assert wrong_kind.returncode == 2 and "--kind must be one of" in wrong_kind.stderr
+    assert_one_line_error(wrong_kind, "--kind 'column' is not one of", "[invalid_cli_value]")
     mixed = run_cli("catalog", "search", "--kind", "owner", "--budget-above", "0.5")
     assert_one_line_error(mixed, "budget_above applies to", "[invalid_search]")
 
@@ -58,7 +58,8 @@ def test_unknown_owner_names_the_product(tmp_path: Path) -> None:
 
 def test_lint_without_a_broker_warns_and_exports(tmp_path: Path) -> None:
     """lint reports findings (no errors on the demo) and says the topics were not scanned;
-    export writes the OpenMetadata requests with their manifest."""
+    export writes the OpenMetadata requests with their manifest, saying each step on
+    stderr."""
     env = {"PRIVMESH_KAFKA_EMBEDDED_PORT": str(free_port())}
     lint = run_cli("catalog", "lint", "--json", env=env, timeout=120)
     assert lint.returncode == 0, lint.stderr
@@ -67,6 +68,10 @@ def test_lint_without_a_broker_warns_and_exports(tmp_path: Path) -> None:
     out = tmp_path / "om"
     export = run_cli("catalog", "export", str(out), timeout=180)
     assert export.returncode == 0, export.stderr
+    steps = export.stderr.splitlines()  # piped: one progress line per step, in order
+    assert [line.split(":")[0] for line in steps] == ["catalog"] + ["catalog export"] * 2
+    assert steps[-1].startswith("catalog export: writing") and steps[-1].endswith(" requests ...")
+    assert export.stdout.startswith("wrote ") and " s: " in export.stdout
     # four topics per product; erasures, consent and consent DLQ per domain
     assert json.loads((out / "manifest.json").read_text())["counts"]["topic"] == 6 * 4 + 6 * 3
 

@@ -119,19 +119,29 @@ def test_piped_tables_keep_whole_rows() -> None:
         (("catalog", "lineage", "product:"), ("not an entity id",)),
         (("catalog", "lineage", "product:shop.orders", "--direction", "up"), ("upstream",)),
         (("models", "list", "--task", ""), ("--task is empty",)),
+        (("models", "serving", "--task", "flight_dela"), ("did you mean flight_delay",)),
+        (("catalog", "search", "--kind", "feild"), ("did you mean field",)),
+        (("catalog", "search", "--budget-above", "nan"), ("from 0 to 1",)),
+        (("catalog", "search", "--budget-above", "1e999"), ("from 0 to 1",)),
+        (("ledger", "--limit", "9" * 50), ("not in the range", "privmesh ledger --help")),
+        (("ledger", "--limit", "9" * 100_000), ("is not a valid integer", "…")),
+        (("ledger", "--limt", "3"), ("Did you mean --limit",)),
+        (("statu",), ("Did you mean 'status'",)),
+        (("tail",), ("Missing option '--domain'",)),
     ],
 )
 def test_bad_values_are_refused_before_heavy_imports(
     args: tuple[str | bytes, ...], needles: tuple[str, ...]
 ) -> None:
-    """A value no command can use is one error line with the invalid_cli_value code, exit
-    2, no traceback, and neither Feast, OpenDP, PyTorch, Polars, pandas nor the OpenMetadata
-    SDK was imported to find that out."""
+    """A value no command can use (click's usage errors included) is one short error line
+    with the invalid_cli_value code, exit 2, no traceback, and neither Feast, OpenDP,
+    PyTorch, Polars, pandas nor the OpenMetadata SDK was imported to find that out."""
     code, out, err = run_bytes(*args, options=("-X", "importtime"))
     lines = [line for line in err.splitlines() if line and not line.startswith("import time:")]
     assert code == 2, err[-2000:]
     assert out == "" and "Traceback" not in err
     assert len(lines) == 1 and lines[0].startswith("privmesh: error:"), lines
+    assert len(lines[0]) < 600  # a pasted huge value is cut, not echoed
     assert lines[0].endswith("[invalid_cli_value]")
     for needle in needles:
         assert needle in lines[0], lines[0]
