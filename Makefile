@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.catalog
 	$(BIN)/python -m bench.ops
+	$(BIN)/python -m bench.cli
 
 down: install
 	$(BIN)/privmesh down
