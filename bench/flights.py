@@ -15,7 +15,7 @@ without a tail number) are counted, not stored.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +96,10 @@ def load_into_stores(
     contracts: dict[str, DomainContract],
     data_dir: Path,
     master_key: bytes,
+    events: Callable[[pd.DataFrame], Iterator[dict[str, Any]]] | None = None,
 ) -> list[Loaded]:
-    """Write each domain's flights (``partition[domain]`` selects them) to its store."""
+    """Write each domain's rows (``partition[domain]`` selects them), as raw events
+    (``events``: flights' :func:`raw_events` by default), to its store."""
     from collections import Counter
 
     from feature_repo.settings import FeatureStoreSettings
@@ -117,7 +119,7 @@ def load_into_stores(
         )
         accepted: list[dict[str, Any]] = []
         rejected: Counter[str] = Counter()
-        for event in raw_events(frame.loc[rows]):
+        for event in (events or raw_events)(frame.loc[rows]):
             result = transform.apply(json.dumps(event).encode())
             if isinstance(result, Accepted):
                 accepted.append(result.event)

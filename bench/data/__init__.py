@@ -1,0 +1,1 @@
+"""Public data sets for the benchmarks, split into domains by a natural attribute."""
