@@ -449,6 +449,13 @@ def tail(
     with contextlib.suppress(KeyboardInterrupt):  # how --follow ends
         asyncio.run(run())
     err.print(f"{count} record(s) from {topic}")
+    if count == 0 and not follow:
+        err.print(
+            "nothing to show: events reach the topic once a worker runs (`privmesh up`, or "
+            f"`privmesh worker --domain {domain}`) and records are sent (`privmesh produce "
+            f"--domain {domain} --file F`, or the generator of `privmesh up`); "
+            "`--follow` waits for them"
+        )
 
 
 def _json_or_text(value: bytes | None) -> object:

@@ -240,3 +240,16 @@ def test_tail_follow_prints_records_produced_after_it_started(broker: str, tmp_p
             proc.wait()
     assert proc.returncode == 0, err
     assert f"30 record(s) from {topic}" in err.decode()
+
+
+@pytest.mark.integration
+def test_tail_of_an_empty_topic_says_what_to_run(broker: str, tmp_path: Path) -> None:
+    """tail of a topic with no record exits 0 after the quiet period, prints nothing on
+    stdout and says on stderr how records get there."""
+    domain, env = fresh_domain(tmp_path)
+    env.update(env_for(broker))
+    ensure_topics(broker, [f"{domain}.orders.v1"], 2, 1)
+    result = run_cli("tail", "--domain", domain, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "0 record(s)" in result.stderr and "privmesh produce" in result.stderr
