@@ -54,12 +54,16 @@ def make_class(**changes: object) -> QueryClass:
 
 
 def test_sensitivities_follow_contract_bounds_and_window_bound() -> None:
-    """One subject moves a distinct count by 1, a record count by k, a sum by k * max|bound|."""
+    """One subject moves a distinct count by 1, a record count by k, a sum by k * max|bound|,
+    at most the measure's per-day cap (a window is part of the subject's day)."""
     classes = window_classes()
     product = shop_orders()
     assert sensitivity(classes["shop.orders.distinct_customers"], product, None) == 1
     assert sensitivity(classes["shop.orders.order_count"], product, 20) == 20
-    assert sensitivity(classes["shop.orders.revenue_cents"], product, 20) == 20 * 100_000
+    cap = product.sum_cap_of("amount_cents")
+    assert cap is not None and cap < 20 * 100_000
+    assert sensitivity(classes["shop.orders.revenue_cents"], product, 20) == cap
+    assert sensitivity(classes["shop.orders.revenue_cents"], product, 1) == 100_000
     assert sensitivity(classes["shop.orders.order_count"], product, 3) == 3
 
 
@@ -76,7 +80,8 @@ def test_release_of_each_aggregate_uses_its_value_and_scale(tmp_path: Path) -> N
     orders = svc.release("shop.orders.order_count")
     revenue = svc.release("shop.orders.revenue_cents")
     assert (distinct["sensitivity"], orders["sensitivity"]) == (1, 20)
-    assert revenue["sensitivity"] == 2_000_000 and revenue["contribution_bound"] == 20
+    # 20 x 100000 per window, above shop.orders' per-day cap of a customer's revenue
+    assert revenue["sensitivity"] == 100_658 and revenue["contribution_bound"] == 20
     # 95% intervals of Laplace noise of scale b = sensitivity / epsilon are +-b ln(20)
     for released in (orders, revenue):
         low, high = released["ci95"]
