@@ -17,6 +17,8 @@ import typer
 
 from domains.registry import get_contract
 from infra.console import console, err
+from infra.errors import InvalidCliValue
+from infra.inputs import one_of, subject_option
 
 app = typer.Typer(
     help="Consent decisions per subject and purpose (opt-in grants, withdrawals).",
@@ -63,14 +65,16 @@ def _publish(domain: str, records: list[bytes]) -> int:
 
 
 def _decide(domain: str, subject: str, purpose: str | None, status: str) -> None:
-    from streams.consent import ConsentStatus, consent_value
-
+    subject_option("--subject", subject)  # before the Kafka client loads
     contract = get_contract(domain)
     purposes = sorted({p.purpose for p in contract.products})
     if purpose is None:
         if len(purposes) != 1:
-            raise typer.BadParameter(f"give --purpose (one of {', '.join(purposes)})")
+            raise InvalidCliValue(f"give --purpose (one of {', '.join(purposes)})")
         purpose = purposes[0]
+    one_of("--purpose", purpose, purposes)
+    from streams.consent import ConsentStatus, consent_value
+
     raw = consent_value(subject, purpose, ConsentStatus(status), time.time())
     _publish(domain, [raw])
     console.print(f"{status} consent for {purpose} in {domain} (one subject) sent")

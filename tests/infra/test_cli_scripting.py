@@ -127,6 +127,20 @@ def test_piped_tables_keep_whole_rows() -> None:
         (("ledger", "--limit", "9" * 100_000), ("is not a valid integer", "…")),
         (("ledger", "--limt", "3"), ("Did you mean --limit",)),
         (("statu",), ("Did you mean 'status'",)),
+        (("consent", "grant", "--domain", "shop", "--subject", "\t"), ("--subject: the",)),
+        (
+            (
+                "consent",
+                "withdraw",
+                "--domain",
+                "shop",
+                "--subject",
+                "a@b.org",
+                "--purpose",
+                "sales_analytic",
+            ),
+            ("did you mean sales_analytics",),
+        ),
         (("tail",), ("Missing option '--domain'",)),
     ],
 )
