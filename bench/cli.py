@@ -128,6 +128,7 @@ def main() -> None:
             row["argv"] = ["privmesh", *args]
             row["needs_feast_or_opendp"] = name in HEAVY
             row["within_target"] = row["median_seconds"] <= TARGET_SECONDS
+            row["cpu_within_target"] = row["median_cpu_seconds"] <= TARGET_SECONDS
             commands[name] = row
             print(
                 f"{name:48} {row['median_seconds']:6.2f} s  cpu {row['median_cpu_seconds']:5.2f} s"
@@ -149,7 +150,15 @@ def main() -> None:
         "common_commands": len(common),
         "common_within_target": sum(r["within_target"] for r in common),
         "common_max_median_seconds": max(r["median_seconds"] for r in common),
+        "common_cpu_within_target": sum(r["cpu_within_target"] for r in common),
         "common_max_median_cpu_seconds": max(r["median_cpu_seconds"] for r in common),
+        "heavy_max_median_seconds": max(commands[n]["median_seconds"] for n in HEAVY),
+        "heavy_max_median_cpu_seconds": max(commands[n]["median_cpu_seconds"] for n in HEAVY),
+        "import_cli_cpu_seconds": baselines["import infra.cli"]["median_cpu_seconds"],
+        "feast_import_cpu_seconds": baselines["import feast.feature_store"]["median_cpu_seconds"],
+        "feast_preload_cpu_seconds": baselines["preload_feast()"]["median_cpu_seconds"],
+        "opendp_import_cpu_seconds": baselines["import opendp.prelude"]["median_cpu_seconds"],
+        "opendp_preload_cpu_seconds": baselines["preload_opendp()"]["median_cpu_seconds"],
         "python_start_seconds": baselines["python -c pass"]["median_seconds"],
         "import_cli_seconds": baselines["import infra.cli"]["median_seconds"],
         "feast_import_seconds": baselines["import feast.feature_store"]["median_seconds"],
