@@ -139,4 +139,4 @@ def test_cli_access_and_bad_input(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text())["domains"] == {}
     blank = run_cli("dsr", "erase", "--subject", " ")
-    assert blank.returncode == 2 and "--subject is empty" in blank.stderr
+    assert blank.returncode == 2 and "--subject: the subject is empty" in blank.stderr
