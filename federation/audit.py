@@ -184,6 +184,7 @@ def audit_version(
             config=loaded.run_config,
             shadows=shadows,
             lost_rounds=frozenset(lineage.get("rounds", {}).get("lost", [])),
+            kept_rounds=(lineage.get("stopping") or {}).get("best_round"),
         )
     datasets = {d: load_dataset(stores[d], task, encoding) for d in domains}
     dp = lineage.get("dp", {})

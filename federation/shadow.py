@@ -75,6 +75,9 @@ class ShadowPlan:
     """Shadow models per half of the rows (at least 2)."""
     lost_rounds: frozenset[int] = frozenset()
     """Rounds the target's run lost (their updates were never applied)."""
+    kept_rounds: int | None = None
+    """How many applied rounds the registered model had (validation-based stopping keeps
+    an earlier round's model; None: every round)."""
 
     def __post_init__(self) -> None:
         check_shadow_count(self.shadows, allow_none=False)
@@ -95,6 +98,7 @@ def replay(
     data: Mapping[str, tuple[NDArray[np.float32], NDArray[np.int64]]],
     seed: int,
     lost_rounds: frozenset[int] = frozenset(),
+    kept_rounds: int | None = None,
 ) -> nn.Module:
     """A model trained on ``data`` (rows per domain) the way ``config`` trained the
     target: every round the target released, each domain's local update, combined and
@@ -125,9 +129,13 @@ def replay(
             )
         )
         data = {d: (scaling.apply(x), y) for d, (x, y) in data.items()}
+    applied = 0
     for round_ in range(1, config.rounds + 1):
+        if kept_rounds is not None and applied >= kept_rounds:
+            break  # the target kept the model of this many applied rounds (stopping)
         if round_ in lost_rounds:
             continue
+        applied += 1
         updates, counts = [], []
         for domain, (x, y) in sorted(data.items()):
             set_weights(model, unflatten(weights, shapes))
@@ -174,7 +182,12 @@ def attack_scores(
                 inside[d], outside[d] = pool[:size], pool[size:]
             data = {d: (rows[d].x[i], rows[d].y[i]) for d, i in inside.items() if len(i)}
             model = replay(
-                plan.make_model, plan.config, data, int(rng.integers(2**31)), plan.lost_rounds
+                plan.make_model,
+                plan.config,
+                data,
+                int(rng.integers(2**31)),
+                plan.lost_rounds,
+                plan.kept_rounds,
             )
             for d, r in rows.items():
                 seen, unseen_known = inside[d][:max_rows], outside[d][:max_rows]

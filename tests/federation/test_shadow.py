@@ -172,3 +172,25 @@ def test_one_shadow_is_refused() -> None:
     """The calibrated attack estimates a spread: fewer than two shadows is a clear error."""
     with pytest.raises(InvalidAuditConfig, match="at least 2 shadow models"):
         ShadowPlan(_mlp, _config(1), shadows=1)
+
+
+def test_a_replay_stops_where_the_target_kept_its_model() -> None:
+    """A target stopped by validation keeps an earlier round's model: replaying a 3-round
+    configuration with kept_rounds=1 gives the 1-round replay, not the 3-round one."""
+    rng = np.random.default_rng(0)
+    data = {
+        d: (rng.random((200, 4)).astype(np.float32), rng.integers(0, 2, 200).astype(np.int64))
+        for d in ("a", "b")
+    }
+
+    def make() -> nn.Module:
+        return build_model("logistic_regression", 4)
+
+    def flat(model: nn.Module) -> np.ndarray:
+        return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+
+    three = RunConfig.from_flower({"num-server-rounds": 3})
+    one = RunConfig.from_flower({"num-server-rounds": 1})
+    kept = flat(replay(make, three, data, seed=1, kept_rounds=1))
+    assert np.allclose(kept, flat(replay(make, one, data, seed=1)), atol=1e-6)
+    assert not np.allclose(kept, flat(replay(make, three, data, seed=1)), atol=1e-4)
