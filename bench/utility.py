@@ -103,6 +103,7 @@ from feature_repo.names import (
     TRUNCATED_EVENTS,
     WINDOW_COMPLETE,
     WINDOW_KEY,
+    sum_cap_feature,
     sum_feature,
 )
 from feature_repo.offline import append_part
@@ -802,6 +803,10 @@ class ReplayWindows:
 
     def __init__(self, day: Replay) -> None:
         self.day = day
+        # bounds applied: the largest of the partitions' (as the store merges them)
+        first = next(iter(day.rows.values()), {})
+        self.bounds = {MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER_PERIOD, CONTRIBUTION_BOUND}
+        self.bounds |= {n for n in first if n.endswith(sum_cap_feature(""))}
 
     def window_stats(
         self, product: str, window_starts: list[int], partitions: int = 1
@@ -820,7 +825,7 @@ class ReplayWindows:
                 for name, value in part.items():
                     if name in (WINDOW_KEY, PARTITION_KEY) or not isinstance(value, int | float):
                         continue
-                    if name in (MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER_PERIOD, CONTRIBUTION_BOUND):
+                    if name in self.bounds:
                         row[name] = max(row.get(name, 0), value)
                     else:
                         row[name] = row.get(name, 0) + value

@@ -55,6 +55,7 @@ from feature_repo.names import (
     MAX_WINDOWS_PER_PERIOD,
     WINDOW_COMPLETE,
     WINDOW_LATE_EVENTS,
+    sum_cap_feature,
     sum_feature,
 )
 
@@ -373,6 +374,7 @@ class ReleaseService:
         row = self._newest_row(qc, window_start)
         start = int(row["window_start"])
         bound = row.get(CONTRIBUTION_BOUND)
+        self._check_row_cap(qc, row)
         sens = sensitivity(qc, self.product_of(qc), bound)
         noisy = discrete_laplace_count(qc.epsilon_per_release, sens).release(exact_value(qc, row))
         suppressed = qc.suppress_below is not None and noisy.value < qc.suppress_below
@@ -460,6 +462,7 @@ class ReleaseService:
                 retry_after_seconds=self.window_seconds,
             )
         bound = row.get(CONTRIBUTION_BOUND)
+        self._check_row_cap(qc, row)
         sens = sensitivity(qc, self.product_of(qc), bound)
         paid = {
             "horizon_start": _iso(horizon),
@@ -611,6 +614,27 @@ class ReleaseService:
                 f"the windows of {qc.domain}.{qc.product} were bounded at {applied[0]} records "
                 f"and {applied[1]} windows per subject-day, looser than the contract's "
                 f"{bounds.max_records_per_period} and {bounds.max_windows_per_period}; the "
+                "processor must run with the current contract",
+                retry_after_seconds=self.window_seconds,
+            )
+        self._check_row_cap(qc, row)
+
+    def _check_row_cap(self, qc: QueryClass, row: dict[str, Any]) -> None:
+        """Refuse rows of a capped measure whose processor did not apply a per-day cap at
+        least as tight as the contract's ``max_sum_per_period`` (a sum's or mean's
+        sensitivity assumes it: an older processor or contract would have written uncapped
+        sums)."""
+        if qc.measure is None or qc.aggregate == "count_distinct_subjects":
+            return
+        cap = self.product_of(qc).sum_cap_of(qc.measure)
+        if cap is None:
+            return
+        applied = row.get(sum_cap_feature(qc.measure))
+        if applied is None or float(applied) > cap:
+            done = "no per-day cap" if applied is None else f"a per-day cap of {applied:g}"
+            raise NoDataYet(
+                f"the windows of {qc.domain}.{qc.product} were counted with {done} on "
+                f"{qc.measure}, looser than the contract's max_sum_per_period {cap:g}; the "
                 "processor must run with the current contract",
                 retry_after_seconds=self.window_seconds,
             )

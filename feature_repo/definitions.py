@@ -42,6 +42,7 @@ from feature_repo.names import (
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
     WINDOW_WATERMARK,
+    sum_cap_feature,
     sum_feature,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "build_features",
     "events_view_fields",
     "measure_fields",
+    "sum_cap_feature",
     "sum_feature",
 ]
 
@@ -98,6 +100,11 @@ class ProductFeatures:
     def measure_features(self) -> list[str]:
         """Feature names of the per-window measure sums."""
         return [sum_feature(m) for m in measure_fields(self.product)]
+
+    @property
+    def cap_features(self) -> list[str]:
+        """Feature names of the per-day caps applied to capped measures (``max_sum_per_period``)."""
+        return [sum_cap_feature(m) for m in self.product.contribution.max_sum_per_period]
 
 
 def measure_fields(product: DataProduct) -> list[str]:
@@ -142,6 +149,18 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
             tags={"privacy_tag": f.tag.value, "source_field": f.name},
         )
         for f in measures
+    ]
+    cap_schema = [
+        Field(
+            name=sum_cap_feature(name),
+            dtype=Float64,
+            description=(
+                f"Cap on one subject's counted {name} per UTC day when this row was counted "
+                "(the contract's max_sum_per_period), from which the DP layer derives sensitivity"
+            ),
+            tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
+        )
+        for name in product.contribution.max_sum_per_period
     ]
     events_field = Field(
         name="events",
@@ -263,6 +282,7 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
                 tags={"privacy_tag": PrivacyTag.NON_PERSONAL.value},
             ),
             *measure_schema,
+            *cap_schema,
         ],
         source=window_push,
         online=True,

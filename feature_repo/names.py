@@ -25,3 +25,10 @@ MAX_WINDOWS_PER_PERIOD = "max_windows_per_period"
 def sum_feature(field_name: str) -> str:
     """Feature name of a per-window bounded sum of ``field_name``."""
     return f"{field_name}_sum"
+
+
+def sum_cap_feature(field_name: str) -> str:
+    """Feature name of the per-subject, per-day cap on ``field_name``'s counted total that the
+    processor applied when it counted a window row (``max_sum_per_period``; a row without it
+    was counted without a cap)."""
+    return f"{field_name}_sum_cap"

@@ -270,6 +270,7 @@ class DomainFeatureStore:
             MAX_RECORDS_PER_PERIOD,
             MAX_WINDOWS_PER_PERIOD,
             *features.measure_features,
+            *features.cap_features,
         ]
         entity_rows = [
             {WINDOW_KEY: w, PARTITION_KEY: p} for w in window_starts for p in range(partitions)
@@ -288,7 +289,11 @@ class DomainFeatureStore:
             rows = range(i * partitions, (i + 1) * partitions)
             complete = all(response["distinct_subjects"][j] is not None for j in rows)
             merged.append(
-                {WINDOW_KEY: w, "partitions": partitions, **_merge(response, names, rows, complete)}
+                {
+                    WINDOW_KEY: w,
+                    "partitions": partitions,
+                    **_merge(response, names, rows, complete, _BOUNDS | set(features.cap_features)),
+                }
             )
         return merged
 
@@ -454,7 +459,11 @@ _BOUNDS = frozenset({CONTRIBUTION_BOUND, MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER
 
 
 def _merge(
-    response: dict[str, list[Any]], names: list[str], rows: range, complete: bool
+    response: dict[str, list[Any]],
+    names: list[str],
+    rows: range,
+    complete: bool,
+    bounds: frozenset[str] | set[str] = _BOUNDS,
 ) -> dict[str, Any]:
     """One window's partition rows combined: counts and sums add up; the contribution
     bound is the largest one used, and unknown (None) if any partition lacks it."""
@@ -463,7 +472,7 @@ def _merge(
     merged: dict[str, Any] = {}
     for name in names:
         values = [response[name][j] for j in rows]
-        if name in _BOUNDS:
+        if name in bounds:
             merged[name] = None if None in values else max(values)
         elif name == WINDOW_WATERMARK:
             merged[name] = None if None in values else min(values)

@@ -47,6 +47,7 @@ from feature_repo.definitions import (
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
     WINDOW_WATERMARK,
+    sum_cap_feature,
     sum_feature,
 )
 from streams.consent import ConsentIndex
@@ -357,6 +358,7 @@ class ProductPipeline:
         it replaces the first report in every online store.
         """
         measures = self.transform.measure_fields
+        caps = self.product.contribution.max_sum_per_period  # the ones the aggregators apply
         return [
             {
                 WINDOW_KEY: c.stats.window_start,
@@ -365,6 +367,7 @@ class ProductPipeline:
                 "events": c.stats.events,
                 CONTRIBUTION_BOUND: self.settings.max_events_per_subject,
                 **{sum_feature(m): float(c.stats.sums.get(m, 0.0)) for m in measures},
+                **{sum_cap_feature(m): float(cap) for m, cap in caps.items()},
                 WINDOW_COMPLETE: int(c.stats.complete),
                 WINDOW_WATERMARK: int(c.stats.watermark or 0),
                 WINDOW_LATE_EVENTS: c.stats.late_events,

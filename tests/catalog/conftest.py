@@ -33,6 +33,7 @@ def day_rows(until: int, window: int = 10) -> dict[int, dict[str, int]]:
             "distinct_subjects": 40,
             "events": 60,
             "amount_cents_sum": 60 * 4_000,
+            "amount_cents_sum_cap": int(bounds.max_sum_per_period["amount_cents"]),
             "contribution_bound": bounds.max_records_per_period,
             "new_subjects_period": 4,
             "new_subjects_hour": 10,

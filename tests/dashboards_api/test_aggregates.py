@@ -40,6 +40,7 @@ def window_row(bound: int | None = 20) -> dict[str, object]:
         "distinct_subjects": 40,
         "events": 55,
         "amount_cents_sum": 1_234_567.0,
+        "amount_cents_sum_cap": 100_658.0,  # the contract's per-day cap, applied
         "contribution_bound": bound,
     }
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dashboards_api.errors import BudgetExhausted, InvalidParameters
+from dashboards_api.errors import BudgetExhausted, InvalidParameters, NoDataYet
 from dashboards_api.ledger import SqliteLedger
 from dashboards_api.main import create_app
 from dashboards_api.policy import GovernancePolicy, PolicyCell
@@ -49,12 +49,14 @@ def window_rows(
     first_day: int, days: int = 1, events: int = 100, amount: int = 5_000
 ) -> dict[int, dict[str, Any]]:
     """Rows of every window of ``days`` days: ``events`` orders of ``amount`` cents each, 5
-    subjects new to the hour and 2 new to the day per window, bounded as the contract says."""
+    subjects new to the hour and 2 new to the day per window, bounded (and revenue capped per
+    day) as the contract says."""
     return {
         first_day + WINDOW * i: {
             "distinct_subjects": max(events // 2, 1),
             "events": events,
             "amount_cents_sum": float(events * amount),
+            "amount_cents_sum_cap": 100_658.0,
             "new_subjects_hour": 5,
             "new_subjects_period": 2,
             "max_records_per_period": 10,
@@ -204,6 +206,27 @@ def test_values_and_intervals_are_clamped_to_public_bounds(tmp_path: Path) -> No
             assert answer["value"] >= 0 and answer["ci95"][0] >= 0
         mean = service.release(MEAN, resolution="window")
         assert 0 <= mean["ci95"][0] <= mean["value"] <= mean["ci95"][1] <= 20_000
+
+
+@pytest.mark.parametrize("applied", [None, 100_659.0, 200_000.0])
+def test_rows_counted_without_the_contracts_day_cap_are_refused(
+    tmp_path: Path, applied: float | None
+) -> None:
+    """Revenue's sensitivity assumes the contract's per-day cap (100658 cents): windows
+    written by a processor that applied none, or a looser one, are refused for revenue and
+    the mean before anything is paid; the order count (no measure) still answers."""
+    rows = window_rows(DAY)
+    for row in rows.values():
+        if applied is None:
+            del row["amount_cents_sum_cap"]
+        else:
+            row["amount_cents_sum_cap"] = applied
+    service = make(tmp_path, Clock(DAY + 5 * 3_600 + 15), rows)
+    for class_id in (REVENUE, MEAN):
+        with pytest.raises(NoDataYet, match="max_sum_per_period 100658"):
+            service.release(class_id, resolution="1h")
+    assert service.product_budget("shop", "orders")["epsilon_spent"] == "0"  # type: ignore[index]
+    assert service.release(COUNT, resolution="1h")["value"] is not None
 
 
 def test_mean_is_the_ratio_of_its_paid_classes_and_costs_nothing(tmp_path: Path) -> None:

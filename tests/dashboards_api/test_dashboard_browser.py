@@ -146,6 +146,7 @@ def sources(first: int, lo: int = -40, hi: int = 40) -> dict[str, WindowSource]:
             "events": orders,
             "contribution_bound": 3,
             "amount_cents_sum": orders * 4150.0,
+            "amount_cents_sum_cap": applied["shop"].max_sum_per_period["amount_cents"],
             "new_subjects_period": customers if day_start else wave(i, 6, 2, 5.0),
             "new_subjects_hour": customers if hour_start else wave(i, 40, 10, 4.0),
             "truncated_events": wave(i, 3, 2, 2.0),

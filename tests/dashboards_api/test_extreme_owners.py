@@ -28,7 +28,13 @@ KEYS = {
     "owner": KeyGrant(role="domain_owner", domains=frozenset({"shop", "jfk"})),
     "gov": KeyGrant(role="governance"),
 }
-ROW = {"distinct_subjects": 40, "events": 90, "contribution_bound": 20, "amount_cents_sum": 1e6}
+ROW = {
+    "distinct_subjects": 40,
+    "events": 90,
+    "contribution_bound": 20,
+    "amount_cents_sum": 1e6,
+    "amount_cents_sum_cap": 100_658.0,
+}
 COMMON = {"title": "extreme", "domain": "shop", "product": "orders", "budget_per_day": "50"}
 SHAPES: list[dict[str, Any]] = [
     {"aggregate": "count_records", "epsilon_per_release": "1", "suppress_below": 5},

@@ -38,7 +38,13 @@ KEYS = {
     "reader": KeyGrant(role="consumer"),
     "gov": KeyGrant(role="governance"),
 }
-ROW = {"distinct_subjects": 40, "events": 60, "contribution_bound": 20, "amount_cents_sum": 5e5}
+ROW = {
+    "distinct_subjects": 40,
+    "events": 60,
+    "contribution_bound": 20,
+    "amount_cents_sum": 5e5,
+    "amount_cents_sum_cap": 100_658.0,
+}
 COUNT = {
     "id": "shop.orders.guarded",
     "title": "Orders per window",

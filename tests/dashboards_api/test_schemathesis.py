@@ -103,6 +103,7 @@ def shop_row(i: int) -> dict[str, Any]:
         "distinct_subjects": 40 + i,
         "events": 90 + i,
         "amount_cents_sum": 123_456.0 + i,
+        "amount_cents_sum_cap": 100_658.0,
         "contribution_bound": 20,
     }
 

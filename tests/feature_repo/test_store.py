@@ -28,6 +28,7 @@ def roundtrip(store: DomainFeatureStore) -> None:
                 "events": subjects + 8,
                 "contribution_bound": 20,
                 "amount_cents_sum": 1000.0 + partition,
+                "amount_cents_sum_cap": 100_658.0 - partition,
                 "complete": partition,  # partition 1's watermark passed, partition 0's not
                 "watermark": w + 12 + partition,
                 "late_events": 3,
@@ -53,6 +54,7 @@ def roundtrip(store: DomainFeatureStore) -> None:
     assert (rows[0]["new_subjects_period"], rows[0]["new_subjects_hour"]) == (21, 40)
     assert rows[0]["truncated_events"] == 10
     assert (rows[0]["max_records_per_period"], rows[0]["max_windows_per_period"]) == (10, 10)
+    assert rows[0]["amount_cents_sum_cap"] == 100_658.0  # the per-day cap: the largest used
     # a window missing from one partition, or from all, is not released as a partial sum
     assert rows[1]["distinct_subjects"] is None and rows[2]["distinct_subjects"] is None
     assert store.window_stats("orders", [window - 10], partitions=1)[0]["events"] == 15
