@@ -225,7 +225,9 @@ def test_consent_cli_validates_before_sending(broker: str, isolated_env: Path) -
     unknown = run_cli(
         "consent", "withdraw", "--domain", "web", "--subject", "ck_1", "--purpose", "ads", env=env
     )
-    assert unknown.returncode == 2 and "unknown_purpose" in unknown.stderr
+    # an option value: refused as every CLI value is, naming the domain's purposes
+    assert unknown.returncode == 2 and "[invalid_cli_value]" in unknown.stderr
+    assert "is not one of product_analytics" in unknown.stderr
     assert "ck_1" not in unknown.stderr
     lines = isolated_env.parent / "consent.jsonl"
     lines.write_text(
