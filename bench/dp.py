@@ -85,6 +85,7 @@ def fill_store(data_dir: Path, windows: list[int]) -> None:
             "watermark": w + WINDOW + 2,
             "late_events": 0,
             "amount_cents_sum": 5_000_000.0 + w % 1_000,
+            "amount_cents_sum_cap": 100_658.0,  # the contract's per-day cap, applied
             "event_timestamp": datetime.fromtimestamp(w + WINDOW, tz=UTC),
         }
         for w in windows
