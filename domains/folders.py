@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from domains.errors import DuplicateDomain, InvalidDomainFolder
-from domains.runtime import DEMO_DOMAINS_DIR, RuntimeSettings
+from domains.runtime import DEMO_DOMAINS_DIR, RuntimeSettings, get_runtime_settings
 
 CONTRACT_FILE = "contract.yaml"
 CLASSES_FILE = "query_classes.yaml"
@@ -158,7 +158,7 @@ def configured_folders(
     runtime: RuntimeSettings | None = None,
 ) -> tuple[tuple[Path, ...], Path | None]:
     """The folders to load and the deprecated flat contracts folder (or None)."""
-    runtime = runtime or RuntimeSettings()
+    runtime = runtime or get_runtime_settings()
     flat = runtime.contracts_dir
     if flat is not None and "domain_dirs" not in runtime.model_fields_set:
         return (), flat.resolve()

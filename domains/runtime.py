@@ -67,6 +67,11 @@ class RuntimeSettings(BaseSettings):
 
 
 @cache
-def get_runtime() -> RuntimeSettings:
-    """The process-wide runtime settings (tests call ``get_runtime.cache_clear()``)."""
+def get_runtime_settings() -> RuntimeSettings:
+    """The process-wide runtime settings, read once from the environment.
+
+    Every component reads them through here, never ``RuntimeSettings()``; a process that
+    changes its environment (tests, the zygote's children) calls
+    ``get_runtime_settings.cache_clear()`` to read them again.
+    """
     return RuntimeSettings()

@@ -49,14 +49,31 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own data directory and no stray PRIVMESH_* settings."""
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test gets its own data directory, no stray PRIVMESH_* settings, and reads the
+    runtime settings afresh: the cached ``get_runtime_settings`` is emptied whenever the
+    test sets or removes a variable through ``monkeypatch``, and again after it ends."""
+    from domains.runtime import get_runtime_settings
+
+    setenv, delenv = monkeypatch.setenv, monkeypatch.delenv
+
+    def setenv_fresh(name: str, value: str, prepend: str | None = None) -> None:
+        setenv(name, value, prepend)
+        get_runtime_settings.cache_clear()
+
+    def delenv_fresh(name: str, raising: bool = True) -> None:
+        delenv(name, raising)
+        get_runtime_settings.cache_clear()
+
+    monkeypatch.setenv = setenv_fresh  # type: ignore[method-assign]
+    monkeypatch.delenv = delenv_fresh  # type: ignore[method-assign]
     for name in list(os.environ):
         if name.startswith("PRIVMESH_") and name != "PRIVMESH_REQUIRE_INTEGRATION":
             monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
     monkeypatch.setenv("PRIVMESH_DATA_DIR", str(data_dir))
-    return data_dir
+    yield data_dir
+    get_runtime_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")
