@@ -71,7 +71,7 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 router = APIRouter(
     prefix="/v1/catalog",
     tags=["catalog"],
-    dependencies=[require("governance")],  # type: ignore[list-item]
+    dependencies=[require("governance")],
 )
 page = APIRouter(tags=["catalog"])
 

@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, params
 
 from dashboards_api.errors import Forbidden, Unauthorized
 from dashboards_api.ledger import Ledger
@@ -58,15 +58,16 @@ async def get_caller(request: Request) -> Caller:
     raise Unauthorized("the API key is not recognised")
 
 
-def require(*roles: Role) -> object:
-    """Dependency that admits only callers holding one of ``roles`` (or open development)."""
+def require(*roles: Role) -> params.Depends:
+    """Dependency that admits only callers holding one of ``roles`` (or open development),
+    typed as what a route's ``dependencies=[...]`` takes."""
 
     async def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
         if caller.authenticated and caller.role not in roles:
             raise Forbidden(f"this endpoint needs one of the roles: {', '.join(roles)}")
         return caller
 
-    return Depends(check)
+    return params.Depends(check)
 
 
 ServiceDep = Annotated[ReleaseService, Depends(get_service)]

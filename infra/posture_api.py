@@ -17,7 +17,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 router = APIRouter(
     prefix="/v1/posture",
     tags=["governance"],
-    dependencies=[require("governance")],  # type: ignore[list-item]
+    dependencies=[require("governance")],
 )
 page = APIRouter(tags=["governance"])
 

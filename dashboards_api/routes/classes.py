@@ -62,7 +62,7 @@ def _fits_contract(service: ReleaseService, qc: QueryClass) -> bool:
 
 @router.post(
     "/plan",
-    dependencies=[require("domain_owner", "governance")],  # type: ignore[list-item]
+    dependencies=[require("domain_owner", "governance")],
     responses=problems(400, 401, 403, 422),
 )
 def plan_class(
@@ -94,7 +94,7 @@ def plan_class(
 
 @router.put(
     "/{class_id}",
-    dependencies=[OWNER],  # type: ignore[list-item]
+    dependencies=[OWNER],
     responses=problems(400, 401, 403, 422),
 )
 def put_class(
@@ -121,7 +121,7 @@ def put_class(
 
 @router.delete(
     "/{class_id}",
-    dependencies=[OWNER],  # type: ignore[list-item]
+    dependencies=[OWNER],
     responses=problems(400, 401, 403, 404, 422),
 )
 def withdraw_class(request: Request, caller: CallerDep, class_id: str = CLASS_ID) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def withdraw_class(request: Request, caller: CallerDep, class_id: str = CLASS_ID
 
 @router.get(
     "/{class_id}/versions",
-    dependencies=[require("domain_owner", "governance")],  # type: ignore[list-item]
+    dependencies=[require("domain_owner", "governance")],
     responses=problems(400, 401, 403, 422),
 )
 def class_versions(request: Request, class_id: str = CLASS_ID) -> dict[str, Any]:

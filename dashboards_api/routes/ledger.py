@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
 
 @router.get(
     "",
-    dependencies=[require("governance", "domain_owner")],  # type: ignore[list-item]
+    dependencies=[require("governance", "domain_owner")],
     responses=problems(401, 403, 422),
 )
 def entries(

@@ -86,7 +86,7 @@ class LiveStream:
 
 @router.get(
     "",
-    dependencies=[require("consumer", "domain_owner", "governance")],  # type: ignore[list-item]
+    dependencies=[require("consumer", "domain_owner", "governance")],
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 403, 404, 422)},
 )

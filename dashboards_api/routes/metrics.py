@@ -14,7 +14,7 @@ router = APIRouter(tags=["metrics"])
 
 @router.get(
     "/metrics",
-    dependencies=[require("governance")],  # type: ignore[list-item]
+    dependencies=[require("governance")],
     responses=problems(401, 403),
 )
 def metrics(request: Request) -> Response:

@@ -22,7 +22,7 @@ def _view(service: ReleaseService) -> dict[str, Any]:
 
 @router.get(
     "",
-    dependencies=[require("consumer", "domain_owner", "governance")],  # type: ignore[list-item]
+    dependencies=[require("consumer", "domain_owner", "governance")],
     responses=problems(401, 403),
 )
 def get_policy(service: ServiceDep) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def get_policy(service: ServiceDep) -> dict[str, Any]:
 
 @router.put(
     "",
-    dependencies=[require("governance")],  # type: ignore[list-item]
+    dependencies=[require("governance")],
     responses=problems(401, 403, 422),
 )
 def put_policy(

@@ -81,7 +81,7 @@ def products(service: ReleaseService, classes: list[QueryClass]) -> list[dict[st
     return out
 
 
-@router.get("", dependencies=[ANY_ROLE], responses=problems(401, 403))  # type: ignore[list-item]
+@router.get("", dependencies=[ANY_ROLE], responses=problems(401, 403))
 def list_classes(service: ServiceDep) -> dict[str, Any]:
     """Every registered query class with its cost and budget state, and per data product the
     user-level loss per subject per day, the allocation per class, spent and left today."""
@@ -94,7 +94,7 @@ def list_classes(service: ServiceDep) -> dict[str, Any]:
 
 @router.get(
     "/{class_id}",
-    dependencies=[ANY_ROLE],  # type: ignore[list-item]
+    dependencies=[ANY_ROLE],
     responses=problems(400, 401, 403, 404, 409, 422, 429, 503),
 )
 async def release(
@@ -127,7 +127,7 @@ async def release(
 
 @router.get(
     "/{class_id}/history",
-    dependencies=[ANY_ROLE],  # type: ignore[list-item]
+    dependencies=[ANY_ROLE],
     responses=problems(400, 401, 403, 404, 422),
 )
 def history(
