@@ -31,6 +31,9 @@ from domains.contract import DataProduct, PrivacyTag
 from feature_repo.events import EVENT_TIME_TYPE, event_schema, events_folder_name
 from feature_repo.names import (
     CONTRIBUTION_BOUND,
+    DISTINCT_SUBJECTS,
+    EVENT_TIMESTAMP,
+    EVENTS,
     MAX_RECORDS_PER_PERIOD,
     MAX_WINDOWS_PER_PERIOD,
     NEW_SUBJECTS_HOUR,
@@ -42,8 +45,10 @@ from feature_repo.names import (
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
     WINDOW_WATERMARK,
+    subject_view_name,
     sum_cap_feature,
     sum_feature,
+    window_view_name,
 )
 
 __all__ = [
@@ -163,7 +168,7 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
         for name in product.contribution.max_sum_per_period
     ]
     events_field = Field(
-        name="events",
+        name=EVENTS,
         dtype=Int64,
         description="Events counted, at most the per-subject contribution bound",
         tags={"privacy_tag": PrivacyTag.SENSITIVE.value},
@@ -176,14 +181,14 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
             # them), scanned as one table by the DuckDB offline store.
             path=str(offline_dir / name / "part-*.parquet"),
             file_format=ParquetFormat(),
-            timestamp_field="event_timestamp",
+            timestamp_field=EVENT_TIMESTAMP,
         )
         return PushSource(name=f"{name}_push", batch_source=batch)
 
-    subject_push = push(f"{product.name}_subject_window")
-    window_push = push(f"{product.name}_window_stats")
+    subject_push = push(subject_view_name(product.name))
+    window_push = push(window_view_name(product.name))
     subject_view = FeatureView(
-        name=f"{product.name}_subject_window",
+        name=subject_view_name(product.name),
         entities=[subject],
         ttl=ttl,
         schema=[
@@ -198,12 +203,12 @@ def build_features(product: DataProduct, offline_dir: Path) -> ProductFeatures:
         tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "purpose": product.purpose},
     )
     window_view = FeatureView(
-        name=f"{product.name}_window_stats",
+        name=window_view_name(product.name),
         entities=[window, partition],
         ttl=ttl,
         schema=[
             Field(
-                name="distinct_subjects",
+                name=DISTINCT_SUBJECTS,
                 dtype=Int64,
                 description="Distinct pseudonymous subjects in the window",
                 tags={"privacy_tag": PrivacyTag.SENSITIVE.value, "dp_sensitivity": "1"},

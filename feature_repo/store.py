@@ -28,8 +28,18 @@ from domains.contract import (
     DataProduct,
     DomainContract,
 )
-from feature_repo.definitions import (
+from feature_repo.definitions import ProductFeatures, build_features
+from feature_repo.errors import NoOfflineHistory, StoreNotApplied, UnsupportedOnlineStore
+from feature_repo.events import (
+    event_schema,
+    event_table,
+    events_folder_name,
+)
+from feature_repo.names import (
     CONTRIBUTION_BOUND,
+    DISTINCT_SUBJECTS,
+    EVENT_TIMESTAMP,
+    EVENTS,
     MAX_RECORDS_PER_PERIOD,
     MAX_WINDOWS_PER_PERIOD,
     NEW_SUBJECTS_HOUR,
@@ -40,15 +50,9 @@ from feature_repo.definitions import (
     WINDOW_COMPLETE,
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
+    WINDOW_PARTITIONS,
     WINDOW_WATERMARK,
-    ProductFeatures,
-    build_features,
-)
-from feature_repo.errors import NoOfflineHistory, StoreNotApplied, UnsupportedOnlineStore
-from feature_repo.events import (
-    event_schema,
-    event_table,
-    events_folder_name,
+    feast_project,
 )
 from feature_repo.offline import (
     append_part,
@@ -109,7 +113,7 @@ class DomainFeatureStore:
         self.online_url = settings.online_store
         online = online_store_config(settings.online_store, self.directory)
         config: dict[str, Any] = {
-            "project": f"privmesh_{contract.domain}",
+            "project": feast_project(contract.domain),
             "provider": "local",
             "registry": {
                 "path": str(self.directory / "registry.db"),
@@ -176,7 +180,7 @@ class DomainFeatureStore:
                     entity_values=[_value_proto(r[k]) for k in join_keys],
                 ),
                 {name: _value_proto(r[name]) for name in features},
-                r["event_timestamp"],
+                r[EVENT_TIMESTAMP],
                 None,
             )
             for r in records
@@ -258,8 +262,8 @@ class DomainFeatureStore:
         """
         features = self.product_features(product)
         names = [
-            "distinct_subjects",
-            "events",
+            DISTINCT_SUBJECTS,
+            EVENTS,
             CONTRIBUTION_BOUND,
             WINDOW_COMPLETE,
             WINDOW_WATERMARK,
@@ -287,11 +291,11 @@ class DomainFeatureStore:
         merged: list[dict[str, Any]] = []
         for i, w in enumerate(window_starts):
             rows = range(i * partitions, (i + 1) * partitions)
-            complete = all(response["distinct_subjects"][j] is not None for j in rows)
+            complete = all(response[DISTINCT_SUBJECTS][j] is not None for j in rows)
             merged.append(
                 {
                     WINDOW_KEY: w,
-                    "partitions": partitions,
+                    WINDOW_PARTITIONS: partitions,
                     **_merge(response, names, rows, complete, _BOUNDS | set(features.cap_features)),
                 }
             )
@@ -387,16 +391,16 @@ class DomainFeatureStore:
             product = features.product
             cutoff = now - timedelta(days=product.retention_days)
             history = self.offline_folder(features.subject_view.name)
-            latest = latest_per_key(history, SUBJECT_KEY, "event_timestamp")
+            latest = latest_per_key(history, SUBJECT_KEY, EVENT_TIMESTAMP)
             expired = {token for token, at in latest.items() if _aware(at) < cutoff}
             out.append(
                 PurgedRows(
                     product=product.name,
                     cutoff=cutoff.isoformat(),
                     events=purge_before(self.events_folder(product), product.event_time, cutoff),
-                    subject_history=purge_before(history, "event_timestamp", cutoff),
+                    subject_history=purge_before(history, EVENT_TIMESTAMP, cutoff),
                     window_stats=purge_before(
-                        self.offline_folder(features.window_view.name), "event_timestamp", cutoff
+                        self.offline_folder(features.window_view.name), EVENT_TIMESTAMP, cutoff
                     ),
                     online=self._erase_online(expired, [features]) if expired else 0,
                     expired_tokens=sorted(expired),
@@ -463,10 +467,11 @@ def _merge(
     names: list[str],
     rows: range,
     complete: bool,
-    bounds: frozenset[str] | set[str] = _BOUNDS,
+    bounds: frozenset[str] | set[str],
 ) -> dict[str, Any]:
-    """One window's partition rows combined: counts and sums add up; the contribution
-    bound is the largest one used, and unknown (None) if any partition lacks it."""
+    """One window's partition rows combined: counts and sums add up; each of ``bounds``
+    (a bound applied: the contribution bound, the per-day bounds and caps) is the largest
+    one used, and unknown (None) if any partition lacks it."""
     if not complete:
         return dict.fromkeys(names)
     merged: dict[str, Any] = {}

@@ -47,8 +47,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from feast import FeatureView
 
-from feature_repo.definitions import SUBJECT_KEY
 from feature_repo.events import event_schema, event_table
+from feature_repo.names import EVENT_TIMESTAMP, SUBJECT_KEY
 from feature_repo.store import DomainFeatureStore, ErasedRows
 from streams import preaggregate
 from streams.batch_send import BatchSender, Output, dead_letter
@@ -276,8 +276,8 @@ class FeaturePusher:
         outputs = []
         for row, record in zip(rows, records, strict=True):
             body = {k: v for k, v in record.items() if k != SUBJECT_KEY}
-            stamp = record["event_timestamp"]
-            body["event_timestamp"] = stamp.isoformat() if isinstance(stamp, datetime) else stamp
+            stamp = record[EVENT_TIMESTAMP]
+            body[EVENT_TIMESTAMP] = stamp.isoformat() if isinstance(stamp, datetime) else stamp
             value = json.dumps(body, separators=(",", ":")).encode()
             partition = row.partition if aligned and row.partition >= 0 else None
             outputs.append(

@@ -34,8 +34,11 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from domains.contract import DataProduct, DomainContract
-from feature_repo.definitions import (
+from feature_repo.names import (
     CONTRIBUTION_BOUND,
+    DISTINCT_SUBJECTS,
+    EVENT_TIMESTAMP,
+    EVENTS,
     MAX_RECORDS_PER_PERIOD,
     MAX_WINDOWS_PER_PERIOD,
     NEW_SUBJECTS_HOUR,
@@ -342,9 +345,9 @@ class ProductPipeline:
             {
                 SUBJECT_KEY: r.subject,
                 WINDOW_KEY: r.window_start,
-                "events": r.events,
+                EVENTS: r.events,
                 **{sum_feature(m): float(r.sums.get(m, 0.0)) for m in measures},
-                "event_timestamp": now,
+                EVENT_TIMESTAMP: now,
             }
             for r in rows
         ]
@@ -363,8 +366,8 @@ class ProductPipeline:
             {
                 WINDOW_KEY: c.stats.window_start,
                 PARTITION_KEY: c.partition,
-                "distinct_subjects": c.stats.distinct_subjects,
-                "events": c.stats.events,
+                DISTINCT_SUBJECTS: c.stats.distinct_subjects,
+                EVENTS: c.stats.events,
                 CONTRIBUTION_BOUND: self.settings.max_events_per_subject,
                 **{sum_feature(m): float(c.stats.sums.get(m, 0.0)) for m in measures},
                 **{sum_cap_feature(m): float(cap) for m, cap in caps.items()},
@@ -376,7 +379,7 @@ class ProductPipeline:
                 TRUNCATED_EVENTS: c.stats.truncated_events,
                 MAX_RECORDS_PER_PERIOD: c.stats.max_records_per_period,
                 MAX_WINDOWS_PER_PERIOD: c.stats.max_windows_per_period,
-                "event_timestamp": datetime.fromtimestamp(
+                EVENT_TIMESTAMP: datetime.fromtimestamp(
                     c.stats.window_end if c.stats.amended_at is None else c.stats.amended_at,
                     tz=UTC,
                 ),
