@@ -844,23 +844,20 @@ def api_figures(day: Replay, window: int) -> dict[str, Any]:
     from dashboards_api.ledger import open_ledger, period_of
     from dashboards_api.main import build_service, create_app
     from dashboards_api.settings import ApiSettings
-    from domains.runtime import RuntimeSettings
+    from infra.api_app import window_facts
 
     now = [float(DAY_START)]
     figures: dict[str, dict[str, Figures]] = {}
     statuses: Counter[str] = Counter()
     with tempfile.TemporaryDirectory(prefix="privmesh-utility-") as tmp:
-        runtime = RuntimeSettings(data_dir=Path(tmp))
         api, streams = ApiSettings(), StreamSettings()
         ledger = open_ledger("sqlite", Path(tmp))
         service = build_service(
-            runtime,
             api,
-            streams,
+            window_facts(streams, KafkaSettings()),
             {DOMAIN: ReplayWindows(day)},
             ledger,
             load_contracts(),
-            KafkaSettings().partitions,
         )
         service = replace(service, clock=lambda: now[0])
         classes = {t.name: service.query_class(t.class_id) for t in TILES}

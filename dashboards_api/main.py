@@ -1,11 +1,15 @@
-"""Build the FastAPI app: settings, stores, ledger, routers, problem+json errors."""
+"""The dashboards API app around built objects: routers, middleware, problem+json errors.
+
+Nothing here reads settings or opens stores: the composition root (``infra.api_app``)
+reads every component's settings, opens the ledger and the stores, and passes them to
+``build_service`` and ``create_app``; tests pass their own.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,12 +25,12 @@ from dashboards_api.errors import (
     InvalidPath,
     problem_body,
 )
-from dashboards_api.ledger import Ledger, open_ledger
+from dashboards_api.ledger import Ledger
 from dashboards_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboards_api.policy import PolicyCell, check_at_start
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from dashboards_api.registry import ClassRegistry
-from dashboards_api.releases import EventSource, ReleaseService, StoreEvents, WindowSource
+from dashboards_api.releases import EventSource, ReleaseService, WindowSource
 from dashboards_api.routes import (
     classes,
     dashboard,
@@ -42,7 +46,6 @@ from dashboards_api.sensitivity import check_against_contracts
 from dashboards_api.settings import ApiSettings, KeyGrant, Role, grant_of
 from domains.contract import DomainContract
 from domains.runtime import RuntimeSettings
-from streams.settings import KafkaSettings, StreamSettings
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -148,18 +151,33 @@ def create_app(
     return app
 
 
+@dataclass(frozen=True)
+class WindowFacts:
+    """What the API must know about the data it sums, given once by the composition root
+    (which reads it from the settings the stream processor writes that data with)."""
+
+    window_seconds: int
+    """Length of one aggregation window (s): a released window is this long."""
+    grace_seconds: int
+    """How long after its end a window may still change (s): it is released after that."""
+    partitions: int
+    """Ingest partitions that each write their own rows of a window; a window is complete
+    once all of them have."""
+    events_settle_seconds: int
+    """How long after an event's time its offline part is surely written (s)."""
+
+
 def build_service(
-    runtime: RuntimeSettings,
     api: ApiSettings,
-    streams: StreamSettings,
+    facts: WindowFacts,
     sources: Mapping[str, WindowSource],
     ledger_: Ledger,
     contracts: dict[str, DomainContract],
-    partitions: int = 1,
     events: Mapping[str, EventSource] | None = None,
 ) -> ReleaseService:
-    """The release service from settings; refuses classes that do not fit their contracts,
-    products without a daily total, and anything above the governance policy's caps."""
+    """The release service over built stores and ledger; refuses classes that do not fit
+    their contracts, products without a daily total, and anything above the governance
+    policy's caps."""
     classes = load_query_classes()
     check_against_contracts(classes, contracts)
     budgets = load_product_budgets()
@@ -176,42 +194,13 @@ def build_service(
         contracts=contracts,
         sources=dict(sources),
         ledger=ledger_,
-        window_seconds=streams.window_seconds,
-        grace_seconds=streams.grace_seconds,
+        window_seconds=facts.window_seconds,
+        grace_seconds=facts.grace_seconds,
         lookback_windows=api.release_lookback_windows,
-        partitions=partitions,
+        partitions=facts.partitions,
         product_budgets=budgets,
         policy=PolicyCell(api.policy),
         history_windows=api.history_windows,
         events=dict(events or {}),
-        events_settle_seconds=streams.grace_seconds + math.ceil(2 * streams.offline_flush_seconds),
+        events_settle_seconds=facts.events_settle_seconds,
     )
-
-
-def app_from_settings() -> FastAPI:
-    """The production app: stores and ledger from settings (uvicorn factory)."""
-    from domains.registry import load_contracts
-    from feature_repo.settings import get_feature_settings
-    from feature_repo.store import DomainFeatureStore
-
-    runtime, api, streams = RuntimeSettings(), ApiSettings(), StreamSettings()
-    check_safe(runtime, api)
-    contracts = load_contracts()
-    stores = {
-        d: DomainFeatureStore(contracts[d], runtime.data_dir, get_feature_settings())
-        for d in contracts
-    }
-    sources: dict[str, WindowSource] = dict(stores)
-    events: dict[str, EventSource] = {d: StoreEvents(s.events_folder) for d, s in stores.items()}
-    ledger_ = open_ledger(api.ledger_url, runtime.data_dir)
-    partitions = KafkaSettings().partitions
-    service = build_service(runtime, api, streams, sources, ledger_, contracts, partitions, events)
-    app = create_app(service, api.keys, api)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        ledger_.close()
-
-    app.router.lifespan_context = lifespan
-    return app
