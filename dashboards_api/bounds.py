@@ -67,8 +67,8 @@ import polars as pl
 from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.errors import BudgetExhausted, InvalidParameters
 from dashboards_api.event_aggregates import CONFIDENCE, VALUES, EventQuery, exact_plan
-from dashboards_api.ledger import Ledger, LedgerEntry, period_of
-from dashboards_api.mechanisms import finite_accuracy, laplace_within
+from dashboards_api.ledger import LedgerEntry, ReleaseLedger, period_of
+from dashboards_api.mechanisms import finite_accuracy, vector_laplace
 from domains.contract import DataProduct
 
 dp.enable_features("contrib")
@@ -330,8 +330,7 @@ def tail_quantiles(
     grid = np.asarray(candidates, dtype=np.int64)
     raw = values.cast(pl.Int64).drop_nulls().to_numpy()
     exact = np.bincount(np.searchsorted(grid, raw, side="left"), minlength=len(grid) + 1)
-    domain = dp.vector_domain(dp.atom_domain(T="i64"))
-    measurement, scale = laplace_within(domain, dp.l1_distance(T="i64"), per_subject, epsilon)
+    measurement, scale = vector_laplace(per_subject, epsilon)
     noisy = np.asarray(measurement([int(v) for v in exact]), dtype=np.int64)
     total = max(int(noisy.sum()), 0)
     above = np.cumsum(noisy[::-1])[::-1]  # above[j]: noisy count in bins j and later
@@ -391,8 +390,7 @@ def _truncation(
     values = counts.cast(pl.Int64)
     exact = [int(values.clip(upper_bound=b).sum()) for b in bounds]
     sensitivity = sum(bounds)
-    domain = dp.vector_domain(dp.atom_domain(T="i64"))
-    measurement, scale = laplace_within(domain, dp.l1_distance(T="i64"), sensitivity, epsilon)
+    measurement, scale = vector_laplace(sensitivity, epsilon)
     noisy = [int(v) for v in measurement(exact)]
     accuracy = float(dp.discrete_laplacian_scale_to_accuracy(scale, (1 - CONFIDENCE) / 2))
     finite_accuracy(accuracy, f"truncation shares at epsilon {epsilon}")
@@ -423,7 +421,7 @@ def advise(
     domain: str,
     product: DataProduct,
     day: date,
-    ledger: Ledger,
+    ledger: ReleaseLedger,
     *,
     product_budget_micro: int | None,
     epsilon: Decimal | None = None,

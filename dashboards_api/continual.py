@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import opendp.prelude as dp
 
-from dashboards_api.mechanisms import CONFIDENCE, laplace_within
+from dashboards_api.mechanisms import CONFIDENCE, vector_laplace
 
 dp.enable_features("contrib")
 
@@ -164,15 +164,6 @@ def ci95_half_width(scale: float, nodes: int) -> float:
         return float(_exact_half_width(scale, nodes))
     reference = _exact_half_width(_EXACT_CI_MAX_SCALE, nodes) + 1
     return float(math.ceil(reference * scale / _EXACT_CI_MAX_SCALE))
-
-
-@cache
-def vector_laplace(sensitivity: int, epsilon: Decimal) -> tuple[Any, float]:
-    """OpenDP discrete Laplace on i64 vectors (node sums may pass i32), checked by OpenDP's map:
-    a vector of L1 sensitivity ``sensitivity`` costs at most ``epsilon``. Returns (it, scale)."""
-    return laplace_within(
-        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), sensitivity, epsilon
-    )
 
 
 def check_int(name: str, value: object, minimum: int) -> int:

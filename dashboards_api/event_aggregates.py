@@ -87,7 +87,7 @@ from dashboards_api.mechanisms import (
     NonFiniteAccuracy,
     calibrate,
     finite_accuracy,
-    laplace_within,
+    vector_laplace,
 )
 from domains.contract import DataProduct
 from feature_repo.offline import part_files
@@ -634,9 +634,7 @@ class _VectorLaplace:
     def __init__(self, epsilon: Decimal, sensitivity: int) -> None:
         self.sensitivity = sensitivity
         self.epsilon = epsilon
-        self._measurement, self.scale = laplace_within(
-            dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), sensitivity, epsilon
-        )
+        self._measurement, self.scale = vector_laplace(sensitivity, epsilon)
         self.mapped = Decimal(self._measurement.map(sensitivity))
         what = f"discrete Laplace at epsilon {epsilon}, sensitivity {sensitivity}"
         self.ci95 = finite_accuracy(self.accuracy(CONFIDENCE), what)

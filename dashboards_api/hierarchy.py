@@ -64,10 +64,9 @@ from dashboards_api.continual import (
     check_int,
     ci95_half_width,
     noisy_nodes,
-    vector_laplace,
 )
 from dashboards_api.errors import MissingWindow, ResolutionUnavailable
-from dashboards_api.mechanisms import CONFIDENCE
+from dashboards_api.mechanisms import CONFIDENCE, vector_laplace
 
 dp.enable_features("contrib")
 

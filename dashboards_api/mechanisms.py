@@ -75,6 +75,18 @@ def laplace_within(
     )
 
 
+@cache
+def vector_laplace(sensitivity: int, epsilon: Decimal) -> tuple[Any, float]:
+    """THE vector discrete Laplace every vector release uses (tree and hierarchy nodes,
+    event-level groups, the bounds advisor's bins): OpenDP discrete Laplace on i64 vectors
+    (sums may pass i32), checked by OpenDP's map: a vector of L1 sensitivity
+    ``sensitivity`` costs at most ``epsilon``. Built once per (sensitivity, epsilon);
+    returns (measurement, scale)."""
+    return laplace_within(
+        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), sensitivity, epsilon
+    )
+
+
 class DiscreteLaplaceCount:
     """Discrete Laplace noise on an integer count of sensitivity ``sensitivity``.
 
