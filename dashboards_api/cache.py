@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dashboards_api.ledger import Ledger, LedgerEntry
+from dashboards_api.ledger import LedgerEntry, ReleaseLedger
 
 
 @dataclass
@@ -46,7 +46,7 @@ class CommittedReleases:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: ReleaseLedger,
         capacity: int = 8_192,
         recount_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request, params
 
 from dashboards_api.errors import Forbidden, Unauthorized
-from dashboards_api.ledger import Ledger
+from dashboards_api.ledger import ReleaseLedger
 from dashboards_api.releases import ReleaseService
 from dashboards_api.settings import KeyGrant, Role
 
@@ -36,9 +36,9 @@ async def get_service(request: Request) -> ReleaseService:
     return service
 
 
-async def get_ledger(request: Request) -> Ledger:
-    """The app's ledger."""
-    ledger: Ledger = request.app.state.service.ledger
+async def get_ledger(request: Request) -> ReleaseLedger:
+    """The app's ledger (its releases: what routes read)."""
+    ledger: ReleaseLedger = request.app.state.service.ledger
     return ledger
 
 
@@ -71,5 +71,5 @@ def require(*roles: Role) -> params.Depends:
 
 
 ServiceDep = Annotated[ReleaseService, Depends(get_service)]
-LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+LedgerDep = Annotated[ReleaseLedger, Depends(get_ledger)]
 CallerDep = Annotated[Caller, Depends(get_caller)]

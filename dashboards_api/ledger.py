@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from dashboards_api.continual import NodeStore
 from dashboards_api.errors import BudgetExhausted
 
 _SCHEMA = [
@@ -120,8 +121,9 @@ class Commit:
     spent_micro: int
 
 
-class Ledger(Protocol):
-    """What the release path needs from a ledger backend."""
+class ReleaseLedger(Protocol):
+    """The releases of a ledger: commits under the budget, and what was spent and released
+    (what the release path, the cache, the bounds advisor and the catalog read)."""
 
     def commit_release(
         self,
@@ -175,6 +177,11 @@ class Ledger(Protocol):
         """Most recent entries first, optionally of one class, data product or period."""
         ...
 
+
+class VersionLedger(Protocol):
+    """The run-time versions of query classes and of the governance policy (what the class
+    registry reads and appends)."""
+
     def save_class_version(
         self, class_id: str, domain: str, definition: str, active: bool, changed_by: str
     ) -> int:
@@ -193,13 +200,11 @@ class Ledger(Protocol):
         """Governance policy versions with a sequence number above ``after``, oldest first."""
         ...
 
-    def get(self, stream_id: str, level: int, index: int) -> int | None:
-        """A continual-release tree node's stored value (see ``continual.NodeStore``)."""
-        ...
 
-    def put(self, stream_id: str, level: int, index: int, value: int) -> int:
-        """Store a node's value unless one exists (write-once); the value now stored."""
-        ...
+class Ledger(ReleaseLedger, VersionLedger, NodeStore, Protocol):
+    """A whole ledger backend: releases, class and policy versions, and the continual
+    releases' tree nodes (:class:`~dashboards_api.continual.NodeStore`) in one database.
+    What is built from settings; each consumer types against the narrowest part it uses."""
 
     def close(self) -> None:
         """Release connections."""
@@ -403,12 +408,12 @@ class _SqlLedger(ABC):
         return [PolicyVersion(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def get(self, stream_id: str, level: int, index: int) -> int | None:
-        """See :class:`Ledger`."""
+        """See :class:`~dashboards_api.continual.NodeStore`."""
         rows = self._read(self._sql(_NODE), (stream_id, level, index))
         return int(rows[0][0]) if rows else None
 
     def put(self, stream_id: str, level: int, index: int, value: int) -> int:
-        """See :class:`Ledger`."""
+        """See :class:`~dashboards_api.continual.NodeStore`."""
         key = (stream_id, level, index)
         with self._lock:
             self._conn.execute(

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from dashboards_api.budget import from_micro
 from dashboards_api.errors import Forbidden, InvalidParameters, InvalidQueryClasses
-from dashboards_api.ledger import ClassVersion, Ledger, PolicyVersion
+from dashboards_api.ledger import ClassVersion, PolicyVersion, VersionLedger
 from dashboards_api.policy import GovernancePolicy, allocated_micro, reserve_micro
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService
@@ -37,7 +37,7 @@ class ClassRegistry:
 
     def __init__(self, service: ReleaseService, sync_seconds: float = 2.0) -> None:
         self.service = service
-        self.ledger: Ledger = service.ledger
+        self.ledger: VersionLedger = service.ledger
         self.sync_seconds = sync_seconds
         self._seq = 0
         self._policy_seq = 0
@@ -126,7 +126,8 @@ class ClassRegistry:
         current = self.service.classes.get(class_id)
         owners = {v.domain for v in self.ledger.class_versions(class_id=class_id)}
         owners |= {
-            e.product.partition(".")[0] for e in self.ledger.entries(limit=1, class_id=class_id)
+            e.product.partition(".")[0]
+            for e in self.service.ledger.entries(limit=1, class_id=class_id)
         }
         if current is not None:
             owners.add(current.domain)
@@ -162,7 +163,7 @@ def apply_version(
 
 
 def current_classes(
-    ledger: Ledger, base: dict[str, QueryClass], contracts: dict[str, DomainContract]
+    ledger: VersionLedger, base: dict[str, QueryClass], contracts: dict[str, DomainContract]
 ) -> dict[str, QueryClass]:
     """The classes an API replica serves now: ``base`` with every run-time change applied."""
     classes = dict(base)

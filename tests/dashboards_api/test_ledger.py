@@ -103,3 +103,31 @@ def test_postgres_ledger_behaviour(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn, pytest.raises(psycopg.Error):
         conn.execute("DELETE FROM releases WHERE class_id = %s", (cls,))
     ledger.close()
+
+
+def _methods(protocol: type) -> set[str]:
+    return {name for name in vars(protocol) if not name.startswith("_")}
+
+
+def test_the_ledger_protocol_is_three_narrow_ones_and_sql_backends_implement_each() -> None:
+    """Releases, class/policy versions and tree nodes are separate protocols that share no
+    method; the whole Ledger is their union (plus close) and both SQL backends have every
+    method of each."""
+    from dashboards_api.continual import NodeStore
+    from dashboards_api.ledger import ReleaseLedger, VersionLedger
+
+    parts = [_methods(ReleaseLedger), _methods(VersionLedger), _methods(NodeStore)]
+    assert parts[0] == {
+        "commit_release",
+        "find",
+        "spent",
+        "spent_after",
+        "product_spent",
+        "entries",
+    }
+    assert parts[1] == {"save_class_version", "class_versions", "save_policy", "policy_versions"}
+    assert parts[2] == {"get", "put"}
+    assert sum(len(p) for p in parts) == len(set().union(*parts))
+    assert {ReleaseLedger, VersionLedger, NodeStore} <= set(Ledger.__mro__)
+    for backend in (SqliteLedger, PostgresLedger):
+        assert all(callable(getattr(backend, name, None)) for p in parts for name in p)
