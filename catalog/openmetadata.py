@@ -47,6 +47,7 @@ from catalog.model import (
 )
 from catalog.settings import CatalogSettings
 from domains.contract import PrivacyTag
+from feature_repo.names import feast_project
 
 PII_OF_TAG = {
     PrivacyTag.DIRECT_IDENTIFIER.value: "PII.Sensitive",
@@ -108,7 +109,7 @@ class _Names:
         return f"{self.settings.messaging_service}.{quote(name)}"
 
     def database(self, domain: str) -> str:
-        return f"{self.settings.database_service}.privmesh_{domain}"
+        return f"{self.settings.database_service}.{feast_project(domain)}"
 
     def schema(self, domain: str) -> str:
         return f"{self.database(domain)}.feature_views"
@@ -288,7 +289,7 @@ class _Export:
         for domain in self.catalog.of_kind("domain"):
             self.add(
                 "database", self.names.database(domain.name), CreateDatabaseRequest,
-                name=f"privmesh_{domain.name}", service=self.settings.database_service,
+                name=feast_project(domain.name), service=self.settings.database_service,
                 description=f"Feast store of the {domain.name} domain.",
                 domains=[domain.name],
             )  # fmt: skip
