@@ -486,7 +486,7 @@ def respawned(proc: subprocess.Popen[bytes]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m infra.broker --port N``: the journaled embedded broker."""
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from infra.logs import configure_logging
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("broker")
     for noisy in ("kafka", "aiokafka"):  # connection chatter: one line per admin call
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    data_dir = args.data_dir or RuntimeSettings().data_dir
+    data_dir = args.data_dir or get_runtime_settings().data_dir
     asyncio.run(JournaledBroker(args.port, data_dir, get_kafka_settings()).run())
 
 
