@@ -363,10 +363,10 @@ def groupby_part(folder: Path) -> dict[str, Any]:
 
     import polars as pl
 
+    from bench.dp_baselines import naive_context_release
     from dashboards_api.event_aggregates import (
         EventQuery,
         exact_plan,
-        naive_context_release,
         plan_from_store,
         release,
         scan_events,
@@ -457,7 +457,7 @@ def continual_part() -> dict[str, Any]:
     """Binary tree vs naive per-refresh noise at T=86,400 (epsilon 1, sensitivity 1)."""
     from decimal import Decimal
 
-    from dashboards_api.continual import simulate
+    from bench.dp_baselines import simulate
 
     run = simulate(86_400, Decimal(1), 1, runs=3)
     return {

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -121,20 +120,9 @@ def dyadic_nodes(t: int) -> list[tuple[int, int]]:
     return nodes
 
 
-def discrete_laplace_variance(scale: float) -> float:
-    """Variance of OpenDP's discrete Laplace at ``scale``: ``2q / (1-q)**2``, q = e**(-1/scale)."""
-    q = math.exp(-1.0 / scale)
-    return 2.0 * q / (1.0 - q) ** 2
-
-
 def tree_scale(horizon: int, epsilon: Decimal, sensitivity: int) -> float:
     """Node noise scale of the tree: ``levels(T) * sensitivity / epsilon``."""
     return levels(horizon) * sensitivity / float(epsilon)
-
-
-def naive_scale(horizon: int, epsilon: Decimal, sensitivity: int) -> float:
-    """Noise scale when every refresh gets ``epsilon / T`` afresh: ``T * sensitivity / epsilon``."""
-    return horizon * sensitivity / float(epsilon)
 
 
 def _exact_half_width(scale: float, nodes: int) -> int:
@@ -320,134 +308,3 @@ class BinaryTreeCounter:
             nodes = t.bit_count()
             releases.append(NoisyTotal(t, totals[t], self.ci95_half_width(nodes), nodes))
         return releases
-
-
-@dataclass(frozen=True)
-class ErrorComparison:
-    """Theoretical error of running totals over a horizon, all with total budget ``epsilon``.
-
-    ``*_rms_mean`` is the root of the mean squared error averaged over ``t = 1..T``;
-    ``*_rms_worst`` at the worst ``t``. ``naive``: every refresh gets ``epsilon / T`` (scale
-    ``T * Δ / ε``). ``increments``: each window's count noised once at scale ``Δ / ε`` and the
-    noisy counts summed (error grows like ``sqrt(t)``).
-    """
-
-    horizon: int
-    epsilon: Decimal
-    sensitivity: int
-    levels: int
-    tree_scale: float
-    naive_scale: float
-    tree_rms_mean: float
-    tree_rms_worst: float
-    naive_rms: float
-    increments_rms_mean: float
-    increments_rms_worst: float
-    ratio_mean: float
-    ratio_worst: float
-
-
-def _total_bits(horizon: int) -> int:
-    """Sum of the number of 1 bits of ``t`` over ``t = 1..horizon``, in O(log T)."""
-    total = 0
-    for bit in range(horizon.bit_length()):
-        period = 1 << (bit + 1)
-        full, rest = divmod(horizon + 1, period)
-        total += full * (1 << bit) + max(0, rest - (1 << bit))
-    return total
-
-
-def error_comparison(horizon: int, epsilon: Decimal, sensitivity: int = 1) -> ErrorComparison:
-    """Exact discrete Laplace error of the tree vs the naive per-refresh split (and increments).
-
-    The tree's total at ``t`` sums ``popcount(t)`` independent node noises, so its mean
-    squared error is ``popcount(t) * Var(tree_scale)``.
-    """
-    horizon = check_int("horizon", horizon, 1)
-    epsilon = check_epsilon(epsilon)
-    sensitivity = check_int("sensitivity", sensitivity, 1)
-    node_var = discrete_laplace_variance(tree_scale(horizon, epsilon, sensitivity))
-    mean_nodes = _total_bits(horizon) / horizon
-    worst_nodes = max(horizon.bit_count(), levels(horizon) - 1)
-    naive_rms = math.sqrt(discrete_laplace_variance(naive_scale(horizon, epsilon, sensitivity)))
-    window_var = discrete_laplace_variance(sensitivity / float(epsilon))
-    tree_rms_mean = math.sqrt(mean_nodes * node_var)
-    tree_rms_worst = math.sqrt(worst_nodes * node_var)
-    return ErrorComparison(
-        horizon=horizon,
-        epsilon=epsilon,
-        sensitivity=sensitivity,
-        levels=levels(horizon),
-        tree_scale=tree_scale(horizon, epsilon, sensitivity),
-        naive_scale=naive_scale(horizon, epsilon, sensitivity),
-        tree_rms_mean=tree_rms_mean,
-        tree_rms_worst=tree_rms_worst,
-        naive_rms=naive_rms,
-        increments_rms_mean=math.sqrt((horizon + 1) / 2 * window_var),
-        increments_rms_worst=math.sqrt(horizon * window_var),
-        ratio_mean=naive_rms / tree_rms_mean,
-        ratio_worst=naive_rms / tree_rms_worst,
-    )
-
-
-@dataclass(frozen=True)
-class SimulationResult:
-    """Measured RMS errors over ``t = 1..T`` pooled over ``runs`` runs, with the theory."""
-
-    horizon: int
-    epsilon: Decimal
-    sensitivity: int
-    runs: int
-    tree_rms: float
-    naive_rms: float
-    increments_rms: float
-    ratio: float
-    theory: ErrorComparison
-    seconds: float
-
-
-def _rms(noisy: Sequence[int], exact: Sequence[int]) -> float:
-    """Root mean squared difference of two equal-length integer sequences."""
-    diff = np.asarray(noisy, dtype=np.float64) - np.asarray(exact, dtype=np.float64)
-    return float(np.sqrt(np.mean(diff * diff)))
-
-
-def simulate(
-    horizon: int, epsilon: Decimal, sensitivity: int = 1, runs: int = 3
-) -> SimulationResult:
-    """Run the tree, the naive per-refresh split and the increments baseline on a synthetic
-    stream of ``horizon`` windows (values in ``0..sensitivity``), all with OpenDP noise.
-
-    Each run uses a fresh :class:`MemoryNodeStore`; each mechanism draws all its noise in one
-    vectorised OpenDP call per run.
-    """
-    started = time.perf_counter()
-    theory = error_comparison(horizon, epsilon, sensitivity)
-    runs = check_int("runs", runs, 1)
-    values = [(7 * i) % (sensitivity + 1) for i in range(horizon)]
-    exact = list(accumulate(values))
-    naive, _ = vector_laplace(horizon * sensitivity, epsilon)
-    per_window, _ = vector_laplace(sensitivity, epsilon)
-    tree_sq = naive_sq = increments_sq = 0.0
-    for run in range(runs):
-        counter = BinaryTreeCounter(
-            horizon, epsilon, sensitivity, MemoryNodeStore(), f"simulation-{run}"
-        )
-        tree = [total.value for total in counter.release_prefixes(values)]
-        tree_sq += _rms(tree, exact) ** 2
-        naive_sq += _rms(naive(exact), exact) ** 2
-        increments_sq += _rms(list(accumulate(per_window(values))), exact) ** 2
-    tree_rms = math.sqrt(tree_sq / runs)
-    naive_rms = math.sqrt(naive_sq / runs)
-    return SimulationResult(
-        horizon=horizon,
-        epsilon=epsilon,
-        sensitivity=sensitivity,
-        runs=runs,
-        tree_rms=tree_rms,
-        naive_rms=naive_rms,
-        increments_rms=math.sqrt(increments_sq / runs),
-        ratio=naive_rms / tree_rms,
-        theory=theory,
-        seconds=time.perf_counter() - started,
-    )

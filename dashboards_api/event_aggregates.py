@@ -115,9 +115,6 @@ CAPPED = frozenset({"bounded_sum", "mean"})  # the aggregates a per-subject sum 
 CONFIDENCE = 0.95
 # Output columns of ``exact_plan`` (the group key keeps its own name).
 VALUE, SUM, COUNT, VALUES = "value", "sum", "count", "values"
-# Public bound on the rows of one group that the naive Context path declares (OpenDP
-# needs one for integer sums and quantiles; it only rules out overflow here).
-NAIVE_MAX_LENGTH = 1_000_000_000
 
 
 class InvalidEventQuery(ValueError):
@@ -307,7 +304,7 @@ def exact_plan(events: pl.LazyFrame, q: EventQuery, start: datetime, end: dateti
     if g is not None:
         rows = rows.filter(pl.col(g).is_in(q.categories))
     if m is not None:
-        rows = rows.with_columns(_bounded(events, q)).filter(pl.col(m).is_not_null())
+        rows = rows.with_columns(bounded_measure(events, q)).filter(pl.col(m).is_not_null())
     if q.aggregate == "quantile":
         return _quantile_records(rows.rename({q.subject: SUBJECT}), q)
     rows = rows.rename({q.subject: SUBJECT})
@@ -556,7 +553,7 @@ def _quantile_records(rows: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
     return _every_category(records.group_by(g).agg(pl.col(m).alias(VALUES)), q)
 
 
-def _bounded(events: pl.LazyFrame, q: EventQuery) -> pl.Expr:
+def bounded_measure(events: pl.LazyFrame, q: EventQuery) -> pl.Expr:
     """The measure clamped to the bounds, as Int64 (floats rounded half to even after
     clamping, NaN as no value): ``streams.preaggregate.bounded``."""
     assert q.measure is not None and q.bounds is not None
@@ -856,68 +853,3 @@ def _suppressed(
     if below is not None and count < below:
         return GroupValue(key, None, None, suppressed=True)
     return GroupValue(key, value, ci)
-
-
-# ---------------------------------------------------------------------------- baseline
-def naive_context_release(
-    events: pl.LazyFrame, q: EventQuery, start: datetime, end: datetime
-) -> EventRelease:
-    """The same query through OpenDP's ``Context`` (polars plugin): for benchmarks only.
-
-    Each call builds a Context and lets OpenDP search the noise scale; the window and
-    category filters and the sort by event time run in polars before (OpenDP does not take
-    datetime literals), the truncation to each subject's first k records in OpenDP (its
-    own rule: ``release`` shares a subject's k records over its groups, so the exact
-    answers differ where subjects exceed k). Its noise can differ from ``release``'s: it
-    bounds groups per subject for quantiles, and has no mean shift.
-    No confidence intervals (``summarize`` would search the scale again).
-    """
-    s, t, g, m, k = q.subject, q.time, q.group_by, q.measure, q.max_records_per_subject
-    rows = events.filter((pl.col(t) >= start) & (pl.col(t) < end))
-    if g is not None:
-        rows = rows.filter(pl.col(g).is_in(q.categories))
-    if m is not None:
-        rows = rows.filter(pl.col(m).is_not_null()).with_columns(_bounded(events, q))
-    # Sorted by event time here, then OpenDP keeps each subject's first rows: its
-    # ``keep=SortBy(...)`` keeps the rows at the positions of the sort permutation's first
-    # k entries (``int_range().sort_by()`` without the inverse), not the first k by time.
-    rows = rows.select([c for c in (s, t, g, m) if c is not None]).sort(t, maintain_order=True)
-    margins = [dp.polars.Margin(by=[g] if g is not None else [], max_length=NAIVE_MAX_LENGTH)]
-    context = dp.Context.compositor(
-        data=rows,
-        privacy_unit=dp.unit_of(contributions=1, identifier=s),
-        privacy_loss=dp.loss_of(epsilon=float(q.epsilon)),
-        split_evenly_over=1,
-        margins=margins,
-    )
-    query = context.query().truncate_per_group(k, keep="first")
-    if q.aggregate == "count_distinct_subjects":
-        query = query.truncate_per_group(1, by=[g] if g is not None else None, keep="first")
-    if m is None:
-        expr = dp.len(signed=True)
-    else:
-        measure: Any = pl.col(m)  # the ``dp`` namespace is registered by OpenDP at import
-        if q.aggregate == "bounded_sum":
-            expr = measure.dp.sum(q.bounds)
-        elif q.aggregate == "mean":
-            expr = measure.dp.mean(q.bounds)
-        else:
-            expr = measure.dp.quantile(q.alpha, list(q.candidates))
-    expr = expr.alias(VALUE)
-    if g is None:
-        out = query.select(expr).release().collect()
-        keys: list[str | None] = [None]
-    else:
-        keys_frame = pl.LazyFrame({g: list(q.categories)}, schema={g: pl.String})
-        out = query.group_by(g).agg(expr).with_keys(keys_frame).release().collect()
-        out = pl.DataFrame({g: list(q.categories)}).join(out, on=g, how="left")
-        keys = list(q.categories)
-    values = out[VALUE].to_list()
-    return EventRelease(
-        aggregate=q.aggregate,
-        group_by=g,
-        groups=tuple(GroupValue(key, v, None) for key, v in zip(keys, values, strict=True)),
-        epsilon_spent=q.epsilon,
-        max_records_per_subject=k,
-        ci95_unit="rank" if q.aggregate == "quantile" else "value",
-    )

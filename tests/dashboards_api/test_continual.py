@@ -21,12 +21,8 @@ from dashboards_api.continual import (
     BinaryTreeCounter,
     MemoryNodeStore,
     ci95_half_width,
-    discrete_laplace_variance,
     dyadic_nodes,
-    error_comparison,
     levels,
-    naive_scale,
-    simulate,
     tree_scale,
 )
 
@@ -309,33 +305,3 @@ def test_total_error_at_a_fixed_t_has_the_predicted_law() -> None:
     assert abs(draws.mean()) < 6 * math.sqrt(var / n)
     assert abs(np.mean(draws**2) - var) < 6 * math.sqrt((fourth - var * var) / n)
     assert covered / n >= 0.95 - 6 * math.sqrt(0.95 * 0.05 / n)
-
-
-def test_error_comparison_matches_direct_computation() -> None:
-    """The theory averages popcount(t) * Var(node) over t = 1..T (checked by brute force),
-    the naive error is one discrete Laplace at scale T * Δ / ε, and the worst t has the most
-    1 bits."""
-    for horizon in (1, 2, 3, 100, 1440, 4096, 5000):
-        theory = error_comparison(horizon, Decimal("0.5"), 2)
-        bits = [t.bit_count() for t in range(1, horizon + 1)]
-        node_var = discrete_laplace_variance(levels(horizon) * 2 / 0.5)
-        assert theory.tree_rms_mean == pytest.approx(math.sqrt(np.mean(bits) * node_var))
-        assert theory.tree_rms_worst == pytest.approx(math.sqrt(max(bits) * node_var))
-        naive = math.sqrt(discrete_laplace_variance(naive_scale(horizon, Decimal("0.5"), 2)))
-        assert theory.naive_rms == pytest.approx(naive)
-        assert theory.naive_scale == horizon * 4
-        increments = [t * discrete_laplace_variance(4.0) for t in range(1, horizon + 1)]
-        assert theory.increments_rms_mean == pytest.approx(math.sqrt(np.mean(increments)))
-    assert error_comparison(86_400, ONE).ratio_mean >= 50
-
-
-def test_simulated_error_ratio_matches_theory_at_moderate_t() -> None:
-    """At T = 4,096 (two runs) the measured naive/tree RMS ratio and the tree RMS are within
-    a factor 2.5 of theory, the naive RMS within 10%, and the ratio is above 50."""
-    result = simulate(4096, ONE, 1, runs=2)
-    theory = result.theory
-    assert theory.ratio_mean / 2.5 <= result.ratio <= theory.ratio_mean * 2.5
-    assert theory.tree_rms_mean / 2.5 <= result.tree_rms <= theory.tree_rms_mean * 2.5
-    assert result.naive_rms == pytest.approx(theory.naive_rms, rel=0.1)
-    assert result.ratio >= 50
-    assert result.runs == 2

@@ -24,7 +24,6 @@ from dashboards_api.event_aggregates import (
     InvalidEventQuery,
     exact_plan,
     mechanisms_for,
-    naive_context_release,
     release,
     scan_events,
     sensitivity,
@@ -557,42 +556,6 @@ def test_histogram_noise_has_the_declared_scale() -> None:
     assert abs(positive - 0.5) <= math.sqrt(math.log(2 / 5e-7) / (2 * len(nonzero)))
     wrong = 2 * math.exp(-threshold / 22) / (1 + math.exp(-1 / 22))  # a 10% larger scale
     assert abs(wrong - expected_tail) > 2 * slack  # the check would catch it
-
-
-# ------------------------------------------------------------------- Context baseline
-def test_naive_context_path_gives_similar_answers(tmp_path: Path) -> None:
-    """On 8,000 events of 2,000 subjects in a parquet part file, OpenDP's Context path and
-    this module release counts, distinct subjects, sums and means close to the same
-    bounded exact answers (tolerances > 8 noise scales: false failures < 1e-6). No
-    subject has more than k = 16 records here, where both truncations keep everything
-    (OpenDP keeps a subject's first k, this module shares k over the groups)."""
-    rng = random.Random(11)
-    rows: list[Row] = [
-        (f"s{rng.randrange(2000)}", rng.randrange(3700), rng.choice(CATEGORIES), rng.randrange(11))
-        for _ in range(8000)
-    ]
-    append_part(tmp_path / "events", events(rows).collect().to_arrow())
-    scanned = scan_events(tmp_path / "events")
-    for aggregate in ("histogram", "count_distinct_subjects", "bounded_sum", "mean"):
-        q = query(aggregate, k=16, epsilon="4")
-        truth = exact_plan(scanned, q, START, END).collect()
-        ours = release(q, truth).values
-        naive = naive_context_release(scanned, q, START, END).values
-        for row in truth.iter_rows(named=True):
-            key = row[G]
-            if aggregate == "mean":
-                expected = row["sum"] / row["count"]
-                tolerance = 0.5
-            else:
-                expected = row["value"]
-                tolerance = 8 * 2 * sensitivity(q) / 4  # OpenDP may bound groups, not L1
-            for value in (ours[key], naive[key]):
-                assert value is not None and abs(value - expected) <= tolerance, (
-                    aggregate,
-                    key,
-                    value,
-                    expected,
-                )
 
 
 # ------------------------------------------------------------------- per-subject sum cap
