@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dashboards_api.policy import GovernancePolicy
-from streams.settings import BindAddress
+from domains.addresses import BindAddress
 
 Role = Literal["consumer", "domain_owner", "governance"]
 

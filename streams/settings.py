@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import ssl
 import unicodedata
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# A DNS host name: dot-separated labels of letters, digits and inner hyphens.
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+from domains.addresses import BindAddress
+
 # Addresses that listen on every interface, and where a local client reaches them.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - a lookup, not a bind
 
@@ -23,26 +21,6 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - a lookup, not
 def refuse(code: str, message: str) -> PydanticCustomError:
     """A validation error whose ``type`` is the machine-readable ``code``."""
     return PydanticCustomError(code, message.replace("{", "{{").replace("}", "}}"))
-
-
-def checked_bind_address(value: str) -> str:
-    """``value`` if it is an IP address or a host name (at most 253 characters), else a
-    ``bad_bind_address`` validation error."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if len(value) <= 253 and _HOSTNAME.fullmatch(value):
-        return value
-    raise refuse(
-        "bad_bind_address",
-        f"bind address {value[:40]!r} is neither an IP address nor a host name "
-        "(use 127.0.0.1 for this machine only, 0.0.0.0 or :: for every interface)",
-    )
-
-
-# A listening address setting: an IP address or a host name (``bad_bind_address``).
-BindAddress = Annotated[str, AfterValidator(checked_bind_address)]
 
 
 def connect_host(bind: str) -> str:
