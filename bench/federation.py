@@ -98,7 +98,7 @@ def configure(data_dir: Path, contracts_dir: Path, tasks_dir: Path) -> None:
     """Point this process (and every federation process it starts) at the bench's data."""
     from domains.registry import _load_directory
     from federation.settings import get_federation_settings
-    from federation.tasks import _load_directory as load_tasks_dir
+    from federation.task_specs import _load_directory as load_tasks_dir
 
     base = consecutive_free_ports(3 + 8)
     os.environ.update(
@@ -276,7 +276,7 @@ def pooled_rows(task_name: str) -> dict[str, Any]:
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from federation.features import load_dataset, task_encoding
-    from federation.tasks import get_task
+    from federation.task_specs import get_task
 
     task = get_task(task_name)
     contracts = load_contracts()
@@ -304,8 +304,8 @@ def fit_with_patience(
     rows' or the one site's statistics), the same model, local optimiser and learning-rate
     schedule, one epoch per round, stopped by the same rule (``patience`` epochs without
     a better held-out AUC, at most ``num-server-rounds``), the best epoch kept."""
+    from federation.model import TrainConfig, evaluate, train
     from federation.standardise import Standardisation, local_moments
-    from federation.task import TrainConfig, evaluate, train
 
     if defaults.standardises:
         scaling = Standardisation.from_moments(local_moments(x))
@@ -343,9 +343,9 @@ def utility(name: str, task_name: str, extra: dict[str, Any] | None = None) -> d
     held-out rows."""
     import torch
 
+    from federation.model import build_model, evaluate, set_weights
     from federation.registry import open_registry
     from federation.run_config import RunConfig
-    from federation.task import build_model, evaluate, set_weights
 
     defaults = RunConfig.from_flower({})
     rows = pooled_rows(task_name)

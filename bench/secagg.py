@@ -130,17 +130,23 @@ def exactness() -> dict[str, Any]:
     from feature_repo.store import DomainFeatureStore
     from federation.dp import clip
     from federation.features import load_dataset, task_encoding
+    from federation.model import (
+        TrainConfig,
+        build_model,
+        flatten,
+        get_weights,
+        set_weights,
+        train,
+    )
     from federation.secagg.client import SecAggClient
     from federation.secagg.protocol import (
         choose_scale,
         decode_sum,
-        flatten,
         quantise,
         weight_share,
     )
     from federation.secagg.server import SecAggRound
-    from federation.task import TrainConfig, build_model, get_weights, set_weights, train
-    from federation.tasks import get_task
+    from federation.task_specs import get_task
 
     task = get_task("carriers_1m")
     contracts = load_contracts()

@@ -54,7 +54,7 @@ from domains.owners import OwnersDirectory
 from feature_repo.definitions import ProductFeatures, build_features
 from feature_repo.names import SUBJECT_KEY, sum_feature
 from federation.registry import ModelVersion
-from federation.tasks import TaskSpec
+from federation.task_specs import TaskSpec
 from streams.topics import (
     ProductTopics,
     consent_dlq_topic,

@@ -16,7 +16,7 @@ from domains.owners import load_owners
 from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
 from federation.registry import open_registry
-from federation.tasks import load_tasks
+from federation.task_specs import load_tasks
 
 
 def system_inputs(

@@ -75,6 +75,12 @@ class ServerOptimizer:
         return self._velocity / (np.sqrt(self._second) + ADAPTIVE_TAU)
 
 
+def fedavg_weight(examples: int, dp: bool) -> int:
+    """A domain's FedAvg weight: its training example count, or 1 with DP (uniform
+    averaging: a weight would multiply the domain's sensitivity by itself)."""
+    return 1 if dp else examples
+
+
 def weighted_mean(
     updates: Sequence[NDArray[np.float64]], weights: Sequence[int]
 ) -> NDArray[np.float64]:

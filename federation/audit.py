@@ -37,8 +37,8 @@ from numpy.typing import NDArray
 from torch import nn
 
 from federation.features import Dataset
+from federation.model import roc_auc, row_losses
 from federation.shadow import DomainRows, ShadowPlan, attack_scores
-from federation.task import roc_auc, row_losses
 
 if TYPE_CHECKING:
     from feature_repo.store import DomainFeatureStore

@@ -2,7 +2,7 @@
 
 All three message types go to :func:`federation.participant.handle`, which reads the
 steps a message asks for (``federation.wire``). The app is framework-free apart from
-Flower itself: model and training live in ``federation.task``.
+Flower itself: model and training live in ``federation.model``.
 """
 
 from __future__ import annotations

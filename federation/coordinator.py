@@ -35,22 +35,27 @@ from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
 from federation import wire
-from federation.aggregation import ServerOptimizer, combine, pooled_auc, weighted_mean
+from federation.aggregation import (
+    ServerOptimizer,
+    combine,
+    fedavg_weight,
+    pooled_auc,
+    weighted_mean,
+)
 from federation.dp import Accountant
 from federation.errors import FederationError, NotEnoughParticipants, SecAggProtocolError
 from federation.features import Encoding, task_encoding
 from federation.messenger import Messenger, Request
-from federation.run_config import DEFAULTS, SERVER_STEPS, RunConfig
+from federation.model import build_model, flatten, get_weights, parameter_count
+from federation.run_config import SERVER_STEPS, RunConfig
 from federation.secagg.protocol import (
     choose_scale,
     decode_sum,
-    flatten,
     neighbourhood_size,
 )
 from federation.secagg.server import SecAggRound, public_keys_from
 from federation.standardise import MOMENTS_BOUND, Standardisation
-from federation.task import build_model, get_weights, parameter_count
-from federation.tasks import TaskSpec, get_task
+from federation.task_specs import TaskSpec, get_task
 
 EVENT_PREFIX = "privmesh-event "
 CENSUS_GRACE_FACTOR = 3.0
@@ -222,7 +227,7 @@ class Coordinator:
             self._standardised(weighted_mean(vectors, weights), record)
 
     def _weight(self, node: int) -> int:
-        return 1 if self.config.dp.enabled else self.members[node].train_examples
+        return fedavg_weight(self.members[node].train_examples, self.config.dp.enabled)
 
     def _domain(self, node: int) -> str:
         found = self.members.get(node)
@@ -694,123 +699,10 @@ class Coordinator:
         emit("evaluated", pooled_auc=self.final_auc, domains=self.final)
 
     def lineage(self) -> dict[str, Any]:
-        """Everything the registry keeps about this model version."""
-        import flwr
+        """Everything the registry keeps about this model version (``federation.lineage``)."""
+        from federation.lineage import lineage
 
-        from federation.registry import privmesh_version
-
-        dp = self.config.dp
-        spent = self.accountant.spent(self.released) if self.accountant else None
-        examples = {p.domain: p.train_examples for p in self.members.values()}
-        run = self.grid.run
-        return {
-            "task": self.task.name,
-            "task_spec": json.loads(self.task.model_dump_json()),
-            "encoding": json.loads(self.encoding.to_json()),
-            "model": {
-                "kind": self.task.model.kind,
-                "hidden": self.task.model.hidden,
-                "features": self.encoding.width,
-                "parameters": self.parameters,
-                "shapes": [list(s) for s in self.shapes],
-            },
-            "domains": {
-                p.domain: {
-                    "train_examples": p.train_examples,
-                    "test_examples": p.test_examples,
-                    "rows_without_label": p.without_label,
-                    "rounds_participated": sum(p.domain in r.participants for r in self.rounds),
-                    "metrics": self.final.get(p.domain, {}),
-                }
-                for p in self.members.values()
-            },
-            "refused_domains": self.refused,
-            "example_counts": examples,
-            "rounds": {
-                "planned": self.config.rounds,
-                "completed": self.released,
-                "lost": [r.round for r in self.rounds if not r.released],
-                "history": [
-                    {
-                        "round": r.round,
-                        "released": r.released,
-                        "lost_reason": r.lost_reason,
-                        "participants": r.participants,
-                        "dropped": r.dropped,
-                        "train_loss": r.train_loss,
-                        "auc_before": r.pooled_auc,
-                        "clipped": r.clipped,
-                        "seconds": r.seconds,
-                        "privacy": r.privacy,
-                    }
-                    for r in self.rounds
-                ],
-            },
-            "secure_aggregation": {
-                "enabled": self.config.secure_aggregation,
-                "protocol": "SecAgg+ (privmesh: AES-CTR masks, 32-bit modulus, weights as "
-                "fractions, no clipping at quantisation)",
-                "num_shares": self.config.num_shares,
-                "reconstruction_threshold": self.config.reconstruction_threshold,
-                "min_domains": self.config.min_domains,
-                "clipping_norm": dp.clipping_norm,
-            },
-            "dp": {
-                "enabled": dp.enabled,
-                "unit": "one domain's update per round (add/remove a domain)",
-                "clipping": dp.clipping,
-                "noise_multiplier": dp.noise_multiplier,
-                "clipping_norm": dp.clipping_norm,
-                "delta": dp.delta,
-                "min_domains": dp.min_domains,
-                "rounds_released": self.released,
-                "rho_per_round": self.accountant.spent(1).rho if self.accountant else None,
-                "epsilon_per_round": self.accountant.spent(1).epsilon if self.accountant else None,
-                "rho_total": spent.rho if spent else None,
-                "epsilon_total": spent.epsilon if spent else None,
-            },
-            "run_config": {**DEFAULTS, **dict(self.context.run_config)},
-            "standardisation": {
-                "enabled": self.standardisation is not None,
-                "how": "pooled column mean and std of every domain's training rows, from "
-                "their moments under secure aggregation; folded into the first layer",
-            },
-            "stopping": {
-                "patience": self.config.patience,
-                "best_round": self.stopping.best[0] if self.stopping.best else None,
-                "best_pooled_auc": self.stopping.best_auc,
-                "stopped_early": self.stopping.stop,
-            },
-            "training": {
-                "aggregator": self.config.aggregator,
-                "server_learning_rate": self.config.server_learning_rate,
-                "server_momentum": self.config.server_momentum,
-                "local_epochs": self.config.train.epochs,
-                "learning_rate": self.config.train.learning_rate,
-                "batch_size": self.config.train.batch_size,
-                "max_local_steps": self.config.train.max_steps,
-                "seed": self.config.train.seed,
-            },
-            "metrics": {
-                "global": {
-                    "pooled_auc": self.final_auc,
-                    "weighted_auc": _weighted_metric(self.final, "auc"),
-                    "weighted_loss": _weighted_metric(self.final, "loss"),
-                },
-                "per_domain": self.final,
-            },
-            "code": {
-                "privmesh": privmesh_version(),
-                "source": self.config.code_version or None,
-                "flwr": flwr.__version__,
-                "fab_id": run.fab_id,
-                "fab_version": run.fab_version,
-                "fab_hash": run.fab_hash,
-                "run_id": run.run_id,
-            },
-            "started_at": self.started.isoformat(timespec="seconds"),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        return lineage(self)
 
 
 class Stopping:
@@ -909,9 +801,3 @@ def _weighted_loss(losses: list[tuple[float, int]]) -> float | None:
     losses = [(v, n) for v, n in losses if not math.isnan(v)]  # DP domains withhold theirs
     total = sum(n for _, n in losses)
     return sum(v * n for v, n in losses) / total if total else None
-
-
-def _weighted_metric(metrics: dict[str, dict[str, float]], name: str) -> float | None:
-    rows = [(m[name], m["examples"]) for m in metrics.values() if not math.isnan(m[name])]
-    total = sum(n for _, n in rows)
-    return sum(v * n for v, n in rows) / total if total else None

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from domains.contract import DataProduct, DomainContract, FieldSpec, FieldType, Protection
 from federation.errors import InvalidTask, NoTrainingData, SchemaMismatch
-from federation.tasks import FeatureSpec, LabelSpec, TaskSpec
+from federation.task_specs import FeatureSpec, LabelSpec, TaskSpec
 
 if TYPE_CHECKING:
     from feature_repo.store import DomainFeatureStore

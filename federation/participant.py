@@ -23,19 +23,20 @@ from flwr.app import ConfigRecord, Context, Message
 from federation import wire
 from federation.errors import FederationError
 from federation.features import Dataset, Encoding, load_dataset
-from federation.rounds import local_update
-from federation.run_config import RunConfig
-from federation.secagg.client import RoundSecrets, SecAggClient
-from federation.secagg.protocol import quantise, unflatten, weight_share
-from federation.standardise import MOMENTS_BOUND, Standardisation, local_moments
-from federation.task import (
+from federation.model import (
     build_model,
     check_data,
     evaluate,
     get_weights,
     set_weights,
+    unflatten,
 )
-from federation.tasks import TaskSpec
+from federation.rounds import local_update
+from federation.run_config import RunConfig
+from federation.secagg.client import RoundSecrets, SecAggClient
+from federation.secagg.protocol import quantise, weight_share
+from federation.standardise import MOMENTS_BOUND, Standardisation, local_moments
+from federation.task_specs import TaskSpec
 
 log = logging.getLogger("privmesh.federation")
 

@@ -15,11 +15,10 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
-from federation.aggregation import Noise
+from federation.aggregation import Noise, fedavg_weight
 from federation.dp import clip, gaussian_noise
+from federation.model import TrainConfig, flatten, get_weights, train
 from federation.run_config import RunConfig
-from federation.secagg.protocol import flatten
-from federation.task import TrainConfig, get_weights, train
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,7 @@ class LocalUpdate:
     clipped: bool
     """Whether clipping shortened the update."""
     weight: int
-    """The update's FedAvg weight: the domain's example count, or 1 with DP (uniform
-    averaging: a weight would multiply the domain's sensitivity)."""
+    """The update's FedAvg weight (``federation.aggregation.fedavg_weight``)."""
 
 
 def local_update(
@@ -59,4 +57,4 @@ def local_update(
     delta, clipped = clip(flatten(get_weights(model)) - start, config.dp.clipping_norm)
     if config.dp.enabled and config.dp.clipping == "client":
         delta = noise(delta, config.dp.domain_noise_scale)
-    return LocalUpdate(delta, loss, clipped, 1 if config.dp.enabled else len(y))
+    return LocalUpdate(delta, loss, clipped, fedavg_weight(len(y), config.dp.enabled))

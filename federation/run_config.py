@@ -14,7 +14,7 @@ from typing import Literal, cast
 
 from federation.dp import DPConfig
 from federation.errors import IncompatibleWithSecAgg, InvalidModelConfig, InvalidSecAggConfig
-from federation.task import TrainConfig
+from federation.model import TrainConfig
 
 Aggregator = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "median", "trimmed_mean"]
 SERVER_STEPS = ("fedavg", "fedavgm", "fedadam", "fedyogi")

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.coordinator import Coordinator, emit
 from federation.errors import FederationError
-from federation.secagg.protocol import unflatten
+from federation.model import unflatten
 
 app = ServerApp()
 

@@ -47,7 +47,7 @@ def domain_metrics(
 ) -> dict[str, Any]:
     """AUC and loss of ``version`` on ``domain``'s held-out rows."""
     from federation.features import load_dataset
-    from federation.task import evaluate
+    from federation.model import evaluate
     from federation.versions import load_version
 
     loaded = load_version(registry, version)

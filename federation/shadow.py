@@ -34,11 +34,10 @@ from torch import nn
 
 from federation.aggregation import ServerOptimizer, combine, weighted_mean
 from federation.errors import InvalidAuditConfig, InvalidTrainingData
+from federation.model import flatten, get_weights, set_weights, true_class_logits, unflatten
 from federation.rounds import local_update
 from federation.run_config import SERVER_STEPS, RunConfig
-from federation.secagg.protocol import flatten, unflatten
 from federation.standardise import Standardisation, local_moments
-from federation.task import get_weights, set_weights, true_class_logits
 
 ATTACKS = ("shadow_model", "shadow_calibrated")
 IN_SHARE = 0.8

@@ -9,10 +9,10 @@ from typing import Any
 from torch import nn
 
 from federation.features import Encoding
+from federation.model import build_model, set_weights
 from federation.registry import ModelRegistry
 from federation.run_config import RunConfig
-from federation.task import build_model, set_weights
-from federation.tasks import TaskSpec
+from federation.task_specs import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ def folder_files(folder: DomainFolder) -> dict[str, tuple[str, str]]:
 
 def mesh_domains(domains: DomainSet, demo_generator: bool = False) -> list[MeshDomain]:
     """The configured domains, with a SuperNode for each that a training task names."""
-    from federation.tasks import load_task_file
+    from federation.task_specs import load_task_file
 
     names = sorted(domains.domains)
     for name in names:

@@ -47,30 +47,6 @@ _SUM_LIMIT = 2.0**31
 _ZERO_NONCE = bytes(16)
 
 
-def flatten(arrays: Sequence[NDArray[np.floating]]) -> NDArray[np.float64]:
-    """The arrays as one float64 vector (the order and shapes are the model's)."""
-    if not arrays:
-        return np.zeros(0, dtype=np.float64)
-    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
-
-
-def unflatten(
-    vector: NDArray[np.floating], shapes: Sequence[tuple[int, ...]]
-) -> list[NDArray[np.float32]]:
-    """Split ``vector`` back into float32 arrays of ``shapes``."""
-    sizes = [math.prod(s) for s in shapes]
-    if sum(sizes) != len(vector):
-        raise InvalidSecAggConfig(
-            f"vector of {len(vector)} elements does not fill shapes totalling {sum(sizes)}"
-        )
-    out: list[NDArray[np.float32]] = []
-    start = 0
-    for shape, size in zip(shapes, sizes, strict=True):
-        out.append(np.asarray(vector[start : start + size], dtype=np.float32).reshape(shape))
-        start += size
-    return out
-
-
 def choose_scale(bound: float, contributors: int) -> float:
     """The largest scale at which the sum of ``contributors`` vectors cannot wrap around
     the ring.

@@ -22,7 +22,7 @@ from streams.settings import get_stream_settings
 if TYPE_CHECKING:
     from domains.contract import DataProduct, DomainContract
     from domains.lint_folders import LintModels
-    from federation.tasks import TaskSpec
+    from federation.task_specs import TaskSpec
 
 
 def _check_task(task: TaskSpec, contracts: dict[str, DomainContract]) -> None:
@@ -41,7 +41,7 @@ def lint_models() -> LintModels:
     from domains.errors import ContractError
     from domains.lint_folders import LintModels
     from federation.errors import FederationError
-    from federation.tasks import TaskSpec
+    from federation.task_specs import TaskSpec
 
     return LintModels(
         query_class=QueryClass,

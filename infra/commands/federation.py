@@ -56,10 +56,10 @@ def _dp_preflight(values: dict[str, Any], force: bool) -> None:
     from domains.registry import load_contracts
     from federation.dp import noise_floor, outlook, refuse_useless
     from federation.features import task_encoding
+    from federation.model import build_model, parameter_count
     from federation.run_config import RunConfig
     from federation.secagg.protocol import neighbourhood_size
-    from federation.task import build_model, parameter_count
-    from federation.tasks import get_task
+    from federation.task_specs import get_task
 
     config = RunConfig.from_flower(values)
     if not config.dp.enabled:
@@ -116,7 +116,7 @@ def train(
 ) -> None:
     """Train one model across the task's domains (SecAgg+ on), then register it."""
     from federation.settings import get_federation_settings
-    from federation.tasks import get_task
+    from federation.task_specs import get_task
     from infra.federation import LocalFederation, app_dir, code_version, run_job
 
     spec = get_task(task)
@@ -301,7 +301,7 @@ def _required(path: Path | None, name: str) -> Path:
 
 def _known_task(task: str) -> None:
     """Refuse a ``--task`` that no task file defines, with the closest names."""
-    from federation.tasks import load_tasks
+    from federation.task_specs import load_tasks
 
     text_option("--task", task, 200)
     one_of("--task", task, sorted(load_tasks()))
@@ -535,8 +535,8 @@ def models_export(
     import numpy as np
     import torch
 
+    from federation.model import build_model, set_weights
     from federation.registry import open_registry
-    from federation.task import build_model, set_weights
 
     registry = open_registry()
     model_version = registry.get(version)

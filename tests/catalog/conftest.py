@@ -16,7 +16,7 @@ from dashboards_api.query_classes import load_product_budgets, load_query_classe
 from domains.owners import load_owners
 from domains.registry import load_contracts
 from federation.registry import ModelRegistry
-from federation.tasks import load_tasks
+from federation.task_specs import load_tasks
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 # Today's spend: the distinct-customer class above 80% of its daily allocation, the order

@@ -16,7 +16,7 @@ from domains.owners import load_owners
 from domains.registry import load_contracts
 from domains.runtime import DEMO_DOMAINS_DIR
 from domains.scaffold import scaffold_domain
-from federation.tasks import load_tasks
+from federation.task_specs import load_tasks
 
 DEMO = {"ewr", "jfk", "lga", "shop", "support", "web"}
 

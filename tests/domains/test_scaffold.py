@@ -10,7 +10,7 @@ from dashboards_api.query_classes import ProductBudget, QueryClass
 from domains.errors import InvalidDomainFolder
 from domains.lint_folders import LintModels, lint_domains
 from domains.scaffold import scaffold_domain
-from federation.tasks import TaskSpec, load_tasks
+from federation.task_specs import TaskSpec, load_tasks
 from streams.settings import get_stream_settings
 
 MODELS = LintModels(query_class=QueryClass, product_budget=ProductBudget, task=TaskSpec)

@@ -11,7 +11,7 @@ import torch
 
 from federation.audit import audit_model, audit_version, loss_threshold_attack, score_attack
 from federation.features import Dataset
-from federation.task import TrainConfig, build_model, train
+from federation.model import TrainConfig, build_model, train
 
 
 def test_separated_losses_are_a_perfect_attack() -> None:
@@ -74,8 +74,8 @@ def test_a_memorising_model_is_caught_and_an_untrained_one_is_not() -> None:
 
 def _registered_version(data_dir: Path) -> str:
     """A federated model of the three airports (3 SecAgg+ rounds), registered."""
+    from federation.model import unflatten
     from federation.registry import ModelRegistry
-    from federation.secagg.protocol import unflatten
     from tests.federation.test_coordinator import job
 
     coordinator, _ = job(data_dir)

@@ -209,7 +209,7 @@ def union_of_training_rows(data_dir: Path) -> np.ndarray:
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from federation.features import load_dataset, task_encoding
-    from federation.tasks import get_task
+    from federation.task_specs import get_task
 
     task, contracts = get_task("flight_delay"), load_contracts()
     encoding = task_encoding(task, contracts)

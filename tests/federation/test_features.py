@@ -22,7 +22,7 @@ from federation.features import (
     load_dataset,
     task_encoding,
 )
-from federation.tasks import TaskSpec, get_task
+from federation.task_specs import TaskSpec, get_task
 
 
 def flight_task(**changes: object) -> TaskSpec:

@@ -12,8 +12,8 @@ from domains.registry import load_contracts
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
 from federation.errors import InvalidServingChange, ModelRegression, UnknownModelVersion
+from federation.model import unflatten
 from federation.registry import ModelRegistry
-from federation.secagg.protocol import unflatten
 from federation.serving import promote, rollback, served
 from tests.federation.conftest import AIRPORTS
 from tests.federation.test_coordinator import job

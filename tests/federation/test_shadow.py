@@ -12,9 +12,9 @@ from torch import nn
 from federation.audit import audit_model
 from federation.errors import InvalidAuditConfig
 from federation.features import Dataset
+from federation.model import build_model
 from federation.run_config import RunConfig
 from federation.shadow import ShadowPlan, replay
-from federation.task import build_model
 
 
 def _logistic_rows(rows: int, seed: int) -> Dataset:
@@ -48,7 +48,7 @@ def test_a_replay_with_the_targets_seed_and_rows_is_the_target(airport_data: Pat
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from federation.features import load_dataset
-    from federation.tasks import TaskSpec
+    from federation.task_specs import TaskSpec
     from federation.versions import run_config_of
     from tests.federation.test_coordinator import job
 
@@ -69,8 +69,7 @@ def test_a_replay_with_the_targets_seed_and_rows_is_the_target(airport_data: Pat
         data,
         seed=config.train.seed,
     )
-    from federation.secagg.protocol import flatten
-    from federation.task import get_weights
+    from federation.model import flatten, get_weights
 
     replayed = flatten(get_weights(model))
     error = np.linalg.norm(replayed - coordinator.weights) / np.linalg.norm(coordinator.weights)
@@ -109,8 +108,7 @@ def test_replayed_dp_noise_is_the_configured_scale() -> None:
     domains' noise of scale z * C / sqrt(min-domains)."""
     import torch
 
-    from federation.secagg.protocol import flatten
-    from federation.task import get_weights
+    from federation.model import flatten, get_weights
 
     config = _config(
         1, **{"num-server-rounds": 1, "learning-rate": 1e-12, "dp-noise-multiplier": 2.0,

@@ -10,11 +10,11 @@ import torch
 
 from federation.aggregation import weighted_mean
 from federation.errors import InvalidModelConfig, InvalidTrainingData
+from federation.model import build_model, flatten, get_weights, set_weights
 from federation.secagg.client import SecAggClient
-from federation.secagg.protocol import choose_scale, decode_sum, flatten, quantise, weight_share
+from federation.secagg.protocol import choose_scale, decode_sum, quantise, weight_share
 from federation.secagg.server import SecAggRound
 from federation.standardise import MOMENTS_BOUND, Standardisation, local_moments
-from federation.task import build_model, get_weights, set_weights
 
 
 def domains(seed: int = 0) -> dict[int, np.ndarray]:

@@ -16,11 +16,9 @@ from federation.secagg.protocol import (
     choose_scale,
     decode_error_bound,
     decode_sum,
-    flatten,
     mask_stream,
     neighbourhoods,
     quantise,
-    unflatten,
     weight_share,
 )
 
@@ -135,15 +133,6 @@ def test_masks_cancel_and_hide() -> None:
     assert abs(ones - 50_000) < 4 * np.sqrt(25_000)
     with pytest.raises(InvalidSecAggConfig):
         mask_stream(b"short", 1)
-
-
-def test_flatten_round_trips_shapes() -> None:
-    """Model arrays flatten into one vector and back, in order."""
-    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([7.0], dtype=np.float32)]
-    back = unflatten(flatten(arrays), [(2, 3), (1,)])
-    assert all(np.array_equal(a, b) for a, b in zip(arrays, back, strict=True))
-    with pytest.raises(InvalidSecAggConfig):
-        unflatten(np.zeros(5), [(2, 3)])
 
 
 @pytest.mark.parametrize("count,shares", [(5, 5), (9, 5), (12, 3), (4, 7)])

@@ -7,14 +7,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from federation.errors import InvalidModelConfig, InvalidTrainingData
-from federation.task import (
+from federation.model import (
     TrainConfig,
     build_model,
     evaluate,
+    flatten,
     get_weights,
     roc_auc,
     set_weights,
     train,
+    unflatten,
 )
 
 
@@ -95,3 +97,12 @@ def test_auc_matches_scikit_learn_with_ties() -> None:
     scores = rng.integers(0, 20, 2_000).astype(np.float64) + y
     assert roc_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
     assert np.isnan(roc_auc(np.ones(5, np.int64), np.arange(5.0)))
+
+
+def test_flatten_round_trips_shapes() -> None:
+    """Model arrays flatten into one vector and back, in order."""
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([7.0], dtype=np.float32)]
+    back = unflatten(flatten(arrays), [(2, 3), (1,)])
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, back, strict=True))
+    with pytest.raises(InvalidModelConfig):
+        unflatten(np.zeros(5), [(2, 3)])

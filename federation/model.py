@@ -8,6 +8,7 @@ the secure aggregation carry.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from federation.errors import InvalidModelConfig, InvalidTrainingData
-from federation.tasks import ModelKind
+from federation.task_specs import ModelKind
 
 
 @dataclass(frozen=True)
@@ -204,3 +205,27 @@ def roc_auc(y: NDArray[np.integer], scores: NDArray[np.floating]) -> float:
     ranks[order] = np.repeat(average, counts)
     rank_sum = ranks[y == 1].sum()
     return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def flatten(arrays: Sequence[NDArray[np.floating]]) -> NDArray[np.float64]:
+    """The arrays as one float64 vector (the order and shapes are the model's)."""
+    if not arrays:
+        return np.zeros(0, dtype=np.float64)
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+
+
+def unflatten(
+    vector: NDArray[np.floating], shapes: Sequence[tuple[int, ...]]
+) -> list[NDArray[np.float32]]:
+    """Split ``vector`` back into float32 arrays of ``shapes``."""
+    sizes = [math.prod(s) for s in shapes]
+    if sum(sizes) != len(vector):
+        raise InvalidModelConfig(
+            f"a weight vector of {len(vector)} elements does not fill shapes totalling {sum(sizes)}"
+        )
+    out: list[NDArray[np.float32]] = []
+    start = 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        out.append(np.asarray(vector[start : start + size], dtype=np.float32).reshape(shape))
+        start += size
+    return out

@@ -22,7 +22,7 @@ from domains.folders import domain_set
 from domains.yaml_files import is_empty_yaml, load_yaml_model
 from federation.errors import InvalidTask, UnknownTask
 
-# The model kinds build_model (federation.task) builds; named here so that reading and
+# The model kinds build_model (federation.model) builds; named here so that reading and
 # linting task files does not import torch.
 ModelKind = Literal["logistic_regression", "mlp"]
 
