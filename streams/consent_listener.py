@@ -293,14 +293,6 @@ class ConsentListener:
             return set()
         return subject_tokens(self.contract, self._tokens, subject, products)
 
-    def report(self) -> dict[str, object]:
-        """Counters and subjects per purpose and decision (no identifier, no digest)."""
-        return {
-            **dict(self.counters),
-            "ready": self.ready.is_set(),
-            "subjects": self.index.counts(),
-        }
-
 
 def withdrawal_id(domain: str, index: ConsentIndex, record: ConsentRecord) -> str:
     """A stable id for one withdrawal decision: the same record always gives the same id."""

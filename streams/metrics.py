@@ -1,16 +1,14 @@
 """Prometheus metrics of one domain's processor (``/metrics`` on its web port).
 
-Read from the processor's counters at scrape time; labels are domain, product,
-purpose, reason codes and key versions, never a value, token or digest. Counts since
-the worker started are counters (``_total``), levels are gauges; the process's own
-CPU, memory, file descriptors and garbage collection are on the same page.
+Read from the processor's health report (``streams.health``) at scrape time; labels
+are domain, product, purpose, reason codes and key versions, never a value, token or
+digest. Counts since the worker started are counters (``_total``), levels are gauges;
+the process's own CPU, memory, file descriptors and garbage collection are on the same page.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,40 +20,29 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams.keyring import DomainTokens
-from streams.pipeline import REVOKED
-
-if TYPE_CHECKING:
-    from streams.pipeline import ProductPipeline
-    from streams.processor import Processor
+from streams.health import ConsentHealth, HealthReport, HealthSource
 
 REJECTED = "rejected."
 CONSENT_DROPPED = "consent_dropped."
 
 
-def since_start(pipeline: ProductPipeline, tally: str) -> int:
-    """The pipeline's ``tally`` (late, capped or truncated events) since the worker started:
-    its owned partitions' plus those of the partitions it gave up (monotonic)."""
-    return int(getattr(pipeline, tally)) + pipeline.counters[REVOKED + tally]
-
-
 class ProcessorCollector(Collector):
     """Events in and out, dead letters, consent drops, erasures and key versions."""
 
-    def __init__(self, processor: Processor, started: float) -> None:
-        self._processor = processor
+    def __init__(self, source: HealthSource, started: float) -> None:
+        self._source = source
         self._started = started
 
     def collect(self) -> Iterator[Metric]:
-        """One sample per series, from the processor's counters now."""
-        p = self._processor
-        domain = p.ingest.domain
+        """One sample per series, from the processor's health report now."""
+        report = self._source.health()
+        domain = report.domain
         consumed = CounterMetricFamily(
             "privmesh_stream_consumed_events",
             "Raw events read from the domain's ingest topics",
             labels=["domain"],
         )
-        consumed.add_metric([domain], p.ingest.counters["consumed"])
+        consumed.add_metric([domain], report.ingest.get("consumed", 0))
         events = CounterMetricFamily(
             "privmesh_stream_events",
             "Ingested events by outcome: published, dead_lettered or consent_dropped",
@@ -98,35 +85,37 @@ class ProcessorCollector(Collector):
             "the measure's per-day cap (max_sum_per_period), in the measure's unit",
             labels=["domain", "product", "measure"],
         )
-        for pipeline in p.pipelines:
-            product, counts = pipeline.product.name, pipeline.counters
-            events.add_metric([domain, product, "published"], counts["accepted"])
-            events.add_metric([domain, product, "dead_lettered"], counts["rejected"])
-            events.add_metric([domain, product, "consent_dropped"], counts["consent_dropped"])
+        for health in report.products:
+            product, counts = health.name, health.counters
+            events.add_metric([domain, product, "published"], counts.get("accepted", 0))
+            events.add_metric([domain, product, "dead_lettered"], counts.get("rejected", 0))
+            events.add_metric(
+                [domain, product, "consent_dropped"], counts.get("consent_dropped", 0)
+            )
             for name, value in sorted(counts.items()):
                 if name.startswith(REJECTED):
                     dead.add_metric([domain, product, name.removeprefix(REJECTED)], value)
                 elif name.startswith(CONSENT_DROPPED):
                     dropped.add_metric([domain, product, name.removeprefix(CONSENT_DROPPED)], value)
-            pushed.add_metric([domain, product], counts["subject_rows_pushed"])
-            late.add_metric([domain, product], since_start(pipeline, "late_events"))
-            capped.add_metric([domain, product], since_start(pipeline, "capped_events"))
-            truncated.add_metric([domain, product], since_start(pipeline, "truncated_events"))
-            for measure, amount in sorted(pipeline.truncated_sums_since_start().items()):
+            pushed.add_metric([domain, product], counts.get("subject_rows_pushed", 0))
+            late.add_metric([domain, product], health.late_events_since_start)
+            capped.add_metric([domain, product], health.capped_events_since_start)
+            truncated.add_metric([domain, product], health.truncated_events_since_start)
+            for measure, amount in sorted(health.truncated_sums_since_start.items()):
                 cut.add_metric([domain, product, measure], amount)
         yield from (consumed, events, dead, dropped, pushed, late, capped, truncated, cut)
-        yield from self._consent(domain)
+        yield from _consent(domain, report.consent)
         erasures = CounterMetricFamily(
             "privmesh_stream_erasures_applied",
             "Erasures applied by this worker: requests (privmesh erase, dsr) and withdrawals",
             labels=["domain", "source"],
         )
-        erasures.add_metric([domain, "request"], p.erasures.applied)
+        erasures.add_metric([domain, "request"], report.erasures.applied)
         erasures.add_metric(
-            [domain, "consent_withdrawal"], p.consent.counters["withdrawal_erasures"]
+            [domain, "consent_withdrawal"], report.consent.counters.get("withdrawal_erasures", 0)
         )
         yield erasures
-        yield self._key_versions(domain)
+        yield _key_versions(report)
         started = GaugeMetricFamily(
             "privmesh_stream_start_time_seconds",
             "When the domain's worker started, in seconds since the Unix epoch",
@@ -135,54 +124,47 @@ class ProcessorCollector(Collector):
         started.add_metric([domain], self._started)
         yield started
 
-    def _consent(self, domain: str) -> Iterator[Metric]:
-        listener = self._processor.consent
-        subjects = GaugeMetricFamily(
-            "privmesh_consent_subjects",
-            "Subjects whose latest decision for the purpose is a grant or a withdrawal",
-            labels=["domain", "purpose", "decision"],
-        )
-        for purpose, counts in listener.index.counts().items():
-            for decision, count in counts.items():
-                subjects.add_metric([domain, purpose, decision], count)
-        records = CounterMetricFamily(
-            "privmesh_consent_records",
-            "Consent records read, by result (applied or malformed)",
-            labels=["domain", "result"],
-        )
-        malformed = listener.counters["malformed"]
-        records.add_metric([domain, "applied"], listener.counters["records"] - malformed)
-        records.add_metric([domain, "malformed"], malformed)
-        ready = GaugeMetricFamily(
-            "privmesh_consent_index_ready",
-            "1 once the consent index has caught up and events are processed",
-            labels=["domain"],
-        )
-        ready.add_metric([domain], 1.0 if listener.ready.is_set() else 0.0)
-        yield from (subjects, records, ready)
 
-    def _key_versions(self, domain: str) -> Metric:
-        family = GaugeMetricFamily(
-            "privmesh_pseudonymisation_key_version",
-            "Key versions of the domain: 1 for the version applying to events now (active), "
-            "0 for retired ones and those scheduled for the future",
-            labels=["domain", "version", "state"],
-        )
-        tokens = self._processor.tokens
-        if not isinstance(tokens, DomainTokens):
-            return family
-        now = time.time()
-        active = tokens.ring.version_at(domain, now)
-        for epoch in tokens.ring.epochs(domain):
-            if epoch.version == active:
-                family.add_metric([domain, str(epoch.version), "active"], 1.0)
-            else:
-                state = "scheduled" if epoch.effective_from > now else "retired"
-                family.add_metric([domain, str(epoch.version), state], 0.0)
-        return family
+def _consent(domain: str, consent: ConsentHealth) -> Iterator[Metric]:
+    subjects = GaugeMetricFamily(
+        "privmesh_consent_subjects",
+        "Subjects whose latest decision for the purpose is a grant or a withdrawal",
+        labels=["domain", "purpose", "decision"],
+    )
+    for purpose, counts in consent.subjects.items():
+        for decision, count in counts.items():
+            subjects.add_metric([domain, purpose, decision], count)
+    records = CounterMetricFamily(
+        "privmesh_consent_records",
+        "Consent records read, by result (applied or malformed)",
+        labels=["domain", "result"],
+    )
+    malformed = consent.counters.get("malformed", 0)
+    records.add_metric([domain, "applied"], consent.counters.get("records", 0) - malformed)
+    records.add_metric([domain, "malformed"], malformed)
+    ready = GaugeMetricFamily(
+        "privmesh_consent_index_ready",
+        "1 once the consent index has caught up and events are processed",
+        labels=["domain"],
+    )
+    ready.add_metric([domain], 1.0 if consent.ready else 0.0)
+    yield from (subjects, records, ready)
 
 
-def metrics_registry(processor: Processor, started: float) -> CollectorRegistry:
+def _key_versions(report: HealthReport) -> Metric:
+    family = GaugeMetricFamily(
+        "privmesh_pseudonymisation_key_version",
+        "Key versions of the domain: 1 for the version applying to events now (active), "
+        "0 for retired ones and those scheduled for the future",
+        labels=["domain", "version", "state"],
+    )
+    for key in report.key_versions:
+        value = 1.0 if key.state == "active" else 0.0
+        family.add_metric([report.domain, str(key.version), key.state], value)
+    return family
+
+
+def metrics_registry(processor: HealthSource, started: float) -> CollectorRegistry:
     """A registry of this processor and its process (tests run several in one process)."""
     registry = CollectorRegistry()
     registry.register(ProcessorCollector(processor, started))

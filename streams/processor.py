@@ -37,11 +37,19 @@ from streams.consent import ConsentIndex
 from streams.consent_listener import ConsentListener
 from streams.erasure_listener import ErasureListener
 from streams.feature_push import FeaturePusher
+from streams.health import (
+    ConsentHealth,
+    ErasureHealth,
+    HealthReport,
+    KeyState,
+    KeyVersion,
+    ProductHealth,
+)
 from streams.ingest_loop import IngestLoop
 from streams.kafka_clients import faust_config
 from streams.keyring import DomainTokens, KeyRingWatcher, keyring_path
 from streams.metrics import metrics_registry, render
-from streams.pipeline import ProductPipeline, build_pipelines
+from streams.pipeline import REVOKED, ProductPipeline, build_pipelines
 from streams.pseudonymise import TokenSource
 from streams.restore import OfflineDayTallies
 from streams.settings import KafkaSettings, StreamSettings
@@ -73,6 +81,58 @@ class Processor:
     erasures: ErasureListener
     consent: ConsentListener
     tokens: TokenSource
+
+    def health(self) -> HealthReport:
+        """A snapshot of the processor's counters now (the health page's and /metrics')."""
+        ingest, erasures, consent = self.ingest, self.erasures, self.consent
+        return HealthReport(
+            domain=ingest.domain,
+            assigned_partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in ingest.assigned),
+            ingest=dict(ingest.counters),
+            features=dict(self.pusher.counters),
+            erasures=ErasureHealth(erasures.applied, erasures.malformed, erasures.rereads),
+            consent=ConsentHealth(
+                dict(consent.counters), consent.ready.is_set(), consent.index.counts()
+            ),
+            products=[_product_health(p) for p in self.pipelines],
+            key_versions=_key_versions(ingest.domain, self.tokens),
+        )
+
+
+def _product_health(pipeline: ProductPipeline) -> ProductHealth:
+    late, capped, truncated = (
+        pipeline.late_events,
+        pipeline.capped_events,
+        pipeline.truncated_events,
+    )
+    revoked = pipeline.counters  # what partitions given up had tallied (monotonic)
+    return ProductHealth(
+        name=pipeline.product.name,
+        counters=dict(pipeline.counters),
+        late_events=late,
+        capped_events=capped,
+        truncated_events=truncated,
+        truncated_sums=pipeline.truncated_sums,
+        late_events_since_start=late + revoked[REVOKED + "late_events"],
+        capped_events_since_start=capped + revoked[REVOKED + "capped_events"],
+        truncated_events_since_start=truncated + revoked[REVOKED + "truncated_events"],
+        truncated_sums_since_start=pipeline.truncated_sums_since_start(),
+    )
+
+
+def _key_versions(domain: str, tokens: TokenSource) -> list[KeyVersion]:
+    """The domain's key versions and their states now (none without a key ring)."""
+    if not isinstance(tokens, DomainTokens):
+        return []
+    now = time.time()
+    active = tokens.ring.version_at(domain, now)
+    out = []
+    for epoch in tokens.ring.epochs(domain):
+        state: KeyState = "active"
+        if epoch.version != active:
+            state = "scheduled" if epoch.effective_from > now else "retired"
+        out.append(KeyVersion(epoch.version, state))
+    return out
 
 
 def make_app(
@@ -154,29 +214,6 @@ def build_processor(
     return processor
 
 
-def health_report(processor: Processor, started: float) -> dict[str, Any]:
+def health_report(processor: Processor, started: float) -> dict[str, object]:
     """What the worker's health page shows: counters only, never a token or a value."""
-    ingest = processor.ingest
-    return {
-        "domain": ingest.domain,
-        "uptime_seconds": round(time.time() - started, 1),
-        "assigned_partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in ingest.assigned),
-        "ingest": dict(ingest.counters),
-        "features": dict(processor.pusher.counters),
-        "erasures": {
-            "applied": processor.erasures.applied,
-            "malformed": processor.erasures.malformed,
-            "rereads": processor.erasures.rereads,
-        },
-        "consent": processor.consent.report(),
-        "products": {
-            p.product.name: {
-                **dict(p.counters),
-                "late_events": p.late_events,
-                "capped_events": p.capped_events,
-                "truncated_events": p.truncated_events,
-                "truncated_sums": p.truncated_sums,
-            }
-            for p in processor.pipelines
-        },
-    }
+    return processor.health().page(uptime_seconds=round(time.time() - started, 1))
