@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse
 
 from catalog.errors import CatalogError
 from catalog.graph import Catalog
 from catalog.model import EntityKind
 from dashboards_api.deps import require
 from dashboards_api.errors import ApiError
-from dashboards_api.routes.dashboard import static_file
+from dashboards_api.pages import Page, page_router
 
 STATIC = Path(__file__).resolve().parent / "static"
 TagName = Literal["direct_identifier", "quasi_identifier", "sensitive", "non_personal"]
@@ -73,7 +72,15 @@ router = APIRouter(
     tags=["catalog"],
     dependencies=[require("governance")],
 )
-page = APIRouter(tags=["catalog"])
+page = page_router(
+    Page(
+        name="catalog",
+        folder=STATIC,
+        title="governance catalog",
+        tagline="Data products, privacy tags and protections, lineage, budget use",
+    ),
+    "catalog",
+)
 
 
 @router.get("")
@@ -144,28 +151,6 @@ def lineage(
 
 def _public(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return {"kind": kind, **body}
-
-
-def _static(name: str, media_type: str) -> FileResponse:
-    return static_file(STATIC / name, media_type)
-
-
-@page.get("/catalog", include_in_schema=False)
-def catalog_page() -> FileResponse:
-    """The governance page (holds no data; its calls carry the caller's key)."""
-    return _static("catalog.html", "text/html; charset=utf-8")
-
-
-@page.get("/catalog/catalog.js", include_in_schema=False)
-def catalog_script() -> FileResponse:
-    """The page's script."""
-    return _static("catalog.js", "text/javascript; charset=utf-8")
-
-
-@page.get("/catalog/catalog.css", include_in_schema=False)
-def catalog_style() -> FileResponse:
-    """The page's style sheet."""
-    return _static("catalog.css", "text/css; charset=utf-8")
 
 
 def mount(app: FastAPI, factory: Callable[[], Catalog], ttl_seconds: float) -> None:
