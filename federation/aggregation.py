@@ -113,13 +113,18 @@ def combine(
     updates: Sequence[NDArray[np.float64]],
     weights: Sequence[int],
     noise: Noise = gaussian_noise,
+    *,
+    clipping_norm: float | None = None,
 ) -> NDArray[np.float64]:
-    """The round's mean update under ``config``: server-side DP (clip, sum, ``noise``),
-    a robust aggregator, or FedAvg's weighted mean."""
+    """The round's mean update under ``config``: server-side DP (clip to the round's
+    ``clipping_norm``, sum, ``noise`` of ``z_u * C``), a robust aggregator, or FedAvg's
+    weighted mean."""
     dp = config.dp
     if dp.enabled and dp.clipping == "server":
-        clipped = [clip(u, dp.clipping_norm)[0] for u in updates]
-        return noise(np.sum(clipped, axis=0), dp.sum_noise_scale) / len(updates)
+        norm = dp.clipping_norm if clipping_norm is None else clipping_norm
+        clipped = [clip(u, norm)[0] for u in updates]
+        scale = dp.update_noise_multiplier * norm
+        return noise(np.sum(clipped, axis=0), scale) / len(updates)
     if config.aggregator == "median":
         return coordinate_median(updates)
     if config.aggregator == "trimmed_mean":

@@ -100,6 +100,13 @@ class RoundLog:
     compute: dict[str, float] = field(default_factory=dict)
     """The slowest domain's own compute per step (the rest of an exchange is transport)."""
     privacy: dict[str, float] = field(default_factory=dict)
+    clipping_norm: float = 0.0
+    """The C every update of this round was clipped to."""
+    noise_std: float = 0.0
+    """With DP: the noise standard deviation per coordinate each domain added (client
+    clipping) or the coordinator added to the sum (server clipping)."""
+    sized_for: int = 0
+    """With DP: the domains the noise was sized for (those that shared keys / were asked)."""
     positives: NDArray[np.int64] | None = None
     negatives: NDArray[np.int64] | None = None
 
@@ -141,6 +148,9 @@ class Coordinator:
         self.standardisation: Standardisation | None = None
         self.stopping = Stopping(self.config.patience)
         self.accountant = Accountant(self.config.dp) if self.config.dp.enabled else None
+        self.clipping = self.config.dp.adaptive_clipping()
+        self.charges: list[tuple[int, int]] = []
+        """Each unmasked DP round as (vectors in the sum, domains its noise was sized for)."""
         self.members: dict[int, Member] = {}
         self._asked: set[int] = set()
         self.refused: dict[str, str] = {}
@@ -225,6 +235,42 @@ class Coordinator:
         record.seconds = time.monotonic() - began
         if len(vectors) >= self.config.min_domains:
             self._standardised(weighted_mean(vectors, weights), record)
+
+    @property
+    def clipping_norm(self) -> float:
+        """The next round's clipping norm: adaptive with DP (by default), else fixed."""
+        return self.clipping.norm if self.clipping is not None else self.config.dp.clipping_norm
+
+    @property
+    def _bits(self) -> bool:
+        """Whether each domain's update carries its noisy clipped bit as a last element."""
+        return self.clipping is not None and self.config.dp.clipping == "client"
+
+    def _prepare_noise(self, record: RoundLog, participants: int) -> float:
+        """Fix the round's clipping norm and noise for ``participants`` domains; the
+        largest magnitude an element of a domain's vector may have (SecAgg+'s bound)."""
+        dp = self.config.dp
+        record.clipping_norm = self.clipping_norm
+        bound = record.clipping_norm
+        if not dp.enabled:
+            return bound
+        record.sized_for = participants
+        z = dp.update_noise_multiplier
+        if dp.clipping == "server":
+            record.noise_std = z * record.clipping_norm
+            return bound
+        record.noise_std = dp.domain_scale(participants, z, record.clipping_norm)
+        bound += NOISE_BOUND_SIGMAS * record.noise_std
+        if self.clipping is not None:
+            bound = max(bound, self.clipping.bits_limit(participants))
+        return bound
+
+    def _collect_params(self, record: RoundLog) -> dict[str, Any]:
+        """What a domain needs to clip and noise its update as the round prescribes."""
+        params: dict[str, Any] = {"clipping_norm": record.clipping_norm}
+        if self.config.dp.enabled:
+            params["participants"] = record.sized_for
+        return params
 
     def _weight(self, node: int) -> int:
         return fedavg_weight(self.members[node].train_examples, self.config.dp.enabled)
@@ -414,12 +460,7 @@ class Coordinator:
         self, r: int, current: SecAggRound, shared: list[int], record: RoundLog
     ) -> tuple[dict[int, tuple[bytes, bytes]], float, float]:
         """collect(r) from the nodes that shared keys, with keygen(r+1)."""
-        dp = self.config.dp
-        bound = dp.clipping_norm
-        if dp.enabled:
-            bound += NOISE_BOUND_SIGMAS * dp.domain_noise_scale
-        if r == 0:
-            bound = MOMENTS_BOUND
+        bound = MOMENTS_BOUND if r == 0 else self._prepare_noise(record, len(shared))
         scale = choose_scale(bound, len(shared))
         current.quantised_weight = sum(self._weight(n) for n in shared)
         sent = self.weights.copy()
@@ -438,6 +479,7 @@ class Coordinator:
                     "weight_total": current.quantised_weight,
                     "evaluate": r > 0 and self.config.evaluates_before(r),
                     "statistics": r == 0,
+                    **({} if r == 0 else self._collect_params(record)),
                 },
                 wire.KEYGEN: {"round": r + 1},
             }
@@ -496,7 +538,7 @@ class Coordinator:
         if record.round == 0:
             self._standardised(mean, record)
             return
-        self._apply(mean, record)
+        self._apply(mean, record, arrived=len(current.masked))
 
     def _keygen_only(self, r: int) -> dict[int, tuple[bytes, bytes]]:
         requests = {
@@ -554,11 +596,13 @@ class Coordinator:
             self._admit_newcomers()
             nodes = self._idle_online(set())
             sent = self.weights.copy()
+            self._prepare_noise(record, len(nodes))
             content: dict[str, dict[str, Any]] = {
                 wire.COLLECT: {
                     "round": r,
                     "secure": False,
                     "evaluate": self.config.evaluates_before(r),
+                    **self._collect_params(record),
                 },
             }
             requests = {
@@ -579,7 +623,8 @@ class Coordinator:
             for node, reply in outcome.replies.items():
                 answer = wire.params(reply, wire.COLLECT)
                 (vector,) = wire.arrays_of(reply, wire.UPDATE_RECORD)
-                if len(vector) != len(self.weights) or not np.isfinite(vector).all():
+                expected = len(self.weights) + int(self._bits)
+                if len(vector) != expected or not np.isfinite(vector).all():
                     outcome.failures[node] = "malformed update"
                     continue
                 updates.append(np.asarray(vector, dtype=np.float64))
@@ -596,7 +641,11 @@ class Coordinator:
                 )
                 self._report(record)
                 continue
-            self._apply(combine(self.config, updates, weights), record)
+            mean = combine(self.config, updates, weights, clipping_norm=record.clipping_norm)
+            bit_sum = None
+            if self.clipping is not None and self.config.dp.clipping == "server":
+                bit_sum = self.clipping.noisy_bit_sum([float(np.linalg.norm(u)) for u in updates])
+            self._apply(mean, record, arrived=len(updates), bit_sum=bit_sum)
 
     # ------------------------------------------------------------------ shared
     def _note_collect(
@@ -609,8 +658,36 @@ class Coordinator:
             record.evaluation[self._domain(node)] = _metrics(answer)
             record.add_histograms(answer)
 
-    def _apply(self, mean: NDArray[np.float64], record: RoundLog) -> None:
-        limit = self._update_limit()
+    def _apply(
+        self,
+        mean: NDArray[np.float64],
+        record: RoundLog,
+        arrived: int,
+        bit_sum: float | None = None,
+    ) -> None:
+        """Charge the round's privacy (its sum is now known), adapt the clipping norm
+        from the noisy bits, and apply the mean update unless it is out of bounds."""
+        if self._bits:  # the last element: the mean of the domains' noisy centred bits
+            bit_sum, mean = float(mean[-1]) * arrived, mean[:-1]
+        if self.accountant is not None:
+            charge = (  # server-side noise is added to the sum itself: always z * C
+                (1, 1)
+                if self.config.dp.clipping == "server"
+                else (min(arrived, record.sized_for), record.sized_for)
+            )
+            self.charges.append(charge)
+            one = self.accountant.spent_rounds([charge])
+            total = self.accountant.spent_rounds(self.charges)
+            record.privacy = {
+                "rho_round": one.rho,
+                "epsilon_round": one.epsilon,
+                "rho_total": total.rho,
+                "epsilon_total": total.epsilon,
+                "delta": total.delta,
+            }
+        if self.clipping is not None and bit_sum is not None and arrived:
+            self.clipping.step(bit_sum, arrived)
+        limit = self._update_limit(record)
         length = float(np.linalg.norm(mean))
         if not np.isfinite(length) or length > limit:
             record.lost_reason = (
@@ -622,31 +699,21 @@ class Coordinator:
         self.weights = self.optimizer.step(self.weights, mean)
         record.released = True
         self.released += 1
-        if self.accountant is not None:
-            one = self.accountant.spent(1)
-            total = self.accountant.spent(self.released)
-            record.privacy = {
-                "rho_round": one.rho,
-                "epsilon_round": one.epsilon,
-                "rho_total": total.rho,
-                "epsilon_total": total.epsilon,
-                "delta": total.delta,
-            }
         self._report(record)
 
-    def _update_limit(self) -> float:
-        """The largest norm a mean of clipped updates can have: the clipping norm (a mean
-        of vectors no longer than C is no longer than C), plus, with DP, a norm the noise
-        in the mean exceeds with probability below 1e-21 (Gaussian norm tail, t = 10; the
-        noise of a mean is largest with the fewest contributors, min-domains)."""
+    def _update_limit(self, record: RoundLog) -> float:
+        """The largest norm a mean of clipped updates can have: the round's clipping norm
+        (a mean of vectors no longer than C is no longer than C), plus, with DP, a norm
+        the noise in the mean exceeds with probability below 1e-21 (Gaussian norm tail,
+        t = 10; the noise of a mean is largest with the fewest contributors)."""
         dp = self.config.dp
-        limit = dp.clipping_norm * (1 + 1e-9) + 1e-9
+        limit = record.clipping_norm * (1 + 1e-9) + 1e-9
         if dp.enabled:
-            fewest = max(1, dp.min_domains)
+            fewest = max(1, min(dp.min_domains, record.sized_for))
             if dp.clipping == "client":
-                sigma = dp.domain_noise_scale / math.sqrt(fewest)
+                sigma = record.noise_std / math.sqrt(fewest)
             else:
-                sigma = dp.sum_noise_scale / fewest
+                sigma = record.noise_std / fewest
             limit += sigma * (math.sqrt(len(self.weights)) + 10.0)
         return limit
 
@@ -672,6 +739,8 @@ class Coordinator:
             exchanges=record.exchanges,
             compute={k: round(v, 3) for k, v in record.compute.items()},
             privacy=record.privacy,
+            clipping_norm=record.clipping_norm,
+            noise_std=record.noise_std,
         )
 
     def _final_evaluation(self) -> None:

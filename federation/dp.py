@@ -72,6 +72,14 @@ class DPConfig:
     clipping: Clipping = "client"
     """Where updates are clipped and noised: each domain (works with SecAgg+), or the
     coordinator after seeing them in clear (plain aggregation only)."""
+    adaptive: bool = False
+    """Whether C adapts each round towards a quantile of the update norms
+    (:class:`AdaptiveClipping`; ``clipping_norm`` is then its first value). A run's
+    default is on (``dp-adaptive-clipping`` in the run config)."""
+    clipping_quantile: float = 0.5
+    """The quantile of the domains' update norms adaptive clipping aims C at."""
+    clipping_learning_rate: float = 0.2
+    """eta: C moves by at most a factor ``exp(eta / 2)`` per round."""
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier >= 0 or not math.isfinite(self.noise_multiplier):
@@ -84,6 +92,14 @@ class DPConfig:
             raise InvalidDPConfig(f"dp-delta must be in (0, 1), got {self.delta}")
         if self.min_domains < 1:
             raise InvalidDPConfig(f"min-domains must be >= 1, got {self.min_domains}")
+        if not 0 < self.clipping_quantile < 1:
+            raise InvalidDPConfig(
+                f"dp-clipping-quantile must be in (0, 1), got {self.clipping_quantile}"
+            )
+        if not 0 < self.clipping_learning_rate <= 10:
+            raise InvalidDPConfig(
+                f"dp-clipping-learning-rate must be in (0, 10], got {self.clipping_learning_rate}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -96,14 +112,39 @@ class DPConfig:
         ``min_domains`` (the worst case; :meth:`domain_scale` sizes it for the round)."""
         return self.noise_multiplier * self.clipping_norm / math.sqrt(self.min_domains)
 
-    def domain_scale(self, participants: int, noise_multiplier: float | None = None) -> float:
+    def domain_scale(
+        self,
+        participants: int,
+        noise_multiplier: float | None = None,
+        clipping_norm: float | None = None,
+    ) -> float:
         """Standard deviation of the noise each of a round's ``participants`` domains adds
         per coordinate, so that their sum holds ``z * C`` (``noise_multiplier`` replaces
-        z, e.g. the update's share under adaptive clipping)."""
+        z, e.g. the update's share under adaptive clipping; ``clipping_norm`` replaces C,
+        e.g. the round's adaptive norm)."""
         if participants < 1:
             raise InvalidDPConfig(f"a DP round needs at least one domain, got {participants}")
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
-        return z * self.clipping_norm / math.sqrt(participants)
+        norm = self.clipping_norm if clipping_norm is None else clipping_norm
+        return z * norm / math.sqrt(participants)
+
+    def adaptive_clipping(self) -> AdaptiveClipping | None:
+        """The run's adaptive clipping state (None: DP off, or C fixed)."""
+        if not (self.enabled and self.adaptive):
+            return None
+        return AdaptiveClipping(
+            self.clipping_norm,
+            self.noise_multiplier,
+            self.clipping_quantile,
+            self.clipping_learning_rate,
+        )
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_u: the noise multiplier of the updates themselves (below z when adaptive
+        clipping's bits take part of each round's budget)."""
+        clipping = self.adaptive_clipping()
+        return clipping.update_noise_multiplier if clipping else self.noise_multiplier
 
     @property
     def sum_noise_scale(self) -> float:
@@ -279,6 +320,11 @@ class AdaptiveClipping:
         """z_u: the updates' noise multiplier once the bits took their share."""
         return split_noise_multiplier(self.noise_multiplier, self.bit_noise)
 
+    def bits_limit(self, participants: int) -> float:
+        """The largest magnitude a domain's noised bit may take in SecAgg+ (1/2 plus 12
+        standard deviations of its noise; a larger one is refused, odds ~1e-32)."""
+        return 0.5 + 12.0 * self.domain_bit_noise(participants)
+
     def bit(self, update_norm: float) -> float:
         """A domain's centred bit: +1/2 if its update is within the norm, else -1/2."""
         return 0.5 if update_norm <= self.norm else -0.5
@@ -286,6 +332,12 @@ class AdaptiveClipping:
     def domain_bit_noise(self, participants: int) -> float:
         """The noise each of ``participants`` domains adds to its bit."""
         return self.bit_noise / math.sqrt(participants)
+
+    def noisy_bit_sum(self, update_norms: Sequence[float]) -> float:
+        """The bits of updates seen in clear (server-side clipping), summed, with the
+        bits' whole noise from OpenDP."""
+        total = sum(self.bit(n) for n in update_norms)
+        return float(gaussian_noise(np.array([total]), self.bit_noise)[0])
 
     def step(self, noisy_bit_sum: float, arrived: int) -> float:
         """The next round's norm from the unmasked noisy sum of ``arrived`` centred bits."""
@@ -324,6 +376,8 @@ class NoiseOutlook:
     """epsilon after R rounds with every domain in each (delta: the config's)."""
     epsilon_worst: float
     """epsilon if every round were released with only ``floor`` vectors."""
+    adaptive: bool = False
+    """Whether C adapts to the update norms (its first value starts the run)."""
 
     @property
     def useless(self) -> bool:
@@ -336,7 +390,14 @@ class NoiseOutlook:
             f"DP: noise sized for {self.sized_for} of {self.participants} domains "
             f"(a released sum holds at least {self.floor}); {self.parameters:,} parameters, "
             f"{self.rounds} rounds, update noise multiplier "
-            f"{self.update_noise_multiplier:.3g}. Expected noise-to-signal: "
+            f"{self.update_noise_multiplier:.3g}"
+            + (
+                " (adaptive clipping: C follows a quantile of the update norms, from "
+                "noisy bits that take a quarter of each round's budget)"
+                if self.adaptive
+                else " (fixed clipping norm)"
+            )
+            + ". Expected noise-to-signal: "
             f"{self.per_round:.3g} per round, {self.final_model:.3g} in the final model "
             f"(limit {NOISE_TO_SIGNAL_LIMIT:g}); epsilon {self.epsilon:.3g} "
             f"(worst case with dropouts {self.epsilon_worst:.3g})."
@@ -370,7 +431,7 @@ def outlook(
             f"need 1 <= floor <= participants, parameters >= 1 and rounds >= 1, got floor "
             f"{floor}, participants {participants}, parameters {parameters}, rounds {rounds}"
         )
-    z = adaptive.update_noise_multiplier if adaptive else config.noise_multiplier
+    z = adaptive.update_noise_multiplier if adaptive else config.update_noise_multiplier
     per_round = z * math.sqrt(parameters / (participants * sized))
     accountant = Accountant(config)
     return NoiseOutlook(
@@ -384,6 +445,7 @@ def outlook(
         final_model=per_round / math.sqrt(rounds),
         epsilon=accountant.spent(rounds).epsilon,
         epsilon_worst=accountant.spent_rounds([(floor, participants)] * rounds).epsilon,
+        adaptive=adaptive is not None or config.adaptive,
     )
 
 

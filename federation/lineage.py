@@ -26,7 +26,8 @@ def lineage(run: Coordinator) -> dict[str, Any]:
     from federation.registry import privmesh_version
 
     dp = run.config.dp
-    spent = run.accountant.spent(run.released) if run.accountant else None
+    spent = run.accountant.spent_rounds(run.charges) if run.accountant else None
+    clipping = run.clipping
     examples = {p.domain: p.train_examples for p in run.members.values()}
     flower = run.grid.run
     return {
@@ -68,6 +69,9 @@ def lineage(run: Coordinator) -> dict[str, Any]:
                     "clipped": r.clipped,
                     "seconds": r.seconds,
                     "privacy": r.privacy,
+                    "clipping_norm": r.clipping_norm,
+                    "noise_std": r.noise_std,
+                    "noise_sized_for": r.sized_for,
                 }
                 for r in run.rounds
             ],
@@ -87,9 +91,21 @@ def lineage(run: Coordinator) -> dict[str, Any]:
             "clipping": dp.clipping,
             "noise_multiplier": dp.noise_multiplier,
             "clipping_norm": dp.clipping_norm,
+            "update_noise_multiplier": dp.update_noise_multiplier if dp.enabled else None,
+            "noise_sized_for": "the domains that shared keys for each round (asked, without "
+            "SecAgg+); a round summed with fewer vectors is charged proportionally more",
+            "adaptive_clipping": {
+                "enabled": clipping is not None,
+                "quantile": dp.clipping_quantile,
+                "learning_rate": dp.clipping_learning_rate,
+                "initial_norm": dp.clipping_norm,
+                "final_norm": clipping.norm if clipping else None,
+                "bit_noise_multiplier": clipping.bit_noise if clipping else None,
+            },
             "delta": dp.delta,
             "min_domains": dp.min_domains,
             "rounds_released": run.released,
+            "rounds_charged": [list(c) for c in run.charges],
             "rho_per_round": run.accountant.spent(1).rho if run.accountant else None,
             "epsilon_per_round": run.accountant.spent(1).epsilon if run.accountant else None,
             "rho_total": spent.rho if spent else None,

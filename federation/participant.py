@@ -149,7 +149,7 @@ Answer = tuple[dict[str, Any], dict[str, list[Any]]]
 
 def _census(message: Message, context: Context, domain: str, config: RunConfig) -> Answer:
     from domains.registry import get_contract
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
 
@@ -158,7 +158,7 @@ def _census(message: Message, context: Context, domain: str, config: RunConfig) 
     encoding = Encoding.from_json(str(request["encoding"]))
     if domain not in task.domains:
         raise FederationError(f"domain {domain!r} does not take part in task {task.name!r}")
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     data_dir = context.node_config.get("data-dir") or runtime.data_dir
     store = DomainFeatureStore(
         get_contract(domain), Path(str(data_dir)).resolve(), FeatureStoreSettings()
@@ -231,18 +231,57 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     rows = data.rows(message)
     if bool(request["evaluate"]):
         answer.update(_evaluation(model, rows))
-    update = local_update(model, rows.x_train, rows.y_train, config, round_, domain)
-    # With DP, nothing computed from the domain's rows leaves but the noised update: its
-    # training loss and whether clipping bound are withheld (NaN / False).
+    norm, participants = _round_clipping(request, config, data.task)
+    update = local_update(
+        model,
+        rows.x_train,
+        rows.y_train,
+        config,
+        round_,
+        domain,
+        clipping_norm=norm,
+        participants=participants,
+    )
+    # With DP, nothing computed from the domain's rows leaves but the noised update (and,
+    # with adaptive clipping, the noised clipped bit inside it): its training loss and
+    # whether clipping bound are withheld (NaN / False).
     answer["train_loss"] = float("nan") if config.dp.enabled else update.loss
     answer["clipped"] = update.clipped and not config.dp.enabled
     answer["weight"] = update.weight
+    vector = update.delta if update.bit is None else np.append(update.delta, update.bit)
     if not secure:
-        return answer, {wire.UPDATE_RECORD: [update.delta.astype(np.float32)]}
+        return answer, {wire.UPDATE_RECORD: [vector.astype(np.float32)]}
+    if config.dp.enabled and participants != int(request["weight_total"]):
+        raise FederationError(
+            "the round's noise is sized for a domain count other than the domains that "
+            "shared keys (their uniform DP weights); refusing to under-noise the update"
+        )
     share = weight_share(update.weight, int(request["weight_total"]))
-    quantised = quantise(update.delta, float(request["scale"]), float(request["bound"]), share)
+    quantised = quantise(vector, float(request["scale"]), float(request["bound"]), share)
     masked = client.mask(round_, quantised)
     return answer, {wire.UPDATE_RECORD: [masked]}
+
+
+def _round_clipping(
+    request: dict[str, Any], config: RunConfig, task: TaskSpec
+) -> tuple[float, int | None]:
+    """The round's clipping norm and the domain count its noise is sized for, as the
+    coordinator sent them, checked: the norm is public (a wrong one costs utility, not
+    privacy: noise scales with it), but a count above the task's domains would shrink
+    every domain's noise, so it is refused."""
+    norm = float(request.get("clipping_norm", config.dp.clipping_norm))
+    if not (norm > 0 and np.isfinite(norm)):
+        raise FederationError("the round's clipping norm must be a positive number")
+    raw = request.get("participants")
+    if raw is None:
+        return norm, None
+    participants = int(raw)
+    if not 1 <= participants <= len(task.domains):
+        raise FederationError(
+            f"the round's noise would be sized for {participants} domains; the task has "
+            f"{len(task.domains)}: refusing to under-noise the update"
+        )
+    return norm, participants
 
 
 def _statistics(

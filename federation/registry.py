@@ -311,10 +311,10 @@ def privmesh_version() -> str:
 
 def open_registry(url: str | None = None, data_dir: Path | None = None) -> ModelRegistry:
     """The registry of the configured URL and data directory."""
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from federation.settings import get_federation_settings
 
     return ModelRegistry(
         url or get_federation_settings().registry_url,
-        (data_dir or RuntimeSettings().data_dir).resolve(),
+        (data_dir or get_runtime_settings().data_dir).resolve(),
     )

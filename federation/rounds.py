@@ -32,6 +32,11 @@ class LocalUpdate:
     """Whether clipping shortened the update."""
     weight: int
     """The update's FedAvg weight (``federation.aggregation.fedavg_weight``)."""
+    bit: float | None = None
+    """With adaptive clipping: the domain's centred bit ``||update|| <= C`` (+-1/2) plus
+    its share of the bits' Gaussian noise; it travels inside the masked vector."""
+    noise_std: float = 0.0
+    """The standard deviation of the noise added to each coordinate of ``delta``."""
 
 
 def local_update(
@@ -41,10 +46,19 @@ def local_update(
     config: RunConfig,
     round_: int,
     domain: str,
-    noise: Noise = gaussian_noise,
+    noise: Noise | None = None,
+    *,
+    clipping_norm: float | None = None,
+    participants: int | None = None,
 ) -> LocalUpdate:
     """Train ``model`` (holding the round's global weights) in place on (x, y) as round
-    ``round_`` of ``config`` prescribes, and return its update from those weights."""
+    ``round_`` of ``config`` prescribes, and return its update from those weights.
+
+    ``clipping_norm``: the round's C (the coordinator's adaptive one; default the
+    configured one). ``participants``: the domains that shared keys for the round, whose
+    noise together makes the round sum's ``z * C`` (default ``min-domains``, the worst
+    case). With adaptive clipping the update's noise uses z_u and the bit gets the rest."""
+    noise = noise or gaussian_noise
     start = flatten(get_weights(model))
     local = TrainConfig(
         epochs=config.train.epochs,
@@ -54,7 +68,20 @@ def local_update(
         max_steps=config.train.max_steps,
     )
     loss = train(model, x, y, local)
-    delta, clipped = clip(flatten(get_weights(model)) - start, config.dp.clipping_norm)
-    if config.dp.enabled and config.dp.clipping == "client":
-        delta = noise(delta, config.dp.domain_noise_scale)
-    return LocalUpdate(delta, loss, clipped, fedavg_weight(len(y), config.dp.enabled))
+    dp = config.dp
+    norm = dp.clipping_norm if clipping_norm is None else clipping_norm
+    raw = flatten(get_weights(model)) - start
+    delta, clipped = clip(raw, norm)
+    weight = fedavg_weight(len(y), dp.enabled)
+    if not (dp.enabled and dp.clipping == "client"):
+        return LocalUpdate(delta, loss, clipped, weight)
+    sized_for = dp.min_domains if participants is None else participants
+    scale = dp.domain_scale(sized_for, dp.update_noise_multiplier, norm)
+    delta = noise(delta, scale)
+    adaptive = dp.adaptive_clipping()
+    bit = None
+    if adaptive is not None:
+        adaptive.norm = norm
+        centred = np.array([adaptive.bit(float(np.linalg.norm(raw)))])
+        bit = float(noise(centred, adaptive.domain_bit_noise(sized_for))[0])
+    return LocalUpdate(delta, loss, clipped, weight, bit, scale)

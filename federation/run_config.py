@@ -42,6 +42,9 @@ DEFAULTS: dict[str, bool | int | float | str] = {
     "dp-noise-multiplier": 0.0,
     "dp-delta": 1e-5,
     "dp-clipping": "client",
+    "dp-adaptive-clipping": True,
+    "dp-clipping-quantile": 0.5,
+    "dp-clipping-learning-rate": 0.2,
     "aggregator": "fedavg",
     "server-learning-rate": 1.0,
     "server-momentum": 0.0,
@@ -136,6 +139,9 @@ class RunConfig:
             delta=number("dp-delta"),
             min_domains=min_domains,
             clipping=cast(Literal["client", "server"], choice("dp-clipping", ("client", "server"))),
+            adaptive=flag("dp-adaptive-clipping"),
+            clipping_quantile=number("dp-clipping-quantile"),
+            clipping_learning_rate=number("dp-clipping-learning-rate"),
         )
         config = cls(
             task=str(values["task"]),

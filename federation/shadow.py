@@ -138,7 +138,9 @@ def replay(
         updates, counts = [], []
         for domain, (x, y) in sorted(data.items()):
             set_weights(model, unflatten(weights, shapes))
-            update = local_update(model, x, y, shadow_config, round_, domain, noise)
+            update = local_update(
+                model, x, y, shadow_config, round_, domain, noise, participants=len(data)
+            )
             updates.append(update.delta)
             counts.append(update.weight)
         weights = optimizer.step(weights, combine(config, updates, counts, noise))

@@ -172,7 +172,7 @@ class Runner:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from federation.engine.tuning import tune
     from federation.settings import get_federation_settings
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_federation_settings()
     kill_at = None
     if args.kill_at:
-        if RuntimeSettings().is_production:
+        if get_runtime_settings().is_production:
             raise EngineError("--kill-at is a chaos-testing switch, refused in production")
         step, _, round_ = args.kill_at.partition(":")
         kill_at = (step, int(round_ or 0))

@@ -77,7 +77,6 @@ def _dp_preflight(values: dict[str, Any], force: bool) -> None:
         floor=min(domains, noise_floor(threshold, config.dp.min_domains)),
         parameters=parameter_count(model),
         rounds=config.rounds,
-        sized_for=min(domains, config.dp.min_domains),  # participants size it for min-domains
     )
     err.print(expected.describe())
     refuse_useless(expected, force)

@@ -270,3 +270,85 @@ def test_stopping_counts_evaluations_without_improvement() -> None:
     for released_ in range(10):
         never.observe(released_, np.zeros(1), 0.5)
     assert not never.stop
+
+
+def test_adaptive_clipping_moves_the_norm_every_round_and_fixed_keeps_it(
+    airport_data: Path,
+) -> None:
+    """With DP, C starts at clipping-norm (0.001, far below these updates' norms, about
+    10) and each round moves geometrically towards their median from the domains' noisy
+    bits, so all three rounds clip with a different norm and it grows; with
+    dp-adaptive-clipping off every round keeps 0.001. False-failure rate: C shrinks in a
+    round only if the bits' noise (sd 0.5 on a sum of -1.5) exceeds +3 sd: 1.3e-3 a
+    round, and the last is below the first only if two of three do (< 1e-5)."""
+    dp = {"num-server-rounds": 3, "dp-noise-multiplier": 0.5, "clipping-norm": 0.001}
+    coordinator, _ = job(airport_data, **dp, patience=0)
+    lineage = coordinator.run()
+    norms = [r["clipping_norm"] for r in lineage["rounds"]["history"]]
+    assert len(norms) == 3 and len(set(norms)) == 3 and norms[0] == 0.001
+    assert norms[-1] > norms[0]
+    adaptive = lineage["dp"]["adaptive_clipping"]
+    assert adaptive["enabled"] and adaptive["final_norm"] != norms[-1]
+    fixed, _ = job(airport_data, **dp, patience=0, **{"dp-adaptive-clipping": False})
+    fixed_lineage = fixed.run()
+    assert {r["clipping_norm"] for r in fixed_lineage["rounds"]["history"]} == {0.001}
+    assert not fixed_lineage["dp"]["adaptive_clipping"]["enabled"]
+
+
+def test_each_domain_adds_the_noise_sized_for_the_domains_taking_part(
+    airport_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three domains share keys with min-domains 2: every update's noise has standard
+    deviation z_u * C_r / sqrt(3) for the round's own C_r (not sized for min-domains,
+    sqrt(3/2) times more), the bit's z_b / sqrt(3), and the round is charged as complete."""
+    from federation import rounds
+    from federation.dp import DPConfig
+
+    used: list[tuple[int, float]] = []
+    real = rounds.gaussian_noise
+
+    def spy(vector: np.ndarray, scale: float) -> np.ndarray:
+        used.append((len(vector), scale))
+        return real(vector, scale)
+
+    monkeypatch.setattr(rounds, "gaussian_noise", spy)
+    coordinator, _ = job(
+        airport_data, **{"num-server-rounds": 2, "dp-noise-multiplier": 1.0, "patience": 0}
+    )
+    lineage = coordinator.run()
+    config: DPConfig = coordinator.config.dp
+    z_u = config.update_noise_multiplier
+    history = lineage["rounds"]["history"]
+    expected_updates = sorted(
+        config.domain_scale(3, z_u, r["clipping_norm"]) for r in history for _ in range(3)
+    )
+    update_scales = sorted(s for n, s in used if n > 1)
+    assert update_scales == pytest.approx(expected_updates, rel=1e-12)
+    assert [r["noise_std"] for r in history] == pytest.approx(
+        [config.domain_scale(3, z_u, r["clipping_norm"]) for r in history]
+    )
+    assert all(r["noise_sized_for"] == 3 for r in history)
+    bit = config.adaptive_clipping()
+    assert bit is not None
+    bit_scales = [s for n, s in used if n == 1]
+    assert bit_scales == pytest.approx([bit.bit_noise / np.sqrt(3)] * 6)
+    assert z_u > config.noise_multiplier  # the bits took their share of the budget
+    assert lineage["dp"]["rounds_charged"] == [[3, 3], [3, 3]]
+    assert lineage["dp"]["rho_total"] == pytest.approx(2 * 1 / (2 * 1.0**2))
+
+
+def test_a_domain_refuses_noise_sized_for_more_domains_than_the_task_has() -> None:
+    """A coordinator claiming more participants than the task has domains would shrink
+    every domain's noise: the domain refuses the round."""
+    from federation.errors import FederationError
+    from federation.participant import _round_clipping
+    from federation.run_config import RunConfig
+    from federation.task_specs import get_task
+
+    config = RunConfig.from_flower({"dp-noise-multiplier": 1.0})
+    task = get_task("flight_delay")
+    assert _round_clipping({"clipping_norm": 0.5, "participants": 3}, config, task) == (0.5, 3)
+    with pytest.raises(FederationError, match="under-noise"):
+        _round_clipping({"clipping_norm": 0.5, "participants": 1000}, config, task)
+    with pytest.raises(FederationError, match="positive"):
+        _round_clipping({"clipping_norm": float("nan"), "participants": 3}, config, task)

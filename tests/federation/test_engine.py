@@ -148,3 +148,47 @@ def test_an_unregistered_supernode_is_refused(
         assert "No SuperNode found with the given public key" in log, log[-2000:]
     finally:
         federation.stop()
+
+
+def test_a_dp_job_adapts_its_clipping_sizes_its_noise_and_registers_epsilon(
+    airport_data: Path, settings: FederationSettings
+) -> None:
+    """DP-FedAvg on the real engine after a non-DP version of the task: C (starting at
+    0.001, far below the updates' norms) changes every round, each round's noise std is
+    the one sized for the three domains that shared keys at that round's C, and the
+    registry holds epsilon (the accountant's, for the charged rounds) and the AUC lost
+    against the non-DP version. False-failure rate of the C check: below 1e-5 (see the
+    in-process adaptive clipping test)."""
+    from federation.dp import Accountant
+    from federation.registry import open_registry
+    from federation.run_config import RunConfig
+
+    base, _, _ = run(airport_data, settings, {"num-server-rounds": 1})
+    dp_config = {
+        "num-server-rounds": 3,
+        "dp-noise-multiplier": 0.5,
+        "clipping-norm": 0.001,
+        "patience": 0,
+    }
+    result, events, _ = run(airport_data, settings, dp_config)
+    assert result["event"] == "registered"
+    lineage = open_registry(data_dir=airport_data).get(result["version"]).lineage
+    history = lineage["rounds"]["history"]
+    norms = [r["clipping_norm"] for r in history]
+    assert len(set(norms)) == 3 and norms[-1] > norms[0] == 0.001
+    config = RunConfig.from_flower({"task": "flight_delay", **dp_config}).dp
+    assert [r["noise_std"] for r in history] == pytest.approx(
+        [config.domain_scale(3, config.update_noise_multiplier, c) for c in norms], rel=1e-9
+    )
+    assert [r["noise_sized_for"] for r in history] == [3, 3, 3]
+    dp = lineage["dp"]
+    charged = [tuple(c) for c in dp["rounds_charged"]]
+    assert charged == [(3, 3)] * 3
+    assert dp["epsilon_total"] == pytest.approx(Accountant(config).spent_rounds(charged).epsilon)
+    assert dp["epsilon_total"] > 0 and dp["adaptive_clipping"]["enabled"]
+    utility = dp["utility"]
+    assert utility["baseline_version"] == base["version"] and utility["epsilon"] > 0
+    assert utility["auc_loss"] == pytest.approx(
+        utility["baseline_pooled_auc"] - lineage["metrics"]["global"]["pooled_auc"]
+    )
+    assert [e["clipping_norm"] for e in events if e["event"] == "round"] == norms

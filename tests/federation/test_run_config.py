@@ -126,3 +126,20 @@ def test_the_learning_rate_decays_along_a_cosine() -> None:
     assert RunConfig.from_flower({}).learning_rate_for(7) == 0.05
     with pytest.raises(InvalidModelConfig, match="learning-rate-final"):
         RunConfig.from_flower({"learning-rate-final": 0.5})
+
+
+def test_dp_runs_clip_adaptively_by_default_and_refuse_a_bad_quantile() -> None:
+    """With DP on and nothing else set, C adapts (starting at clipping-norm) and the
+    updates' noise multiplier carries the bits' share; fixed clipping is one key away;
+    a quantile outside (0, 1) is refused before any domain is contacted."""
+    from federation.errors import InvalidDPConfig
+
+    config = RunConfig.from_flower({"dp-noise-multiplier": 1.0})
+    adaptive = config.dp.adaptive_clipping()
+    assert adaptive is not None and adaptive.norm == config.dp.clipping_norm
+    assert config.dp.update_noise_multiplier > 1.0
+    fixed = RunConfig.from_flower({"dp-noise-multiplier": 1.0, "dp-adaptive-clipping": False})
+    assert fixed.dp.adaptive_clipping() is None and fixed.dp.update_noise_multiplier == 1.0
+    assert RunConfig.from_flower({}).dp.adaptive_clipping() is None  # no DP, nothing to adapt
+    with pytest.raises(InvalidDPConfig, match="quantile"):
+        RunConfig.from_flower({"dp-noise-multiplier": 1.0, "dp-clipping-quantile": 1.5})
