@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from catalog.errors import UnknownOwner, UnknownReference
@@ -47,12 +46,11 @@ from catalog.protection import describe_protection, published_name
 from dashboards_api.budget import from_micro, to_micro
 from dashboards_api.ledger import Ledger, period_of
 from dashboards_api.policy import GovernancePolicy, reserve_micro
-from dashboards_api.query_classes import ProductBudget, QueryClass
-from dashboards_api.releases import privacy_unit_of
+from dashboards_api.query_classes import ProductBudget, QueryClass, privacy_unit_of
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
 from domains.owners import OwnersDirectory
-from feature_repo.definitions import ProductFeatures, build_features
 from feature_repo.names import SUBJECT_KEY, sum_feature
+from feature_repo.specs import ProductViews, product_views
 from federation.registry import ModelVersion
 from federation.task_specs import TaskSpec
 from streams.topics import (
@@ -163,7 +161,7 @@ class _Builder:
         fqn = _fqn(contract, product)
         pid = entity_id("product", fqn)
         topics = ProductTopics.of(contract.domain, product)
-        features = build_features(product, Path("offline"))
+        features = product_views(product)
         field_ids = {f.name: entity_id("field", f"{fqn}.{f.name}") for f in product.fields}
         topic_ids = self._topics(contract, product, topics, field_ids)
         view_ids = self._feature_views(contract, product, features, field_ids)
@@ -384,23 +382,23 @@ class _Builder:
         self,
         contract: DomainContract,
         product: DataProduct,
-        features: ProductFeatures,
+        features: ProductViews,
         field_ids: Mapping[str, str],
     ) -> list[str]:
         product_topic = entity_id("topic", ProductTopics.of(contract.domain, product).product)
         by_published = {published_name(f): f for f in product.fields if published_name(f)}
         ids = []
-        for view in (features.subject_view, features.window_view, features.events_view):
+        for view in features.all():
             vid = entity_id("feature_view", f"{contract.domain}.{view.name}")
             columns = []
-            for feature in view.schema:
+            for feature in view.columns:
                 tags = dict(feature.tags or {})
                 source = tags.get("source_field")
                 spec = by_published.get(feature.name) if source is None else product.field(source)
                 sources = [field_ids[spec.name]] if spec is not None else []
                 if feature.name == "distinct_subjects":
                     sources = [field_ids[product.privacy_unit]]
-                if view is features.events_view:
+                if view is features.events:
                     protection: Any = spec.protection if spec else Protection.KEEP
                 elif feature.name in {"events", "distinct_subjects"}:
                     protection = "counted"
@@ -410,7 +408,7 @@ class _Builder:
                 columns.append(
                     Column(
                         name=feature.name,
-                        type=str(feature.dtype),
+                        type=feature.dtype,
                         description=feature.description,
                         tag=tag if tag in {*PrivacyTag, "aggregate"} else PrivacyTag.SENSITIVE,
                         protection=protection,
@@ -419,7 +417,7 @@ class _Builder:
                 )
                 for source_id in sources:
                     origin = _published_column(product_topic, product, source_id, field_ids)
-                    transform = "copy" if view is features.events_view else "aggregate"
+                    transform = "copy" if view is features.events else "aggregate"
                     self._edge(origin, column_id(vid, feature.name), "column", transform)
             self.entities[vid] = FeatureViewEntity(
                 id=vid,
@@ -430,7 +428,7 @@ class _Builder:
                 store=f"privmesh_{contract.domain}",
                 entities=list(view.entities),
                 online=view.online,
-                ttl_days=view.ttl.days if view.ttl else 0,
+                ttl_days=view.ttl_days,
                 owner=entity_id("owner", product.owner),
                 columns=columns,
             )

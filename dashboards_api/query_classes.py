@@ -421,6 +421,14 @@ class ProductBudget(BaseModel):
         return None if self.reserve_per_day is None else to_micro(self.reserve_per_day)
 
 
+def privacy_unit_of(qc: QueryClass) -> str:
+    """What ``qc``'s epsilon protects: ``subject_day`` for daily classes and event classes
+    over a whole UTC day (their window is the privacy period), else the declared unit."""
+    if qc.release == "daily" or qc.window == "1d":
+        return "subject_day"
+    return qc.privacy_unit
+
+
 def class_files(directory: Path | None = None) -> tuple[Path, ...]:
     """The ``*.yaml`` files of ``directory``, else those of the configured domain folders."""
     if directory is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -25,9 +26,11 @@ from dashboards_api.errors import Forbidden, InvalidParameters, InvalidQueryClas
 from dashboards_api.ledger import ClassVersion, PolicyVersion, VersionLedger
 from dashboards_api.policy import GovernancePolicy, allocated_micro, reserve_micro
 from dashboards_api.query_classes import QueryClass
-from dashboards_api.releases import ReleaseService
 from dashboards_api.sensitivity import check_class
 from domains.contract import DomainContract
+
+if TYPE_CHECKING:  # the catalog reads classes without the release path's modules
+    from dashboards_api.releases import ReleaseService
 
 log = logging.getLogger(__name__)
 

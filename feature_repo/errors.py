@@ -23,3 +23,9 @@ class NoOfflineHistory(FeatureStoreError):
     """Historical features were asked for before any offline history was written."""
 
     code = "no_offline_history"
+
+
+class UnreadableValue(FeatureStoreError):
+    """An online value of a type the Feast-free reader does not decode (a list, a map)."""
+
+    code = "unreadable_online_value"

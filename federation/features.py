@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from domains.contract import DataProduct, DomainContract, FieldSpec, FieldType, Protection
 from federation.errors import InvalidTask, NoTrainingData, SchemaMismatch
 from federation.task_specs import FeatureSpec, LabelSpec, TaskSpec
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas is imported where frames are handled: linting a task needs none
+    import pandas as pd
+
     from feature_repo.store import DomainFeatureStore
 
 _PART_SIZES = {"month": 12, "day": 31, "weekday": 7, "hour": 24}
@@ -221,6 +222,8 @@ def encode(
     time of the historical retrieval). A missing category becomes all zeros; a missing
     number becomes NaN, which the task's data check refuses with a count.
     """
+    import pandas as pd
+
     label_values = frame[encoding.label.field]
     keep = label_values.notna().to_numpy()
     frame = frame.loc[keep]
@@ -262,6 +265,8 @@ def _one_hot(codes: NDArray[np.int64], width: int) -> NDArray[np.float32]:
 
 
 def _labels(values: pd.Series, label: LabelSpec) -> NDArray[np.int64]:
+    import pandas as pd
+
     if label.above is not None:
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
         return (numbers > label.above).astype(np.int64)
@@ -273,6 +278,8 @@ def holdout_mask(subjects: pd.Series, times: pd.Series, fraction: float) -> NDAr
 
     Stable across runs and workers (no random state), and independent of row order.
     """
+    import pandas as pd
+
     stamps = pd.to_datetime(times, utc=True).astype("int64").to_numpy()
     draws = np.fromiter(
         (
@@ -311,6 +318,7 @@ def entity_rows(
     """Every (subject, event time) of ``product``'s pseudonymised events, deduplicated:
     the entity frame of a historical retrieval (at-least-once delivery can repeat an
     event; one row each is kept)."""
+    import pandas as pd
     import pyarrow.dataset as ds
 
     folder = store.events_folder(product)

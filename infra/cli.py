@@ -2,36 +2,69 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import time
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import click
 import typer
-from pydantic import ValidationError
-from rich.markup import escape
-from rich.table import Table
+from typer.core import TyperGroup
 
-from domains.errors import ContractError
-from domains.runtime import RuntimeSettings
-from domains.yaml_files import validation_problems
-from infra.commands import catalog as catalog_commands
-from infra.commands import classes as classes_commands
-from infra.commands import consent as consent_commands
-from infra.commands import data as data_commands
-from infra.commands import deploy as deploy_commands
-from infra.commands import domains as domains_commands
-from infra.commands import dsr as dsr_commands
-from infra.commands import federation as federation_commands
-from infra.commands import privacy as privacy_commands
-from infra.commands import retention as retention_commands
 from infra.console import console, err, print_json
 from infra.errors import InfraError, InvalidCliValue, StackNotRunning
-from infra.settings import GeneratorSettings, StackSettings
-from streams.errors import StreamError
-from streams.settings import KafkaSettings, StreamSettings, connect_host
+
+if TYPE_CHECKING:
+    from domains.runtime import RuntimeSettings
+
+# Sub-commands imported only when invoked (or listed by --help): a command's start pays for
+# its own imports, not every other command's (docs/cli.md, "Performance").
+LAZY_COMMANDS: dict[str, str] = {
+    "domains": "infra.commands.domains:app",
+    "produce": "infra.commands.data:produce",
+    "tail": "infra.commands.data:tail",
+    "erase": "infra.commands.privacy:erase",
+    "keys": "infra.commands.privacy:keys_app",
+    "train": "infra.commands.federation:train",
+    "superlink": "infra.commands.federation:superlink",
+    "supernode": "infra.commands.federation:supernode",
+    "models": "infra.commands.federation:models_app",
+    "catalog": "infra.commands.catalog:app",
+    "classes": "infra.commands.classes:app",
+    "dsr": "infra.commands.dsr:app",
+    "retention": "infra.commands.retention:app",
+    "consent": "infra.commands.consent:app",
+    "deploy": "infra.commands.deploy:app",
+}
+
+
+def _lazy_command(name: str, target: str) -> click.Command:
+    """The click command of ``target`` (``module:attribute``: a Typer app or a function)."""
+    module, attribute = target.split(":")
+    obj = getattr(importlib.import_module(module), attribute)
+    if isinstance(obj, typer.Typer):
+        command = typer.main.get_command(obj)
+    else:
+        single = typer.Typer()
+        single.command(name)(obj)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """The root group: ``LAZY_COMMANDS`` are imported the first time they are looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            self.commands[cmd_name] = _lazy_command(cmd_name, LAZY_COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="privmesh",
@@ -39,24 +72,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=LazyGroup,
 )
 features_app = typer.Typer(help="Per-domain Feast stores.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-app.add_typer(domains_commands.app, name="domains")
-app.command()(data_commands.produce)
-app.command()(data_commands.tail)
-app.command()(privacy_commands.erase)
-app.add_typer(privacy_commands.keys_app, name="keys")
-app.command()(federation_commands.train)
-app.command()(federation_commands.superlink)
-app.command()(federation_commands.supernode)
-app.add_typer(federation_commands.models_app, name="models")
-app.add_typer(catalog_commands.app, name="catalog")
-app.add_typer(classes_commands.app, name="classes")
-app.add_typer(dsr_commands.app, name="dsr")
-app.add_typer(retention_commands.app, name="retention")
-app.add_typer(consent_commands.app, name="consent")
-app.add_typer(deploy_commands.app, name="deploy")
 
 DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="Name of a loaded domain.")]
 JsonOpt = Annotated[
@@ -66,9 +85,13 @@ JsonOpt = Annotated[
 
 def _print_version(value: bool) -> None:
     if value:
-        from federation.registry import privmesh_version  # the model lineage's version too
+        from importlib.metadata import PackageNotFoundError, version
 
-        console.out(f"privmesh {privmesh_version()}", highlight=False)
+        try:  # as federation.registry.privmesh_version (the model lineage's), without numpy
+            installed = version("privmesh")
+        except PackageNotFoundError:
+            installed = "unknown"
+        console.out(f"privmesh {installed}", highlight=False)
         raise typer.Exit
 
 
@@ -85,6 +108,8 @@ def root(
 
 
 def _runtime() -> RuntimeSettings:
+    from domains.runtime import RuntimeSettings
+
     runtime = RuntimeSettings()
     return runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
 
@@ -102,7 +127,10 @@ def up(domain: DomainsOpt = None) -> None:
     The configured domains are linted first: with errors nothing starts."""
     from dashboards_api.settings import ApiSettings
     from domains.lint import Severity
+    from infra.commands import domains as domains_commands
+    from infra.settings import StackSettings
     from infra.stack import RestartPolicy, Stack, build_components
+    from streams.settings import KafkaSettings, StreamSettings, connect_host
 
     lint_errors = [f for f in domains_commands.lint_configured() if f.severity is Severity.ERROR]
     if domains_commands.print_findings(lint_errors):
@@ -267,6 +295,7 @@ def _progress_line(web_ports: dict[str, int]) -> str:
 @app.command()
 def down() -> None:
     """Stop the stack started by `privmesh up` from the same data directory."""
+    from infra.settings import StackSettings
     from infra.stack import stop_running_stack
 
     runtime = _runtime()
@@ -284,6 +313,8 @@ def status(as_json: JsonOpt = False) -> None:
 
     Exit status: 0 every component healthy, 1 one is not (or no launcher, or, with
     ``--json``, no stack), 2 no stack is running."""
+    from rich.table import Table
+
     from infra.stack import component_health, orphaned_state, read_state
 
     runtime = _runtime()
@@ -358,6 +389,7 @@ def worker(
 ) -> None:
     """Run a domain's Faust stream processor (what `up` starts, one per domain)."""
     from infra.logs import configure_logging
+    from streams.settings import KafkaSettings, StreamSettings
 
     # First: feast's import turns every DeprecationWarning back on ("once"), and kafka's
     # import then warns; with the JSON handler in place those are log lines too.
@@ -384,10 +416,13 @@ def generate(
     bad_ratio: Annotated[float | None, typer.Option(help="Share of malformed events.")] = None,
 ) -> None:
     """Produce synthetic raw events (fake people) to the domains' ingest topics."""
+    from domains.errors import ContractError
     from domains.registry import get_contract
     from infra.commands.data import send_demo_consent
+    from infra.settings import GeneratorSettings
     from streams.generator import EventGenerator, has_generator, make_people, mixed, paced
     from streams.producing import RawProducer
+    from streams.settings import KafkaSettings
     from streams.topics import ProductTopics
 
     settings = GeneratorSettings()
@@ -461,6 +496,7 @@ def api() -> None:
 @features_app.command("apply")
 def features_apply(domain: DomainOpt) -> None:
     """Register the domain's feature views in its Feast store (idempotent)."""
+    from domains.errors import ContractError
     from domains.registry import load_contracts
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
@@ -488,6 +524,11 @@ def ledger(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the most recent privacy-ledger entries, newest first."""
+    from rich.table import Table
+
+    from infra.imports import preload_opendp
+
+    preload_opendp()  # the ledger's module holds the continual releases' node store
     from dashboards_api.budget import from_micro
     from dashboards_api.ledger import open_ledger
     from dashboards_api.settings import ApiSettings
@@ -532,15 +573,33 @@ def ledger(
 
 MAX_ERROR_CHARS = 400  # an error line quotes at most this much (a pasted megabyte is cut)
 MAX_WORD_CHARS = 80  # a longer word in a usage error (a huge value) is shown as its ends
-EXPECTED = (InfraError, ContractError, StreamError, ValidationError, ValueError, OSError)
+# Expected failures: one coded line, no traceback. Named by module, so that ``main`` imports
+# none of them: an exception of a module never imported cannot have been raised.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "builtins": ("ValueError", "OSError"),
+    "infra.errors": ("InfraError",),
+    "domains.errors": ("ContractError",),
+    "streams.errors": ("StreamError",),
+    "feature_repo.errors": ("FeatureStoreError",),
+    "federation.errors": ("FederationError",),
+    "catalog.errors": ("CatalogError",),
+    "pydantic_core": ("ValidationError",),
+}
+
+
+def _expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of the ``EXPECTED`` failures (of a module already loaded)."""
+    classes = tuple(
+        getattr(sys.modules[module], name)
+        for module, names in EXPECTED.items()
+        if module in sys.modules
+        for name in names
+    )
+    return isinstance(exc, classes)
 
 
 def main() -> None:
     """Entry point: expected failures print one line and exit 2, without a traceback."""
-    from catalog.errors import CatalogError
-    from feature_repo.errors import FeatureStoreError
-    from federation.errors import FederationError
-
     try:
         # not standalone: click's usage errors come here, to be one coded line as well
         code = app(prog_name="privmesh", standalone_mode=False)
@@ -548,15 +607,19 @@ def main() -> None:
         sys.exit(2)  # the help was printed
     except click.UsageError as exc:
         _fail(_usage_line(exc))
-    except (*EXPECTED, FeatureStoreError, FederationError, CatalogError) as exc:
-        _fail(_one_line(exc))
     except click.Abort:
         sys.exit(130)  # Ctrl-C at a prompt
+    except Exception as exc:
+        if not _expected(exc):
+            raise
+        _fail(_one_line(exc))
     if isinstance(code, int):  # typer.Exit(n) and --help (0)
         sys.exit(code)
 
 
 def _fail(line: str) -> NoReturn:
+    from rich.markup import escape
+
     # escaped: the message's "[code]" and any [..] in it are text, not rich markup
     err.print(f"[red]privmesh: error:[/] {escape(line)}")
     sys.exit(2)
@@ -575,7 +638,10 @@ def _usage_line(exc: click.UsageError) -> str:
 
 
 def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
+    validation_error = getattr(sys.modules.get("pydantic_core"), "ValidationError", None)
+    if validation_error is not None and isinstance(exc, validation_error):
+        from domains.yaml_files import validation_problems
+
         problems = validation_problems(exc)
         return f"invalid setting: {problems} (check the PRIVMESH_* environment variables)"
     code = getattr(exc, "code", None)

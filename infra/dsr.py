@@ -13,24 +13,38 @@ counts (tokens, not the identifier).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import pyarrow.dataset as ds
-
-from domains.contract import DomainContract
-from feature_repo.offline import part_files
-from feature_repo.store import DomainFeatureStore
-from federation.registry import ModelRegistry
+from domains.contract import DataProduct, DomainContract
 from infra.inputs import check_subject
 from streams.erasure import erase_subject, subject_tokens
 from streams.keyring import DomainTokens
-from streams.producing import RawProducer
 from streams.records import append_record, read_records
+
+if TYPE_CHECKING:
+    from feature_repo.store import DomainFeatureStore
+    from federation.registry import ModelRegistry
+    from streams.producing import RawProducer
+
+
+class SubjectStore(Protocol):
+    """What an access request reads of a domain's store: ``DomainFeatureStore``, or
+    ``feature_repo.subject_reads.SqliteSubjectReader`` (the sqlite store, without Feast)."""
+
+    def events_folder(self, product: DataProduct | str) -> Path:
+        """Folder of ``product``'s pseudonymised event part files."""
+        ...
+
+    def subject_features(self, product: str, subjects: list[str]) -> list[dict[str, Any]]:
+        """Online per-subject features (None values for unknown subjects)."""
+        ...
 
 
 @dataclass
@@ -49,7 +63,7 @@ class DsrRecord:
 def subject_access(
     contracts: dict[str, DomainContract],
     tokens: dict[str, DomainTokens],
-    stores: dict[str, DomainFeatureStore],
+    stores: Mapping[str, SubjectStore],
     registry: ModelRegistry,
     subject: str,
     log_dir: Path,
@@ -132,17 +146,24 @@ def read_requests(log_dir: Path) -> list[dict[str, Any]]:
     return read_records(log_dir / "requests.jsonl")
 
 
-def _online(store: DomainFeatureStore, product: str, token_set: set[str]) -> list[dict[str, Any]]:
-    from feast.errors import FeatureViewNotFoundException
-
+def _online(store: SubjectStore, product: str, token_set: set[str]) -> list[dict[str, Any]]:
     try:
         rows = store.subject_features(product, sorted(token_set))
-    except FeatureViewNotFoundException:  # the domain's processor never registered its views
-        return []
+    except Exception as exc:  # a Feast store's, whose module is then loaded
+        feast_errors = sys.modules.get("feast.errors")
+        if feast_errors is None or not isinstance(exc, feast_errors.FeatureViewNotFoundException):
+            raise
+        return []  # the domain's processor never registered its views
     return [row for row in rows if any(v is not None for k, v in row.items() if k != "subject")]
 
 
 def _events(folder: Path, subject_field: str, token_set: set[str]) -> list[dict[str, Any]]:
+    if not folder.is_dir():
+        return []
+    import pyarrow.dataset as ds
+
+    from feature_repo.offline import part_files
+
     files = part_files(folder)
     if not files or not token_set:
         return []

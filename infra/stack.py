@@ -38,11 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
-import httpx
 import psutil
 
-from infra.broker import embedded_broker_command, ensure_topics, stop_embedded_broker
+# infra.broker (Kafka clients, the broker journal) and httpx are imported where used: the
+# CLI's `status` and `down` read the state file and probe pages without them.
 from infra.errors import ComponentFailed, InfraError, StackAlreadyRunning, StackNotRunning
 from infra.ports import port_is_free, require_free, wait_for_port
 from infra.zygote import PRELOAD, PolledProcess, Zygote, ZygoteChild
@@ -62,6 +63,8 @@ def die_with_parent() -> None:  # runs in the zygote between fork and exec
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     """True when ``url`` answers 200."""
+    import httpx
+
     try:
         return httpx.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -248,7 +251,7 @@ def _ports_of(comp: Component) -> set[int]:
     """The ports a component listens on (its own and its health page's)."""
     ports = {comp.port} if comp.port else set()
     if comp.health_url:
-        port = httpx.URL(comp.health_url).port
+        port = urlsplit(comp.health_url).port
         if port:
             ports.add(port)
     return ports
@@ -639,6 +642,8 @@ def stop_component(name: str, pid: int, timeout: float) -> None:
     """Stop one component's process tree; the journaled broker drains into its journal
     first (SIGTERM to its own process only)."""
     if name == "broker":
+        from infra.broker import stop_embedded_broker
+
         stop_embedded_broker(pid, timeout)
     terminate_tree(pid, timeout)
 
@@ -750,6 +755,8 @@ def build_components(
     ``web_host`` and ``api_host`` are where the health probes (and the posture page)
     reach the workers and the API (``connect_host`` of their bind addresses).
     """
+    from infra.broker import embedded_broker_command, ensure_topics
+
     cli = [sys.executable, "-m", "infra.cli"]
     components: list[Component] = []
 

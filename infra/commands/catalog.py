@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from infra.console import console, err, print_json, progress
-from infra.imports import preload_feast, preload_opendp
+from infra.imports import preload_opendp
 from infra.inputs import entity_ref, finite, one_of, text_option
 
 if TYPE_CHECKING:
@@ -27,11 +27,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _catalog(*, piped: bool = False) -> Catalog:
-    """The configured deployment's catalog. Assembling it loads Feast (the feature views
-    are derived with its definitions) and OpenDP: seconds on a small host, shown by a
-    progress line on a terminal's stderr (when stderr is piped, only if ``piped``)."""
-    with progress("catalog: loading Feast and OpenDP, assembling from the contracts", piped=piped):
-        preload_feast()
+    """The configured deployment's catalog, assembled from the contracts (the feature views
+    from their Feast-free specs, ``feature_repo.specs``), the ledger and the registries.
+    The ledger's module loads OpenDP (its continual-release node store), imported without
+    scikit-learn; a progress line shows on a terminal's stderr (when piped, only if
+    ``piped``)."""
+    with progress("catalog: assembling from the contracts and the ledger", piped=piped):
         preload_opendp()
         from catalog.sources import system_catalog
 

@@ -28,25 +28,35 @@ SubjectOpt = Annotated[
 ByOpt = Annotated[str | None, typer.Option(help="Who asked (recorded; default: the OS user).")]
 
 
-def _system() -> dict[str, Any]:
+def _system(*, direct: bool = False) -> dict[str, Any]:
+    """Contracts, token derivers, stores and the request log of the configured deployment.
+    ``direct``: on the sqlite online store, read subjects without Feast (an access)."""
     from domains.registry import load_contracts
     from domains.runtime import RuntimeSettings
     from feature_repo.settings import FeatureStoreSettings
-    from feature_repo.store import DomainFeatureStore
     from streams.keyring import load_domain_tokens
     from streams.settings import StreamSettings
 
     runtime = RuntimeSettings()
     runtime = runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
     contracts = load_contracts()
-    streams = StreamSettings()
+    streams, features = StreamSettings(), FeatureStoreSettings()
+    stores: dict[str, Any]
+    if direct and features.online_store == "sqlite":
+        from feature_repo.subject_reads import SqliteSubjectReader
+
+        stores = {d: SqliteSubjectReader(c, runtime.data_dir) for d, c in contracts.items()}
+    else:
+        preload_feast()
+        from feature_repo.store import DomainFeatureStore
+
+        stores = {
+            d: DomainFeatureStore(c, runtime.data_dir, features) for d, c in contracts.items()
+        }
     return {
         "contracts": contracts,
         "tokens": {d: load_domain_tokens(d, runtime, streams) for d in contracts},
-        "stores": {
-            d: DomainFeatureStore(c, runtime.data_dir, FeatureStoreSettings())
-            for d, c in contracts.items()
-        },
+        "stores": stores,
         "log": runtime.data_dir / "dsr",
     }
 
@@ -58,14 +68,13 @@ def access(
     requested_by: ByOpt = None,
 ) -> None:
     """Everything privmesh holds about a subject, per domain, as JSON."""
-    subject_option("--subject", subject)  # before Feast and the stores load (seconds)
+    subject_option("--subject", subject)  # before the stores load
     if out is not None and out.is_dir():
         raise InvalidCliValue(f"--out {out} is a folder; name a file to write the export to")
-    preload_feast()
     from federation.registry import open_registry
     from infra.dsr import subject_access
 
-    s = _system()
+    s = _system(direct=True)
     export = subject_access(
         s["contracts"], s["tokens"], s["stores"], open_registry(), subject, s["log"],
         requested_by or getpass.getuser(),
@@ -81,7 +90,6 @@ def access(
 def erase(subject: SubjectOpt, requested_by: ByOpt = None) -> None:
     """Erase a subject from every domain's stores and compacted topics, and record it."""
     subject_option("--subject", subject)
-    preload_feast()
     from infra.dsr import subject_erase
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings
