@@ -49,7 +49,7 @@ from dashboards_api.policy import GovernancePolicy, reserve_micro
 from dashboards_api.query_classes import ProductBudget, QueryClass, privacy_unit_of
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
 from domains.owners import OwnersDirectory
-from feature_repo.names import SUBJECT_KEY, sum_feature
+from feature_repo.names import DISTINCT_SUBJECTS, EVENTS, SUBJECT_KEY, feast_project, sum_feature
 from feature_repo.specs import ProductViews, product_views
 from federation.registry import ModelVersion
 from federation.task_specs import TaskSpec
@@ -396,11 +396,11 @@ class _Builder:
                 source = tags.get("source_field")
                 spec = by_published.get(feature.name) if source is None else product.field(source)
                 sources = [field_ids[spec.name]] if spec is not None else []
-                if feature.name == "distinct_subjects":
+                if feature.name == DISTINCT_SUBJECTS:
                     sources = [field_ids[product.privacy_unit]]
                 if view is features.events:
                     protection: Any = spec.protection if spec else Protection.KEEP
-                elif feature.name in {"events", "distinct_subjects"}:
+                elif feature.name in {EVENTS, DISTINCT_SUBJECTS}:
                     protection = "counted"
                 else:
                     protection = "aggregated" if sources else Protection.KEEP
@@ -425,7 +425,7 @@ class _Builder:
                 description=view.description,
                 domain=entity_id("domain", contract.domain),
                 product=entity_id("product", _fqn(contract, product)),
-                store=f"privmesh_{contract.domain}",
+                store=feast_project(contract.domain),
                 entities=list(view.entities),
                 online=view.online,
                 ttl_days=view.ttl_days,
@@ -484,8 +484,8 @@ class _Builder:
         assert spec is not None
         if source == "windows":
             if name == product.privacy_unit:
-                return "distinct_subjects"
-            return sum_feature(name) if spec.bounds is not None else "events"
+                return DISTINCT_SUBJECTS
+            return sum_feature(name) if spec.bounds is not None else EVENTS
         return SUBJECT_KEY if name == product.privacy_unit else published_name(spec) or name
 
     def _models(self) -> dict[str, ModelEntity]:
