@@ -34,6 +34,7 @@ from decimal import Decimal
 from dashboards_api.errors import InvalidQueryClasses, NoDataYet
 from dashboards_api.query_classes import QueryClass
 from domains.contract import DataProduct, DomainContract, FieldType, PrivacyTag
+from feature_repo import names
 
 
 def check_against_contracts(
@@ -95,7 +96,12 @@ def sensitivity(qc: QueryClass, product: DataProduct, contribution_bound: int | 
 
 # The window-row streams a daily class reads: the windows' counted events, a measure's
 # clamped sum, and the subjects new to the hour / to the day.
-EVENTS, SUM, NEW_HOUR, NEW_PERIOD = "events", "sum", "new_subjects_hour", "new_subjects_period"
+EVENTS, SUM, NEW_HOUR, NEW_PERIOD = (
+    names.EVENTS,
+    "sum",
+    names.NEW_SUBJECTS_HOUR,
+    names.NEW_SUBJECTS_PERIOD,
+)
 
 
 def daily_sensitivities(qc: QueryClass, product: DataProduct) -> dict[str, int]:

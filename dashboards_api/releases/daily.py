@@ -38,7 +38,7 @@ from dashboards_api.sensitivity import (
     daily_sensitivities,
     split_epsilon,
 )
-from feature_repo.names import MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER_PERIOD
+from feature_repo.names import MAX_RECORDS_PER_PERIOD, MAX_WINDOWS_PER_PERIOD, WINDOW_KEY
 
 if TYPE_CHECKING:
     from dashboards_api.releases.service import ReleaseService
@@ -154,7 +154,7 @@ class DailyRelease:
         """End of the newest closed window with a complete row (``window_start``'s, when
         given) and that row."""
         row = self.host.newest_row(qc, window_start)
-        return int(row["window_start"]) + self.host.window_seconds, row
+        return int(row[WINDOW_KEY]) + self.host.window_seconds, row
 
     def check_row_bounds(self, qc: QueryClass, row: dict[str, Any]) -> None:
         """Refuse rows whose processor did not apply per-day bounds at least as tight as the

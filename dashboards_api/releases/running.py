@@ -28,7 +28,7 @@ from dashboards_api.releases.body import ReleaseBody
 from dashboards_api.releases.commit import Sealed
 from dashboards_api.releases.sources import WindowValues, completeness
 from dashboards_api.sensitivity import sensitivity
-from feature_repo.names import CONTRIBUTION_BOUND
+from feature_repo.names import CONTRIBUTION_BOUND, DISTINCT_SUBJECTS
 
 if TYPE_CHECKING:
     from dashboards_api.releases.service import ReleaseService
@@ -61,7 +61,7 @@ class RunningRelease:
         t = (end - horizon) // host.window_seconds + 1
         source = host.sources[qc.domain]
         row = source.window_stats(qc.product, [end], host.partitions)[0]
-        if row.get("distinct_subjects") is None:
+        if row.get(DISTINCT_SUBJECTS) is None:
             if window_start is not None:
                 raise WindowNotFound(f"window {_iso(end)} of {qc.domain}.{qc.product} has no data")
             raise NoDataYet(

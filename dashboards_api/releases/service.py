@@ -32,7 +32,7 @@ from dashboards_api.errors import (
 from dashboards_api.ledger import Commit, Ledger, LedgerEntry, period_of
 from dashboards_api.mechanisms import NonFiniteAccuracy
 from dashboards_api.policy import PolicyCell
-from dashboards_api.query_classes import EVENT_WINDOWS, ProductBudget, QueryClass
+from dashboards_api.query_classes import EVENT_WINDOWS, ProductBudget, QueryClass, privacy_unit_of
 from dashboards_api.releases.body import (
     DEFINITION_SEPARATOR,
     ReleaseBody,
@@ -47,7 +47,7 @@ from dashboards_api.releases.running import RunningRelease
 from dashboards_api.releases.sources import EventSource, WindowSource
 from dashboards_api.releases.window import WindowRelease
 from domains.contract import DataProduct, DomainContract
-from feature_repo.names import sum_cap_feature
+from feature_repo.names import DISTINCT_SUBJECTS, sum_cap_feature
 
 T = TypeVar("T")
 
@@ -361,7 +361,7 @@ class ReleaseService:
             ]
         )
         rows = self.sources[qc.domain].window_stats(qc.product, candidates, self.partitions)
-        row = next((r for r in rows if r.get("distinct_subjects") is not None), None)
+        row = next((r for r in rows if r.get(DISTINCT_SUBJECTS) is not None), None)
         if row is None:
             if window_start is not None:
                 raise WindowNotFound(
@@ -467,14 +467,6 @@ class ReleaseService:
         product = self.contracts[qc.domain].product(qc.product)
         assert product is not None  # check_against_contracts ran when the service was built
         return product
-
-
-def privacy_unit_of(qc: QueryClass) -> str:
-    """What ``qc``'s epsilon protects: ``subject_day`` for daily classes and event classes
-    over a whole UTC day (their window is the privacy period), else the declared unit."""
-    if qc.release == "daily" or qc.window == "1d":
-        return "subject_day"
-    return qc.privacy_unit
 
 
 def _iso(epoch: int) -> str:

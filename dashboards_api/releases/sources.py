@@ -14,7 +14,15 @@ from dashboards_api.event_aggregates import EventQuery, plan_from_store, scan_ev
 from dashboards_api.hierarchy import DAY_SECONDS
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.sensitivity import NEW_HOUR, NEW_PERIOD
-from feature_repo.names import WINDOW_COMPLETE, WINDOW_LATE_EVENTS, sum_feature
+from feature_repo.names import (
+    DISTINCT_SUBJECTS,
+    EVENTS,
+    WINDOW_COMPLETE,
+    WINDOW_KEY,
+    WINDOW_LATE_EVENTS,
+    WINDOW_PARTITIONS,
+    sum_feature,
+)
 
 HOUR = 3_600
 
@@ -95,7 +103,7 @@ class WindowValues(Sequence[int]):
         for i in range(0, len(starts), 2_000):
             rows = self.source.window_stats(self.qc.product, starts[i : i + 2_000], self.partitions)
             out += [
-                0 if r.get("distinct_subjects") is None else exact_value(self.qc, r) for r in rows
+                0 if r.get(DISTINCT_SUBJECTS) is None else exact_value(self.qc, r) for r in rows
             ]
         return out
 
@@ -133,11 +141,11 @@ class DayWindows:
             starts = list(range(start, block_end, self.window))
             rows = self.source.window_stats(self.qc.product, starts, self.partitions)
             for row in rows:
-                self._values[int(row["window_start"])] = self._exact(row)
+                self._values[int(row[WINDOW_KEY])] = self._exact(row)
         return self._values.get(start, 0)
 
     def _exact(self, row: dict[str, Any]) -> int:
-        if row.get("distinct_subjects") is None:
+        if row.get(DISTINCT_SUBJECTS) is None:
             return 0
         if self.stream in (NEW_HOUR, NEW_PERIOD):
             return int(row.get(self.stream) or 0)
@@ -154,7 +162,7 @@ def completeness(row: dict[str, Any], partitions: int) -> dict[str, Any]:
     the window's end plus grace when it closed, and no late event arrived since. Otherwise
     the answer is ``partial``, with the share of partitions that were complete (rows of a
     processor that did not report it count as incomplete) and the late events counted."""
-    total = int(row.get("partitions") or partitions)
+    total = int(row.get(WINDOW_PARTITIONS) or partitions)
     complete = min(int(row.get(WINDOW_COMPLETE) or 0), total)
     late = int(row.get(WINDOW_LATE_EVENTS) or 0)
     return {
@@ -167,8 +175,8 @@ def completeness(row: dict[str, Any], partitions: int) -> dict[str, Any]:
 def exact_value(qc: QueryClass, row: dict[str, Any]) -> int:
     """The bounded, exact window statistic ``qc`` releases (an integer)."""
     if qc.aggregate == "count_distinct_subjects":
-        return int(row["distinct_subjects"])
+        return int(row[DISTINCT_SUBJECTS])
     if qc.aggregate == "count_records":
-        return int(row["events"])
+        return int(row[EVENTS])
     assert qc.measure is not None
     return round(float(row[sum_feature(qc.measure)] or 0.0))

@@ -13,7 +13,7 @@ from dashboards_api.releases.body import ReleaseBody
 from dashboards_api.releases.commit import Sealed
 from dashboards_api.releases.sources import completeness, exact_value
 from dashboards_api.sensitivity import sensitivity
-from feature_repo.names import CONTRIBUTION_BOUND
+from feature_repo.names import CONTRIBUTION_BOUND, WINDOW_KEY
 
 if TYPE_CHECKING:
     from dashboards_api.releases.service import ReleaseService
@@ -38,7 +38,7 @@ class WindowRelease:
         """The committed answer for ``window_start`` (default: the newest complete window)."""
         host = self.host
         row = host.newest_row(qc, window_start)
-        start = int(row["window_start"])
+        start = int(row[WINDOW_KEY])
         bound = row.get(CONTRIBUTION_BOUND)
         host.check_row_cap(qc, row)
         sens = sensitivity(qc, host.product_of(qc), bound)
