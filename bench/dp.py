@@ -326,7 +326,7 @@ def write_preaggregates(folder: Path, day_start: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from domains.registry import load_contracts
-    from streams import preaggregate
+    from feature_repo import preaggregate
 
     product = load_contracts()["shop"].product("orders")
     assert product is not None

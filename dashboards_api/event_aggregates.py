@@ -11,7 +11,7 @@ Two steps, so the exact part is a polars plan and the private part is OpenDP alo
 * ``exact_plan`` filters the window, keeps only the public categories of the group key
   (and, for a measure, the records that have one), clamps measures to ``bounds`` and
   bounds every subject's contribution (below); ``preaggregate_plan`` computes the same
-  answer from the processor's pre-aggregates (``streams.preaggregate``: per subject id,
+  answer from the processor's pre-aggregates (``feature_repo.preaggregate``: per subject id,
   minute and public key, the record count and clamped sums), and ``plan_from_store``
   picks it whenever they can answer (not quantiles, which need the values);
 * ``release`` adds OpenDP noise with measurements built once per query (explicit scales
@@ -91,7 +91,7 @@ from dashboards_api.mechanisms import (
 )
 from domains.contract import DataProduct
 from feature_repo.offline import part_files
-from streams.preaggregate import (
+from feature_repo.preaggregate import (
     FIRST,
     RECORDS,
     SUBJECT_ID,
@@ -317,7 +317,7 @@ def exact_plan(events: pl.LazyFrame, q: EventQuery, start: datetime, end: dateti
 
 def preaggregate_plan(windows: Sequence[Window], q: EventQuery) -> pl.LazyFrame | None:
     """``exact_plan``'s answer from the processor's pre-aggregate rows of the window
-    (``streams.preaggregate.scan_window``), or None when they cannot give it: a
+    (``feature_repo.preaggregate.scan_window``), or None when they cannot give it: a
     quantile (it needs the values), a key or measure the pre-aggregates do not hold
     with the query's categories and bounds."""
     if q.aggregate == "quantile" or not windows:
@@ -555,7 +555,7 @@ def _quantile_records(rows: pl.LazyFrame, q: EventQuery) -> pl.LazyFrame:
 
 def bounded_measure(events: pl.LazyFrame, q: EventQuery) -> pl.Expr:
     """The measure clamped to the bounds, as Int64 (floats rounded half to even after
-    clamping, NaN as no value): ``streams.preaggregate.bounded``."""
+    clamping, NaN as no value): ``feature_repo.preaggregate.bounded``."""
     assert q.measure is not None and q.bounds is not None
     lo, hi = q.bounds
     dtype = events.collect_schema()[q.measure]

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from domains.contract import DomainContract
+from feature_repo.preaggregate import preaggregate_folder
+from feature_repo.preaggregate import purge_before as purge_preaggregates
 from feature_repo.store import DomainFeatureStore
-from streams.preaggregate import preaggregate_folder
-from streams.preaggregate import purge_before as purge_preaggregates
 from streams.producing import RawProducer
 from streams.records import append_record, read_records
 from streams.topics import ProductTopics
@@ -45,7 +45,7 @@ def run_retention(
     }
     for domain, contract in sorted(contracts.items()):
         purged = stores[domain].purge_expired(moment)
-        for rows in purged:  # the events' pre-aggregates (streams.preaggregate) go too
+        for rows in purged:  # the events' pre-aggregates (feature_repo.preaggregate) go too
             folder = preaggregate_folder(stores[domain].events_folder(rows.product))
             purge_preaggregates(folder, datetime.fromisoformat(rows.cutoff).timestamp())
         tombstones = 0

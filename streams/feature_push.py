@@ -6,7 +6,7 @@ the compacted ``profiles`` topic, closed per-partition windows go to the online 
 one offline parquet part file per view, and the product events the pipelines accepted
 since the last one (the dicts published to the product topics) one part file per product
 in ``<offline>/<product>_events/`` (the DP API's event-level aggregates read them), each
-with its pre-aggregate part in ``<offline>/<product>_preaggregate/`` (``streams.preaggregate``:
+with its pre-aggregate part in ``<offline>/<product>_preaggregate/`` (``feature_repo.preaggregate``:
 per subject id, minute and public key, the record count and clamped sums), written right
 after it; a UTC day's pre-aggregate parts are merged into one day file once the day is
 over (``PREAGGREGATE_SETTLE_SECONDS`` later). Store writes run in a thread, off the event
@@ -47,10 +47,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from feast import FeatureView
 
+from feature_repo import preaggregate
 from feature_repo.events import event_schema, event_table
 from feature_repo.names import EVENT_TIMESTAMP, SUBJECT_KEY
 from feature_repo.store import DomainFeatureStore, ErasedRows
-from streams import preaggregate
 from streams.batch_send import BatchSender, Output, dead_letter
 from streams.keyring import KeyRingWatcher
 from streams.pipeline import ProductPipeline

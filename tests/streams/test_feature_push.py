@@ -16,11 +16,11 @@ import pytest
 from dashboards_api.event_aggregates import EventQuery, exact_plan, plan_from_store, scan_events
 from domains.contract import FieldType
 from domains.registry import get_contract
+from feature_repo import preaggregate
 from feature_repo.events import event_schema
 from feature_repo.offline import part_files
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
-from streams import preaggregate
 from streams.batch_send import BatchSender
 from streams.feature_push import PREAGGREGATE_SETTLE_SECONDS, FeaturePusher
 from streams.generator import BUILDERS, make_people

@@ -24,9 +24,9 @@ from dashboards_api.event_aggregates import (
     scan_events,
 )
 from domains.registry import get_contract
+from feature_repo import preaggregate as pa_
 from feature_repo.offline import append_part
-from streams import preaggregate as pa_
-from streams.preaggregate import Layout, scan_window, subject_ids
+from feature_repo.preaggregate import Layout, scan_window, subject_ids
 
 S, T, G, M = "subject_token", "at", "page", "amount"
 CATEGORIES = ("home", "search", "product", "cart")
