@@ -49,7 +49,14 @@ from dashboards_api.policy import GovernancePolicy, reserve_micro
 from dashboards_api.query_classes import ProductBudget, QueryClass, privacy_unit_of
 from domains.contract import DataProduct, DomainContract, PrivacyTag, Protection
 from domains.owners import OwnersDirectory
-from feature_repo.names import DISTINCT_SUBJECTS, EVENTS, SUBJECT_KEY, feast_project, sum_feature
+from feature_repo.names import (
+    DISTINCT_SUBJECTS,
+    EVENTS,
+    SUBJECT_KEY,
+    events_view_name,
+    feast_project,
+    sum_feature,
+)
 from feature_repo.specs import ProductViews, product_views
 from federation.registry import ModelVersion
 from federation.task_specs import TaskSpec
@@ -511,10 +518,10 @@ class _Builder:
                             mid,
                         )
                     inputs.append(entity_id("field", f"{fqn}.{name}"))
-                    view = entity_id("feature_view", f"{domain}.{product.name}_events")
+                    view = entity_id("feature_view", f"{domain}.{events_view_name(product.name)}")
                     self._edge(column_id(view, name), mid, "column", "train")
                 self._edge(
-                    entity_id("feature_view", f"{domain}.{product.name}_events"),
+                    entity_id("feature_view", f"{domain}.{events_view_name(product.name)}"),
                     mid,
                     "entity",
                     "federated_training",

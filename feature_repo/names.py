@@ -62,3 +62,8 @@ def subject_view_name(product: str) -> str:
 def window_view_name(product: str) -> str:
     """Name of ``product``'s per-window, per-partition feature view (and its push source's stem)."""
     return f"{product}_window_stats"
+
+
+def events_view_name(product: str) -> str:
+    """Name of ``product``'s offline-only view over its pseudonymised events."""
+    return f"{product}_events"

@@ -28,6 +28,7 @@ from feature_repo.names import (
     WINDOW_KEY,
     WINDOW_LATE_EVENTS,
     WINDOW_WATERMARK,
+    events_view_name,
     subject_view_name,
     sum_cap_feature,
     sum_feature,
@@ -251,7 +252,7 @@ def events_view(product: DataProduct) -> ViewSpec:
         for name, column in events_view_fields(product).items()
     )
     return ViewSpec(
-        name=f"{product.name}_events",
+        name=events_view_name(product.name),
         entities=(SUBJECT_KEY,),
         columns=columns,
         online=False,

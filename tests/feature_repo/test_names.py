@@ -35,3 +35,4 @@ def test_store_names_keep_their_stored_spelling() -> None:
     assert names.feast_project("shop") == "privmesh_shop"
     assert names.subject_view_name("orders") == "orders_subject_window"
     assert names.window_view_name("orders") == "orders_window_stats"
+    assert names.events_view_name("orders") == "orders_events"
