@@ -12,8 +12,20 @@ TLS and SuperNode authentication on (privmesh's defaults):
    federated model is trained with the *default* run config (only the task named; the
    deployment timeouts raised for a loaded machine), SecAgg+ on. Baselines in the same
    run: the same model trained centrally on the union of the domains' training rows, and
-   on each domain alone, with the same optimiser and the same stopping rule; all evaluated
-   on the union of the held-out rows.
+   on each domain alone, with the same optimiser and the same stopping rule.
+   **Validation and test rows are distinct**: a fifth of each data set's rows
+   (``TEST_FRACTION``) never enters the domains' stores used for training; the stores'
+   own held-out rows are the *validation* rows every method stops on (the federated run
+   through its pooled per-round AUC, the baselines on their union), and every AUC
+   reported is measured on the set-aside *test* rows (written to separate stores through
+   the same contract transform, so they are encoded exactly as the domains encode).
+   **The DP column**: the same federated job with DP-FedAvg at the default target
+   (epsilon <= 10 at delta = 1e-5 over the round cap: the smallest noise multiplier
+   that meets it, ``dp_noise_for``), adaptive clipping and noise sized for the domains
+   taking part (the defaults), with its test AUC, the epsilon the registry holds, the
+   utility loss the registry computed against the non-DP run and the pre-run outlook;
+   a configuration the CLI would refuse (noise drowns the signal) is reported as such,
+   not trained.
 2. **Cost of SecAgg+** at N=5 domains (the five largest carriers, one domain each) with
    a 1.0M-parameter MLP: steady-state seconds per round with SecAgg+ and with plain
    FedAvg on the same engine.
@@ -47,6 +59,11 @@ import yaml
 from bench.data.public import PUBLIC_SETS
 
 QUICK = os.environ.get("BENCH_FEDERATION_QUICK") == "1"
+TEST_FRACTION = 0.2
+"""Share of each data set's rows set aside as test rows (never in a training store)."""
+DP_EPSILON = 10.0
+DP_DELTA = 1e-5
+"""The DP column's target: (epsilon, delta) over the round cap (issue #21)."""
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "federation.json"
 AIRPORTS = ["ewr", "jfk", "lga"]
@@ -163,10 +180,17 @@ def write_tasks(folder: Path) -> None:
         (folder / f"{public.name}.yaml").write_text(yaml.safe_dump(public.task(), sort_keys=False))
 
 
-def load_data(data_dir: Path) -> dict[str, Any]:
+def split_test(frame: Any) -> tuple[Any, Any]:
+    """(rows for the domains' stores, set-aside test rows): a seeded random fifth."""
+    test = frame.sample(frac=TEST_FRACTION, random_state=7)
+    return frame.drop(test.index), test
+
+
+def load_data(data_dir: Path, test_dir: Path) -> dict[str, Any]:
     """Every flight into its airport's store and its carrier's store (two data dirs' worth
     of domains in one, as different domains), and each public data set's rows into its
-    sites' stores."""
+    sites' stores; each utility data set's test rows into the same domains' stores under
+    ``test_dir``."""
     from bench.flights import flights, load_into_stores
     from domains.registry import load_contracts
 
@@ -174,21 +198,29 @@ def load_data(data_dir: Path) -> dict[str, Any]:
     if QUICK:
         frame = frame.sample(frac=0.15, random_state=0)
     began = time.monotonic()
-    partition = {a: frame.origin == a.upper() for a in AIRPORTS}
-    if "cost" in PARTS or "dropouts" in PARTS:
-        partition |= {f"carrier_{c.lower()}": frame.carrier == c for c in CARRIERS}
     key = b"bench-master-key-" * 2
     contracts = load_contracts()
-    loaded = load_into_stores(frame, partition, contracts, data_dir, key)
-    out: dict[str, Any] = {"flights": {"rows": len(frame)}}
+    train_frame, test_frame = split_test(frame)
+    partition = {a: train_frame.origin == a.upper() for a in AIRPORTS}
+    loaded = load_into_stores(train_frame, partition, contracts, data_dir, key)
+    test_partition = {a: test_frame.origin == a.upper() for a in AIRPORTS}
+    load_into_stores(test_frame, test_partition, contracts, test_dir, key)
+    if "cost" in PARTS or "dropouts" in PARTS:  # cost runs train on every flight
+        carriers = {f"carrier_{c.lower()}": frame.carrier == c for c in CARRIERS}
+        loaded += load_into_stores(frame, carriers, contracts, data_dir, key)
+    out: dict[str, Any] = {"flights": {"rows": len(train_frame), "test_rows": len(test_frame)}}
     for public in PUBLIC_SETS.values():
         rows = public.frame()
         if QUICK:
             rows = rows.sample(frac=0.3, random_state=0)
+        rows, test_rows = split_test(rows)
         column = rows[public.partition_column]
         sites = {d: column == value for d, value in public.domains.items()}
         loaded += load_into_stores(rows, sites, contracts, data_dir, key, public.events)
-        out[public.name] = {"rows": len(rows)}
+        column = test_rows[public.partition_column]
+        sites = {d: column == value for d, value in public.domains.items()}
+        load_into_stores(test_rows, sites, contracts, test_dir, key, public.events)
+        out[public.name] = {"rows": len(rows), "test_rows": len(test_rows)}
     seconds = time.monotonic() - began
     say(f"loaded the data sets into {len(loaded)} domains in {seconds:.0f}s")
     return {
@@ -239,12 +271,12 @@ def run_job(
     domains: list[str], config: dict[str, Any], chaos: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """One ``flwr run`` on a fresh local federation; events, lineage and peak RSS."""
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from federation.registry import open_registry
     from federation.settings import get_federation_settings
     from infra.federation import LocalFederation
 
-    data_dir = RuntimeSettings().data_dir
+    data_dir = get_runtime_settings().data_dir
     federation = LocalFederation(domains, data_dir, get_federation_settings(), say, chaos or {})
     events: list[dict[str, Any]] = []
     began = time.monotonic()
@@ -268,11 +300,11 @@ def run_job(
 
 
 # ---------------------------------------------------------------------- 1. utility
-def pooled_rows(task_name: str) -> dict[str, Any]:
+def pooled_rows(task_name: str, data_dir: Path | None = None) -> dict[str, Any]:
     """Every domain's encoded training and held-out rows of a task, read from its store
-    as the domain's ClientApp reads them."""
+    (under ``data_dir``, default the runtime's) as the domain's ClientApp reads them."""
     from domains.registry import load_contracts
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from federation.features import load_dataset, task_encoding
@@ -283,7 +315,9 @@ def pooled_rows(task_name: str) -> dict[str, Any]:
     encoding = task_encoding(task, contracts)
     data = {
         d: load_dataset(
-            DomainFeatureStore(contracts[d], RuntimeSettings().data_dir, FeatureStoreSettings()),
+            DomainFeatureStore(
+                contracts[d], data_dir or get_runtime_settings().data_dir, FeatureStoreSettings()
+            ),
             task,
             encoding,
         )
@@ -296,6 +330,8 @@ def fit_with_patience(
     make: Callable[[], Any],
     x: np.ndarray,
     y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
     x_test: np.ndarray,
     y_test: np.ndarray,
     defaults: Any,
@@ -303,15 +339,17 @@ def fit_with_patience(
     """A baseline as the federated defaults train: its own standardisation (the pooled
     rows' or the one site's statistics), the same model, local optimiser and learning-rate
     schedule, one epoch per round, stopped by the same rule (``patience`` epochs without
-    a better held-out AUC, at most ``num-server-rounds``), the best epoch kept."""
+    a better validation AUC, at most ``num-server-rounds``), the best epoch kept: its
+    AUC on the test rows is the one reported."""
     from federation.model import TrainConfig, evaluate, train
     from federation.standardise import Standardisation, local_moments
 
     if defaults.standardises:
         scaling = Standardisation.from_moments(local_moments(x))
-        x, x_test = scaling.apply(x), scaling.apply(x_test)
+        x, x_val, x_test = scaling.apply(x), scaling.apply(x_val), scaling.apply(x_test)
     model = make()
     curve: list[float] = []
+    tested: list[float] = []
     best, stale = -1.0, 0
     for epoch in range(1, defaults.rounds + 1):
         rate = defaults.learning_rate_for(epoch)
@@ -326,21 +364,105 @@ def fit_with_patience(
                 seed=epoch,
             ),
         )
-        curve.append(round(evaluate(model, x_test, y_test).auc, 5))
+        curve.append(round(evaluate(model, x_val, y_val).auc, 5))
+        tested.append(evaluate(model, x_test, y_test).auc)
         if curve[-1] > best:
             best, stale = curve[-1], 0
         else:
             stale += 1
             if defaults.patience and stale >= defaults.patience:
                 break
-    return {"auc": best, "epochs": len(curve), "best_epoch": curve.index(best) + 1, "curve": curve}
+    kept = curve.index(best)
+    return {
+        "auc": tested[kept],
+        "validation_auc": best,
+        "epochs": len(curve),
+        "best_epoch": kept + 1,
+        "validation_curve": curve,
+    }
 
 
-def utility(name: str, task_name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def dp_noise_for(rounds: int, epsilon: float = DP_EPSILON, delta: float = DP_DELTA) -> float:
+    """The smallest noise multiplier (to 0.01) whose ``rounds`` full rounds spend at most
+    ``epsilon`` at ``delta`` (the accountant's zCDP composition and conversion)."""
+    from federation.dp import Accountant, DPConfig
+
+    def spent(z: float) -> float:
+        config = DPConfig(noise_multiplier=z, clipping_norm=1.0, delta=delta, min_domains=1)
+        return Accountant(config).spent(rounds).epsilon
+
+    low, high = 0.05, 100.0
+    while high - low > 0.01:
+        middle = (low + high) / 2
+        low, high = (low, middle) if spent(middle) <= epsilon else (middle, high)
+    return round(high, 2)
+
+
+def dp_column(
+    name: str,
+    config: dict[str, Any],
+    domains: list[str],
+    evaluate_test: Callable[[str], float],
+) -> dict[str, Any]:
+    """The federated job again with DP-FedAvg at the default target (the defaults:
+    adaptive clipping, noise sized for the domains taking part), unless the pre-run
+    outlook refuses it as the CLI would."""
+    from domains.registry import load_contracts
+    from federation.dp import noise_floor, outlook
+    from federation.features import task_encoding
+    from federation.model import build_model, parameter_count
+    from federation.run_config import RunConfig
+    from federation.secagg.protocol import neighbourhood_size
+    from federation.task_specs import get_task
+
+    z = dp_noise_for(RunConfig.from_flower({}).rounds)
+    dp_config = {**config, "dp-noise-multiplier": z}
+    parsed = RunConfig.from_flower(dp_config)
+    spec = get_task(parsed.task)
+    encoding = task_encoding(spec, load_contracts())
+    model = build_model(spec.model.kind, encoding.width, spec.model.hidden)
+    threshold = parsed.threshold_for(neighbourhood_size(parsed.num_shares, len(domains)))
+    expected = outlook(
+        parsed.dp,
+        participants=len(domains),
+        floor=min(len(domains), noise_floor(threshold, parsed.dp.min_domains)),
+        parameters=parameter_count(model),
+        rounds=parsed.rounds,
+    )
+    row: dict[str, Any] = {
+        "noise_multiplier": z,
+        "target": {"epsilon": DP_EPSILON, "delta": DP_DELTA, "over_rounds": parsed.rounds},
+        "outlook": expected.describe(),
+        "expected_final_noise_to_signal": expected.final_model,
+    }
+    if expected.useless:
+        row["refused"] = "dp_noise_drowns_signal: the CLI refuses this without --force"
+        say(f"utility {name}: DP refused ({expected.describe()})")
+        return row
+    say(f"utility {name}: federated DP-FedAvg, z={z}")
+    run = run_job(domains, dp_config)
+    dp = run["lineage"]["dp"]
+    return {
+        **row,
+        "auc": evaluate_test(run["version"]),
+        "epsilon": dp["epsilon_total"],
+        "delta": dp["delta"],
+        "rounds_released": dp["rounds_released"],
+        "clipping_norms": [r.get("clipping_norm") for r in run["rounds"]],
+        "final_clipping_norm": dp["adaptive_clipping"]["final_norm"],
+        "registry_utility": dp.get("utility"),
+        "job_wall_seconds": run["wall_seconds"],
+    }
+
+
+def utility(
+    name: str, task_name: str, test_dir: Path, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One data set: the federated model trained with the default run config (only the
-    task named) on the real engine, SecAgg+ on, against the centralised model on the union
-    of the domains' training rows and each domain alone, all evaluated on the union of the
-    held-out rows."""
+    task named) on the real engine, SecAgg+ on, and again with DP-FedAvg, against the
+    centralised model on the union of the domains' training rows and each domain alone;
+    every method stops on the domains' held-out (validation) rows and is reported on the
+    set-aside test rows in ``test_dir``'s stores."""
     import torch
 
     from federation.model import build_model, evaluate, set_weights
@@ -354,21 +476,30 @@ def utility(name: str, task_name: str, extra: dict[str, Any] | None = None) -> d
     config = {"task": task_name, **ENGINE_CONFIG, **(extra or {})}
     say(f"utility {name}: federated {task_name} over {len(domains)} domains, default config")
     fed = run_job(domains, config)
-    x_test = np.vstack([data[d].x_test for d in domains])
-    y_test = np.concatenate([data[d].y_test for d in domains])
+    x_val = np.vstack([data[d].x_test for d in domains])
+    y_val = np.concatenate([data[d].y_test for d in domains])
+    test = pooled_rows(task_name, test_dir)["data"]
+    x_test = np.vstack([a for d in domains for a in (test[d].x_train, test[d].x_test)])
+    y_test = np.concatenate([a for d in domains for a in (test[d].y_train, test[d].y_test)])
 
     def make() -> torch.nn.Module:
         torch.manual_seed(defaults.train.seed)
         return build_model(task.model.kind, encoding.width, task.model.hidden)
 
-    federated = make()
-    set_weights(federated, open_registry().weights(fed["version"]))
-    federated_auc = evaluate(federated, x_test, y_test).auc
-    say(f"utility {name}: centralised baseline ({len(y_test):,} held-out rows)")
+    def evaluate_test(version: str) -> float:
+        model = make()
+        set_weights(model, open_registry().weights(version))
+        return float(evaluate(model, x_test, y_test).auc)
+
+    federated_auc = evaluate_test(fed["version"])
+    private = dp_column(name, config, domains, evaluate_test)
+    say(f"utility {name}: centralised baseline ({len(y_test):,} test rows)")
     central = fit_with_patience(
         make,
         np.vstack([data[d].x_train for d in domains]),
         np.concatenate([data[d].y_train for d in domains]),
+        x_val,
+        y_val,
         x_test,
         y_test,
         defaults,
@@ -377,7 +508,14 @@ def utility(name: str, task_name: str, extra: dict[str, Any] | None = None) -> d
     for domain in domains:
         say(f"utility {name}: {domain} alone")
         local[domain] = fit_with_patience(
-            make, data[domain].x_train, data[domain].y_train, x_test, y_test, defaults
+            make,
+            data[domain].x_train,
+            data[domain].y_train,
+            x_val,
+            y_val,
+            x_test,
+            y_test,
+            defaults,
         )
     best_domain = max(local, key=lambda d: local[d]["auc"])
     best_local = local[best_domain]["auc"]
@@ -388,11 +526,20 @@ def utility(name: str, task_name: str, extra: dict[str, Any] | None = None) -> d
         "config": config,
         "model_parameters": lineage["model"]["parameters"],
         "domains": {
-            d: {"train": len(data[d].y_train), "test": len(data[d].y_test)} for d in domains
+            d: {
+                "train": len(data[d].y_train),
+                "validation": len(data[d].y_test),
+                "test": len(test[d].y_train) + len(test[d].y_test),
+            }
+            for d in domains
         },
         "positive_rate": round(float(y_test.mean()), 4),
         "federated_auc": federated_auc,
-        "federated_engine_pooled_auc": lineage["metrics"]["global"]["pooled_auc"],
+        "federated_validation_pooled_auc": lineage["metrics"]["global"]["pooled_auc"],
+        "federated_dp": private,
+        "dp_within_0_03_of_federated": (
+            None if "auc" not in private else federated_auc - private["auc"] <= 0.03
+        ),
         "centralised_auc": central["auc"],
         "centralised": central,
         "local_only_auc": {d: v["auc"] for d, v in local.items()},
@@ -538,6 +685,11 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "beats_best_local": row["beats_or_matches_best_local"],
             "within_0_005": row["within_0_005_of_centralised"],
             "rounds": row["rounds_completed"],
+            "federated_dp": row["federated_dp"].get("auc"),
+            "dp_epsilon": row["federated_dp"].get("epsilon"),
+            "dp_refused": "refused" in row["federated_dp"],
+            "dp_within_0_03": row["dp_within_0_03_of_federated"],
+            "wall_seconds": row["job_wall_seconds"],
         }
     if "cost" in result:
         summary["secagg_plain_ratio"] = round(result["cost"]["ratio"], 3)
@@ -557,7 +709,7 @@ def main() -> None:
         configure(work / "data", work / "contracts", work / "tasks")
         write_contracts(work / "contracts")
         write_tasks(work / "tasks")
-        loaded = load_data(work / "data")
+        loaded = load_data(work / "data", work / "test-data")
         result: dict[str, Any] = {
             "benchmark": "federation",
             "quick": QUICK,
@@ -569,7 +721,7 @@ def main() -> None:
             result["utility"] = {}
             for name, task in DATASETS:
                 try:
-                    result["utility"][name] = utility(name, task)
+                    result["utility"][name] = utility(name, task, work / "test-data")
                 except Exception as exc:  # reported; the other data sets go on
                     result.setdefault("failed", {})[name] = repr(exc)
                     say(f"utility {name} failed: {exc!r}")
