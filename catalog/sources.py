@@ -14,7 +14,7 @@ from dashboards_api.settings import ApiSettings
 from domains.folders import domain_set
 from domains.owners import load_owners
 from domains.registry import load_contracts
-from domains.runtime import RuntimeSettings
+from domains.runtime import get_runtime_settings
 from federation.registry import open_registry
 from federation.task_specs import load_tasks
 
@@ -28,7 +28,7 @@ def system_inputs(
     those of a running API (its replica's view); otherwise the configured ledger is opened,
     the run-time class changes stored there are applied to the declared classes, and the
     newest governance policy stored there (else the API settings') applies."""
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     contracts = load_contracts()
     if ledger is None:
         ledger = open_ledger(ApiSettings().ledger_url, runtime.data_dir)
