@@ -27,14 +27,16 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from domains.contract import DataProduct, DomainContract
-from feature_repo.store import DomainFeatureStore
-from streams import preaggregate
 from streams.keyring import DomainTokens
-from streams.producing import RawProducer
 from streams.records import append_record as append_jsonl
 from streams.topics import ProductTopics, erasures_topic
+
+if TYPE_CHECKING:  # subject_tokens (a DSR access) needs neither Feast nor Kafka clients
+    from feature_repo.store import DomainFeatureStore
+    from streams.producing import RawProducer
 
 TOKEN_PATTERN = re.compile(r"k[0-9]{1,3}\.[a-z2-7]{16,64}")
 MAX_TOKENS_PER_REQUEST = 10_000
@@ -120,6 +122,8 @@ def erase_subject(
     requested_by: str,
 ) -> ErasureRecord:
     """Erase ``subject`` (a raw privacy-unit value) from ``contract``'s domain."""
+    from feature_repo import preaggregate
+
     domain = contract.domain
     token_set = subject_tokens(contract, tokens, subject)
     now = datetime.now(UTC)
