@@ -69,6 +69,7 @@ from dashboards_api.errors import BudgetExhausted, InvalidParameters
 from dashboards_api.event_aggregates import CONFIDENCE, VALUES, EventQuery, exact_plan
 from dashboards_api.ledger import LedgerEntry, ReleaseLedger, period_of
 from dashboards_api.mechanisms import finite_accuracy, vector_laplace
+from dashboards_api.releases.commit import Sealed, Spend, commit_then_reveal
 from domains.contract import DataProduct
 
 dp.enable_features("contrib")
@@ -460,26 +461,31 @@ def advise(
         return BoundsAdvice.from_entry(stored, reused=True)
     measures = [m for m in measures_of(product) if m in events.collect_schema()]
     parts = _split(epsilon, len(measures))
-    answer, mapped = _release(events, product, day, parts, measures)
     # The ledger charges the declared parts (micro-exact); OpenDP's maps are at most them.
     charged = parts["record_quantiles"] + parts["truncation"]
     charged += len(measures) * parts.get("measure_quantile", Decimal(0))
     charged += len(measures) * parts.get("sum_quantiles", Decimal(0))
-    if mapped > charged:
-        raise AssertionError(f"OpenDP maps the advice to {mapped}, above its {charged}")
-    answer.update(product=key, epsilon=str(charged))
     cost = to_micro(charged)
+
+    def draw() -> dict[str, Any]:
+        """The advice's noisy answer, drawn only inside the commit that pays for it."""
+        answer, mapped = _release(events, product, day, parts, measures)
+        if mapped > charged:
+            raise AssertionError(f"OpenDP maps the advice to {mapped}, above its {charged}")
+        answer.update(product=key, epsilon=str(charged))
+        return answer
+
+    spend = Spend(
+        class_id=class_id,
+        period=period_of(_day_span(day)[0]),
+        key=version,
+        cost_micro=cost,
+        budget_micro=room,
+        product=key,
+        product_budget_micro=product_budget_micro,
+    )
     try:
-        commit = ledger.commit_release(
-            class_id,
-            period_of(_day_span(day)[0]),
-            version,
-            cost,
-            room,
-            answer,
-            product=key,
-            product_budget_micro=product_budget_micro,
-        )
+        commit = commit_then_reveal(ledger, spend, Sealed(draw))
     except BudgetExhausted as exc:
         raise BudgetExhausted(
             f"{exc.detail}; the bound advisor needs {from_micro(cost)} of {key}'s planning "

@@ -124,9 +124,11 @@ def test_an_infinite_interval_is_refused_before_the_commit(tmp_path: Path) -> No
 
 
 def test_only_the_commit_module_opens_a_seal_or_writes_a_release() -> None:
-    """In the release package, only commit.py reads a sealed draw or calls the ledger's
-    commit_release, and every strategy module's noise is drawn inside a Sealed(...)."""
-    for path in PACKAGE.glob("*.py"):
+    """In the release package (and the bound advisor), only commit.py reads a sealed draw or
+    calls the ledger's commit_release, and every strategy module's noise is drawn inside a
+    Sealed(...)."""
+    bounds = PACKAGE.parent / "bounds.py"  # the bound advisor's release too
+    for path in [*PACKAGE.glob("*.py"), bounds]:
         source = path.read_text()
         if path.name == "commit.py":
             continue
@@ -154,6 +156,7 @@ def test_only_the_commit_module_opens_a_seal_or_writes_a_release() -> None:
     ]
     assert len(made) == 1  # only in pay_day's Sealed(lambda: DayValues(...))
     assert "Sealed(lambda: DayValues(" in (PACKAGE / "daily.py").read_text()
+    assert "commit_then_reveal(ledger, spend, Sealed(draw))" in bounds.read_text()
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
