@@ -44,8 +44,8 @@ def _lazy_command(name: str, target: str) -> click.Command:
     """The click command of ``target`` (``module:attribute``: a Typer app or a function)."""
     module, attribute = target.split(":")
     obj = getattr(importlib.import_module(module), attribute)
-    if isinstance(obj, typer.Typer):
-        command = typer.main.get_command(obj)
+    if isinstance(obj, typer.Typer):  # a group even with one command, as add_typer makes it
+        command: click.Command = typer.main.get_group(obj)
     else:
         single = typer.Typer()
         single.command(name)(obj)

@@ -72,3 +72,23 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     for name in [*LAZY_COMMANDS, "up", "down", "status", "ledger", "features"]:
         assert f" {name} " in done.stdout, name
     assert "Data-subject requests" in done.stdout
+
+
+def test_every_sub_app_stays_a_group() -> None:
+    """A lazily loaded Typer app is a group even with one command (``retention run``), as
+    ``add_typer`` made it; a function is a command of its own name."""
+    import importlib
+
+    import click
+    import typer
+
+    from infra.cli import LAZY_COMMANDS, app
+
+    root = typer.main.get_command(app)
+    ctx = click.Context(root)
+    for name, target in LAZY_COMMANDS.items():
+        module, attribute = target.split(":")
+        loaded = root.get_command(ctx, name)  # type: ignore[attr-defined]
+        assert loaded is not None and loaded.name == name
+        is_app = isinstance(getattr(importlib.import_module(module), attribute), typer.Typer)
+        assert isinstance(loaded, click.Group) == is_app, name
