@@ -7,7 +7,7 @@ One run (``python -m bench.ops``), each part with its baseline measured in the s
    Feast store holds 20,000 subjects' online rows, per-subject window history and
    product events (written by the processor's own pipeline code, in part files as the
    worker writes them), and a real embedded Tansu broker takes the erasure requests and
-   profile tombstones. ``privmesh dsr erase`` (``infra.dsr.subject_erase``) runs for 60
+   profile tombstones. ``privmesh dsr erase`` (``governance.dsr.subject_erase``) runs for 60
    subjects: p50/p99 seconds (target p99 <= 2 s). Baseline: the naive erasure that
    reads every part file whole, filters it with pandas and rewrites it.
 2. **Retention purge throughput**: 1,000,000 product events in 20 part files, 40%
@@ -167,8 +167,8 @@ def dsr_latency(work: Path) -> dict[str, Any]:
     from domains.runtime import RuntimeSettings
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
+    from governance.dsr import subject_erase
     from infra.broker import ensure_topics, tansu_command
-    from infra.dsr import subject_erase
     from infra.ports import wait_for_port
     from streams.generator import make_people
     from streams.keyring import load_domain_tokens

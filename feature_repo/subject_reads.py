@@ -1,7 +1,7 @@
 """A domain's per-subject data read without Feast: the online features of its sqlite store
 and the folders of its pseudonymised events.
 
-What a data-subject access request reads (``infra.dsr``): a short-lived command that would
+What a data-subject access request reads (``governance.dsr``): a short-lived command that would
 otherwise import Feast (seconds) to look up a few keys. The sqlite online store's layout
 is Feast's own (``DomainFeatureStore`` writes it): one table per feature view named
 ``<project>_<view>``, rows ``(entity_key, feature_name, value)`` with the entity key

@@ -91,9 +91,10 @@ def with_posture(app: FastAPI) -> FastAPI:
     """``app`` with the privacy-posture API, page and operations metrics."""
     from domains.registry import load_contracts
     from federation.registry import open_registry
-    from infra.posture import PostureSources
+    from governance.posture import PostureSources
+    from governance.settings import get_posture_settings
     from infra.posture_api import mount as mount_posture
-    from infra.settings import PostureSettings
+    from infra.stack import LauncherView
     from streams.settings import get_stream_settings
 
     data_dir = get_runtime_settings().data_dir.resolve()
@@ -102,8 +103,9 @@ def with_posture(app: FastAPI) -> FastAPI:
         contracts=load_contracts(),
         service=app.state.service,
         registry=open_registry(data_dir=data_dir),
-        settings=PostureSettings(),
+        settings=get_posture_settings(),
         initial_key_version=get_stream_settings().key_version,
+        launcher=LauncherView(data_dir),
     )
     mount_posture(app, sources)
     return app

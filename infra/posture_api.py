@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Request
 
 from dashboards_api.deps import require
 from dashboards_api.pages import Page, page_router
-from infra.posture import OperationsCollector, PostureSources, assemble_posture
+from governance.posture import OperationsCollector, PostureSources, assemble_posture
 
 STATIC = Path(__file__).resolve().parent / "static"
 

@@ -700,6 +700,35 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class LauncherView:
+    """The stack ``privmesh up`` runs from ``data_dir`` as the posture reads it
+    (``governance.posture.Launcher``)."""
+
+    data_dir: Path
+    states: tuple[str, ...] = STATES
+
+    def components(self) -> list[dict[str, Any]]:
+        """Each component's supervision state (running, starting, backoff, failed),
+        restarts and last exit code; empty when no launcher is running there."""
+        state = read_state(self.data_dir)
+        if state is None:
+            return []
+        return [
+            {k: row[k] for k in ("name", "state", "restarts", "last_exit_code")}
+            for row in component_health(state, probe=False)
+        ]
+
+    def worker_urls(self) -> dict[str, str]:
+        """Health URL per domain of the workers the launcher recorded."""
+        state = read_state(self.data_dir) or {}
+        return {
+            name.removeprefix("worker-"): str(c["health_url"])
+            for name, c in state.get("components", {}).items()
+            if name.startswith("worker-") and c.get("health_url")
+        }
+
+
 def component_health(state: dict[str, Any], probe: bool = True) -> list[dict[str, Any]]:
     """Per-component supervision state, pid liveness and (``probe``) health-check result."""
     rows = []

@@ -105,8 +105,11 @@ def _clear_settings_caches() -> None:
 
 
 _PROJECT_PACKAGES = frozenset(
-    {"infra", "streams", "dashboards_api", "domains", "feature_repo", "catalog", "federation"}
-)
+    {
+        "infra", "streams", "dashboards_api", "domains", "feature_repo", "catalog", "federation",
+        "governance",
+    }
+)  # fmt: skip
 
 
 def child_environ(

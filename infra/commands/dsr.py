@@ -72,7 +72,7 @@ def access(
     if out is not None and out.is_dir():
         raise InvalidCliValue(f"--out {out} is a folder; name a file to write the export to")
     from federation.registry import open_registry
-    from infra.dsr import subject_access
+    from governance.dsr import subject_access
 
     s = _system(direct=True)
     export = subject_access(
@@ -90,7 +90,7 @@ def access(
 def erase(subject: SubjectOpt, requested_by: ByOpt = None) -> None:
     """Erase a subject from every domain's stores and compacted topics, and record it."""
     subject_option("--subject", subject)
-    from infra.dsr import subject_erase
+    from governance.dsr import subject_erase
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings
 

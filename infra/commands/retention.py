@@ -34,7 +34,7 @@ def run(
     from domains.runtime import RuntimeSettings
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
-    from infra.retention import run_retention
+    from governance.retention import run_retention
     from streams.errors import BrokerUnavailable
     from streams.producing import RawProducer
     from streams.settings import KafkaSettings

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from domains.registry import get_contract
+from governance.subjects import MAX_SUBJECT_CHARS, check_subject
 from infra.broker import ensure_topics
 from infra.errors import InvalidCliValue
-from infra.inputs import MAX_SUBJECT_CHARS, check_subject, entity_ref, one_of, text_option
+from infra.inputs import entity_ref, one_of, text_option
 from streams.producing import RawProducer
 from streams.settings import KafkaSettings
 from tests.infra.test_cli import run_cli

@@ -20,7 +20,7 @@ from aiokafka import ConsumerRecord
 from domains.contract import FieldType
 from domains.registry import get_contract
 from feature_repo.store import ErasedRows
-from infra.dsr import check_subject
+from governance.subjects import check_subject
 from infra.logs import JsonFormatter, mask_identifiers
 from streams.batch_send import BatchSender, Output
 from streams.consent import ConsentIndex, MalformedConsent, parse_consent

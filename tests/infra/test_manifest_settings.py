@@ -26,6 +26,7 @@ SETTINGS_MODULES = [
     "federation.settings",
     "dashboards_api.settings",
     "catalog.settings",
+    "governance.settings",
     "infra.settings",
 ]
 # Values a Secret supplies, for checking the settings a container is started with (only

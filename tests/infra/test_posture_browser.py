@@ -14,11 +14,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from dashboards_api.main import create_app
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
+from governance.posture import PostureSources
 from infra.api_app import with_catalog
-from infra.posture import PostureSources
 from infra.posture_api import mount
 from tests.dashboards_api.test_dashboard_browser import browser, require_browser, serve
-from tests.infra.test_posture import KEYS, sources  # noqa: F401 - the fixture
+from tests.governance.test_posture import KEYS, sources  # noqa: F401 - the fixture
 
 WAIT = 15.0
 SAVE_SCREENSHOT = os.environ.get("PRIVMESH_SAVE_SCREENSHOT") == "1"  # read before fixtures

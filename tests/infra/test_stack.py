@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infra.posture import component_findings, components
+from governance.posture import component_findings
 from infra.stack import (
     BACKOFF,
     FAILED,
     RUNNING,
     Component,
+    LauncherView,
     RestartPolicy,
     Stack,
     component_health,
@@ -112,7 +113,7 @@ def test_crash_loop_is_failed_and_the_rest_keeps_running(stack: Stack) -> None:
     rows = {r["name"]: r for r in component_health(state)}
     assert rows["crasher"]["healthy"] is False and rows["crasher"]["state"] == "failed"
     assert rows["steady"]["healthy"] is True and rows["steady"]["state"] == "running"
-    found = component_findings(components(stack.data_dir))
+    found = component_findings(LauncherView(stack.data_dir).components())
     assert [(f["code"], f["subject"]) for f in found] == [("component_failed", "crasher")]
     assert any("failed" in line for line in stack.said)  # type: ignore[attr-defined]
 

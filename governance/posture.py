@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -43,7 +43,7 @@ from dashboards_api.policy import reserve_micro
 from dashboards_api.releases import ReleaseService, privacy_unit_of
 from domains.contract import DomainContract
 from federation.registry import ModelRegistry
-from infra.settings import PostureSettings
+from governance.settings import PostureSettings
 from streams.erasure import read_erasure_log
 from streams.keyring import KeyRing, keyring_path
 from streams.records import read_records
@@ -61,19 +61,37 @@ class PostureSources:
     registry: ModelRegistry | None
     settings: PostureSettings
     initial_key_version: int = 1
+    launcher: Launcher | None = None
 
     def worker_urls(self) -> dict[str, str]:
         """Health URL per domain: the configured ones, else those `privmesh up` recorded."""
         if self.settings.worker_health_urls:
             return dict(self.settings.worker_health_urls)
-        from infra.stack import read_state
+        return self.launcher.worker_urls() if self.launcher is not None else {}
 
-        state = read_state(self.data_dir) or {}
-        return {
-            name.removeprefix("worker-"): str(c["health_url"])
-            for name, c in state.get("components", {}).items()
-            if name.startswith("worker-") and c.get("health_url")
-        }
+    def components(self) -> list[dict[str, Any]]:
+        """The launcher's components (none without one: a cluster's orchestrator
+        supervises its own processes)."""
+        return self.launcher.components() if self.launcher is not None else []
+
+
+class Launcher(Protocol):
+    """What the posture reads of the process launcher, ``privmesh up`` (the composition
+    root passes ``infra.stack.LauncherView``)."""
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        """Every supervision state a component can be in."""
+        ...
+
+    def components(self) -> list[dict[str, Any]]:
+        """Each component's name, state (one of ``states``), restarts and last exit code;
+        empty when no launcher runs."""
+        ...
+
+    def worker_urls(self) -> dict[str, str]:
+        """Health URL per domain of the workers the launcher started."""
+        ...
 
 
 # ---------------------------------------------------------------------- the parts
@@ -281,21 +299,6 @@ def consent_modes(contracts: dict[str, DomainContract]) -> dict[str, dict[str, s
     }
 
 
-def components(data_dir: Path) -> list[dict[str, Any]]:
-    """Each component of the stack ``privmesh up`` runs from ``data_dir``: its supervision
-    state (running, starting, backoff, failed), restarts and last exit code; empty when no
-    launcher is running there (a cluster's orchestrator supervises its own processes)."""
-    from infra.stack import component_health, read_state
-
-    state = read_state(data_dir)
-    if state is None:
-        return []
-    return [
-        {k: row[k] for k in ("name", "state", "restarts", "last_exit_code")}
-        for row in component_health(state, probe=False)
-    ]
-
-
 # ---------------------------------------------------------------------- the view
 async def assemble_posture(sources: PostureSources) -> dict[str, Any]:
     """The whole posture, with its findings."""
@@ -305,7 +308,7 @@ async def assemble_posture(sources: PostureSources) -> dict[str, Any]:
     view: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "streams": streams,
-        "components": components(sources.data_dir),
+        "components": sources.components(),
         "consent": consent_modes(sources.contracts),
         "keys": key_versions(sources.data_dir, domains, sources.initial_key_version),
         "budgets": budgets(sources.service),
@@ -488,8 +491,8 @@ class OperationsCollector(Collector):
         yield from self._components()
 
     def _components(self) -> Iterator[Metric]:
-        from infra.stack import STATES
-
+        launcher = self._sources.launcher
+        states = launcher.states if launcher is not None else ()
         state = GaugeMetricFamily(
             "privmesh_component_state",
             "Supervision state of each component `privmesh up` runs (1 for its current state)",
@@ -500,8 +503,8 @@ class OperationsCollector(Collector):
             "Restarts of each component by the launcher since `privmesh up`",
             labels=["component"],
         )
-        for comp in components(self._sources.data_dir):
-            for name in STATES:
+        for comp in self._sources.components():
+            for name in states:
                 state.add_metric([comp["name"], name], 1.0 if comp["state"] == name else 0.0)
             restarts.add_metric([comp["name"]], comp["restarts"])
         yield from (state, restarts)

@@ -16,7 +16,7 @@ from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
 from federation.registry import ModelRegistry
-from infra.dsr import read_requests, subject_access, subject_erase
+from governance.dsr import read_requests, subject_access, subject_erase
 from streams.keyring import load_domain_tokens
 from streams.settings import KafkaSettings, StreamSettings
 from streams.transform import Accepted, ProductTransform
@@ -72,7 +72,7 @@ def system(isolated_env: Path) -> dict[str, object]:
     }  # fmt: skip
 
 
-def test_access_exports_the_subjects_data_and_logs_no_identifier(system: dict) -> None:  # type: ignore[type-arg]
+def test_access_exports_the_subjects_data_and_logs_no_identifier(system: dict) -> None:
     """The export holds the subject's two orders (pseudonymised), their purpose and
     retention, and the model trained after; the log has counts and tokens only."""
     export = subject_access(
@@ -93,7 +93,7 @@ def test_access_exports_the_subjects_data_and_logs_no_identifier(system: dict) -
     assert EMAIL not in json.dumps(logged)
 
 
-def test_an_empty_subject_is_refused(system: dict) -> None:  # type: ignore[type-arg]
+def test_an_empty_subject_is_refused(system: dict) -> None:
     """A blank subject: a clear error, nothing logged."""
     with pytest.raises(ValueError, match="subject is empty"):
         subject_access(
@@ -104,7 +104,7 @@ def test_an_empty_subject_is_refused(system: dict) -> None:  # type: ignore[type
 
 
 @pytest.mark.integration
-def test_erase_removes_the_subject_from_every_domain(system: dict, broker: str) -> None:  # type: ignore[type-arg]
+def test_erase_removes_the_subject_from_every_domain(system: dict, broker: str) -> None:
     """Erase runs each domain's erasure path: the subject's orders are gone, the other
     customer's stays, access then finds nothing; both requests are logged."""
     from infra.broker import ensure_topics

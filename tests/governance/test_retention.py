@@ -17,7 +17,7 @@ from domains.runtime import RuntimeSettings
 from feature_repo.offline import read_all
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
-from infra.retention import read_runs, run_retention
+from governance.retention import read_runs, run_retention
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 OLD, NEW = "k1." + "a" * 26, "k1." + "b" * 26

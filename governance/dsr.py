@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from domains.contract import DataProduct, DomainContract
-from infra.inputs import check_subject
+from governance.subjects import check_subject
 from streams.erasure import erase_subject, subject_tokens
 from streams.keyring import DomainTokens
 from streams.records import append_record, read_records

@@ -25,11 +25,11 @@ from domains.registry import load_contracts
 from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from federation.registry import ModelRegistry
+from governance.posture import PostureSources, assemble_posture, budget_findings, budgets, findings
+from governance.settings import PostureSettings
 from infra.api_app import with_catalog
 from infra.logs import JsonFormatter, mask_identifiers
-from infra.posture import PostureSources, assemble_posture, budget_findings, budgets, findings
 from infra.posture_api import mount
-from infra.settings import PostureSettings
 from streams.erasure import ErasureRecord, append_record
 from streams.metrics import metrics_registry, render
 from streams.records import append_record as append_jsonl
