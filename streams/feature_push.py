@@ -17,8 +17,19 @@ product has ``EVENT_CHUNK`` of them, the offline task turns them into an Arrow t
 thread (about a tenth of the dicts' memory), so a long ``offline_flush_seconds`` at full
 rate does not hold millions of dicts.
 
+Each flush writes at most ``feature_flush_max_rows`` rows online (about 100 ms of sqlite
+writes at the default, docs/streams-throughput.md), so a backlog (a restart, a burst, a
+slow store) never makes one flush long. What a flush drains joins a queue per product:
+closed windows (the DP API's rows) go first, then subject rows, oldest first, the budget
+shared evenly between the products that have rows waiting; the rest waits for the next
+flush. A subject's row for a window that is still waiting is replaced by its newer row in
+place (it keeps its age, so it is not pushed back), so the queue never holds more rows than
+there are subject-windows. A chunk the store refuses as a whole goes back to the queue's
+front and is retried at the next flush.
+
 One lock orders flushes and erasures: a flush that drained a subject's row before an
-erasure cannot write it after the erasure's delete.
+erasure cannot write it after the erasure's delete, and an erasure removes the subject's
+rows that are still queued, so no later chunk writes them again.
 
 A bad record never costs the others: rows and events are converted to Arrow before a part
 file is written, and when a batch does not convert, each record is tried alone; the ones
@@ -34,6 +45,7 @@ is flushed under its own guard: one product's failure does not stop the others'.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -52,8 +64,9 @@ from feature_repo.events import event_schema, event_table
 from feature_repo.names import EVENT_TIMESTAMP, SUBJECT_KEY
 from feature_repo.store import DomainFeatureStore, ErasedRows
 from streams.batch_send import BatchSender, Output, dead_letter
+from streams.health import FLUSH_SECONDS_BUCKETS, FLUSH_SECONDS_LE
 from streams.keyring import KeyRingWatcher
-from streams.pipeline import ProductPipeline
+from streams.pipeline import PartitionStats, ProductPipeline
 from streams.settings import StreamSettings
 from streams.windows import SubjectRow
 
@@ -98,13 +111,30 @@ class FeaturePusher:
         self._layouts = {p.product.name: preaggregate.Layout.of(p.product) for p in pipelines}
         # per product: UTC days (epoch s) with pre-aggregate parts not merged yet
         self._open_days: dict[str, set[int]] = {}
-        self._stashed: dict[str, list[SubjectRow]] = {}
+        # per product: rows drained and not written yet, oldest first; subject rows keyed
+        # by (subject, window start), so a newer row of a waiting one replaces it in place
+        self._queued_rows: dict[str, dict[tuple[str, int], SubjectRow]] = {}
+        self._queued_windows: dict[str, list[PartitionStats]] = {}
         self.counters: Counter[str] = Counter()
+        self.counters["flush_max_rows"] = settings.feature_flush_max_rows
 
     def stash(self, pipeline: ProductPipeline, rows: list[SubjectRow]) -> None:
-        """Rows of a revoked partition, pushed with the next flush."""
-        if rows:
-            self._stashed.setdefault(pipeline.product.name, []).extend(rows)
+        """Rows of a revoked partition, pushed with the next flushes."""
+        self._enqueue(pipeline.product.name, rows, [])
+
+    def _enqueue(self, product: str, rows: list[SubjectRow], closed: list[PartitionStats]) -> None:
+        queued = self._queued_rows.setdefault(product, {})
+        for row in rows:
+            queued[(row.subject, row.window_start)] = row  # a waiting key keeps its place
+        if closed:
+            self._queued_windows.setdefault(product, []).extend(closed)
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows drained from the pipelines and not written online yet (every product)."""
+        return sum(len(q) for q in self._queued_rows.values()) + sum(
+            len(w) for w in self._queued_windows.values()
+        )
 
     async def run(self) -> None:
         """Flush every ``feature_flush_seconds`` until cancelled; errors are logged, not fatal."""
@@ -144,45 +174,94 @@ class FeaturePusher:
                 log.exception("offline part file not written")
 
     async def flush(self) -> None:
-        """Push what changed since the last flush to the online store and profiles topic."""
+        """Push what changed since the last flush to the online store and profiles topic:
+        at most ``feature_flush_max_rows`` rows, closed windows first, then subject rows
+        oldest first, shared between products; the rest waits for the next flush."""
         if self._keyring is not None:
             self._keyring.poll()
         began = time.perf_counter()
         async with self._lock:
-            failures = 0
+            now = time.time()
             for pipeline in self.pipelines:
+                self._enqueue(pipeline.product.name, *pipeline.drain(now))
+            waiting = self.queued_rows
+            self.counters["queued_rows_max"] = max(self.counters["queued_rows_max"], waiting)
+            budget = self.settings.feature_flush_max_rows
+            failed: set[str] = set()
+            for pipeline in self.pipelines:  # the DP API's rows first
                 try:
-                    await self._flush_product(pipeline)
+                    budget -= await self._push_windows(pipeline, budget)
                 except Exception as exc:  # this product's rows wait; the others go on
-                    failures += 1
-                    pipeline.counters["flush_failures"] += 1
-                    log.error(
-                        "feature flush of %s failed (%s)", pipeline.product.name, type(exc).__name__
-                    )
-            if failures:
-                self.counters["flush_failures"] += failures
-        took_ms = round((time.perf_counter() - began) * 1000)
+                    failed.add(self._flush_failed(pipeline, exc))
+            wanted = {
+                p.product.name: len(self._queued_rows.get(p.product.name, {}))
+                for p in self.pipelines
+                if p.product.name not in failed
+            }
+            shares = fair_shares(wanted, budget)
+            for pipeline in self.pipelines:
+                if shares.get(pipeline.product.name, 0) <= 0:
+                    continue
+                try:
+                    budget -= await self._push_subjects(pipeline, shares[pipeline.product.name])
+                except Exception as exc:
+                    failed.add(self._flush_failed(pipeline, exc))
+            if failed:
+                self.counters["flush_failures"] += len(failed)
+            written = self.settings.feature_flush_max_rows - budget
+        took = time.perf_counter() - began
+        took_ms = round(took * 1000)
         self.counters["flushes"] += 1
         self.counters["flush_ms_max"] = max(self.counters["flush_ms_max"], took_ms)
         self.counters["flush_ms_total"] += took_ms
+        for bound in FLUSH_SECONDS_BUCKETS:
+            if took <= bound:
+                self.counters[f"{FLUSH_SECONDS_LE}{bound}"] += 1
+        self.counters["flush_rows_total"] += written
+        self.counters["flush_rows_max"] = max(self.counters["flush_rows_max"], written)
+        self.counters["queued_rows"] = self.queued_rows
 
-    async def _flush_product(self, pipeline: ProductPipeline) -> None:
-        rows, closed = pipeline.drain(time.time())
-        rows = self._stashed.pop(pipeline.product.name, []) + rows
-        features = self.store.product_features(pipeline.product)
-        if rows:
-            records = pipeline.subject_records(rows)
-            self._offline.setdefault(features.subject_view.name, []).extend(records)
-            await self._to_store(pipeline, features.subject_view, records)
-            await self._to_profiles(pipeline, rows, records)
-            pipeline.counters["subject_rows_pushed"] += len(rows)
-        if closed:
-            records = pipeline.window_records(closed)
-            self._offline.setdefault(features.window_view.name, []).extend(records)
-            await self._to_store(pipeline, features.window_view, records)
-            pipeline.counters["windows_closed"] += len(closed)
-            last = max(c.stats.window_start for c in closed)
-            pipeline.counters["last_window_start"] = last
+    def _flush_failed(self, pipeline: ProductPipeline, exc: Exception) -> str:
+        pipeline.counters["flush_failures"] += 1
+        log.error("feature flush of %s failed (%s)", pipeline.product.name, type(exc).__name__)
+        return pipeline.product.name
+
+    async def _push_windows(self, pipeline: ProductPipeline, limit: int) -> int:
+        """Write up to ``limit`` of the product's queued closed windows, oldest first;
+        returns how many (a chunk the store refuses stays queued)."""
+        queued = self._queued_windows.get(pipeline.product.name)
+        if not queued or limit <= 0:
+            return 0
+        closed = queued[:limit]
+        view = self.store.product_features(pipeline.product).window_view
+        records = pipeline.window_records(closed)
+        await self._to_store(pipeline, view, records)
+        del queued[: len(closed)]  # only a flush (under the lock) takes from this queue
+        self._offline.setdefault(view.name, []).extend(records)
+        pipeline.counters["windows_closed"] += len(closed)
+        last = max(c.stats.window_start for c in closed)
+        pipeline.counters["last_window_start"] = max(pipeline.counters["last_window_start"], last)
+        return len(closed)
+
+    async def _push_subjects(self, pipeline: ProductPipeline, limit: int) -> int:
+        """Write up to ``limit`` of the product's queued subject rows, oldest first, and
+        publish them to the profiles topic; returns how many (a chunk the store refuses
+        stays queued)."""
+        queued = self._queued_rows.get(pipeline.product.name)
+        if not queued or limit <= 0:
+            return 0
+        chunk = [(key, queued[key]) for key in itertools.islice(queued, limit)]
+        rows = [row for _, row in chunk]
+        view = self.store.product_features(pipeline.product).subject_view
+        records = pipeline.subject_records(rows)
+        await self._to_store(pipeline, view, records)
+        for key, row in chunk:  # a row stashed meanwhile (newer) stays for the next flush
+            if queued.get(key) is row:
+                del queued[key]
+        self._offline.setdefault(view.name, []).extend(records)
+        await self._to_profiles(pipeline, rows, records)
+        pipeline.counters["subject_rows_pushed"] += len(rows)
+        return len(rows)
 
     async def evict(self, tokens: set[str], products: Collection[str] | None = None) -> ErasedRows:
         """Erasure: forget the subjects in memory, then delete their stored rows.
@@ -204,11 +283,11 @@ class FeaturePusher:
                 self._events[pipeline.product.name] = [
                     t.filter(pc.invert(pc.is_in(t[unit], value_set=erased))) for t in tables
                 ]
-                stashed = self._stashed.get(pipeline.product.name)
-                if stashed:
-                    self._stashed[pipeline.product.name] = [
-                        r for r in stashed if r.subject not in tokens
-                    ]
+                queued = self._queued_rows.get(pipeline.product.name)
+                if queued:  # no later chunk writes an erased subject's row again
+                    self._queued_rows[pipeline.product.name] = {
+                        key: row for key, row in queued.items() if row.subject not in tokens
+                    }
             names = None if products is None else {p.product.name for p in chosen}
             rows = await loop.run_in_executor(None, self.store.erase_subjects, tokens, names)
             for pipeline in chosen:  # the pre-aggregates hold the subjects' ids
@@ -401,6 +480,26 @@ class FeaturePusher:
             if day + preaggregate.DAY_SECONDS + PREAGGREGATE_SETTLE_SECONDS <= now:
                 preaggregate.merge_day(folder, layout, day)
                 pending.discard(day)
+
+
+def fair_shares(wanted: dict[str, int], budget: int) -> dict[str, int]:
+    """``budget`` rows shared between products wanting ``wanted`` rows: each gets an even
+    share, a product needing less than its share leaves the rest to the others (none gets
+    more than it wants, and the shares add up to at most ``budget``)."""
+    shares = dict.fromkeys(wanted, 0)
+    open_ = [name for name, count in wanted.items() if count > 0]
+    left = max(budget, 0)
+    while left > 0 and open_:
+        each = max(left // len(open_), 1)
+        for name in list(open_):
+            take = min(each, wanted[name] - shares[name], left)
+            shares[name] += take
+            left -= take
+            if shares[name] >= wanted[name]:
+                open_.remove(name)
+            if left == 0:
+                break
+    return shares
 
 
 def events_target(product: str) -> str:

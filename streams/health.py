@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 KeyState = Literal["active", "retired", "scheduled"]
+# The feature pusher's flush durations in its counters (``HealthReport.features``): for each
+# upper bound (seconds), ``flush_seconds_le.<bound>`` counts the flushes that took at most
+# that long (cumulative; ``flushes`` counts them all), for the Prometheus histogram.
+FLUSH_SECONDS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+FLUSH_SECONDS_LE = "flush_seconds_le."
 
 
 @dataclass(frozen=True, slots=True)

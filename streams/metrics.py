@@ -17,10 +17,21 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from streams.health import ConsentHealth, HealthReport, HealthSource
+from streams.health import (
+    FLUSH_SECONDS_BUCKETS,
+    FLUSH_SECONDS_LE,
+    ConsentHealth,
+    HealthReport,
+    HealthSource,
+)
 
 REJECTED = "rejected."
 CONSENT_DROPPED = "consent_dropped."
@@ -105,6 +116,7 @@ class ProcessorCollector(Collector):
                 cut.add_metric([domain, product, measure], amount)
         yield from (consumed, events, dead, dropped, pushed, late, capped, truncated, cut)
         yield from _consent(domain, report.consent)
+        yield from _feature_flushes(domain, report.features)
         erasures = CounterMetricFamily(
             "privmesh_stream_erasures_applied",
             "Erasures applied by this worker: requests (privmesh erase, dsr) and withdrawals",
@@ -149,6 +161,41 @@ def _consent(domain: str, consent: ConsentHealth) -> Iterator[Metric]:
     )
     ready.add_metric([domain], 1.0 if consent.ready else 0.0)
     yield from (subjects, records, ready)
+
+
+def _feature_flushes(domain: str, features: dict[str, int]) -> Iterator[Metric]:
+    """The feature pusher's online flushes: duration, rows written, rows waiting, bound."""
+    flushes = features.get("flushes", 0)
+    seconds = HistogramMetricFamily(
+        "privmesh_stream_feature_flush_seconds",
+        "Duration of each online feature flush (drain, window and subject row writes)",
+        labels=["domain"],
+    )
+    seconds.add_metric(
+        [domain],
+        [(str(b), features.get(f"{FLUSH_SECONDS_LE}{b}", 0)) for b in FLUSH_SECONDS_BUCKETS]
+        + [("+Inf", flushes)],
+        features.get("flush_ms_total", 0) / 1000,
+    )
+    rows = CounterMetricFamily(
+        "privmesh_stream_feature_flush_rows",
+        "Window and subject rows written to the online store by feature flushes",
+        labels=["domain"],
+    )
+    rows.add_metric([domain], features.get("flush_rows_total", 0))
+    queued = GaugeMetricFamily(
+        "privmesh_stream_feature_queued_rows",
+        "Rows drained from the windows and waiting for a later flush (the backlog)",
+        labels=["domain"],
+    )
+    queued.add_metric([domain], features.get("queued_rows", 0))
+    bound = GaugeMetricFamily(
+        "privmesh_stream_feature_flush_max_rows",
+        "Most rows one feature flush writes online (feature_flush_max_rows)",
+        labels=["domain"],
+    )
+    bound.add_metric([domain], features.get("flush_max_rows", 0))
+    yield from (seconds, rows, queued, bound)
 
 
 def _key_versions(report: HealthReport) -> Metric:

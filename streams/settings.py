@@ -318,6 +318,15 @@ class StreamSettings(BaseSettings):
             "grows so the online store does not take CPU from the stream."
         ),
     )
+    feature_flush_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=2000,
+        description=(
+            "Most rows one feature flush writes to the online store (window rows first, then "
+            "subject rows, oldest first, shared between products); the rest wait for the next "
+            "flush. 2,000 rows take about 100 ms on sqlite and 150 ms on Redis "
+            "(docs/streams-throughput.md), so a backlog never makes one flush long."
+        ),
+    )
     offline_flush_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=30.0,
         description="How often buffered per-subject rows become an offline parquet part file.",

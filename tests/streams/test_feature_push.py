@@ -1,34 +1,49 @@
-"""The feature pusher's offline task: product events to typed part files, and erasure."""
+"""The feature pusher: online flushes bounded in rows (a backlog goes out oldest first, in
+chunks, nothing lost or written twice, an erasure between chunks wins), the offline task's
+product events to typed part files, and erasure."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, cast
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dashboards_api.event_aggregates import EventQuery, exact_plan, plan_from_store, scan_events
 from domains.contract import FieldType
 from domains.registry import get_contract
 from feature_repo import preaggregate
 from feature_repo.events import event_schema
+from feature_repo.names import SUBJECT_KEY
 from feature_repo.offline import part_files
 from feature_repo.settings import FeatureStoreSettings
 from feature_repo.store import DomainFeatureStore
 from streams.batch_send import BatchSender
-from streams.feature_push import PREAGGREGATE_SETTLE_SECONDS, FeaturePusher
+from streams.feature_push import (
+    ONLINE_WRITE_FAILED,
+    PREAGGREGATE_SETTLE_SECONDS,
+    FeaturePusher,
+    fair_shares,
+)
 from streams.generator import BUILDERS, make_people
 from streams.keys import derive_domain_key
 from streams.pipeline import ProductPipeline, build_pipelines, partition_for
 from streams.pseudonymise import Tokeniser, normalise
 from streams.settings import KafkaSettings, StreamSettings
+from streams.topics import REASON_HEADER
 from streams.transform import Accepted
+from streams.windows import SubjectRow
+from tests.fakes import RecordingSender
 
 CONTRACT = get_contract("shop")
 PRODUCT = CONTRACT.products[0]
@@ -214,3 +229,173 @@ def test_a_failed_pre_aggregate_leaves_the_events_written(
     assert pusher.counters["preaggregate_failures"] == 1
     day = T0 - T0 % preaggregate.DAY_SECONDS
     assert preaggregate.scan_window(events_folder, day, day + preaggregate.DAY_SECONDS) is None
+
+
+# ----------------------------------------------------------------- bounded online flushes
+
+
+class Writes:
+    """Records every online write of the pusher's store (view name, subject or window keys)
+    and passes it on; ``refuse`` makes writes with any of those subjects fail (all: every
+    write fails, the store is away)."""
+
+    def __init__(self, pusher: FeaturePusher) -> None:
+        self.calls: list[tuple[str, list[Any]]] = []
+        self.refuse: set[str] = set()
+        self.away = False
+        self._real = pusher.store.write_online
+        pusher.store.write_online = self  # type: ignore[method-assign]
+
+    def __call__(self, view: Any, records: list[dict[str, object]]) -> None:
+        if self.away or any(r.get(SUBJECT_KEY) in self.refuse for r in records):
+            raise ValueError("write refused")
+        self.calls.append((view.name, [r.get(SUBJECT_KEY) for r in records]))
+        self._real(view, records)
+
+    def subjects(self) -> list[list[Any]]:
+        """The subjects of each successful subject-view write, in order."""
+        return [keys for view, keys in self.calls if view.endswith("_subject_window")]
+
+
+def bounded(
+    data_dir: Path, max_rows: int
+) -> tuple[ProductPipeline, FeaturePusher, RecordingSender, Writes]:
+    """A shop pipeline and its pusher (at most ``max_rows`` rows a flush) over a sqlite store
+    whose online tables exist, a recording sender and a recorder of the store's writes."""
+    stream = StreamSettings(feature_flush_max_rows=max_rows)
+    [orders] = build_pipelines(CONTRACT, TOKENS, stream)
+    store = DomainFeatureStore(CONTRACT, data_dir, FeatureStoreSettings())
+    store.apply()
+    sender = RecordingSender()
+    pusher = FeaturePusher([orders], store, stream, cast(BatchSender, sender), lambda _: False)
+    return orders, pusher, sender, Writes(pusher)
+
+
+def backlog(count: int, events: int = 1) -> list[SubjectRow]:
+    """``count`` subject rows of distinct subjects (``s000``...), oldest first."""
+    return [SubjectRow(f"s{i:03}", T0 - T0 % 10, events, {}, i % 4) for i in range(count)]
+
+
+def online_events(pusher: FeaturePusher, subjects: list[str]) -> list[Any]:
+    """Each subject's ``events`` feature in the online store (None: no row)."""
+    return [row["events"] for row in pusher.store.subject_features("orders", subjects)]
+
+
+def test_a_backlog_goes_out_in_bounded_chunks_oldest_first(tmp_path: Path) -> None:
+    """A backlog of N rows larger than the bound is written in ceil(N / bound) writes of at
+    most the bound each, oldest first, every row exactly once; a newer row of a subject
+    still waiting replaces it in its place (not written twice, not pushed back)."""
+    orders, pusher, sender, writes = bounded(tmp_path, max_rows=10)
+    rows = backlog(25)
+    pusher.stash(orders, rows)
+    asyncio.run(pusher.flush())
+    assert pusher.counters["queued_rows"] == 15
+    pusher.stash(orders, [SubjectRow("s012", rows[12].window_start, 7, {}, 0)])  # waiting
+    pusher.stash(orders, [SubjectRow("s030", rows[0].window_start, 1, {}, 0)])  # newest
+    while pusher.counters["queued_rows"]:
+        asyncio.run(pusher.flush())
+    asyncio.run(pusher.flush())  # nothing left: no write
+
+    order = [r.subject for r in rows] + ["s030"]
+    chunks = writes.subjects()
+    assert len(chunks) == math.ceil(len(order) / 10) == 3
+    assert [s for chunk in chunks for s in chunk] == order
+    assert online_events(pusher, ["s011", "s012", "s030"]) == [1, 7, 1]
+    assert orders.counters["subject_rows_pushed"] == 26
+    assert len(sender.to(orders.topics.profiles)) == 26
+    assert pusher.counters["flush_max_rows"] == 10 and pusher.counters["flush_rows_max"] == 10
+    assert pusher.counters["flush_rows_total"] == 26
+    assert pusher.counters["queued_rows_max"] == 25  # the most waiting, before a write
+    assert pusher.counters["flushes"] == 4
+    assert pusher.counters["flush_seconds_le.5.0"] == 4
+
+
+def test_an_erasure_between_chunks_wins(tmp_path: Path) -> None:
+    """An erasure between two chunks deletes the subject's written row, and no later chunk
+    writes its waiting row again; the other rows all go out."""
+    orders, pusher, _, writes = bounded(tmp_path, max_rows=10)
+    pusher.stash(orders, backlog(25))
+    asyncio.run(pusher.flush())
+    assert online_events(pusher, ["s003"]) == [1]
+
+    asyncio.run(pusher.evict({"s003", "s017"}))
+    while pusher.counters["queued_rows"]:
+        asyncio.run(pusher.flush())
+
+    written = [s for chunk in writes.subjects() for s in chunk]
+    assert "s017" not in written and len(written) == 24
+    assert online_events(pusher, ["s003", "s017", "s016", "s024"]) == [None, None, 1, 1]
+
+
+def test_a_refused_chunk_is_retried_record_by_record(tmp_path: Path) -> None:
+    """A chunk the store refuses because of one row is retried record by record: that row is
+    dead-lettered (online_write_failed), the chunk's other rows are written, and the rest of
+    the backlog waits for the next flush."""
+    orders, pusher, sender, writes = bounded(tmp_path, max_rows=10)
+    pusher.stash(orders, backlog(25))
+    writes.refuse = {"s004"}
+    asyncio.run(pusher.flush())
+
+    assert [len(chunk) for chunk in writes.subjects()] == [1] * 9
+    dead = sender.to(orders.topics.dlq)
+    assert [dict(o.headers)[REASON_HEADER].decode() for o in dead] == [ONLINE_WRITE_FAILED]
+    assert json.loads(dead[0].value)[SUBJECT_KEY] == "s004"
+    assert pusher.counters["queued_rows"] == 15 and pusher.counters["flush_failures"] == 0
+    asyncio.run(pusher.flush())
+    assert writes.subjects()[-1] == [f"s{i:03}" for i in range(10, 20)]
+
+
+def test_a_store_that_is_away_keeps_the_chunk_for_the_next_flush(tmp_path: Path) -> None:
+    """When the store refuses every row of a chunk, the flush fails (counted) and the chunk
+    stays at the front of the queue: the next flush writes it, oldest first, nothing lost."""
+    orders, pusher, _, writes = bounded(tmp_path, max_rows=10)
+    pusher.stash(orders, backlog(12))
+    writes.away = True
+    asyncio.run(pusher.flush())
+    assert pusher.counters["flush_failures"] == 1 and orders.counters["flush_failures"] == 1
+    assert pusher.counters["queued_rows"] == 12 and writes.calls == []
+
+    writes.away = False
+    asyncio.run(pusher.flush())
+    asyncio.run(pusher.flush())
+    assert writes.subjects() == [[f"s{i:03}" for i in range(10)], ["s010", "s011"]]
+    assert orders.counters["subject_rows_pushed"] == 12
+
+
+def test_closed_windows_go_before_a_subject_backlog(tmp_path: Path) -> None:
+    """A flush writes the closed windows (the DP API's rows) before subject rows, within the
+    same bound: a subject backlog does not hold them back."""
+    orders, pusher, _, writes = bounded(tmp_path, max_rows=10)
+    pusher.stash(orders, backlog(25))
+    for seq, at in enumerate((T0, T0 + 20, T0 + 21)):  # the watermark (a median) passes
+        route(orders, 0, at, seq)  # the first window's end: it closes
+    asyncio.run(pusher.flush())
+
+    views = [view for view, _ in writes.calls]
+    assert views[0].endswith("_window_stats") and views[1].endswith("_subject_window")
+    assert sum(len(keys) for _, keys in writes.calls) == 10
+    assert orders.counters["windows_closed"] == 1
+    assert pusher.counters["queued_rows"] == 25 + 2 - 9
+
+
+def test_fair_shares_examples() -> None:
+    """A product needing less than its even share leaves the rest to the others."""
+    assert fair_shares({"a": 5, "b": 100}, 20) == {"a": 5, "b": 15}
+    assert fair_shares({"a": 100, "b": 100, "c": 0}, 21) == {"a": 11, "b": 10, "c": 0}
+    assert fair_shares({"a": 3}, 0) == {"a": 0}
+    assert fair_shares({}, 10) == {}
+
+
+@given(
+    wanted=st.dictionaries(st.sampled_from("abcdef"), st.integers(0, 50)),
+    budget=st.integers(0, 120),
+)
+def test_fair_shares_use_the_budget_evenly(wanted: dict[str, int], budget: int) -> None:
+    """Shares never exceed what a product wants, add up to the budget (or all that is
+    wanted), and a product short of what it wants gets at least any other's share - 1."""
+    shares = fair_shares(wanted, budget)
+    assert all(0 <= shares[k] <= wanted[k] for k in wanted)
+    assert sum(shares.values()) == min(budget, sum(wanted.values()))
+    for k, want in wanted.items():
+        if shares[k] < want:
+            assert all(shares[k] >= share - 1 for share in shares.values())

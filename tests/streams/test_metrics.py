@@ -4,6 +4,7 @@ and the per-day contribution bounds' truncation exported per product."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -38,6 +39,10 @@ TYPES = {
     "privmesh_stream_erasures_applied": "counter",
     "privmesh_pseudonymisation_key_version": "gauge",
     "privmesh_stream_start_time_seconds": "gauge",
+    "privmesh_stream_feature_flush_seconds": "histogram",
+    "privmesh_stream_feature_flush_rows": "counter",
+    "privmesh_stream_feature_queued_rows": "gauge",
+    "privmesh_stream_feature_flush_max_rows": "gauge",
 }
 PROCESS = {
     "process_cpu_seconds": "counter",
@@ -177,3 +182,27 @@ def test_amounts_cut_by_the_day_cap_are_a_counter_that_survives_a_rebalance(
     orders.revoke(partition)
     assert orders.truncated_sums == {"amount_cents": 0.0}  # the owned partitions' tally
     assert cut() == {("orders", "amount_cents"): 10 * 20_000 - cap}
+
+
+def test_feature_flushes_are_a_histogram_with_their_bound(isolated_env: Path) -> None:
+    """The feature pusher's flushes are a duration histogram (cumulative buckets, +Inf is
+    every flush), the rows they wrote a counter, the rows waiting and the bound gauges."""
+    processor = shop()
+    for _ in range(2):  # nothing drained: no store write, but each flush is timed
+        asyncio.run(processor.pusher.flush())
+    found = scrape(processor)
+    kind, samples = found["privmesh_stream_feature_flush_seconds"]
+    assert kind == "histogram"
+    buckets = [(s.labels["le"], s.value) for s in samples if s.name.endswith("_bucket")]
+    assert buckets[-1] == ("+Inf", 2.0)
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert dict(buckets)["5.0"] == 2.0
+    [count] = [s.value for s in samples if s.name.endswith("_count")]
+    assert count == 2.0
+    [rows] = found["privmesh_stream_feature_flush_rows"][1]
+    assert rows.value == 0.0
+    [queued] = found["privmesh_stream_feature_queued_rows"][1]
+    assert queued.value == 0.0
+    [bound] = found["privmesh_stream_feature_flush_max_rows"][1]
+    bound_default = StreamSettings().feature_flush_max_rows
+    assert (bound.labels, bound.value) == ({"domain": "shop"}, float(bound_default))
