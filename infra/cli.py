@@ -108,9 +108,9 @@ def root(
 
 
 def _runtime() -> RuntimeSettings:
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
 
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     return runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
 
 

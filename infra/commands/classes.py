@@ -73,7 +73,7 @@ def plan(
     )
     from dashboards_api.settings import ApiSettings
     from domains.registry import load_contracts
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from streams.settings import StreamSettings
 
     items, products, domain = _read(file)
@@ -83,7 +83,7 @@ def plan(
     budgets = dict(load_product_budgets())
     for name, item in products.items():
         budgets[f"{domain}.{name}"] = ProductBudget.model_validate(item)
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     book = open_ledger(ApiSettings().ledger_url, runtime.data_dir.resolve())
     try:
         policy = _policy(book)
@@ -154,7 +154,7 @@ def bounds(
     from dashboards_api.registry import current_classes
     from dashboards_api.settings import ApiSettings
     from domains.registry import load_contracts
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from streams.settings import StreamSettings
@@ -171,7 +171,7 @@ def bounds(
         else (datetime.now(UTC) - timedelta(days=1)).date()
     )
     spend = None if epsilon is None else _epsilon(epsilon)
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     store = DomainFeatureStore(contract, runtime.data_dir, FeatureStoreSettings())
     declared = load_product_budgets().get(product_key)
     book = open_ledger(ApiSettings().ledger_url, runtime.data_dir.resolve())

@@ -32,12 +32,12 @@ def _system(*, direct: bool = False) -> dict[str, Any]:
     """Contracts, token derivers, stores and the request log of the configured deployment.
     ``direct``: on the sqlite online store, read subjects without Feast (an access)."""
     from domains.registry import load_contracts
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from feature_repo.settings import FeatureStoreSettings
     from streams.keyring import load_domain_tokens
     from streams.settings import StreamSettings
 
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     runtime = runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
     contracts = load_contracts()
     streams, features = StreamSettings(), FeatureStoreSettings()

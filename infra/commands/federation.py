@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from domains.runtime import RuntimeSettings
+from domains.runtime import get_runtime_settings
 from federation.errors import EngineError
 from infra.console import console, err, print_json
 from infra.imports import preload_feast
@@ -23,7 +23,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _data_dir() -> Path:
-    return RuntimeSettings().data_dir.resolve()
+    return get_runtime_settings().data_dir.resolve()
 
 
 def _overrides(
@@ -285,7 +285,7 @@ def supernode(
 
 
 def _insecure(requested: bool, tls_setting: bool) -> bool:
-    if (requested or not tls_setting) and RuntimeSettings().is_production:
+    if (requested or not tls_setting) and get_runtime_settings().is_production:
         raise EngineError("TLS is required when PRIVMESH_ENV=production")
     return requested or not tls_setting
 

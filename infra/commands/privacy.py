@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from domains.registry import get_contract
-from domains.runtime import RuntimeSettings
+from domains.runtime import RuntimeSettings, get_runtime_settings
 from infra.console import console, err, print_json
 from infra.imports import preload_feast
 from infra.inputs import subject_option
@@ -21,7 +21,7 @@ keys_app = typer.Typer(help="Pseudonymisation key versions and rotation.", no_ar
 
 
 def _data_dir() -> RuntimeSettings:
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     return runtime.model_copy(update={"data_dir": runtime.data_dir.resolve()})
 
 

@@ -31,7 +31,7 @@ def run(
     """One retention pass over the domains' stores and profiles topics (or one every
     ``--every`` seconds until stopped)."""
     from domains.registry import get_contract, load_contracts
-    from domains.runtime import RuntimeSettings
+    from domains.runtime import get_runtime_settings
     from feature_repo.settings import FeatureStoreSettings
     from feature_repo.store import DomainFeatureStore
     from governance.retention import run_retention
@@ -47,7 +47,7 @@ def run(
             raise typer.BadParameter(f"--now is not an ISO time: {now!r}") from exc
         if moment.tzinfo is None:
             raise typer.BadParameter("--now needs a UTC offset, e.g. 2026-12-01T00:00:00+00:00")
-    runtime = RuntimeSettings()
+    runtime = get_runtime_settings()
     data_dir = runtime.data_dir.resolve()
     contracts = {d: get_contract(d) for d in domain} if domain else load_contracts()
     stores = {
