@@ -185,6 +185,11 @@ def audit_version(
             shadows=shadows,
             lost_rounds=frozenset(lineage.get("rounds", {}).get("lost", [])),
             kept_rounds=(lineage.get("stopping") or {}).get("best_round"),
+            clipping_norms={
+                int(h["round"]): float(h["clipping_norm"])
+                for h in lineage.get("rounds", {}).get("history", [])
+                if h.get("clipping_norm")
+            },
         )
     datasets = {d: load_dataset(stores[d], task, encoding) for d in domains}
     dp = lineage.get("dp", {})

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -77,6 +77,9 @@ class ShadowPlan:
     kept_rounds: int | None = None
     """How many applied rounds the registered model had (validation-based stopping keeps
     an earlier round's model; None: every round)."""
+    clipping_norms: Mapping[int, float] = field(default_factory=dict)
+    """Each round's clipping norm in the target's run (adaptive clipping moves it; a
+    round not listed clips with the configured one)."""
 
     def __post_init__(self) -> None:
         check_shadow_count(self.shadows, allow_none=False)
@@ -98,6 +101,7 @@ def replay(
     seed: int,
     lost_rounds: frozenset[int] = frozenset(),
     kept_rounds: int | None = None,
+    clipping_norms: Mapping[int, float] | None = None,
 ) -> nn.Module:
     """A model trained on ``data`` (rows per domain) the way ``config`` trained the
     target: every round the target released, each domain's local update, combined and
@@ -135,15 +139,25 @@ def replay(
         if round_ in lost_rounds:
             continue
         applied += 1
+        norm = (clipping_norms or {}).get(round_)
         updates, counts = [], []
         for domain, (x, y) in sorted(data.items()):
             set_weights(model, unflatten(weights, shapes))
             update = local_update(
-                model, x, y, shadow_config, round_, domain, noise, participants=len(data)
+                model,
+                x,
+                y,
+                shadow_config,
+                round_,
+                domain,
+                noise,
+                clipping_norm=norm,
+                participants=len(data),
             )
             updates.append(update.delta)
             counts.append(update.weight)
-        weights = optimizer.step(weights, combine(config, updates, counts, noise))
+        mean = combine(config, updates, counts, noise, clipping_norm=norm)
+        weights = optimizer.step(weights, mean)
     if scaling is not None:
         first = next(iter(model.parameters())).shape
         weights = scaling.fold(weights, int(first[1]), int(first[0]))
@@ -189,6 +203,7 @@ def attack_scores(
                 int(rng.integers(2**31)),
                 plan.lost_rounds,
                 plan.kept_rounds,
+                plan.clipping_norms,
             )
             for d, r in rows.items():
                 seen, unseen_known = inside[d][:max_rows], outside[d][:max_rows]

@@ -105,7 +105,8 @@ def test_versions_without_a_recorded_run_config_are_rebuilt_from_their_facts() -
 def test_replayed_dp_noise_is_the_configured_scale() -> None:
     """With client-side DP and nothing to learn (zero learning rate), a replayed model
     moves from its start only by the simulated noise: per coordinate, the mean of the
-    domains' noise of scale z * C / sqrt(min-domains)."""
+    domains' noise of scale z_u * C / sqrt(n) (z_u: the updates' multiplier once adaptive
+    clipping's bits took their share; n: the four domains replayed)."""
     import torch
 
     from federation.model import flatten, get_weights
@@ -119,9 +120,29 @@ def test_replayed_dp_noise_is_the_configured_scale() -> None:
     torch.manual_seed(5)
     start = flatten(get_weights(_mlp()))
     moved = flatten(get_weights(replay(_mlp, config, labelled, seed=5))) - start
-    expected = 2.0 * 1.0 / np.sqrt(4) / np.sqrt(4)  # the mean of 4 domains' noise
+    z_u = config.dp.update_noise_multiplier
+    expected = z_u * 1.0 / np.sqrt(4) / np.sqrt(4)  # the mean of 4 domains' noise
     # 2,817 coordinates: the sample std is within 5% of the truth (false failure < 1e-4)
     assert abs(moved.std() / expected - 1) < 0.05
+
+
+def test_a_replay_clips_each_round_with_the_targets_norm() -> None:
+    """Without DP, a replay whose target clipped round 1 at 0.001 (adaptive clipping's
+    record) moves the model by at most 0.001 in that round, however far training goes."""
+    import torch
+
+    from federation.model import flatten, get_weights
+
+    config = _config(
+        1, **{"num-server-rounds": 1, "learning-rate": 0.5, "clipping-norm": 10.0,
+              "secure-aggregation": False, "standardise": False}
+    )  # fmt: skip
+    data = {d: _logistic_rows(50, i).x_train for i, d in enumerate("ab")}
+    labelled = {d: (x, (x[:, 0] > 0).astype(np.int64)) for d, x in data.items()}
+    torch.manual_seed(5)
+    start = flatten(get_weights(_mlp()))
+    moved = flatten(get_weights(replay(_mlp, config, labelled, 5, clipping_norms={1: 1e-3})))
+    assert 0 < np.linalg.norm(moved - start) <= 1e-3 + 1e-9
 
 
 def test_shadow_attacks_catch_a_memorising_model() -> None:
