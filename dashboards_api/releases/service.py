@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from dashboards_api import daily
-from dashboards_api.budget import from_micro, to_micro
+from dashboards_api.budget import from_micro
 from dashboards_api.cache import CommittedReleases
 from dashboards_api.errors import (
     BudgetExhausted,
@@ -233,8 +233,7 @@ class ReleaseService:
         if hit is None:
             return None
         spent = self.committed.spent(qc.id, hit.period)
-        body = ReleaseBody.of(qc, Commit(hit, True, spent), hit.period, self.class_budget(qc))
-        return self._with_user_level(qc, body).as_json()
+        return self.body(qc, Commit(hit, True, spent), hit.period).as_json()
 
     def release(
         self, class_id: str, window_start: int | None = None, resolution: str | None = None
@@ -264,34 +263,33 @@ class ReleaseService:
                 body = self._strategy(qc).release(qc, window_start)
         except NonFiniteAccuracy as exc:  # raised before anything is committed
             raise MechanismRefused(f"class {qc.id!r}: {exc}") from exc
-        return self._with_user_level(qc, body).as_json()
+        return body.as_json()
 
-    def with_user_level(self, qc: QueryClass, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` (a committed release's) with what a consumer needs to read it at user
-        level: the privacy unit, the class's and the product's epsilon per subject per UTC
-        day, and when the class's budget runs out at its current cadence (none of it is
-        stored with the answer)."""
-        return self._with_user_level(qc, ReleaseBody.model_validate(body)).as_json()
-
-    def _with_user_level(self, qc: QueryClass, body: ReleaseBody) -> ReleaseBody:
+    def body(self, qc: QueryClass, commit: Commit, period: str) -> ReleaseBody:
+        """The body of a committed release of ``qc`` with what a consumer needs to read it
+        at user level: the privacy unit, the class's and the product's epsilon per subject
+        per UTC day, and when the class's budget runs out at its current cadence (none of it
+        is stored with the answer)."""
         total = self.product_total(qc.domain, qc.product)
+        budget = self.class_budget(qc)
         unit = privacy_unit_of(qc)
-        budget = body.budget
-        spent = to_micro(budget.epsilon_spent)
-        return body.model_copy(
-            update={
-                "privacy_unit": unit,
-                "user_level": UserLevel(
-                    # a subject_window class bounds a subject's loss per window, not per day
-                    epsilon_per_subject_per_day=None
-                    if unit == "subject_window"
-                    else from_micro(self.class_budget(qc)),
-                    product_total=None if total is None else from_micro(total),
-                ),
-                "budget_lasts_until": daily.budget_lasts_until(
-                    self.clock(), qc.release == "daily", spent, to_micro(budget.epsilon_budget)
-                ),
-            }
+        user_level = UserLevel.model_construct(
+            period="UTC day",
+            # a subject_window class bounds a subject's loss per window, not per day
+            epsilon_per_subject_per_day=None if unit == "subject_window" else from_micro(budget),
+            product_total=None if total is None else from_micro(total),
+        )
+        lasts = daily.budget_lasts_until(
+            self.clock(), qc.release == "daily", commit.spent_micro, budget
+        )
+        return ReleaseBody.of(
+            qc,
+            commit,
+            period,
+            budget,
+            privacy_unit=unit,
+            user_level=user_level,
+            budget_lasts_until=lasts,
         )
 
     def _check_resolution(self, qc: QueryClass, resolution: str | None) -> str | None:
@@ -425,7 +423,7 @@ class ReleaseService:
         with self._budget_refusal(qc, spend):
             commit = commit_then_reveal(self.ledger, spend, answer)
         self.committed.committed(commit.entry)  # its transaction is over: committed
-        return ReleaseBody.of(qc, commit, spend.period, spend.budget_micro)
+        return self.body(qc, commit, spend.period)
 
     def pay(
         self,
