@@ -154,6 +154,13 @@ def ci95_half_width(scale: float, nodes: int) -> float:
     return float(math.ceil(reference * scale / _EXACT_CI_MAX_SCALE))
 
 
+def fingerprint(parameters: str) -> int:
+    """A signed 64-bit digest of a structure's ``parameters`` (fits a BIGINT column), stored
+    at :data:`PARAMETERS_LEVEL` so a stream id is never reused with other parameters."""
+    digest = hashlib.blake2b(parameters.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` as an int of at least ``minimum``, or a TypeError/ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -232,18 +239,18 @@ class BinaryTreeCounter:
         self.stream_id = stream_id
         self.levels = levels(self.horizon)
         self.measurement, self.scale = vector_laplace(self.levels * self.sensitivity, self.epsilon)
-        fingerprint = self._fingerprint()
-        if store.put(stream_id, PARAMETERS_LEVEL, 0, fingerprint) != fingerprint:
+        expected = self._fingerprint()
+        if store.put(stream_id, PARAMETERS_LEVEL, 0, expected) != expected:
             raise ValueError(
                 f"stream_id {stream_id!r} already holds a horizon with other parameters "
                 "(horizon, epsilon or sensitivity); a new horizon needs a new stream_id"
             )
 
     def _fingerprint(self) -> int:
-        """A signed 63-bit digest of the horizon's parameters (fits a BIGINT column)."""
-        text = f"binary-tree-v1|{self.horizon}|{self.epsilon.normalize()}|{self.sensitivity}"
-        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
+        """A digest of the horizon's parameters (:func:`fingerprint`)."""
+        return fingerprint(
+            f"binary-tree-v1|{self.horizon}|{self.epsilon.normalize()}|{self.sensitivity}"
+        )
 
     def ci95_half_width(self, nodes: int) -> float:
         """95% half-width of a total that sums ``nodes`` noisy nodes of this counter."""

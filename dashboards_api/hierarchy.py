@@ -45,7 +45,6 @@ Gaussian) is the mechanism.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -63,6 +62,7 @@ from dashboards_api.continual import (
     check_epsilon,
     check_int,
     ci95_half_width,
+    fingerprint,
     noisy_nodes,
 )
 from dashboards_api.errors import MissingWindow, ResolutionUnavailable
@@ -464,9 +464,9 @@ class DailyHierarchy:
         self.store = store
         self.stream_id = stream_id
         self.version = _check_version(version)
-        fingerprint = self._fingerprint(self.version)
-        stored = store.put(stream_id, PARAMETERS_LEVEL, 0, fingerprint)
-        if stored != fingerprint:
+        expected = self._fingerprint(self.version)
+        stored = store.put(stream_id, PARAMETERS_LEVEL, 0, expected)
+        if stored != expected:
             if self.version == 1 or stored != self._fingerprint(1):
                 raise ValueError(
                     f"stream_id {stream_id!r} already holds a daily structure with other "
@@ -492,8 +492,7 @@ class DailyHierarchy:
         if version > 1:
             parts = level_epsilons(self.window_seconds, self.epsilon, version)
             text += "|" + ",".join(str(part.normalize()) for part in parts)
-        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
+        return fingerprint(text)
 
     @property
     def day_end(self) -> int:
