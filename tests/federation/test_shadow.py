@@ -182,7 +182,9 @@ def test_shadow_attacks_see_nothing_in_a_model_that_did_not_train_on_its_members
     target = _train_target(config, elsewhere)
     result = audit_model(target, data, 600, plan=ShadowPlan(_mlp, config, shadows=3))
     chance = 1.63 * np.sqrt(2 / 1_200)
-    for name, attack in result["attacks"].items():  # type: ignore[union-attr]
+    attacks = result["attacks"]
+    assert isinstance(attacks, dict)
+    for name, attack in attacks.items():
         assert abs(attack["pooled"]["attack_auc"] - 0.5) < 0.05, name
         assert attack["pooled"]["advantage"] < chance, name
 
