@@ -28,8 +28,6 @@ RANK = {
 # the facts about it (window length, partitions) from the composition root, never from
 # the stream processor's or the trainer's code or settings.
 FORBIDDEN = {"dashboards_api": {"streams", "federation"}}
-# A name kept only while a moved module's last caller moves (streams/preaggregate.py).
-SHIMS = {"streams.preaggregate": {"streams.erasure"}}
 
 
 def imports(path: Path) -> set[str]:
@@ -56,7 +54,7 @@ def package_modules() -> list[Path]:
 def test_the_scan_sees_every_package() -> None:
     """The rule covers the real tree (a renamed package would otherwise escape it)."""
     present = {p.relative_to(ROOT).parts[0] for p in package_modules()}
-    assert set(RANK) - {"governance"} <= present  # governance/ is being created (#24 item 4)
+    assert set(RANK) <= present
 
 
 @pytest.mark.parametrize("path", package_modules(), ids=module_name)
@@ -72,10 +70,3 @@ def test_a_module_imports_only_the_layers_below_it(path: Path) -> None:
             wrong.add(name)
     modules = sorted({".".join(name.split(".")[:2]) for name in wrong})
     assert not wrong, f"{module_name(path)} imports {modules} against the layering"
-
-
-@pytest.mark.parametrize(("shim", "callers"), sorted(SHIMS.items()))
-def test_a_moved_modules_old_name_keeps_no_new_callers(shim: str, callers: set[str]) -> None:
-    """Only the listed callers still import a moved module by its old name."""
-    users = {module_name(p) for p in package_modules() if shim in imports(p)}
-    assert users <= callers, f"{sorted(users - callers)} import {shim}: use its new home"
