@@ -3,8 +3,9 @@
 Data-subject requests across every domain (``governance.dsr``: access and erasure), the
 retention pass that drops what outlived its contract (``governance.retention``), and the
 privacy posture, one view of budgets, keys, erasures, requests and components
-(``governance.posture``). Logic only: the CLI (``infra.commands``), the API routes and the
-pages that serve it are wired up in ``infra``. Imports the layers below it (``domains``,
+(``governance.posture``), with its API and page (``governance.posture_api``). The CLI
+(``infra.commands``) and the app that mounts the page are wired up in ``infra``. Imports
+the layers below it (``domains``,
 ``feature_repo``, ``streams``, ``federation``, ``dashboards_api``, ``catalog``), never
 ``infra``.
 """

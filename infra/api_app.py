@@ -92,8 +92,8 @@ def with_posture(app: FastAPI) -> FastAPI:
     from domains.registry import load_contracts
     from federation.registry import open_registry
     from governance.posture import PostureSources
+    from governance.posture_api import mount as mount_posture
     from governance.settings import get_posture_settings
-    from infra.posture_api import mount as mount_posture
     from infra.stack import LauncherView
     from streams.settings import get_stream_settings
 

@@ -26,10 +26,10 @@ from domains.runtime import RuntimeSettings
 from feature_repo.settings import FeatureStoreSettings
 from federation.registry import ModelRegistry
 from governance.posture import PostureSources, assemble_posture, budget_findings, budgets, findings
+from governance.posture_api import mount
 from governance.settings import PostureSettings
 from infra.api_app import with_catalog
 from infra.logs import JsonFormatter, mask_identifiers
-from infra.posture_api import mount
 from streams.erasure import ErasureRecord, append_record
 from streams.metrics import metrics_registry, render
 from streams.records import append_record as append_jsonl

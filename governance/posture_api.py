@@ -1,4 +1,8 @@
-"""``/v1/posture`` (governance role) and the privacy-posture page ``/posture``."""
+"""``/v1/posture`` (governance role) and the privacy-posture page ``/posture``.
+
+The page is the shared shell (``dashboards_api.pages``) around ``static/posture.html``,
+with the catalog's style sheet under its own; ``infra.api_app`` mounts both on the API.
+"""
 
 from __future__ import annotations
 

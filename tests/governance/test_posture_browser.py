@@ -15,8 +15,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from dashboards_api.main import create_app
 from dashboards_api.query_classes import load_product_budgets, load_query_classes
 from governance.posture import PostureSources
+from governance.posture_api import mount
 from infra.api_app import with_catalog
-from infra.posture_api import mount
 from tests.dashboards_api.test_dashboard_browser import browser, require_browser, serve
 from tests.governance.test_posture import KEYS, sources  # noqa: F401 - the fixture
 
