@@ -13,6 +13,7 @@ from dashboards_api.deps import ServiceDep, require
 from dashboards_api.policy import reserve_micro
 from dashboards_api.query_classes import QueryClass
 from dashboards_api.releases import ReleaseService, privacy_unit_of
+from dashboards_api.releases.body import ReleaseBody
 from dashboards_api.routes.problems import problems
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -95,7 +96,10 @@ def list_classes(service: ServiceDep) -> dict[str, Any]:
 @router.get(
     "/{class_id}",
     dependencies=[ANY_ROLE],
-    responses=problems(400, 401, 403, 404, 409, 422, 429, 503),
+    responses={
+        200: {"model": ReleaseBody, "description": "The committed (or reused) release"},
+        **problems(400, 401, 403, 404, 409, 422, 429, 503),
+    },
 )
 async def release(
     service: ServiceDep,

@@ -14,6 +14,7 @@ import dashboards_api.releases as releases_package
 from dashboards_api.ledger import Commit, LedgerEntry, ReleaseLedger, SqliteLedger
 from dashboards_api.releases import commit as commit_module
 from dashboards_api.releases import service as service_module
+from dashboards_api.releases.body import ReleaseBody
 from dashboards_api.releases.commit import Sealed, Spend, commit_then_reveal
 
 SPEND = Spend(
@@ -177,7 +178,7 @@ def test_every_kind_of_release_commits_through_the_one_call(
 ) -> None:
     """A window, a continual running total, a daily value, a daily mean and an event-level
     release each commit their entries (payments and values) through commit_then_reveal,
-    and the returned answer is the committed row."""
+    the returned answer is the committed row, and each is a valid ReleaseBody."""
     from tests.dashboards_api import (
         test_api,
         test_continual_release,
@@ -224,3 +225,8 @@ def test_every_kind_of_release_commits_through_the_one_call(
     events = test_event_releases.make(tmp_path)
     histogram = events.release(test_event_releases.HISTOGRAM)
     assert calls == [(histogram["data_version"], False)]
+    # Every kind's answer is a ReleaseBody (what the route's OpenAPI 200 declares).
+    for answer in (body, total, value, mean, histogram):
+        parsed = ReleaseBody.model_validate(answer)
+        assert parsed.user_level is not None and parsed.ledger_entry == answer["ledger_entry"]
+        assert parsed.model_dump() == answer
