@@ -4,7 +4,7 @@ Tests of the per-window, event-level and continual release paths (reuse, fall-ba
 suppression, 429s, live pushes, policy versions) keep exercising them with these classes
 (``window_classes/*.yaml``: the former shipped files) under the former governance caps, as
 a governance ``PUT /v1/policy`` may set them. The shipped classes and defaults are tested in
-``test_daily_release.py``.
+``releases/test_daily.py``.
 """
 
 from __future__ import annotations

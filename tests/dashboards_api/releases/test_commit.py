@@ -179,12 +179,8 @@ def test_every_kind_of_release_commits_through_the_one_call(
     """A window, a continual running total, a daily value, a daily mean and an event-level
     release each commit their entries (payments and values) through commit_then_reveal,
     the returned answer is the committed row, and each is a valid ReleaseBody."""
-    from tests.dashboards_api import (
-        test_api,
-        test_continual_release,
-        test_daily_release,
-        test_event_releases,
-    )
+    from tests.dashboards_api import test_api
+    from tests.dashboards_api.releases import test_daily, test_events, test_running
 
     calls = _spy(monkeypatch)
     window = test_api.make_service(SqliteLedger(tmp_path / "w.db"), {1_795_427_040: 500})
@@ -193,37 +189,37 @@ def test_every_kind_of_release_commits_through_the_one_call(
     assert window.ledger.entries()[0].answer["value"] == body["value"]
 
     calls.clear()
-    clock = test_continual_release.Clock(test_continual_release.START + 15)
+    clock = test_running.Clock(test_running.START + 15)
     (tmp_path / "r").mkdir()
-    running = test_continual_release.make(tmp_path / "r", clock)
-    total = running.release(test_continual_release.RUNNING.id)
-    start = test_continual_release.START
+    running = test_running.make(tmp_path / "r", clock)
+    total = running.release(test_running.RUNNING.id)
+    start = test_running.START
     assert calls == [(f"horizon:{start}", True), (f"running:{start}:1", False)]
     assert total["horizon_epsilon"]["paid_by_ledger_entry"] < total["ledger_entry"]
 
     calls.clear()
-    day = test_daily_release.DAY
+    day = test_daily.DAY
     (tmp_path / "d").mkdir()
-    service = test_daily_release.make(
+    service = test_daily.make(
         tmp_path / "d",
-        test_daily_release.Clock(day + 5 * 3_600 + 15),
-        test_daily_release.window_rows(day),
+        test_daily.Clock(day + 5 * 3_600 + 15),
+        test_daily.window_rows(day),
     )
-    value = service.release(test_daily_release.COUNT, resolution="1h")
+    value = service.release(test_daily.COUNT, resolution="1h")
     assert calls[0] == (f"day:{day}", True) and calls[-1][1] is False
     assert calls[-1][0].startswith(f"day:{day}:1h:")
     assert value["daily_epsilon"]["paid_by_ledger_entry"] < value["ledger_entry"]
 
     calls.clear()
-    mean = service.release(test_daily_release.MEAN, resolution="today")
+    mean = service.release(test_daily.MEAN, resolution="today")
     payments = [version for version, payment in calls if payment]
     assert payments == [f"day:{day}", f"day:{day}"]  # its revenue and order count days
     assert calls[-1] == (f"day:{day}:today:{day + 5 * 3_600 + 10}", False)
     assert mean["epsilon_charged"] == "0"
 
     calls.clear()
-    events = test_event_releases.make(tmp_path)
-    histogram = events.release(test_event_releases.HISTOGRAM)
+    events = test_events.make(tmp_path)
+    histogram = events.release(test_events.HISTOGRAM)
     assert calls == [(histogram["data_version"], False)]
     # Every kind's answer is a ReleaseBody (what the route's OpenAPI 200 declares).
     for answer in (body, total, value, mean, histogram):
