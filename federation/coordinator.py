@@ -9,7 +9,10 @@ so a SecAgg+ round costs two message exchanges instead of Flower's four, and a d
 that dies at any point costs the round nothing while the survivors meet the threshold:
 dying before or while sharing keys leaves it out of the round; dying after sharing keys
 (no vector) or while unmasking is repaired from the other domains' shares. A round
-needs ``min-domains`` vectors; with DP, its noise is sized for exactly that many.
+needs ``min-domains`` vectors. With DP, each collect request carries the round's
+clipping norm (adaptive by default) and the number of domains that shared keys, for
+which every domain sizes its noise (``federation.dp``); the unmasked sum's last element
+is the domains' noisy clipped bits, from which the next round's norm is stepped.
 Every exchange ends on a straggler deadline (``federation.messenger``), and each round
 takes whoever holds keys for it: nothing waits for a fixed number of domains.
 
@@ -620,6 +623,7 @@ class Coordinator:
             updates: list[NDArray[np.float64]] = []
             weights: list[int] = []
             losses: list[tuple[float, int]] = []
+            within: list[bool] = []
             for node, reply in outcome.replies.items():
                 answer = wire.params(reply, wire.COLLECT)
                 (vector,) = wire.arrays_of(reply, wire.UPDATE_RECORD)
@@ -630,6 +634,7 @@ class Coordinator:
                 updates.append(np.asarray(vector, dtype=np.float64))
                 weights.append(self._weight(node))
                 self._note_collect(node, answer, record, losses)
+                within.append(not bool(answer["clipped"]))
             for node, reason in outcome.failures.items():
                 record.dropped[self._domain(node)] = reason
             record.train_loss = _weighted_loss(losses)
@@ -644,7 +649,8 @@ class Coordinator:
             mean = combine(self.config, updates, weights, clipping_norm=record.clipping_norm)
             bit_sum = None
             if self.clipping is not None and self.config.dp.clipping == "server":
-                bit_sum = self.clipping.noisy_bit_sum([float(np.linalg.norm(u)) for u in updates])
+                # the domains clip before sending: their clipped flags are the bits' source
+                bit_sum = self.clipping.noisy_bit_sum(within)
             self._apply(mean, record, arrived=len(updates), bit_sum=bit_sum)
 
     # ------------------------------------------------------------------ shared

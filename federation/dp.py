@@ -333,10 +333,10 @@ class AdaptiveClipping:
         """The noise each of ``participants`` domains adds to its bit."""
         return self.bit_noise / math.sqrt(participants)
 
-    def noisy_bit_sum(self, update_norms: Sequence[float]) -> float:
-        """The bits of updates seen in clear (server-side clipping), summed, with the
-        bits' whole noise from OpenDP."""
-        total = sum(self.bit(n) for n in update_norms)
+    def noisy_bit_sum(self, within: Sequence[bool]) -> float:
+        """The centred bits of updates seen in clear (server-side clipping: whether each
+        was within the norm), summed, with the bits' whole noise from OpenDP."""
+        total = sum(0.5 if w else -0.5 for w in within)
         return float(gaussian_noise(np.array([total]), self.bit_noise)[0])
 
     def step(self, noisy_bit_sum: float, arrived: int) -> float:

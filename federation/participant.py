@@ -246,7 +246,11 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     # with adaptive clipping, the noised clipped bit inside it): its training loss and
     # whether clipping bound are withheld (NaN / False).
     answer["train_loss"] = float("nan") if config.dp.enabled else update.loss
-    answer["clipped"] = update.clipped and not config.dp.enabled
+    # (server-side DP: the coordinator sees the update anyway and needs the flag as the
+    # adaptive clipping bit)
+    answer["clipped"] = update.clipped and not (
+        config.dp.enabled and config.dp.clipping == "client"
+    )
     answer["weight"] = update.weight
     vector = update.delta if update.bit is None else np.append(update.delta, update.bit)
     if not secure:

@@ -352,3 +352,27 @@ def test_a_domain_refuses_noise_sized_for_more_domains_than_the_task_has() -> No
         _round_clipping({"clipping_norm": 0.5, "participants": 1000}, config, task)
     with pytest.raises(FederationError, match="positive"):
         _round_clipping({"clipping_norm": float("nan"), "participants": 3}, config, task)
+
+
+def test_server_side_dp_adapts_the_norm_from_the_clipped_flags(airport_data: Path) -> None:
+    """Without SecAgg+ and with dp-clipping = server, the coordinator takes the bits from
+    the domains' clipped flags (C = 0.001 clips every update, so C grows) and noises the
+    sum itself at z_u * C: the round is charged whole. False-failure rate as in the
+    secure test (< 1e-5)."""
+    config = {
+        "num-server-rounds": 3,
+        "secure-aggregation": False,
+        "dp-clipping": "server",
+        "dp-noise-multiplier": 0.5,
+        "clipping-norm": 0.001,
+        "patience": 0,
+    }
+    coordinator, _ = job(airport_data, **config)
+    lineage = coordinator.run()
+    norms = [r["clipping_norm"] for r in lineage["rounds"]["history"]]
+    assert len(set(norms)) == 3 and norms[-1] > norms[0] == 0.001
+    z_u = coordinator.config.dp.update_noise_multiplier
+    assert [r["noise_std"] for r in lineage["rounds"]["history"]] == pytest.approx(
+        [z_u * c for c in norms]
+    )
+    assert lineage["dp"]["rounds_charged"] == [[1, 1]] * 3
