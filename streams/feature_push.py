@@ -25,7 +25,8 @@ shared evenly between the products that have rows waiting; the rest waits for th
 flush. A subject's row for a window that is still waiting is replaced by its newer row in
 place (it keeps its age, so it is not pushed back), so the queue never holds more rows than
 there are subject-windows. A chunk the store refuses as a whole goes back to the queue's
-front and is retried at the next flush.
+front and is retried at the next flush. Rows join the offline buffer when they are drained,
+so the offline history does not wait for the online store.
 
 One lock orders flushes and erasures: a flush that drained a subject's row before an
 erasure cannot write it after the erasure's delete, and an erasure removes the subject's
@@ -111,23 +112,34 @@ class FeaturePusher:
         self._layouts = {p.product.name: preaggregate.Layout.of(p.product) for p in pipelines}
         # per product: UTC days (epoch s) with pre-aggregate parts not merged yet
         self._open_days: dict[str, set[int]] = {}
-        # per product: rows drained and not written yet, oldest first; subject rows keyed
-        # by (subject, window start), so a newer row of a waiting one replaces it in place
-        self._queued_rows: dict[str, dict[tuple[str, int], SubjectRow]] = {}
-        self._queued_windows: dict[str, list[PartitionStats]] = {}
+        # per product: rows drained and not written yet, with their records, oldest first;
+        # subject rows keyed by (subject, window start), so a newer row of a waiting one
+        # replaces it in place
+        self._queued_rows: dict[str, dict[tuple[str, int], tuple[SubjectRow, Record]]] = {}
+        self._queued_windows: dict[str, list[tuple[PartitionStats, Record]]] = {}
         self.counters: Counter[str] = Counter()
         self.counters["flush_max_rows"] = settings.feature_flush_max_rows
 
     def stash(self, pipeline: ProductPipeline, rows: list[SubjectRow]) -> None:
         """Rows of a revoked partition, pushed with the next flushes."""
-        self._enqueue(pipeline.product.name, rows, [])
+        self._enqueue(pipeline, rows, [])
 
-    def _enqueue(self, product: str, rows: list[SubjectRow], closed: list[PartitionStats]) -> None:
-        queued = self._queued_rows.setdefault(product, {})
-        for row in rows:
-            queued[(row.subject, row.window_start)] = row  # a waiting key keeps its place
+    def _enqueue(
+        self, pipeline: ProductPipeline, rows: list[SubjectRow], closed: list[PartitionStats]
+    ) -> None:
+        """Queue drained rows for the online store; buffer their records for the offline one."""
+        name = pipeline.product.name
+        features = self.store.product_features(pipeline.product)
+        if rows:
+            records = pipeline.subject_records(rows)
+            self._offline.setdefault(features.subject_view.name, []).extend(records)
+            queued = self._queued_rows.setdefault(name, {})
+            for row, record in zip(rows, records, strict=True):
+                queued[(row.subject, row.window_start)] = (row, record)  # keeps its place
         if closed:
-            self._queued_windows.setdefault(product, []).extend(closed)
+            records = pipeline.window_records(closed)
+            self._offline.setdefault(features.window_view.name, []).extend(records)
+            self._queued_windows.setdefault(name, []).extend(zip(closed, records, strict=True))
 
     @property
     def queued_rows(self) -> int:
@@ -183,7 +195,7 @@ class FeaturePusher:
         async with self._lock:
             now = time.time()
             for pipeline in self.pipelines:
-                self._enqueue(pipeline.product.name, *pipeline.drain(now))
+                self._enqueue(pipeline, *pipeline.drain(now))
             waiting = self.queued_rows
             self.counters["queued_rows_max"] = max(self.counters["queued_rows_max"], waiting)
             budget = self.settings.feature_flush_max_rows
@@ -232,12 +244,11 @@ class FeaturePusher:
         queued = self._queued_windows.get(pipeline.product.name)
         if not queued or limit <= 0:
             return 0
-        closed = queued[:limit]
+        chunk = queued[:limit]
+        closed = [stats for stats, _ in chunk]
         view = self.store.product_features(pipeline.product).window_view
-        records = pipeline.window_records(closed)
-        await self._to_store(pipeline, view, records)
-        del queued[: len(closed)]  # only a flush (under the lock) takes from this queue
-        self._offline.setdefault(view.name, []).extend(records)
+        await self._to_store(pipeline, view, [record for _, record in chunk])
+        del queued[: len(chunk)]  # only a flush (under the lock) takes from this queue
         pipeline.counters["windows_closed"] += len(closed)
         last = max(c.stats.window_start for c in closed)
         pipeline.counters["last_window_start"] = max(pipeline.counters["last_window_start"], last)
@@ -251,14 +262,13 @@ class FeaturePusher:
         if not queued or limit <= 0:
             return 0
         chunk = [(key, queued[key]) for key in itertools.islice(queued, limit)]
-        rows = [row for _, row in chunk]
+        rows = [row for _, (row, _) in chunk]
+        records = [record for _, (_, record) in chunk]
         view = self.store.product_features(pipeline.product).subject_view
-        records = pipeline.subject_records(rows)
         await self._to_store(pipeline, view, records)
-        for key, row in chunk:  # a row stashed meanwhile (newer) stays for the next flush
-            if queued.get(key) is row:
+        for key, entry in chunk:  # a row stashed meanwhile (newer) stays for the next flush
+            if queued.get(key) is entry:
                 del queued[key]
-        self._offline.setdefault(view.name, []).extend(records)
         await self._to_profiles(pipeline, rows, records)
         pipeline.counters["subject_rows_pushed"] += len(rows)
         return len(rows)
@@ -286,7 +296,7 @@ class FeaturePusher:
                 queued = self._queued_rows.get(pipeline.product.name)
                 if queued:  # no later chunk writes an erased subject's row again
                     self._queued_rows[pipeline.product.name] = {
-                        key: row for key, row in queued.items() if row.subject not in tokens
+                        key: entry for key, entry in queued.items() if key[0] not in tokens
                     }
             names = None if products is None else {p.product.name for p in chosen}
             rows = await loop.run_in_executor(None, self.store.erase_subjects, tokens, names)

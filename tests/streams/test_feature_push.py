@@ -347,13 +347,18 @@ def test_a_refused_chunk_is_retried_record_by_record(tmp_path: Path) -> None:
 
 def test_a_store_that_is_away_keeps_the_chunk_for_the_next_flush(tmp_path: Path) -> None:
     """When the store refuses every row of a chunk, the flush fails (counted) and the chunk
-    stays at the front of the queue: the next flush writes it, oldest first, nothing lost."""
+    stays at the front of the queue: the next flush writes it, oldest first, nothing lost;
+    the offline history has the rows meanwhile (it does not wait for the online store)."""
     orders, pusher, _, writes = bounded(tmp_path, max_rows=10)
     pusher.stash(orders, backlog(12))
     writes.away = True
     asyncio.run(pusher.flush())
     assert pusher.counters["flush_failures"] == 1 and orders.counters["flush_failures"] == 1
     assert pusher.counters["queued_rows"] == 12 and writes.calls == []
+    asyncio.run(pusher.write_offline())
+    view = pusher.store.product_features(PRODUCT).subject_view.name
+    offline = pl.scan_parquet(pusher.store.offline_folder(view) / "*.parquet").collect()
+    assert offline[SUBJECT_KEY].to_list() == [f"s{i:03}" for i in range(12)]
 
     writes.away = False
     asyncio.run(pusher.flush())
