@@ -372,8 +372,9 @@ def redis_reads(
 
 def flush_summary(features: dict[str, Any], max_rows: int) -> dict[str, Any]:
     """The worker's online feature flushes so far, from its health page's ``features``:
-    how many, their bound, the longest and mean duration, the flushes over 1 s, the most
-    rows one wrote and the most rows waiting for a flush (the backlog)."""
+    how many, their bound, the longest and mean duration, the flushes over 1 s, the longest
+    store write alone (in its thread), the most rows one wrote and the most rows waiting
+    for a flush (the backlog)."""
     flushes = int(features.get("flushes", 0))
     within_1s = int(features.get("flush_seconds_le.1.0", 0))
     return {
@@ -382,6 +383,7 @@ def flush_summary(features: dict[str, Any], max_rows: int) -> dict[str, Any]:
         "ms_max": features.get("flush_ms_max", 0),
         "ms_mean": round(features.get("flush_ms_total", 0) / flushes, 1) if flushes else None,
         "over_1s": flushes - within_1s,
+        "write_ms_max": features.get("online_write_ms_max", 0),
         "rows_max": features.get("flush_rows_max", 0),
         "rows_total": features.get("flush_rows_total", 0),
         "queued_rows_max": features.get("queued_rows_max", 0),

@@ -18,10 +18,12 @@ def test_the_flush_summary_carries_the_bound_and_the_slow_flushes() -> None:
         "flush_rows_total": 900,
         "flush_max_rows": 500,
         "queued_rows_max": 1400,
+        "online_write_ms_max": 90,
     }
     summary = flush_summary(features, max_rows=2000)
     assert summary["max_rows"] == 500 and summary["over_1s"] == 1
     assert summary["ms_mean"] == 375.0 and summary["ms_max"] == 1200
     assert (summary["rows_max"], summary["queued_rows_max"]) == (500, 1400)
+    assert summary["write_ms_max"] == 90
     assert flush_summary({}, max_rows=2000)["max_rows"] == 2000  # an older worker: no counter
     assert flush_summary({}, max_rows=2000)["ms_mean"] is None

@@ -305,6 +305,8 @@ def test_a_backlog_goes_out_in_bounded_chunks_oldest_first(tmp_path: Path) -> No
     assert len(sender.to(orders.topics.profiles)) == 26
     assert pusher.counters["flush_max_rows"] == 10 and pusher.counters["flush_rows_max"] == 10
     assert pusher.counters["flush_rows_total"] == 26
+    assert pusher.counters["online_writes"] == 3
+    assert 0 <= pusher.counters["online_write_ms_max"] <= pusher.counters["flush_ms_max"]
     assert pusher.counters["queued_rows_max"] == 25  # the most waiting, before a write
     assert pusher.counters["flushes"] == 4
     assert pusher.counters["flush_seconds_le.5.0"] == 4
