@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from itertools import accumulate
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import opendp.prelude as dp
 
+from dashboards_api.ledger import NodeStore
 from dashboards_api.mechanisms import CONFIDENCE, vector_laplace
 
 dp.enable_features("contrib")
@@ -51,25 +52,6 @@ class NoisyTotal:
     value: int
     ci95_half_width: float
     nodes: int
-
-
-class NodeStore(Protocol):
-    """Write-once storage of released node values, keyed by (stream, level, index).
-
-    The value of a node is its noisy sum (true sum + noise, drawn once). ``put`` must never
-    overwrite: when a value is already there it returns that one, so replicas that race to
-    release the same node all publish the first value written. A SQL table
-    ``(stream_id TEXT, level INT, idx BIGINT, noise BIGINT, PRIMARY KEY (stream_id, level,
-    idx))`` with ``INSERT ... ON CONFLICT DO NOTHING`` followed by ``SELECT`` implements it.
-    """
-
-    def get(self, stream_id: str, level: int, index: int) -> int | None:
-        """The stored value of a node, or None when the node was never released."""
-        ...
-
-    def put(self, stream_id: str, level: int, index: int, value: int) -> int:
-        """Store ``value`` unless the node already has one; return the value now stored."""
-        ...
 
 
 class MemoryNodeStore:

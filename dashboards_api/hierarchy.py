@@ -6,7 +6,7 @@ measure. They all come from one structure: a hierarchy of levels of widths
 ``[window_seconds, 60, 3600]`` seconds (a width not above, or not a multiple of, the previous
 one is dropped), each level a partition of the UTC day into aligned spans. A node is the exact
 sum of the windows in its span; it is noised once, when its span is complete, by OpenDP's
-discrete Laplace, and kept in the write-once :class:`~dashboards_api.continual.NodeStore`
+discrete Laplace, and kept in the write-once :class:`~dashboards_api.ledger.NodeStore`
 (so a value read twice, or by two replicas, is the same). A value is a sum of nodes:
 
 * ``window``, ``1m``, ``1h``: the node of the newest complete span of that width;

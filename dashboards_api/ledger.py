@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from dashboards_api.continual import NodeStore
 from dashboards_api.errors import BudgetExhausted
 
 _SCHEMA = [
@@ -201,9 +200,28 @@ class VersionLedger(Protocol):
         ...
 
 
+class NodeStore(Protocol):
+    """Write-once storage of released node values, keyed by (stream, level, index).
+
+    The value of a node is its noisy sum (true sum + noise, drawn once). ``put`` must never
+    overwrite: when a value is already there it returns that one, so replicas that race to
+    release the same node all publish the first value written. A SQL table
+    ``(stream_id TEXT, level INT, idx BIGINT, noise BIGINT, PRIMARY KEY (stream_id, level,
+    idx))`` with ``INSERT ... ON CONFLICT DO NOTHING`` followed by ``SELECT`` implements it.
+    """
+
+    def get(self, stream_id: str, level: int, index: int) -> int | None:
+        """The stored value of a node, or None when the node was never released."""
+        ...
+
+    def put(self, stream_id: str, level: int, index: int, value: int) -> int:
+        """Store ``value`` unless the node already has one; return the value now stored."""
+        ...
+
+
 class Ledger(ReleaseLedger, VersionLedger, NodeStore, Protocol):
     """A whole ledger backend: releases, class and policy versions, and the continual
-    releases' tree nodes (:class:`~dashboards_api.continual.NodeStore`) in one database.
+    releases' tree nodes (:class:`NodeStore`) in one database.
     What is built from settings; each consumer types against the narrowest part it uses."""
 
     def close(self) -> None:
@@ -408,12 +426,12 @@ class _SqlLedger(ABC):
         return [PolicyVersion(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def get(self, stream_id: str, level: int, index: int) -> int | None:
-        """See :class:`~dashboards_api.continual.NodeStore`."""
+        """See :class:`NodeStore`."""
         rows = self._read(self._sql(_NODE), (stream_id, level, index))
         return int(rows[0][0]) if rows else None
 
     def put(self, stream_id: str, level: int, index: int, value: int) -> int:
-        """See :class:`~dashboards_api.continual.NodeStore`."""
+        """See :class:`NodeStore`."""
         key = (stream_id, level, index)
         with self._lock:
             self._conn.execute(

@@ -526,9 +526,6 @@ def ledger(
     """Show the most recent privacy-ledger entries, newest first."""
     from rich.table import Table
 
-    from infra.imports import preload_opendp
-
-    preload_opendp()  # the ledger's module holds the continual releases' node store
     from dashboards_api.budget import from_micro
     from dashboards_api.ledger import open_ledger
     from dashboards_api.settings import ApiSettings

@@ -12,7 +12,6 @@ from rich.table import Table
 from rich.tree import Tree
 
 from infra.console import console, err, print_json, progress
-from infra.imports import preload_opendp
 from infra.inputs import entity_ref, finite, one_of, text_option
 
 if TYPE_CHECKING:
@@ -28,12 +27,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 def _catalog(*, piped: bool = False) -> Catalog:
     """The configured deployment's catalog, assembled from the contracts (the feature views
-    from their Feast-free specs, ``feature_repo.specs``), the ledger and the registries.
-    The ledger's module loads OpenDP (its continual-release node store), imported without
-    scikit-learn; a progress line shows on a terminal's stderr (when piped, only if
-    ``piped``)."""
+    from their Feast-free specs, ``feature_repo.specs``), the ledger and the registries:
+    neither Feast nor OpenDP is imported. A progress line shows on a terminal's stderr
+    (when piped, only if ``piped``)."""
     with progress("catalog: assembling from the contracts and the ledger", piped=piped):
-        preload_opendp()
         from catalog.sources import system_catalog
 
         return system_catalog()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("feast", "pandas", "torch", "sklearn", "flwr", "faust", "openmetadata")
+HEAVY = ("feast", "pandas", "torch", "sklearn", "flwr", "faust", "openmetadata", "opendp")
 # (argv, expected exit status): run in one process, in this order, on an empty data dir
 COMMANDS: list[tuple[list[str], int]] = [
     (["--version"], 0),
@@ -49,7 +49,7 @@ def _run(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess[s
 def test_fast_commands_import_no_heavy_library(tmp_path: Path) -> None:
     """Version, status, lint, listings, the ledger, a DSR access and the catalog's show,
     search and lineage answer as usual without importing Feast, pandas, PyTorch,
-    scikit-learn, Flower, Faust or the OpenMetadata SDK; importing the CLI loads no
+    scikit-learn, Flower, Faust, the OpenMetadata SDK or OpenDP; importing the CLI loads no
     sub-command module."""
     done = _run(tmp_path, PROBE, json.dumps(COMMANDS), json.dumps(HEAVY))
     assert done.returncode == 0, done.stderr[-2000:]
