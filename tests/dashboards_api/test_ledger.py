@@ -113,8 +113,7 @@ def test_the_ledger_protocol_is_three_narrow_ones_and_sql_backends_implement_eac
     """Releases, class/policy versions and tree nodes are separate protocols that share no
     method; the whole Ledger is their union (plus close) and both SQL backends have every
     method of each."""
-    from dashboards_api.ledger import NodeStore
-    from dashboards_api.ledger import ReleaseLedger, VersionLedger
+    from dashboards_api.ledger import NodeStore, ReleaseLedger, VersionLedger
 
     parts = [_methods(ReleaseLedger), _methods(VersionLedger), _methods(NodeStore)]
     assert parts[0] == {
