@@ -84,6 +84,7 @@ COST_CONFIG: dict[str, Any] = {
     "max-local-steps": 10,
     "batch-size": 256,
     "evaluate-every": 0,
+    "patience": 0,  # no evaluations, so no validation-based stopping: every round runs
     "num-server-rounds": COST_ROUNDS,
 }
 DROPOUT_ROUNDS = 4
@@ -637,6 +638,7 @@ def dropouts() -> dict[str, Any]:
         "num-server-rounds": DROPOUT_ROUNDS,
         "max-local-steps": 20,
         "evaluate-every": 0,
+        "patience": 0,
     }
     out = []
     for label, point in DROPOUT_POINTS:
@@ -697,7 +699,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         summary["dropout_rounds_lost"] = result["dropouts"]["rounds_lost_total"]
     if "exactness" in result:
         summary["secagg_relative_error"] = result["exactness"]["worst_relative_error"]
-    summary["wall_seconds"] = result["wall_seconds"]
+    summary["wall_seconds"] = result.get("wall_seconds")
+    if "failed" in result:
+        summary["failed"] = result["failed"]
     return summary
 
 
@@ -722,17 +726,19 @@ def main() -> None:
             for name, task in DATASETS:
                 try:
                     result["utility"][name] = utility(name, task, work / "test-data")
+                    say(f"utility {name}: {json.dumps(summarise(result)[name])}")
                 except Exception as exc:  # reported; the other data sets go on
                     result.setdefault("failed", {})[name] = repr(exc)
                     say(f"utility {name} failed: {exc!r}")
                 if not QUICK:  # each data set's row is kept even if a later one fails
                     RESULTS.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        if "cost" in PARTS:
-            result["cost"] = cost()
-        if "dropouts" in PARTS:
-            result["dropouts"] = dropouts()
-        if "exactness" in PARTS:
-            result["exactness"] = exactness()
+        for part, measure in (("cost", cost), ("dropouts", dropouts), ("exactness", exactness)):
+            if part in PARTS:
+                try:
+                    result[part] = measure()
+                except Exception as exc:  # reported; the measured parts are kept
+                    result.setdefault("failed", {})[part] = repr(exc)
+                    say(f"{part} failed: {exc!r}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["wall_seconds"] = round(time.monotonic() - began, 1)
