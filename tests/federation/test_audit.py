@@ -69,7 +69,7 @@ def test_a_memorising_model_is_caught_and_an_untrained_one_is_not() -> None:
     after = audit_model(memoriser, data, max_rows=300)
     pooled = after["pooled"]
     assert isinstance(pooled, dict) and pooled["advantage"] > 0.5 and pooled["attack_auc"] > 0.8
-    assert set(after["per_domain"]) == {"a", "b"}  # type: ignore[arg-type]
+    assert set(after["per_domain"]) == {"a", "b"}  # type: ignore[call-overload]
 
 
 def _registered_version(data_dir: Path) -> str:
@@ -100,8 +100,8 @@ def test_an_audited_version_keeps_its_result(airport_data: Path) -> None:
         for d in ("ewr", "jfk", "lga")
     }
     result = audit_version(registry, version, stores, max_rows=200, shadows=2)
-    assert set(result["per_domain"]) == {"ewr", "jfk", "lga"}  # type: ignore[arg-type]
-    assert set(result["attacks"]) == {  # type: ignore[arg-type]
+    assert set(result["per_domain"]) == {"ewr", "jfk", "lga"}  # type: ignore[call-overload]
+    assert set(result["attacks"]) == {  # type: ignore[call-overload]
         "loss_threshold", "shadow_model", "shadow_calibrated",
     }  # fmt: skip
     kept = registry.audits(version)
