@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python -m bench.skeleton
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.streams_scale
+	$(BIN)/python -m bench.stack_cost
 	$(BIN)/python -m bench.dp
 	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.catalog
