@@ -46,6 +46,7 @@ from federation.aggregation import (
     weighted_mean,
 )
 from federation.dp import Accountant
+from federation.dp_sgd import MIN_DP_STD
 from federation.errors import FederationError, NotEnoughParticipants, SecAggProtocolError
 from federation.features import Encoding, task_encoding
 from federation.messenger import Messenger, Request
@@ -208,7 +209,8 @@ class Coordinator:
 
     def _standardised(self, moments: NDArray[np.float64], record: RoundLog) -> None:
         """Round 0's outcome: the pooled column statistics every later message carries."""
-        self.standardisation = Standardisation.from_moments(moments)
+        floor = MIN_DP_STD if self.config.record_dp.enabled else None
+        self.standardisation = Standardisation.from_moments(moments, floor)
         emit(
             "standardised",
             columns=len(self.standardisation.mean),
@@ -323,6 +325,15 @@ class Coordinator:
             },
             refused=self.refused,
         )
+        if self.config.record_dp.enabled:
+            emit(
+                "dp_plan",
+                unit="one training row of a domain",
+                domains={
+                    p.domain: self.config.record_plan(p.train_examples).describe(self.parameters)
+                    for p in self.members.values()
+                },
+            )
         if len(self.members) < self.config.min_domains:
             raise NotEnoughParticipants(
                 f"{len(self.members)} of the task's domains can train, min-domains is "

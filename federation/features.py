@@ -72,6 +72,15 @@ class Encoding:
         """Number of input columns."""
         return sum(f.width for f in self.features)
 
+    @property
+    def nonzero_per_row(self) -> int:
+        """The most non-zero columns an encoded row can have: one per one-hot or scaled
+        field, one per calendar part (a public bound, used to clip rows' moments)."""
+        return sum(
+            1 if f.encode in {"onehot", "onehot_range", "scale"} else len(f.parts)
+            for f in self.features
+        )
+
     def to_json(self) -> str:
         """Serialised for the run's messages."""
         return json.dumps(

@@ -85,7 +85,9 @@ def lineage(run: Coordinator) -> dict[str, Any]:
             "min_domains": run.config.min_domains,
             "clipping_norm": dp.clipping_norm,
         },
-        "dp": {
+        "dp": _record_dp(run)
+        if run.config.record_dp.enabled
+        else {
             "enabled": dp.enabled,
             "unit": "one domain's update per round (add/remove a domain)",
             "clipping": dp.clipping,
@@ -152,6 +154,45 @@ def lineage(run: Coordinator) -> dict[str, Any]:
         },
         "started_at": run.started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _record_dp(run: Coordinator) -> dict[str, Any]:
+    """The lineage's DP section of a record-level (DP-SGD) run: each domain's schedule and
+    the epsilon it spent over the rounds it trained in (and the moments round)."""
+    config = run.config.record_dp
+    domains: dict[str, Any] = {}
+    for p in run.members.values():
+        plan = run.config.record_plan(p.train_examples)
+        trained = sum(p.domain in r.participants for r in run.rounds if r.round > 0)
+        domains[p.domain] = {
+            "rows": plan.rows,
+            "sample_rate": plan.sample_rate,
+            "expected_batch": plan.expected_batch,
+            "steps_per_round": plan.steps_per_round,
+            "noise_multiplier": plan.noise_multiplier,
+            "rounds_trained": trained,
+            "epsilon_planned": plan.epsilon(),
+            "epsilon_spent": plan.epsilon(trained, run.standardisation is not None),
+        }
+    spent = [d["epsilon_spent"] for d in domains.values()]
+    return {
+        "enabled": True,
+        "unit": "one training row of a domain (add/remove a row); a person with k rows in "
+        "a domain at k times epsilon, a person in several domains at the sum of theirs",
+        "mechanism": "DP-SGD in each domain (Poisson sampling, per-row gradient clipping, "
+        "Gaussian noise; Opacus), RDP accounting per domain; column moments noised",
+        "target_epsilon": config.epsilon,
+        "record_clipping_norm": config.clipping_norm,
+        "statistics_noise_multiplier": config.statistics_noise
+        if run.standardisation is not None
+        else None,
+        "delta": config.delta,
+        "domains": domains,
+        "rounds_released": run.released,
+        "epsilon_total": max(spent) if spent else 0.0,
+        "epsilon_total_means": "the largest epsilon any domain's rows spent",
+        "min_domains": run.config.min_domains,
     }
 
 

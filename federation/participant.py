@@ -21,6 +21,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
 from federation import wire
+from federation.dp import gaussian_noise
+from federation.dp_sgd import moments_bound, noisy_moments
 from federation.errors import FederationError
 from federation.features import Dataset, Encoding, load_dataset
 from federation.model import (
@@ -168,6 +170,8 @@ def _census(message: Message, context: Context, domain: str, config: RunConfig) 
     check_data(dataset.x_train, dataset.y_train, encoding.width)
     if len(dataset.y_test):
         check_data(dataset.x_test, dataset.y_test, encoding.width)
+    if config.record_dp.enabled:  # refuses (with the reason) a target no noise can meet
+        config.record_plan(dataset.train_examples)
     _RUNS[(context.run_id, context.node_id)] = RunData(task, encoding, dataset)
     runs = sorted({run for run, _ in _RUNS})
     for old in [key for key in _RUNS if key[0] in runs[:-_KEEP_RUNS]]:
@@ -223,7 +227,7 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
             round_, cast(list[int], request["sources"]), cast(list[bytes], request["ciphertexts"])
         )
     if bool(request.get("statistics", False)):
-        return _statistics(client, data, request, round_, secure)
+        return _statistics(client, data, request, round_, secure, config)
     model = build_model(data.task.model.kind, data.encoding.width, data.task.model.hidden)
     global_weights = _model_weights(message, model)
     set_weights(model, global_weights)
@@ -245,7 +249,7 @@ def _collect(message: Message, context: Context, domain: str, config: RunConfig)
     # With DP, nothing computed from the domain's rows leaves but the noised update (and,
     # with adaptive clipping, the noised clipped bit inside it): its training loss and
     # whether clipping bound are withheld (NaN / False).
-    answer["train_loss"] = float("nan") if config.dp.enabled else update.loss
+    answer["train_loss"] = float("nan") if config.private else update.loss
     # (server-side DP: the coordinator sees the update anyway and needs the flag as the
     # adaptive clipping bit)
     answer["clipped"] = update.clipped and not (
@@ -289,11 +293,25 @@ def _round_clipping(
 
 
 def _statistics(
-    client: SecAggClient, data: RunData, request: dict[str, Any], round_: int, secure: bool
+    client: SecAggClient,
+    data: RunData,
+    request: dict[str, Any],
+    round_: int,
+    secure: bool,
+    config: RunConfig,
 ) -> Answer:
     """The domain's column moments over its training rows, weighted by its row count:
-    masked under SecAgg+, so that only their pooled mean is ever learnt."""
-    moments = local_moments(data.dataset.x_train)
+    masked under SecAgg+, so that only their pooled mean is ever learnt; with
+    record-level DP, each row's part clipped and the sum noised (``noisy_moments``)."""
+    if config.record_dp.enabled:
+        moments = noisy_moments(
+            data.dataset.x_train,
+            moments_bound(data.encoding.nonzero_per_row),
+            config.record_dp.statistics_noise,
+            gaussian_noise,
+        )
+    else:
+        moments = local_moments(data.dataset.x_train)
     weight = data.dataset.train_examples
     answer = {"round": round_, "train_loss": float("nan"), "clipped": False, "weight": weight}
     if not secure:

@@ -1,5 +1,6 @@
 """One domain's step of a DP-FedAvg round, without the transport: train from the global
-model, take the update, clip it and (client-side DP) noise it.
+model (with record-level DP: DP-SGD, ``federation.dp_sgd``), take the update, clip it
+and (client-side domain-level DP) noise it.
 
 The SecAgg+ participant (``federation.participant``) sends what this returns; the
 membership-inference audit's shadow models (``federation.shadow``) replay whole runs with
@@ -17,6 +18,7 @@ from torch import nn
 
 from federation.aggregation import Noise, fedavg_weight
 from federation.dp import clip, gaussian_noise
+from federation.dp_sgd import train_private
 from federation.model import TrainConfig, flatten, get_weights, train
 from federation.run_config import RunConfig
 
@@ -67,7 +69,18 @@ def local_update(
         seed=config.train.seed + 7_919 * round_ + zlib.crc32(domain.encode()) % 7_919,
         max_steps=config.train.max_steps,
     )
-    loss = train(model, x, y, local)
+    if config.record_dp.enabled:  # DP-SGD: the update is private before it is clipped
+        train_private(
+            model,
+            x,
+            y,
+            config.record_plan(len(y)),
+            learning_rate=local.learning_rate,
+            clipping_norm=config.record_dp.clipping_norm,
+        )
+        loss = float("nan")  # computed from the rows: not released
+    else:
+        loss = train(model, x, y, local)
     dp = config.dp
     norm = dp.clipping_norm if clipping_norm is None else clipping_norm
     raw = flatten(get_weights(model)) - start

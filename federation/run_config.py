@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 from federation.dp import DPConfig
+from federation.dp_sgd import DomainPlan, RecordDP, plan
 from federation.errors import IncompatibleWithSecAgg, InvalidModelConfig, InvalidSecAggConfig
 from federation.model import TrainConfig
 
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, bool | int | float | str] = {
     "min-domains": 2,
     "clipping-norm": 10.0,
     "dp-noise-multiplier": 0.0,
+    "dp-epsilon": 0.0,
+    "dp-record-clipping-norm": 1.0,
     "dp-delta": 1e-5,
     "dp-clipping": "client",
     "dp-adaptive-clipping": True,
@@ -74,6 +77,9 @@ class RunConfig:
     reconstruction_threshold: float
     min_domains: int
     dp: DPConfig
+    """Domain-level DP-FedAvg (``dp-noise-multiplier`` > 0)."""
+    record_dp: RecordDP
+    """Record-level DP-SGD in each domain (``dp-epsilon`` > 0; ``federation.dp_sgd``)."""
     aggregator: Aggregator
     server_learning_rate: float
     server_momentum: float
@@ -159,6 +165,11 @@ class RunConfig:
             reconstruction_threshold=number("reconstruction-threshold"),
             min_domains=min_domains,
             dp=dp,
+            record_dp=RecordDP(
+                epsilon=number("dp-epsilon"),
+                delta=number("dp-delta"),
+                clipping_norm=number("dp-record-clipping-norm"),
+            ),
             aggregator=cast(Aggregator, choice("aggregator", (*SERVER_STEPS, *ROBUST))),
             server_learning_rate=number("server-learning-rate"),
             server_momentum=number("server-momentum"),
@@ -180,6 +191,11 @@ class RunConfig:
         """Refuse combinations that cannot work, saying why."""
         if self.secure_aggregation:
             self._check_secure()
+        if self.dp.enabled and self.record_dp.enabled:
+            raise InvalidModelConfig(
+                "dp-noise-multiplier (a domain as the privacy unit) and dp-epsilon (a "
+                "training row as the unit) are two DP modes: set one of them"
+            )
         if self.dp.enabled and self.aggregator in ROBUST:
             raise InvalidModelConfig(
                 f"aggregator {self.aggregator!r} has no DP analysis here; use one of {SERVER_STEPS}"
@@ -261,8 +277,27 @@ class RunConfig:
 
     @property
     def standardises(self) -> bool:
-        """Whether this run standardises its columns (never with DP: see ``standardise``)."""
+        """Whether this run standardises its columns: never with domain-level DP (its
+        moments would be released unnoised); with record-level DP from noised moments."""
         return self.standardise and not self.dp.enabled
+
+    @property
+    def private(self) -> bool:
+        """Whether the run trains under DP (either unit): what leaves a domain is then only
+        its private update (training losses and clipping flags are withheld)."""
+        return self.dp.enabled or self.record_dp.enabled
+
+    def record_plan(self, rows: int) -> DomainPlan:
+        """A domain's DP-SGD schedule for ``rows`` training rows (record-level DP)."""
+        return plan(
+            self.record_dp,
+            rows,
+            batch_size=self.train.batch_size,
+            epochs=self.train.epochs,
+            max_steps=self.train.max_steps,
+            rounds=self.rounds,
+            statistics=self.standardises,
+        )
 
     def evaluates_before(self, round_: int) -> bool:
         """Whether round ``round_``'s training request also evaluates the model it carries

@@ -50,8 +50,11 @@ class Standardisation:
     std: NDArray[np.float64]
 
     @classmethod
-    def from_moments(cls, moments: NDArray[np.float64]) -> Standardisation:
-        """From the example-weighted mean of the domains' :func:`local_moments`."""
+    def from_moments(
+        cls, moments: NDArray[np.float64], floor: float | None = None
+    ) -> Standardisation:
+        """From the example-weighted mean of the domains' :func:`local_moments`.
+        ``floor``: the least std a column gets (noised moments: ``MIN_DP_STD``)."""
         values = np.asarray(moments, dtype=np.float64)
         if values.ndim != 1 or len(values) % 2 or not np.isfinite(values).all():
             raise InvalidModelConfig("standardisation moments must be 2 x width finite numbers")
@@ -59,6 +62,8 @@ class Standardisation:
         mean, square = values[:width], values[width:]
         variance = np.maximum(square - mean**2, 0.0)
         std = np.sqrt(variance)
+        if floor is not None:
+            return cls(mean, np.maximum(std, floor))
         return cls(mean, np.where(std < MIN_STD, 1.0, std))
 
     @classmethod

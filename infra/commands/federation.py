@@ -27,7 +27,12 @@ def _data_dir() -> Path:
 
 
 def _overrides(
-    task: str, rounds: int | None, secagg: bool | None, dp_noise: float | None, sets: list[str]
+    task: str,
+    rounds: int | None,
+    secagg: bool | None,
+    dp_noise: float | None,
+    sets: list[str],
+    dp_epsilon: float | None = None,
 ) -> dict[str, Any]:
     values: dict[str, Any] = {"task": task}
     if rounds is not None:
@@ -36,6 +41,8 @@ def _overrides(
         values["secure-aggregation"] = secagg
     if dp_noise is not None:
         values["dp-noise-multiplier"] = dp_noise
+    if dp_epsilon is not None:
+        values["dp-epsilon"] = dp_epsilon
     for item in sets:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -62,6 +69,16 @@ def _dp_preflight(values: dict[str, Any], force: bool) -> None:
     from federation.task_specs import get_task
 
     config = RunConfig.from_flower(values)
+    if config.record_dp.enabled:
+        err.print(
+            f"DP: record level (one training row of a domain), epsilon <= "
+            f"{config.record_dp.epsilon:g} at delta {config.record_dp.delta:g} for every "
+            f"domain over {config.rounds} rounds: each domain runs DP-SGD (per-row clipping "
+            f"{config.record_dp.clipping_norm:g}) with the noise its row count needs; the "
+            "census prints each domain's plan, and a domain whose target cannot be met "
+            "refuses with the reason."
+        )
+        return
     if not config.dp.enabled:
         return
     spec = get_task(config.task)
@@ -89,7 +106,16 @@ def train(
         bool | None, typer.Option("--secagg/--no-secagg", help="SecAgg+ (default on).")
     ] = None,
     dp_noise: Annotated[
-        float | None, typer.Option(help="DP noise multiplier (0: no DP).", min=0)
+        float | None,
+        typer.Option(help="Domain-level DP-FedAvg noise multiplier (0: no DP).", min=0),
+    ] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Record-level DP: DP-SGD in each domain, at most this epsilon per training "
+            "row over the run (0: off).",
+            min=0,
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -119,7 +145,7 @@ def train(
     from infra.federation import LocalFederation, app_dir, code_version, run_job
 
     spec = get_task(task)
-    values = _overrides(task, rounds, secagg, dp_noise, set_ or [])
+    values = _overrides(task, rounds, secagg, dp_noise, set_ or [], dp_epsilon)
     _dp_preflight(values, force)
     values["code-version"] = code_version(app_dir())
     settings = get_federation_settings()
