@@ -7,8 +7,12 @@ sits on the public port, in front of the Tansu proxy, and forwards every connect
 for byte. It reads only the frame sizes, the request headers (api key, version,
 correlation id) and the responses' correlation ids: when a Produce response comes back it
 holds it, and every later response of that connection (a connection's responses stay in
-order), until ``barrier()`` (the mirror's) says the journal holds everything the broker
-had acknowledged before it. If the barrier fails or times out, the response is never sent:
+order), until ``barrier(partitions)`` (the mirror's) says the journal holds everything the
+broker had acknowledged before it in the partitions that Produce wrote: the gate reads the
+partitions (and their error codes) from the Produce response (:func:`produced_partitions`),
+so the mirror fetches only those instead of polling every partition. A response it cannot
+read asks the barrier for every partition (``None``); one whose partitions all failed
+appended nothing and goes at once. If the barrier fails or times out, the response is never sent:
 the client connection is closed and the producer sends again (see README "What the
 embedded broker keeps" for what a retry means).
 
@@ -31,6 +35,7 @@ import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from infra.errors import GateProtocolError, InfraError
 
@@ -46,6 +51,12 @@ _INT32 = struct.Struct(">i")
 BARRIER_TIMEOUT_SECONDS = 25.0
 # How long a client may take over its TLS handshake before the gate drops it.
 TLS_HANDSHAKE_SECONDS = 10.0
+# Produce responses are flexible (compact strings and arrays, tagged fields) from v9; the
+# layout read here is Kafka's up to v12 (v10 to v12 only add tagged fields).
+PRODUCE_FLEXIBLE_FROM = 9
+PRODUCE_LAST_KNOWN = 12
+
+TopicPartition = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,101 @@ def response_correlation_id(frame: bytes) -> int:
     if len(frame) < _INT32.size:
         raise GateProtocolError("response without a correlation id")
     return int(_INT32.unpack_from(frame)[0])
+
+
+class _Reader:
+    """Reads Kafka's primitive types from a response; GateProtocolError past its end."""
+
+    _INT16: ClassVar[struct.Struct] = struct.Struct(">h")
+
+    def __init__(self, data: bytes, flexible: bool) -> None:
+        self.data = data
+        self.at = 0
+        self.flexible = flexible
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.at + size > len(self.data):
+            raise GateProtocolError("produce response ends early")
+        chunk = self.data[self.at : self.at + size]
+        self.at += size
+        return chunk
+
+    def int16(self) -> int:
+        return int(self._INT16.unpack(self.take(2))[0])
+
+    def int32(self) -> int:
+        return int(_INT32.unpack(self.take(4))[0])
+
+    def uvarint(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 28:
+                raise GateProtocolError("varint too long")
+
+    def count(self) -> int:
+        """An array's length (a null array counts 0)."""
+        n = self.uvarint() - 1 if self.flexible else self.int32()
+        return max(n, 0)
+
+    def string(self) -> str | None:
+        n = self.uvarint() - 1 if self.flexible else self.int16()
+        if n < 0:
+            return None
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GateProtocolError("topic name not UTF-8") from exc
+
+    def tagged_fields(self) -> None:
+        if self.flexible:
+            for _ in range(self.uvarint()):
+                self.uvarint()  # tag
+                self.take(self.uvarint())
+
+
+def produced_partitions(frame: bytes, api_version: int) -> frozenset[TopicPartition] | None:
+    """The partitions a Produce response ``frame`` (without its size prefix) reports as
+    written (error code 0); None for a version this reader does not know. A frame that
+    does not parse, or has bytes past its fields, raises GateProtocolError."""
+    if api_version > PRODUCE_LAST_KNOWN:
+        return None
+    flexible = api_version >= PRODUCE_FLEXIBLE_FROM
+    reader = _Reader(frame, flexible)
+    reader.int32()  # correlation id
+    reader.tagged_fields()  # response header v1
+    written: set[TopicPartition] = set()
+    for _topic in range(reader.count()):
+        name = reader.string()
+        for _partition in range(reader.count()):
+            index, error_code = reader.int32(), reader.int16()
+            reader.take(8)  # base offset
+            if api_version >= 2:
+                reader.take(8)  # log append time
+            if api_version >= 5:
+                reader.take(8)  # log start offset
+            if api_version >= 8:
+                for _error in range(reader.count()):
+                    reader.take(4)  # batch index
+                    reader.string()
+                    reader.tagged_fields()
+                reader.string()  # error message
+            reader.tagged_fields()
+            if error_code == 0:
+                if name is None:
+                    raise GateProtocolError("a produce response names no topic")
+                written.add((name, index))
+        reader.tagged_fields()
+    if api_version >= 1:
+        reader.int32()  # throttle time
+    reader.tagged_fields()
+    if reader.at != len(frame):
+        raise GateProtocolError("produce response longer than its fields")
+    return frozenset(written)
 
 
 class PendingRequests:
@@ -131,7 +237,8 @@ async def read_frame(reader: asyncio.StreamReader, largest: int = MAX_FRAME_BYTE
         raise GateProtocolError(f"frame truncated at {len(exc.partial)} of {size} bytes") from exc
 
 
-Barrier = Callable[[], Awaitable[None]]
+# The mirror's barrier: the partitions a Produce wrote, or None for every partition.
+Barrier = Callable[[frozenset[TopicPartition] | None], Awaitable[None]]
 
 
 class _Connection:
@@ -202,8 +309,10 @@ class _Connection:
                 header = self.pending.answered(response_correlation_id(frame))
                 barrier = None
                 if header.api_key == PRODUCE and self.gate.barrier is not None:
-                    self.gate.counters["held"] += 1
-                    barrier = asyncio.create_task(self.gate.wait_for_journal())
+                    partitions = self.gate.written(frame, header.api_version)
+                    if partitions is None or partitions:
+                        self.gate.counters["held"] += 1
+                        barrier = asyncio.create_task(self.gate.wait_for_journal(partitions))
                 await self.outbox.put((frame, barrier))
         finally:
             await self.outbox.put(None)
@@ -248,7 +357,13 @@ class AckGate:
         self.barrier_timeout = barrier_timeout
         self.host = host
         self.ssl_context = ssl_context
-        self.counters = {"connections": 0, "held": 0, "withheld": 0, "protocol_errors": 0}
+        self.counters = {
+            "connections": 0,
+            "held": 0,
+            "withheld": 0,
+            "protocol_errors": 0,
+            "unread_produce_responses": 0,
+        }
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -264,10 +379,21 @@ class AckGate:
             ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if self.ssl_context else None,
         )
 
-    async def wait_for_journal(self) -> None:
-        """The barrier, bounded by the timeout."""
+    def written(self, frame: bytes, api_version: int) -> frozenset[TopicPartition] | None:
+        """The partitions a Produce response says it wrote; None (every partition) when
+        the response cannot be read (counted: the barrier is then the costly one)."""
+        try:
+            partitions = produced_partitions(frame, api_version)
+        except GateProtocolError:
+            partitions = None
+        if partitions is None:
+            self.counters["unread_produce_responses"] += 1
+        return partitions
+
+    async def wait_for_journal(self, partitions: frozenset[TopicPartition] | None = None) -> None:
+        """The barrier over ``partitions`` (None: all), bounded by the timeout."""
         assert self.barrier is not None
-        await asyncio.wait_for(self.barrier(), self.barrier_timeout)
+        await asyncio.wait_for(self.barrier(partitions), self.barrier_timeout)
 
     def pause(self) -> None:
         """Take no new connection nor request; responses still flow (a drain releases the

@@ -31,7 +31,14 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from infra.ack_gate import AckGate
 from infra.errors import BrokerBinaryMissing, ComponentFailed, JournalError
-from infra.journal import Journal, Mirror, journal_path, journal_size, replay
+from infra.journal import (
+    IDLE_FETCH_WAIT_MS,
+    Journal,
+    Mirror,
+    journal_path,
+    journal_size,
+    replay,
+)
 from infra.ports import wait_for_port
 from streams.kafka_clients import kafka_python_config
 from streams.settings import KafkaSettings, get_kafka_settings
@@ -316,7 +323,11 @@ class JournaledBroker:
         )
         self.counters["skipped_offsets"] += counts["skipped_offsets"]
         self.write_status()
-        mirror = Mirror(self.journal, bootstrap, lambda t: topic_configs(t, self.kafka))
+        # without the ack gate's barriers the consumer's poll alone bounds the journal's lag
+        idle_wait = IDLE_FETCH_WAIT_MS if self.kafka.embedded_ack_after_journal else 50
+        mirror = Mirror(
+            self.journal, bootstrap, lambda t: topic_configs(t, self.kafka), fetch_wait_ms=idle_wait
+        )
         await mirror.start()
         await self.open_port(internal, mirror)
         log.info("embedded broker ready on port %d (journal %s)", self.port, self.journal.path)

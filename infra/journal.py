@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPa
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import OffsetAndMetadata
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -57,7 +58,8 @@ _CRC_AT, _ATTRIBUTES_AT, _LAST_OFFSET_DELTA_AT = 17, 21, 23
 # Largest record batch the replay sends (bytes); a bigger record goes alone.
 REPLAY_BATCH_BYTES = 1024 * 1024
 REPLAY_PARTITIONS_AT_ONCE = 8
-# The mirror fetches with its short wait for this long after the last barrier.
+# The mirror's consumer fetches with its short wait for this long after the last barrier
+# over every partition (see Mirror._pace).
 BUSY_SECONDS = 2.0
 
 
@@ -553,6 +555,58 @@ def list_group_offsets(bootstrap: str) -> dict[str, dict[TP, int]]:
         admin.close()
 
 
+# The consumer's fetch wait while no barrier over every partition is recent: it polls every
+# partition for records written without a barrier (the gate without acknowledgement hold)
+# and for the group snapshots. Tansu answers a fetch that found no records after half its
+# wait or the whole of it (measured on Tansu 0.6.0: records arriving 50 ms into a 1,000 ms
+# wait are answered at 500 ms), so this bounds how late such a record is journaled.
+IDLE_FETCH_WAIT_MS = 500
+# Bytes a targeted fetch (see Mirror.barrier) asks of each partition, and in all.
+TARGETED_PARTITION_BYTES = 4 * 1024 * 1024
+TARGETED_FETCH_BYTES = 64 * 1024 * 1024
+# Rounds a targeted fetch goes on for partitions whose answer stopped short of their high
+# watermark (a size limit); what is left then comes with the consumer's next fetch.
+TARGETED_ROUNDS = 8
+# How long a stopping mirror waits for the group offsets being read.
+SNAPSHOT_STOP_SECONDS = 10.0
+# Records queued for the journal past which the consumer's step waits for the writer.
+QUEUE_LIMIT = 20_000
+
+
+def _header_bytes(value: bytes | None) -> bytes:
+    return b"" if value is None else bytes(value)
+
+
+def _unpack(topic: str, partition: int, data: bytes, start: int, out: list[JournalRecord]) -> int:
+    """Append to ``out`` the records of a fetch answer's record ``data`` at or past offset
+    ``start`` (control batches skipped, as a consumer does); returns the offset after the
+    last whole batch (``start`` when none). A batch whose CRC fails raises JournalError."""
+    records = MemoryRecords(data)
+    end = start
+    while records.has_next():
+        batch = records.next_batch()
+        if batch is None:  # a batch cut short by the size limit: fetched again
+            break
+        if not batch.validate_crc():
+            raise JournalError(f"a record batch of {topic}/{partition} failed its CRC check")
+        if not batch.is_control_batch:
+            for r in batch:
+                if r.offset >= start:
+                    out.append(
+                        JournalRecord(
+                            topic,
+                            partition,
+                            r.offset,
+                            int(r.timestamp or 0),
+                            r.key,
+                            r.value,
+                            tuple((k, _header_bytes(v)) for k, v in r.headers),
+                        )
+                    )
+        end = max(end, batch.next_offset)
+    return end
+
+
 class Mirror:
     """Copies every record the broker appends into the journal, and consistent snapshots
     of the consumer groups' offsets.
@@ -561,10 +615,23 @@ class Mirror:
     the high watermark that a fetch answered after t reported: every record appended
     before t (the outputs a processor delivered before committing) is then journaled.
 
-    ``barrier()`` is the same promise made strict, for producers' acknowledgements: it
-    returns once the journal holds, for every partition, the high watermark reported by a
-    fetch *sent* after the call (one probe serves every caller waiting for the next), so
-    every record the broker acknowledged before the call is on disk.
+    ``barrier(partitions)`` is the same promise made strict, for producers'
+    acknowledgements: it returns once the journal holds, for every partition of
+    ``partitions`` (every partition when None), the high watermark reported by a fetch
+    *sent* after the call, so every record the broker acknowledged before the call in
+    those partitions is on disk.
+
+    Two paths bring records. The ack gate names the partitions each Produce wrote: a
+    *targeted fetch* of just those partitions, from where the journal is, sent after the
+    barrier call (one serves every barrier waiting for the next), both reports the high
+    watermarks the barrier waits for and brings the records, which are queued for the
+    journal at once. Meanwhile the consumer polls every partition with the long idle wait
+    (records written without a barrier, and the snapshots' fetch answers). A barrier over
+    every partition (a Produce response the gate could not read) probes every partition's
+    high watermark instead, and the consumer then fetches with the short wait for
+    BUSY_SECONDS. Journal writes go one transaction at a time, in the order the records
+    were fetched (what is queued during a write goes in the next one), so a partition's
+    journaled position only ever covers records that are on disk.
     """
 
     def __init__(
@@ -573,13 +640,13 @@ class Mirror:
         bootstrap: str,
         topic_configs: Callable[[str], dict[str, str]],
         snapshot_every: float = 0.5,
-        fetch_wait_ms: int = 50,
+        fetch_wait_ms: int = IDLE_FETCH_WAIT_MS,
         busy_fetch_wait_ms: int = 10,
     ) -> None:
         self.journal = journal
         self.fetch_wait_ms = fetch_wait_ms
         self.busy_fetch_wait_ms = busy_fetch_wait_ms
-        self._last_barrier = -BUSY_SECONDS
+        self._last_barrier = -BUSY_SECONDS  # the last barrier over every partition
         self.bootstrap = bootstrap
         self.topic_configs = topic_configs
         self.snapshot_every = snapshot_every
@@ -590,15 +657,28 @@ class Mirror:
         self._last_snapshot = 0.0
         self._snapshot_task: asyncio.Task[dict[str, dict[TP, int]]] | None = None
         self.journaled = 0
-        self._writing: asyncio.Task[None] | None = None
-        self._writing_count = 0
+        self.targeted_fetches = 0
         self.snapshots = 0
         self._refreshing = asyncio.Lock()
         self._cluster: ClusterMetadata | None = None  # as the last refresh read it
         self._journaled_to: dict[TP, int] = {}  # next offset on disk, per partition
+        self._fetched_to: dict[TP, int] = {}  # next offset handed to the writer
+        self._answered: dict[TP, tuple[int, int]] = {}  # targeted: (epoch ms, high watermark)
         self._waiters: list[tuple[dict[TP, int], asyncio.Future[None]]] = []
         self._next_probe: asyncio.Future[dict[TP, int]] | None = None
         self._probing: asyncio.Task[None] | None = None
+        self._outstanding: set[TP] = set()  # partitions the next targeted fetch asks
+        self._next_fetch: asyncio.Future[dict[TP, int]] | None = None
+        self._fetching: asyncio.Task[None] | None = None
+        # the writer: what is queued for the next transaction, and the partitions'
+        # positions once it is on disk
+        self._writing: asyncio.Task[None] | None = None
+        self._queued: list[JournalRecord] = []
+        self._queued_hws: dict[TP, int] = {}
+        self._queued_to: dict[TP, int] = {}
+        self._write_error: BaseException | None = None
+        self._epoch = 0  # bumped when a write fails: fetches sent before it are dropped
+        self._draining = False
         self._stopped = False
 
     async def start(self) -> None:
@@ -609,22 +689,25 @@ class Mirror:
             client_id="privmesh-journal-mirror",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # Tansu holds a fetch this long even when records arrive: the delay before a
-            # record is journaled (shortened while barriers wait, see _pace)
+            # Tansu holds a fetch that finds no records for half this wait or all of it
+            # (shortened while barriers over every partition wait, see _pace)
             fetch_max_wait_ms=self.fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             retry_backoff_ms=100,
         )
         await self.consumer.start()
+        # its own connection: targeted fetches and probes never queue behind the
+        # consumer's held fetch (Tansu answers a connection's requests in order)
         self.client = AIOKafkaClient(
             bootstrap_servers=self.bootstrap, client_id="privmesh-journal-metadata"
         )
         await self.client.bootstrap()
         self._journaled_to = self.journal.positions()
+        self._fetched_to = dict(self._journaled_to)
         await self.refresh()
 
     async def stop(self) -> None:
-        """Finish the write in flight, fail the barriers still waiting, and disconnect."""
+        """Finish the writes queued, fail the barriers still waiting, and disconnect."""
         self._stopped = True
         with contextlib.suppress(Exception):
             await self.flush()
@@ -633,9 +716,15 @@ class Mirror:
                 waiter.set_exception(JournalError("the mirror stopped"))
                 waiter.exception()  # retrieved: a caller may be gone
         self._waiters.clear()
-        if self._probing is not None:
-            self._probing.cancel()
+        for task in (self._probing, self._fetching):
+            if task is not None:
+                task.cancel()
+        if self._next_fetch is not None and not self._next_fetch.done():
+            self._next_fetch.set_exception(JournalError("the mirror stopped"))
         if self._snapshot_task is not None:
+            # its thread cannot be cancelled: let it end while the broker is still up (a
+            # thread left retrying a broker stopped next would hold up the process's exit)
+            await asyncio.wait({self._snapshot_task}, timeout=SNAPSHOT_STOP_SECONDS)
             self._snapshot_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._snapshot_task
@@ -671,68 +760,115 @@ class Mirror:
         self.consumer.assign(sorted(wanted))
         positions = self.journal.positions()
         for tp in wanted - self._assigned:
-            start = positions.get((tp.topic, tp.partition))
+            start = self._position(tp, positions)
             if start is None:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, start)
         for tp in wanted & self._assigned:  # assign() forgets positions: keep ours
-            self.consumer.seek(tp, positions.get((tp.topic, tp.partition), 0))
+            self.consumer.seek(tp, self._position(tp, positions) or 0)
         self._assigned = wanted
 
+    def _position(self, tp: TopicPartition, positions: dict[TP, int]) -> int | None:
+        """Where the consumer reads ``tp`` from: past what the journal holds or the writer
+        has queued; None when neither knows the partition."""
+        key = (tp.topic, tp.partition)
+        known = [o for o in (positions.get(key), self._fetched_to.get(key)) if o is not None]
+        return max(known) if known else None
+
     async def step(self, timeout_ms: int = 100) -> int:
-        """Journal what the broker has appended since the last step; returns how many."""
+        """Journal what the consumer fetched since the last step (queued for the writer);
+        returns how many records. A write that failed since the last step raises here."""
         assert self.consumer is not None
+        self._raise_write_error()
         self._pace()
         if not self._assigned:  # getmany would wait for an assignment
             await asyncio.sleep(timeout_ms / 1000)
             await self._snapshot_step()
             return 0
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=20_000)
-        rows = [
-            JournalRecord(
-                r.topic,
-                r.partition,
-                r.offset,
-                int(r.timestamp),
-                r.key,
-                r.value,
-                tuple((k, bytes(v)) for k, v in r.headers),
+        rows: list[JournalRecord] = []
+        hws: dict[TP, int] = {}
+        reached: dict[TP, int] = {}
+        for tp, records in batches.items():
+            key = (tp.topic, tp.partition)
+            start = self._fetched_to.get(key, 0)
+            fresh = [r for r in records if r.offset >= start]  # not queued by a targeted fetch
+            if not fresh:
+                continue
+            rows.extend(
+                JournalRecord(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    int(r.timestamp),
+                    r.key,
+                    r.value,
+                    tuple((k, _header_bytes(v)) for k, v in r.headers),
+                )
+                for r in fresh
             )
-            for records in batches.values()
-            for r in records
-        ]
-        if rows:
-            hws = {
-                (tp.topic, tp.partition): hw
-                for tp in batches
-                if (hw := self.consumer.highwater(tp)) is not None
-            }
-            # the write overlaps the next fetch; one write at a time keeps them in order
-            await self.flush()
-            self._writing = asyncio.create_task(asyncio.to_thread(self.journal.append, rows, hws))
-            self._writing_count = len(rows)
-            written: dict[TP, int] = {}
-            for r in rows:
-                written[(r.topic, r.partition)] = r.offset + 1
-            self._writing.add_done_callback(lambda task: self._journaled(task, written))
+            reached[key] = self._fetched_to[key] = fresh[-1].offset + 1
+            if (hw := self.consumer.highwater(tp)) is not None:
+                hws[key] = hw
+        if rows or reached:
+            self._enqueue(rows, hws, reached)
+            if len(self._queued) > QUEUE_LIMIT:  # the writer falls behind: wait for it
+                await self.flush()
         await self._snapshot_step()
         return len(rows)
 
-    async def flush(self) -> None:
-        """Wait for the journal write in flight (positions then include its records)."""
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            await writing
-            self.journaled += self._writing_count
+    def _enqueue(
+        self, rows: list[JournalRecord], hws: dict[TP, int], reached: dict[TP, int]
+    ) -> None:
+        """Queue ``rows`` for the journal; once written, each partition of ``reached`` is
+        journaled up to its offset (the high watermarks ``hws`` are saved with them)."""
+        self._queued.extend(rows)
+        for tp, hw in hws.items():
+            self._queued_hws[tp] = max(hw, self._queued_hws.get(tp, 0))
+        for tp, offset in reached.items():
+            self._queued_to[tp] = max(offset, self._queued_to.get(tp, 0))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_queued())
 
-    def _journaled(self, task: asyncio.Task[None], written: dict[TP, int]) -> None:
-        """A write ended: release the barriers it satisfies."""
-        if task.cancelled() or task.exception() is not None:
-            return  # flush() raises it to the mirror's loop
-        for tp, offset in written.items():
-            self._journaled_to[tp] = max(offset, self._journaled_to.get(tp, 0))
-        self._release()
+    async def _write_queued(self) -> None:
+        """Write what is queued, one transaction at a time in order (what queues up during
+        a write goes in the next), releasing the barriers each write satisfies."""
+        while self._queued or self._queued_to:
+            rows, hws, reached = self._queued, self._queued_hws, self._queued_to
+            self._queued, self._queued_hws, self._queued_to = [], {}, {}
+            try:
+                await asyncio.to_thread(self.journal.append, rows, hws)
+            except Exception as exc:  # raised to the mirror's loop by step() or flush()
+                self._write_failed(exc)
+                return
+            self.journaled += len(rows)
+            for tp, offset in reached.items():
+                self._journaled_to[tp] = max(offset, self._journaled_to.get(tp, 0))
+            self._release()
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Drop what was queued and read it again from what is on disk: no later write
+        may move a partition's journaled position past records that never got there."""
+        self._write_error = exc
+        self._queued, self._queued_hws, self._queued_to = [], {}, {}
+        self._epoch += 1
+        self._fetched_to = dict(self._journaled_to)
+        if self.consumer is not None:
+            for tp in self._assigned:
+                self.consumer.seek(tp, self._journaled_to.get((tp.topic, tp.partition), 0))
+
+    def _raise_write_error(self) -> None:
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            raise error
+
+    async def flush(self) -> None:
+        """Wait until everything queued is written (positions then include it); a write
+        that failed raises."""
+        while self._writing is not None and not self._writing.done():
+            await asyncio.shield(self._writing)
+        self._raise_write_error()
 
     def _release(self) -> None:
         waiting = []
@@ -746,28 +882,134 @@ class Mirror:
         self._waiters = waiting
 
     def _pace(self) -> None:
-        """Fetch with the short wait while producers wait on barriers (within the last
-        BUSY_SECONDS), with the long one otherwise: a record is journaled sooner when an
-        acknowledgement waits for it, and an idle mirror costs less CPU (at 48 partitions
+        """Let the consumer fetch with the short wait while producers wait on barriers
+        over every partition (within the last BUSY_SECONDS) or the mirror drains, with the
+        long one otherwise: acknowledgements named by partition are served by targeted
+        fetches, and an idle mirror costs less CPU, its own and Tansu's (at 48 partitions
         ~10% of a core at 50 ms, ~30% at 10 ms). aiokafka has no public setter: without
         its fetcher's attribute the wait stays the long one (slower acks, still correct)."""
-        busy = time.monotonic() - self._last_barrier < BUSY_SECONDS
+        busy = self._draining or time.monotonic() - self._last_barrier < BUSY_SECONDS
         fetcher = getattr(self.consumer, "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
             fetcher._fetch_max_wait_ms = self.busy_fetch_wait_ms if busy else self.fetch_wait_ms
 
-    async def barrier(self) -> None:
+    async def barrier(self, partitions: Iterable[TP] | None = None) -> None:
         """Return once the journal holds every record the broker acknowledged before this
-        call (see the class docstring); a probe that fails raises (KafkaError, OSError,
-        JournalError). Callers bound it with a timeout."""
+        call in ``partitions`` (every partition when None; see the class docstring); a
+        fetch or probe that fails raises (KafkaError, OSError, JournalError). Callers bound
+        it with a timeout."""
         if self._stopped:
             raise JournalError("the mirror stopped")
-        self._last_barrier = time.monotonic()
-        targets = await self._probe_after_now()
+        if partitions is None:
+            self._last_barrier = time.monotonic()
+            targets = await self._probe_after_now()
+        else:
+            targets = await self._fetch_after_now(frozenset(partitions))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((targets, waiter))
         self._release()
         await waiter
+
+    async def _fetch_after_now(self, partitions: frozenset[TP]) -> dict[TP, int]:
+        """The high watermarks of ``partitions`` reported to a targeted fetch sent after
+        this call (shared with every caller until it is sent), whose records are queued."""
+        if not partitions:
+            return {}
+        self._outstanding |= partitions
+        if self._next_fetch is None:
+            self._next_fetch = asyncio.get_running_loop().create_future()
+            self._next_fetch.add_done_callback(
+                lambda f: f.cancelled() or f.exception()  # retrieved: callers may be gone
+            )
+        fetch = self._next_fetch
+        if self._fetching is None or self._fetching.done():
+            self._fetching = asyncio.create_task(self._fetch_loop())
+        highwaters = await asyncio.shield(fetch)
+        return {tp: highwaters[tp] for tp in partitions}
+
+    async def _fetch_loop(self) -> None:
+        while self._next_fetch is not None:
+            fetch, self._next_fetch = self._next_fetch, None
+            partitions, self._outstanding = self._outstanding, set()
+            try:
+                fetch.set_result(await self._targeted(partitions))
+            except asyncio.CancelledError:  # the mirror stops
+                fetch.set_exception(JournalError("the mirror stopped"))
+                raise
+            except Exception as exc:  # every waiter gets the failure
+                fetch.set_exception(exc)
+
+    async def _targeted(self, partitions: set[TP]) -> dict[TP, int]:
+        """Fetch ``partitions`` from where the writer is and queue their records; returns
+        the high watermarks the first answer reported (JournalError for a partition it
+        did not answer). Partitions whose answer stopped short of it are fetched again."""
+        assert self.client is not None
+        if any(TopicPartition(*tp) not in self._assigned for tp in partitions):
+            await self.refresh()  # a topic created since the last refresh
+        targets: dict[TP, int] = {}
+        todo = set(partitions)
+        for _round in range(TARGETED_ROUNDS):
+            answered = await self._fetch_records(todo)
+            for tp in todo:
+                if tp not in answered:
+                    raise JournalError(f"no fetch answer for {tp[0]}/{tp[1]}")
+                targets.setdefault(tp, answered[tp])
+            todo = {tp for tp in todo if self._fetched_to.get(tp, 0) < targets[tp]}
+            if not todo:
+                break
+        return targets
+
+    async def _fetch_records(self, partitions: set[TP]) -> dict[TP, int]:
+        """One fetch of ``partitions`` (per leader), waiting 1 ms (Tansu answers a 0 ms
+        fetch with no partitions); their new records are queued for the writer and the
+        consumer moved past them. Returns each partition's reported high watermark."""
+        assert self.client is not None and self.consumer is not None
+        by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = {}
+        for tp in partitions:
+            node = (
+                self._cluster.leader_for_partition(TopicPartition(*tp)) if self._cluster else None
+            )
+            if node is None or node < 0:
+                raise JournalError(f"no leader known for {tp[0]}/{tp[1]}")
+            start = self._fetched_to.get(tp, 0)
+            by_node.setdefault(node, {}).setdefault(tp[0], []).append(
+                (tp[1], start, TARGETED_PARTITION_BYTES)
+            )
+        epoch = self._epoch
+        requests = [
+            self.client.send(node, FetchRequest(1, 1, TARGETED_FETCH_BYTES, 0, list(t.items())))
+            for node, t in by_node.items()
+        ]
+        responses = await asyncio.gather(*requests)
+        self.targeted_fetches += 1
+        now_ms = int(time.time() * 1000)
+        answered: dict[TP, int] = {}
+        rows: list[JournalRecord] = []
+        hws: dict[TP, int] = {}
+        reached: dict[TP, int] = {}
+        for response in responses:
+            for topic, answers in response.topics:
+                for partition, error_code, highwater, *rest in answers:
+                    tp = (topic, partition)
+                    if tp not in partitions:
+                        continue
+                    if error_code != 0:
+                        raise JournalError(f"fetch of {topic}/{partition}: error {error_code}")
+                    answered[tp] = hws[tp] = int(highwater)
+                    self._answered[tp] = (now_ms, int(highwater))
+                    if epoch != self._epoch:  # a write failed meanwhile: read again
+                        continue
+                    start = self._fetched_to.get(tp, 0)  # past what the consumer queued
+                    end = _unpack(topic, partition, rest[-1] or b"", start, rows)
+                    if end > start:
+                        reached[tp] = self._fetched_to[tp] = end
+        if rows or reached:
+            self._enqueue(rows, hws, reached)
+        for topic_partition, offset in reached.items():
+            tp_ = TopicPartition(*topic_partition)
+            if tp_ in self._assigned:  # the consumer need not fetch these again
+                self.consumer.seek(tp_, offset)
+        return answered
 
     async def _probe_after_now(self) -> dict[TP, int]:
         """The high watermarks reported to a probe sent after this call (shared)."""
@@ -815,17 +1057,25 @@ class Mirror:
                     targets[(topic, partition)] = int(highwater)
         return targets
 
+    def _answers(self, tp: TopicPartition) -> list[tuple[int, int]]:
+        """The latest fetch answers of ``tp``: (epoch ms, high watermark), the consumer's
+        and the targeted fetches'."""
+        assert self.consumer is not None
+        answers = []
+        polled, hw = self.consumer.last_poll_timestamp(tp), self.consumer.highwater(tp)
+        if polled is not None and hw is not None:
+            answers.append((int(polled), int(hw)))
+        if (targeted := self._answered.get((tp.topic, tp.partition))) is not None:
+            answers.append(targeted)
+        return answers
+
     def caught_up(self, since_ms: int) -> bool:
         """True when, for every partition, a fetch answered at or after ``since_ms`` (epoch
         ms) and the journal holds every record below the high watermark it reported."""
-        assert self.consumer is not None
         positions = self.journal.positions()
         for tp in self._assigned:
-            polled = self.consumer.last_poll_timestamp(tp)
-            hw = self.consumer.highwater(tp)
-            if polled is None or hw is None or polled < since_ms:
-                return False
-            if positions.get((tp.topic, tp.partition), 0) < hw:
+            at = positions.get((tp.topic, tp.partition), 0)
+            if not any(polled >= since_ms and at >= hw for polled, hw in self._answers(tp)):
                 return False
         return True
 
@@ -855,12 +1105,11 @@ class Mirror:
 
     def highwaters(self) -> dict[TopicPartition, int]:
         """The high watermarks the latest fetch answers reported."""
-        assert self.consumer is not None
         out: dict[TopicPartition, int] = {}
         for tp in self._assigned:
-            hw = self.consumer.highwater(tp)
-            if hw is not None:
-                out[tp] = hw
+            answers = self._answers(tp)
+            if answers:
+                out[tp] = max(hw for _polled, hw in answers)
         return out
 
     def lag(self) -> int:
@@ -873,7 +1122,15 @@ class Mirror:
 
     async def drain(self, within: float = 10.0) -> bool:
         """Journal everything the broker holds and a final snapshot of the groups' offsets
-        (call it once no client can write); False if it did not finish in time."""
+        (call it once no client can write); False if it did not finish in time. The
+        consumer fetches with the short wait from here on."""
+        self._draining = True
+        try:
+            return await self._drain(within)
+        finally:
+            self._draining = False
+
+    async def _drain(self, within: float) -> bool:
         deadline = time.monotonic() + within
         try:
             await self.refresh()

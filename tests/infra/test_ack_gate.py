@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.protocol import produce as produce_protocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from infra.ack_gate import (
     RequestHeader,
     frame_size,
     parse_request_header,
+    produced_partitions,
     read_frame,
     response_correlation_id,
 )
@@ -94,6 +96,105 @@ def test_read_frame_on_any_bytes_returns_or_refuses(data: bytes) -> None:
                     parse_request_header(frame)
 
     asyncio.run(read_all())
+
+
+def _classic_response(version: int, topics: list[tuple[str, list[tuple[int, int]]]]) -> bytes:
+    """A Produce response of ``version`` (0 to 8) encoded by aiokafka, correlation id 7 in
+    front: ``topics`` as (name, [(partition, error code)])."""
+    cls = getattr(produce_protocol, f"ProduceResponse_v{version}")
+    rows = []
+    for name, partitions in topics:
+        entries = []
+        for partition, error in partitions:
+            entry: tuple[object, ...] = (partition, error, 40 + partition)
+            if version >= 2:
+                entry += (-1,)
+            if version >= 5:
+                entry += (0,)
+            if version >= 8:
+                entry += ([(0, "bad record")] if error else [], "why" if error else None)
+            entries.append(entry)
+        rows.append((name, entries))
+    body = cls(rows) if version == 0 else cls(rows, 0)
+    return struct.pack(">i", 7) + body.encode()
+
+
+def _uvarint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def _compact(text: str | None) -> bytes:
+    if text is None:
+        return _uvarint(0)
+    data = text.encode()
+    return _uvarint(len(data) + 1) + data
+
+
+def _flexible_response(topics: list[tuple[str, list[tuple[int, int]]]]) -> bytes:
+    """A Produce response v9+ (compact strings and arrays, tagged fields, one of them set
+    on each partition as v10's current leader is), correlation id 7 in front."""
+    out = struct.pack(">i", 7) + _uvarint(0)  # header tagged fields
+    out += _uvarint(len(topics) + 1)
+    for name, partitions in topics:
+        out += _compact(name) + _uvarint(len(partitions) + 1)
+        for partition, error in partitions:
+            out += struct.pack(">ihqqq", partition, error, 40 + partition, -1, 0)
+            errors = [(0, "bad record")] if error else []
+            out += _uvarint(len(errors) + 1)
+            for index, message in errors:
+                out += struct.pack(">i", index) + _compact(message) + _uvarint(0)
+            out += _compact("why" if error else None)
+            leader = struct.pack(">ii", 1, 0) + _uvarint(0)
+            out += _uvarint(1) + _uvarint(0) + _uvarint(len(leader)) + leader  # tagged
+        out += _uvarint(0)
+    return out + struct.pack(">i", 0) + _uvarint(0)
+
+
+TOPICS_WRITTEN = [("a.ingest", [(0, 0), (3, 0), (1, 6)]), ("b.v1", [(2, 0)]), ("c.dlq", [(0, 3)])]
+WRITTEN = frozenset({("a.ingest", 0), ("a.ingest", 3), ("b.v1", 2)})
+
+
+@pytest.mark.parametrize("version", range(9))
+def test_produced_partitions_of_classic_responses(version: int) -> None:
+    """Every Produce response version up to 8 gives the partitions it wrote: those with
+    error code 0, not the failed ones."""
+    assert produced_partitions(_classic_response(version, TOPICS_WRITTEN), version) == WRITTEN
+
+
+@pytest.mark.parametrize("version", [9, 10, 11, 12])
+def test_produced_partitions_of_flexible_responses(version: int) -> None:
+    """Flexible versions (compact encodings, tagged fields) are read alike; a version
+    past the last one known gives None (the gate then waits on every partition)."""
+    assert produced_partitions(_flexible_response(TOPICS_WRITTEN), version) == WRITTEN
+    assert produced_partitions(_flexible_response(TOPICS_WRITTEN), 13) is None
+
+
+def test_produced_partitions_refuses_a_cut_response() -> None:
+    """A response cut anywhere short, or with bytes past its fields, raises
+    GateProtocolError: never a partial set."""
+    for frame, version in (
+        (_classic_response(8, TOPICS_WRITTEN), 8),
+        (_flexible_response(TOPICS_WRITTEN), 9),
+    ):
+        for cut in range(len(frame)):
+            with pytest.raises(GateProtocolError):
+                produced_partitions(frame[:cut], version)
+        with pytest.raises(GateProtocolError):
+            produced_partitions(frame + b"\x00", version)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=96), st.integers(min_value=0, max_value=20))
+def test_produced_partitions_on_any_bytes_returns_or_refuses(data: bytes, version: int) -> None:
+    """Whatever bytes come back, reading them gives a set of partitions, None, or a
+    GateProtocolError (the gate then waits on every partition): nothing else escapes."""
+    with contextlib.suppress(GateProtocolError):
+        result = produced_partitions(data, version)
+        assert result is None or all(isinstance(t, str) for t, _p in result)
 
 
 # -- against a real Tansu ----------------------------------------------------------------
@@ -174,7 +275,7 @@ def test_hostile_connections_are_closed_and_others_acked_after_the_journal(
     record whose Produce was answered is in the journal at that moment."""
 
     async def run() -> None:
-        async with gated(tmp_path, tansu) as (gate, _mirror, journal):
+        async with gated(tmp_path, tansu) as (gate, mirror, journal):
             bootstrap = f"127.0.0.1:{gate.port}"
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
             await producer.start()
@@ -197,6 +298,9 @@ def test_hostile_connections_are_closed_and_others_acked_after_the_journal(
             assert gate.counters["protocol_errors"] >= 4
             assert gate.counters["held"] >= 60
             assert gate.counters["withheld"] == 0
+            # the gate read every Produce response: the mirror fetched only their partitions
+            assert gate.counters["unread_produce_responses"] == 0
+            assert mirror.targeted_fetches >= 1
 
     asyncio.run(run())
 
@@ -223,5 +327,55 @@ def test_a_failed_barrier_withholds_the_ack(tmp_path: Path, tansu: tuple[int, in
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(producer.stop(), 10)
             assert gate.counters["withheld"] >= 1
+
+    asyncio.run(run())
+
+
+@pytest.mark.integration
+def test_a_barrier_naming_partitions_fetches_their_records_itself(
+    tmp_path: Path, tansu: tuple[int, int, int]
+) -> None:
+    """A barrier over the partitions a Produce wrote does not wait for the consumer's idle
+    poll (here 5 s): its own fetch, sent after the call, brings the records, and the
+    journal holds them when it returns. Records the two paths both fetched are written
+    once (the mirror's count of journaled records is exact)."""
+    broker_port, _proxy_port, _gate_port = tansu
+    bootstrap = f"127.0.0.1:{broker_port}"
+
+    async def run() -> None:
+        journal = Journal(tmp_path / "journal.sqlite3")
+        mirror = Mirror(journal, bootstrap, lambda _t: {}, fetch_wait_ms=5000)
+        await mirror.start()
+        stepping = True
+
+        async def step() -> None:
+            while stepping:
+                await mirror.step(timeout_ms=50)
+
+        loop = asyncio.create_task(step())
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await asyncio.sleep(0.5)  # the consumer's first fetch is held
+            sent = 0
+            for i in range(20):
+                partition = i % 2
+                meta = await producer.send_and_wait(TOPIC, b"r%d" % i, partition=partition)
+                sent += 1
+                began = asyncio.get_running_loop().time()
+                await mirror.barrier({(TOPIC, partition)})
+                assert asyncio.get_running_loop().time() - began < 1.0
+                held = {r.offset for r in journal.records(TOPIC, partition)}
+                assert meta.offset in held
+            await asyncio.sleep(6)  # the consumer's held fetches come back meanwhile
+            await mirror.flush()
+            assert mirror.targeted_fetches >= 20
+            assert mirror.journaled == sent == journal.count()
+        finally:
+            stepping = False
+            await loop
+            await producer.stop()
+            await mirror.stop()
+            journal.close()
 
     asyncio.run(run())
