@@ -1,11 +1,11 @@
 """Kafka client configuration, built in one place from ``KafkaSettings``.
 
 Every Kafka client privmesh builds (the processors' aiokafka consumers and producer,
-the generator's and CLI's kafka-python producer, the admin client creating topics, the
-readers of ``tail`` and the catalog lint, the Faust app, the benchmarks) takes its
-connection arguments from one of these functions, one per client family, so the
-security settings (TLS, mTLS, SASL PLAIN/SCRAM; docs/kafka-security.md) reach all of
-them. ``tests/streams/test_kafka_clients.py`` fails when a client is constructed
+the CLI's kafka-python producer, the demo generator's librdkafka producer, the admin
+client creating topics, the readers of ``tail`` and the catalog lint, the Faust app, the
+benchmarks) takes its connection arguments from one of these functions, one per client
+family, so the security settings (TLS, mTLS, SASL PLAIN/SCRAM; docs/kafka-security.md)
+reach all of them. ``tests/streams/test_kafka_clients.py`` fails when a client is constructed
 anywhere else without them.
 
 The one exception is the embedded broker's journal (``infra.journal``): it talks to the
@@ -109,3 +109,34 @@ def faust_config(kafka: KafkaSettings | None = None) -> dict[str, Any]:
     elif context is not None:
         credentials = faust.SSLCredentials(context)
     return {"broker": faust_broker_url(kafka.bootstrap), "broker_credentials": credentials}
+
+
+def librdkafka_config(
+    kafka: KafkaSettings | None = None, bootstrap: str | None = None
+) -> dict[str, str]:
+    """Configuration of confluent-kafka's (librdkafka's) clients, in librdkafka's property
+    names: the bootstrap servers and the security settings as :func:`ssl_context` and
+    :func:`_sasl` read them (CA bundle, client certificate and key, host name check, SASL
+    mechanism and credentials). librdkafka builds its own TLS context from these paths
+    (it takes no ``ssl.SSLContext``); without ``ssl_cafile`` it probes the system's CAs."""
+    kafka = kafka or get_kafka_settings()
+    servers = bootstrap or kafka.bootstrap
+    config = {
+        "bootstrap.servers": ",".join(s.strip() for s in servers.split(",") if s.strip()),
+        "security.protocol": kafka.security_protocol.lower(),
+    }
+    sasl = _sasl(kafka)
+    if sasl:
+        config["sasl.mechanism"] = sasl["sasl_mechanism"]
+        config["sasl.username"] = sasl["sasl_plain_username"]
+        config["sasl.password"] = sasl["sasl_plain_password"]
+    if kafka.security_protocol.endswith("SSL"):
+        config["ssl.ca.location"] = str(kafka.ssl_cafile) if kafka.ssl_cafile else "probe"
+        if kafka.ssl_certfile is not None:
+            config["ssl.certificate.location"] = str(kafka.ssl_certfile)
+            # A certificate file that holds its key too needs no separate key path.
+            config["ssl.key.location"] = str(kafka.ssl_keyfile or kafka.ssl_certfile)
+        config["ssl.endpoint.identification.algorithm"] = (
+            "https" if kafka.ssl_check_hostname else "none"
+        )
+    return config

@@ -1,14 +1,16 @@
-"""Producing raw bytes to Kafka topics (generator, ``privmesh produce``, erasure tombstones).
+"""Producing raw bytes to Kafka topics (``privmesh produce``, erasure tombstones, consent).
 
 kafka-python's producer: it works against any Kafka-protocol broker, including the
-embedded Tansu, and needs no event loop.
+embedded Tansu, and needs no event loop. The demo generator (``privmesh generate``) uses
+:class:`streams.rdkafka_producer.RdKafkaProducer` instead, which costs far less CPU while
+the embedded broker holds acknowledgements; both satisfy :class:`RecordProducer`.
 """
 
 from __future__ import annotations
 
 import warnings
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from streams.errors import BrokerUnavailable
 from streams.kafka_clients import kafka_python_config
@@ -21,6 +23,25 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
+
+
+class RecordProducer(Protocol):
+    """What code that only sends records needs of a producer (either implementation)."""
+
+    sent: int
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one record (``value=None`` is a tombstone)."""
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged."""
 
 
 class RawProducer:

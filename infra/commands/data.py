@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from infra.settings import GeneratorSettings
     from streams.generator import Person
-    from streams.producing import RawProducer
+    from streams.producing import RecordProducer
 
 DomainArg = Annotated[str, typer.Option("--domain", "-d", help="Domain name.")]
 ProductArg = Annotated[
@@ -362,7 +362,7 @@ CONSENT_SETTLE_SECONDS = 1.0
 
 
 def send_demo_consent(
-    producer: RawProducer, domains: list[str], people: list[Person], demo: GeneratorSettings
+    producer: RecordProducer, domains: list[str], people: list[Person], demo: GeneratorSettings
 ) -> int:
     """Synthetic consent decisions of ``people`` in ``domains`` (grants for opt-in purposes,
     a few withdrawals everywhere), sent and flushed; returns how many."""

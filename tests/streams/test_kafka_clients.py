@@ -12,12 +12,19 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confluent_kafka import Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from federation.engine.pki import server_pki
-from streams.kafka_clients import aiokafka_config, faust_config, kafka_python_config, ssl_context
+from streams.kafka_clients import (
+    aiokafka_config,
+    faust_config,
+    kafka_python_config,
+    librdkafka_config,
+    ssl_context,
+)
 from streams.processor import make_app
 from streams.settings import KafkaSettings, StreamSettings, get_kafka_settings
 
@@ -45,8 +52,9 @@ CLIENTS = {
     "KafkaClient",
     "App",
     "ProcessorApp",
+    "Producer",  # confluent-kafka's (librdkafka's): one configuration dict, not keywords
 }
-CONFIG_FUNCTIONS = {"aiokafka_config", "kafka_python_config", "faust_config"}
+CONFIG_FUNCTIONS = {"aiokafka_config", "kafka_python_config", "faust_config", "librdkafka_config"}
 # Construction sites that legitimately take no shared configuration, with the reason.
 EXEMPT = {
     "infra/journal.py": "the journal talks to the embedded broker's private loopback Tansu "
@@ -65,12 +73,21 @@ def _called_name(call: ast.Call) -> str | None:
     return None
 
 
+def _is_config_call(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Call) and _called_name(node) in CONFIG_FUNCTIONS
+
+
 def _takes_shared_config(call: ast.Call) -> bool:
-    return any(
-        kw.arg is None
-        and isinstance(kw.value, ast.Call)
-        and _called_name(kw.value) in CONFIG_FUNCTIONS
-        for kw in call.keywords
+    """``Client(**family_config(...))``, or for confluent-kafka's ``Producer(config)``:
+    ``Producer(librdkafka_config(...))`` or ``Producer({**librdkafka_config(...), ...})``."""
+    if any(kw.arg is None and _is_config_call(kw.value) for kw in call.keywords):
+        return True
+    first = call.args[0] if call.args else None
+    if _is_config_call(first):
+        return True
+    return isinstance(first, ast.Dict) and any(
+        key is None and _is_config_call(value)
+        for key, value in zip(first.keys, first.values, strict=True)
     )
 
 
@@ -91,17 +108,14 @@ def construction_sites() -> list[tuple[str, int, str, bool]]:
 
 
 def test_every_client_construction_takes_the_shared_configuration() -> None:
-    """A Kafka client (aiokafka, kafka-python, Faust; confluent-kafka is not used) built
-    anywhere in the source tree takes its connection arguments from streams.kafka_clients,
-    so the TLS and SASL settings reach it; a new client that bypasses them fails here."""
+    """A Kafka client (aiokafka, kafka-python, Faust, confluent-kafka) built anywhere in
+    the source tree takes its connection arguments from streams.kafka_clients, so the TLS
+    and SASL settings reach it; a new client that bypasses them fails here."""
     sites = construction_sites()
     assert len(sites) >= 15, sites  # the scan sees the known clients
+    assert ("streams/rdkafka_producer.py", "Producer") in {(s[0], s[2]) for s in sites}
     bypassing = [s for s in sites if not s[3] and s[0] not in EXEMPT]
     assert not bypassing, f"Kafka clients built without streams.kafka_clients: {bypassing}"
-    sources = "\n".join(
-        p.read_text(encoding="utf-8") for pkg in SOURCE_PACKAGES for p in (REPO / pkg).rglob("*.py")
-    )
-    assert "confluent_kafka" not in sources, "confluent-kafka needs a config function first"
     batch_send = (REPO / "streams/batch_send.py").read_text(encoding="utf-8")
     assert (
         "**aiokafka_config(kafka)" in batch_send
@@ -112,10 +126,12 @@ def test_every_client_construction_takes_the_shared_configuration() -> None:
 def test_the_scan_catches_a_bypassing_client(tmp_path: Path) -> None:
     """The check recognises a client built with bare bootstrap servers."""
     tree = ast.parse(
-        "AIOKafkaConsumer(bootstrap_servers='x:1')\nKafkaProducer(**kafka_python_config(k))"
+        "AIOKafkaConsumer(bootstrap_servers='x:1')\nKafkaProducer(**kafka_python_config(k))\n"
+        "Producer({'bootstrap.servers': 'x:1'})\nProducer({**librdkafka_config(k), 'acks': 1})\n"
+        "Producer(librdkafka_config(k))"
     )
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _called_name(n) in CLIENTS]
-    assert [_takes_shared_config(c) for c in calls] == [False, True]
+    assert [_takes_shared_config(c) for c in calls] == [False, True, False, True, True]
 
 
 @pytest.fixture
@@ -140,6 +156,16 @@ def test_plaintext_by_default() -> None:
         "broker": ["kafka://127.0.0.1:19092"],
         "broker_credentials": None,
     }
+    assert librdkafka_config(kafka, "a:1, b:2") == {
+        "bootstrap.servers": "a:1,b:2",
+        "security.protocol": "plaintext",
+    }
+
+
+def librdkafka_accepts(config: dict[str, str]) -> None:
+    """librdkafka builds a producer from ``config``: every property name and value is one it
+    knows, and the TLS files it names load (a bad path or key fails construction)."""
+    Producer(config).close()
 
 
 def sasl_settings(protocol: str, mechanism: str | None, files: dict[str, Path]) -> KafkaSettings:
@@ -191,6 +217,14 @@ def test_sasl_reaches_every_client_family(
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("privmesh", "s3cret-pw")
     assert [str(u) for u in conf.broker] == ["kafka://kafka-1:9093", "kafka://kafka-2:9093"]
 
+    rd = librdkafka_config(kafka)
+    assert rd["security.protocol"] == protocol.lower()
+    assert rd["sasl.mechanism"] == expected_mechanism
+    assert (rd["sasl.username"], rd["sasl.password"]) == ("privmesh", "s3cret-pw")
+    assert rd["bootstrap.servers"] == "kafka-1:9093,kafka-2:9093"
+    assert ("ssl.ca.location" in rd) == (protocol == "SASL_SSL")
+    librdkafka_accepts(rd)
+
 
 def test_tls_reaches_every_client_family(tls_files: dict[str, Path], tmp_path: Path) -> None:
     """SSL with a client certificate: one verifying context (CA loaded, hostname checked,
@@ -213,6 +247,18 @@ def test_tls_reaches_every_client_family(tls_files: dict[str, Path], tmp_path: P
     assert credentials_to_aiokafka_auth(credentials)["security_protocol"] == "SSL"
     unchecked = kafka.model_copy(update={"ssl_check_hostname": False})
     assert ssl_context(unchecked) is not None and not ssl_context(unchecked).check_hostname  # type: ignore[union-attr]
+    rd = librdkafka_config(kafka)
+    assert rd["security.protocol"] == "ssl"
+    assert rd["ssl.ca.location"] == str(tls_files["ca"])
+    assert rd["ssl.certificate.location"] == str(tls_files["cert"])
+    assert rd["ssl.key.location"] == str(tls_files["key"])
+    assert rd["ssl.endpoint.identification.algorithm"] == "https"
+    assert librdkafka_config(unchecked)["ssl.endpoint.identification.algorithm"] == "none"
+    librdkafka_accepts(rd)
+    system_cas = kafka.model_copy(update={"ssl_cafile": None, "ssl_certfile": None})
+    assert librdkafka_config(system_cas)["ssl.ca.location"] == "probe"
+    assert "ssl.certificate.location" not in librdkafka_config(system_cas)
+    librdkafka_accepts(librdkafka_config(system_cas))
 
 
 def test_process_settings_are_the_default(
