@@ -14,6 +14,12 @@ failed delivery: a record is either acknowledged or counted in
 :attr:`RdKafkaProducer.failed` and logged with its topic and the error's name, never with
 its key or value.
 
+One request in flight per connection (librdkafka's default is a million): the ack gate
+holds each Produce until the journal has it and answers it with a journal fetch, so fewer,
+fuller requests cost the broker component less (measured on the journaled broker at 200
+events/s: about 0.17 core with 1 in flight, 0.27 with 5, 0.46 with the default), and a
+retry cannot reorder a partition.
+
 It is not idempotent by default, although Tansu and the ack gate accept idempotent
 producers: the embedded broker keeps producer ids in memory, so after it restarts (a crash,
 or the memory rotation) an idempotent producer's next sequence numbers are refused and it
@@ -68,11 +74,14 @@ class RdKafkaProducer:
         client_id: str,
         *,
         linger_ms: int = 50,
+        max_in_flight: int = 1,
         idempotent: bool = False,
         connect_timeout: float = 10.0,
     ) -> None:
         if not 0 <= linger_ms <= 10_000:
             raise ValueError(f"linger_ms must be within [0, 10000], got {linger_ms}")
+        if not 1 <= max_in_flight <= 1000:
+            raise ValueError(f"max_in_flight must be within [1, 1000], got {max_in_flight}")
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
         self.sent = 0
@@ -89,7 +98,11 @@ class RdKafkaProducer:
                 "enable.idempotence": idempotent,
                 "partitioner": "murmur2_random",
                 "linger.ms": linger_ms,
+                "max.in.flight.requests.per.connection": max_in_flight,
                 "batch.size": 256 * 1024,
+                # Bounded as kafka-python's buffer_memory (32 MiB): a broker slower than the
+                # rate blocks send() (backpressure) instead of queueing minutes of records.
+                "queue.buffering.max.kbytes": 32 * 1024,
                 "message.max.bytes": MAX_RECORD_BYTES,
                 "error_cb": self._on_error,
                 "logger": _LIBRDKAFKA_LOG,
