@@ -22,6 +22,7 @@ from bench.utility import (
     level_sums,
     ls_optimal_epsilons,
     mean_level_counts,
+    minute_aligned_epsilons,
     prefix_cover,
     product_of,
     read_times,
@@ -185,3 +186,18 @@ def test_read_times_cover_each_trailing_window_count_equally() -> None:
     }
     trailing = (ends % 60) // WINDOW
     assert np.bincount(trailing).tolist() == [240] * 6
+
+
+def test_minute_aligned_split_is_the_cube_root_rule_of_its_workload() -> None:
+    """With 'today' and '24h' ending at whole minutes no value but the window tile reads a
+    window node (n = 1), and the split follows n_l ** (1/3) with the shipped workload's minute
+    and hour counts (to 0.1%: the minute-aligned 24h at midnight differs) and adds
+    up to epsilon exactly."""
+    epsilon = Decimal("0.5")
+    split = minute_aligned_epsilons(WINDOW, epsilon)
+    assert sum(split) == epsilon
+    shipped = mean_level_counts(WINDOW)
+    weights = np.asarray([1.0, shipped[1], shipped[2]]) ** (1 / 3)
+    assert [float(p) for p in split] == pytest.approx(
+        (float(epsilon) * weights / weights.sum()).tolist(), rel=1e-3
+    )
