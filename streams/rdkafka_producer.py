@@ -15,17 +15,19 @@ failed delivery: a record is either acknowledged or counted in
 its key or value.
 
 One request in flight per connection (librdkafka's default is a million): the ack gate
-holds each Produce until the journal has it and answers it with a journal fetch, so fewer,
-fuller requests cost the broker component less (measured on the journaled broker at 200
-events/s: about 0.17 core with 1 in flight, 0.27 with 5, 0.46 with the default), and a
-retry cannot reorder a partition.
+holds each Produce until the journal has it, so records queue meanwhile and go in fewer,
+fuller requests, each of which the gate answers with a journal fetch; and a retry cannot
+reorder a partition. On the journaled broker at 200 events/s (a shared machine, load
+average 11-14, two runs each) the broker component cost 0.17 core with 1 in flight, 0.27
+with 5 and 0.46 with the default; a later pair measured 0.33 with 1, so the broker's side
+of the gain is uncertain; the producer's own cost (0.04-0.07 core) is not.
 
 It is not idempotent by default, although Tansu and the ack gate accept idempotent
 producers: the embedded broker keeps producer ids in memory, so after it restarts (a crash,
 or the memory rotation) an idempotent producer's next sequence numbers are refused and it
 delivered nothing more within 20 s in a test, where a plain one resumed at once. Without
-idempotence a retried batch may be written twice or out of order, as with the kafka-python
-producer it replaces (``acks=1``, retries on): the same delivery the demo had.
+idempotence a retried batch may be written twice (at-least-once), as with the kafka-python
+producer it replaces (``acks=1``, retries on).
 """
 
 from __future__ import annotations
