@@ -759,13 +759,11 @@ class Mirror:
             return
         self.consumer.assign(sorted(wanted))
         positions = self.journal.positions()
-        for tp in wanted - self._assigned:
-            start = self._position(tp, positions)
-            if start is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, start)
-        for tp in wanted & self._assigned:  # assign() forgets positions: keep ours
+        # assign() forgets positions: ours, or 0 for a partition the journal never had (a
+        # partition starts there, and one that starts later is reset to its earliest).
+        # Not seek_to_beginning(): it waits for the consumer's fetch in flight, which holds
+        # the long idle wait, once per partition.
+        for tp in wanted:
             self.consumer.seek(tp, self._position(tp, positions) or 0)
         self._assigned = wanted
 
