@@ -19,13 +19,11 @@ TLS and SuperNode authentication on (privmesh's defaults):
    through its pooled per-round AUC, the baselines on their union), and every AUC
    reported is measured on the set-aside *test* rows (written to separate stores through
    the same contract transform, so they are encoded exactly as the domains encode).
-   **The DP column**: the same federated job with DP-FedAvg at the default target
-   (epsilon <= 10 at delta = 1e-5 over the round cap: the smallest noise multiplier
-   that meets it, ``dp_noise_for``), adaptive clipping and noise sized for the domains
-   taking part (the defaults), with its test AUC, the epsilon the registry holds, the
-   utility loss the registry computed against the non-DP run and the pre-run outlook;
-   a configuration the CLI would refuse (noise drowns the signal) is reported as such,
-   not trained.
+   **The DP column**: the same federated job with record-level DP at the target
+   (``dp-epsilon`` = 10 at delta = 1e-5 over the round cap: each domain runs DP-SGD with
+   the noise its row count needs, ``federation.dp_sgd``), with its test AUC, each
+   domain's noise multiplier and spent epsilon as the registry holds them, and the
+   utility loss the registry computed against the non-DP run.
 2. **Cost of SecAgg+** at N=5 domains (the five largest carriers, one domain each) with
    a 1.0M-parameter MLP: steady-state seconds per round with SecAgg+ and with plain
    FedAvg on the same engine.
@@ -383,74 +381,37 @@ def fit_with_patience(
     }
 
 
-def dp_noise_for(rounds: int, epsilon: float = DP_EPSILON, delta: float = DP_DELTA) -> float:
-    """The smallest noise multiplier (to 0.01) whose ``rounds`` full rounds spend at most
-    ``epsilon`` at ``delta`` (the accountant's zCDP composition and conversion)."""
-    from federation.dp import Accountant, DPConfig
-
-    def spent(z: float) -> float:
-        config = DPConfig(noise_multiplier=z, clipping_norm=1.0, delta=delta, min_domains=1)
-        return Accountant(config).spent(rounds).epsilon
-
-    low, high = 0.05, 100.0
-    while high - low > 0.01:
-        middle = (low + high) / 2
-        low, high = (low, middle) if spent(middle) <= epsilon else (middle, high)
-    return round(high, 2)
-
-
 def dp_column(
     name: str,
     config: dict[str, Any],
     domains: list[str],
     evaluate_test: Callable[[str], float],
 ) -> dict[str, Any]:
-    """The federated job again with DP-FedAvg at the default target (the defaults:
-    adaptive clipping, noise sized for the domains taking part), unless the pre-run
-    outlook refuses it as the CLI would."""
-    from domains.registry import load_contracts
-    from federation.dp import noise_floor, outlook
-    from federation.features import task_encoding
-    from federation.model import build_model, parameter_count
+    """The federated job again with record-level DP at the target (``dp-epsilon``: each
+    domain runs DP-SGD with the noise its row count needs for epsilon <= DP_EPSILON over
+    the round cap; everything else the defaults), with its test AUC, each domain's plan
+    and spent epsilon as the registry holds them, and the registry's utility loss against
+    the non-DP run. A domain whose target no noise can meet refuses at the census (the
+    job then reports the refusal)."""
     from federation.run_config import RunConfig
-    from federation.secagg.protocol import neighbourhood_size
-    from federation.task_specs import get_task
 
-    z = dp_noise_for(RunConfig.from_flower({}).rounds)
-    dp_config = {**config, "dp-noise-multiplier": z}
-    parsed = RunConfig.from_flower(dp_config)
-    spec = get_task(parsed.task)
-    encoding = task_encoding(spec, load_contracts())
-    model = build_model(spec.model.kind, encoding.width, spec.model.hidden)
-    threshold = parsed.threshold_for(neighbourhood_size(parsed.num_shares, len(domains)))
-    expected = outlook(
-        parsed.dp,
-        participants=len(domains),
-        floor=min(len(domains), noise_floor(threshold, parsed.dp.min_domains)),
-        parameters=parameter_count(model),
-        rounds=parsed.rounds,
-    )
-    row: dict[str, Any] = {
-        "noise_multiplier": z,
-        "target": {"epsilon": DP_EPSILON, "delta": DP_DELTA, "over_rounds": parsed.rounds},
-        "outlook": expected.describe(),
-        "expected_final_noise_to_signal": expected.final_model,
-    }
-    if expected.useless:
-        row["refused"] = "dp_noise_drowns_signal: the CLI refuses this without --force"
-        say(f"utility {name}: DP refused ({expected.describe()})")
-        return row
-    say(f"utility {name}: federated DP-FedAvg, z={z}")
+    dp_config = {**config, "dp-epsilon": DP_EPSILON, "dp-delta": DP_DELTA}
+    say(f"utility {name}: federated with record-level DP-SGD, epsilon {DP_EPSILON:g}")
     run = run_job(domains, dp_config)
     dp = run["lineage"]["dp"]
     return {
-        **row,
+        "unit": dp["unit"],
+        "mechanism": dp["mechanism"],
+        "target": {
+            "epsilon": DP_EPSILON,
+            "delta": DP_DELTA,
+            "over_rounds": RunConfig.from_flower(dp_config).rounds,
+        },
         "auc": evaluate_test(run["version"]),
         "epsilon": dp["epsilon_total"],
         "delta": dp["delta"],
+        "domains": dp["domains"],
         "rounds_released": dp["rounds_released"],
-        "clipping_norms": [r.get("clipping_norm") for r in run["rounds"]],
-        "final_clipping_norm": dp["adaptive_clipping"]["final_norm"],
         "registry_utility": dp.get("utility"),
         "job_wall_seconds": run["wall_seconds"],
     }
@@ -689,7 +650,6 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "rounds": row["rounds_completed"],
             "federated_dp": row["federated_dp"].get("auc"),
             "dp_epsilon": row["federated_dp"].get("epsilon"),
-            "dp_refused": "refused" in row["federated_dp"],
             "dp_within_0_03": row["dp_within_0_03_of_federated"],
             "wall_seconds": row["job_wall_seconds"],
         }

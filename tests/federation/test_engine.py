@@ -192,3 +192,34 @@ def test_a_dp_job_adapts_its_clipping_sizes_its_noise_and_registers_epsilon(
         utility["baseline_pooled_auc"] - lineage["metrics"]["global"]["pooled_auc"]
     )
     assert [e["clipping_norm"] for e in events if e["event"] == "round"] == norms
+
+
+def test_a_record_dp_job_runs_dp_sgd_in_every_domain_on_the_real_engine(
+    airport_data: Path, settings: FederationSettings
+) -> None:
+    """Record-level DP on the real SuperLink and SuperNodes: the census prints each
+    domain's DP-SGD plan, no training loss leaves a domain, the columns are standardised
+    from noised moments, and the registry holds each domain's spent epsilon (at most the
+    target, and what its plan gives for the rounds it trained)."""
+    from federation.registry import open_registry
+    from federation.run_config import RunConfig
+
+    config = {"num-server-rounds": 2, "dp-epsilon": 5.0, "patience": 0}
+    result, events, _ = run(airport_data, settings, config)
+    assert result["event"] == "registered", result
+    lineage = open_registry(data_dir=airport_data).get(result["version"]).lineage
+    dp = lineage["dp"]
+    assert dp["enabled"] and dp["unit"].startswith("one training row")
+    plans = [e["domains"] for e in events if e["event"] == "dp_plan"]
+    assert plans and set(plans[-1]) == set(dp["domains"]) == {"ewr", "jfk", "lga"}
+    parsed = RunConfig.from_flower(
+        {"task": "flight_delay", "local-epochs": 2, "batch-size": 32, **config}
+    )
+    for domain in dp["domains"].values():
+        plan = parsed.record_plan(domain["rows"])
+        assert domain["noise_multiplier"] == pytest.approx(plan.noise_multiplier)
+        assert domain["epsilon_spent"] == pytest.approx(plan.epsilon(2, True))
+        assert 0 < domain["epsilon_spent"] <= 5.0
+    assert lineage["standardisation"]["enabled"]
+    history = lineage["rounds"]["history"]
+    assert all(r["train_loss"] is None or r["train_loss"] != r["train_loss"] for r in history)
