@@ -47,6 +47,17 @@ processor's record bound keeps when the window bound does not bind first) and se
 the advisor's released share, with the noise each bound gives the shipped daily classes
 (``planner.bound_options``).
 
+**today so far** (``today_so_far``; alone: ``python -m bench.utility today``, which writes
+bench/results/utility_today.json): on each shape's first replayed day, ``BENCH_UTILITY_STUDY_REPS``
+independent draws of every node of the day by the levels' own mechanisms, 'today' read once a
+minute by the shipped cover and by Honaker's least-squares (bottom-up) reading on the same
+draws, and the minute-aligned alternative: the day's median relative error against the bounded
+truth (the DP noise) and the raw truth (plus truncation), with intervals over the independent
+replications; and the coverage of the stated 95% interval over
+``BENCH_UTILITY_COVERAGE_REPS`` independent replications of the day's releases, one read
+each, with a Clopper-Pearson interval (a day's 'today' / '24h' values share nodes, so no
+binomial interval is stated for them above).
+
 Traffic shapes: ``demo`` (the defaults) and a second shape with fewer people and a heavier
 tail, to show the figures are not tuned to one. ``BENCH_UTILITY_HOURS`` (default 24) shortens
 the replayed day (a day shorter than 24 h replays one day only); the JSON says so. Writes
