@@ -969,7 +969,7 @@ def today_error_study(
             ),
         }
         figures["minute_aligned"] = minute_aligned_figures(
-            exact, raw, delta, epsilon, (low, high), window, ends, reps
+            exact, raw_values(day, stream), delta, epsilon, (low, high), window, ends, reps
         )
         figures["minute_aligned"]["median_error_over_shipped_measured"] = round(
             figures["minute_aligned"]["median_relative_error_vs_bounded"]["mean"]

@@ -27,6 +27,7 @@ from bench.utility import (
     product_of,
     read_times,
     today_coverage,
+    today_error_study,
 )
 from dashboards_api.continual import MemoryNodeStore
 from dashboards_api.hierarchy import DailyHierarchy, level_epsilons, level_widths
@@ -201,3 +202,19 @@ def test_minute_aligned_split_is_the_cube_root_rule_of_its_workload() -> None:
     assert [float(p) for p in split] == pytest.approx(
         (float(epsilon) * weights / weights.sum()).tolist(), rel=1e-3
     )
+
+
+def test_today_error_study_runs_on_a_day_without_truncation() -> None:
+    """The whole study on a synthetic day (two replications): with no truncation the error
+    against the raw truth is the error against the bounded truth, least squares has the
+    smaller exact variance, and the minute-aligned reading's exact variance is lower still."""
+    classes = {qc.id: qc for qc in load_query_classes().values() if qc.domain == "shop"}
+    study = today_error_study(_synthetic_day(), classes, product_of(), WINDOW, 2)
+    for tile in TODAY_STREAMS:
+        figures = study["tiles"][tile]
+        greedy = figures["greedy"]
+        assert greedy["median_relative_error_vs_raw"] == greedy["median_relative_error_vs_bounded"]
+        assert figures["truncation_only_median_relative_error"] == 0.0
+        assert figures["least_squares_vs_greedy"]["variance_ratio_theory"] < 1
+        minute = figures["minute_aligned"]["day_mean_noise_variance_theory"]
+        assert minute < greedy["day_mean_noise_variance_theory"]
