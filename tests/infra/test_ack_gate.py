@@ -338,7 +338,8 @@ def test_a_barrier_naming_partitions_fetches_their_records_itself(
     """A barrier over the partitions a Produce wrote does not wait for the consumer's idle
     poll (here 5 s): its own fetch, sent after the call, brings the records, and the
     journal holds them when it returns. Records the two paths both fetched are written
-    once (the mirror's count of journaled records is exact)."""
+    once (the mirror's count of journaled records is exact). A topic created meanwhile is
+    followed as fast."""
     broker_port, _proxy_port, _gate_port = tansu
     bootstrap = f"127.0.0.1:{broker_port}"
 
@@ -367,9 +368,19 @@ def test_a_barrier_naming_partitions_fetches_their_records_itself(
                 assert asyncio.get_running_loop().time() - began < 1.0
                 held = {r.offset for r in journal.records(TOPIC, partition)}
                 assert meta.offset in held
+            # a topic created now is followed at once, not a held fetch per partition later
+            fresh = "gate.fresh.ingest"
+            await asyncio.to_thread(ensure_topics, bootstrap, [fresh], 4, 1)
+            for partition in range(4):
+                meta = await producer.send_and_wait(fresh, b"f", partition=partition)
+                sent += 1
+                began = asyncio.get_running_loop().time()
+                await mirror.barrier({(fresh, partition)})
+                assert asyncio.get_running_loop().time() - began < 2.0
+                assert [r.offset for r in journal.records(fresh, partition)] == [meta.offset]
             await asyncio.sleep(6)  # the consumer's held fetches come back meanwhile
             await mirror.flush()
-            assert mirror.targeted_fetches >= 20
+            assert mirror.targeted_fetches >= 24
             assert mirror.journaled == sent == journal.count()
         finally:
             stepping = False
