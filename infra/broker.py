@@ -188,8 +188,6 @@ def embedded_tls_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
 # -- the journaled broker process ---------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
-# A broker incarnation runs at least this long before a rotation (replays stay rare).
-ROTATE_AFTER_SECONDS = 10.0
 # A fresh Tansu given back what retention keeps holds ~1.4 bytes per byte of records, on top
 # of its own few tens of MiB.
 TANSU_BASE_RSS = 64 * 1024 * 1024
@@ -409,6 +407,7 @@ class JournaledBroker:
         next_try = began
         due_since: float | None = None
         limit = self.kafka.embedded_memory_limit_mb * 1024 * 1024
+        rotate_after = self.kafka.embedded_rotate_after_seconds
         broker = psutil.Process(self._broker.pid)
         while not self.stopping.is_set():
             if self._broker.poll() is not None:
@@ -436,7 +435,7 @@ class JournaledBroker:
                     peak = max(self.counters["broker_rss_peak_bytes"], rss)
                     self.counters["broker_rss_peak_bytes"] = peak
                     self.write_status(mirror)
-                    due = rss > limit and now >= max(began + ROTATE_AFTER_SECONDS, next_try)
+                    due = rss > limit and now >= max(began + rotate_after, next_try)
                     due_since = (due_since or now) if due else None
                     # with the port open the journal catches up first (a short pause), but
                     # past ROTATE_WAIT_SECONDS of overload the pause is the price of the bound

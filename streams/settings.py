@@ -147,6 +147,12 @@ class KafkaSettings(BaseSettings):
             "journal, restarted, and given back only what retention keeps (same offsets)."
         ),
     )
+    embedded_rotate_after_seconds: Annotated[float, Field(ge=1.0, le=86_400.0)] = Field(
+        default=10.0,
+        description=(
+            "The least time a broker incarnation runs before it may be rotated (replays stay rare)."
+        ),
+    )
 
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT",
