@@ -412,6 +412,8 @@ def dp_column(
         "delta": dp["delta"],
         "domains": dp["domains"],
         "rounds_released": dp["rounds_released"],
+        "pooled_auc_per_round": [r["auc_before"] for r in run["rounds"]],
+        "stopping": run["lineage"].get("stopping"),
         "registry_utility": dp.get("utility"),
         "job_wall_seconds": run["wall_seconds"],
     }
