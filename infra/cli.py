@@ -421,7 +421,7 @@ def generate(
     from infra.commands.data import send_demo_consent
     from infra.settings import GeneratorSettings
     from streams.generator import EventGenerator, has_generator, make_people, mixed, paced
-    from streams.rdkafka_producer import RdKafkaProducer
+    from streams.producing import RawProducer
     from streams.settings import KafkaSettings
     from streams.topics import ProductTopics
 
@@ -458,8 +458,7 @@ def generate(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sent = 0
-    # librdkafka, not kafka-python: its network thread spins while the ack gate holds acks
-    with RdKafkaProducer(KafkaSettings(), client_id="privmesh-generator") as producer:
+    with RawProducer(KafkaSettings(), client_id="privmesh-generator") as producer:
         domains = sorted({gen.domain for _, gen in generators})
         decisions = send_demo_consent(producer, domains, pool, settings)
         if decisions:
@@ -469,8 +468,7 @@ def generate(
             sent += 1
             if stop:
                 break
-    failed = f" ({producer.failed} not delivered)" if producer.failed else ""
-    err.print(f"generator: sent {sent} events to {', '.join(t for t, _ in generators)}{failed}")
+    err.print(f"generator: sent {sent} events to {', '.join(t for t, _ in generators)}")
 
 
 @app.command()

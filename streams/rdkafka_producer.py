@@ -1,4 +1,14 @@
-"""The demo generator's producer: librdkafka (confluent-kafka) instead of kafka-python.
+"""A librdkafka (confluent-kafka) producer with kafka-python's ``RawProducer`` interface.
+
+Built for the demo generator and measured there, but **not its producer today**: in the
+full stack behind the journaled ack gate it delivered 8-25 events/s of a 200-1,000
+events/s generator (kafka-python's delivers the rate), on a quiet machine, with the old
+and the new journal mirror alike (docs/streams-throughput.md, "Cost at rest"). Likely
+cause, not yet confirmed by a trace: librdkafka puts one partition's batch in each Produce
+request and the gate holds every request until the journal has it, so with the demo's
+~100 ingest partitions far fewer records travel per acknowledged request than in
+kafka-python's multi-partition requests (1,000 requests in flight did not help). Measured
+apart, against the gate at a low rate, it costs 0.055 core where kafka-python costs 0.35.
 
 Why: in the demo stack the embedded broker's ack gate answers a Produce only once the
 journal holds it, so acknowledgements are slow and a connection sits at its in-flight
