@@ -129,6 +129,7 @@ class DomainPlan:
         )
 
 
+@cache
 def plan(
     dp: RecordDP,
     rows: int,
@@ -140,24 +141,11 @@ def plan(
     statistics: bool,
 ) -> DomainPlan:
     """The domain's schedule and the smallest noise multiplier (to 0.5%) that keeps its
-    epsilon over ``rounds`` within the target."""
+    epsilon over ``rounds`` within the target (cached: both sides plan every round)."""
     if not dp.enabled:
         raise InvalidDPConfig("a DP-SGD plan needs dp-epsilon > 0")
     if rows < 1:
         raise InvalidDPConfig("a domain without training rows has no DP-SGD plan")
-    return _plan(dp, rows, batch_size, epochs, max_steps, rounds, statistics)
-
-
-@cache
-def _plan(
-    dp: RecordDP,
-    rows: int,
-    batch_size: int,
-    epochs: int,
-    max_steps: int,
-    rounds: int,
-    statistics: bool,
-) -> DomainPlan:
     rate = min(1.0, batch_size / rows)
     steps = max(1, math.ceil(epochs / rate))
     if max_steps:
