@@ -127,8 +127,12 @@ def test_run_config_turns_record_level_dp_on_with_dp_epsilon() -> None:
     assert domain.epsilon() <= 5.0 and domain.rounds == config.rounds
     with pytest.raises(InvalidModelConfig, match="two DP modes"):
         RunConfig.from_flower({"dp-epsilon": 5.0, "dp-noise-multiplier": 1.0})
-    with pytest.raises(InvalidDPConfig):
-        RunConfig.from_flower({"dp-epsilon": -1.0})
+    for hostile in (-1.0, float("nan"), float("inf"), 1e308, 0.001):
+        with pytest.raises(InvalidDPConfig):
+            RunConfig.from_flower({"dp-epsilon": hostile})
+    for hostile in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidDPConfig):
+            RunConfig.from_flower({"dp-epsilon": 5.0, "dp-record-clipping-norm": hostile})
 
 
 def test_a_record_dp_job_trains_and_registers_each_domains_epsilon(airport_data: Path) -> None:
