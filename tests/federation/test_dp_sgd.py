@@ -24,17 +24,6 @@ from federation.run_config import RunConfig
 DP = RecordDP(epsilon=3.0, delta=1e-5)
 
 
-def schedule(rows: int, dp: RecordDP = DP, **kw: int | bool) -> object:
-    args: dict[str, int | bool] = {
-        "batch_size": 64,
-        "epochs": 1,
-        "max_steps": 0,
-        "rounds": 20,
-        "statistics": True,
-    }
-    return plan(dp, rows, **{**args, **kw})  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("rows", [200, 2_000, 50_000])
 def test_each_domain_calibrates_its_noise_to_the_target(rows: int) -> None:
     """Whatever its size, a domain's epsilon over the planned run is at most the target
